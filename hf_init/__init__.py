@@ -1,0 +1,3 @@
+"""hf-init: weight initialization and variance dynamics, in the Hugging Face ecosystem."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,205 @@
+"""The scheme registry and the GPT-2 override, checked against formulas written out here
+(not read back from the registry) and against stock transformers."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers.pytorch_utils import Conv1D
+
+from hf_init.modeling import build_model, make_config
+from hf_init.schemes import SCHEMES, SchemeOptions, WeightSpec, fans, get_scheme
+
+L, D, H, V, T = 12, 128, 4, 512, 64  # layers, width, heads, vocab, positions
+
+
+def expected_std(scheme: str, role: str, fan_in: int, fan_out: int, init_std=0.05) -> float:
+    """Each scheme's std written out by hand, for GPT-2 with L layers of width D."""
+    r = 0.02
+    emb = role in ("wte", "wpe")
+    if scheme == "gpt2":
+        return r / math.sqrt(2 * L) if role in ("attn_out", "mlp_out") else r
+    if scheme == "normal":
+        return init_std
+    if scheme.startswith("xavier"):
+        return r if emb else math.sqrt(2 / (fan_in + fan_out))
+    if scheme.startswith("kaiming"):
+        return r if emb else math.sqrt(2) / math.sqrt(fan_in)
+    if scheme == "small_init":
+        return math.sqrt(2 / (5 * D))
+    if scheme == "deepnet":
+        if emb:
+            return D**-0.5
+        beta = (8 * L) ** -0.25 if role not in ("query", "key") else 1.0
+        return beta * math.sqrt(2 / (fan_in + fan_out))
+    raise AssertionError(scheme)
+
+
+def weight_blocks(model):
+    """(role, layer, tensor, fan_in, fan_out) for every weight kind, split by hand."""
+    t = model.transformer
+    yield "wte", None, t.wte.weight, V, D
+    yield "wpe", None, t.wpe.weight, T, D
+    for i, block in enumerate(t.h):
+        w = block.attn.c_attn.weight  # Conv1D (in=D, out=3D): columns are [Q | K | V]
+        assert tuple(w.shape) == (D, 3 * D)
+        for j, role in enumerate(("query", "key", "value")):
+            yield role, i, w[:, j * D : (j + 1) * D], D, D
+        yield "attn_out", i, block.attn.c_proj.weight, D, D
+        yield "mlp_in", i, block.mlp.c_fc.weight, D, 4 * D
+        yield "mlp_out", i, block.mlp.c_proj.weight, 4 * D, D
+
+
+def sampling_tolerance(n: int, uniform: bool) -> float:
+    # relative sd of the sample std ~ sqrt((kurtosis - 1) / (4 n)); 6 sigma, per tensor
+    kurt = 1.8 if uniform else 3.0
+    return 6 * math.sqrt((kurt - 1) / (4 * n))
+
+
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+def test_every_weight_kind_matches_formula(scheme):
+    torch.manual_seed(0)
+    model = build_model(
+        init_scheme=scheme, init_std=0.05 if scheme == "normal" else None,
+        n_layer=L, n_embd=D, n_head=H, vocab_size=V, n_positions=T,
+    )
+    uniform = scheme.endswith("uniform")
+    for role, layer, w, fan_in, fan_out in weight_blocks(model):
+        want = expected_std(scheme, role, fan_in, fan_out)
+        # population std over all entries, computed by hand in float64
+        x = w.detach().double().flatten()
+        got = math.sqrt(((x - x.mean()) ** 2).mean().item())
+        tol = sampling_tolerance(x.numel(), uniform)
+        assert abs(got / want - 1) < tol, (scheme, role, layer, got, want)
+        assert abs(x.mean().item()) < 6 * want / math.sqrt(x.numel())
+        if uniform:
+            assert x.abs().max().item() <= math.sqrt(3) * want * (1 + 1e-6)
+    # lm_head is tied to wte, biases 0, LayerNorm 1/0
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+    for name, p in model.named_parameters():
+        if name.endswith(".bias"):
+            assert torch.count_nonzero(p) == 0, name
+        if ".ln_" in name and name.endswith(".weight"):
+            assert torch.all(p == 1), name
+
+
+def test_stock_gpt2_scheme_matches_stock_transformers_statistics():
+    """Our `gpt2` scheme against stock GPT2LMHeadModel built from the same GPT2Config."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(1)
+    stock = GPT2LMHeadModel(GPT2Config(n_layer=L, n_embd=D, n_head=H, vocab_size=V, n_positions=T))
+    ours = build_model(init_scheme="gpt2", n_layer=L, n_embd=D, n_head=H, vocab_size=V, n_positions=T)
+    for (role, _, ws, *_), (_, _, wo, *_) in zip(weight_blocks(stock), weight_blocks(ours)):
+        n = ws.numel()
+        assert abs(wo.std().item() / ws.std().item() - 1) < 2 * sampling_tolerance(n, False), role
+    # the residual scaling really ran (the trap in FIELD_NOTES)
+    cproj = torch.cat([b.attn.c_proj.weight.flatten() for b in ours.transformer.h])
+    assert abs(cproj.std().item() / (0.02 / math.sqrt(2 * L)) - 1) < 0.01
+
+
+def test_kaiming_reads_conv1d_fans_logically():
+    """A d -> 4d layer: Kaiming fan_in is d whichever way the weight is stored. torch's
+    kaiming_normal_ on the Conv1D storage (in, out) would use 4d instead."""
+    d = 64
+    conv = Conv1D(4 * d, d)  # weight (d, 4d)
+    lin = torch.nn.Linear(d, 4 * d)  # weight (4d, d)
+    assert fans(conv.weight.shape, "conv1d") == (d, 4 * d)
+    assert fans(lin.weight.shape, "linear") == (d, 4 * d)
+    model = build_model(init_scheme="kaiming_normal", n_layer=2, n_embd=256, n_head=4, vocab_size=V, n_positions=T)
+    w = torch.cat([b.mlp.c_fc.weight.flatten() for b in model.transformer.h])
+    right, storage_based = math.sqrt(2 / 256), math.sqrt(2 / 1024)
+    assert abs(w.std().item() / right - 1) < 0.02
+    assert abs(w.std().item() / storage_based - 1) > 0.5
+    # the mlp down-projection 4d -> d has fan_in 4d
+    w = torch.cat([b.mlp.c_proj.weight.flatten() for b in model.transformer.h])
+    assert abs(w.std().item() / math.sqrt(2 / 1024) - 1) < 0.02
+
+
+def test_kaiming_fan_out_mode_and_nonlinearity():
+    model = build_model(
+        init_scheme="kaiming_normal", init_fan_mode="fan_out", init_nonlinearity="linear",
+        n_layer=2, n_embd=256, n_head=4, vocab_size=V, n_positions=T,
+    )
+    w = torch.cat([b.mlp.c_fc.weight.flatten() for b in model.transformer.h])  # fan_out 1024
+    assert abs(w.std().item() / math.sqrt(1 / 1024) - 1) < 0.02
+
+
+def test_qkv_initialized_as_three_square_projections():
+    """Xavier on fused c_attn (d -> 3d) would give 2/(4d); split Q/K/V gives 2/(2d) = 1/d."""
+    model = build_model(init_scheme="xavier_normal", n_layer=4, n_embd=256, n_head=4, vocab_size=V, n_positions=T)
+    w = torch.cat([b.attn.c_attn.weight.flatten() for b in model.transformer.h])
+    assert abs(w.var().item() * 256 - 1) < 0.02
+
+
+def test_save_stock_reload_identical_logits(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(init_scheme="kaiming_uniform", n_layer=2, n_embd=64, n_head=2, vocab_size=V, n_positions=T)
+    model.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["model_type"] == "gpt2"
+    assert cfg["architectures"] == ["GPT2LMHeadModel"]
+    assert cfg["init_scheme"] == "kaiming_uniform" and cfg["init_fan_mode"] == "fan_in"
+    ids = torch.randint(0, V, (2, 16), generator=torch.Generator().manual_seed(0))
+    model.eval()  # a freshly built model is in train mode (dropout on)
+    with torch.no_grad():
+        ours = model(ids).logits
+    # a process that never imports hf_init
+    code = (
+        "import sys, torch\n"
+        "from transformers import AutoModelForCausalLM\n"
+        f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path)!r})\n"
+        "assert type(m).__name__ == 'GPT2LMHeadModel', type(m)\n"
+        "assert 'hf_init' not in sys.modules\n"
+        f"ids = torch.load({str(tmp_path / 'ids.pt')!r})\n"
+        "with torch.no_grad(): torch.save(m(ids).logits, sys.argv[1])\n"
+    )
+    torch.save(ids, tmp_path / "ids.pt")
+    out = tmp_path / "logits.pt"
+    subprocess.run([sys.executable, "-c", code, str(out)], check=True, cwd=tmp_path)
+    assert torch.equal(torch.load(out), ours)
+
+
+def test_from_pretrained_does_not_reinitialize(tmp_path):
+    from hf_init.modeling import SchemeGPT2LMHeadModel
+
+    model = build_model(init_scheme="normal", init_std=0.3, n_layer=2, n_embd=64, n_head=2, vocab_size=V, n_positions=T)
+    model.save_pretrained(tmp_path)
+    again = SchemeGPT2LMHeadModel.from_pretrained(tmp_path)
+    for (n, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), n
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"init_scheme": "he_normal"}, "he_normal"),
+        ({"init_scheme": "normal", "init_std": -0.1}, "-0.1"),
+        ({"init_scheme": "normal", "init_std": 0.0}, "0.0"),
+        ({"init_scheme": "normal", "init_std": float("nan")}, "nan"),
+        ({"init_scheme": "normal", "init_std": float("inf")}, "inf"),
+        ({"init_scheme": "normal"}, "init_std"),
+        ({"init_scheme": "kaiming_normal", "init_fan_mode": "fan_avg"}, "fan_avg"),
+    ],
+)
+def test_bad_scheme_input_names_value_and_choices(kwargs, needle):
+    with pytest.raises(ValueError) as err:
+        make_config(n_layer=1, n_embd=32, n_head=2, vocab_size=V, **kwargs)
+    msg = str(err.value)
+    assert needle in msg
+    if "init_scheme" in kwargs and kwargs["init_scheme"] not in SCHEMES:
+        assert all(name in msg for name in SCHEMES)
+    if "init_std" in kwargs:
+        assert "> 0" in msg
+
+
+def test_registry_std_for_mlp_layer():
+    spec = WeightSpec("linear", fan_in=300, fan_out=100)
+    assert get_scheme("kaiming_normal").std(spec) == pytest.approx(math.sqrt(2 / 300))
+    assert get_scheme("xavier_uniform").std(spec) == pytest.approx(math.sqrt(2 / 400))
+    assert get_scheme("normal").std(spec, SchemeOptions(std=0.3)) == 0.3
+    with pytest.raises(ValueError, match="init_std"):
+        get_scheme("normal").std(spec)
