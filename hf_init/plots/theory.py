@@ -1,0 +1,101 @@
+"""Figures for the theory check: predicted line vs measured points per layer (log scale).
+
+Input: the rows of ``theory_check.csv`` (:data:`hf_init.propagation.CHECK_FIELDS`), as dicts
+(:func:`read_rows` reads them back from the CSV). Output: PNG files.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from . import pyplot, save_figure
+
+_NUMERIC = ("predicted", "measured", "measured_sem", "relative_error", "layer")
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """Rows of a ``theory_check.csv`` with numbers parsed."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k in _NUMERIC:
+            r[k] = float(r[k]) if r[k] not in ("", "nan") else float("nan")
+        r["layer"] = int(r["layer"])
+    return rows
+
+
+def _panel_grid(n: int):
+    plt = pyplot()
+    cols = min(n, 3)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat)
+
+
+def plot_mlp(rows: list[dict], quantity: str, path: str | Path) -> Path:
+    """One panel per activation; per std multiple a predicted line and measured points
+    (seed mean +- 1 s.e.m.), log y. ``quantity``: "forward" or "gradient"."""
+    rs = [r for r in rows if r["network"].startswith("mlp-") and r["quantity"] == quantity]
+    acts = list(dict.fromkeys(r["activation"] for r in rs))
+    fig, axes = _panel_grid(max(len(acts), 1))
+    for ax, act in zip(axes, acts):
+        for i, net in enumerate(dict.fromkeys(r["network"] for r in rs if r["activation"] == act)):
+            sel = [r for r in rs if r["network"] == net]
+            x = [r["layer"] for r in sel]
+            color = f"C{i}"
+            ax.plot(x, [r["predicted"] for r in sel], "-", color=color, label=f"{sel[0]['std_multiple']}x critical")
+            ax.errorbar(x, [r["measured"] for r in sel], yerr=[r["measured_sem"] for r in sel], fmt="o",
+                        color=color, ms=4, capsize=2)
+        ax.set_yscale("log")
+        ax.set_title(act)
+        ax.set_xlabel("layer l")
+        ax.set_ylabel("E[z_l^2]" if quantity == "forward" else "E[(dL/dz_l)^2]")
+        ax.legend(fontsize=7, title="line: theory, dots: measured", title_fontsize=7)
+    fig.suptitle(f"MLP at init: {'pre-activation' if quantity == 'forward' else 'gradient'} variance per layer")
+    return save_figure(fig, path)
+
+
+def plot_gpt2(rows: list[dict], path: str | Path) -> Path:
+    """One panel per scheme: residual-stream second moment per block, predicted (line) vs
+    measured (points), with and without the 1/sqrt(2 n_layer) residual scaling."""
+    rs = [r for r in rows if r["network"].startswith("gpt2-") and r["quantity"] == "residual"]
+    schemes = list(dict.fromkeys(r["scheme"] for r in rs))
+    fig, axes = _panel_grid(max(len(schemes), 1))
+    for ax, scheme in zip(axes, schemes):
+        for i, net in enumerate(dict.fromkeys(r["network"] for r in rs if r["scheme"] == scheme)):
+            sel = [r for r in rs if r["network"] == net]
+            x = [r["layer"] for r in sel]
+            label = net.rsplit("-", 1)[1]
+            ax.plot(x, [r["predicted"] for r in sel], "-", color=f"C{i}", label=f"{label}: theory")
+            ax.plot(x, [r["measured"] for r in sel], "o", color=f"C{i}", ms=4, label=f"{label}: measured")
+        ax.set_yscale("log")
+        ax.set_title(scheme)
+        ax.set_xlabel("block (0 = embeddings)")
+        ax.set_ylabel("residual E[h^2]")
+        ax.legend(fontsize=7)
+    fig.suptitle("GPT-2 at init: residual-stream variance growth")
+    return save_figure(fig, path)
+
+
+def plot_gpt2_branches(rows: list[dict], path: str | Path) -> Path:
+    """measured / predicted for what each block's attention and MLP add, per network: where
+    the uncorrelated-token attention approximation parts from the model."""
+    rs = [r for r in rows if r["network"].startswith("gpt2-") and r["quantity"] in ("attn_add", "mlp_add")]
+    nets = list(dict.fromkeys(r["network"] for r in rs))
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), squeeze=False)
+    for ax, quantity in zip(axes[0], ("attn_add", "mlp_add")):
+        for i, net in enumerate(nets):
+            sel = [r for r in rs if r["network"] == net and r["quantity"] == quantity]
+            ax.plot([r["layer"] for r in sel], [r["measured"] / r["predicted"] for r in sel], "o-",
+                    color=f"C{i % 10}", ms=3, label=net.removeprefix("gpt2-"))
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_xlabel("block")
+        ax.set_ylabel("measured / predicted")
+        ax.set_title("attention branch" if quantity == "attn_add" else "MLP branch")
+    axes[0][1].legend(fontsize=6, ncol=2)
+    return save_figure(fig, path)

@@ -1,0 +1,119 @@
+"""Variance-propagation theory next to measurement at initialization.
+
+Builds plain MLPs (activations x std = multiples of the critical std) and GPT-2s (schemes,
+with and without the 1/sqrt(2 n_layer) residual scaling), measures them at init (averaged over
+seeds and a batch of real inputs: standardized sklearn digits; byte tokens of the Python docs),
+and writes to OUTPUT_DIR:
+
+  theory_check.csv     network, layer, predicted, measured, relative error, tolerance, ...
+  mlp_forward.png      pre-activation variance per layer, theory line vs measured points
+  mlp_gradient.png     gradient variance per layer
+  gpt2_residual.png    residual-stream growth per scheme
+  gpt2_branches.png    measured/predicted of the attention and MLP branches
+  verdict.txt          the verdict printed at the end
+
+    python scripts/theory_check.py --output_dir runs/theory_check
+"""
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+from hf_init.cli import UsageError, fail_cleanly
+
+
+def _csv_list(kind):
+    def parse(text):
+        try:
+            return [kind(t) for t in text.split(",") if t.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, got {text!r}")
+    return parse
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output_dir", default="runs/theory_check")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an existing output folder")
+    p.add_argument("--activations", type=_csv_list(str), default=["relu", "tanh", "gelu", "linear"])
+    p.add_argument("--std_multiples", type=_csv_list(float), default=[0.7, 1.0, 1.4],
+                   help="hidden-layer std as multiples of theory.critical_std")
+    p.add_argument("--width", type=int, default=1024)
+    p.add_argument("--depth", type=int, default=10)
+    p.add_argument("--batch", type=int, default=256, help="digits images per forward pass")
+    p.add_argument("--seeds", type=int, default=4)
+    p.add_argument("--k_sigma", type=float, default=4.0, help="tolerance in finite-width standard deviations")
+    p.add_argument("--gpt2_schemes", type=_csv_list(str),
+                   default=["gpt2", "kaiming_normal", "xavier_normal", "small_init", "deepnet"])
+    p.add_argument("--gpt2_n_layer", type=int, default=12)
+    p.add_argument("--gpt2_n_embd", type=int, default=128)
+    p.add_argument("--gpt2_n_head", type=int, default=4)
+    p.add_argument("--gpt2_seq_len", type=int, default=64)
+    p.add_argument("--gpt2_batch", type=int, default=16)
+    p.add_argument("--gpt2_seeds", type=int, default=2)
+    args = p.parse_args(argv)
+
+    from hf_init.schemes import SCHEMES
+    from hf_init.theory import ACTIVATIONS
+
+    for a in args.activations:
+        if a not in ACTIVATIONS:
+            raise UsageError(f"unknown activation {a!r}; valid: {', '.join(ACTIVATIONS)}")
+    for s in args.gpt2_schemes:
+        if s not in SCHEMES or SCHEMES[s].needs_std:
+            raise UsageError(f"unknown or std-needing scheme {s!r}; valid: "
+                             f"{', '.join(n for n, sc in SCHEMES.items() if not sc.needs_std)}")
+    for name in ("width", "depth", "batch", "seeds", "gpt2_n_layer", "gpt2_n_embd", "gpt2_n_head",
+                 "gpt2_seq_len", "gpt2_batch", "gpt2_seeds"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.gpt2_n_embd % args.gpt2_n_head:
+        raise UsageError("--gpt2_n_embd must be divisible by --gpt2_n_head")
+    if any(m <= 0 for m in args.std_multiples) or args.k_sigma <= 0:
+        raise UsageError("--std_multiples and --k_sigma must be > 0")
+    out = Path(args.output_dir)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise UsageError(f"output folder {out} exists and is not empty; pass --overwrite or pick another --output_dir")
+
+    from hf_init import propagation as P
+    from hf_init.plots import theory as plots
+
+    t0 = time.time()
+    rows = []
+    x = P.digits_inputs(args.batch if args.batch < 1797 else None)
+    seeds = list(range(args.seeds))
+    for act in args.activations:
+        for mult in args.std_multiples:
+            rows += P.mlp_check_rows(act, mult, x, args.width, args.depth, seeds, args.k_sigma)
+        print(f"mlp {act}: done ({time.time() - t0:.0f}s)", flush=True)
+    ids = P.byte_token_batch(args.gpt2_batch, args.gpt2_seq_len)
+    gseeds = list(range(args.gpt2_seeds))
+    for scheme in args.gpt2_schemes:
+        for scaling in (True, False):
+            rows += P.gpt2_check_rows(scheme, scaling, ids, gseeds, args.gpt2_n_layer, args.gpt2_n_embd,
+                                      args.gpt2_n_head)
+        print(f"gpt2 {scheme}: done ({time.time() - t0:.0f}s)", flush=True)
+
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".theory_check.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=P.CHECK_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(out / "theory_check.csv")
+    if args.activations:
+        plots.plot_mlp(rows, "forward", out / "mlp_forward.png")
+        plots.plot_mlp(rows, "gradient", out / "mlp_gradient.png")
+    if args.gpt2_schemes:
+        plots.plot_gpt2(rows, out / "gpt2_residual.png")
+        plots.plot_gpt2_branches(rows, out / "gpt2_branches.png")
+    lines = P.verdict(rows) + P.VERDICT_NOTES
+    (out / "verdict.txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {out} in {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    sys.exit(fail_cleanly(main))
