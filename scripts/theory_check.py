@@ -51,7 +51,7 @@ def main(argv=None):
     p.add_argument("--gpt2_n_embd", type=int, default=128)
     p.add_argument("--gpt2_n_head", type=int, default=4)
     p.add_argument("--gpt2_seq_len", type=int, default=64)
-    p.add_argument("--gpt2_batch", type=int, default=16)
+    p.add_argument("--gpt2_batch", type=int, default=8)
     p.add_argument("--gpt2_seeds", type=int, default=2)
     args = p.parse_args(argv)
 

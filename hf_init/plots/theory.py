@@ -11,7 +11,8 @@ from pathlib import Path
 
 from . import pyplot, save_figure
 
-_NUMERIC = ("predicted", "measured", "measured_sem", "relative_error", "layer")
+_NUMERIC = ("predicted", "measured", "measured_sem", "relative_error", "layer", "predicted_uncorrelated",
+            "relative_error_uncorrelated")
 
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -59,8 +60,9 @@ def plot_mlp(rows: list[dict], quantity: str, path: str | Path) -> Path:
 
 
 def plot_gpt2(rows: list[dict], path: str | Path) -> Path:
-    """One panel per scheme: residual-stream second moment per block, predicted (line) vs
-    measured (points), with and without the 1/sqrt(2 n_layer) residual scaling."""
+    """One panel per scheme: residual-stream second moment per block, measured (points) vs
+    predicted with the covariance across positions (solid) and for uncorrelated tokens
+    (dotted), with and without the 1/sqrt(2 n_layer) residual scaling."""
     rs = [r for r in rows if r["network"].startswith("gpt2-") and r["quantity"] == "residual"]
     schemes = list(dict.fromkeys(r["scheme"] for r in rs))
     fig, axes = _panel_grid(max(len(schemes), 1))
@@ -70,6 +72,8 @@ def plot_gpt2(rows: list[dict], path: str | Path) -> Path:
             x = [r["layer"] for r in sel]
             label = net.rsplit("-", 1)[1]
             ax.plot(x, [r["predicted"] for r in sel], "-", color=f"C{i}", label=f"{label}: theory")
+            ax.plot(x, [r["predicted_uncorrelated"] for r in sel], ":", color=f"C{i}",
+                    label=f"{label}: theory, uncorrelated tokens")
             ax.plot(x, [r["measured"] for r in sel], "o", color=f"C{i}", ms=4, label=f"{label}: measured")
         ax.set_yscale("log")
         ax.set_title(scheme)
@@ -81,21 +85,23 @@ def plot_gpt2(rows: list[dict], path: str | Path) -> Path:
 
 
 def plot_gpt2_branches(rows: list[dict], path: str | Path) -> Path:
-    """measured / predicted for what each block's attention and MLP add, per network: where
-    the uncorrelated-token attention approximation parts from the model."""
+    """measured / predicted for what each block's attention and MLP add, per network, for both
+    GPT-2 predictions (rows): where the uncorrelated-token approximation parts from the model."""
     rs = [r for r in rows if r["network"].startswith("gpt2-") and r["quantity"] in ("attn_add", "mlp_add")]
     nets = list(dict.fromkeys(r["network"] for r in rs))
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), squeeze=False)
-    for ax, quantity in zip(axes[0], ("attn_add", "mlp_add")):
-        for i, net in enumerate(nets):
-            sel = [r for r in rs if r["network"] == net and r["quantity"] == quantity]
-            ax.plot([r["layer"] for r in sel], [r["measured"] / r["predicted"] for r in sel], "o-",
-                    color=f"C{i % 10}", ms=3, label=net.removeprefix("gpt2-"))
-        ax.axhline(1.0, color="k", lw=0.8)
-        ax.set_yscale("log")
-        ax.set_xlabel("block")
-        ax.set_ylabel("measured / predicted")
-        ax.set_title("attention branch" if quantity == "attn_add" else "MLP branch")
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), squeeze=False)
+    for row, (key, theory) in enumerate((("predicted_uncorrelated", "uncorrelated tokens"),
+                                         ("predicted", "position covariance"))):
+        for ax, quantity in zip(axes[row], ("attn_add", "mlp_add")):
+            for i, net in enumerate(nets):
+                sel = [r for r in rs if r["network"] == net and r["quantity"] == quantity]
+                ax.plot([r["layer"] for r in sel], [r["measured"] / r[key] for r in sel], "o-",
+                        color=f"C{i % 10}", ls="-" if i < 10 else "--", ms=3, label=net.removeprefix("gpt2-"))
+            ax.axhline(1.0, color="k", lw=0.8)
+            ax.set_yscale("log")
+            ax.set_xlabel("block")
+            ax.set_ylabel("measured / predicted")
+            ax.set_title(f"{'attention' if quantity == 'attn_add' else 'MLP'} branch; theory: {theory}")
     axes[0][1].legend(fontsize=6, ncol=2)
     return save_figure(fig, path)
