@@ -56,6 +56,7 @@ def plot_mlp(rows: list[dict], quantity: str, path: str | Path) -> Path:
         ax.set_ylabel("E[z_l^2]" if quantity == "forward" else "E[(dL/dz_l)^2]")
         ax.legend(fontsize=7, title="line: theory, dots: measured", title_fontsize=7)
     fig.suptitle(f"MLP at init: {'pre-activation' if quantity == 'forward' else 'gradient'} variance per layer")
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     return save_figure(fig, path)
 
 
@@ -81,6 +82,7 @@ def plot_gpt2(rows: list[dict], path: str | Path) -> Path:
         ax.set_ylabel("residual E[h^2]")
         ax.legend(fontsize=7)
     fig.suptitle("GPT-2 at init: residual-stream variance growth")
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     return save_figure(fig, path)
 
 
@@ -104,4 +106,5 @@ def plot_gpt2_branches(rows: list[dict], path: str | Path) -> Path:
             ax.set_ylabel("measured / predicted")
             ax.set_title(f"{'attention' if quantity == 'attn_add' else 'MLP'} branch; theory: {theory}")
     axes[0][1].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
     return save_figure(fig, path)
