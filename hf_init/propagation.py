@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .theory import ACTIVATIONS
+from .theory import ACTIVATIONS, weight_stds
 
 _TORCH_ACT = {
     "relu": F.relu,
@@ -55,12 +55,6 @@ class MLPMeasurement:
         return self.grad_var.mean(axis=0)
 
 
-def _weight_stds(weight_std, widths, scheme_options):
-    from .theory import _as_stds  # one resolution rule for theory and measurement
-
-    return _as_stds(weight_std, len(widths) - 1, widths, scheme_options)
-
-
 def measure_mlp(
     widths: Sequence[int],
     activation: str,
@@ -79,7 +73,7 @@ def measure_mlp(
         raise ValueError(f"inputs must be (batch, {widths[0]}), got {tuple(inputs.shape)}")
     if not seeds:
         raise ValueError("need at least one seed")
-    stds = _weight_stds(weight_std, widths, scheme_options)
+    stds = weight_stds(weight_std, widths, scheme_options)  # one resolution rule for theory and measurement
     scheme = None
     if isinstance(weight_std, str):
         from .schemes import SchemeOptions, WeightSpec, get_scheme
@@ -167,7 +161,8 @@ def measure_gpt2(
     residual_gain: float = 1.0,
     **scheme_kwargs,
 ) -> GPT2Measurement:
-    """Build GPT-2 with ``scheme`` (``build_model``) once per seed, multiply the residual
+    """Build GPT-2 with ``scheme`` (``build_model``) once per seed (seeding torch's global RNG
+    with ``torch.manual_seed(seed)``, as ``build_model`` draws from it), multiply the residual
     projections (attn/mlp ``c_proj``) by ``residual_gain`` (to toggle GPT-2's 1/sqrt(2 n_layer)
     scaling, see ``theory.gpt2_scheme_stds``) and measure on ``input_ids``."""
     from .modeling import build_model
@@ -324,6 +319,10 @@ def _carries_scaling(scheme, n_layer, n_embd, vocab_size, seq_len) -> bool:
     return gain_off != 1.0
 
 
+def _efold(slope: float) -> str:
+    return f"{1 / abs(slope):.3g}" if abs(slope) > 1e-12 else "inf"
+
+
 def verdict(rows: list[dict]) -> list[str]:
     """Short lines saying where theory and measurement agree and where/why they part."""
     lines = []
@@ -340,7 +339,7 @@ def verdict(rows: list[dict]) -> list[str]:
             lines.append(f"{net:<28} {quantity:<8} {ok}/{len(rs)} layers within finite-width tolerance; "
                          f"worst {worst['relative_error']:+.1%} at layer {worst['layer']} "
                          f"(tol {worst['tolerance']:.1%}); mean log-slope/layer predicted {slope_p:+.3f}, "
-                         f"measured {slope_m:+.3f}")
+                         f"measured {slope_m:+.3f} (an e-fold every {_efold(slope_p)} / {_efold(slope_m)} layers)")
     gpt = [r for r in rows if r["network"].startswith("gpt2-")]
     for net in dict.fromkeys(r["network"] for r in gpt):
         sel = {q: [r for r in gpt if r["network"] == net and r["quantity"] == q] for q in ("residual", "attn_add", "mlp_add")}

@@ -301,6 +301,12 @@ def efold_layers(gain) -> np.ndarray:
         return 1.0 / np.abs(np.log(g))
 
 
+def weight_stds(weight_std, widths: Sequence[int], scheme_options: Mapping | None = None) -> np.ndarray:
+    """One std per layer from ``weight_std``: a number (every layer), one per layer, or a
+    scheme name (:func:`scheme_weight_stds`). ValueError on a wrong count or a std <= 0."""
+    return _as_stds(weight_std, len(widths) - 1, widths, scheme_options)
+
+
 def _as_stds(weight_std, n_layers: int, widths: Sequence[int], scheme_options: Mapping | None) -> np.ndarray:
     if isinstance(weight_std, str):
         return np.asarray(scheme_weight_stds(weight_std, widths, **(scheme_options or {})), dtype=float)

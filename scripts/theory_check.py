@@ -74,6 +74,8 @@ def main(argv=None):
     if any(m <= 0 for m in args.std_multiples) or args.k_sigma <= 0:
         raise UsageError("--std_multiples and --k_sigma must be > 0")
     out = Path(args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output_dir {out} exists and is not a folder")
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise UsageError(f"output folder {out} exists and is not empty; pass --overwrite or pick another --output_dir")
 

@@ -98,7 +98,7 @@ def plot_gpt2_branches(rows: list[dict], path: str | Path) -> Path:
         for ax, quantity in zip(axes[row], ("attn_add", "mlp_add")):
             for i, net in enumerate(nets):
                 sel = [r for r in rs if r["network"] == net and r["quantity"] == quantity]
-                ax.plot([r["layer"] for r in sel], [r["measured"] / r[key] for r in sel], "o-",
+                ax.plot([r["layer"] for r in sel], [r["measured"] / r[key] for r in sel], marker="o",
                         color=f"C{i % 10}", ls="-" if i < 10 else "--", ms=3, label=net.removeprefix("gpt2-"))
             ax.axhline(1.0, color="k", lw=0.8)
             ax.set_yscale("log")
