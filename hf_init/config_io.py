@@ -66,4 +66,7 @@ def parse_yaml_and_cli(parser, argv: list[str], default_config: str | os.PathLik
         # numbers as strings: argparse then applies the flag's own type (int vs float) to them
         parser.set_defaults(**{k: (str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
                                 for k, v in cfg.items()})
-    return parser.parse_args_into_dataclasses(args=argv), config_path
+    *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if remaining:
+        raise UsageError(f"unknown argument(s): {' '.join(remaining)} (see --help for valid flags)")
+    return tuple(parsed), config_path
