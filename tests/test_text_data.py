@@ -67,9 +67,11 @@ def test_validation_is_carved_by_seed_disjoint_and_the_right_fraction(builtin):
     assert info["train_documents"] == len(train) and info["validation_documents"] == len(validation)
     again, _ = load_raw_text(DataArguments())
     assert list(again["validation"]["text"]) == validation
-    other, _ = load_raw_text(DataArguments(validation_split_seed=7, validation_split_percentage=10))
-    assert len(other["validation"]) == math.ceil(0.10 * len(docs))
-    assert set(other["validation"]["text"]) != set(validation)
+    reseeded, _ = load_raw_text(DataArguments(validation_split_seed=7))
+    assert len(reseeded["validation"]) == len(validation)
+    assert set(reseeded["validation"]["text"]) != set(validation)
+    wider, _ = load_raw_text(DataArguments(validation_split_percentage=10))
+    assert len(wider["validation"]) == math.ceil(0.10 * len(docs))
 
 
 def test_local_txt_jsonl_csv_load(tmp_path):
@@ -98,7 +100,7 @@ def test_local_txt_jsonl_csv_load(tmp_path):
 
 
 def test_blocks_are_the_encoding_of_the_concatenated_documents(tmp_path):
-    train = _write_jsonl(tmp_path / "train.jsonl", PARAGRAPHS + [""])  # the empty document gets no eos
+    train = _write_jsonl(tmp_path / "train.jsonl", PARAGRAPHS[:2] + [""] + PARAGRAPHS[2:])  # "" gets no eos
     valid = _write_jsonl(tmp_path / "valid.jsonl", PARAGRAPHS[:3])
     args = DataArguments(train_file=train, validation_file=valid, block_size=16, vocab_size=300)
     raw, _ = load_raw_text(args)
@@ -179,6 +181,18 @@ def test_bad_files_and_arguments(tmp_path):
         load_raw_text(DataArguments(validation_split_percentage=0))
 
 
+def test_dataset_name_path_keeps_a_given_validation_split(tmp_path):
+    # datasets.load_dataset(name) is the Hub path; a local folder with split-named files goes through it offline.
+    folder = tmp_path / "my_corpus"
+    folder.mkdir()
+    _write_jsonl(folder / "train.jsonl", PARAGRAPHS, key="content")
+    _write_jsonl(folder / "validation.jsonl", PARAGRAPHS[:2], key="content")
+    raw, info = load_raw_text(DataArguments(dataset_name=str(folder), text_column="content"))
+    assert list(raw["train"]["text"]) == PARAGRAPHS and list(raw["validation"]["text"]) == PARAGRAPHS[:2]
+    assert info["source"] == "hub" and info["validation"] == "given"
+    assert info["sha256"] == _sha(PARAGRAPHS + PARAGRAPHS[:2])
+
+
 def test_hub_dataset_and_tokenizer_offline_name_the_alternatives():
     assert datasets.config.HF_HUB_OFFLINE  # tests/conftest.py sets the offline env vars
     with pytest.raises(ValueError) as err:
@@ -193,15 +207,20 @@ def test_hub_dataset_and_tokenizer_offline_name_the_alternatives():
 
 
 def test_streaming_local_file_carves_and_groups(tmp_path):
-    docs = [f"document number {i}: " + PARAGRAPHS[i % len(PARAGRAPHS)] for i in range(200)]
+    docs = [f"document number {i}: " + PARAGRAPHS[i % len(PARAGRAPHS)] for i in range(2000)]
     train = _write_jsonl(tmp_path / "train.jsonl", docs)
-    args = DataArguments(train_file=train, streaming=True, block_size=32, vocab_size=300, validation_split_percentage=10)
+    args = DataArguments(
+        train_file=train, streaming=True, block_size=32, vocab_size=300, validation_split_percentage=10,
+        group_batch_size=10_000,
+    )
     raw, info = load_raw_text(args)
     assert isinstance(raw, datasets.IterableDatasetDict) and info["sha256"] is None
     train_docs = [row["text"] for row in raw["train"]]
     valid_docs = [row["text"] for row in raw["validation"]]
     assert Counter(train_docs) + Counter(valid_docs) == Counter(docs)
-    assert 5 <= len(valid_docs) <= 40  # about 10% of 200, chosen by a seeded hash of the index
+    # Each document is held out with probability 10% (a seeded hash of its index): Binomial(2000, 0.1)
+    # has mean 200 and sd 13.4; the bounds are 3 sd.
+    assert 160 <= len(valid_docs) <= 240
     tokenizer = load_or_train_tokenizer(args, raw["train"])
     grouped = tokenize_and_group(raw, tokenizer, args)
     blocks = [row["input_ids"] for row in grouped["train"]]
@@ -221,3 +240,10 @@ def test_builtin_pipeline_with_subset_and_workers(builtin):
     stream = tokenizer.backend_tokenizer.encode(EOS_TOKEN.join(raw["train"]["text"]) + EOS_TOKEN).ids
     assert len(stream) // 64 - 1 <= len(grouped["train"]) <= len(stream) // 64
     assert all(len(b) == 64 for b in grouped["train"]["input_ids"])
+
+
+def test_builtin_corpus_streams_when_asked(builtin):
+    raw, info = load_raw_text(DataArguments(streaming=True, max_train_documents=5))
+    assert isinstance(raw, datasets.IterableDatasetDict) and info["sha256"] == builtin[1]["sha256"]
+    assert [row["text"] for row in raw["train"]] == list(builtin[0]["train"].select(range(5))["text"])
+    assert [row["text"] for row in raw["validation"]] == list(builtin[0]["validation"]["text"])

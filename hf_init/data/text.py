@@ -205,10 +205,8 @@ def _builtin_dataset(cache_dir: str | None = None) -> datasets.Dataset:
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
         try:
             docs = _build_builtin_corpus()
-            ds = datasets.Dataset.from_dict({"text": docs})
-            # Fixed fingerprint from the content: caches downstream are then reused across runs.
-            ds = datasets.Dataset(ds.data, fingerprint=corpus_sha256(docs)[:16])
-            ds.save_to_disk(str(tmp))
+            # from_dict fingerprints the content, so downstream map caches are reused across runs.
+            datasets.Dataset.from_dict({"text": docs}).save_to_disk(str(tmp))
             with contextlib.suppress(OSError):  # another process may have won the race: keep theirs
                 os.rename(tmp, folder)
         finally:
@@ -230,12 +228,20 @@ def builtin_corpus() -> list[str]:
 def corpus_sha256(documents: Iterable[str]) -> str:
     """SHA-256 of the documents in order, each UTF-8 encoded, separated by one NUL byte:
     ``sha256(b"\\0".join(d.encode("utf-8") for d in documents))``."""
+    return _corpus_stats(documents)[2]
+
+
+def _corpus_stats(documents: Iterable[str]) -> tuple[int, int, str]:
+    """(number of documents, number of characters (code points), ``corpus_sha256``) in one pass."""
     h = hashlib.sha256()
-    for i, doc in enumerate(documents):
-        if i:
+    n_docs = n_chars = 0
+    for doc in documents:
+        if n_docs:
             h.update(b"\0")
         h.update(doc.encode("utf-8"))
-    return h.hexdigest()
+        n_docs += 1
+        n_chars += len(doc)
+    return n_docs, n_chars, h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,16 +294,8 @@ def _carve_validation(train, args: DataArguments):
 
 
 def _info_for(name: str, source: str, splits: list) -> dict[str, Any]:
-    docs = (t for ds in splits for t in _iter_text(ds, "text"))
-    h = hashlib.sha256()
-    n_docs = n_chars = 0
-    for i, doc in enumerate(docs):
-        if i:
-            h.update(b"\0")
-        h.update(doc.encode("utf-8"))
-        n_docs += 1
-        n_chars += len(doc)
-    return {"name": name, "source": source, "n_documents": n_docs, "n_chars": n_chars, "sha256": h.hexdigest()}
+    n_docs, n_chars, sha = _corpus_stats(t for ds in splits for t in _iter_text(ds, "text"))
+    return {"name": name, "source": source, "n_documents": n_docs, "n_chars": n_chars, "sha256": sha}
 
 
 def _iter_text(ds: datasets.Dataset, column: str) -> Iterable[str]:
@@ -340,18 +338,20 @@ def load_raw_text(args: DataArguments) -> tuple[datasets.DatasetDict, dict[str, 
     else:
         info["validation"] = "given"
     if args.max_train_documents is not None:
-        if args.streaming:
+        if isinstance(raw["train"], datasets.IterableDataset):
             raw["train"] = raw["train"].take(args.max_train_documents)
         elif args.max_train_documents < len(raw["train"]):
             raw["train"] = raw["train"].select(range(args.max_train_documents))
         info["max_train_documents"] = args.max_train_documents
-    if not args.streaming:
+    if isinstance(raw["train"], datasets.Dataset):
         info["train_documents"] = len(raw["train"])
         info["validation_documents"] = len(raw["validation"])
-    raw = (datasets.IterableDatasetDict if args.streaming else datasets.DatasetDict)(
-        {"train": raw["train"], "validation": raw["validation"]}
-    )
-    return raw, info
+    if args.streaming:
+        # The built-in corpus is map-style even when streaming is asked for: stream it as promised.
+        splits = {k: ds if isinstance(ds, datasets.IterableDataset) else ds.to_iterable_dataset()
+                  for k, ds in ((k, raw[k]) for k in ("train", "validation"))}
+        return datasets.IterableDatasetDict(splits), info
+    return datasets.DatasetDict({"train": raw["train"], "validation": raw["validation"]}), info
 
 
 def _only_text_column(raw, column: str, what: str):
@@ -360,8 +360,7 @@ def _only_text_column(raw, column: str, what: str):
         names = ds.column_names
         if names is not None and column not in names:
             raise ValueError(f"{what} split {split!r} has no column {column!r}; its columns: {', '.join(names)} (set --text_column)")
-        if names is not None:
-            ds = ds.select_columns([column])
+        ds = ds.select_columns([column])  # lazy for streaming data whose columns are unknown yet
         if column != "text":
             ds = ds.rename_column(column, "text")
         raw[split] = ds
