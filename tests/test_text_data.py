@@ -206,6 +206,12 @@ def test_hub_dataset_and_tokenizer_offline_name_the_alternatives():
     assert "\n" not in message and "omit --tokenizer_name" in message and "local folder" in message
 
 
+def test_folder_without_a_tokenizer_is_a_one_line_error(tmp_path):
+    with pytest.raises(ValueError) as err:
+        load_or_train_tokenizer(DataArguments(tokenizer_name=str(tmp_path)), None)
+    assert "\n" not in str(err.value) and str(tmp_path) in str(err.value) and "save_pretrained" in str(err.value)
+
+
 def test_streaming_local_file_carves_and_groups(tmp_path):
     docs = [f"document number {i}: " + PARAGRAPHS[i % len(PARAGRAPHS)] for i in range(2000)]
     train = _write_jsonl(tmp_path / "train.jsonl", docs)

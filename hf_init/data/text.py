@@ -39,6 +39,8 @@ from typing import Any, Callable, Iterable
 
 import datasets
 
+from hf_init.data.tokenizer import _first_line
+
 #: Local file extensions and the ``datasets`` builder that reads them.
 FILE_BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv"}
 BUILTIN_CORPUS_NAME = "python-docs"
@@ -395,11 +397,6 @@ def _load_hub(args: DataArguments):
     else:
         info = _info_for(what, "hub", list(raw.values()))
     return raw, info
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _load_files(args: DataArguments):

@@ -100,15 +100,25 @@ def _load_tokenizer(name: str) -> "PreTrainedTokenizerFast":
     from transformers import AutoTokenizer
 
     if os.path.isdir(name):
-        return AutoTokenizer.from_pretrained(name)
+        try:
+            return AutoTokenizer.from_pretrained(name)
+        except (OSError, ValueError) as err:
+            raise ValueError(
+                f"folder {name!r} holds no loadable tokenizer ({_first_line(err)}); pass a folder written by "
+                f"save_pretrained (with tokenizer.json), or omit --tokenizer_name to train a ByteLevel BPE"
+            ) from None
     if os.path.exists(name):
         raise ValueError(f"--tokenizer_name {name!r} is a file; pass a folder written by save_pretrained")
     try:
         return AutoTokenizer.from_pretrained(name)
     except OSError as err:  # offline, unreachable, or no such repo; ConnectionError is an OSError
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(
             f"cannot load tokenizer {name!r}: it is no local folder and the Hub did not provide it "
-            f"({reason}); offline, omit --tokenizer_name to train a ByteLevel BPE on the training text "
+            f"({_first_line(err)}); offline, omit --tokenizer_name to train a ByteLevel BPE on the training text "
             f"(--vocab_size), or pass a local folder saved with save_pretrained"
         ) from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0].strip() if text else type(err).__name__
