@@ -292,7 +292,9 @@ def _carve_validation(train, args: DataArguments):
             train.filter(in_validation, with_indices=True),
         )
     if len(train) < 2:
-        raise ValueError(f"cannot carve a validation split from {len(train)} training document(s): pass --validation_file")
+        raise ValueError(
+            f"cannot carve a validation split from {len(train)} training document(s): pass --validation_file"
+        )
     split = train.train_test_split(test_size=fraction, seed=seed)
     return split["train"], split["test"]
 
@@ -363,7 +365,10 @@ def _only_text_column(raw, column: str, what: str):
     for split, ds in raw.items():
         names = ds.column_names
         if names is not None and column not in names:
-            raise ValueError(f"{what} split {split!r} has no column {column!r}; its columns: {', '.join(names)} (set --text_column)")
+            raise ValueError(
+                f"{what} split {split!r} has no column {column!r}; its columns: {', '.join(names)} "
+                f"(set --text_column)"
+            )
         ds = ds.select_columns([column])  # lazy for streaming data whose columns are unknown yet
         if column != "text":
             ds = ds.rename_column(column, "text")
@@ -481,7 +486,7 @@ def tokenize_and_group(
     computes while the others wait and read the cache.
 
     Raises ValueError when a split has fewer tokens than one block (stating both numbers).
-    Streaming data is mapped lazily; that check then happens when the data is read.
+    Streaming data is mapped lazily, without that check (nothing is read here).
     """
     if args.block_size < 1:
         raise ValueError(f"--block_size must be a positive number of tokens, got {args.block_size}")
@@ -491,11 +496,15 @@ def tokenize_and_group(
         if eos_id is None:
             raise ValueError("the tokenizer has no eos token to separate documents; pass --add_eos_token false")
     streaming = isinstance(raw, datasets.IterableDatasetDict)
-    guard = (lambda desc: main_process_first(desc=desc)) if main_process_first else (lambda desc: contextlib.nullcontext())
-    map_kwargs: dict[str, Any] = {} if streaming else {
-        "num_proc": args.preprocessing_num_workers,
-        "load_from_cache_file": not args.overwrite_cache,
-    }
+
+    def guard(desc: str) -> contextlib.AbstractContextManager:
+        return main_process_first(desc=desc) if main_process_first else contextlib.nullcontext()
+
+    def cached(desc: str) -> dict[str, Any]:  # IterableDataset.map has no cache, workers or progress bar
+        if streaming:
+            return {}
+        return {"num_proc": args.preprocessing_num_workers, "load_from_cache_file": not args.overwrite_cache,
+                "desc": desc}
 
     with guard("tokenizing"):
         tokenized = raw.map(
@@ -503,8 +512,7 @@ def tokenize_and_group(
             batched=True,
             remove_columns=["text"],
             fn_kwargs={"tokenizer": tokenizer, "eos_id": eos_id},
-            **map_kwargs,
-            **({} if streaming else {"desc": "Tokenizing"}),
+            **cached("Tokenizing"),
         )
     with guard("grouping"):
         grouped = tokenized.map(
@@ -512,8 +520,7 @@ def tokenize_and_group(
             batched=True,
             batch_size=args.group_batch_size,
             fn_kwargs={"block_size": args.block_size},
-            **map_kwargs,
-            **({} if streaming else {"desc": f"Grouping into blocks of {args.block_size}"}),
+            **cached(f"Grouping into blocks of {args.block_size}"),
         )
     if streaming:
         if args.max_train_samples is not None:
@@ -524,7 +531,8 @@ def tokenize_and_group(
 
     for split, ds in grouped.items():
         if len(ds) == 0:
-            n_tokens = sum(len(ids) for batch in tokenized[split].iter(batch_size=10_000) for ids in batch["input_ids"])
+            batches = tokenized[split].iter(batch_size=10_000)
+            n_tokens = sum(len(ids) for batch in batches for ids in batch["input_ids"])
             raise ValueError(
                 f"the {split} split has {n_tokens} tokens, fewer than one block of --block_size "
                 f"{args.block_size}; use more text or a smaller --block_size"
