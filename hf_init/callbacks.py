@@ -54,12 +54,6 @@ def gpt2_blocks(model: torch.nn.Module):
     return blocks
 
 
-def _weights(block: torch.nn.Module):
-    for names, path in BLOCK_WEIGHTS:
-        module = block.get_submodule(path)
-        yield len(names), module.weight
-
-
 def _is_sharded(model: torch.nn.Module) -> bool:
     return any(hasattr(p, "full_tensor") for p in unwrap_model(model).parameters())
 
@@ -74,17 +68,16 @@ def block_statistics(model: torch.nn.Module, grads: bool = False) -> torch.Tenso
     A missing gradient gives NaN. Sharded (DTensor) weights are gathered first: then every
     rank must call this.
     """
-    rows = []
-    for block in gpt2_blocks(model):
-        layer = []
-        for n_blocks, weight in _weights(block):
-            t = weight.grad if grads else weight
-            if t is None:
-                layer.append(torch.full((n_blocks, 3), math.nan, dtype=torch.float64))
-            else:
-                layer.append(column_block_moments(full_tensor(t), n_blocks).cpu())
-        rows.append(torch.cat(layer))
-    return torch.stack(rows)
+    blocks = list(gpt2_blocks(model))
+    parts = []
+    for names, path in BLOCK_WEIGHTS:
+        params = [block.get_submodule(path).weight for block in blocks]
+        tensors = [p.grad if grads else p for p in params]
+        if any(t is None for t in tensors):
+            parts.append(torch.full((len(blocks), len(names), 3), math.nan, dtype=torch.float64))
+        else:
+            parts.append(column_block_moments([full_tensor(t) for t in tensors], len(names)).cpu())
+    return torch.cat(parts, dim=1)
 
 
 def tensorboard_tag(name: str, layer: int, n_layer: int, grad: bool = False) -> str:

@@ -49,23 +49,34 @@ def split_qkv(c_attn_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
 
 
 @torch.no_grad()
-def column_block_moments(weight: torch.Tensor, n_blocks: int = 1) -> torch.Tensor:
-    """Population moments of ``n_blocks`` equal column blocks of a 2-D tensor, in one pass.
+def column_block_moments(weights, n_blocks: int = 1) -> torch.Tensor:
+    """Population moments of ``n_blocks`` equal column blocks of same-shape 2-D tensors.
 
-    ``weight`` has shape (rows, n_blocks * c); block ``i`` is ``weight[:, i*c:(i+1)*c]`` (for
-    GPT-2's ``c_attn`` with ``n_blocks=3``: Q, K, V, as in :func:`split_qkv`). Returns a float64
-    tensor of shape (n_blocks, 3) holding, per block, the mean, the population variance (divide
-    by the block's ``rows * c`` entries, two-pass) and the RMS. Same numbers as :func:`moments`
-    on each block, with a handful of kernels instead of three per block (the training callback
-    calls this for every layer, so it stays cheap).
+    ``weights`` is one tensor of shape (rows, n_blocks * c) or a sequence of L such tensors
+    (e.g. one GPT-2 weight kind in every layer); block ``i`` is ``w[:, i*c:(i+1)*c]`` (for
+    GPT-2's ``c_attn`` with ``n_blocks=3``: Q, K, V, as in :func:`split_qkv`). Returns float64
+    of shape (n_blocks, 3) for one tensor, (L, n_blocks, 3) for a sequence, holding per block
+    the mean, the population variance (divide by the block's ``rows * c`` entries; two-pass,
+    in float64 whatever the input dtype) and the RMS. Same numbers as :func:`moments` on each
+    block; all tensors of a kind are stacked into one float64 buffer so a whole model costs a
+    few kernels per weight kind (the training callback calls this at every recorded step).
     """
-    if weight.dim() != 2 or weight.shape[1] % n_blocks:
-        raise ValueError(f"cannot split a tensor of shape {tuple(weight.shape)} into {n_blocks} column blocks")
-    x = weight.detach().to(torch.float64).reshape(weight.shape[0], n_blocks, -1)
-    mean = x.mean(dim=(0, 2))
-    var = ((x - mean[None, :, None]) ** 2).mean(dim=(0, 2))
-    rms = (x * x).mean(dim=(0, 2)).sqrt()
-    return torch.stack([mean, var, rms], dim=1)
+    single = isinstance(weights, torch.Tensor)
+    ws = [weights] if single else list(weights)
+    rows, cols = ws[0].shape if ws and ws[0].dim() == 2 else (0, 0)
+    if not ws or any(w.dim() != 2 or tuple(w.shape) != (rows, cols) for w in ws) or cols % n_blocks:
+        raise ValueError(f"expected same-shape 2-D tensors with columns divisible by {n_blocks}, "
+                         f"got shapes {[tuple(w.shape) for w in ws]}")
+    c = cols // n_blocks
+    # (L, n_blocks, rows, c): each block's entries contiguous, so reductions run over rows
+    x = torch.stack([w.detach().reshape(rows, n_blocks, c).transpose(0, 1) for w in ws])
+    x = x.to(torch.float64).reshape(len(ws) * n_blocks, rows * c)
+    mean = x.mean(dim=1, keepdim=True)
+    x -= mean  # x is our own buffer: center and square it in place
+    var = x.square_().mean(dim=1)
+    mean = mean[:, 0]
+    out = torch.stack([mean, var, (var + mean * mean).sqrt()], dim=1).reshape(len(ws), n_blocks, 3)
+    return out[0] if single else out
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:

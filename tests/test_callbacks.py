@@ -174,3 +174,12 @@ def test_wrapped_models_are_unwrapped():
 def test_bad_interval_is_refused():
     with pytest.raises(ValueError, match="interval"):
         QKVVarianceCallback(every=0)
+
+
+def test_statistics_of_bf16_weights_are_exact_float64_moments():
+    model = tiny_model().to(torch.bfloat16)
+    stats = block_statistics(model)
+    for layer, block in enumerate(model.transformer.h):
+        w = block.attn.c_attn.weight.detach().double().numpy()  # bf16 values, exactly representable
+        for i, name in enumerate("qkv"):
+            assert stats[layer, i, 1].item() == pytest.approx(np.var(w[:, i * D : (i + 1) * D]), rel=1e-12)
