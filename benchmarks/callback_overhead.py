@@ -1,6 +1,7 @@
 """Cost of QKVVarianceCallback: the same tiny GPT-2 training with and without it, interleaved.
 
     PYTHONPATH=. python benchmarks/callback_overhead.py            # 12 x 128, batch 8 x 64 (the tiny config)
+    PYTHONPATH=. python benchmarks/callback_overhead.py --threads 1 --rounds 3   # on a busy machine
 
 Three variants share one model and one data stream: no callback, the callback at the default
 interval (every 10 steps, as in configs/pretrain_tiny.yaml) and the callback at every step (JSONL +
@@ -61,11 +62,17 @@ def main(argv=None):
     p.add_argument("--interval", type=int, default=10, help="the default recording interval (logging_steps)")
     p.add_argument("--steps_per_chunk", type=int, default=20)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's choice). On a machine shared with other jobs "
+                        "use 1: two spinning OpenMP threads per process collapse under contention")
     args = p.parse_args(argv)
     if args.steps_per_chunk % args.interval:
         p.error("--steps_per_chunk must be a multiple of --interval")
 
     from torch.utils.tensorboard import SummaryWriter
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     model = build_model(n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head, vocab_size=args.vocab_size,

@@ -192,6 +192,7 @@ def run(argv: list[str], started: float | None = None) -> dict:
     set_seed(training_args.seed)
     raw, corpus_info = load_raw_text(data_args)
     tokenizer = load_or_train_tokenizer(data_args, raw["train"])
+    check_same_tokenizer(tokenizer, training_args.world_size)
     with training_args.main_process_first(desc="tokenize and group"):
         lm_data = tokenize_and_group(raw, tokenizer, data_args)
     train_data, eval_data = lm_data["train"], lm_data["validation"]
@@ -264,6 +265,21 @@ def run(argv: list[str], started: float | None = None) -> dict:
         print_summary(info, format_summary(table), out)
     torch_dist_barrier(torch)
     return info
+
+
+def check_same_tokenizer(tokenizer, world_size: int) -> None:
+    """Every rank trains (or loads) its tokenizer itself: make sure they all got the same one."""
+    if world_size <= 1:
+        return
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
+    digests = [None] * world_size
+    torch.distributed.all_gather_object(digests, digest)
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"ranks built different tokenizers ({digests}); pass --tokenizer_name with a saved one")
 
 
 def torch_dist_barrier(torch) -> None:

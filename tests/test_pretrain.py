@@ -148,3 +148,17 @@ def test_shipped_configs_only_use_known_keys():
     for cfg in (ROOT / "configs").glob("*.yaml"):
         if cfg.name.startswith(("pretrain", "gpt2")):
             assert set(read_yaml_config(cfg)) <= known, cfg.name
+
+
+def test_variance_table_summary_on_hand_made_records():
+    from hf_init.analysis.variance import half_change_steps, layer_spread, start_end_summary, variance_table
+
+    # layer 0: 1 -> 2 by step 10 (half the change by step 10); layer 1: 1 -> 5, half by step 20
+    values = {0: {0: 1.0, 10: 1.8, 20: 1.9, 30: 2.0}, 1: {0: 1.0, 10: 2.0, 20: 3.5, 30: 5.0}}
+    records = [{"step": s, "layer": l, "q": v, "k": v, "v": v} for l, row in values.items() for s, v in row.items()]
+    table = variance_table(records[::-1])  # order in the file does not matter
+    assert table.steps.tolist() == [0, 10, 20, 30]
+    assert half_change_steps(table, "q").tolist() == [10, 20]
+    rows = start_end_summary(table)
+    assert rows[1]["q"] == {"start": 1.0, "end": 5.0, "ratio": 5.0, "half_change_step": 20}
+    assert layer_spread(table, "v").tolist() == [1.0, 2.0 / 1.8, 3.5 / 1.9, 2.5]

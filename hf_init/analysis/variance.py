@@ -52,15 +52,28 @@ def variance_table(records: list[dict]) -> VarianceTable:
 
 
 def start_end_summary(table: VarianceTable, names=("q", "k", "v")) -> list[dict]:
-    """Per layer and name: the variance at the first and the last recorded step and their ratio."""
+    """Per layer and name: the variance at the first and the last recorded step, their ratio
+    and the step by which half of that change had happened (:func:`half_change_steps`)."""
     rows = []
+    half = {n: half_change_steps(table, n) for n in names}
     for i, layer in enumerate(table.layers):
         row = {"layer": int(layer)}
         for n in names:
             start, end = float(table[n][i, 0]), float(table[n][i, -1])
-            row[n] = {"start": start, "end": end, "ratio": end / start if start > 0 else math.nan}
+            row[n] = {"start": start, "end": end, "ratio": end / start if start > 0 else math.nan,
+                      "half_change_step": int(half[n][i])}
         rows.append(row)
     return rows
+
+
+def half_change_steps(table: VarianceTable, name: str) -> np.ndarray:
+    """Per layer: the first recorded step at which ``name``'s variance has covered half of its
+    total change from the first to the last recorded step (how fast each layer moves)."""
+    v = table[name]
+    change = v - v[:, :1]
+    total = change[:, -1:]
+    reached = np.abs(change) >= np.abs(total) / 2
+    return table.steps[np.argmax(reached, axis=1)]
 
 
 def layer_spread(table: VarianceTable, name: str) -> np.ndarray:
@@ -73,10 +86,12 @@ def layer_spread(table: VarianceTable, name: str) -> np.ndarray:
 def format_summary(table: VarianceTable, names=("q", "k", "v")) -> str:
     """A text table: per layer, start -> end variance of Q, K, V and the ratio end/start."""
     first, last = int(table.steps[0]), int(table.steps[-1])
-    head = f"population variance of each layer's weights, step {first} -> step {last} (x = end/start)"
-    lines = [head, "layer " + "".join(f"{n.upper():>33}" for n in names)]
+    head = (f"population variance of each layer's weights, step {first} -> step {last} "
+            f"(x = end/start, h = step by which half of the change happened)")
+    lines = [head, "layer " + "".join(f"{n.upper():>39}" for n in names)]
     for row in start_end_summary(table, names):
-        cells = "".join(f"{row[n]['start']:>12.4e} -> {row[n]['end']:.4e} x{row[n]['ratio']:<5.2f}" for n in names)
+        cells = "".join(f"{row[n]['start']:>12.4e} -> {row[n]['end']:.4e} x{row[n]['ratio']:<5.2f}"
+                        f"h{row[n]['half_change_step']:<5d}" for n in names)
         lines.append(f"{row['layer']:>5} {cells}")
     spreads = "  ".join(f"{n.upper()} {layer_spread(table, n)[0]:.2f} -> {layer_spread(table, n)[-1]:.2f}" for n in names)
     lines.append(f"spread across layers (max/min variance): {spreads}")
