@@ -146,6 +146,7 @@ class QKVVarianceCallback(TrainerCallback):
         self._grads: tuple[int, torch.Tensor] | None = None
         self._last_step = -1
         self._layout_written = False
+        self._sharded: bool | None = None  # FSDP2 DTensor weights: every rank joins the gathers
         self.records_written = 0
 
     # -- when ------------------------------------------------------------------------------
@@ -190,7 +191,9 @@ class QKVVarianceCallback(TrainerCallback):
 
     # -- what ------------------------------------------------------------------------------
     def _computes(self, state, model) -> bool:
-        return state.is_world_process_zero or _is_sharded(model)
+        if self._sharded is None:
+            self._sharded = model is not None and _is_sharded(model)
+        return state.is_world_process_zero or self._sharded
 
     def _record(self, state, model, step: int, grads: torch.Tensor | None) -> None:
         if step <= self._last_step or model is None or not self._computes(state, model):
@@ -230,6 +233,7 @@ class QKVVarianceCallback(TrainerCallback):
             writer.add_custom_scalars(custom_scalars_layout())
             self._layout_written = True
         n_layer = weights.shape[0]
+        scalars = {}
         for source, is_grad in ((weights, False), (grads, True)):
             if source is None:
                 continue
@@ -237,8 +241,23 @@ class QKVVarianceCallback(TrainerCallback):
             for layer, row in enumerate(values):
                 for name, value in zip(QKV, row):
                     if math.isfinite(value):
-                        writer.add_scalar(tensorboard_tag(name, layer, n_layer, is_grad), value, step)
-        writer.flush()
+                        scalars[tensorboard_tag(name, layer, n_layer, is_grad)] = value
+        _add_scalars_one_event(writer, scalars, step)
+
+
+def _add_scalars_one_event(writer, scalars: dict[str, float], step: int) -> None:
+    """Write many scalars at one step as a single event (one queue hand-off instead of one per
+    tag; TensorBoard reads each value as its own scalar series). Falls back to add_scalar."""
+    get_file_writer = getattr(writer, "_get_file_writer", None)
+    if get_file_writer is None:
+        for tag, value in scalars.items():
+            writer.add_scalar(tag, value, step)
+        return
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from torch.utils.tensorboard.summary import scalar
+
+    summary = Summary(value=[v for tag, value in scalars.items() for v in scalar(tag, value).value])
+    get_file_writer().add_summary(summary, step)
 
 
 def _finite(x):

@@ -56,10 +56,13 @@ def column_block_moments(weights, n_blocks: int = 1) -> torch.Tensor:
     (e.g. one GPT-2 weight kind in every layer); block ``i`` is ``w[:, i*c:(i+1)*c]`` (for
     GPT-2's ``c_attn`` with ``n_blocks=3``: Q, K, V, as in :func:`split_qkv`). Returns float64
     of shape (n_blocks, 3) for one tensor, (L, n_blocks, 3) for a sequence, holding per block
-    the mean, the population variance (divide by the block's ``rows * c`` entries; two-pass,
-    in float64 whatever the input dtype) and the RMS. Same numbers as :func:`moments` on each
-    block; all tensors of a kind are stacked into one float64 buffer so a whole model costs a
-    few kernels per weight kind (the training callback calls this at every recorded step).
+    the mean, the population variance (divide by the block's ``rows * c`` entries) and the RMS.
+
+    Built for the training callback, which calls it at every recorded step: the entries are
+    copied once into a float64 buffer (block entries contiguous) and the variance is
+    E[x^2] - E[x]^2 from float64 sums, one read pass each. Its relative rounding error is about
+    1e-16 * (1 + mean^2 / var): negligible for weight and gradient blocks, whose |mean| is far
+    below their std. :func:`moments` is the two-pass reference (the tests compare against numpy).
     """
     single = isinstance(weights, torch.Tensor)
     ws = [weights] if single else list(weights)
@@ -68,14 +71,15 @@ def column_block_moments(weights, n_blocks: int = 1) -> torch.Tensor:
         raise ValueError(f"expected same-shape 2-D tensors with columns divisible by {n_blocks}, "
                          f"got shapes {[tuple(w.shape) for w in ws]}")
     c = cols // n_blocks
-    # (L, n_blocks, rows, c): each block's entries contiguous, so reductions run over rows
-    x = torch.stack([w.detach().reshape(rows, n_blocks, c).transpose(0, 1) for w in ws])
-    x = x.to(torch.float64).reshape(len(ws) * n_blocks, rows * c)
-    mean = x.mean(dim=1, keepdim=True)
-    x -= mean  # x is our own buffer: center and square it in place
-    var = x.square_().mean(dim=1)
-    mean = mean[:, 0]
-    out = torch.stack([mean, var, (var + mean * mean).sqrt()], dim=1).reshape(len(ws), n_blocks, 3)
+    n = rows * c
+    buf = torch.empty((len(ws), n_blocks, rows, c), dtype=torch.float64, device=ws[0].device)
+    for i, w in enumerate(ws):
+        buf[i].copy_(w.detach().reshape(rows, n_blocks, c).transpose(0, 1))
+    x = buf.view(len(ws) * n_blocks, n)
+    mean = x.sum(dim=1) / n
+    mean_sq = torch.linalg.vector_norm(x, dim=1).square_() / n
+    var = (mean_sq - mean * mean).clamp_(min=0.0)
+    out = torch.stack([mean, var, mean_sq.sqrt()], dim=1).reshape(len(ws), n_blocks, 3)
     return out[0] if single else out
 
 
