@@ -63,12 +63,26 @@ def build_parser():
     return HfArgumentParser((ModelArguments, DataArguments, RunArguments, TrainingArguments))
 
 
+def accelerator_available() -> bool:
+    """A CUDA, XPU or MPS device is present (otherwise training runs on the CPU)."""
+    import torch
+
+    return bool(torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+                or torch.backends.mps.is_available())
+
+
 def parse_args(argv: list[str]):
     """``[config.yaml] [--flag value ...]``; without a YAML file, configs/pretrain_tiny.yaml."""
     from .config_io import parse_yaml_and_cli
 
+    parser = build_parser()
+    if not accelerator_available():
+        # Without use_cpu, TrainingArguments under `accelerate launch --multi_gpu` on a machine with
+        # no GPU inits a process group but trains every rank alone (world size 1, both writing the
+        # same files). use_cpu=True makes accelerate pick MULTI_CPU with gloo: real DDP.
+        parser.set_defaults(use_cpu=True)
     (model_args, data_args, run_args, training_args), config_path = parse_yaml_and_cli(
-        build_parser(), argv, default_config=DEFAULT_CONFIG)
+        parser, argv, default_config=DEFAULT_CONFIG)
     return model_args, data_args, run_args, training_args, config_path
 
 

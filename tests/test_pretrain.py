@@ -162,3 +162,21 @@ def test_variance_table_summary_on_hand_made_records():
     rows = start_end_summary(table)
     assert rows[1]["q"] == {"start": 1.0, "end": 5.0, "ratio": 5.0, "half_change_step": 20}
     assert layer_spread(table, "v").tolist() == [1.0, 2.0 / 1.8, 3.5 / 1.9, 2.5]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(tmp_path):
+    """accelerate launch with 2 gloo ranks: one world of size 2, one writer, no duplicate lines."""
+    out = tmp_path / "ddp"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "accelerate_configs" / "cpu_ddp.yaml"), str(SCRIPT), *TINY, "--max_steps", "6",
+           "--output_dir", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["world_size"] == 2
+    assert info["tokens_seen"] == 6 * 4 * 2 * 32  # steps x per-device batch x ranks x block
+    keys = [(r["step"], r["layer"]) for r in map(json.loads, (out / "variance.jsonl").read_text().splitlines())]
+    assert sorted(keys) == [(s, layer) for s in (0, 5, 6) for layer in range(2)]
