@@ -210,7 +210,7 @@ def run(argv: list[str], started: float | None = None) -> dict:
     with training_args.main_process_first(desc="tokenize and group"):
         lm_data = tokenize_and_group(raw, tokenizer, data_args)
     train_data, eval_data = lm_data["train"], lm_data["validation"]
-    block_size = len(train_data[0]["input_ids"])
+    block_size = data_args.block_size  # tokenize_and_group makes blocks of exactly this length
 
     config = model_config(model_args, vocab_size=len(tokenizer), n_positions=block_size, tokenizer=tokenizer)
     set_seed(training_args.seed)
@@ -256,7 +256,7 @@ def run(argv: list[str], started: float | None = None) -> dict:
                      "initializer_range": config.initializer_range},
             "seed": training_args.seed,
             "corpus": corpus_info,
-            "blocks": {"train": len(train_data), "validation": len(eval_data), "block_size": block_size},
+            "blocks": {"train": _len(train_data), "validation": _len(eval_data), "block_size": block_size},
             "vocab_size": len(tokenizer),
             "world_size": world_size,
             "device": str(training_args.device),
@@ -279,6 +279,14 @@ def run(argv: list[str], started: float | None = None) -> dict:
         print_summary(info, format_summary(table), out)
     torch_dist_barrier(torch)
     return info
+
+
+def _len(dataset) -> int | None:
+    """Number of rows, or None for a streamed (iterable) dataset."""
+    try:
+        return len(dataset)
+    except TypeError:
+        return None
 
 
 def check_same_tokenizer(tokenizer, world_size: int) -> None:
