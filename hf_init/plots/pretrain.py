@@ -1,0 +1,62 @@
+"""Figures of a pretraining run's per-layer variance records (``variance.jsonl`` in, PNG out)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..analysis.variance import VarianceTable, read_records, variance_table
+from . import pyplot, save_figure
+
+QKV = ("q", "k", "v")
+
+
+def variance_vs_step(table: VarianceTable, path, prefix: str = "", title: str = "weight variance"):
+    """Q, K, V variance against step, one line per layer, coloured shallow (dark) to deep
+    (yellow) with viridis; log y axis."""
+    plt = pyplot()
+    n = len(table.layers)
+    cmap = plt.get_cmap("viridis")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True, constrained_layout=True)
+    for ax, name in zip(axes, QKV):
+        values = table[prefix + name]
+        for i, layer in enumerate(table.layers):
+            ok = np.isfinite(values[i]) & (values[i] > 0)
+            ax.plot(table.steps[ok], values[i][ok], color=cmap(i / max(1, n - 1)), lw=1.3)
+        ax.set_yscale("log")
+        ax.set_xlabel("optimizer step")
+        ax.set_title(f"{name.upper()} {title}")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("population variance")
+    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(table.layers[0], table.layers[-1]))
+    fig.colorbar(sm, ax=axes, label="layer (shallow -> deep)")
+    return save_figure(fig, path)
+
+
+def variance_heatmap(table: VarianceTable, path, prefix: str = "", title: str = "log10 weight variance"):
+    """Layer x step heatmaps of log10 variance for Q, K and V."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
+    for ax, name in zip(axes, QKV):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.log10(table[prefix + name])
+        im = ax.imshow(z, aspect="auto", origin="lower", cmap="magma", interpolation="nearest",
+                       extent=(table.steps[0], table.steps[-1], table.layers[0] - 0.5, table.layers[-1] + 0.5))
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("layer")
+        ax.set_title(f"{name.upper()} {title}")
+        fig.colorbar(im, ax=ax)
+    return save_figure(fig, path)
+
+
+def plot_run(variance_jsonl, figures_dir) -> list[Path]:
+    """All figures of a run: weight (and, when recorded, gradient) variance vs step and heatmaps."""
+    table = variance_table(read_records(variance_jsonl))
+    figures_dir = Path(figures_dir)
+    paths = [variance_vs_step(table, figures_dir / "qkv_variance_vs_step.png"),
+             variance_heatmap(table, figures_dir / "qkv_variance_heatmap.png")]
+    if np.isfinite(table["grad_q"]).any():
+        paths.append(variance_vs_step(table, figures_dir / "qkv_grad_variance_vs_step.png", prefix="grad_",
+                                      title="gradient variance"))
+    return paths

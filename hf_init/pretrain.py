@@ -1,0 +1,320 @@
+"""GPT-2 pretraining from scratch with per-layer Q/K/V variance tracking: the logic behind
+``scripts/pretrain.py`` (arguments, output-folder check, the run, run_info, summary).
+
+Flow: YAML + flags -> (ModelArguments, DataArguments, RunArguments, TrainingArguments) ->
+raw text -> tokenizer -> blocks -> GPT-2 with the init scheme -> Trainer with
+:class:`~hf_init.callbacks.QKVVarianceCallback` -> eval (loss, perplexity, next-token
+accuracy) -> model + tokenizer, figures, ``run_info.json``, printed summary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .cli import UsageError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "pretrain_tiny.yaml"
+RUN_INFO = "run_info.json"
+# files and folders that mean "this folder already holds a run"
+RUN_MARKERS = ("variance.jsonl", RUN_INFO, "config.json", "model.safetensors", "trainer_state.json",
+               "tokenizer.json", "runs", "figures")
+
+
+@dataclass
+class ModelArguments:
+    """The GPT-2 architecture and its init scheme (recorded in the saved config.json)."""
+
+    init_scheme: str = field(default="gpt2", metadata={"help": "init scheme (see hf_init.schemes.SCHEMES)"})
+    init_std: float | None = field(default=None, metadata={"help": "std of every weight (scheme `normal`), > 0"})
+    init_fan_mode: str = field(default="fan_in", metadata={"help": "kaiming_*: fan_in or fan_out"})
+    init_nonlinearity: str = field(default="relu", metadata={"help": "kaiming_*: gain of this nonlinearity"})
+    init_gain: float = field(default=1.0, metadata={"help": "xavier_*: gain multiplying the std"})
+    initializer_range: float = field(default=0.02, metadata={"help": "GPT-2's r (scheme gpt2, embeddings)"})
+    n_layer: int = field(default=12, metadata={"help": "number of transformer blocks"})
+    n_embd: int = field(default=128, metadata={"help": "residual width"})
+    n_head: int = field(default=4, metadata={"help": "attention heads (must divide n_embd)"})
+    dropout: float = field(default=0.0, metadata={"help": "resid/embd/attn dropout"})
+
+
+@dataclass
+class RunArguments:
+    """What this script adds around the Trainer."""
+
+    variance_steps: int | None = field(
+        default=None, metadata={"help": "record Q/K/V variance every N optimizer steps (default: logging_steps)"})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "replace a run already in output_dir (otherwise refuse)"})
+
+
+def build_parser():
+    from transformers import HfArgumentParser, TrainingArguments
+
+    from .data.text import DataArguments
+
+    return HfArgumentParser((ModelArguments, DataArguments, RunArguments, TrainingArguments))
+
+
+def accelerator_available() -> bool:
+    """A CUDA, XPU or MPS device is present (otherwise training runs on the CPU)."""
+    import torch
+
+    return bool(torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+                or torch.backends.mps.is_available())
+
+
+def parse_args(argv: list[str]):
+    """``[config.yaml] [--flag value ...]``; without a YAML file, configs/pretrain_tiny.yaml."""
+    from .config_io import parse_yaml_and_cli
+
+    parser = build_parser()
+    if not accelerator_available():
+        # Without use_cpu, TrainingArguments under `accelerate launch --multi_gpu` on a machine with
+        # no GPU inits a process group but trains every rank alone (world size 1, both writing the
+        # same files). use_cpu=True makes accelerate pick MULTI_CPU with gloo: real DDP.
+        parser.set_defaults(use_cpu=True)
+    (model_args, data_args, run_args, training_args), config_path = parse_yaml_and_cli(
+        parser, argv, default_config=DEFAULT_CONFIG)
+    return model_args, data_args, run_args, training_args, config_path
+
+
+def existing_run_markers(output_dir: str | os.PathLike) -> list[str]:
+    """Names in ``output_dir`` that show it already holds a run (empty if none / no folder)."""
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output_dir {str(out)!r} exists and is not a folder")
+    if not out.is_dir():
+        return []
+    found = [m for m in RUN_MARKERS if (out / m).exists()]
+    found += sorted(p.name for p in out.glob("checkpoint-*"))
+    return found
+
+
+def check_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> list[str]:
+    """Refuse an output folder that already holds a run, unless ``overwrite``. Writes nothing."""
+    found = existing_run_markers(output_dir)
+    if found and not overwrite:
+        raise FileExistsError(f"output_dir {str(output_dir)!r} already holds a run ({', '.join(found[:4])}"
+                              f"{', ...' if len(found) > 4 else ''}); pass --overwrite_output_dir to replace it "
+                              f"or choose another --output_dir")
+    return found
+
+
+def clear_previous_run(output_dir: str | os.PathLike, found: list[str]) -> None:
+    """Remove an earlier run's artifacts (only with --overwrite_output_dir, after every input
+    was validated), so TensorBoard and the figures never mix two runs."""
+    for name in found:
+        p = Path(output_dir) / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def model_config(model_args: ModelArguments, vocab_size: int, n_positions: int, tokenizer=None):
+    """The GPT2Config (init scheme validated by ``make_config``), special token ids from the tokenizer."""
+    from .modeling import make_config
+
+    kwargs = {}
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if getattr(tokenizer, name, None) is not None:
+            kwargs[name] = getattr(tokenizer, name)
+    return make_config(
+        init_scheme=model_args.init_scheme, init_std=model_args.init_std, init_fan_mode=model_args.init_fan_mode,
+        init_nonlinearity=model_args.init_nonlinearity, init_gain=model_args.init_gain,
+        initializer_range=model_args.initializer_range, n_layer=model_args.n_layer, n_embd=model_args.n_embd,
+        n_head=model_args.n_head, vocab_size=vocab_size, n_positions=n_positions,
+        resid_pdrop=model_args.dropout, embd_pdrop=model_args.dropout, attn_pdrop=model_args.dropout, **kwargs)
+
+
+def versions() -> dict:
+    import accelerate
+    import datasets
+    import evaluate
+    import tokenizers
+    import torch
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "accelerate": accelerate.__version__, "datasets": datasets.__version__, "evaluate": evaluate.__version__,
+            "tokenizers": tokenizers.__version__, "platform": platform.platform()}
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def next_token_metric():
+    """compute_metrics / preprocess_logits_for_metrics for the local next-token accuracy."""
+    import evaluate
+
+    from .metrics import metric_path
+
+    metric = evaluate.load(metric_path("next_token_accuracy"), keep_in_memory=True)
+
+    def preprocess_logits_for_metrics(logits, labels):
+        return (logits[0] if isinstance(logits, tuple) else logits).argmax(dim=-1)
+
+    def compute_metrics(eval_pred):
+        out = metric.compute(predictions=eval_pred.predictions, references=eval_pred.label_ids)
+        return {"accuracy": out["accuracy"], "accuracy_tokens": out["n_tokens"]}
+
+    return compute_metrics, preprocess_logits_for_metrics
+
+
+def _check_model_args(model_args: ModelArguments, data_args) -> None:
+    if model_args.n_layer < 1 or model_args.n_embd < 1 or model_args.n_head < 1:
+        raise UsageError("n_layer, n_embd and n_head must be >= 1")
+    if model_args.n_embd % model_args.n_head:
+        raise UsageError(f"n_head ({model_args.n_head}) must divide n_embd ({model_args.n_embd})")
+    if not 0 <= model_args.dropout < 1:
+        raise UsageError(f"dropout must be in [0, 1), got {model_args.dropout}")
+    model_config(model_args, vocab_size=max(2, getattr(data_args, "vocab_size", 2) or 2), n_positions=8)
+
+
+def run(argv: list[str], started: float | None = None) -> dict:
+    """The whole pretraining job. Returns the run_info dict (also written to the run folder)."""
+    started = time.time() if started is None else started
+    model_args, data_args, run_args, training_args, config_path = parse_args(argv)
+    # every check that needs no data, before anything is written
+    _check_model_args(model_args, data_args)
+    if run_args.variance_steps is not None and run_args.variance_steps < 1:
+        raise UsageError(f"variance_steps must be >= 1, got {run_args.variance_steps}")
+    found = check_output_dir(training_args.output_dir, run_args.overwrite_output_dir)
+
+    import torch
+    from transformers import Trainer, default_data_collator, set_seed
+    from transformers.integrations import TensorBoardCallback
+
+    from .analysis.variance import format_summary, read_records, variance_table
+    from .callbacks import VARIANCE_FILE, QKVVarianceCallback
+    from .data.text import load_raw_text, tokenize_and_group
+    from .data.tokenizer import load_or_train_tokenizer
+    from .modeling import build_model
+    from .plots.pretrain import plot_run
+
+    set_seed(training_args.seed)
+    raw, corpus_info = load_raw_text(data_args)
+    tokenizer = load_or_train_tokenizer(data_args, raw["train"])
+    check_same_tokenizer(tokenizer, training_args.world_size)
+    with training_args.main_process_first(desc="tokenize and group"):
+        lm_data = tokenize_and_group(raw, tokenizer, data_args)
+    train_data, eval_data = lm_data["train"], lm_data["validation"]
+    block_size = data_args.block_size  # tokenize_and_group makes blocks of exactly this length
+
+    config = model_config(model_args, vocab_size=len(tokenizer), n_positions=block_size, tokenizer=tokenizer)
+    set_seed(training_args.seed)
+    model = build_model(config)
+    n_params = sum(p.numel() for p in model.parameters())
+
+    is_main = training_args.process_index == 0
+    out = Path(training_args.output_dir)
+    if found and is_main:
+        clear_previous_run(out, found)
+    compute_metrics, preprocess_logits = next_token_metric()
+    variance_cb = QKVVarianceCallback(every=run_args.variance_steps)
+    trainer = Trainer(model=model, args=training_args, train_dataset=train_data, eval_dataset=eval_data,
+                      processing_class=tokenizer, data_collator=default_data_collator,
+                      compute_metrics=compute_metrics, preprocess_logits_for_metrics=preprocess_logits,
+                      callbacks=[variance_cb])
+    variance_cb.tensorboard = next(
+        (c for c in trainer.callback_handler.callbacks if isinstance(c, TensorBoardCallback)), None)
+
+    train_result = trainer.train()
+    eval_metrics = trainer.evaluate()
+    world_size = training_args.world_size
+    steps = trainer.state.global_step
+    tokens_seen = (steps * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+                   * world_size * block_size)
+    runtime = train_result.metrics.get("train_runtime", float("nan"))
+    eval_loss = eval_metrics.get("eval_loss", float("nan"))
+
+    trainer.save_model(str(out))  # main process only; plain GPT-2 config
+    info: dict = {}
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(out))
+        figures = plot_run(out / VARIANCE_FILE, out / "figures")
+        table = variance_table(read_records(out / VARIANCE_FILE))
+        info = {
+            "versions": versions(),
+            "command": [sys.argv[0], *argv],
+            "config_file": str(config_path) if config_path else None,
+            "config": {"model": asdict(model_args), "data": asdict(data_args), "run": asdict(run_args),
+                       "training": training_args.to_dict()},
+            "init": {"scheme": config.init_scheme, "std": config.init_std, "fan_mode": config.init_fan_mode,
+                     "nonlinearity": config.init_nonlinearity, "gain": config.init_gain,
+                     "initializer_range": config.initializer_range},
+            "seed": training_args.seed,
+            "corpus": corpus_info,
+            "blocks": {"train": _len(train_data), "validation": _len(eval_data), "block_size": block_size},
+            "vocab_size": len(tokenizer),
+            "world_size": world_size,
+            "device": str(training_args.device),
+            "n_parameters": n_params,
+            "optimizer_steps": steps,
+            "tokens_seen": tokens_seen,
+            "train_runtime_s": runtime,
+            "tokens_per_second": tokens_seen / runtime if runtime else None,
+            "train_loss": train_result.training_loss,
+            "eval_loss": eval_loss,
+            "perplexity": math.exp(eval_loss) if eval_loss < 700 else float("inf"),
+            "next_token_accuracy": eval_metrics.get("eval_accuracy"),
+            "eval_tokens": eval_metrics.get("eval_accuracy_tokens"),
+            "variance_records": {"file": VARIANCE_FILE, "steps": [int(s) for s in table.steps],
+                                 "layers": len(table.layers)},
+            "figures": [str(p.relative_to(out)) for p in figures],
+            "wall_time_s": time.time() - started,
+        }
+        write_json_atomic(out / RUN_INFO, info)
+        print_summary(info, format_summary(table), out)
+    torch_dist_barrier(torch)
+    return info
+
+
+def _len(dataset) -> int | None:
+    """Number of rows, or None for a streamed (iterable) dataset."""
+    try:
+        return len(dataset)
+    except TypeError:
+        return None
+
+
+def check_same_tokenizer(tokenizer, world_size: int) -> None:
+    """Every rank trains (or loads) its tokenizer itself: make sure they all got the same one."""
+    if world_size <= 1:
+        return
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
+    digests = [None] * world_size
+    torch.distributed.all_gather_object(digests, digest)
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"ranks built different tokenizers ({digests}); pass --tokenizer_name with a saved one")
+
+
+def torch_dist_barrier(torch) -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def print_summary(info: dict, table_text: str, out: Path) -> None:
+    print()
+    print(table_text)
+    print(f"init {info['init']['scheme']} (std {info['init']['std']}), {info['n_parameters']:,} parameters, "
+          f"world size {info['world_size']}, {info['optimizer_steps']} steps, {info['tokens_seen']:,} tokens "
+          f"in {info['train_runtime_s']:.1f} s ({info['tokens_per_second']:,.0f} tokens/s)")
+    print(f"eval loss {info['eval_loss']:.4f}, perplexity {info['perplexity']:.2f}, "
+          f"next-token accuracy {info['next_token_accuracy']:.4f} ({info['eval_tokens']} tokens)")
+    print(f"run folder {out}: model + tokenizer, variance.jsonl, figures/, runs/ (TensorBoard), {RUN_INFO}")

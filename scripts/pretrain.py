@@ -1,0 +1,30 @@
+"""Pretrain a GPT-2 from scratch and record every layer's Q/K/V weight variance.
+
+    accelerate launch scripts/pretrain.py                       # configs/pretrain_tiny.yaml (2-core CPU, minutes)
+    accelerate launch scripts/pretrain.py configs/gpt2_small.yaml --init_scheme xavier_normal
+    python scripts/pretrain.py configs/pretrain_tiny.yaml --max_steps 50 --output_dir outputs/try
+
+The first argument may be a YAML config (keys = the flags below); flags override it. Without
+one, configs/pretrain_tiny.yaml is used. The run folder gets the model and tokenizer
+(save_pretrained), variance.jsonl, figures/, TensorBoard events (runs/) and run_info.json.
+"""
+
+import sys
+import time
+
+_STARTED = time.time()
+
+from hf_init.cli import fail_cleanly  # noqa: E402
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+    from hf_init.pretrain import run
+
+    run(argv, started=_STARTED)
+
+
+if __name__ == "__main__":
+    sys.exit(fail_cleanly(main))

@@ -1,0 +1,185 @@
+"""QKVVarianceCallback: numbers against manual numpy computations, JSONL layout, TensorBoard."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.integrations import TensorBoardCallback
+
+from hf_init.callbacks import QKVVarianceCallback, block_statistics, unwrap_model
+from hf_init.modeling import build_model
+
+N_LAYER, D, VOCAB, T = 3, 24, 40, 12
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    model = build_model(init_scheme="gpt2", n_layer=N_LAYER, n_embd=D, n_head=2, vocab_size=VOCAB, n_positions=T,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    with torch.no_grad():  # make Q, K and V differ in mean and scale so a wrong split shows
+        for i, block in enumerate(model.transformer.h):
+            w = block.attn.c_attn.weight
+            w[:, :D] = w[:, :D] * (1 + i) + 0.01
+            w[:, D : 2 * D] *= 3.0
+            w[:, 2 * D :] -= 0.02
+    return model
+
+
+class Blocks(torch.utils.data.Dataset):
+    def __init__(self, n=32, seed=1):
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(0, VOCAB, (n, T), generator=g)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+def manual_qkv(c_attn_weight):
+    """Independent split and population variance: columns [0:d], [d:2d], [2d:3d] of (in, out)."""
+    w = c_attn_weight.detach().double().numpy()
+    d = w.shape[1] // 3
+    return {name: float(np.var(w[:, i * d : (i + 1) * d])) for i, name in enumerate("qkv")}
+
+
+class Snapshots(TrainerCallback):
+    """Copies of every layer's c_attn weight after each step (and at the start)."""
+
+    def __init__(self):
+        self.weights = {}
+
+    def _take(self, step, model):
+        self.weights[step] = [b.attn.c_attn.weight.detach().clone() for b in model.transformer.h]
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        self._take(state.global_step, model)
+
+    def on_step_end(self, args, state, control, model=None, **kw):
+        self._take(state.global_step, model)
+
+
+def train(tmp_path, every, max_steps=7, report_to="none", lr=0.05, optim="sgd", **extra):
+    model = tiny_model()
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=max_steps, per_device_train_batch_size=4,
+                             learning_rate=lr, optim=optim, lr_scheduler_type="constant", max_grad_norm=0.0,
+                             logging_steps=100, save_strategy="no", report_to=report_to, use_cpu=True,
+                             disable_tqdm=True, dataloader_num_workers=0, seed=0, **extra)
+    cb, snaps = QKVVarianceCallback(every=every), Snapshots()
+    trainer = Trainer(model=model, args=args, train_dataset=Blocks(), callbacks=[cb, snaps])
+    cb.tensorboard = next((c for c in trainer.callback_handler.callbacks if isinstance(c, TensorBoardCallback)), None)
+    trainer.train()
+    records = [json.loads(line) for line in (tmp_path / "variance.jsonl").read_text().splitlines()]
+    return records, snaps, trainer
+
+
+def test_weight_variances_equal_manual_computation(tmp_path):
+    records, snaps, _ = train(tmp_path, every=3)
+    assert records, "no records written"
+    for r in records:
+        expected = manual_qkv(snaps.weights[r["step"]][r["layer"]])
+        for name in "qkv":
+            assert r[name] == pytest.approx(expected[name], rel=1e-12), (r["step"], r["layer"], name)
+        w = snaps.weights[r["step"]][r["layer"]].double().numpy()
+        assert r["q_mean"] == pytest.approx(w[:, :D].mean(), rel=1e-10, abs=1e-15)
+        assert r["v_rms"] == pytest.approx(np.sqrt((w[:, 2 * D :] ** 2).mean()), rel=1e-12)
+    # the deliberately different blocks really are told apart
+    first = records[0]
+    assert len({round(first[n], 12) for n in "qkv"}) == 3
+
+
+def test_gradient_variance_is_the_update_that_step_applied(tmp_path):
+    # plain SGD, constant lr, no clipping, no weight decay: W_s = W_{s-1} - lr * g_s exactly, so the
+    # gradient applied at step s is (W_{s-1} - W_s) / lr, computed from independent weight snapshots
+    lr = 0.05
+    records, snaps, _ = train(tmp_path, every=1, max_steps=4, lr=lr)
+    assert all(r["grad_q"] is None for r in records if r["step"] == 0)
+    checked = 0
+    for r in records:
+        if r["step"] == 0:
+            continue
+        g = ((snaps.weights[r["step"] - 1][r["layer"]] - snaps.weights[r["step"]][r["layer"]]).double() / lr).numpy()
+        for i, name in enumerate("qkv"):
+            assert r[f"grad_{name}"] == pytest.approx(np.var(g[:, i * D : (i + 1) * D]), rel=1e-4)
+        checked += 1
+    assert checked == 4 * N_LAYER
+
+
+def test_jsonl_has_one_line_per_recorded_step_and_layer(tmp_path):
+    records, _, _ = train(tmp_path, every=3, max_steps=7)
+    keys = [(r["step"], r["layer"]) for r in records]
+    assert len(keys) == len(set(keys)), "duplicate (step, layer) lines"
+    assert sorted(keys) == [(s, layer) for s in (0, 3, 6, 7) for layer in range(N_LAYER)]
+
+
+def test_gradient_accumulation_steps_count_optimizer_steps(tmp_path):
+    records, _, trainer = train(tmp_path, every=2, max_steps=4, gradient_accumulation_steps=2)
+    assert trainer.state.global_step == 4
+    assert sorted({r["step"] for r in records}) == [0, 2, 4]
+    assert all(r["grad_k"] is not None and r["grad_k"] > 0 for r in records if r["step"] > 0)
+
+
+def test_tensorboard_events_hold_qkv_scalars_for_every_layer(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    records, _, _ = train(tmp_path, every=3, max_steps=7, report_to="tensorboard")
+    event_dirs = {p.parent for p in Path(tmp_path, "runs").rglob("events.out.tfevents.*")}
+    assert len(event_dirs) == 1
+    acc = EventAccumulator(str(event_dirs.pop()), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    by_key = {(r["step"], r["layer"]): r for r in records}
+    for layer in range(N_LAYER):
+        for name in "qkv":
+            tag = f"{name}_var/layer_{layer:02d}"
+            assert tag in tags, tag
+            events = acc.Scalars(tag)
+            assert [e.step for e in events] == [0, 3, 6, 7]
+            for e in events:  # TensorBoard stores float32
+                assert e.value == pytest.approx(by_key[(e.step, layer)][name], rel=1e-6)
+            assert [e.step for e in acc.Scalars(f"{name}_grad_var/layer_{layer:02d}")] == [3, 6, 7]
+    # the custom-scalars layout (one chart per projection overlaying all layers) is there
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    layout_events = acc.Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout.FromString(layout_events[0].tensor_proto.string_val[0])
+    charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
+    assert charts["Q variance"] == [r"q_var/layer_\d+"]
+    assert charts["V gradient variance"] == [r"v_grad_var/layer_\d+"]
+
+
+def test_wrapped_models_are_unwrapped():
+    model = tiny_model()
+
+    class Wrapper(torch.nn.Module):  # stands in for DDP: the model under .module
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    compiled = torch.compile(model)  # not run: only the _orig_mod wrapper matters here
+    for wrapped in (Wrapper(model), compiled, Wrapper(compiled)):
+        assert unwrap_model(wrapped) is model
+        stats = block_statistics(wrapped)
+        for layer, block in enumerate(model.transformer.h):
+            expected = manual_qkv(block.attn.c_attn.weight)
+            assert stats[layer, :3, 1].tolist() == pytest.approx([expected[n] for n in "qkv"], rel=1e-12)
+        mlp = model.transformer.h[1].mlp.c_fc.weight.detach().double().numpy()
+        assert float(stats[1, 4, 1]) == pytest.approx(np.var(mlp), rel=1e-12)
+
+
+def test_bad_interval_is_refused():
+    with pytest.raises(ValueError, match="interval"):
+        QKVVarianceCallback(every=0)
+
+
+def test_statistics_of_bf16_weights_are_exact_float64_moments():
+    model = tiny_model().to(torch.bfloat16)
+    stats = block_statistics(model)
+    for layer, block in enumerate(model.transformer.h):
+        w = block.attn.c_attn.weight.detach().double().numpy()  # bf16 values, exactly representable
+        for i, name in enumerate("qkv"):
+            assert stats[layer, i, 1].item() == pytest.approx(np.var(w[:, i * D : (i + 1) * D]), rel=1e-12)

@@ -1,0 +1,182 @@
+"""scripts/pretrain.py end to end (a 10-step run on the built-in corpus) and its bad inputs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hf_init.config_io import parse_yaml_and_cli
+from hf_init.cli import UsageError
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "pretrain.py"
+# tiny model and data so a run takes seconds on a CPU
+TINY = ["--n_layer", "2", "--n_embd", "32", "--n_head", "2", "--block_size", "32", "--vocab_size", "300",
+        "--max_train_documents", "40", "--max_eval_samples", "16", "--per_device_train_batch_size", "4",
+        "--per_device_eval_batch_size", "8", "--logging_steps", "5", "--variance_steps", "5", "--disable_tqdm", "true"]
+
+
+def run_script(*args, cwd=ROOT, timeout=300):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrain") / "run"
+    proc = run_script(*TINY, "--max_steps", "10", "--output_dir", out, "--init_scheme", "xavier_normal")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_ten_step_run_leaves_a_complete_run_folder(tiny_run):
+    out, proc = tiny_run
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "variance.jsonl", "run_info.json",
+                 "figures/qkv_variance_vs_step.png", "figures/qkv_variance_heatmap.png"):
+        assert (out / name).is_file(), name
+    assert list((out / "runs").rglob("events.out.tfevents.*"))
+    records = [json.loads(line) for line in (out / "variance.jsonl").read_text().splitlines()]
+    keys = [(r["step"], r["layer"]) for r in records]
+    assert sorted(keys) == [(s, layer) for s in (0, 5, 10) for layer in range(2)]
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["world_size"] == 1 and info["optimizer_steps"] == 10
+    assert info["tokens_seen"] == 10 * 4 * 32
+    assert info["init"]["scheme"] == "xavier_normal"
+    assert info["corpus"]["sha256"] and info["corpus"]["n_chars"] > 0
+    assert 0.0 <= info["next_token_accuracy"] <= 1.0
+    assert "population variance" in proc.stdout and "perplexity" in proc.stdout
+
+
+def test_saved_model_and_tokenizer_load_with_stock_classes(tiny_run):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
+
+    out, _ = tiny_run
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["GPT2LMHeadModel"] and config["init_scheme"] == "xavier_normal"
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert type(model) is GPT2LMHeadModel
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = tok("The quick brown fox", return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert logits.shape == (1, ids.shape[1], 300) and torch.isfinite(logits).all()
+    # the last record holds the saved weights: check one Q variance against them
+    last = [json.loads(line) for line in (out / "variance.jsonl").read_text().splitlines()][-1]
+    w = model.transformer.h[last["layer"]].attn.c_attn.weight.detach().double()
+    assert last["q"] == pytest.approx(w[:, :32].var(unbiased=False).item(), rel=1e-6)
+
+
+def assert_clean_failure(proc, *words):
+    assert proc.returncode != 0
+    err = proc.stderr.strip()
+    assert "Traceback" not in err, err[-2000:]
+    last = err.splitlines()[-1]
+    assert last.startswith("error: "), err[-2000:]
+    for w in words:
+        assert w in last, last
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--init_scheme", "nope"], ["nope"]),
+    (["--init_scheme", "normal", "--init_std", "-0.1"], ["init_std"]),
+    (["--train_file", "does/not/exist.txt"], ["does/not/exist.txt"]),
+])
+def test_bad_flags_fail_cleanly_and_write_nothing(tmp_path, flags, words):
+    out = tmp_path / "run"
+    proc = run_script(*TINY, "--max_steps", "2", "--output_dir", out, *flags)
+    assert_clean_failure(proc, *words)
+    assert not out.exists()
+
+
+def test_corpus_shorter_than_one_block_fails_cleanly(tmp_path):
+    (tmp_path / "short.txt").write_text("too short\n")
+    (tmp_path / "val.txt").write_text("also short\n")
+    out = tmp_path / "run"
+    proc = run_script(*TINY, "--block_size", "64", "--train_file", tmp_path / "short.txt",
+                      "--validation_file", tmp_path / "val.txt", "--output_dir", out)
+    assert_clean_failure(proc, "block")
+    assert not out.exists()
+
+
+def test_unknown_yaml_key_fails_cleanly(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("n_layer: 2\nlearning_rat: 0.001\n")
+    proc = run_script(cfg, "--output_dir", tmp_path / "run")
+    assert_clean_failure(proc, "learning_rat")
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_run_is_refused_and_left_untouched(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "variance.jsonl").write_text('{"step": 0}\n')
+    (out / "run_info.json").write_text("{}\n")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    proc = run_script(*TINY, "--max_steps", "2", "--output_dir", out)
+    assert_clean_failure(proc, "--overwrite_output_dir")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_yaml_values_are_defaults_and_flags_override(tmp_path):
+    from transformers import HfArgumentParser, TrainingArguments
+
+    from hf_init.pretrain import ModelArguments
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("n_layer: 3\nlearning_rate: 3e-4\noutput_dir: from_yaml\nmax_steps: 7\n")
+    parser = HfArgumentParser((ModelArguments, TrainingArguments))
+    (model_args, training_args), path = parse_yaml_and_cli(parser, [str(cfg), "--max_steps", "9"])
+    assert str(path) == str(cfg)
+    assert model_args.n_layer == 3 and model_args.n_embd == 128  # YAML, dataclass default
+    assert training_args.learning_rate == 3e-4 and isinstance(training_args.learning_rate, float)
+    assert training_args.max_steps == 9 and training_args.output_dir == "from_yaml"  # flag wins over YAML
+    with pytest.raises(UsageError, match="no_such_flag"):
+        parse_yaml_and_cli(HfArgumentParser((ModelArguments,)), ["--no_such_flag", "1"])
+
+
+def test_shipped_configs_only_use_known_keys():
+    from hf_init.config_io import read_yaml_config
+    from hf_init.pretrain import build_parser
+
+    known = {a.dest for a in build_parser()._actions}
+    for cfg in (ROOT / "configs").glob("*.yaml"):
+        if cfg.name.startswith(("pretrain", "gpt2")):
+            assert set(read_yaml_config(cfg)) <= known, cfg.name
+
+
+def test_variance_table_summary_on_hand_made_records():
+    from hf_init.analysis.variance import half_change_steps, layer_spread, start_end_summary, variance_table
+
+    # layer 0: 1 -> 2 by step 10 (half the change by step 10); layer 1: 1 -> 5, half by step 20
+    values = {0: {0: 1.0, 10: 1.8, 20: 1.9, 30: 2.0}, 1: {0: 1.0, 10: 2.0, 20: 3.5, 30: 5.0}}
+    records = [{"step": s, "layer": l, "q": v, "k": v, "v": v} for l, row in values.items() for s, v in row.items()]
+    table = variance_table(records[::-1])  # order in the file does not matter
+    assert table.steps.tolist() == [0, 10, 20, 30]
+    assert half_change_steps(table, "q").tolist() == [10, 20]
+    rows = start_end_summary(table)
+    assert rows[1]["q"] == {"start": 1.0, "end": 5.0, "ratio": 5.0, "half_change_step": 20}
+    assert layer_spread(table, "v").tolist() == [1.0, 2.0 / 1.8, 3.5 / 1.9, 2.5]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(tmp_path):
+    """accelerate launch with 2 gloo ranks: one world of size 2, one writer, no duplicate lines."""
+    out = tmp_path / "ddp"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "accelerate_configs" / "cpu_ddp.yaml"), str(SCRIPT), *TINY, "--max_steps", "6",
+           "--output_dir", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["world_size"] == 2
+    assert info["tokens_seen"] == 6 * 4 * 2 * 32  # steps x per-device batch x ranks x block
+    keys = [(r["step"], r["layer"]) for r in map(json.loads, (out / "variance.jsonl").read_text().splitlines())]
+    assert sorted(keys) == [(s, layer) for s in (0, 5, 6) for layer in range(2)]
