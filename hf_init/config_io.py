@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .cli import UsageError
+from .cli import UsageError, one_line_errors
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -35,10 +35,6 @@ def read_yaml_config(path: str | os.PathLike) -> dict:
     return cfg
 
 
-def _raise_usage(message: str):
-    raise UsageError(message)
-
-
 def parse_yaml_and_cli(parser, argv: list[str], default_config: str | os.PathLike | None = None):
     """Parse ``[config.yaml] [--flag value ...]`` into the parser's dataclasses.
 
@@ -53,7 +49,7 @@ def parse_yaml_and_cli(parser, argv: list[str], default_config: str | os.PathLik
     elif default_config is not None:
         config_path = default_config
     # argparse prints usage and exits on a bad flag; make it one clear line instead
-    parser.error = _raise_usage
+    one_line_errors(parser)
     if config_path is not None:
         cfg = read_yaml_config(config_path)
         actions = {a.dest: a for a in parser._actions if a.dest != "help"}

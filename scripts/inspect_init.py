@@ -7,7 +7,7 @@ the scheme's formula.
 import argparse
 import sys
 
-from hf_init.cli import fail_cleanly
+from hf_init.cli import fail_cleanly, one_line_errors
 from hf_init.modeling import build_model, init_report
 from hf_init.schemes import SCHEMES
 
@@ -21,7 +21,7 @@ def main(argv=None):
     p.add_argument("--n_head", type=int, default=4)
     p.add_argument("--vocab_size", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    args = one_line_errors(p).parse_args(argv)
 
     import torch
 
