@@ -24,9 +24,10 @@ from .cli import UsageError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "pretrain_tiny.yaml"
 RUN_INFO = "run_info.json"
-# files and folders that mean "this folder already holds a run"
-RUN_MARKERS = ("variance.jsonl", RUN_INFO, "config.json", "model.safetensors", "trainer_state.json",
-               "tokenizer.json", "runs", "figures")
+# files and folders that mean "this folder already holds a run": everything a run writes
+RUN_MARKERS = ("variance.jsonl", RUN_INFO, "config.json", "generation_config.json", "model.safetensors",
+               "training_args.bin", "trainer_state.json", "tokenizer.json", "tokenizer_config.json", "runs",
+               "figures")
 
 
 @dataclass

@@ -180,3 +180,13 @@ def test_two_process_ddp_on_cpu(tmp_path):
     assert info["tokens_seen"] == 6 * 4 * 2 * 32  # steps x per-device batch x ranks x block
     keys = [(r["step"], r["layer"]) for r in map(json.loads, (out / "variance.jsonl").read_text().splitlines())]
     assert sorted(keys) == [(s, layer) for s in (0, 5, 6) for layer in range(2)]
+
+
+@pytest.mark.parametrize("name", ["generation_config.json", "tokenizer_config.json", "training_args.bin"])
+def test_folder_with_only_a_saved_side_file_counts_as_a_run(tmp_path, name):
+    from hf_init.pretrain import check_output_dir
+
+    (tmp_path / name).write_bytes(b"x")
+    with pytest.raises(FileExistsError, match=name):
+        check_output_dir(tmp_path, overwrite=False)
+    assert check_output_dir(tmp_path, overwrite=True) == [name]
