@@ -47,12 +47,24 @@ _OPTION_ATTRS = {
 _ROLE_BY_NAME = [
     (re.compile(r"(^|\.)wte$"), "wte"),
     (re.compile(r"(^|\.)wpe$"), "wpe"),
-    (re.compile(r"\.attn\.c_attn$"), "qkv"),
-    (re.compile(r"\.attn\.c_proj$"), "attn_out"),
+    (re.compile(r"\.attn\.c_attn$"), "qkv"),  # fused [Q | K | V]
+    (re.compile(r"\.crossattention\.c_attn$"), "kv"),  # cross-attention: fused [K | V]
+    (re.compile(r"\.crossattention\.q_attn$"), "query"),
+    (re.compile(r"\.(attn|crossattention)\.c_proj$"), "attn_out"),
     (re.compile(r"\.mlp\.c_fc$"), "mlp_in"),
     (re.compile(r"\.mlp\.c_proj$"), "mlp_out"),
     (re.compile(r"(^|\.)lm_head$"), "lm_head"),
 ]
+# fused projections: role -> the parts laid out along the output columns
+FUSED_PARTS = {"qkv": ("query", "key", "value"), "kv": ("key", "value")}
+
+
+def role_of_name(name: str) -> str:
+    """The role of the module called ``name`` in a GPT-2 model ("linear" if none matches)."""
+    for pattern, role in _ROLE_BY_NAME:
+        if pattern.search(name):
+            return role
+    return "linear"
 
 
 def scheme_options(config: GPT2Config) -> SchemeOptions:
@@ -73,6 +85,17 @@ def validate_init_config(config: GPT2Config) -> None:
         raise ValueError(f"init scheme {scheme.name!r} needs init_std (a finite number > 0)")
 
 
+def _check_shape(gpt2_kwargs: dict) -> None:
+    """One clear ValueError for GPT-2 shapes transformers would reject obscurely (or not at all)."""
+    for key in ("n_layer", "n_embd", "n_head", "vocab_size", "n_positions"):
+        value = gpt2_kwargs.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
+    n_embd, n_head = gpt2_kwargs.get("n_embd", 768), gpt2_kwargs.get("n_head", 12)
+    if n_embd % n_head:
+        raise ValueError(f"n_head ({n_head}) must divide n_embd ({n_embd})")
+
+
 def make_config(
     init_scheme: str = DEFAULT_SCHEME,
     init_std: float | None = None,
@@ -85,6 +108,7 @@ def make_config(
     (``n_layer``, ``n_embd``, ``n_head``, ``vocab_size``, ``n_positions``...)."""
     if init_std is not None:
         init_std = check_std(init_std, "init_std")
+    _check_shape(gpt2_kwargs)
     vocab_size = gpt2_kwargs.get("vocab_size", 50257)
     for special in ("bos_token_id", "eos_token_id"):  # GPT-2's default 50256 only fits its own vocab
         gpt2_kwargs.setdefault(special, vocab_size - 1)
@@ -105,23 +129,19 @@ class SchemeInitMixin:
 
     config: GPT2Config
 
-    def _module_names(self) -> dict[int, str]:
-        names = getattr(self, "_hf_init_module_names", None)
-        if names is None:
-            names = {id(m): n for n, m in self.named_modules()}
-            # a plain dict attribute: nn.Module does not register it
-            object.__setattr__(self, "_hf_init_module_names", names)
-        return names
-
     def _role_of(self, module: nn.Module) -> str:
-        name = self._module_names().get(id(module))
-        if name is None:  # modules changed since the map was made
-            object.__setattr__(self, "_hf_init_module_names", None)
-            name = self._module_names().get(id(module), "")
-        for pattern, role in _ROLE_BY_NAME:
-            if pattern.search(name):
-                return role
-        return "linear"
+        # Looked up afresh each call (a few hundred modules: cheap), so a module replaced
+        # since construction is never matched by a stale name.
+        name = next((n for n, m in self.named_modules() if m is module), None)
+        if name is None:
+            # Not attached yet: resize_token_embeddings initializes the new table/head
+            # before swapping it in.
+            if isinstance(module, nn.Embedding):
+                return "wte"
+            if isinstance(module, nn.Linear) and module.out_features == self.config.vocab_size:
+                return "lm_head"
+            return "linear"
+        return role_of_name(name)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -144,11 +164,13 @@ class SchemeInitMixin:
         role = self._role_of(module)
         layout = "conv1d" if isinstance(module, Conv1D) else "embedding" if isinstance(module, nn.Embedding) else "linear"
         fan_in, fan_out = fans(weight.shape, layout)
-        if role == "qkv":
-            # c_attn maps d -> 3d as [Q | K | V] along the output (column) axis of its (in, out)
-            # weight: initialize it as three separate d -> d projections.
-            d = fan_out // 3
-            for i, part in enumerate(("query", "key", "value")):
+        if role in FUSED_PARTS:
+            # c_attn maps d -> 3d as [Q | K | V] (cross-attention: d -> 2d as [K | V]) along the
+            # output (column) axis of its (in, out) weight: initialize each part as a separate
+            # d -> d projection, exactly as an unfused model would be.
+            parts = FUSED_PARTS[role]
+            d = fan_out // len(parts)
+            for i, part in enumerate(parts):
                 spec = WeightSpec(part, fan_in, d, config.n_layer, config.n_embd)
                 scheme.init_(weight[:, i * d : (i + 1) * d], spec, options)
             return
@@ -195,22 +217,23 @@ def build_model(config: GPT2Config | None = None, **config_kwargs) -> SchemeGPT2
 def iter_weight_roles(model: nn.Module):
     """Yield ``(name, role, layer_index_or_None, weight)`` for every weight matrix of a GPT-2
     model (stock or ours, wrapped or not), ``role`` as in ``schemes.GPT2_ROLES`` except that
-    ``c_attn`` is yielded whole with role ``"qkv"``."""
+    fused projections are yielded whole with role ``"qkv"`` (``c_attn``) or ``"kv"``
+    (cross-attention ``c_attn``): see :data:`FUSED_PARTS`."""
     for name, module in model.named_modules():
-        for pattern, role in _ROLE_BY_NAME:
-            if pattern.search(name):
-                m = re.search(r"\.h\.(\d+)\.", "." + name)
-                yield name, role, (int(m.group(1)) if m else None), module.weight
-                break
+        role = role_of_name(name)
+        if role != "linear" and hasattr(module, "weight"):
+            m = re.search(r"\.h\.(\d+)\.", "." + name)
+            yield name, role, (int(m.group(1)) if m else None), module.weight
 
 
 def init_report(model: nn.Module) -> list[dict]:
     """Measured vs. scheme std of every weight kind, aggregated over layers.
 
-    One row per role (Q, K, V reported separately): the population std over all entries of
+    One row per role (Q, K, V reported separately; cross-attention parts, if any, pooled
+    with their self-attention twins, which have the same fans): the population std over all entries of
     that role in all layers, and the std the config's scheme prescribes for it.
     """
-    from .stats import moments, split_qkv
+    from .stats import moments
 
     config = model.config
     scheme = get_scheme(getattr(config, "init_scheme", DEFAULT_SCHEME))
@@ -221,8 +244,9 @@ def init_report(model: nn.Module) -> list[dict]:
         if role == "lm_head" and getattr(config, "tie_word_embeddings", True):
             continue
         layout = "embedding" if role in ("wte", "wpe") else "linear" if role == "lm_head" else "conv1d"
-        if role == "qkv":
-            for part, block in zip(("query", "key", "value"), split_qkv(weight)):
+        if role in FUSED_PARTS:
+            parts = FUSED_PARTS[role]
+            for part, block in zip(parts, weight.chunk(len(parts), dim=1)):
                 pieces.setdefault(part, []).append(block.reshape(-1))
                 shapes[part] = fans(block.shape, layout)
         else:

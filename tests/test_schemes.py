@@ -203,3 +203,72 @@ def test_registry_std_for_mlp_layer():
     assert get_scheme("normal").std(spec, SchemeOptions(std=0.3)) == 0.3
     with pytest.raises(ValueError, match="init_std"):
         get_scheme("normal").std(spec)
+
+
+def test_cross_attention_weights_follow_their_roles():
+    """With add_cross_attention, GPT-2 adds q_attn (d -> d), c_attn (d -> 2d, [K | V]) and
+    c_proj (residual). Stock scales every attention c_proj; xavier sees K and V as d -> d."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    kw = dict(n_layer=L, n_embd=D, n_head=H, vocab_size=V, n_positions=T, add_cross_attention=True)
+    torch.manual_seed(0)
+    stock = GPT2LMHeadModel(GPT2Config(**kw))
+    ours = build_model(init_scheme="gpt2", **kw)
+    for name in ("q_attn", "c_attn", "c_proj"):
+        s = torch.cat([getattr(b.crossattention, name).weight.flatten() for b in stock.transformer.h])
+        o = torch.cat([getattr(b.crossattention, name).weight.flatten() for b in ours.transformer.h])
+        assert abs(o.std().item() / s.std().item() - 1) < 0.02, name
+    c_proj = torch.cat([b.crossattention.c_proj.weight.flatten() for b in ours.transformer.h])
+    assert abs(c_proj.std().item() / (0.02 / math.sqrt(2 * L)) - 1) < 0.02
+
+    xav = build_model(init_scheme="xavier_normal", **kw)
+    kv = torch.cat([b.crossattention.c_attn.weight.flatten() for b in xav.transformer.h])
+    assert abs(kv.var().item() * D - 1) < 0.03  # 2/(d+d); a fused d -> 2d draw would give 2/(3d)
+    deep = build_model(init_scheme="deepnet", **kw)
+    q = torch.cat([b.crossattention.q_attn.weight.flatten() for b in deep.transformer.h])
+    assert abs(q.var().item() * D - 1) < 0.03  # beta = 1 for queries
+
+
+def test_untied_lm_head_follows_scheme():
+    model = build_model(init_scheme="xavier_normal", tie_word_embeddings=False,
+                        n_layer=2, n_embd=D, n_head=H, vocab_size=4096, n_positions=T)
+    head = model.lm_head.weight  # nn.Linear (vocab, d): fan_in d, fan_out vocab
+    assert head.data_ptr() != model.transformer.wte.weight.data_ptr()
+    assert abs(head.std().item() / math.sqrt(2 / (D + 4096)) - 1) < 0.02
+
+
+def test_resized_embedding_rows_use_the_embedding_rule():
+    """resize_token_embeddings initializes the new table before attaching it: the new rows
+    must still get the embedding rule (kaiming: normal(0, r)), not a fan-based one."""
+    torch.manual_seed(0)
+    model = build_model(init_scheme="kaiming_normal", n_layer=1, n_embd=D, n_head=H, vocab_size=100, n_positions=T)
+    model.resize_token_embeddings(4000, mean_resizing=False)
+    new_rows = model.transformer.wte.weight[100:]
+    assert abs(new_rows.std().item() / 0.02 - 1) < 0.02
+
+
+def test_from_pretrained_initializes_only_missing_weights(tmp_path):
+    """Keys missing from a checkpoint are initialized by the scheme; loaded ones are kept."""
+    from safetensors.torch import load_file, save_file
+
+    from hf_init.modeling import SchemeGPT2LMHeadModel
+
+    model = build_model(init_scheme="normal", init_std=0.5, n_layer=2, n_embd=256, n_head=H, vocab_size=V, n_positions=T)
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    dropped = "transformer.h.1.mlp.c_fc.weight"
+    del weights[dropped]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    again = SchemeGPT2LMHeadModel.from_pretrained(tmp_path)
+    fresh = again.transformer.h[1].mlp.c_fc.weight
+    assert abs(fresh.std().item() / 0.5 - 1) < 0.02  # the scheme ran for the missing key...
+    assert not torch.equal(fresh, model.transformer.h[1].mlp.c_fc.weight)  # ...with a new draw
+    for name, p in again.state_dict().items():
+        if name != dropped and name in weights:
+            assert torch.equal(p, weights[name]), name
+
+
+@pytest.mark.parametrize("kwargs, needle", [({"n_layer": 0}, "n_layer"), ({"n_head": 3}, "n_head (3)")])
+def test_bad_shape_is_one_clear_error(kwargs, needle):
+    with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        make_config(**{"n_embd": 128, "n_head": 4, "vocab_size": V, **kwargs})
