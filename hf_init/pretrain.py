@@ -9,6 +9,7 @@ accuracy) -> model + tokenizer, figures, ``run_info.json``, printed summary.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -109,15 +110,84 @@ def check_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> list[str
     return found
 
 
-def clear_previous_run(output_dir: str | os.PathLike, found: list[str]) -> None:
-    """Remove an earlier run's artifacts (only with --overwrite_output_dir, after every input
-    was validated), so TensorBoard and the figures never mix two runs."""
-    for name in found:
-        p = Path(output_dir) / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
+def move_previous_run_aside(output_dir: str | os.PathLike, found: list[str]) -> Path:
+    """Move an earlier run's artifacts (``found``, from :func:`check_output_dir`) into a new
+    hidden sibling folder ``.<name>.previous-XXXX`` and return it, so the new run starts clean
+    (TensorBoard and the figures never mix two runs) but nothing is lost until it succeeds:
+    see :func:`previous_run_kept_until_success`."""
+    import tempfile
+
+    out = Path(output_dir).resolve()
+    backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.previous-", dir=out.parent))
+    try:
+        for name in found:
+            os.replace(out / name, backup / name)  # same parent folder: a rename, never a copy
+    except BaseException:
+        restore_previous_run(out, backup, keep=None)  # put back what was moved; delete nothing
+        raise
+    return backup
+
+
+def restore_previous_run(output_dir: str | os.PathLike, backup: Path, keep: set[str] | None) -> None:
+    """Undo a failed run: delete every entry of ``output_dir`` not named in ``keep`` (what was
+    there before the run, besides the moved-aside artifacts; ``None``: delete nothing), then move
+    the backup's entries back and remove the (then empty) backup folder."""
+    out = Path(output_dir)
+    for p in list(out.iterdir()) if keep is not None else []:
+        if p.name not in keep:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    for p in backup.iterdir():
+        os.replace(p, out / p.name)
+    backup.rmdir()
+
+
+@contextlib.contextmanager
+def previous_run_kept_until_success(output_dir: str | os.PathLike, found: list[str], active: bool = True):
+    """With --overwrite_output_dir: move the earlier run (``found``) aside, run the body, then
+    delete it on success or put it back exactly as it was (and delete what the failed run wrote)
+    on any exception, KeyboardInterrupt included. ``active=False`` (non-main ranks): do nothing."""
+    out = Path(output_dir)
+    backup = move_previous_run_aside(out, found) if found and active else None
+    keep = {p.name for p in out.iterdir()} if backup is not None else set()
+    try:
+        yield
+    except BaseException:
+        if backup is not None:
+            try:
+                restore_previous_run(out, backup, keep)
+            except Exception as err:
+                raise RuntimeError(f"the run failed and restoring the previous run failed too ({err}); "
+                                   f"its files are in {backup}") from err
+        raise
+    if backup is not None:
+        shutil.rmtree(backup)
+
+
+def _check_training_args(args) -> None:
+    """Optimizer, schedule and batch arguments that torch or the Trainer would only reject once
+    training (or the final evaluation) is under way: refuse them before anything is read or written."""
+    def finite(name, low, strict=False, high=None):
+        v = getattr(args, name)
+        ok = v is not None and math.isfinite(v) and (v > low if strict else v >= low) and (high is None or v < high)
+        if not ok:
+            allowed = f"{'>' if strict else '>='} {low}" + (f" and < {high}" if high is not None else "")
+            raise UsageError(f"{name} must be a finite number {allowed}, got {v}")
+
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"{name} must be >= 1, got {getattr(args, name)}")
+    finite("learning_rate", 0)
+    finite("weight_decay", 0)
+    finite("adam_beta1", 0, high=1)
+    finite("adam_beta2", 0, high=1)
+    finite("adam_epsilon", 0)
+    finite("max_grad_norm", 0)
+    if args.warmup_steps < 0:
+        raise UsageError(f"warmup_steps must be >= 0, got {args.warmup_steps}")
+    if args.max_steps <= 0:
+        if args.max_steps != -1:
+            raise UsageError(f"max_steps must be >= 1 (or -1: train for num_train_epochs), got {args.max_steps}")
+        finite("num_train_epochs", 0, strict=True)
 
 
 def model_config(model_args: ModelArguments, vocab_size: int, n_positions: int, tokenizer=None):
@@ -191,6 +261,7 @@ def run(argv: list[str], started: float | None = None) -> dict:
     _check_model_args(model_args, data_args)
     if run_args.variance_steps is not None and run_args.variance_steps < 1:
         raise UsageError(f"variance_steps must be >= 1, got {run_args.variance_steps}")
+    _check_training_args(training_args)
     found = check_output_dir(training_args.output_dir, run_args.overwrite_output_dir)
 
     import torch
@@ -218,66 +289,64 @@ def run(argv: list[str], started: float | None = None) -> dict:
     model = build_model(config)
     n_params = sum(p.numel() for p in model.parameters())
 
-    is_main = training_args.process_index == 0
     out = Path(training_args.output_dir)
-    if found and is_main:
-        clear_previous_run(out, found)
-    compute_metrics, preprocess_logits = next_token_metric()
-    variance_cb = QKVVarianceCallback(every=run_args.variance_steps)
-    trainer = Trainer(model=model, args=training_args, train_dataset=train_data, eval_dataset=eval_data,
-                      processing_class=tokenizer, data_collator=default_data_collator,
-                      compute_metrics=compute_metrics, preprocess_logits_for_metrics=preprocess_logits,
-                      callbacks=[variance_cb])
-    variance_cb.tensorboard = next(
-        (c for c in trainer.callback_handler.callbacks if isinstance(c, TensorBoardCallback)), None)
+    with previous_run_kept_until_success(out, found, active=training_args.process_index == 0):
+        compute_metrics, preprocess_logits = next_token_metric()
+        variance_cb = QKVVarianceCallback(every=run_args.variance_steps)
+        trainer = Trainer(model=model, args=training_args, train_dataset=train_data, eval_dataset=eval_data,
+                          processing_class=tokenizer, data_collator=default_data_collator,
+                          compute_metrics=compute_metrics, preprocess_logits_for_metrics=preprocess_logits,
+                          callbacks=[variance_cb])
+        variance_cb.tensorboard = next(
+            (c for c in trainer.callback_handler.callbacks if isinstance(c, TensorBoardCallback)), None)
 
-    train_result = trainer.train()
-    eval_metrics = trainer.evaluate()
-    world_size = training_args.world_size
-    steps = trainer.state.global_step
-    tokens_seen = (steps * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
-                   * world_size * block_size)
-    runtime = train_result.metrics.get("train_runtime", float("nan"))
-    eval_loss = eval_metrics.get("eval_loss", float("nan"))
+        train_result = trainer.train()
+        eval_metrics = trainer.evaluate()
+        world_size = training_args.world_size
+        steps = trainer.state.global_step
+        tokens_seen = (steps * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+                       * world_size * block_size)
+        runtime = train_result.metrics.get("train_runtime", float("nan"))
+        eval_loss = eval_metrics.get("eval_loss", float("nan"))
 
-    trainer.save_model(str(out))  # main process only; plain GPT-2 config
-    info: dict = {}
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(str(out))
-        figures = plot_run(out / VARIANCE_FILE, out / "figures")
-        table = variance_table(read_records(out / VARIANCE_FILE))
-        info = {
-            "versions": versions(),
-            "command": [sys.argv[0], *argv],
-            "config_file": str(config_path) if config_path else None,
-            "config": {"model": asdict(model_args), "data": asdict(data_args), "run": asdict(run_args),
-                       "training": training_args.to_dict()},
-            "init": {"scheme": config.init_scheme, "std": config.init_std, "fan_mode": config.init_fan_mode,
-                     "nonlinearity": config.init_nonlinearity, "gain": config.init_gain,
-                     "initializer_range": config.initializer_range},
-            "seed": training_args.seed,
-            "corpus": corpus_info,
-            "blocks": {"train": _len(train_data), "validation": _len(eval_data), "block_size": block_size},
-            "vocab_size": len(tokenizer),
-            "world_size": world_size,
-            "device": str(training_args.device),
-            "n_parameters": n_params,
-            "optimizer_steps": steps,
-            "tokens_seen": tokens_seen,
-            "train_runtime_s": runtime,
-            "tokens_per_second": tokens_seen / runtime if runtime else None,
-            "train_loss": train_result.training_loss,
-            "eval_loss": eval_loss,
-            "perplexity": math.exp(eval_loss) if eval_loss < 700 else float("inf"),
-            "next_token_accuracy": eval_metrics.get("eval_accuracy"),
-            "eval_tokens": eval_metrics.get("eval_accuracy_tokens"),
-            "variance_records": {"file": VARIANCE_FILE, "steps": [int(s) for s in table.steps],
-                                 "layers": len(table.layers)},
-            "figures": [str(p.relative_to(out)) for p in figures],
-            "wall_time_s": time.time() - started,
-        }
-        write_json_atomic(out / RUN_INFO, info)
-        print_summary(info, format_summary(table), out)
+        trainer.save_model(str(out))  # main process only; plain GPT-2 config
+        info: dict = {}
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(str(out))
+            figures = plot_run(out / VARIANCE_FILE, out / "figures")
+            table = variance_table(read_records(out / VARIANCE_FILE))
+            info = {
+                "versions": versions(),
+                "command": [sys.argv[0], *argv],
+                "config_file": str(config_path) if config_path else None,
+                "config": {"model": asdict(model_args), "data": asdict(data_args), "run": asdict(run_args),
+                           "training": training_args.to_dict()},
+                "init": {"scheme": config.init_scheme, "std": config.init_std, "fan_mode": config.init_fan_mode,
+                         "nonlinearity": config.init_nonlinearity, "gain": config.init_gain,
+                         "initializer_range": config.initializer_range},
+                "seed": training_args.seed,
+                "corpus": corpus_info,
+                "blocks": {"train": _len(train_data), "validation": _len(eval_data), "block_size": block_size},
+                "vocab_size": len(tokenizer),
+                "world_size": world_size,
+                "device": str(training_args.device),
+                "n_parameters": n_params,
+                "optimizer_steps": steps,
+                "tokens_seen": tokens_seen,
+                "train_runtime_s": runtime,
+                "tokens_per_second": tokens_seen / runtime if runtime else None,
+                "train_loss": train_result.training_loss,
+                "eval_loss": eval_loss,
+                "perplexity": math.exp(eval_loss) if eval_loss < 700 else float("inf"),
+                "next_token_accuracy": eval_metrics.get("eval_accuracy"),
+                "eval_tokens": eval_metrics.get("eval_accuracy_tokens"),
+                "variance_records": {"file": VARIANCE_FILE, "steps": [int(s) for s in table.steps],
+                                     "layers": len(table.layers)},
+                "figures": [str(p.relative_to(out)) for p in figures],
+                "wall_time_s": time.time() - started,
+            }
+            write_json_atomic(out / RUN_INFO, info)
+            print_summary(info, format_summary(table), out)
     torch_dist_barrier(torch)
     return info
 

@@ -190,3 +190,74 @@ def test_folder_with_only_a_saved_side_file_counts_as_a_run(tmp_path, name):
     with pytest.raises(FileExistsError, match=name):
         check_output_dir(tmp_path, overwrite=False)
     assert check_output_dir(tmp_path, overwrite=True) == [name]
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("flags", [["--learning_rate", "-1"], ["--per_device_eval_batch_size", "0"],
+                                   ["--learning_rate", "nan"]])
+def test_bad_optimizer_or_batch_flag_with_overwrite_keeps_previous_run(tiny_run, tmp_path, flags):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run[0], out)
+    (out / "notes.txt").write_text("mine\n")  # not a run file: must stay too
+    before = snapshot(out)
+    proc = run_script(*TINY, "--max_steps", "2", "--output_dir", out, "--overwrite_output_dir", "true", *flags)
+    assert_clean_failure(proc, flags[0].lstrip("-"))
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no backup folder left behind
+
+
+# Fail inside the run, after training wrote variance.jsonl and TensorBoard events: the Trainer's
+# final evaluate() raises (a ValueError = bad input, or Ctrl-C).
+FAIL_DURING_RUN = """
+import sys, transformers
+from hf_init.cli import fail_cleanly
+def boom(self, *a, **k):
+    raise {exc}
+transformers.Trainer.evaluate = boom
+from hf_init.pretrain import run
+sys.exit(fail_cleanly(lambda: run(sys.argv[1:])))
+"""
+
+
+@pytest.mark.parametrize("exc, rc, line", [("ValueError('bad eval setting')", 2, "error: bad eval setting"),
+                                           ("KeyboardInterrupt()", 130, "interrupted")])
+def test_failure_during_training_with_overwrite_restores_previous_run(tiny_run, tmp_path, exc, rc, line):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run[0], out)
+    (out / "notes.txt").write_text("mine\n")
+    before = snapshot(out)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    args = [*TINY, "--max_steps", "2", "--variance_steps", "1", "--output_dir", str(out),
+            "--overwrite_output_dir", "true"]
+    proc = subprocess.run([sys.executable, "-c", FAIL_DURING_RUN.format(exc=exc), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == rc, proc.stderr[-3000:]
+    err = proc.stderr.strip()
+    assert "Traceback" not in err and err.splitlines()[-1] == line, err[-3000:]
+    assert snapshot(out) == before  # old variance.jsonl (steps 0, 5, 10), events, model: byte-identical
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_overwrite_replaces_previous_run_completely(tiny_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run[0], out)
+    (out / "checkpoint-3").mkdir()
+    (out / "notes.txt").write_text("mine\n")
+    proc = run_script(*TINY, "--max_steps", "2", "--output_dir", out, "--overwrite_output_dir", "true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (out / "checkpoint-3").exists() and (out / "notes.txt").read_text() == "mine\n"
+    steps = {json.loads(line)["step"] for line in (out / "variance.jsonl").read_text().splitlines()}
+    assert steps == {0, 2}  # only the new run's records
+    assert len(list((out / "runs").iterdir())) == 1  # one TensorBoard run, the new one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
