@@ -188,6 +188,11 @@ def _check_training_args(args) -> None:
         if args.max_steps != -1:
             raise UsageError(f"max_steps must be >= 1 (or -1: train for num_train_epochs), got {args.max_steps}")
         finite("num_train_epochs", 0, strict=True)
+    if args.resume_from_checkpoint:
+        # not wired: trainer.train() would need it, variance.jsonl would have to be appended without the
+        # steps after the checkpoint, and the tokenizer would have to come from the checkpoint
+        raise UsageError(f"--resume_from_checkpoint is not supported by scripts/pretrain.py (got "
+                         f"{args.resume_from_checkpoint!r}); start a new run in another --output_dir")
 
 
 def model_config(model_args: ModelArguments, vocab_size: int, n_positions: int, tokenizer=None):

@@ -261,3 +261,15 @@ def test_overwrite_replaces_previous_run_completely(tiny_run, tmp_path):
     assert steps == {0, 2}  # only the new run's records
     assert len(list((out / "runs").iterdir())) == 1  # one TensorBoard run, the new one
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_resume_from_checkpoint_is_refused_in_one_line(tiny_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run[0], out)
+    before = snapshot(out)
+    proc = run_script(*TINY, "--max_steps", "2", "--output_dir", out, "--resume_from_checkpoint", out)
+    assert_clean_failure(proc, "--resume_from_checkpoint", "not supported")
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert snapshot(out) == before
