@@ -253,3 +253,32 @@ def test_builtin_corpus_streams_when_asked(builtin):
     assert isinstance(raw, datasets.IterableDatasetDict) and info["sha256"] == builtin[1]["sha256"]
     assert [row["text"] for row in raw["train"]] == list(builtin[0]["train"].select(range(5))["text"])
     assert [row["text"] for row in raw["validation"]] == list(builtin[0]["validation"]["text"])
+
+
+@pytest.mark.parametrize("name", ["train.txt", "train.jsonl", "train.csv"])
+def test_empty_train_file_is_a_one_line_error(tmp_path, name):
+    (tmp_path / name).write_bytes(b"")
+    with pytest.raises(ValueError, match=rf"--train_file .*{name}.* is empty; expected "):
+        load_raw_text(DataArguments(train_file=str(tmp_path / name), data_cache_dir=str(tmp_path / "cache")))
+
+
+def test_non_text_column_is_a_one_line_error(tmp_path):
+    cache = str(tmp_path / "cache")
+    numbers = tmp_path / "numbers.jsonl"
+    numbers.write_text("".join(json.dumps({"text": i}) + "\n" for i in range(5)))
+    with pytest.raises(ValueError, match=r"numbers\.jsonl.*column 'text' holds int64.*expected text"):
+        load_raw_text(DataArguments(train_file=str(numbers), data_cache_dir=cache))
+    (tmp_path / "numbers.csv").write_text("body,text\na,1\nb,2\nc,3\n")
+    with pytest.raises(ValueError, match=r"numbers\.csv.*column 'text' holds int64"):
+        load_raw_text(DataArguments(train_file=str(tmp_path / "numbers.csv"), data_cache_dir=cache))
+    nulls = tmp_path / "nulls.jsonl"  # strings with a null among them: column type string, one row None
+    nulls.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["a b", "c d", None, "e f"]))
+    with pytest.raises(ValueError, match=r"nulls\.jsonl.*document 2 .* NoneType.*expected a string"):
+        load_raw_text(DataArguments(train_file=str(nulls), data_cache_dir=cache))
+
+
+def test_malformed_json_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": "broken\n')
+    with pytest.raises(ValueError, match=r"cannot read .*bad\.jsonl.* as json"):
+        load_raw_text(DataArguments(train_file=str(bad), data_cache_dir=str(tmp_path / "cache")))

@@ -46,6 +46,12 @@ FILE_BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "js
 BUILTIN_CORPUS_NAME = "python-docs"
 # Bump when the way the built-in corpus is extracted changes (invalidates its disk cache).
 _BUILTIN_FORMAT = 1
+#: What each builder expects a local file to hold (for error messages).
+_FILE_CONTENT = {
+    "text": "UTF-8 text, documents separated by blank lines",
+    "json": "one JSON object per line (or a JSON list of objects) with a string text column (--text_column)",
+    "csv": "a header row and a string text column (--text_column)",
+}
 _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "turtledemo"}
 _OFFLINE_HINT = (
     "offline, omit --dataset_name to use the built-in corpus (Python's own documentation), "
@@ -300,7 +306,14 @@ def _carve_validation(train, args: DataArguments):
 
 
 def _info_for(name: str, source: str, splits: list) -> dict[str, Any]:
-    n_docs, n_chars, sha = _corpus_stats(t for ds in splits for t in _iter_text(ds, "text"))
+    def checked(texts):
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise ValueError(f"{source} {name!r}: document {i} of the text column is {type(t).__name__} "
+                                 f"{t!r:.40}; expected a string in every row (set --text_column)")
+            yield t
+
+    n_docs, n_chars, sha = _corpus_stats(checked(t for ds in splits for t in _iter_text(ds, "text")))
     return {"name": name, "source": source, "n_documents": n_docs, "n_chars": n_chars, "sha256": sha}
 
 
@@ -369,6 +382,10 @@ def _only_text_column(raw, column: str, what: str):
                 f"{what} split {split!r} has no column {column!r}; its columns: {', '.join(names)} "
                 f"(set --text_column)"
             )
+        feature = (ds.features or {}).get(column)
+        if isinstance(feature, datasets.Value) and feature.dtype not in ("string", "large_string"):
+            raise ValueError(f"{what} split {split!r}: column {column!r} holds {feature.dtype} values; expected "
+                             f"text (a string in every row; set --text_column)")
         ds = ds.select_columns([column])  # lazy for streaming data whose columns are unknown yet
         if column != "text":
             ds = ds.rename_column(column, "text")
@@ -417,18 +434,25 @@ def _load_files(args: DataArguments):
             raise ValueError(
                 f"--{split}_file {path!r} has extension {ext or '(none)'!r}; allowed: {', '.join(FILE_BUILDERS)}"
             )
+        if os.path.getsize(path) == 0:
+            raise ValueError(f"--{split}_file {path!r} is empty; expected {_FILE_CONTENT[FILE_BUILDERS[ext]]}")
         builders.add(FILE_BUILDERS[ext])
     if len(builders) > 1:
         raise ValueError(f"--train_file and --validation_file must be the same kind of file, got {sorted(builders)}")
     builder = builders.pop()
     kwargs: dict[str, Any] = {"sample_by": "paragraph"} if builder == "text" else {}
-    raw = datasets.load_dataset(
-        builder,
-        data_files={k: os.path.abspath(v) for k, v in files.items()},
-        streaming=args.streaming,
-        cache_dir=args.data_cache_dir,
-        **kwargs,
-    )
+    try:
+        raw = datasets.load_dataset(
+            builder,
+            data_files={k: os.path.abspath(v) for k, v in files.items()},
+            streaming=args.streaming,
+            cache_dir=args.data_cache_dir,
+            **kwargs,
+        )
+    except datasets.exceptions.DatasetGenerationError as err:  # unreadable file: name it, no traceback
+        cause = _first_line(err.__cause__) if err.__cause__ is not None else _first_line(err)
+        raise ValueError(f"cannot read {', '.join(map(repr, files.values()))} as {builder} ({cause}); "
+                         f"expected {_FILE_CONTENT[builder]}") from None
     raw = _only_text_column(raw, args.text_column if builder != "text" else "text", f"file {args.train_file!r}")
     names = ", ".join(os.path.basename(p) for p in files.values())
     if args.streaming:
