@@ -104,7 +104,8 @@ class QKVVarianceCallback(TrainerCallback):
     """Records per-layer Q/K/V (and attn c_proj, MLP) weight and gradient statistics.
 
     When: step 0 (``on_train_begin``: the initialization, before any update), every ``every``
-    optimizer steps (default: ``TrainingArguments.logging_steps``) and at the final step
+    optimizer steps (default: the Trainer's logging interval, ``state.logging_steps``; a
+    fractional ``logging_steps`` is a share of the total steps) and at the final step
     (``state.max_steps``), each step once.
 
     What (one JSON line per (step, layer) in ``<output_dir>/variance.jsonl``, appended and
@@ -150,18 +151,23 @@ class QKVVarianceCallback(TrainerCallback):
         self.records_written = 0
 
     # -- when ------------------------------------------------------------------------------
-    def _interval(self, args) -> int:
+    def _interval(self, args, state) -> int:
+        """``every``, else the logging interval in optimizer steps: ``state.logging_steps``, which
+        the Trainer sets (``TrainerState.compute_steps``, before ``on_train_begin``) from
+        ``args.logging_steps``, turning a fraction < 1 into ``ceil(fraction * max_steps)``."""
         if self.every is not None:
             return self.every
-        steps = args.logging_steps
-        return max(1, int(steps)) if steps >= 1 else 1
+        steps = getattr(state, "logging_steps", None) or args.logging_steps
+        if steps < 1:  # a state the Trainer did not prepare: convert the fraction the same way
+            steps = math.ceil(steps * state.max_steps) if state.max_steps else 1
+        return max(1, int(steps))
 
     def should_record(self, step: int, state) -> bool:
         return step == 0 or step % self._every == 0 or step == state.max_steps
 
     # -- events ----------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self._every = self._interval(args)
+        self._every = self._interval(args, state)
         if state.is_world_process_zero:
             out = Path(self.output_dir if self.output_dir is not None else args.output_dir)
             out.mkdir(parents=True, exist_ok=True)

@@ -63,11 +63,11 @@ class Snapshots(TrainerCallback):
         self._take(state.global_step, model)
 
 
-def train(tmp_path, every, max_steps=7, report_to="none", lr=0.05, optim="sgd", **extra):
+def train(tmp_path, every, max_steps=7, report_to="none", lr=0.05, optim="sgd", logging_steps=100, **extra):
     model = tiny_model()
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=max_steps, per_device_train_batch_size=4,
                              learning_rate=lr, optim=optim, lr_scheduler_type="constant", max_grad_norm=0.0,
-                             logging_steps=100, save_strategy="no", report_to=report_to, use_cpu=True,
+                             logging_steps=logging_steps, save_strategy="no", report_to=report_to, use_cpu=True,
                              disable_tqdm=True, dataloader_num_workers=0, seed=0, **extra)
     cb, snaps = QKVVarianceCallback(every=every), Snapshots()
     trainer = Trainer(model=model, args=args, train_dataset=Blocks(), callbacks=[cb, snaps])
@@ -114,6 +114,16 @@ def test_jsonl_has_one_line_per_recorded_step_and_layer(tmp_path):
     keys = [(r["step"], r["layer"]) for r in records]
     assert len(keys) == len(set(keys)), "duplicate (step, layer) lines"
     assert sorted(keys) == [(s, layer) for s in (0, 3, 6, 7) for layer in range(N_LAYER)]
+
+
+@pytest.mark.parametrize("logging_steps, max_steps", [(0.25, 8), (0.3, 7), (3, 7)])
+def test_default_interval_is_the_trainers_logging_interval(tmp_path, logging_steps, max_steps):
+    # TrainingArguments: logging_steps < 1 is a share of the total steps, ceil(share * max_steps)
+    import math
+
+    k = math.ceil(logging_steps * max_steps) if logging_steps < 1 else logging_steps
+    records, _, _ = train(tmp_path, every=None, max_steps=max_steps, logging_steps=logging_steps)
+    assert sorted({r["step"] for r in records}) == sorted({0, max_steps, *range(k, max_steps + 1, k)})
 
 
 def test_gradient_accumulation_steps_count_optimizer_steps(tmp_path):
