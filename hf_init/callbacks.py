@@ -117,10 +117,16 @@ class QKVVarianceCallback(TrainerCallback):
     Which gradient: the line of step ``s`` holds the weights *after* update ``s`` and the
     gradient that update ``s`` applied, read in ``on_pre_optimizer_step`` (there
     ``state.global_step == s - 1``: the step about to complete). That gradient was computed
-    at the weights of step ``s - 1``, summed over the ``gradient_accumulation_steps``
-    micro-batches, averaged across data-parallel ranks and already clipped to
-    ``max_grad_norm`` (clipping scales every gradient entry by one factor c, so variances by
-    c^2). Step 0 has no update yet: its gradient fields are ``null``.
+    at the weights of step ``s - 1`` and is the gradient of the *mean* loss of that step, not
+    a sum over its ``gradient_accumulation_steps`` micro-batches: the Trainer scales each
+    micro-batch loss before ``backward`` (GPT-2 takes loss kwargs, so each micro-batch's summed
+    token loss is divided by ``num_items_in_batch``, the step's target-token count over all
+    micro-batches and, with ``average_tokens_across_devices``, all ranks; a model without loss
+    kwargs has its micro-batch mean divided by the number of micro-batches). It is then
+    averaged across data-parallel ranks (the loss is multiplied back by the rank count when
+    tokens are averaged across devices) and already clipped to ``max_grad_norm`` (clipping
+    scales every gradient entry by one factor c, so variances by c^2). Step 0 has no update
+    yet: its gradient fields are ``null``.
 
     TensorBoard: if ``tensorboard`` is given (the Trainer's ``TensorBoardCallback``, or any
     object with a ``tb_writer``, or a ``SummaryWriter``), the Q/K/V weight and gradient
