@@ -122,7 +122,10 @@ class QKVVarianceCallback(TrainerCallback):
     micro-batch loss before ``backward`` (GPT-2 takes loss kwargs, so each micro-batch's summed
     token loss is divided by ``num_items_in_batch``, the step's target-token count over all
     micro-batches and, with ``average_tokens_across_devices``, all ranks; a model without loss
-    kwargs has its micro-batch mean divided by the number of micro-batches). It is then
+    kwargs has its micro-batch mean divided by the number of micro-batches). Trap: with the
+    model's ``loss_type`` unset (any ``*LMHeadModel`` class) the Trainer counts all T labels of
+    a block instead of its T - 1 targets, so the gradient is (T-1)/T of the mean's;
+    ``hf_init.pretrain`` sets ``model.loss_type = "ForCausalLM"``. It is then
     averaged across data-parallel ranks (the loss is multiplied back by the rank count when
     tokens are averaged across devices) and already clipped to ``max_grad_norm`` (clipping
     scales every gradient entry by one factor c, so variances by c^2). Step 0 has no update

@@ -63,14 +63,17 @@ class Snapshots(TrainerCallback):
         self._take(state.global_step, model)
 
 
-def train(tmp_path, every, max_steps=7, report_to="none", lr=0.05, optim="sgd", logging_steps=100, **extra):
+def train(tmp_path, every, max_steps=7, report_to="none", lr=0.05, optim="sgd", logging_steps=100, dataset=None,
+          loss_type=None, **extra):
     model = tiny_model()
+    if loss_type is not None:
+        model.loss_type = loss_type
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=max_steps, per_device_train_batch_size=4,
                              learning_rate=lr, optim=optim, lr_scheduler_type="constant", max_grad_norm=0.0,
                              logging_steps=logging_steps, save_strategy="no", report_to=report_to, use_cpu=True,
                              disable_tqdm=True, dataloader_num_workers=0, seed=0, **extra)
     cb, snaps = QKVVarianceCallback(every=every), Snapshots()
-    trainer = Trainer(model=model, args=args, train_dataset=Blocks(), callbacks=[cb, snaps])
+    trainer = Trainer(model=model, args=args, train_dataset=dataset or Blocks(), callbacks=[cb, snaps])
     cb.tensorboard = next((c for c in trainer.callback_handler.callbacks if isinstance(c, TensorBoardCallback)), None)
     trainer.train()
     records = [json.loads(line) for line in (tmp_path / "variance.jsonl").read_text().splitlines()]
@@ -114,6 +117,24 @@ def test_jsonl_has_one_line_per_recorded_step_and_layer(tmp_path):
     keys = [(r["step"], r["layer"]) for r in records]
     assert len(keys) == len(set(keys)), "duplicate (step, layer) lines"
     assert sorted(keys) == [(s, layer) for s in (0, 3, 6, 7) for layer in range(N_LAYER)]
+
+
+@pytest.mark.parametrize("loss_type, factor", [("ForCausalLM", 1.0), (None, (T - 1) / T)])
+def test_accumulated_gradient_is_the_mean_over_micro_batches_not_the_sum(tmp_path, loss_type, factor):
+    # One step of 2 micro-batches of 4 covers the whole 8-block set: whatever the order, the
+    # gradient applied is that of the mean token loss over all 8 blocks (stock forward, by hand),
+    # not the sum (which would give 4x the variance). Trap: a class named *LMHeadModel gets
+    # loss_type None, and the Trainer then divides by all T labels per block instead of the T - 1
+    # targets: the gradient is (T-1)/T of the mean's (pretrain.py sets loss_type="ForCausalLM").
+    data = Blocks(n=8)
+    records, _, _ = train(tmp_path, every=1, max_steps=1, dataset=data, gradient_accumulation_steps=2,
+                          loss_type=loss_type)
+    model = tiny_model()
+    model(input_ids=data.ids, labels=data.ids).loss.backward()
+    for r in (r for r in records if r["step"] == 1):
+        g = factor * model.transformer.h[r["layer"]].attn.c_attn.weight.grad.double().numpy()
+        for i, name in enumerate("qkv"):
+            assert r[f"grad_{name}"] == pytest.approx(np.var(g[:, i * D : (i + 1) * D]), rel=1e-5)
 
 
 @pytest.mark.parametrize("logging_steps, max_steps", [(0.25, 8), (0.3, 7), (3, 7)])
