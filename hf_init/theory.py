@@ -465,7 +465,7 @@ def gpt2_scheme_stds(
         "attn_out": std("attn_out", d, d), "mlp_in": std("mlp_in", d, inner), "mlp_out": std("mlp_out", inner, d),
     }
     factor = 1.0 / math.sqrt(2 * n_layer)
-    carries = math.isclose(stds["attn_out"], factor * std("linear", d, d), rel_tol=1e-9) and n_layer > 1
+    carries = math.isclose(stds["attn_out"], factor * std("linear", d, d), rel_tol=1e-9)  # factor < 1 always
     gain = 1.0
     if residual_scaling is not None and residual_scaling != carries:
         gain = factor if residual_scaling else 1.0 / factor

@@ -247,6 +247,17 @@ def test_gpt2_scheme_stds_and_residual_toggle():
     assert T.gpt2_scheme_stds("kaiming_normal", L, d, residual_scaling=False)[1] == 1.0
 
 
+@pytest.mark.parametrize("scaling, attn_out", [(None, 0.02 / math.sqrt(2)), (True, 0.02 / math.sqrt(2)),
+                                               (False, 0.02)])
+def test_gpt2_residual_toggle_at_one_layer(scaling, attn_out):
+    # n_layer = 1: GPT-2's factor 1/sqrt(2 L) = 1/sqrt(2) still applies, so "scaled" is the
+    # scheme as defined (0.02/sqrt(2)) and "unscaled" is plain 0.02
+    stds, gain = T.gpt2_scheme_stds("gpt2", 1, 32, residual_scaling=scaling)
+    assert stds["attn_out"] == pytest.approx(attn_out, rel=1e-12)
+    assert stds["mlp_out"] == pytest.approx(attn_out, rel=1e-12)
+    assert gain == pytest.approx(attn_out / (0.02 / math.sqrt(2)), rel=1e-12)
+
+
 def test_gpt2_theory_holds_where_its_assumptions_do():
     """gpt2 scheme, distinct tokens per sequence (so block 1's values are uncorrelated across
     positions, the attention approximation's premise) and tiny logits (near-uniform attention).
