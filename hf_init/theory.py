@@ -125,9 +125,9 @@ _FINE = np.array([0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0])  # in units of the a
 def gaussian_expectation(f: Callable[[np.ndarray], np.ndarray], q) -> np.ndarray:
     """E[f(z)] for z ~ N(0, q), elementwise over an array of variances ``q`` (>= 0).
 
-    ``f`` must act elementwise on arrays. For ``q <= 4``: Gauss-Hermite quadrature (probabilists'
-    Hermite, 100 nodes), exact for polynomials of degree <= 199 and accurate to ~1e-12 for
-    tanh/gelu. For ``q > 4`` the integrand f(sqrt(q) x) bends on the scale 1/sqrt(q) in x, which
+    ``f`` must act elementwise on arrays. For ``q <= 0.5`` (``_GH_MAX_Q``): Gauss-Hermite
+    quadrature (probabilists' Hermite, 100 nodes), exact for polynomials of degree <= 199 and
+    accurate to ~1e-12 for tanh/gelu. For ``q > 0.5`` the integrand f(sqrt(q) x) bends on the scale 1/sqrt(q) in x, which
     a global rule resolves poorly, so x in [-10, 10] is cut into 0.5-wide panels plus panels
     with boundaries at +-{0.25..8}/sqrt(q) around 0, each integrated by 16-point Gauss-Legendre.
     """
