@@ -374,3 +374,40 @@ VERDICT_NOTES = [
     "of that gap. Both model softmax weights with i.i.d. Gaussian logits: with large logits "
     "(kaiming_normal, logit variance ~4) the concentration estimate is off in block 1.",
 ]
+
+
+# --- arguments of scripts/theory_check.py ---------------------------------------------------
+
+
+def check_theory_check_args(args) -> "Path":
+    """Validate the parsed arguments of ``scripts/theory_check.py`` before anything is built or
+    written; return the output folder. Raises :class:`hf_init.cli.UsageError` (one line)."""
+    import math
+    from pathlib import Path
+
+    from .cli import UsageError
+    from .schemes import SCHEMES
+
+    for a in args.activations:
+        if a not in ACTIVATIONS:
+            raise UsageError(f"unknown activation {a!r}; valid: {', '.join(ACTIVATIONS)}")
+    for s in args.gpt2_schemes:
+        if s not in SCHEMES or SCHEMES[s].needs_std:
+            raise UsageError(f"unknown or std-needing scheme {s!r}; valid: "
+                             f"{', '.join(n for n, sc in SCHEMES.items() if not sc.needs_std)}")
+    for name in ("width", "depth", "batch", "seeds", "gpt2_n_layer", "gpt2_n_embd", "gpt2_n_head",
+                 "gpt2_seq_len", "gpt2_batch", "gpt2_seeds"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.gpt2_n_embd % args.gpt2_n_head:
+        raise UsageError("--gpt2_n_embd must be divisible by --gpt2_n_head")
+    for name, values in (("std_multiples", args.std_multiples), ("k_sigma", [args.k_sigma])):
+        bad = [v for v in values if not (math.isfinite(v) and v > 0)]
+        if bad:
+            raise UsageError(f"--{name} must be finite and > 0, got {bad[0]}")
+    out = Path(args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output_dir {out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise UsageError(f"output folder {out} exists and is not empty; pass --overwrite or pick another --output_dir")
+    return out

@@ -19,9 +19,8 @@ import argparse
 import csv
 import sys
 import time
-from pathlib import Path
 
-from hf_init.cli import UsageError, fail_cleanly
+from hf_init.cli import fail_cleanly, one_line_errors
 
 
 def _csv_list(kind):
@@ -53,34 +52,12 @@ def main(argv=None):
     p.add_argument("--gpt2_seq_len", type=int, default=64)
     p.add_argument("--gpt2_batch", type=int, default=8)
     p.add_argument("--gpt2_seeds", type=int, default=2)
-    args = p.parse_args(argv)
-
-    from hf_init.schemes import SCHEMES
-    from hf_init.theory import ACTIVATIONS
-
-    for a in args.activations:
-        if a not in ACTIVATIONS:
-            raise UsageError(f"unknown activation {a!r}; valid: {', '.join(ACTIVATIONS)}")
-    for s in args.gpt2_schemes:
-        if s not in SCHEMES or SCHEMES[s].needs_std:
-            raise UsageError(f"unknown or std-needing scheme {s!r}; valid: "
-                             f"{', '.join(n for n, sc in SCHEMES.items() if not sc.needs_std)}")
-    for name in ("width", "depth", "batch", "seeds", "gpt2_n_layer", "gpt2_n_embd", "gpt2_n_head",
-                 "gpt2_seq_len", "gpt2_batch", "gpt2_seeds"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.gpt2_n_embd % args.gpt2_n_head:
-        raise UsageError("--gpt2_n_embd must be divisible by --gpt2_n_head")
-    if any(m <= 0 for m in args.std_multiples) or args.k_sigma <= 0:
-        raise UsageError("--std_multiples and --k_sigma must be > 0")
-    out = Path(args.output_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--output_dir {out} exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise UsageError(f"output folder {out} exists and is not empty; pass --overwrite or pick another --output_dir")
+    args = one_line_errors(p).parse_args(argv)
 
     from hf_init import propagation as P
     from hf_init.plots import theory as plots
+
+    out = P.check_theory_check_args(args)
 
     t0 = time.time()
     rows = []

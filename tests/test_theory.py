@@ -337,3 +337,32 @@ def test_theory_check_script_small_run_and_refuses_existing_folder(tmp_path):
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--overwrite" in r.stderr
     assert (out / "theory_check.csv").read_bytes() == before
+
+
+@pytest.mark.parametrize("flags, word", [(["--k_sigma", "nan"], "k_sigma"), (["--std_multiples", "1,inf"], "inf"),
+                                         (["--width", "wide"], "--width")])
+def test_theory_check_bad_value_is_one_line(tmp_path, flags, word):
+    out = tmp_path / "tc"
+    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "scripts/theory_check.py", "--output_dir", str(out), *flags], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert lines[0].startswith("error: ") and word in lines[0], lines[0]
+    assert not out.exists()
+
+
+def test_check_theory_check_args_refuses_non_finite_values(tmp_path):
+    from types import SimpleNamespace
+
+    from hf_init.cli import UsageError
+    from hf_init.propagation import check_theory_check_args
+
+    good = dict(activations=["relu"], gpt2_schemes=["gpt2"], width=8, depth=2, batch=4, seeds=1, gpt2_n_layer=1,
+                gpt2_n_embd=8, gpt2_n_head=2, gpt2_seq_len=4, gpt2_batch=1, gpt2_seeds=1, std_multiples=[1.0],
+                k_sigma=4.0, output_dir=str(tmp_path / "o"), overwrite=False)
+    assert str(check_theory_check_args(SimpleNamespace(**good))) == str(tmp_path / "o")
+    for key, value in (("k_sigma", math.inf), ("k_sigma", -1.0), ("std_multiples", [1.0, math.nan]),
+                       ("gpt2_n_head", 3), ("activations", ["swish"])):
+        with pytest.raises(UsageError):
+            check_theory_check_args(SimpleNamespace(**{**good, key: value}))
