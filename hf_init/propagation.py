@@ -150,34 +150,42 @@ def measure_gpt2_once(model, input_ids: torch.Tensor) -> tuple[list[float], list
     return residual, attn, mlp
 
 
-def measure_gpt2(
-    scheme: str,
-    input_ids: torch.Tensor,
-    seeds: Sequence[int],
-    n_layer: int,
-    n_embd: int,
-    n_head: int,
-    vocab_size: int = 256,
-    residual_gain: float = 1.0,
-    **scheme_kwargs,
-) -> GPT2Measurement:
-    """Build GPT-2 with ``scheme`` (``build_model``) once per seed (seeding torch's global RNG
-    with ``torch.manual_seed(seed)``, as ``build_model`` draws from it), multiply the residual
-    projections (attn/mlp ``c_proj``) by ``residual_gain`` (to toggle GPT-2's 1/sqrt(2 n_layer)
-    scaling, see ``theory.gpt2_scheme_stds``) and measure on ``input_ids``."""
+@dataclass(frozen=True)
+class GPT2Probe:
+    """The GPT-2 shape to build and what to measure it on: token ids ``input_ids`` (B, T, the
+    context length is T) and one model per seed in ``seeds``."""
+
+    input_ids: torch.Tensor
+    seeds: Sequence[int]
+    n_layer: int
+    n_embd: int
+    n_head: int
+    vocab_size: int = 256
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.input_ids.shape[1])
+
+
+def measure_gpt2(scheme: str, probe: GPT2Probe, residual_gain: float = 1.0, **scheme_kwargs) -> GPT2Measurement:
+    """Build GPT-2 with ``scheme`` (``build_model``) in ``probe``'s shape once per seed (seeding
+    torch's global RNG with ``torch.manual_seed(seed)``, as ``build_model`` draws from it),
+    multiply the residual projections (attn/mlp ``c_proj``) by ``residual_gain`` (to toggle
+    GPT-2's 1/sqrt(2 n_layer) scaling, see ``theory.gpt2_scheme_stds``) and measure on
+    ``probe.input_ids``."""
     from .modeling import build_model
 
     rows = ([], [], [])
-    for seed in seeds:
+    for seed in probe.seeds:
         torch.manual_seed(int(seed))
-        model = build_model(init_scheme=scheme, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
-                            vocab_size=vocab_size, n_positions=int(input_ids.shape[1]), **scheme_kwargs)
+        model = build_model(init_scheme=scheme, n_layer=probe.n_layer, n_embd=probe.n_embd, n_head=probe.n_head,
+                            vocab_size=probe.vocab_size, n_positions=probe.seq_len, **scheme_kwargs)
         if residual_gain != 1.0:
             with torch.no_grad():
                 for block in model.transformer.h:
                     block.attn.c_proj.weight.mul_(residual_gain)
                     block.mlp.c_proj.weight.mul_(residual_gain)
-        for acc, values in zip(rows, measure_gpt2_once(model, input_ids)):
+        for acc, values in zip(rows, measure_gpt2_once(model, probe.input_ids)):
             acc.append(values)
     return GPT2Measurement(*(np.array(r) for r in rows))
 
@@ -267,16 +275,7 @@ def mlp_check_rows(
     return rows
 
 
-def gpt2_check_rows(
-    scheme: str,
-    residual_scaling: bool | None,
-    input_ids: torch.Tensor,
-    seeds: Sequence[int],
-    n_layer: int,
-    n_embd: int,
-    n_head: int,
-    vocab_size: int = 256,
-) -> list[dict]:
+def gpt2_check_rows(scheme: str, residual_scaling: bool | None, probe: GPT2Probe) -> list[dict]:
     """Predicted vs measured residual-stream second moment per block and what each block's
     attention and MLP add, for ``scheme`` with GPT-2's residual scaling as the scheme defines it
     (``None``) or forced on/off. ``predicted``: ``theory.gpt2_residual_kernel`` on the same
@@ -285,14 +284,14 @@ def gpt2_check_rows(
     (the approximations are not controlled): the relative errors are reported."""
     from .theory import gpt2_residual_kernel, gpt2_residual_variance, gpt2_scheme_stds
 
-    seq_len = int(input_ids.shape[1])
-    stds, gain = gpt2_scheme_stds(scheme, n_layer, n_embd, vocab_size=vocab_size, n_positions=seq_len,
+    n_layer, n_embd, seq_len = probe.n_layer, probe.n_embd, probe.seq_len
+    stds, gain = gpt2_scheme_stds(scheme, n_layer, n_embd, vocab_size=probe.vocab_size, n_positions=seq_len,
                                   residual_scaling=residual_scaling)
-    carries = _carries_scaling(scheme, n_layer, n_embd, vocab_size, seq_len)
+    carries = _carries_scaling(scheme, n_layer, n_embd, probe.vocab_size, seq_len)
     scaled = carries if residual_scaling is None else residual_scaling
-    pred = gpt2_residual_kernel(stds, n_layer, n_embd, input_ids.numpy())
+    pred = gpt2_residual_kernel(stds, n_layer, n_embd, probe.input_ids.numpy())
     unc = gpt2_residual_variance(stds, n_layer, n_embd, seq_len)
-    meas = measure_gpt2(scheme, input_ids, seeds, n_layer, n_embd, n_head, vocab_size, residual_gain=gain)
+    meas = measure_gpt2(scheme, probe, residual_gain=gain)
     name = f"gpt2-{scheme}-{'scaled' if scaled else 'unscaled'}"
     rows = []
     for quantity, p, pu, m, first in (("residual", pred.residual, unc.residual, meas.residual, 0),

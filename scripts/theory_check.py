@@ -67,12 +67,11 @@ def main(argv=None):
         for mult in args.std_multiples:
             rows += P.mlp_check_rows(act, mult, x, args.width, args.depth, seeds, args.k_sigma)
         print(f"mlp {act}: done ({time.time() - t0:.0f}s)", flush=True)
-    ids = P.byte_token_batch(args.gpt2_batch, args.gpt2_seq_len)
-    gseeds = list(range(args.gpt2_seeds))
+    probe = P.GPT2Probe(P.byte_token_batch(args.gpt2_batch, args.gpt2_seq_len), list(range(args.gpt2_seeds)),
+                        args.gpt2_n_layer, args.gpt2_n_embd, args.gpt2_n_head)
     for scheme in args.gpt2_schemes:
         for scaling in (True, False):
-            rows += P.gpt2_check_rows(scheme, scaling, ids, gseeds, args.gpt2_n_layer, args.gpt2_n_embd,
-                                      args.gpt2_n_head)
+            rows += P.gpt2_check_rows(scheme, scaling, probe)
         print(f"gpt2 {scheme}: done ({time.time() - t0:.0f}s)", flush=True)
 
     out.mkdir(parents=True, exist_ok=True)

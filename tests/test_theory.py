@@ -270,7 +270,7 @@ def test_gpt2_theory_holds_where_its_assumptions_do():
     ids = torch.stack([torch.randperm(256, generator=gen)[:T_len] for _ in range(8)])
     stds, gain = T.gpt2_scheme_stds("gpt2", L, d, vocab_size=256, n_positions=T_len)
     pred = T.gpt2_residual_variance(stds, L, d, T_len)
-    meas = P.measure_gpt2("gpt2", ids, seeds, L, d, n_head=4, vocab_size=256, residual_gain=gain)
+    meas = P.measure_gpt2("gpt2", P.GPT2Probe(ids, seeds, L, d, n_head=4, vocab_size=256), residual_gain=gain)
     tol = K * math.sqrt((4 / d) / len(seeds))
     # embeddings: 8 x 64 tokens x 256 coordinates of independent rows: far tighter than tol
     assert meas.residual[:, 0].mean() / pred.residual[0] - 1 == pytest.approx(0, abs=0.05)
@@ -290,7 +290,7 @@ def test_gpt2_position_covariance_theory_tracks_measurement():
     stds, gain = T.gpt2_scheme_stds("xavier_normal", L, d, vocab_size=256, n_positions=T_len)
     kern = T.gpt2_residual_kernel(stds, L, d, ids.numpy())
     unc = T.gpt2_residual_variance(stds, L, d, T_len)
-    meas = P.measure_gpt2("xavier_normal", ids, seeds, L, d, n_head=4, vocab_size=256, residual_gain=gain)
+    meas = P.measure_gpt2("xavier_normal", P.GPT2Probe(ids, seeds, L, d, n_head=4, vocab_size=256), residual_gain=gain)
     tol = K * math.sqrt((4 / d) / len(seeds))
     rel = meas.residual.mean(axis=0) / kern.residual - 1
     assert np.all(np.abs(rel) <= tol), (rel, tol)
