@@ -36,6 +36,17 @@ def _panel_grid(n: int):
     return fig, list(axes.flat)
 
 
+def _networks(rows: list[dict], key: str, value) -> list[tuple[str, list[dict], list[int]]]:
+    """(network name, its rows, their layers) for each network among the rows whose ``key`` is
+    ``value``, in order of first appearance."""
+    nets = dict.fromkeys(r["network"] for r in rows if r[key] == value)
+    out = []
+    for net in nets:
+        sel = [r for r in rows if r["network"] == net]
+        out.append((net, sel, [r["layer"] for r in sel]))
+    return out
+
+
 def plot_mlp(rows: list[dict], quantity: str, path: str | Path) -> Path:
     """One panel per activation; per std multiple a predicted line and measured points
     (seed mean +- 1 s.e.m.), log y. ``quantity``: "forward" or "gradient"."""
@@ -43,9 +54,7 @@ def plot_mlp(rows: list[dict], quantity: str, path: str | Path) -> Path:
     acts = list(dict.fromkeys(r["activation"] for r in rs))
     fig, axes = _panel_grid(max(len(acts), 1))
     for ax, act in zip(axes, acts):
-        for i, net in enumerate(dict.fromkeys(r["network"] for r in rs if r["activation"] == act)):
-            sel = [r for r in rs if r["network"] == net]
-            x = [r["layer"] for r in sel]
+        for i, (net, sel, x) in enumerate(_networks(rs, "activation", act)):
             color = f"C{i}"
             ax.plot(x, [r["predicted"] for r in sel], "-", color=color, label=f"{sel[0]['std_multiple']}x critical")
             ax.errorbar(x, [r["measured"] for r in sel], yerr=[r["measured_sem"] for r in sel], fmt="o",
@@ -68,9 +77,7 @@ def plot_gpt2(rows: list[dict], path: str | Path) -> Path:
     schemes = list(dict.fromkeys(r["scheme"] for r in rs))
     fig, axes = _panel_grid(max(len(schemes), 1))
     for ax, scheme in zip(axes, schemes):
-        for i, net in enumerate(dict.fromkeys(r["network"] for r in rs if r["scheme"] == scheme)):
-            sel = [r for r in rs if r["network"] == net]
-            x = [r["layer"] for r in sel]
+        for i, (net, sel, x) in enumerate(_networks(rs, "scheme", scheme)):
             label = net.rsplit("-", 1)[1]
             ax.plot(x, [r["predicted"] for r in sel], "-", color=f"C{i}", label=f"{label}: theory")
             ax.plot(x, [r["predicted_uncorrelated"] for r in sel], ":", color=f"C{i}",
