@@ -125,7 +125,7 @@ class QKVVarianceCallback(TrainerCallback):
     kwargs has its micro-batch mean divided by the number of micro-batches). Trap: with the
     model's ``loss_type`` unset (any ``*LMHeadModel`` class) the Trainer counts all T labels of
     a block instead of its T - 1 targets, so the gradient is (T-1)/T of the mean's;
-    ``hf_init.pretrain`` sets ``model.loss_type = "ForCausalLM"``. It is then
+    ``hf_init.modeling.SchemeGPT2LMHeadModel`` sets ``loss_type = "ForCausalLM"``. It is then
     averaged across data-parallel ranks (the loss is multiplied back by the rank count when
     tokens are averaged across devices) and already clipped to ``max_grad_norm`` (clipping
     scales every gradient entry by one factor c, so variances by c^2). Step 0 has no update

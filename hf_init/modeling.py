@@ -192,6 +192,11 @@ class SchemeGPT2LMHeadModel(SchemeInitMixin, GPT2LMHeadModel):
     def __init__(self, config: GPT2Config):
         validate_init_config(config)
         GPT2PreTrainedModel.__init__(self, config)
+        # transformers derives loss_type from the class name and "GPT2LMHeadModel" matches none
+        # of its loss names: the Trainer then counts all T labels of a block (not the T - 1
+        # targets of the shifted causal loss) when it scales the loss, so losses and gradients
+        # come out (T-1)/T too small. Stock GPT2LMHeadModel has the same trap.
+        self.loss_type = "ForCausalLM"
         self.transformer = SchemeGPT2Model(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.post_init()

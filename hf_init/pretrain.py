@@ -292,10 +292,6 @@ def run(argv: list[str], started: float | None = None) -> dict:
     config = model_config(model_args, vocab_size=len(tokenizer), n_positions=block_size, tokenizer=tokenizer)
     set_seed(training_args.seed)
     model = build_model(config)
-    # transformers derives loss_type from the class name, and "GPT2LMHeadModel" matches none: the
-    # Trainer then counts all block_size labels per block (not the block_size - 1 targets of the
-    # shifted loss) when it scales the loss, so gradients and train loss come out (T-1)/T too small
-    model.loss_type = "ForCausalLM"
     n_params = sum(p.numel() for p in model.parameters())
 
     out = Path(training_args.output_dir)

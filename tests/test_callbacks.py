@@ -64,10 +64,9 @@ class Snapshots(TrainerCallback):
 
 
 def train(tmp_path, every, max_steps=7, report_to="none", lr=0.05, optim="sgd", logging_steps=100, dataset=None,
-          loss_type=None, **extra):
+          loss_type="ForCausalLM", **extra):
     model = tiny_model()
-    if loss_type is not None:
-        model.loss_type = loss_type
+    model.loss_type = loss_type
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=max_steps, per_device_train_batch_size=4,
                              learning_rate=lr, optim=optim, lr_scheduler_type="constant", max_grad_norm=0.0,
                              logging_steps=logging_steps, save_strategy="no", report_to=report_to, use_cpu=True,
@@ -125,7 +124,7 @@ def test_accumulated_gradient_is_the_mean_over_micro_batches_not_the_sum(tmp_pat
     # gradient applied is that of the mean token loss over all 8 blocks (stock forward, by hand),
     # not the sum (which would give 4x the variance). Trap: a class named *LMHeadModel gets
     # loss_type None, and the Trainer then divides by all T labels per block instead of the T - 1
-    # targets: the gradient is (T-1)/T of the mean's (pretrain.py sets loss_type="ForCausalLM").
+    # targets: the gradient is (T-1)/T of the mean's (SchemeGPT2LMHeadModel sets "ForCausalLM").
     data = Blocks(n=8)
     records, _, _ = train(tmp_path, every=1, max_steps=1, dataset=data, gradient_accumulation_steps=2,
                           loss_type=loss_type)

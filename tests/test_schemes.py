@@ -272,3 +272,16 @@ def test_from_pretrained_initializes_only_missing_weights(tmp_path):
 def test_bad_shape_is_one_clear_error(kwargs, needle):
     with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         make_config(**{"n_embd": 128, "n_head": 4, "vocab_size": V, **kwargs})
+
+
+def test_causal_loss_type_survives_build_and_reload(tmp_path):
+    """Trainer scales the loss by the number of targets only when the model's loss_type maps
+    to the shifted causal loss; our class must set it (stock GPT2LMHeadModel does not)."""
+    from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
+
+    from hf_init.modeling import SchemeGPT2LMHeadModel
+
+    model = build_model(n_layer=1, n_embd=32, n_head=2, vocab_size=V, n_positions=T)
+    assert LOSS_MAPPING[model.loss_type] is ForCausalLMLoss
+    model.save_pretrained(tmp_path)
+    assert LOSS_MAPPING[SchemeGPT2LMHeadModel.from_pretrained(tmp_path).loss_type] is ForCausalLMLoss
