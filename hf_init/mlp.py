@@ -521,6 +521,17 @@ def run_sweep(data, stds: list[float], seeds: list[int], depths: list[int], widt
 COMPARE_SCHEMES = ("kaiming_normal", "xavier_normal")
 
 
+def check_controlled_schemes(schemes: list[str]) -> None:
+    """ValueError unless every scheme is registered and draws normal weights (a uniform scheme
+    would need its own uniform draw, so it could not share the seed's normal draw)."""
+    from hf_init.schemes import get_scheme
+
+    for name in schemes:
+        if get_scheme(name).distribution != "normal":
+            raise ValueError(f"scheme {name!r} draws uniform weights; the controlled comparison rescales one "
+                             "normal draw, so use normal schemes (e.g. kaiming_normal, xavier_normal)")
+
+
 def run_compare(data, schemes: list[str], seeds: list[int], depth: int, width: int, activations: list[str],
                 cfg: TrainConfig, progress: bool = True) -> list[StudyRun]:
     """For each activation, one ensemble of every (scheme, seed): member (scheme, seed) has
@@ -529,12 +540,9 @@ def run_compare(data, schemes: list[str], seeds: list[int], depth: int, width: i
     (``SchemeOptions(nonlinearity=activation)``: sqrt(2) relu, 5/3 tanh, 1 linear), fan_in
     mode; Xavier gain 1. Only normal-distribution schemes: a uniform scheme would need its own
     uniform draw, so it could not share the normal draw (the comparison would not be controlled)."""
-    from hf_init.schemes import SchemeOptions, get_scheme
+    from hf_init.schemes import SchemeOptions
 
-    for name in schemes:
-        if get_scheme(name).distribution != "normal":
-            raise ValueError(f"scheme {name!r} draws uniform weights; the controlled comparison rescales one "
-                             "normal draw, so use normal schemes (e.g. kaiming_normal, xavier_normal)")
+    check_controlled_schemes(schemes)
     runs = []
     for activation in activations:
         shape = MLPShape(data.n_features, width, depth, data.n_classes, activation)

@@ -17,6 +17,12 @@ def _nanmean(values):
     return float(v.mean()) if v.size else float("nan")
 
 
+def _nanmedian(values):
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if v.size else float("nan")
+
+
 def sweep_metrics(rows: list[dict], summary: dict, path, title: str = ""):
     """Final train loss, test loss and test accuracy vs std (log x), mean over the seeds that
     did not diverge, one line per depth; each depth's stable band shaded in its color."""
@@ -68,7 +74,7 @@ def layer_variance(layer_rows: list[dict], depth: int, path, title: str = ""):
         for s, color in zip(stds, cmap):
             pts = [r for r in sub if r["std"] == s and r["step"] == step]
             layers = sorted({r["layer"] for r in pts})
-            ys = [np.nanmedian([r[key] for r in pts if r["layer"] == l] or [np.nan]) for l in layers]
+            ys = [_nanmedian([r[key] for r in pts if r["layer"] == l]) for l in layers]
             ys = [y if (math.isfinite(y) and y > 0) else np.nan for y in ys]
             ax.plot(layers, ys, "o-", color=color, ms=3, label=f"{s:.1e}")
         ax.set_yscale("log")
