@@ -16,7 +16,8 @@ cross-entropy, so the gradient w.r.t. member m's weights is exactly member m's o
 ``tests/test_mlp.py`` trains one member inside an ensemble and the same member alone as a
 plain ``nn.Sequential`` with ``torch.optim`` and checks the weights agree.
 
-A member whose loss or gradient becomes non-finite is *diverged*: its step is recorded, its
+A member whose loss or gradient becomes non-finite (or whose gradient entries sum past float32's
+range) is *diverged*: its step is recorded, its
 gradients and optimizer state are zeroed from then on (so its weights stay frozen) and it is
 left out of the summed loss, so the others train on. Its later metrics are reported as NaN.
 """
@@ -175,9 +176,9 @@ def minibatch_order(n: int, batch_size: int, epochs: int, seed: int) -> list[tor
 def make_optimizer(params, name: str, lr: float, momentum: float = 0.9) -> torch.optim.Optimizer:
     """SGD with momentum (``sgd``) or Adam (``adam``): both elementwise, see the module docstring."""
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, foreach=True)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
+        return torch.optim.Adam(params, lr=lr, foreach=True)
     raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
 
 
@@ -312,9 +313,9 @@ def train_ensemble(model: Ensemble, data, cfg: TrainConfig, progress: bool = Tru
         finite = torch.isfinite(losses.detach())
         ok = active & finite
         torch.where(ok, losses, torch.zeros_like(losses)).sum().backward()
-        grad_ok = torch.ones(M, dtype=torch.bool)
-        for p in params:
-            grad_ok &= torch.isfinite(p.grad.reshape(M, -1)).all(1)
+        # one reduction pass: a NaN/inf entry makes its member's sum non-finite (so does a sum
+        # that overflows float32, ~3e38: such a gradient counts as diverged too)
+        grad_ok = torch.isfinite(torch.stack([p.grad.reshape(M, -1).sum(1) for p in params]).sum(0))
         new_dead = active & ~(finite & grad_ok)
         step_loss[step] = np.where(active.numpy(), losses.detach().double().numpy(), np.nan)
         if new_dead.any():
