@@ -72,3 +72,29 @@ def test_bad_idx_and_unknown_dataset(tmp_path):
         read_idx(tmp_path / "x")
     with pytest.raises(ValueError, match="unknown dataset 'cifar'.*wine, digits, mnist"):
         load_tabular("cifar")
+
+
+def test_mnist_from_local_parquet(tmp_path):
+    """The Hub's parquet layout: columns image ({'bytes': PNG}) and label."""
+    import io
+
+    import pandas as pd
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    imgs = rng.integers(0, 256, (6, 28, 28)).astype(np.uint8)
+
+    def png(a):
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="PNG")
+        return {"bytes": buf.getvalue(), "path": None}
+
+    for split, sl in (("train", slice(0, 4)), ("test", slice(4, 6))):
+        pd.DataFrame({"image": [png(a) for a in imgs[sl]], "label": np.arange(6)[sl]}).to_parquet(
+            tmp_path / f"{split}-00000-of-00001.parquet")
+    d = load_tabular("mnist", mnist_dir=tmp_path)
+    flat = imgs[:4].reshape(4, -1).astype(np.float64)
+    sd = flat.std(0)
+    sd[sd == 0] = 1
+    np.testing.assert_allclose(d.x_train.numpy(), (flat - flat.mean(0)) / sd, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(d.y_test.numpy(), [4, 5])
