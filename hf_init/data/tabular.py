@@ -75,8 +75,8 @@ def standardise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np
 def _pack(name, description, xtr, ytr, xte, yte, n_classes) -> TabularData:
     xtr, xte = standardise(xtr, xte)
     return TabularData(
-        name, description, torch.from_numpy(xtr), torch.from_numpy(np.asarray(ytr, dtype=np.int64)),
-        torch.from_numpy(xte), torch.from_numpy(np.asarray(yte, dtype=np.int64)), int(n_classes),
+        name, description, torch.from_numpy(xtr), torch.from_numpy(np.array(ytr, dtype=np.int64)),
+        torch.from_numpy(xte), torch.from_numpy(np.array(yte, dtype=np.int64)), int(n_classes),
     )
 
 
