@@ -24,6 +24,7 @@ class _Parser(argparse.ArgumentParser):
 def main(argv=None):
     p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="digits", help="wine | digits (offline stand-in for MNIST) | mnist")
+    p.add_argument("--split_seed", type=int, default=0, help="train/test split (wine, digits) and MNIST subset")
     p.add_argument("--mnist_dir", default=None, help="folder with the MNIST IDX files (optionally .gz) or parquet")
     p.add_argument("--mnist_train_size", type=int, default=10000)
     p.add_argument("--schemes", nargs=2, default=["kaiming_normal", "xavier_normal"], metavar=("A", "B"),
@@ -62,7 +63,8 @@ def main(argv=None):
     from hf_init.data.tabular import load_tabular
     from hf_init.mlp import prepare_output_dir
 
-    data = load_tabular(args.dataset, mnist_dir=args.mnist_dir, mnist_train_size=args.mnist_train_size)
+    data = load_tabular(args.dataset, split_seed=args.split_seed, mnist_dir=args.mnist_dir,
+                        mnist_train_size=args.mnist_train_size)
     target = args.target_loss if args.target_loss is not None else 0.25 * data.chance_loss
     if not target > 0:
         raise UsageError(f"--target_loss must be > 0, got {target}")

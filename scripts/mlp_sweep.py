@@ -35,6 +35,7 @@ def _floats(values, name):
 def main(argv=None):
     p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="digits", help="wine | digits (offline stand-in for MNIST) | mnist")
+    p.add_argument("--split_seed", type=int, default=0, help="train/test split (wine, digits) and MNIST subset")
     p.add_argument("--mnist_dir", default=None, help="folder with the MNIST IDX files (optionally .gz) or parquet")
     p.add_argument("--mnist_train_size", type=int, default=10000, help="random subset of MNIST's 60k training images")
     p.add_argument("--stds", nargs="*", default=None, help="initial weight stds (default: 1e-4..1e1, 3 per decade)")
@@ -78,9 +79,11 @@ def main(argv=None):
     from hf_init.data.tabular import load_tabular
     from hf_init.mlp import prepare_output_dir
 
-    data = load_tabular(args.dataset, mnist_dir=args.mnist_dir, mnist_train_size=args.mnist_train_size)
+    data = load_tabular(args.dataset, split_seed=args.split_seed, mnist_dir=args.mnist_dir,
+                        mnist_train_size=args.mnist_train_size)
     out = prepare_output_dir(args.output_dir, args.overwrite)
 
+    import numpy as np
     import torch
 
     from hf_init.analysis.mlp import sweep_rows, sweep_summary
@@ -151,8 +154,6 @@ def main(argv=None):
         for s in stds:
             sub = [r for r in rows if r["depth"] == depth and r["std"] == s]
             counts = ", ".join(f"{g} {c}" for g, c in band["regime_counts"][f"{s:.3g}"].items())
-            import numpy as np
-
             acc = np.nanmean([r["final_test_acc"] for r in sub]) if any(r["diverged_step"] < 0 for r in sub) else float("nan")
             loss = np.nanmedian([r["final_train_loss"] for r in sub]) if any(r["diverged_step"] < 0 for r in sub) else float("nan")
             gain = np.nanmedian([r["gain_per_layer_init"] for r in sub])

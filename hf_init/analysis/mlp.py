@@ -267,9 +267,9 @@ COMPARE_METRICS = {  # metric -> True when lower is better
 
 def compare_summary(rows: list[dict], a: str, b: str, alpha: float = 0.05) -> dict:
     """Paired comparison of scheme ``a`` vs ``b`` per activation and metric, with a verdict on
-    "``a`` converges faster than ``b``" from steps_to_target and loss_auc:
-    supported (a better on both, Wilcoxon p < alpha on both), direction only (a better in the
-    mean on both, not significant), or not supported."""
+    "``a`` converges faster than ``b``" from steps_to_target and loss_auc: "supported" (a better
+    in the mean on both, Wilcoxon p < alpha on both), "contradicted" (b better on both, p <
+    alpha on both), "not supported: a ahead in the mean, not significant", or "not supported"."""
     out = {}
     for act in sorted({r["activation"] for r in rows}):
         by = {}
@@ -289,8 +289,16 @@ def compare_summary(rows: list[dict], a: str, b: str, alpha: float = 0.05) -> di
         metrics["diverged"] = {s: int(sum(r["diverged_step"] >= 0 for r in by[s])) for s in (a, b)}
         speed = [metrics[k] for k in ("steps_to_target", "loss_auc")]
         better = all(m["diff"]["mean"] < 0 for m in speed)
+        worse = all(m["diff"]["mean"] > 0 for m in speed)
         significant = all(m["wilcoxon_p"] < alpha for m in speed)
-        verdict = "supported" if better and significant else ("direction only, not significant" if better else "not supported")
+        if better and significant:
+            verdict = "supported"
+        elif worse and significant:
+            verdict = f"contradicted: {b} converges faster"
+        elif better:
+            verdict = f"not supported: {a} ahead in the mean, not significant"
+        else:
+            verdict = "not supported"
         metrics["verdict"] = verdict
         out[act] = metrics
     return out
