@@ -136,7 +136,10 @@ class Ensemble(nn.Module):
         pre, post = [], []
         for l, (w, b) in enumerate(zip(self.weights, self.biases)):
             z = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-            h = self._act(z) if l < self.shape.depth else z
+            if l < self.shape.depth and not keep and self.shape.activation == "relu":
+                h = torch.relu_(z)  # baddbmm's backward needs its inputs, not z: safe in place
+            else:
+                h = self._act(z) if l < self.shape.depth else z
             if keep:
                 pre.append(z)
                 post.append(h)
@@ -279,6 +282,22 @@ def train_ensemble(model: Ensemble, data, cfg: TrainConfig, progress: bool = Tru
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
+    # Members in the vanishing regime produce subnormal floats (< 1.2e-38), which x86 CPUs
+    # process ~100x slower; flushing them to zero made the default sweep ~1.6x faster here and
+    # changes nothing measurable (such values are zero at every recorded precision).
+    # torch has no getter for this flag; its default is off, which is restored afterwards.
+    torch.set_flush_denormal(True)
+    try:
+        return _train(model, data, cfg, progress, desc, t0)
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def _train(model: Ensemble, data, cfg: TrainConfig, progress: bool, desc: str, t0: float) -> EnsembleRecord:
+    import time
+
+    from tqdm.auto import tqdm
+
     M = model.n_members
     params = list(model.weights) + list(model.biases)
     opt = make_optimizer(params, cfg.optimizer, cfg.lr, cfg.momentum)
