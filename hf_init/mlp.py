@@ -25,7 +25,7 @@ left out of the summed loss, so the others train on. Its later metrics are repor
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -237,7 +237,6 @@ class EnsembleRecord:
     grad_weight_var: np.ndarray
     diverged_step: np.ndarray
     seconds: float = 0.0
-    extras: dict = field(default_factory=dict)
 
 
 def _pop_var(t: torch.Tensor) -> torch.Tensor:
@@ -265,12 +264,12 @@ def _layer_stats(model: Ensemble, x: torch.Tensor, y: torch.Tensor):
         loss = torch.where(torch.isfinite(loss), loss, torch.zeros_like(loss)).sum()
         grads = torch.autograd.grad(loss, pre + list(model.weights), allow_unused=True)
     L = len(pre)
-    zero = torch.full((model.n_members,), float("nan"), dtype=torch.float64)
+    missing = torch.full((model.n_members,), float("nan"), dtype=torch.float64)
     return (
         torch.stack([_pop_var(z) for z in pre], 1).numpy(),
         torch.stack([_pop_var(h) for h in post], 1).numpy(),
-        torch.stack([_pop_var(g) if g is not None else zero for g in grads[:L]], 1).numpy(),
-        torch.stack([_pop_var(g) if g is not None else zero for g in grads[L:]], 1).numpy(),
+        torch.stack([_pop_var(g) if g is not None else missing for g in grads[:L]], 1).numpy(),
+        torch.stack([_pop_var(g) if g is not None else missing for g in grads[L:]], 1).numpy(),
     )
 
 

@@ -98,3 +98,23 @@ def test_mnist_from_local_parquet(tmp_path):
     sd[sd == 0] = 1
     np.testing.assert_allclose(d.x_train.numpy(), (flat - flat.mean(0)) / sd, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(d.y_test.numpy(), [4, 5])
+
+
+def test_mnist_hub_layout_through_datasets():
+    """The Hub path's conversion, fed a DatasetDict built locally with ylecun/mnist's features."""
+    import datasets
+    from PIL import Image
+
+    from hf_init.data.tabular import mnist_arrays_from_hf
+
+    rng = np.random.default_rng(2)
+    imgs = rng.integers(0, 256, (5, 28, 28)).astype(np.uint8)
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=10)})
+    dd = datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"image": [Image.fromarray(a) for a in imgs[:3]], "label": [3, 1, 4]}, features=feats),
+        "test": datasets.Dataset.from_dict({"image": [Image.fromarray(a) for a in imgs[3:]], "label": [1, 5]}, features=feats),
+    })
+    xtr, ytr, xte, yte = mnist_arrays_from_hf(dd)
+    np.testing.assert_array_equal(xtr, imgs[:3].reshape(3, -1))
+    np.testing.assert_array_equal(xte, imgs[3:].reshape(2, -1))
+    assert ytr.tolist() == [3, 1, 4] and yte.tolist() == [1, 5]

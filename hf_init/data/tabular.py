@@ -181,8 +181,17 @@ def _mnist_hub() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
             f"could not load MNIST from the Hub ({MNIST_HUB_ID}: {first[:120]}); use --dataset digits "
             "(offline stand-in) or --mnist_dir DIR with the MNIST IDX files or parquet files"
         ) from None
-    return (_images_to_array(ds["train"]["image"]), np.asarray(ds["train"]["label"]),
-            _images_to_array(ds["test"]["image"]), np.asarray(ds["test"]["label"]))
+    return mnist_arrays_from_hf(ds)
+
+
+def mnist_arrays_from_hf(ds) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A ``datasets.DatasetDict`` with MNIST's layout (splits ``train``/``test``, columns
+    ``image`` (PIL) and ``label``) -> uint8 images (N, 784) and int64 labels, per split."""
+    out = []
+    for split in ("train", "test"):
+        out.append(_images_to_array(ds[split]["image"]))
+        out.append(np.fromiter(ds[split]["label"], dtype=np.int64))
+    return tuple(out)
 
 
 def _mnist(split_seed: int, mnist_dir: str | Path | None, train_size: int | None) -> TabularData:
