@@ -17,6 +17,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from hf_init.cli import fail_cleanly
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,4 +75,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(fail_cleanly(main))

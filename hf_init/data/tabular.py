@@ -171,9 +171,14 @@ def _mnist_local(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
 
 
 def _mnist_hub() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    try:
-        import datasets
+    import logging
 
+    import datasets  # imported first: it configures huggingface_hub's logger on import
+
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its per-retry warnings would bury the one-line error below
+    try:
         ds = datasets.load_dataset(MNIST_HUB_ID)
     except Exception as err:  # offline, no cache, Hub down: all end the same way for the user
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -181,6 +186,8 @@ def _mnist_hub() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
             f"could not load MNIST from the Hub ({MNIST_HUB_ID}: {first[:120]}); use --dataset digits "
             "(offline stand-in) or --mnist_dir DIR with the MNIST IDX files or parquet files"
         ) from None
+    finally:
+        hub_log.setLevel(level)
     return mnist_arrays_from_hf(ds)
 
 
