@@ -342,8 +342,9 @@ def _train(model: Ensemble, data, cfg: TrainConfig, progress: bool, desc: str, t
             step_loss[step, new_dead.numpy()] = np.nan
             _freeze(opt, params, ~active)
         elif not active.all():
+            dead_idx = torch.nonzero(~active).flatten()
             for p in params:
-                p.grad[~active] = 0.0
+                p.grad.index_fill_(0, dead_idx, 0.0)  # rows of frozen members (NaN-safe, unlike a mask multiply)
         opt.step()
         bar.update(1)
         if step % 20 == 0:
