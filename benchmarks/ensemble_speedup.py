@@ -27,7 +27,8 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--width", type=int, default=64)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: more threads were up to 10x slower on a busy machine; 0 = torch's choice)")
     args = p.parse_args(argv)
 
     from hf_init.data.tabular import load_tabular

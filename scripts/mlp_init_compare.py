@@ -43,7 +43,8 @@ def main(argv=None):
     p.add_argument("--output_dir", default="runs/mlp_init_compare")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no_progress", action="store_true")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: more threads were up to 10x slower on a busy machine; 0 = torch's choice)")
     args = p.parse_args(argv)
 
     from hf_init.mlp import MLPShape, TrainConfig, check_controlled_schemes
@@ -56,6 +57,8 @@ def main(argv=None):
         raise UsageError(f"--seeds must be >= 2 for a paired test, got {args.seeds}")
     for act in args.activations:
         MLPShape(1, args.width, args.depth, 1, act)  # validates depth / width / activation
+    if args.threads < 0:
+        raise UsageError(f"--threads must be >= 0 (0 = torch's choice), got {args.threads}")
     lr = args.lr if args.lr is not None else (1e-3 if args.optimizer == "adam" else 0.01)
     cfg = TrainConfig(optimizer=args.optimizer, lr=lr, momentum=args.momentum, epochs=args.epochs,
                       batch_size=args.batch_size, record_every=args.record_every, probe_size=256)

@@ -54,7 +54,8 @@ def main(argv=None):
     p.add_argument("--output_dir", default="runs/mlp_sweep")
     p.add_argument("--overwrite", action="store_true", help="replace a study already in --output_dir")
     p.add_argument("--no_progress", action="store_true")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: more threads were up to 10x slower on a busy machine; 0 = torch's choice)")
     args = p.parse_args(argv)
 
     from hf_init.mlp import MLPShape, TrainConfig, log_grid
@@ -71,6 +72,8 @@ def main(argv=None):
         raise UsageError(f"depth must be >= 1 (hidden layers), got {min(depths)}")
     if args.seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.threads < 0:
+        raise UsageError(f"--threads must be >= 0 (0 = torch's choice), got {args.threads}")
     lr = args.lr if args.lr is not None else (1e-3 if args.optimizer == "adam" else 0.01)
     cfg = TrainConfig(optimizer=args.optimizer, lr=lr, momentum=args.momentum, epochs=args.epochs,
                       batch_size=args.batch_size, record_every=args.record_every, probe_size=args.probe_size)
