@@ -303,6 +303,7 @@ def _train(model: Ensemble, data, cfg: TrainConfig, progress: bool, desc: str, t
     batches = minibatch_order(len(data.y_train), cfg.batch_size, cfg.epochs, cfg.data_seed)
     T = len(batches)
     record_at = sorted(set(range(0, T + 1, cfg.record_every)) | {T})
+    record_set = set(record_at)
     probe_x, probe_y = data.x_train[: cfg.probe_size], data.y_train[: cfg.probe_size]
 
     active = torch.ones(M, dtype=torch.bool)
@@ -324,7 +325,7 @@ def _train(model: Ensemble, data, cfg: TrainConfig, progress: bool, desc: str, t
 
     bar = tqdm(total=T, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     for step, idx in enumerate(batches):
-        if step in record_at:
+        if step in record_set:
             record()
         opt.zero_grad(set_to_none=False)
         losses = per_member_ce(model(data.x_train[idx]), data.y_train[idx])
