@@ -60,6 +60,8 @@ def layer_variance(layer_rows: list[dict], depth: int, path, title: str = ""):
     """Activation variance (forward) and dLoss/d(pre-activation) variance (backward) vs layer,
     at init and at the end, one line per std (median over seeds), for one depth."""
     plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     sub = [r for r in layer_rows if r["depth"] == depth]
     if not sub:
         return None
@@ -78,6 +80,7 @@ def layer_variance(layer_rows: list[dict], depth: int, path, title: str = ""):
             ys = [y if (math.isfinite(y) and y > 0) else np.nan for y in ys]
             ax.plot(layers, ys, "o-", color=color, ms=3, label=f"{s:.1e}")
         ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"{'activation' if key == 'act_var' else 'dLoss/d(pre-activation)'} variance, step {step}", fontsize=9)
         ax.grid(alpha=0.3)
         if i == 1:
