@@ -17,9 +17,10 @@ cross-entropy, so the gradient w.r.t. member m's weights is exactly member m's o
 plain ``nn.Sequential`` with ``torch.optim`` and checks the weights agree.
 
 A member whose loss or gradient becomes non-finite (or whose gradient entries sum past float32's
-range) is *diverged*: its step is recorded, its
-gradients and optimizer state are zeroed from then on (so its weights stay frozen) and it is
-left out of the summed loss, so the others train on. Its later metrics are reported as NaN.
+range) is *diverged*: its step is recorded, its gradients and optimizer state are zeroed so that
+step leaves it unchanged, its frozen weights are written back to the full ensemble and it is
+dropped from the batched compute (the others, with their optimizer state, train on). Its later
+metrics are reported as NaN.
 """
 
 from __future__ import annotations
@@ -298,60 +299,71 @@ def _train(model: Ensemble, data, cfg: TrainConfig, progress: bool, desc: str, t
     from tqdm.auto import tqdm
 
     M = model.n_members
-    params = list(model.weights) + list(model.biases)
-    opt = make_optimizer(params, cfg.optimizer, cfg.lr, cfg.momentum)
     batches = minibatch_order(len(data.y_train), cfg.batch_size, cfg.epochs, cfg.data_seed)
     T = len(batches)
     record_at = sorted(set(range(0, T + 1, cfg.record_every)) | {T})
     record_set = set(record_at)
     probe_x, probe_y = data.x_train[: cfg.probe_size], data.y_train[: cfg.probe_size]
 
-    active = torch.ones(M, dtype=torch.bool)
+    # `work` computes only the live members (`live`: their indices in `model`); a member that
+    # diverges is written back to `model` frozen and dropped from `work`.
+    live = torch.arange(M)
+    work = model
+    params = list(work.weights) + list(work.biases)
+    opt = make_optimizer(params, cfg.optimizer, cfg.lr, cfg.momentum)
     diverged_step = np.full(M, -1, dtype=np.int64)
     step_loss = np.full((T, M), np.nan)
     rec = {k: [] for k in ("train_loss", "train_acc", "test_loss", "test_acc", "pre", "act", "gpre", "gw")}
+    L = model.shape.n_layers
 
     def record():
-        dead = ~active.numpy()
+        alive = live.numpy()
         for split, (x, y) in (("train", (data.x_train, data.y_train)), ("test", (data.x_test, data.y_test))):
-            loss, acc = _evaluate(model, x, y)
-            loss[dead], acc[dead] = np.nan, np.nan
+            loss, acc = np.full(M, np.nan), np.full(M, np.nan)
+            if alive.size:
+                loss[alive], acc[alive] = _evaluate(work, x, y)
             rec[f"{split}_loss"].append(loss)
             rec[f"{split}_acc"].append(acc)
-        stats = _layer_stats(model, probe_x, probe_y)
+        stats = _layer_stats(work, probe_x, probe_y) if alive.size else [None] * 4
         for key, value in zip(("pre", "act", "gpre", "gw"), stats):
-            value[dead] = np.nan
-            rec[key].append(value)
+            full = np.full((M, L), np.nan)
+            if value is not None:
+                full[alive] = value
+            rec[key].append(full)
 
     bar = tqdm(total=T, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     for step, idx in enumerate(batches):
         if step in record_set:
             record()
+        if live.numel() == 0:  # every member diverged: nothing left to train
+            bar.update(1)
+            continue
+        m_live = live.numel()
         opt.zero_grad(set_to_none=False)
-        losses = per_member_ce(model(data.x_train[idx]), data.y_train[idx])
+        losses = per_member_ce(work(data.x_train[idx]), data.y_train[idx])
         finite = torch.isfinite(losses.detach())
-        ok = active & finite
-        torch.where(ok, losses, torch.zeros_like(losses)).sum().backward()
+        torch.where(finite, losses, torch.zeros_like(losses)).sum().backward()
         # one reduction pass: a NaN/inf entry makes its member's sum non-finite (so does a sum
         # that overflows float32, ~3e38: such a gradient counts as diverged too)
-        grad_ok = torch.isfinite(torch.stack([p.grad.reshape(M, -1).sum(1) for p in params]).sum(0))
-        new_dead = active & ~(finite & grad_ok)
-        step_loss[step] = np.where(active.numpy(), losses.detach().double().numpy(), np.nan)
-        if new_dead.any():
-            diverged_step[new_dead.numpy()] = step
-            active &= ~new_dead
-            step_loss[step, new_dead.numpy()] = np.nan
-            _freeze(opt, params, ~active)
-        elif not active.all():
-            dead_idx = torch.nonzero(~active).flatten()
-            for p in params:
-                p.grad.index_fill_(0, dead_idx, 0.0)  # rows of frozen members (NaN-safe, unlike a mask multiply)
+        grad_ok = torch.isfinite(torch.stack([p.grad.reshape(m_live, -1).sum(1) for p in params]).sum(0))
+        ok = finite & grad_ok
+        step_loss[step, live.numpy()] = np.where(ok.numpy(), losses.detach().double().numpy(), np.nan)
+        if not ok.all():
+            diverged_step[live[~ok].numpy()] = step
+            _freeze(opt, params, ~ok)  # this step leaves them unchanged
         opt.step()
+        if not ok.all():
+            _write_back(model, work, live)
+            live = live[ok]
+            work, opt = _compact(work, opt, ok, cfg)
+            params = list(work.weights) + list(work.biases)
         bar.update(1)
         if step % 20 == 0:
-            bar.set_postfix(active=f"{int(active.sum())}/{M}")
+            bar.set_postfix(active=f"{live.numel()}/{M}")
     bar.close()
     record()
+    if work is not model:
+        _write_back(model, work, live)
 
     as_arr = lambda k: np.stack(rec[k])  # noqa: E731
     return EnsembleRecord(
@@ -368,6 +380,33 @@ def _train(model: Ensemble, data, cfg: TrainConfig, progress: bool, desc: str, t
         diverged_step=diverged_step,
         seconds=time.perf_counter() - t0,
     )
+
+
+@torch.no_grad()
+def _write_back(model: Ensemble, work: Ensemble, live: torch.Tensor) -> None:
+    """Copy the live members' parameters from the compacted ensemble into the full one."""
+    if work is model or live.numel() == 0:
+        return
+    for full, part in zip(list(model.weights) + list(model.biases), list(work.weights) + list(work.biases)):
+        full[live] = part
+
+
+def _compact(work: Ensemble, opt: torch.optim.Optimizer, keep: torch.Tensor, cfg: TrainConfig):
+    """A new ensemble and optimizer holding only the ``keep`` members, optimizer state included
+    (per-entry tensors sliced, scalar state such as Adam's step count copied)."""
+    old = list(work.weights) + list(work.biases)
+    new = Ensemble(work.shape, [w[keep] for w in work.weights], [b[keep] for b in work.biases])
+    new_params = list(new.weights) + list(new.biases)
+    new_opt = make_optimizer(new_params, cfg.optimizer, cfg.lr, cfg.momentum)
+    for p_old, p_new in zip(old, new_params):
+        state = opt.state.get(p_old)
+        if state:
+            new_opt.state[p_new] = {
+                k: (v[keep].clone() if torch.is_tensor(v) and v.shape == p_old.shape else
+                    (v.clone() if torch.is_tensor(v) else v))
+                for k, v in state.items()
+            }
+    return new, new_opt
 
 
 @torch.no_grad()

@@ -2,6 +2,8 @@
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -177,3 +179,43 @@ def test_bad_shapes_are_rejected():
         MLPShape(4, 8, 2, 2, "gelu")
     with pytest.raises(ValueError, match="unknown optimizer"):
         TrainConfig(optimizer="lbfgs")
+
+
+def test_every_member_diverging_ends_cleanly():
+    shape = MLPShape(5, 8, 3, 3)
+    data = _toy_data()
+    draws = standard_normal_draws(shape, [0, 1])
+    ens = Ensemble(shape, ensemble_weights(draws, [0, 1], [[1e4] * 4, [1e4] * 4]))
+    rec = train_ensemble(ens, data, TrainConfig(lr=0.1, epochs=3, batch_size=8, record_every=4, probe_size=16),
+                         progress=False)
+    assert (rec.diverged_step >= 0).all()
+    assert np.isnan(rec.test_loss[-1]).all() and np.isnan(rec.act_var[-1]).all()
+    assert np.isfinite(rec.train_loss[0]).all()  # measured at init, before anything diverged
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_compaction_keeps_optimizer_state(optimizer):
+    """Dropping a member mid-training (what divergence does) leaves the others' trajectory unchanged."""
+    from hf_init.mlp import _compact, make_optimizer
+
+    shape = MLPShape(5, 8, 2, 3)
+    data = _toy_data()
+    cfg = TrainConfig(optimizer=optimizer, lr=0.05 if optimizer == "sgd" else 0.01)
+    full = _random_ensemble(shape, m=3, seed=4)
+    opt = make_optimizer(list(full.weights) + list(full.biases), optimizer, cfg.lr, cfg.momentum)
+    batches = minibatch_order(40, 8, 2, seed=0)
+
+    def step(ens, o, idx):
+        o.zero_grad()
+        ens.member_losses(data.x_train[idx], data.y_train[idx]).sum().backward()
+        o.step()
+
+    for idx in batches[:4]:
+        step(full, opt, idx)
+    keep = torch.tensor([True, False, True])
+    part, part_opt = _compact(full, opt, keep, cfg)
+    for idx in batches[4:]:
+        step(full, opt, idx)
+        step(part, part_opt, idx)
+    for wf, wp in zip(list(full.weights) + list(full.biases), list(part.weights) + list(part.biases)):
+        torch.testing.assert_close(wf[keep].detach(), wp.detach(), rtol=1e-5, atol=1e-6)
