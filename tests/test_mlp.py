@@ -1,0 +1,221 @@
+"""The ensemble against plain torch: one member == an nn.Sequential with the same weights."""
+
+import math
+
+import numpy as np
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hf_init.data.tabular import TabularData
+from hf_init.mlp import (
+    Ensemble,
+    MLPShape,
+    TrainConfig,
+    build_mlp,
+    ensemble_weights,
+    minibatch_order,
+    scheme_layer_stds,
+    standard_normal_draws,
+    train_ensemble,
+)
+from hf_init.schemes import SchemeOptions
+
+
+def _random_ensemble(shape, m=3, seed=0, bias=True):
+    g = torch.Generator().manual_seed(seed)
+    ws = [torch.randn(m, o, i, generator=g) / math.sqrt(i) for i, o in shape.layer_fans()]
+    bs = [torch.randn(m, o, generator=g) * 0.1 for _, o in shape.layer_fans()] if bias else None
+    return Ensemble(shape, ws, bs)
+
+
+def _sequential(shape, ens, m):
+    seq = build_mlp(shape)
+    seq.load_state_dict(ens.member_state(m))
+    return seq
+
+
+def _toy_data(n=40, n_in=5, n_classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, n_in, generator=g)
+    y = torch.randint(0, n_classes, (n,), generator=g)
+    return TabularData("toy", "toy", x, y, x[:10].clone(), y[:10].clone(), n_classes)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "linear"])
+def test_member_forward_loss_grad_equal_sequential(activation):
+    shape = MLPShape(5, 7, 3, 4, activation)
+    ens = _random_ensemble(shape)
+    x = torch.randn(11, 5)
+    y = torch.randint(0, 4, (11,))
+    logits = ens(x)
+    losses = F.cross_entropy(logits.reshape(-1, 4), y.repeat(3), reduction="none").view(3, 11).mean(1)
+    losses.sum().backward()
+    for m in range(3):
+        seq = _sequential(shape, ens, m)
+        ref_logits = seq(x)
+        torch.testing.assert_close(logits[m], ref_logits, rtol=1e-5, atol=1e-6)
+        ref_loss = F.cross_entropy(ref_logits, y)
+        torch.testing.assert_close(losses[m], ref_loss, rtol=1e-5, atol=1e-6)
+        ref_loss.backward()
+        linears = [mod for mod in seq if isinstance(mod, torch.nn.Linear)]
+        for l, lin in enumerate(linears):
+            torch.testing.assert_close(ens.weights[l].grad[m], lin.weight.grad, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(ens.biases[l].grad[m], lin.bias.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_member_trained_in_ensemble_equals_trained_alone(optimizer):
+    """Stacked elementwise optimizer == per-member optimizer: a few steps, same minibatches."""
+    shape = MLPShape(5, 8, 2, 3)
+    data = _toy_data()
+    ens = _random_ensemble(shape, m=4, seed=1)
+    alone = [_sequential(shape, ens, m) for m in range(4)]
+    cfg = TrainConfig(optimizer=optimizer, lr=0.05 if optimizer == "sgd" else 0.01, epochs=2, batch_size=16,
+                      data_seed=3, record_every=100, probe_size=16)
+    train_ensemble(ens, data, cfg, progress=False)
+    for m, seq in enumerate(alone):
+        opt = (torch.optim.SGD(seq.parameters(), lr=0.05, momentum=0.9) if optimizer == "sgd"
+               else torch.optim.Adam(seq.parameters(), lr=0.01))
+        for idx in minibatch_order(len(data.y_train), 16, 2, 3):
+            opt.zero_grad()
+            F.cross_entropy(seq(data.x_train[idx]), data.y_train[idx]).backward()
+            opt.step()
+        linears = [mod for mod in seq if isinstance(mod, torch.nn.Linear)]
+        for l, lin in enumerate(linears):
+            torch.testing.assert_close(ens.weights[l][m].detach(), lin.weight.detach(), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(ens.biases[l][m].detach(), lin.bias.detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_minibatch_order_is_a_permutation_per_epoch():
+    batches = minibatch_order(10, 4, 3, seed=0)
+    assert [len(b) for b in batches] == [4, 4, 2] * 3
+    for e in range(3):
+        assert sorted(torch.cat(batches[3 * e : 3 * e + 3]).tolist()) == list(range(10))
+
+
+def test_diverged_member_is_frozen_and_others_unaffected():
+    shape = MLPShape(5, 8, 3, 3)
+    data = _toy_data()
+    draws = standard_normal_draws(shape, [0])
+    cfg = TrainConfig(optimizer="sgd", lr=0.1, epochs=3, batch_size=8, record_every=2, probe_size=16)
+    # member 1 starts with std 1e4: its loss overflows or its gradient does within a few steps
+    both = Ensemble(shape, ensemble_weights(draws, [0, 0], [[0.3] * 4, [1e4] * 4]))
+    rec = train_ensemble(both, data, cfg, progress=False)
+    assert rec.diverged_step[0] == -1
+    assert rec.diverged_step[1] >= 0
+    step = rec.diverged_step[1]
+    assert math.isnan(rec.step_loss[step, 1]) and math.isfinite(rec.step_loss[step, 0])
+    assert math.isnan(rec.train_loss[-1, 1]) and math.isfinite(rec.train_loss[-1, 0])
+    alone = Ensemble(shape, ensemble_weights(draws, [0], [[0.3] * 4]))
+    train_ensemble(alone, data, cfg, progress=False)
+    for l in range(shape.n_layers):
+        torch.testing.assert_close(both.weights[l][0], alone.weights[l][0])
+
+
+def test_diverged_member_weights_stop_changing():
+    shape = MLPShape(5, 8, 3, 3)
+    data = _toy_data()
+    draws = standard_normal_draws(shape, [0])
+    frozen_at = {}
+    for epochs in (4, 8):
+        ens = Ensemble(shape, ensemble_weights(draws, [0, 0], [[0.3] * 4, [1e4] * 4]))
+        cfg = TrainConfig(optimizer="sgd", lr=0.1, epochs=epochs, batch_size=8, record_every=50, probe_size=16)
+        rec = train_ensemble(ens, data, cfg, progress=False)
+        assert 0 <= rec.diverged_step[1] < 20  # within the 4-epoch run (5 steps per epoch)
+        frozen_at[epochs] = [w[1].detach().clone() for w in ens.weights]
+    for a, b in zip(frozen_at[4], frozen_at[8]):
+        assert torch.equal(a, b) or torch.equal(torch.isnan(a), torch.isnan(b))
+
+
+def test_layer_statistics_match_manual_population_variance():
+    shape = MLPShape(5, 6, 2, 3)
+    data = _toy_data()
+    ens = _random_ensemble(shape, m=2, bias=False)
+    seq = _sequential(shape, ens, 1)
+    cfg = TrainConfig(epochs=1, batch_size=40, record_every=1, probe_size=12, lr=1e-9)
+    rec = train_ensemble(ens, data, cfg, progress=False)
+    x, y = data.x_train[:12], data.y_train[:12]
+    # independent: forward hooks on the plain model, then autograd of the mean CE
+    pre = []
+    h = x
+    for mod in seq:
+        h = mod(h)
+        if isinstance(mod, torch.nn.Linear):
+            h.retain_grad()
+            pre.append(h)
+    F.cross_entropy(h, y).backward()
+    for l, z in enumerate(pre):
+        zz = z.detach().double().flatten()
+        assert rec.preact_var[0, 1, l] == pytest.approx(((zz - zz.mean()) ** 2).mean().item(), rel=1e-5)
+        post = torch.relu(z.detach()) if l < shape.depth else z.detach()
+        assert rec.act_var[0, 1, l] == pytest.approx(post.double().var(unbiased=False).item(), rel=1e-5)
+        assert rec.grad_preact_var[0, 1, l] == pytest.approx(z.grad.double().var(unbiased=False).item(), rel=1e-4)
+    linears = [mod for mod in seq if isinstance(mod, torch.nn.Linear)]
+    for l, lin in enumerate(linears):
+        assert rec.grad_weight_var[0, 1, l] == pytest.approx(lin.weight.grad.double().var(unbiased=False).item(), rel=1e-4)
+
+
+def test_shared_draw_rescaled_by_scheme_std():
+    shape = MLPShape(13, 32, 3, 3)
+    draws = standard_normal_draws(shape, [0, 1])
+    k = scheme_layer_stds("kaiming_normal", shape, SchemeOptions(nonlinearity="relu"))
+    x = scheme_layer_stds("xavier_normal", shape)
+    assert k == pytest.approx([math.sqrt(2 / i) for i, _ in shape.layer_fans()])
+    assert x == pytest.approx([math.sqrt(2 / (i + o)) for i, o in shape.layer_fans()])
+    ws = ensemble_weights(draws, [0, 0, 1], [k, x, k])
+    g = torch.Generator().manual_seed(0)
+    first = torch.randn(32, 13, generator=g)  # seed 0's layer-1 draw, drawn independently
+    torch.testing.assert_close(ws[0][0], first * k[0])
+    torch.testing.assert_close(ws[0][1], first * x[0])
+    assert not torch.allclose(ws[0][2], first * k[0])
+
+
+def test_bad_shapes_are_rejected():
+    with pytest.raises(ValueError, match="depth must be >= 1"):
+        MLPShape(4, 8, 0, 2)
+    with pytest.raises(ValueError, match="unknown activation"):
+        MLPShape(4, 8, 2, 2, "gelu")
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        TrainConfig(optimizer="lbfgs")
+
+
+def test_every_member_diverging_ends_cleanly():
+    shape = MLPShape(5, 8, 3, 3)
+    data = _toy_data()
+    draws = standard_normal_draws(shape, [0, 1])
+    ens = Ensemble(shape, ensemble_weights(draws, [0, 1], [[1e4] * 4, [1e4] * 4]))
+    rec = train_ensemble(ens, data, TrainConfig(lr=0.1, epochs=3, batch_size=8, record_every=4, probe_size=16),
+                         progress=False)
+    assert (rec.diverged_step >= 0).all()
+    assert np.isnan(rec.test_loss[-1]).all() and np.isnan(rec.act_var[-1]).all()
+    assert np.isfinite(rec.train_loss[0]).all()  # measured at init, before anything diverged
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_compaction_keeps_optimizer_state(optimizer):
+    """Dropping a member mid-training (what divergence does) leaves the others' trajectory unchanged."""
+    from hf_init.mlp import _compact, make_optimizer
+
+    shape = MLPShape(5, 8, 2, 3)
+    data = _toy_data()
+    cfg = TrainConfig(optimizer=optimizer, lr=0.05 if optimizer == "sgd" else 0.01)
+    full = _random_ensemble(shape, m=3, seed=4)
+    opt = make_optimizer(list(full.weights) + list(full.biases), optimizer, cfg.lr, cfg.momentum)
+    batches = minibatch_order(40, 8, 2, seed=0)
+
+    def step(ens, o, idx):
+        o.zero_grad()
+        ens.member_losses(data.x_train[idx], data.y_train[idx]).sum().backward()
+        o.step()
+
+    for idx in batches[:4]:
+        step(full, opt, idx)
+    keep = torch.tensor([True, False, True])
+    part, part_opt = _compact(full, opt, keep, cfg)
+    for idx in batches[4:]:
+        step(full, opt, idx)
+        step(part, part_opt, idx)
+    for wf, wp in zip(list(full.weights) + list(full.biases), list(part.weights) + list(part.biases)):
+        torch.testing.assert_close(wf[keep].detach(), wp.detach(), rtol=1e-5, atol=1e-6)

@@ -1,0 +1,131 @@
+"""Regime rule on hand-made cases; paired statistics against scipy and the textbook formulas."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from hf_init.analysis.mlp import (
+    classify_regime,
+    compare_summary,
+    curve_area,
+    gain_per_layer,
+    mean_ci,
+    min_wilcoxon_p,
+    paired_comparison,
+    stable_band,
+    steps_to_target,
+)
+
+LN10 = math.log(10)
+
+
+def regime(**kw):
+    base = dict(diverged_step=-1, initial_loss=LN10, final_loss=0.1, gain=1.0, grad_std_init=1e-2, n_classes=10)
+    base.update(kw)
+    return classify_regime(**base)
+
+
+def test_regime_rule_hand_made_cases():
+    assert regime() == "stable"
+    assert regime(diverged_step=37, final_loss=float("nan")) == "diverged"
+    assert regime(diverged_step=0, final_loss=0.1) == "diverged"  # any non-finite step wins
+    # stuck at chance with a shrinking signal: vanishing
+    assert regime(final_loss=LN10, gain=1e-3, grad_std_init=1e-12) == "vanishing"
+    # stuck at chance with a growing signal: exploding
+    assert regime(final_loss=LN10, gain=30.0) == "exploding"
+    # learned but started far above chance (10 x ln C): exploding, not stable
+    assert regime(initial_loss=1e4, final_loss=0.01, gain=3.0) == "exploding"
+    # did not learn, gain <= 1 but huge first-layer gradient: exploding
+    assert regime(final_loss=LN10, gain=0.5, grad_std_init=1e5) == "exploding"
+    # loss fell but not below 0.9 ln C: not learned
+    assert regime(final_loss=0.95 * LN10, gain=0.01) == "vanishing"
+    # learned from a vanished signal (e.g. Adam): stable, the rule is about the outcome
+    assert regime(final_loss=0.3, gain=1e-4) == "stable"
+
+
+def test_gain_per_layer_is_the_geometric_mean_ratio():
+    v = np.array([2.0, 1.0, 0.5, 0.25])  # halves each of the 3 steps
+    assert gain_per_layer(v) == pytest.approx(0.5)
+    assert gain_per_layer(np.array([1.0, 8.0])) == pytest.approx(8.0)
+    assert math.isnan(gain_per_layer(np.array([1.0, float("nan")])))
+
+
+def test_stable_band_longest_majority_run():
+    stds = [1e-3, 1e-2, 1e-1, 1.0, 10.0]
+    regs = [["vanishing"] * 3, ["stable", "stable", "vanishing"], ["stable"] * 3, ["stable", "diverged", "diverged"],
+            ["stable"] * 3]
+    band = stable_band(stds, regs)
+    assert (band["lo"], band["hi"]) == (1e-2, 1e-1)
+    assert band["stable_stds"] == [1e-2, 1e-1, 10.0]
+    assert band["fraction_stable"]["1"] == pytest.approx(1 / 3)
+    none = stable_band([1.0, 2.0], [["diverged"], ["vanishing"]])
+    assert none["lo"] is None and none["stable_stds"] == []
+    half = stable_band([1.0], [["stable", "vanishing"]])  # exactly half is not a majority
+    assert half["lo"] is None
+
+
+def test_mean_ci_matches_manual_t_interval():
+    x = np.array([0.3, 0.5, 0.4, 0.8, 0.55, 0.61])
+    n = len(x)
+    mean = x.sum() / n
+    s = math.sqrt(((x - mean) ** 2).sum() / (n - 1))
+    half = stats.t.ppf(0.975, n - 1) * s / math.sqrt(n)
+    ci = mean_ci(x)
+    assert ci.mean == pytest.approx(mean)
+    assert (ci.lo, ci.hi) == pytest.approx((mean - half, mean + half))
+    lo, hi = stats.t.interval(0.95, n - 1, loc=x.mean(), scale=stats.sem(x))
+    assert (ci.lo, ci.hi) == pytest.approx((lo, hi))
+    assert mean_ci([1.0, float("nan"), 3.0]).n == 2
+
+
+def test_paired_comparison_against_scipy():
+    rng = np.random.default_rng(0)
+    a = rng.normal(1.0, 0.2, 10)
+    b = a + rng.normal(0.3, 0.1, 10)
+    res = paired_comparison(a, b)
+    assert res["wilcoxon_p"] == pytest.approx(stats.wilcoxon(a, b).pvalue)
+    assert res["diff"]["mean"] == pytest.approx(np.mean(a - b))
+    lo, hi = stats.t.interval(0.95, 9, loc=np.mean(a - b), scale=stats.sem(a - b))
+    assert (res["diff"]["lo"], res["diff"]["hi"]) == pytest.approx((lo, hi))
+    assert res["n_pairs"] == 10
+
+
+def test_five_seeds_cannot_reach_p_below_005():
+    a = np.arange(5.0)
+    b = a + np.array([1.0, 2.0, 3.0, 4.0, 5.0])  # every pair favours a: the most extreme case
+    p = paired_comparison(a, b)["wilcoxon_p"]
+    assert p == pytest.approx(stats.wilcoxon(a, b).pvalue)
+    assert p == pytest.approx(0.0625)
+    assert min_wilcoxon_p(5) == pytest.approx(0.0625)
+    assert min_wilcoxon_p(10) == pytest.approx(2 / 1024)
+
+
+def test_steps_to_target_and_area():
+    steps = np.array([0, 10, 20, 30])
+    losses = np.array([2.0, 1.0, 0.5, 0.25])
+    assert steps_to_target(steps, losses, 0.5) == 20
+    assert steps_to_target(steps, losses, 0.1) == float("inf")
+    # trapezoids: (2+1)/2*10 + (1+.5)/2*10 + (.5+.25)/2*10 = 26.25, over 30 steps
+    assert curve_area(steps, losses) == pytest.approx(26.25 / 30)
+
+
+def test_compare_summary_verdicts():
+    rows = []
+    for seed in range(6):
+        for scheme, steps in (("k", 10 + seed), ("x", 20 + seed)):
+            rows.append({"activation": "relu", "scheme": scheme, "seed": seed, "steps_to_target": steps,
+                         "reached_target": True, "loss_auc": steps / 100, "final_test_loss": 0.1,
+                         "final_test_acc": 0.9, "diverged_step": -1})
+    res = compare_summary(rows, "k", "x")["relu"]
+    assert res["verdict"] == "supported"  # 6/6 faster: p = 2/64 < 0.05
+    assert res["steps_to_target"]["wilcoxon_p"] == pytest.approx(stats.wilcoxon(
+        [10 + s for s in range(6)], [20 + s for s in range(6)]).pvalue)
+    res = compare_summary([dict(r, scheme={"k": "x", "x": "k"}[r["scheme"]]) for r in rows], "k", "x")["relu"]
+    assert res["verdict"] == "contradicted: x converges faster"
+    five = [r for r in rows if r["seed"] < 5]  # 5/5 faster, yet p = 0.0625
+    assert compare_summary(five, "k", "x")["relu"]["verdict"] == "not supported: k ahead in the mean, not significant"
+    mixed = [dict(r, steps_to_target=r["steps_to_target"] + (25 if r["scheme"] == "k" and r["seed"] % 2 else 0))
+             for r in rows]  # k: 10, 36, 12, 38, 14, 40 (mean 25) vs x: 20..25 (22.5): steps worse, AUC better
+    assert compare_summary(mixed, "k", "x")["relu"]["verdict"] == "not supported"
