@@ -422,26 +422,66 @@ def _freeze(opt: torch.optim.Optimizer, params, dead: torch.Tensor) -> None:
 
 # --- studies: members, output folders, tables, TensorBoard ------------------------------
 
-STUDY_MARKERS = ("summary.json", "results.csv")
+# everything the study scripts write into --output_dir (scripts/mlp_sweep.py, scripts/mlp_init_compare.py):
+# any of them means the folder already holds a study (hf_init.outputs.check_output_dir)
+STUDY_OUTPUTS = ("summary.json", "results.csv", "layer_stats.csv", "curves.csv", "sweep_metrics.png",
+                 "layer_variance.png", "phase_diagram.png", "compare_curves.png", "tb")
 
 
-def prepare_output_dir(path, overwrite: bool):
-    """Refuse (FileExistsError) a folder that already holds a study unless ``overwrite``; with
-    ``overwrite`` the old TensorBoard runs are removed so they do not mix with the new ones.
-    Called before anything is written."""
-    import shutil
-    from pathlib import Path
+def _study_train_config(args, probe_size: int) -> TrainConfig:
+    """The TrainConfig of a study script's flags; lr defaults to 0.01 for sgd, 1e-3 for adam."""
+    lr = args.lr if args.lr is not None else (1e-3 if args.optimizer == "adam" else 0.01)
+    return TrainConfig(optimizer=args.optimizer, lr=lr, momentum=args.momentum, epochs=args.epochs,
+                       batch_size=args.batch_size, record_every=args.record_every, probe_size=probe_size)
 
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--output_dir {out} exists and is not a folder")
-    held = [m for m in STUDY_MARKERS if (out / m).exists()]
-    if held and not overwrite:
-        raise FileExistsError(f"--output_dir {out} already holds a study ({held[0]}); pass --overwrite or choose another folder")
-    if held and (out / "tb").is_dir():
-        shutil.rmtree(out / "tb")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+
+def _check_threads(threads: int) -> None:
+    from .cli import UsageError
+
+    if threads < 0:
+        raise UsageError(f"--threads must be >= 0 (0 = torch's choice), got {threads}")
+
+
+def check_sweep_args(args) -> tuple[list[float], list[int], TrainConfig]:
+    """Validate the parsed flags of ``scripts/mlp_sweep.py`` before any data is read or anything
+    written; return (sorted distinct stds, depths, TrainConfig). Raises ValueError (one line)."""
+    from .cli import UsageError
+    from .schemes import check_std
+
+    if args.stds is None:
+        stds = log_grid(1e-4, 10.0, 3)
+    elif not args.stds:
+        raise UsageError("--stds is empty; give one or more stds > 0 (e.g. --stds 1e-3 1e-2 1e-1)")
+    else:
+        stds = [check_std(v, "--stds") for v in args.stds]
+    depths = args.depths if args.depths else [args.depth]
+    if any(d < 1 for d in depths):
+        raise UsageError(f"depth must be >= 1 (hidden layers), got {min(depths)}")
+    if args.seeds < 1:
+        raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
+    _check_threads(args.threads)
+    cfg = _study_train_config(args, args.probe_size)
+    MLPShape(1, args.width, 1, 1, args.activation)  # validates width / activation
+    return sorted(set(stds)), depths, cfg
+
+
+def check_compare_args(args) -> TrainConfig:
+    """Validate the parsed flags of ``scripts/mlp_init_compare.py`` before any data is read or
+    anything written; return the TrainConfig. Raises ValueError (one line)."""
+    from .cli import UsageError
+
+    a, b = args.schemes
+    check_controlled_schemes([a, b])
+    if a == b:
+        raise UsageError(f"--schemes needs two different schemes, got {a} twice")
+    if args.seeds < 2:
+        raise UsageError(f"--seeds must be >= 2 for a paired test, got {args.seeds}")
+    for act in args.activations:
+        MLPShape(1, args.width, args.depth, 1, act)  # validates depth / width / activation
+    _check_threads(args.threads)
+    if args.target_loss is not None and not args.target_loss > 0:
+        raise UsageError(f"--target_loss must be > 0, got {args.target_loss}")
+    return _study_train_config(args, 256)
 
 
 def write_csv(path, rows: list[dict]) -> None:

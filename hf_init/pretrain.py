@@ -9,12 +9,10 @@ accuracy) -> model + tokenizer, figures, ``run_info.json``, printed summary.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import platform
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,7 +26,7 @@ RUN_INFO = "run_info.json"
 # files and folders that mean "this folder already holds a run": everything a run writes
 RUN_MARKERS = ("variance.jsonl", RUN_INFO, "config.json", "generation_config.json", "model.safetensors",
                "training_args.bin", "trainer_state.json", "tokenizer.json", "tokenizer_config.json", "runs",
-               "figures")
+               "figures", "checkpoint-*")
 
 
 @dataclass
@@ -88,79 +86,12 @@ def parse_args(argv: list[str]):
     return model_args, data_args, run_args, training_args, config_path
 
 
-def existing_run_markers(output_dir: str | os.PathLike) -> list[str]:
-    """Names in ``output_dir`` that show it already holds a run (empty if none / no folder)."""
-    out = Path(output_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output_dir {str(out)!r} exists and is not a folder")
-    if not out.is_dir():
-        return []
-    found = [m for m in RUN_MARKERS if (out / m).exists()]
-    found += sorted(p.name for p in out.glob("checkpoint-*"))
-    return found
-
-
 def check_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> list[str]:
-    """Refuse an output folder that already holds a run, unless ``overwrite``. Writes nothing."""
-    found = existing_run_markers(output_dir)
-    if found and not overwrite:
-        raise FileExistsError(f"output_dir {str(output_dir)!r} already holds a run ({', '.join(found[:4])}"
-                              f"{', ...' if len(found) > 4 else ''}); pass --overwrite_output_dir to replace it "
-                              f"or choose another --output_dir")
-    return found
+    """Refuse an output folder that already holds a run (any of RUN_MARKERS), unless
+    ``overwrite``; returns what it holds. Writes nothing (see :mod:`hf_init.outputs`)."""
+    from .outputs import check_output_dir as check
 
-
-def move_previous_run_aside(output_dir: str | os.PathLike, found: list[str]) -> Path:
-    """Move an earlier run's artifacts (``found``, from :func:`check_output_dir`) into a new
-    hidden sibling folder ``.<name>.previous-XXXX`` and return it, so the new run starts clean
-    (TensorBoard and the figures never mix two runs) but nothing is lost until it succeeds:
-    see :func:`previous_run_kept_until_success`."""
-    import tempfile
-
-    out = Path(output_dir).resolve()
-    backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.previous-", dir=out.parent))
-    try:
-        for name in found:
-            os.replace(out / name, backup / name)  # same parent folder: a rename, never a copy
-    except BaseException:
-        restore_previous_run(out, backup, keep=None)  # put back what was moved; delete nothing
-        raise
-    return backup
-
-
-def restore_previous_run(output_dir: str | os.PathLike, backup: Path, keep: set[str] | None) -> None:
-    """Undo a failed run: delete every entry of ``output_dir`` not named in ``keep`` (what was
-    there before the run, besides the moved-aside artifacts; ``None``: delete nothing), then move
-    the backup's entries back and remove the (then empty) backup folder."""
-    out = Path(output_dir)
-    for p in list(out.iterdir()) if keep is not None else []:
-        if p.name not in keep:
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-    for p in backup.iterdir():
-        os.replace(p, out / p.name)
-    backup.rmdir()
-
-
-@contextlib.contextmanager
-def previous_run_kept_until_success(output_dir: str | os.PathLike, found: list[str], active: bool = True):
-    """With --overwrite_output_dir: move the earlier run (``found``) aside, run the body, then
-    delete it on success or put it back exactly as it was (and delete what the failed run wrote)
-    on any exception, KeyboardInterrupt included. ``active=False`` (non-main ranks): do nothing."""
-    out = Path(output_dir)
-    backup = move_previous_run_aside(out, found) if found and active else None
-    keep = {p.name for p in out.iterdir()} if backup is not None else set()
-    try:
-        yield
-    except BaseException:
-        if backup is not None:
-            try:
-                restore_previous_run(out, backup, keep)
-            except Exception as err:
-                raise RuntimeError(f"the run failed and restoring the previous run failed too ({err}); "
-                                   f"its files are in {backup}") from err
-        raise
-    if backup is not None:
-        shutil.rmtree(backup)
+    return check(output_dir, overwrite, RUN_MARKERS, flag="--overwrite_output_dir")
 
 
 def _check_training_args(args) -> None:
@@ -249,10 +180,8 @@ def next_token_metric():
 
 
 def _check_model_args(model_args: ModelArguments, data_args) -> None:
-    if model_args.n_layer < 1 or model_args.n_embd < 1 or model_args.n_head < 1:
-        raise UsageError("n_layer, n_embd and n_head must be >= 1")
-    if model_args.n_embd % model_args.n_head:
-        raise UsageError(f"n_head ({model_args.n_head}) must divide n_embd ({model_args.n_embd})")
+    """Dropout here; the shape (n_layer, n_embd, n_head >= 1, n_head divides n_embd) and the init
+    scheme are checked by ``make_config`` (one ValueError naming the value)."""
     if not 0 <= model_args.dropout < 1:
         raise UsageError(f"dropout must be in [0, 1), got {model_args.dropout}")
     model_config(model_args, vocab_size=max(2, getattr(data_args, "vocab_size", 2) or 2), n_positions=8)
@@ -278,6 +207,7 @@ def run(argv: list[str], started: float | None = None) -> dict:
     from .data.text import load_raw_text, tokenize_and_group
     from .data.tokenizer import load_or_train_tokenizer
     from .modeling import build_model
+    from .outputs import kept_until_success
     from .plots.pretrain import plot_run
 
     set_seed(training_args.seed)
@@ -295,7 +225,7 @@ def run(argv: list[str], started: float | None = None) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
 
     out = Path(training_args.output_dir)
-    with previous_run_kept_until_success(out, found, active=training_args.process_index == 0):
+    with kept_until_success(out, found, active=training_args.process_index == 0):
         compute_metrics, preprocess_logits = next_token_metric()
         variance_cb = QKVVarianceCallback(every=run_args.variance_steps)
         trainer = Trainer(model=model, args=training_args, train_dataset=train_data, eval_dataset=eval_data,

@@ -378,6 +378,11 @@ VERDICT_NOTES = [
 # --- arguments of scripts/theory_check.py ---------------------------------------------------
 
 
+# what scripts/theory_check.py writes: with --overwrite these are kept until the new files are written
+THEORY_OUTPUTS = ("theory_check.csv", "mlp_forward.png", "mlp_gradient.png", "gpt2_residual.png",
+                  "gpt2_branches.png", "verdict.txt")
+
+
 def check_theory_check_args(args) -> "Path":
     """Validate the parsed arguments of ``scripts/theory_check.py`` before anything is built or
     written; return the output folder. Raises :class:`hf_init.cli.UsageError` (one line)."""
@@ -385,6 +390,7 @@ def check_theory_check_args(args) -> "Path":
     from pathlib import Path
 
     from .cli import UsageError
+    from .outputs import check_output_dir
     from .schemes import SCHEMES
 
     for a in args.activations:
@@ -404,9 +410,5 @@ def check_theory_check_args(args) -> "Path":
         bad = [v for v in values if not (math.isfinite(v) and v > 0)]
         if bad:
             raise UsageError(f"--{name} must be finite and > 0, got {bad[0]}")
-    out = Path(args.output_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--output_dir {out} exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise UsageError(f"output folder {out} exists and is not empty; pass --overwrite or pick another --output_dir")
-    return out
+    check_output_dir(args.output_dir, args.overwrite)  # any entry counts: refuse a folder that is not empty
+    return Path(args.output_dir)

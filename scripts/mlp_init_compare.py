@@ -12,17 +12,13 @@ import argparse
 import shlex
 import sys
 import time
+from pathlib import Path
 
-from hf_init.cli import UsageError, fail_cleanly
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(message)
+from hf_init.cli import fail_cleanly, one_line_errors
 
 
 def main(argv=None):
-    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="digits", help="wine | digits (offline stand-in for MNIST) | mnist")
     p.add_argument("--split_seed", type=int, default=0, help="train/test split (wine, digits) and MNIST subset")
     p.add_argument("--mnist_dir", default=None, help="folder with the MNIST IDX files (optionally .gz) or parquet")
@@ -45,33 +41,20 @@ def main(argv=None):
     p.add_argument("--no_progress", action="store_true")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: more threads were up to 10x slower on a busy machine; 0 = torch's choice)")
-    args = p.parse_args(argv)
+    args = one_line_errors(p).parse_args(argv)
 
-    from hf_init.mlp import MLPShape, TrainConfig, check_controlled_schemes
+    from hf_init.mlp import STUDY_OUTPUTS, check_compare_args
+    from hf_init.outputs import check_output_dir, kept_until_success
 
     a, b = args.schemes
-    check_controlled_schemes([a, b])
-    if a == b:
-        raise UsageError(f"--schemes needs two different schemes, got {a} twice")
-    if args.seeds < 2:
-        raise UsageError(f"--seeds must be >= 2 for a paired test, got {args.seeds}")
-    for act in args.activations:
-        MLPShape(1, args.width, args.depth, 1, act)  # validates depth / width / activation
-    if args.threads < 0:
-        raise UsageError(f"--threads must be >= 0 (0 = torch's choice), got {args.threads}")
-    lr = args.lr if args.lr is not None else (1e-3 if args.optimizer == "adam" else 0.01)
-    cfg = TrainConfig(optimizer=args.optimizer, lr=lr, momentum=args.momentum, epochs=args.epochs,
-                      batch_size=args.batch_size, record_every=args.record_every, probe_size=256)
+    cfg = check_compare_args(args)
+    lr = cfg.lr
+    found = check_output_dir(args.output_dir, args.overwrite, STUDY_OUTPUTS)
 
     from hf_init.data.tabular import load_tabular
-    from hf_init.mlp import prepare_output_dir
-
     data = load_tabular(args.dataset, split_seed=args.split_seed, mnist_dir=args.mnist_dir,
                         mnist_train_size=args.mnist_train_size)
     target = args.target_loss if args.target_loss is not None else 0.25 * data.chance_loss
-    if not target > 0:
-        raise UsageError(f"--target_loss must be > 0, got {target}")
-    out = prepare_output_dir(args.output_dir, args.overwrite)
 
     import torch
 
@@ -94,27 +77,30 @@ def main(argv=None):
     setup = (f"{data.description}; MLP depth {args.depth} x width {args.width}; {args.optimizer} lr {lr:g}"
              + (f" momentum {args.momentum:g}" if args.optimizer == "sgd" else "")
              + f", batch {args.batch_size}, {args.epochs} epochs ({steps} steps); {len(seeds)} seeds")
-    write_csv(out / "results.csv", [{"dataset": args.dataset, **r} for r in rows])
-    write_csv(out / "curves.csv", crows)
-    plots.compare_curves(crows, target, out / "compare_curves.png", f"{a} vs {b}: {setup}")
-    n_tb = 0
-    for run in runs:
-        names = [f"{k['activation']}_{k['scheme']}_seed{k['seed']}" for k in run.member_keys]
-        hp = [{**k, "depth": args.depth, "width": args.width, "optimizer": args.optimizer, "lr": lr} for k in run.member_keys]
-        by = [r for r in rows if r["activation"] == run.member_keys[0]["activation"]]
-        metrics = [{key: r[key] for key in ("steps_to_target", "loss_auc", "final_test_loss", "final_test_acc")} for r in by]
-        n_tb += write_tensorboard(out / "tb", run.record, run.member_keys, names, hp, metrics)
-    total_s = time.perf_counter() - t0
-    write_json(out / "summary.json", {
-        "command": "python scripts/mlp_init_compare.py " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:])),
-        "setup": setup, "schemes": [a, b], "activations": args.activations, "seeds": seeds, "steps": steps,
-        "target_loss": target, "chance_loss": data.chance_loss,
-        "min_possible_wilcoxon_p": min_wilcoxon_p(len(seeds)),
-        "notes": ("normal schemes only: each seed's single standard-normal draw is rescaled by each scheme's std; "
-                  "kaiming uses the activation's gain, fan_in; steps_to_target censored at steps+1 when never reached; "
-                  "95% intervals: t-distribution over seeds; p: two-sided Wilcoxon signed-rank on the paired seeds"),
-        "comparison": summary, "train_seconds": train_s, "total_seconds": total_s,
-    })
+    out = Path(args.output_dir)
+    with kept_until_success(out, found):
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(out / "results.csv", [{"dataset": args.dataset, **r} for r in rows])
+        write_csv(out / "curves.csv", crows)
+        plots.compare_curves(crows, target, out / "compare_curves.png", f"{a} vs {b}: {setup}")
+        n_tb = 0
+        for run in runs:
+            names = [f"{k['activation']}_{k['scheme']}_seed{k['seed']}" for k in run.member_keys]
+            hp = [{**k, "depth": args.depth, "width": args.width, "optimizer": args.optimizer, "lr": lr} for k in run.member_keys]
+            by = [r for r in rows if r["activation"] == run.member_keys[0]["activation"]]
+            metrics = [{key: r[key] for key in ("steps_to_target", "loss_auc", "final_test_loss", "final_test_acc")} for r in by]
+            n_tb += write_tensorboard(out / "tb", run.record, run.member_keys, names, hp, metrics)
+        total_s = time.perf_counter() - t0
+        write_json(out / "summary.json", {
+            "command": "python scripts/mlp_init_compare.py " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:])),
+            "setup": setup, "schemes": [a, b], "activations": args.activations, "seeds": seeds, "steps": steps,
+            "target_loss": target, "chance_loss": data.chance_loss,
+            "min_possible_wilcoxon_p": min_wilcoxon_p(len(seeds)),
+            "notes": ("normal schemes only: each seed's single standard-normal draw is rescaled by each scheme's std; "
+                      "kaiming uses the activation's gain, fan_in; steps_to_target censored at steps+1 when never reached; "
+                      "95% intervals: t-distribution over seeds; p: two-sided Wilcoxon signed-rank on the paired seeds"),
+            "comparison": summary, "train_seconds": train_s, "total_seconds": total_s,
+        })
 
     print(setup)
     print(f"target loss {target:.3g} (chance ln({data.n_classes}) = {data.chance_loss:.3f}); "

@@ -13,27 +13,13 @@ import argparse
 import shlex
 import sys
 import time
+from pathlib import Path
 
-from hf_init.cli import UsageError, fail_cleanly
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(message)
-
-
-def _floats(values, name):
-    out = []
-    for v in values:
-        try:
-            out.append(float(v))
-        except ValueError:
-            raise UsageError(f"{name}: {v!r} is not a number") from None
-    return out
+from hf_init.cli import fail_cleanly, one_line_errors
 
 
 def main(argv=None):
-    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="digits", help="wine | digits (offline stand-in for MNIST) | mnist")
     p.add_argument("--split_seed", type=int, default=0, help="train/test split (wine, digits) and MNIST subset")
     p.add_argument("--mnist_dir", default=None, help="folder with the MNIST IDX files (optionally .gz) or parquet")
@@ -56,35 +42,18 @@ def main(argv=None):
     p.add_argument("--no_progress", action="store_true")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: more threads were up to 10x slower on a busy machine; 0 = torch's choice)")
-    args = p.parse_args(argv)
+    args = one_line_errors(p).parse_args(argv)
 
-    from hf_init.mlp import MLPShape, TrainConfig, log_grid
+    from hf_init.mlp import STUDY_OUTPUTS, check_sweep_args
+    from hf_init.outputs import check_output_dir, kept_until_success
 
-    stds = log_grid(1e-4, 10.0, 3) if args.stds is None else _floats(args.stds, "--stds")
-    if not stds:
-        raise UsageError("--stds is empty; give one or more stds > 0 (e.g. --stds 1e-3 1e-2 1e-1)")
-    bad = [s for s in stds if not (s > 0 and s < float("inf"))]
-    if bad:
-        raise UsageError(f"--stds must be finite numbers > 0, got {bad[0]}")
-    stds = sorted(set(stds))
-    depths = args.depths if args.depths else [args.depth]
-    if any(d < 1 for d in depths):
-        raise UsageError(f"depth must be >= 1 (hidden layers), got {min(depths)}")
-    if args.seeds < 1:
-        raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
-    if args.threads < 0:
-        raise UsageError(f"--threads must be >= 0 (0 = torch's choice), got {args.threads}")
-    lr = args.lr if args.lr is not None else (1e-3 if args.optimizer == "adam" else 0.01)
-    cfg = TrainConfig(optimizer=args.optimizer, lr=lr, momentum=args.momentum, epochs=args.epochs,
-                      batch_size=args.batch_size, record_every=args.record_every, probe_size=args.probe_size)
-    MLPShape(1, args.width, 1, 1, args.activation)  # validates width / activation before any work
+    stds, depths, cfg = check_sweep_args(args)
+    lr = cfg.lr
+    found = check_output_dir(args.output_dir, args.overwrite, STUDY_OUTPUTS)
 
     from hf_init.data.tabular import load_tabular
-    from hf_init.mlp import prepare_output_dir
-
     data = load_tabular(args.dataset, split_seed=args.split_seed, mnist_dir=args.mnist_dir,
                         mnist_train_size=args.mnist_train_size)
-    out = prepare_output_dir(args.output_dir, args.overwrite)
 
     import numpy as np
     import torch
@@ -113,36 +82,39 @@ def main(argv=None):
              + (f" momentum {args.momentum:g}" if args.optimizer == "sgd" else "")
              + f", batch {args.batch_size}, {args.epochs} epochs ({runs[0].record.step_loss.shape[0]} steps); "
              f"{len(seeds)} seeds")
-    write_csv(out / "results.csv", [{"dataset": args.dataset, **r} for r in rows])
-    write_csv(out / "layer_stats.csv", lrows)
-    write_csv(out / "curves.csv", crows)
-    main_depth = depths[len(depths) // 2]
-    plots.sweep_metrics(rows, summary, out / "sweep_metrics.png", setup)
-    plots.layer_variance(lrows, main_depth, out / "layer_variance.png", setup)
-    plots.phase_diagram(rows, crit_hidden, out / "phase_diagram.png", setup)
-    n_tb = 0
-    for run in runs:
-        by_member = [r for r in rows if r["depth"] == run.shape.depth]
-        names = [f"depth{k['depth']}_std{k['std']:.2e}_seed{k['seed']}" for k in run.member_keys]
-        hp = [{**k, "width": args.width, "optimizer": args.optimizer, "lr": lr, "dataset": args.dataset}
-              for k in run.member_keys]
-        metrics = [{"final_train_loss": r["final_train_loss"], "final_test_loss": r["final_test_loss"],
-                    "final_test_acc": r["final_test_acc"], "diverged": float(r["diverged_step"] >= 0),
-                    "stable": float(r["regime"] == "stable")} for r in by_member]
-        n_tb += write_tensorboard(out / "tb", run.record, run.member_keys, names, hp, metrics)
-    total_s = time.perf_counter() - t0
-    write_json(out / "summary.json", {
-        "command": "python scripts/mlp_sweep.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
-        "setup": setup,
-        "dataset": args.dataset, "n_features": data.n_features, "n_classes": data.n_classes,
-        "stds": stds, "seeds": seeds, "depths": depths, "width": args.width, "activation": args.activation,
-        "optimizer": args.optimizer, "lr": lr, "momentum": args.momentum, "epochs": args.epochs,
-        "batch_size": args.batch_size, "steps": int(runs[0].record.step_loss.shape[0]),
-        "chance_loss": data.chance_loss,
-        "critical_std_hidden": crit_hidden, "critical_std_first_layer": crit_first,
-        "band_rule": "a std is stable when > half its seeds are 'stable'; band = longest run of consecutive stable stds",
-        "bands": summary, "train_seconds": train_s, "total_seconds": total_s, "tensorboard_runs": n_tb,
-    })
+    out = Path(args.output_dir)
+    with kept_until_success(out, found):
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(out / "results.csv", [{"dataset": args.dataset, **r} for r in rows])
+        write_csv(out / "layer_stats.csv", lrows)
+        write_csv(out / "curves.csv", crows)
+        main_depth = depths[len(depths) // 2]
+        plots.sweep_metrics(rows, summary, out / "sweep_metrics.png", setup)
+        plots.layer_variance(lrows, main_depth, out / "layer_variance.png", setup)
+        plots.phase_diagram(rows, crit_hidden, out / "phase_diagram.png", setup)
+        n_tb = 0
+        for run in runs:
+            by_member = [r for r in rows if r["depth"] == run.shape.depth]
+            names = [f"depth{k['depth']}_std{k['std']:.2e}_seed{k['seed']}" for k in run.member_keys]
+            hp = [{**k, "width": args.width, "optimizer": args.optimizer, "lr": lr, "dataset": args.dataset}
+                  for k in run.member_keys]
+            metrics = [{"final_train_loss": r["final_train_loss"], "final_test_loss": r["final_test_loss"],
+                        "final_test_acc": r["final_test_acc"], "diverged": float(r["diverged_step"] >= 0),
+                        "stable": float(r["regime"] == "stable")} for r in by_member]
+            n_tb += write_tensorboard(out / "tb", run.record, run.member_keys, names, hp, metrics)
+        total_s = time.perf_counter() - t0
+        write_json(out / "summary.json", {
+            "command": "python scripts/mlp_sweep.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+            "setup": setup,
+            "dataset": args.dataset, "n_features": data.n_features, "n_classes": data.n_classes,
+            "stds": stds, "seeds": seeds, "depths": depths, "width": args.width, "activation": args.activation,
+            "optimizer": args.optimizer, "lr": lr, "momentum": args.momentum, "epochs": args.epochs,
+            "batch_size": args.batch_size, "steps": int(runs[0].record.step_loss.shape[0]),
+            "chance_loss": data.chance_loss,
+            "critical_std_hidden": crit_hidden, "critical_std_first_layer": crit_first,
+            "band_rule": "a std is stable when > half its seeds are 'stable'; band = longest run of consecutive stable stds",
+            "bands": summary, "train_seconds": train_s, "total_seconds": total_s, "tensorboard_runs": n_tb,
+        })
 
     print(setup)
     print(f"chance loss ln({data.n_classes}) = {data.chance_loss:.3f}; critical std sqrt(2/fan_in): "

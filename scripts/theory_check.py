@@ -55,6 +55,7 @@ def main(argv=None):
     args = one_line_errors(p).parse_args(argv)
 
     from hf_init import propagation as P
+    from hf_init.outputs import existing_outputs, kept_until_success
     from hf_init.plots import theory as plots
 
     out = P.check_theory_check_args(args)
@@ -74,21 +75,22 @@ def main(argv=None):
             rows += P.gpt2_check_rows(scheme, scaling, probe)
         print(f"gpt2 {scheme}: done ({time.time() - t0:.0f}s)", flush=True)
 
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".theory_check.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=P.CHECK_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(out / "theory_check.csv")
-    if args.activations:
-        plots.plot_mlp(rows, "forward", out / "mlp_forward.png")
-        plots.plot_mlp(rows, "gradient", out / "mlp_gradient.png")
-    if args.gpt2_schemes:
-        plots.plot_gpt2(rows, out / "gpt2_residual.png")
-        plots.plot_gpt2_branches(rows, out / "gpt2_branches.png")
-    lines = P.verdict(rows) + P.VERDICT_NOTES
-    (out / "verdict.txt").write_text("\n".join(lines) + "\n")
+    with kept_until_success(out, existing_outputs(out, P.THEORY_OUTPUTS)):
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / ".theory_check.csv.tmp"
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=P.CHECK_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+        tmp.replace(out / "theory_check.csv")
+        if args.activations:
+            plots.plot_mlp(rows, "forward", out / "mlp_forward.png")
+            plots.plot_mlp(rows, "gradient", out / "mlp_gradient.png")
+        if args.gpt2_schemes:
+            plots.plot_gpt2(rows, out / "gpt2_residual.png")
+            plots.plot_gpt2_branches(rows, out / "gpt2_branches.png")
+        lines = P.verdict(rows) + P.VERDICT_NOTES
+        (out / "verdict.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {out} in {time.time() - t0:.0f}s")
 

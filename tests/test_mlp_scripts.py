@@ -52,15 +52,15 @@ def test_sweep_end_to_end_and_refuses_to_overwrite(tmp_path, capsys):
     capsys.readouterr()
     assert _run("mlp_sweep", argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "already holds a study" in err[0] and "--overwrite" in err[0]
+    assert len(err) == 1 and "already holds summary.json, results.csv" in err[0] and "--overwrite" in err[0]
     assert (out / "results.csv").read_bytes() == before
 
 
 @pytest.mark.parametrize("argv,message", [
     (["--dataset", "cifar"], "unknown dataset"),
     (["--stds"], "--stds is empty"),
-    (["--stds", "1e-2", "-1"], "finite numbers > 0"),
-    (["--stds", "abc"], "not a number"),
+    (["--stds", "1e-2", "-1"], "--stds must be a finite number > 0, got '-1'"),
+    (["--stds", "abc"], "--stds must be a finite number > 0, got 'abc'"),
     (["--depth", "0"], "depth must be >= 1"),
     (["--depths", "2", "0"], "depth must be >= 1"),
     (["--optimizer", "rmsprop"], "unknown optimizer"),

@@ -187,7 +187,7 @@ def test_folder_with_only_a_saved_side_file_counts_as_a_run(tmp_path, name):
     from hf_init.pretrain import check_output_dir
 
     (tmp_path / name).write_bytes(b"x")
-    with pytest.raises(FileExistsError, match=name):
+    with pytest.raises(UsageError, match=name):
         check_output_dir(tmp_path, overwrite=False)
     assert check_output_dir(tmp_path, overwrite=True) == [name]
 
@@ -273,3 +273,17 @@ def test_resume_from_checkpoint_is_refused_in_one_line(tiny_run, tmp_path):
     assert_clean_failure(proc, "--resume_from_checkpoint", "not supported")
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("field, value, needle", [("n_layer", 0, "n_layer must be an integer >= 1, got 0"),
+                                                  ("n_head", 3, "n_head (3) must divide n_embd (32)"),
+                                                  ("dropout", 1.0, "dropout must be in [0, 1), got 1.0")])
+def test_bad_model_args_are_refused_naming_the_value(field, value, needle):
+    import re
+    from types import SimpleNamespace
+
+    from hf_init.pretrain import ModelArguments, _check_model_args
+
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        _check_model_args(ModelArguments(**{"n_layer": 2, "n_embd": 32, "n_head": 2, field: value}),
+                          SimpleNamespace(vocab_size=300))

@@ -1,0 +1,96 @@
+"""Output folders, one way for every script: refuse a folder that already holds outputs unless
+the user passes the overwrite flag, and with it keep the earlier outputs until the new run
+succeeds (moved aside, put back exactly as they were if the run fails)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from typing import Iterable
+
+from .cli import UsageError
+
+
+def existing_outputs(path: str | os.PathLike, markers: Iterable[str] | None = None) -> list[str]:
+    """Names in ``path`` that show it already holds outputs: the ``markers`` present (a marker with
+    ``*`` is a glob pattern, its matches sorted), or with ``markers=None`` every entry (sorted).
+    Empty if there is no folder; :class:`UsageError` if ``path`` exists and is not a folder."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output folder {str(out)!r} exists and is not a folder")
+    if not out.is_dir():
+        return []
+    if markers is None:
+        return sorted(p.name for p in out.iterdir())
+    found: list[str] = []
+    for m in markers:
+        found += sorted(p.name for p in out.glob(m)) if "*" in m else ([m] if (out / m).exists() else [])
+    return found
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool, markers: Iterable[str] | None = None,
+                     flag: str = "--overwrite") -> list[str]:
+    """Refuse (:class:`UsageError`, one line naming the folder, what it holds and ``flag``) an
+    output folder that already holds outputs (see :func:`existing_outputs`), unless ``overwrite``.
+    Returns what it holds (for :func:`kept_until_success`). Writes nothing."""
+    found = existing_outputs(path, markers)
+    if found and not overwrite:
+        raise UsageError(f"output folder {str(path)!r} already holds {', '.join(found[:4])}"
+                         f"{', ...' if len(found) > 4 else ''}; pass {flag} to replace it or choose another "
+                         f"--output_dir")
+    return found
+
+
+def move_aside(path: str | os.PathLike, found: list[str]) -> Path:
+    """Move the earlier outputs ``found`` (from :func:`check_output_dir`) into a new hidden sibling
+    folder ``.<name>.previous-XXXX`` and return it, so the new run starts clean (TensorBoard and the
+    figures never mix two runs) but nothing is lost until it succeeds: see :func:`kept_until_success`."""
+    import tempfile
+
+    out = Path(path).resolve()
+    backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.previous-", dir=out.parent))
+    try:
+        for name in found:
+            os.replace(out / name, backup / name)  # same parent folder: a rename, never a copy
+    except BaseException:
+        restore(out, backup, keep=None)  # put back what was moved; delete nothing
+        raise
+    return backup
+
+
+def restore(path: str | os.PathLike, backup: Path, keep: set[str] | None) -> None:
+    """Undo a failed run: delete every entry of ``path`` not named in ``keep`` (what was there
+    before the run, besides the moved-aside outputs; ``None``: delete nothing), then move the
+    backup's entries back and remove the (then empty) backup folder."""
+    out = Path(path)
+    for p in list(out.iterdir()) if keep is not None else []:
+        if p.name not in keep:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    for p in backup.iterdir():
+        os.replace(p, out / p.name)
+    backup.rmdir()
+
+
+@contextlib.contextmanager
+def kept_until_success(path: str | os.PathLike, found: list[str], active: bool = True):
+    """With the overwrite flag: move the earlier outputs (``found``) aside, run the body, then
+    delete them on success or put them back exactly as they were (and delete what the failed run
+    wrote) on any exception, KeyboardInterrupt included. Entries of the folder not in ``found``
+    are left alone. ``active=False`` (e.g. non-main ranks): do nothing."""
+    out = Path(path)
+    backup = move_aside(out, found) if found and active else None
+    keep = {p.name for p in out.iterdir()} if backup is not None else set()
+    try:
+        yield
+    except BaseException:
+        if backup is not None:
+            try:
+                restore(out, backup, keep)
+            except Exception as err:
+                raise RuntimeError(f"the run failed and restoring the earlier outputs failed too ({err}); "
+                                   f"they are in {backup}") from err
+        raise
+    if backup is not None:
+        shutil.rmtree(backup)
