@@ -594,6 +594,23 @@ class StudyRun:
     member_keys: list[dict]
 
 
+def _train_shared_draws(data, shape: MLPShape, seeds: list[int], groups: list[tuple[dict, list[float]]],
+                        cfg: TrainConfig, progress: bool, desc: str) -> StudyRun:
+    """Train one ensemble of every (group, seed) member: ``groups`` are (key, per-layer stds);
+    member (group, seed) has weights draw[seed] * stds, the same standard-normal draw of ``seed``
+    for every group, and its key is ``{**key, "seed": seed}``."""
+    draws = standard_normal_draws(shape, seeds)
+    keys, seed_index, layer_stds = [], [], []
+    for key, per_layer in groups:
+        for k, seed in enumerate(seeds):
+            keys.append({**key, "seed": seed})
+            seed_index.append(k)
+            layer_stds.append(per_layer)
+    model = Ensemble(shape, ensemble_weights(draws, seed_index, layer_stds))
+    record = train_ensemble(model, data, cfg, progress, desc=f"{desc}: {len(keys)} members")
+    return StudyRun(shape, record, keys)
+
+
 def run_sweep(data, stds: list[float], seeds: list[int], depths: list[int], width: int, activation: str,
               cfg: TrainConfig, progress: bool = True) -> list[StudyRun]:
     """Train every (std, seed) member with the scheme ``normal`` (every weight matrix, the
@@ -604,17 +621,9 @@ def run_sweep(data, stds: list[float], seeds: list[int], depths: list[int], widt
     runs = []
     for depth in depths:
         shape = MLPShape(data.n_features, width, depth, data.n_classes, activation)
-        draws = standard_normal_draws(shape, seeds)
-        keys, seed_index, layer_stds = [], [], []
-        for std in stds:
-            per_layer = scheme_layer_stds("normal", shape, SchemeOptions(std=std))
-            for k, seed in enumerate(seeds):
-                keys.append({"depth": depth, "std": std, "seed": seed})
-                seed_index.append(k)
-                layer_stds.append(per_layer)
-        model = Ensemble(shape, ensemble_weights(draws, seed_index, layer_stds))
-        record = train_ensemble(model, data, cfg, progress, desc=f"depth {depth}: {len(keys)} members")
-        runs.append(StudyRun(shape, record, keys))
+        groups = [({"depth": depth, "std": std}, scheme_layer_stds("normal", shape, SchemeOptions(std=std)))
+                  for std in stds]
+        runs.append(_train_shared_draws(data, shape, seeds, groups, cfg, progress, f"depth {depth}"))
     return runs
 
 
@@ -646,15 +655,7 @@ def run_compare(data, schemes: list[str], seeds: list[int], depth: int, width: i
     runs = []
     for activation in activations:
         shape = MLPShape(data.n_features, width, depth, data.n_classes, activation)
-        draws = standard_normal_draws(shape, seeds)
-        keys, seed_index, layer_stds = [], [], []
-        for name in schemes:
-            per_layer = scheme_layer_stds(name, shape, SchemeOptions(nonlinearity=activation))
-            for k, seed in enumerate(seeds):
-                keys.append({"activation": activation, "scheme": name, "seed": seed})
-                seed_index.append(k)
-                layer_stds.append(per_layer)
-        model = Ensemble(shape, ensemble_weights(draws, seed_index, layer_stds))
-        record = train_ensemble(model, data, cfg, progress, desc=f"{activation}: {len(keys)} members")
-        runs.append(StudyRun(shape, record, keys))
+        groups = [({"activation": activation, "scheme": name},
+                   scheme_layer_stds(name, shape, SchemeOptions(nonlinearity=activation))) for name in schemes]
+        runs.append(_train_shared_draws(data, shape, seeds, groups, cfg, progress, activation))
     return runs
