@@ -197,6 +197,8 @@ def run(argv: list[str], started: float | None = None) -> dict:
         raise UsageError(f"variance_steps must be >= 1, got {run_args.variance_steps}")
     _check_training_args(training_args)
     found = check_output_dir(training_args.output_dir, run_args.overwrite_output_dir)
+    if training_args.push_to_hub:
+        check_hub_access(training_args.hub_token)
 
     import torch
     from transformers import Trainer, default_data_collator, set_seed
@@ -245,6 +247,9 @@ def run(argv: list[str], started: float | None = None) -> dict:
         eval_loss = eval_metrics.get("eval_loss", float("nan"))
 
         trainer.save_model(str(out))  # main process only; plain GPT-2 config
+        # The Trainer's model card calls a model "fine-tuned from config._name_or_path" unless
+        # that is a local folder; ours was built from scratch, so point it at the run folder.
+        model.config._name_or_path = str(out)
         info: dict = {}
         if trainer.is_world_process_zero():
             tokenizer.save_pretrained(str(out))
@@ -281,9 +286,35 @@ def run(argv: list[str], started: float | None = None) -> dict:
                 "wall_time_s": time.time() - started,
             }
             write_json_atomic(out / RUN_INFO, info)
+            trainer.create_model_card(**model_card_fields(info))  # README.md in the run folder
             print_summary(info, format_summary(table), out)
+        if training_args.push_to_hub:  # every rank calls it; only the main process uploads
+            trainer.push_to_hub(commit_message=f"hf-init pretraining run, init scheme {config.init_scheme}",
+                                **model_card_fields({"init": {"scheme": config.init_scheme},
+                                                     "corpus": corpus_info}))
     torch_dist_barrier(torch)
     return info
+
+
+def model_card_fields(info: dict) -> dict:
+    """Keyword arguments for ``Trainer.create_model_card`` / ``push_to_hub``: tags that say
+    which init scheme the run started from and which corpus it saw."""
+    corpus = info.get("corpus") or {}
+    return {"tags": ["hf-init", "gpt2", f"init-{info['init']['scheme']}"], "tasks": "text-generation",
+            "dataset": corpus.get("name")}
+
+
+def check_hub_access(token: str | None = None) -> None:
+    """Before anything is written: --push_to_hub needs the Hub and a login. One clear line if not."""
+    try:
+        from huggingface_hub import whoami
+
+        whoami(token=token)
+    except Exception as err:  # offline mode, no token, no network: all end the same way
+        reason = " ".join(str(err).split())[:200]
+        raise UsageError(f"--push_to_hub needs the Hugging Face Hub and a login (`hf auth login`), "
+                         f"which failed: {reason}; train without --push_to_hub and upload the run folder "
+                         f"later with `hf upload`") from None
 
 
 def _len(dataset) -> int | None:

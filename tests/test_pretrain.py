@@ -287,3 +287,17 @@ def test_bad_model_args_are_refused_naming_the_value(field, value, needle):
     with pytest.raises(ValueError, match=re.escape(needle)):
         _check_model_args(ModelArguments(**{"n_layer": 2, "n_embd": 32, "n_head": 2, field: value}),
                           SimpleNamespace(vocab_size=300))
+
+
+def test_run_folder_has_a_from_scratch_model_card(tiny_run):
+    out, _ = tiny_run
+    card = (out / "README.md").read_text()
+    assert "init-xavier_normal" in card and "hf-init" in card
+    assert "trained from scratch" in card and "fine-tuned version" not in card
+
+
+def test_push_to_hub_offline_fails_before_anything_is_written(tmp_path):
+    out = tmp_path / "run"
+    proc = run_script(*TINY, "--max_steps", "2", "--output_dir", out, "--push_to_hub", "true")
+    assert_clean_failure(proc, "--push_to_hub", "hf upload")
+    assert not out.exists()
