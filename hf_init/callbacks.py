@@ -20,7 +20,7 @@ from transformers import TrainerCallback
 from .stats import column_block_moments, full_tensor
 
 # (record name, module path inside a GPT2Block, number of column blocks); c_attn splits into
-# Q | K | V along the output columns of its (in, out) Conv1D weight (see stats.split_qkv).
+# Q | K | V along the output columns of its (in, out) Conv1D weight (see stats.split_fused).
 BLOCK_WEIGHTS = (
     (("q", "k", "v"), "attn.c_attn"),
     (("attn_proj",), "attn.c_proj"),

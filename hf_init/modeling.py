@@ -32,6 +32,7 @@ from transformers.models.gpt2.modeling_gpt2 import GPT2PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from .schemes import SchemeOptions, WeightSpec, check_std, fans, get_scheme
+from .stats import moments, split_fused
 
 STOCK_ARCHITECTURE = "GPT2LMHeadModel"
 DEFAULT_SCHEME = "gpt2"
@@ -169,10 +170,9 @@ class SchemeInitMixin:
             # output (column) axis of its (in, out) weight: initialize each part as a separate
             # d -> d projection, exactly as an unfused model would be.
             parts = FUSED_PARTS[role]
-            d = fan_out // len(parts)
-            for i, part in enumerate(parts):
-                spec = WeightSpec(part, fan_in, d, config.n_layer, config.n_embd)
-                scheme.init_(weight[:, i * d : (i + 1) * d], spec, options)
+            for part, block in zip(parts, split_fused(weight, len(parts))):
+                spec = WeightSpec(part, fan_in, block.shape[1], config.n_layer, config.n_embd)
+                scheme.init_(block, spec, options)
             return
         if role == "lm_head" and getattr(config, "tie_word_embeddings", True):
             return  # tied to wte: initialized there
@@ -238,8 +238,6 @@ def init_report(model: nn.Module) -> list[dict]:
     with their self-attention twins, which have the same fans): the population std over all entries of
     that role in all layers, and the std the config's scheme prescribes for it.
     """
-    from .stats import moments
-
     config = model.config
     scheme = get_scheme(getattr(config, "init_scheme", DEFAULT_SCHEME))
     options = scheme_options(config)
@@ -251,7 +249,7 @@ def init_report(model: nn.Module) -> list[dict]:
         layout = "embedding" if role in ("wte", "wpe") else "linear" if role == "lm_head" else "conv1d"
         if role in FUSED_PARTS:
             parts = FUSED_PARTS[role]
-            for part, block in zip(parts, weight.chunk(len(parts), dim=1)):
+            for part, block in zip(parts, split_fused(weight, len(parts))):
                 pieces.setdefault(part, []).append(block.reshape(-1))
                 shapes[part] = fans(block.shape, layout)
         else:

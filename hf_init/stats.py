@@ -35,17 +35,17 @@ def moments(t: torch.Tensor) -> Moments:
     return Moments(float(mean), float(var), float(rms), n)
 
 
-def split_qkv(c_attn_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Q, K and V blocks of GPT-2's ``c_attn.weight``.
+def split_fused(weight: torch.Tensor, n_parts: int = 3) -> tuple[torch.Tensor, ...]:
+    """The parts of a fused GPT-2 projection: [Q | K | V] of ``attn.c_attn`` (``n_parts=3``),
+    [K | V] of ``crossattention.c_attn`` (``n_parts=2``).
 
-    GPT-2 stores ``c_attn`` as a ``Conv1D`` with weight shape (in=d, out=3d); the output
-    columns are laid out [Q | K | V] (``GPT2Attention`` does ``.split(d, dim=2)`` on the
-    output), so the split is along dim 1. Returns views, no copy.
+    GPT-2 stores them as ``Conv1D`` weights of shape (in=d, out=n_parts*d); the output columns
+    are laid out part after part (``GPT2Attention`` does ``.split(d, dim=2)`` on the output), so
+    the split is along dim 1. Returns views, no copy.
     """
-    if c_attn_weight.dim() != 2 or c_attn_weight.shape[1] % 3:
-        raise ValueError(f"expected a (d, 3d) c_attn weight, got shape {tuple(c_attn_weight.shape)}")
-    d = c_attn_weight.shape[1] // 3
-    return c_attn_weight[:, :d], c_attn_weight[:, d : 2 * d], c_attn_weight[:, 2 * d :]
+    if weight.dim() != 2 or weight.shape[1] % n_parts:
+        raise ValueError(f"expected a (d, {n_parts}d) fused weight, got shape {tuple(weight.shape)}")
+    return tuple(weight.chunk(n_parts, dim=1))
 
 
 @torch.no_grad()
@@ -54,7 +54,7 @@ def column_block_moments(weights, n_blocks: int = 1) -> torch.Tensor:
 
     ``weights`` is one tensor of shape (rows, n_blocks * c) or a sequence of L such tensors
     (e.g. one GPT-2 weight kind in every layer); block ``i`` is ``w[:, i*c:(i+1)*c]`` (for
-    GPT-2's ``c_attn`` with ``n_blocks=3``: Q, K, V, as in :func:`split_qkv`). Returns float64
+    GPT-2's ``c_attn`` with ``n_blocks=3``: Q, K, V, as in :func:`split_fused`). Returns float64
     of shape (n_blocks, 3) for one tensor, (L, n_blocks, 3) for a sequence, holding per block
     the mean, the population variance (divide by the block's ``rows * c`` entries) and the RMS.
 
