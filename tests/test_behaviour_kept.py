@@ -1,0 +1,82 @@
+"""The restructure changed no numbers: the default pretraining config (a few steps) and a small
+default sweep, re-run now, give the records saved from main before it (tests/fixtures/behaviour_kept,
+whose README has the commands and the commit). Values to float tolerance: thread counts may differ."""
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "behaviour_kept"
+RTOL = 1e-4
+
+
+def _close(a: float | None, b: float | None, rtol: float = RTOL) -> bool:
+    if a is None or b is None:  # a statistic not recorded at that step (e.g. no gradient at step 0)
+        return a is None and b is None
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return abs(a - b) <= rtol * max(abs(a), abs(b)) + 1e-30
+
+
+def _wide_records(path: Path) -> dict[tuple[int, int], dict[str, float]]:
+    """The saved (pre-restructure) variance.jsonl: one JSON object per (step, layer)."""
+    out = {}
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        out[(rec.pop("step"), rec.pop("layer"))] = rec
+    return out
+
+
+def _run(args: list[str]) -> None:
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_pretrain_records_unchanged(tmp_path):
+    out = tmp_path / "pre"
+    _run(["scripts/pretrain.py", "--max_steps", "6", "--variance_steps", "2", "--output_dir", str(out),
+          "--disable_tqdm", "true"])
+    expected = _wide_records(FIXTURES / "pretrain_variance.jsonl")
+    got = _wide_records(out / "variance.jsonl")
+    assert set(got) == set(expected)
+    n = 0
+    for key, rec in expected.items():
+        for stat, value in rec.items():
+            assert _close(got[key][stat], value), (key, stat, got[key][stat], value)
+            n += 1
+    assert n > 500
+    info = json.loads((out / "run_info.json").read_text())
+    ref = json.loads((FIXTURES / "pretrain_run.json").read_text())
+    assert _close(info["eval_loss"], ref["eval_loss"]) and _close(info["train_loss"], ref["train_loss"])
+
+
+def _csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _same_rows(got: list[dict], expected: list[dict]) -> None:
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        for key, value in e.items():
+            try:
+                ev = float(value)
+            except ValueError:
+                assert g[key] == value, (key, g[key], value)
+                continue
+            assert _close(float(g[key]), ev), (key, g, e)
+
+
+@pytest.mark.parametrize("name", ["results.csv", "layer_stats.csv", "curves.csv"])
+def test_sweep_records_unchanged(tmp_path_factory, name):
+    out = tmp_path_factory.getbasetemp() / "behaviour_sweep"
+    if not (out / "curves.csv").exists():
+        _run(["scripts/mlp_sweep.py", "--stds", "0.001", "0.1", "10", "--seeds", "2", "--epochs", "2",
+              "--depth", "3", "--width", "32", "--output_dir", str(out), "--no_progress"])
+    _same_rows(_csv(out / name), _csv(FIXTURES / f"sweep_{name}"))
