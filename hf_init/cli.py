@@ -1,8 +1,18 @@
-"""What every script shares: bad input ends in one clear line and a non-zero exit."""
+"""What every script shares: one way to parse arguments (dataclasses + a YAML config + command-line
+flags) and bad input ending in one clear line and a non-zero exit.
+
+``HfArgumentParser.parse_yaml_file`` ignores the command line, so :func:`parse_yaml_and_cli` reads the
+YAML, rejects keys the parser does not know, uses the YAML values as the parser's defaults
+(declared-required flags become optional when the YAML sets them), then parses the command line on
+top. Values from YAML go through the same argparse ``type`` conversion as flags when they are
+strings (PyYAML reads ``3e-4`` as a string).
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 from typing import Callable
 
 
@@ -33,3 +43,62 @@ def fail_cleanly(main: Callable[[], object]) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return int(result or 0)
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of an exception's message (library errors can run to pages)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def read_yaml_config(path: str | os.PathLike) -> dict:
+    """The mapping in a YAML file (an empty file is an empty mapping)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} not found")
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise UsageError(f"config file {str(path)!r} is not valid YAML: {' '.join(str(err).split())}") from None
+    if cfg is None:
+        return {}
+    if not isinstance(cfg, dict):
+        raise UsageError(f"config file {str(path)!r} must hold a mapping of option: value, got {type(cfg).__name__}")
+    return cfg
+
+
+def parse_yaml_and_cli(parser, argv: list[str], default_config: str | os.PathLike | None = None):
+    """Parse ``[config.yaml] [--flag value ...]`` into the parser's dataclasses.
+
+    The first argument is the YAML config if it ends in ``.yaml``/``.yml``; otherwise
+    ``default_config`` (if any) is used. Flags override the YAML. Returns ``(dataclasses,
+    config_path)``. Unknown YAML keys and bad flags raise :class:`UsageError` (one line).
+    """
+    argv = list(argv)
+    config_path = None
+    if argv and argv[0].endswith(YAML_SUFFIXES):
+        config_path = argv.pop(0)
+    elif default_config is not None:
+        config_path = default_config
+    # argparse prints usage and exits on a bad flag; make it one clear line instead
+    one_line_errors(parser)
+    if config_path is not None:
+        cfg = read_yaml_config(config_path)
+        actions = {a.dest: a for a in parser._actions if a.dest != "help"}
+        unknown = sorted(k for k in cfg if k not in actions)
+        if unknown:
+            raise UsageError(f"unknown key(s) in {str(config_path)!r}: {', '.join(unknown)} "
+                             f"(valid keys are the script's --flags; see --help)")
+        for key in cfg:
+            actions[key].required = False
+        # numbers as strings: argparse then applies the flag's own type (int vs float) to them
+        parser.set_defaults(**{k: (str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+                                for k, v in cfg.items()})
+    *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if remaining:
+        raise UsageError(f"unknown argument(s): {' '.join(remaining)} (see --help for valid flags)")
+    return tuple(parsed), config_path

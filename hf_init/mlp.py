@@ -484,42 +484,6 @@ def check_compare_args(args) -> TrainConfig:
     return _study_train_config(args, 256)
 
 
-def write_csv(path, rows: list[dict]) -> None:
-    """Write dict rows as CSV atomically (temp file + rename); columns from the first row."""
-    import csv
-    from pathlib import Path
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
-
-
-def write_json(path, obj) -> None:
-    """Write JSON atomically; NaN/inf become null (strict JSON)."""
-    import json
-    from pathlib import Path
-
-    def clean(x):
-        if isinstance(x, float) and not math.isfinite(x):
-            return None
-        if isinstance(x, dict):
-            return {str(k): clean(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [clean(v) for v in x]
-        if isinstance(x, np.generic):
-            return clean(x.item())
-        return x
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(clean(obj), indent=2) + "\n")
-    tmp.replace(path)
-
-
 def layer_rows(record: EnsembleRecord, member_keys: list[dict]) -> list[dict]:
     """Long-format per-layer variance rows: one per (member, record step, layer)."""
     rows = []

@@ -5,6 +5,8 @@ succeeds (moved aside, put back exactly as they were if the run fails)."""
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -94,3 +96,44 @@ def kept_until_success(path: str | os.PathLike, found: list[str], active: bool =
         raise
     if backup is not None:
         shutil.rmtree(backup)
+
+
+def _strict_json(x):
+    """NaN/inf -> null (strict JSON: every reader takes it); numpy scalars -> Python numbers."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {str(k): _strict_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_strict_json(v) for v in x]
+    if hasattr(x, "item") and getattr(x, "shape", None) == ():  # numpy / torch scalar
+        return _strict_json(x.item())
+    return x
+
+
+def write_atomic(path: str | os.PathLike, write) -> Path:
+    """The one atomic writer: ``write(f)`` fills a hidden temp file beside ``path`` (text mode,
+    UTF-8), which then replaces ``path`` in one rename, so a reader or a crash never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        write(f)
+    tmp.replace(path)
+    return path
+
+
+def write_json(path: str | os.PathLike, obj) -> Path:
+    """JSON, atomically; NaN/inf become null (strict JSON), other objects their ``str``."""
+    return write_atomic(path, lambda f: f.write(json.dumps(_strict_json(obj), indent=2, default=str) + "\n"))
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict]) -> Path:
+    """Dict rows as CSV, atomically; columns from the first row."""
+    import csv
+
+    def write(f):
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
+        w.writeheader()
+        w.writerows(rows)
+
+    return write_atomic(path, write)

@@ -73,7 +73,7 @@ def accelerator_available() -> bool:
 
 def parse_args(argv: list[str]):
     """``[config.yaml] [--flag value ...]``; without a YAML file, configs/pretrain_tiny.yaml."""
-    from .config_io import parse_yaml_and_cli
+    from .cli import parse_yaml_and_cli
 
     parser = build_parser()
     if not accelerator_available():
@@ -155,12 +155,6 @@ def versions() -> dict:
             "tokenizers": tokenizers.__version__, "platform": platform.platform()}
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
 def next_token_metric():
     """compute_metrics / preprocess_logits_for_metrics for the local next-token accuracy."""
     import evaluate
@@ -209,7 +203,7 @@ def run(argv: list[str], started: float | None = None) -> dict:
     from .data.text import load_raw_text, tokenize_and_group
     from .data.tokenizer import load_or_train_tokenizer
     from .modeling import build_model
-    from .outputs import kept_until_success
+    from .outputs import kept_until_success, write_json
     from .plots.pretrain import plot_run
 
     set_seed(training_args.seed)
@@ -285,7 +279,7 @@ def run(argv: list[str], started: float | None = None) -> dict:
                 "figures": [str(p.relative_to(out)) for p in figures],
                 "wall_time_s": time.time() - started,
             }
-            write_json_atomic(out / RUN_INFO, info)
+            write_json(out / RUN_INFO, info)
             trainer.create_model_card(**model_card_fields(info))  # README.md in the run folder
             print_summary(info, format_summary(table), out)
         if training_args.push_to_hub:  # every rank calls it; only the main process uploads

@@ -59,7 +59,8 @@ def main(argv=None):
     import torch
 
     from hf_init.analysis.mlp import compare_rows, compare_summary, min_wilcoxon_p
-    from hf_init.mlp import curve_rows, run_compare, write_csv, write_json, write_tensorboard
+    from hf_init.mlp import curve_rows, run_compare, write_tensorboard
+    from hf_init.outputs import write_csv, write_json
     from hf_init.plots import mlp as plots
 
     if args.threads:

@@ -59,7 +59,8 @@ def main(argv=None):
     import torch
 
     from hf_init.analysis.mlp import sweep_rows, sweep_summary
-    from hf_init.mlp import curve_rows, layer_rows, run_sweep, write_csv, write_json, write_tensorboard
+    from hf_init.mlp import curve_rows, layer_rows, run_sweep, write_tensorboard
+    from hf_init.outputs import write_csv, write_json
     from hf_init.plots import mlp as plots
     from hf_init.theory import critical_std
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_init.config_io import parse_yaml_and_cli
+from hf_init.cli import parse_yaml_and_cli
 from hf_init.cli import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,7 +141,7 @@ def test_yaml_values_are_defaults_and_flags_override(tmp_path):
 
 
 def test_shipped_configs_only_use_known_keys():
-    from hf_init.config_io import read_yaml_config
+    from hf_init.cli import read_yaml_config
     from hf_init.pretrain import build_parser
 
     known = {a.dest for a in build_parser()._actions}

@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable
 
 import datasets
 
-from hf_init.data.tokenizer import _first_line
+from hf_init.cli import first_line
 
 #: Local file extensions and the ``datasets`` builder that reads them.
 FILE_BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv"}
@@ -403,9 +403,9 @@ def _load_hub(args: DataArguments):
             cache_dir=args.data_cache_dir,
         )
     except ConnectionError as err:  # offline mode or no network (datasets raises ConnectionError)
-        raise ValueError(f"cannot reach the Hub for dataset {what!r} ({_first_line(err)}); {_OFFLINE_HINT}") from None
+        raise ValueError(f"cannot reach the Hub for dataset {what!r} ({first_line(err)}); {_OFFLINE_HINT}") from None
     except FileNotFoundError as err:  # DatasetNotFoundError: no such dataset (or gated)
-        raise ValueError(f"dataset {what!r} not found on the Hub ({_first_line(err)}); {_OFFLINE_HINT}") from None
+        raise ValueError(f"dataset {what!r} not found on the Hub ({first_line(err)}); {_OFFLINE_HINT}") from None
     if "train" not in raw:
         raise ValueError(f"dataset {what!r} has no 'train' split; its splits: {', '.join(raw)}")
     keep = {"train": raw["train"]}
@@ -450,7 +450,7 @@ def _load_files(args: DataArguments):
             **kwargs,
         )
     except datasets.exceptions.DatasetGenerationError as err:  # unreadable file: name it, no traceback
-        cause = _first_line(err.__cause__) if err.__cause__ is not None else _first_line(err)
+        cause = first_line(err.__cause__) if err.__cause__ is not None else first_line(err)
         raise ValueError(f"cannot read {', '.join(map(repr, files.values()))} as {builder} ({cause}); "
                          f"expected {_FILE_CONTENT[builder]}") from None
     raw = _only_text_column(raw, args.text_column if builder != "text" else "text", f"file {args.train_file!r}")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Iterable, Iterator
 
+from hf_init.cli import first_line
+
 if TYPE_CHECKING:  # imported lazily: transformers takes seconds to import
     from transformers import PreTrainedTokenizerFast
 
@@ -104,7 +106,7 @@ def _load_tokenizer(name: str) -> "PreTrainedTokenizerFast":
             return AutoTokenizer.from_pretrained(name)
         except (OSError, ValueError) as err:
             raise ValueError(
-                f"folder {name!r} holds no loadable tokenizer ({_first_line(err)}); pass a folder written by "
+                f"folder {name!r} holds no loadable tokenizer ({first_line(err)}); pass a folder written by "
                 f"save_pretrained (with tokenizer.json), or omit --tokenizer_name to train a ByteLevel BPE"
             ) from None
     if os.path.exists(name):
@@ -114,11 +116,6 @@ def _load_tokenizer(name: str) -> "PreTrainedTokenizerFast":
     except OSError as err:  # offline, unreachable, or no such repo; ConnectionError is an OSError
         raise ValueError(
             f"cannot load tokenizer {name!r}: it is no local folder and the Hub did not provide it "
-            f"({_first_line(err)}); offline, omit --tokenizer_name to train a ByteLevel BPE on the training text "
+            f"({first_line(err)}); offline, omit --tokenizer_name to train a ByteLevel BPE on the training text "
             f"(--vocab_size), or pass a local folder saved with save_pretrained"
         ) from None
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0].strip() if text else type(err).__name__
