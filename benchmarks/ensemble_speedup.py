@@ -32,8 +32,9 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from hf_init.data.tabular import load_tabular
-    from hf_init.mlp import (Ensemble, MLPShape, TrainConfig, build_mlp, ensemble_weights, log_grid,
-                             minibatch_order, standard_normal_draws, train_ensemble)
+    from hf_init.mlp.model import Ensemble, MLPShape, build_mlp, ensemble_weights, standard_normal_draws
+    from hf_init.mlp.study import log_grid
+    from hf_init.mlp.training import TrainConfig, minibatch_order, train_ensemble
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from hf_init.cli import fail_cleanly
+from hf_init.records import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +42,7 @@ def test_sweep_end_to_end_and_refuses_to_overwrite(tmp_path, capsys):
     assert set(summary["bands"]) == {"1", "3"}
     for fig in ("sweep_metrics.png", "layer_variance.png", "phase_diagram.png"):
         assert (out / fig).stat().st_size > 1000
-    layer = _rows(out / "layer_stats.csv")
+    layer = read_records(out / "records.jsonl").query("role == 'linear' and statistic == 'act_var'")
     # wine: 133 training rows / batch 64 = 3 steps per epoch, 9 steps; records at 0, 2, 4, 6, 8, 9;
     # depth 1 has 2 linear layers, depth 3 has 4
     assert len(layer) == 3 * 2 * 6 * (2 + 4)
@@ -58,7 +59,7 @@ def test_sweep_end_to_end_and_refuses_to_overwrite(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,message", [
     (["--dataset", "cifar"], "unknown dataset"),
-    (["--stds"], "--stds is empty"),
+    (["--stds"], "--stds: expected at least one argument"),
     (["--stds", "1e-2", "-1"], "--stds must be a finite number > 0, got '-1'"),
     (["--stds", "abc"], "--stds must be a finite number > 0, got 'abc'"),
     (["--depth", "0"], "depth must be >= 1"),
