@@ -73,10 +73,32 @@ def _same_rows(got: list[dict], expected: list[dict]) -> None:
             assert _close(float(g[key]), ev), (key, g, e)
 
 
-@pytest.mark.parametrize("name", ["results.csv", "layer_stats.csv", "curves.csv"])
-def test_sweep_records_unchanged(tmp_path_factory, name):
+def _sweep_output(tmp_path_factory) -> Path:
     out = tmp_path_factory.getbasetemp() / "behaviour_sweep"
-    if not (out / "curves.csv").exists():
+    if not (out / "summary.json").exists():
         _run(["scripts/mlp_sweep.py", "--stds", "0.001", "0.1", "10", "--seeds", "2", "--epochs", "2",
               "--depth", "3", "--width", "32", "--output_dir", str(out), "--no_progress"])
-    _same_rows(_csv(out / name), _csv(FIXTURES / f"sweep_{name}"))
+    return out
+
+
+def test_sweep_results_unchanged(tmp_path_factory):
+    out = _sweep_output(tmp_path_factory)
+    _same_rows(_csv(out / "results.csv"), _csv(FIXTURES / "sweep_results.csv"))
+
+
+# the sweep's layer_stats.csv and curves.csv (saved before the restructure) are now records.jsonl:
+# layer records (role "linear", layer 0-based) and whole-model records (layer and role null)
+@pytest.mark.parametrize("name,role,layer_offset", [("layer_stats.csv", "linear", 1), ("curves.csv", None, None)])
+def test_sweep_records_unchanged(tmp_path_factory, name, role, layer_offset):
+    from hf_init.records import read_records, to_wide
+
+    out = _sweep_output(tmp_path_factory)
+    table = read_records(out / "records.jsonl")
+    table = table[table["role"] == role] if role else table[table["role"].isna()]
+    wide = to_wide(table)
+    expected = _csv(FIXTURES / f"sweep_{name}")
+    if layer_offset is not None:
+        wide["layer"] = wide["layer"] + layer_offset
+    got = [{k: ("" if v is None else str(v)) for k, v in rec.items()} for rec in wide.to_dict("records")]
+    order = lambda r: (float(r["depth"]), float(r["std"]), int(r["seed"]), int(r["step"]), int(r.get("layer") or 0))  # noqa: E731
+    _same_rows(sorted(got, key=order), sorted(expected, key=order))
