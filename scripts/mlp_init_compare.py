@@ -27,7 +27,7 @@ def main(argv=None):
     from hf_init.outputs import check_output_dir, kept_until_success
 
     argv = list(argv if argv is not None else sys.argv[1:])
-    data_args, model, run_args, study = parse(CompareArguments, argv)
+    data_args, model, run_args, study = parse(CompareArguments, argv, __doc__)
     a, b = study.schemes
     cfg = model.train_config(study.record_every, 256)
     found = check_output_dir(study.output_dir, run_args.overwrite, STUDY_FILES + FIGURES)

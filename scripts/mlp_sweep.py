@@ -27,7 +27,7 @@ def main(argv=None):
     from hf_init.outputs import check_output_dir, kept_until_success
 
     argv = list(argv if argv is not None else sys.argv[1:])
-    data_args, model, run_args, sweep = parse(SweepArguments, argv)
+    data_args, model, run_args, sweep = parse(SweepArguments, argv, __doc__)
     stds, depths = sweep.stds, sweep.depths or [model.depth]
     cfg = model.train_config(sweep.record_every, sweep.probe_size)
     found = check_output_dir(sweep.output_dir, run_args.overwrite, STUDY_FILES + FIGURES)

@@ -102,3 +102,24 @@ def test_compare_bad_input_one_line(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["mlp_sweep", "mlp_init_compare"])
+def test_bad_yaml_key_one_line_exit_2_nothing_written(tmp_path, capsys, name):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("dataset: wine\nstd: 0.1\n")
+    out = tmp_path / "o"
+    assert _run(name, [str(cfg), "--output_dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown key(s)" in err[0] and "std" in err[0]
+    assert not out.exists()
+
+
+def test_sweep_runs_from_the_shipped_config_with_overrides(tmp_path):
+    out = tmp_path / "s"
+    argv = [str(ROOT / "configs" / "mlp_sweep.yaml"), "--dataset", "wine", "--stds", "0.1", "--seeds", "1",
+            "--epochs", "1", "--depth", "2", "--activation", "gelu", "--output_dir", str(out), "--no_progress"]
+    assert _run("mlp_sweep", argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dataset"] == "wine" and summary["activation"] == "gelu" and summary["stds"] == [0.1]
+    assert summary["width"] == 64  # from the YAML (the script's default)

@@ -131,12 +131,18 @@ class CompareArguments:
             raise UsageError(f"--target_loss must be > 0, got {self.target_loss}")
 
 
-def parse(study_class, argv: list[str]):
-    """``(data, model, run, study)`` arguments of a study script from ``[config.yaml] [--flags]``."""
+def parse(study_class, argv: list[str], description: str | None = None, **defaults):
+    """``(data, model, run, study)`` arguments of a study script from ``[config.yaml] [--flags]``.
+    ``description``: the script's ``--help`` text; ``defaults``: a script's own defaults for
+    shared flags (the YAML and the flags still override them)."""
+    import argparse
+
     from transformers import HfArgumentParser
 
     from hf_init.cli import parse_yaml_and_cli
 
-    parser = HfArgumentParser((DataArguments, ModelArguments, RunArguments, study_class))
+    parser = HfArgumentParser((DataArguments, ModelArguments, RunArguments, study_class), description=description,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(**defaults)
     parsed, _ = parse_yaml_and_cli(parser, argv)
     return parsed

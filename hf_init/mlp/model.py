@@ -52,8 +52,9 @@ class MLPShape:
     def __post_init__(self):
         if self.depth < 1:
             raise ValueError(f"depth must be >= 1 (hidden layers), got {self.depth}")
-        if self.width < 1 or self.n_in < 1 or self.n_out < 1:
-            raise ValueError(f"width, n_in and n_out must be >= 1, got {self}")
+        for name in ("width", "n_in", "n_out"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         check_activation(self.activation)
 
     @property
