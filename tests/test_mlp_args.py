@@ -57,3 +57,23 @@ def test_bad_flags(study, argv, message):
     with pytest.raises((UsageError, ValueError), match=None) as err:
         parse(study, argv)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("study,text,message", [
+    (SweepArguments, "stds: []\n", "--stds is empty"),
+    (SweepArguments, "depths: []\n", "--depths is empty"),
+    (CompareArguments, "activations: []\n", "--activations is empty"),
+    (SweepArguments, "depths: [2, x]\n", "--depths must be int values"),
+])
+def test_bad_yaml_lists(tmp_path, study, text, message):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    with pytest.raises(UsageError, match=message):
+        parse(study, [str(cfg)])
+
+
+def test_yaml_scalar_for_a_list_flag(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("stds: 0.5\ndepths: 3\n")
+    sweep = parse(SweepArguments, [str(cfg)])[3]
+    assert sweep.stds == [0.5] and sweep.depths == [3]

@@ -20,6 +20,17 @@ def _help(text: str, **kw):
     return field(metadata={"help": text}, **kw)
 
 
+def _as_list(value, flag: str, convert=str) -> list:
+    """A list flag's value as a non-empty list (a YAML scalar is a list of one)."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not values:
+        raise UsageError(f"{flag} is empty; give one or more values, space-separated")
+    try:
+        return [convert(v) for v in values]
+    except (TypeError, ValueError):
+        raise UsageError(f"{flag} must be {convert.__name__} values, got {values}") from None
+
+
 @dataclass
 class DataArguments:
     dataset: str = _help("wine | digits (offline stand-in for MNIST) | mnist", default="digits")
@@ -98,9 +109,11 @@ class SweepArguments:
 
         if self.stds is None:
             self.stds = log_grid(1e-4, 10.0, 3)
-        self.stds = sorted({check_std(v, "--stds") for v in self.stds})
-        for depth in self.depths or []:
-            MLPShape(1, 1, depth, 1)
+        self.stds = sorted({check_std(v, "--stds") for v in _as_list(self.stds, "--stds")})
+        if self.depths is not None:
+            self.depths = _as_list(self.depths, "--depths", int)
+            for depth in self.depths:
+                MLPShape(1, 1, depth, 1)
         if self.seeds < 1:
             raise UsageError(f"--seeds must be >= 1, got {self.seeds}")
         check_activation(self.activation)
@@ -118,6 +131,8 @@ class CompareArguments:
     output_dir: str = _help("where the study is written", default="runs/mlp_init_compare")
 
     def __post_init__(self):
+        self.schemes = _as_list(self.schemes, "--schemes")
+        self.activations = _as_list(self.activations, "--activations")
         if len(self.schemes) != 2:
             raise UsageError(f"--schemes needs exactly two schemes, got {len(self.schemes)}")
         check_controlled_schemes(self.schemes)
