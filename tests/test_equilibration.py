@@ -189,7 +189,9 @@ def test_claim_a_supported_contradicted_and_not_supported(tmp_path):
         assert row.verdict == "supported" and row.statistic == pytest.approx(-1.0)
         assert row.p_value == 1 / 32 and row.stable
     v, _ = E.check_claims(study(tmp_path, growth_curves(+1), range(5)))
-    assert verdict(v, "shallow_grow_faster").verdict == "contradicted"
+    row = verdict(v, "shallow_grow_faster")
+    assert row.verdict == "contradicted" and row.statistic == pytest.approx(1.0)
+    assert "points against the claim" in row.sentence
     v, _ = E.check_claims(study(tmp_path, growth_curves(-1), range(2)))
     row = verdict(v, "shallow_grow_faster")
     assert row.verdict == "not supported" and row.min_p == 0.25 and row.p_value == 0.25
@@ -237,7 +239,8 @@ def test_claim_c_spread_ratio_by_hand(tmp_path):
         v, seeds = E.check_claims(study(tmp_path, make(logs), range(3), steps=steps))
         c = seeds[(seeds.claim == "narrower_band_at_end") & (seeds.projection == "v")]
         assert c.statistic.to_numpy() == pytest.approx([ratio] * 3)
-        assert verdict(v, "narrower_band_at_end", "v").verdict == want
+        row = verdict(v, "narrower_band_at_end", "v")
+        assert row.verdict == want and row.verdict_half == "n/a" and row.stable is None
 
 
 def test_verdict_unstable_when_the_early_window_matters(tmp_path):
@@ -267,3 +270,12 @@ def test_groups_by_scheme(tmp_path):
 def test_markdown_table():
     df = pd.DataFrame({"a": [1.0, math.nan], "b": ["x|y", "z"]})
     assert E.to_markdown(df, digits=3) == "| a | b |\n|---|---|\n| 1 | x\\|y |\n|  | z |\n"
+
+
+def test_centered_median_is_pandas_rolling_inside_and_symmetric_at_the_ends():
+    x = np.random.default_rng(3).normal(size=12)
+    got = E.centered_median(x, 5)
+    want = pd.Series(x).rolling(5, center=True).median().to_numpy()
+    assert got[2:-2] == pytest.approx(want[2:-2])
+    assert [got[0], got[1], got[-2], got[-1]] == pytest.approx(
+        [x[0], np.median(x[:3]), np.median(x[-3:]), x[-1]])

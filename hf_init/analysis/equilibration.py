@@ -55,7 +55,8 @@ Per run-group (every key but ``seed``, e.g. the scheme) and projection, over see
     "contradicted" if every seed contradicts, otherwise "not supported".
 
 Robustness: (a) is recomputed with the early window halved and doubled, (b) with the tolerance
-halved and doubled; ``stable`` says whether all three verdicts agree. (c) uses neither.
+halved and doubled; ``stable`` says whether all three verdicts agree. (c) uses neither (its
+``verdict_half``/``verdict_double`` are "n/a", ``stable`` None).
 """
 
 from __future__ import annotations
@@ -139,7 +140,9 @@ def centered_median(values, window: int = SMOOTHING) -> np.ndarray:
     x = np.asarray(values, dtype=float)
     n, h = len(x), max(int(window), 1) // 2
     out = np.empty(n)
-    for i in range(n):
+    if n > 2 * h:
+        out[h: n - h] = np.median(np.lib.stride_tricks.sliding_window_view(x, 2 * h + 1), axis=1)
+    for i in [*range(min(h, n)), *range(max(n - h, 0), n)]:  # the ends: shrink symmetrically
         w = min(h, i, n - 1 - i)
         out[i] = np.median(x[i - w: i + w + 1])
     return out
@@ -382,8 +385,12 @@ def check_claims(frame: pd.DataFrame, early_window: float = EARLY_WINDOW, tolera
             other = _verdicts(seed_statistics(eq, spread, seed_key), seed_key, alpha)
             other = other[index + ["verdict"]].rename(columns={"verdict": label})
             verdicts = verdicts.merge(other, on=index, how="left")
-        verdicts["stable"] = ((verdicts["verdict"] == verdicts["verdict_half"])
-                              & (verdicts["verdict"] == verdicts["verdict_double"]))
+        stable = ((verdicts["verdict"] == verdicts["verdict_half"])
+                  & (verdicts["verdict"] == verdicts["verdict_double"]))
+        verdicts["stable"] = stable.astype(object)
+        c = verdicts["claim"] == "narrower_band_at_end"  # uses neither window nor tolerance
+        verdicts.loc[c, ["verdict_half", "verdict_double"]] = "n/a"
+        verdicts.loc[c, "stable"] = None
     verdicts["sentence"] = [verdict_sentence(r, early_window, tolerance) for r in verdicts.to_dict("records")]
     return verdicts, seeds
 
@@ -402,10 +409,16 @@ def verdict_sentence(row: dict, early_window: float = EARLY_WINDOW, tolerance: f
         detail = (f"mean Spearman rho {row['statistic']:.3g} over {row['n_seeds']} seed(s) "
                   f"(per seed {row['per_seed']}), one-sided sign-flip p = {row['p_value']:.3g}, "
                   f"smallest attainable p = {row['min_p']:.3g}; {param}")
+        if not row["n_seeds"]:
+            detail += "; no seed had a defined rho (fewer than 3 usable layers or constant values)"
+        elif (row["statistic"] > 0) == (claim == "shallow_grow_faster") and row["statistic"] != 0:
+            detail += "; the mean rho points against the claim"
         if row["n_seeds"] and row["min_p"] > ALPHA:
             detail += f"; with {row['n_seeds']} seed(s) this test cannot reach p <= {ALPHA}"
     text = f"{who}: '{CLAIMS[claim]}' is {row['verdict'].upper()} -- {detail}."
-    if "stable" in row and row["stable"] is not None and not pd.isna(row["stable"]):
+    if claim == "narrower_band_at_end" and "stable" in row:
+        text += " (Uses neither the early window nor the tolerance.)"
+    elif "stable" in row and row["stable"] is not None and not pd.isna(row["stable"]):
         text += (" Stable when the window/tolerance is halved and doubled." if row["stable"] else
                  f" NOT stable: halved -> {row['verdict_half']}, doubled -> {row['verdict_double']}.")
     return text
