@@ -240,7 +240,26 @@ def test_claim_c_spread_ratio_by_hand(tmp_path):
         c = seeds[(seeds.claim == "narrower_band_at_end") & (seeds.projection == "v")]
         assert c.statistic.to_numpy() == pytest.approx([ratio] * 3)
         row = verdict(v, "narrower_band_at_end", "v")
-        assert row.verdict == want and row.verdict_half == "n/a" and row.stable is None
+        assert row.verdict == want and row.stable
+
+
+def test_claim_c_needs_a_spread_wider_than_the_tolerance(tmp_path):
+    # the band widens to the end, but its largest log-variance std, 0.05 sqrt(2/3) (1 + 0.1 seed)
+    # = 0.041, 0.045, 0.049, stays under the tolerance 0.05: nothing to narrow from -> not
+    # supported; at tolerance 0.025 every seed's end is its widest -> contradicted (unstable).
+    steps = np.array([0, 10, 20, 30])
+    logs = {0: [0, 0, 0, 0], 1: [0, 0.02, 0.04, 0.05], 2: [0, 0.04, 0.08, 0.1]}
+
+    def make(seed):
+        return {(p, l): np.exp(np.array(x) * (1 + 0.1 * seed)) for p in E.PROJECTIONS for l, x in logs.items()}
+
+    v, seeds = E.check_claims(study(tmp_path, make, range(3), steps=steps))
+    c = seeds[(seeds.claim == "narrower_band_at_end") & (seeds.projection == "q")]
+    assert c.max_spread.to_numpy() == pytest.approx(0.05 * math.sqrt(2 / 3) * np.array([1, 1.1, 1.2]))
+    row = verdict(v, "narrower_band_at_end")
+    assert (row.verdict, row.verdict_half, row.verdict_double) == ("not supported", "contradicted",
+                                                                   "not supported")
+    assert not row.stable and "NOT stable" in row.sentence
 
 
 def test_verdict_unstable_when_the_early_window_matters(tmp_path):

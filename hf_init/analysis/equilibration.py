@@ -49,14 +49,16 @@ Per run-group (every key but ``seed``, e.g. the scheme) and projection, over see
     ``p_layers`` in the per-seed table is scipy's two-sided p of each seed's Spearman test over
     layers, for information only.
 (c) ``narrower_band_at_end``: per seed, ratio = log_std at the last step / its maximum over the
-    run. A seed supports the claim when ratio <= :data:`NARROW_RATIO` (the end band is at most
-    half as wide, in log-variance std, as the widest it passed through) and contradicts it when
-    the end is the widest (ratio = 1); across seeds: "supported" if every seed supports,
-    "contradicted" if every seed contradicts, otherwise "not supported".
+    run. A seed whose maximum spread never exceeds ``tolerance`` (the layers never left one
+    band as wide as the equilibration tolerance: nothing to narrow from) neither supports nor
+    contradicts. Otherwise it supports the claim when ratio <= :data:`NARROW_RATIO` (the end
+    band is at most half as wide, in log-variance std, as the widest it passed through) and
+    contradicts it when the end is the widest (ratio = 1). Across seeds: "supported" if every
+    seed supports, "contradicted" if every seed contradicts, otherwise "not supported".
 
-Robustness: (a) is recomputed with the early window halved and doubled, (b) with the tolerance
-halved and doubled; ``stable`` says whether all three verdicts agree. (c) uses neither (its
-``verdict_half``/``verdict_double`` are "n/a", ``stable`` None).
+Robustness: every verdict is recomputed with the early window and the tolerance both halved
+and both doubled ((a) depends only on the window, (b) and (c) only on the tolerance, so this
+varies each claim's own parameter); ``stable`` says whether all three verdicts agree.
 """
 
 from __future__ import annotations
@@ -297,7 +299,8 @@ def _group_keys(keys: list[str], seed_key: str) -> list[str]:
     return [k for k in keys if k != seed_key]
 
 
-def seed_statistics(eq: pd.DataFrame, spread: pd.DataFrame, seed_key: str = SEED_KEY) -> pd.DataFrame:
+def seed_statistics(eq: pd.DataFrame, spread: pd.DataFrame, seed_key: str = SEED_KEY,
+                    tolerance: float = TOLERANCE) -> pd.DataFrame:
     """Per (group keys..., projection, claim, seed): ``statistic`` (rho for (a), (b); end/max
     spread ratio for (c)), ``n`` (layers for rho, steps for (c)), ``p_layers`` (scipy's Spearman
     p over layers, (a)/(b) only), ``seed_verdict`` ((c) only)."""
@@ -319,13 +322,15 @@ def seed_statistics(eq: pd.DataFrame, spread: pd.DataFrame, seed_key: str = SEED
         s = sub.sort_values("step")["log_std"].to_numpy(dtype=float)
         top = float(np.max(s)) if len(s) else math.nan
         ratio = float(s[-1] / top) if top > 0 else math.nan
-        v = ("not supported" if not math.isfinite(ratio) else "supported" if ratio <= NARROW_RATIO
+        v = ("not supported" if not (math.isfinite(ratio) and top > tolerance)
+             else "supported" if ratio <= NARROW_RATIO
              else "contradicted" if ratio >= 1.0 else "not supported")
         rows.append({**ident, "claim": "narrower_band_at_end", "statistic": ratio, "n": len(s),
-                     "p_layers": math.nan, "seed_verdict": v})
+                     "p_layers": math.nan, "max_spread": top, "seed_verdict": v})
     out = pd.DataFrame(rows)
-    if "seed_verdict" not in out:
-        out["seed_verdict"] = None
+    for col in ("max_spread", "seed_verdict"):
+        if col not in out:
+            out[col] = None
     return out
 
 
@@ -336,7 +341,7 @@ _EQ_COLUMNS = ("initial", "final_level", "relative_change", "early_growth_rate",
 
 def _verdicts(seeds: pd.DataFrame, seed_key: str, alpha: float) -> pd.DataFrame:
     groups = [c for c in seeds.columns if c not in ("projection", "claim", seed_key, "statistic", "n",
-                                                      "p_layers", "seed_verdict")]
+                                                      "p_layers", "max_spread", "seed_verdict")]
     rows = []
     for kvals, sub in _groups(seeds, [*groups, "projection", "claim"]):
         ident = dict(zip([*groups, "projection", "claim"], kvals))
@@ -375,22 +380,20 @@ def check_claims(frame: pd.DataFrame, early_window: float = EARLY_WINDOW, tolera
     window for (a), tolerance for (b) -- halved / doubled), stable, sentence.
     """
     spread = spread_table(frame)
-    seeds = seed_statistics(equilibration_table(frame, early_window, tolerance, smoothing), spread, seed_key)
+    seeds = seed_statistics(equilibration_table(frame, early_window, tolerance, smoothing), spread, seed_key,
+                            tolerance)
     verdicts = _verdicts(seeds, seed_key, alpha)
     if robustness and not verdicts.empty:
         index = [c for c in verdicts.columns if c not in ("statistic_name", "statistic", "per_seed", "n_seeds",
                                                             "p_value", "min_p", "verdict")]
         for label, f in (("verdict_half", 0.5), ("verdict_double", 2.0)):
             eq = equilibration_table(frame, early_window * f, tolerance * f, smoothing)
-            other = _verdicts(seed_statistics(eq, spread, seed_key), seed_key, alpha)
+            other = _verdicts(seed_statistics(eq, spread, seed_key, tolerance * f), seed_key, alpha)
             other = other[index + ["verdict"]].rename(columns={"verdict": label})
             verdicts = verdicts.merge(other, on=index, how="left")
         stable = ((verdicts["verdict"] == verdicts["verdict_half"])
                   & (verdicts["verdict"] == verdicts["verdict_double"]))
-        verdicts["stable"] = stable.astype(object)
-        c = verdicts["claim"] == "narrower_band_at_end"  # uses neither window nor tolerance
-        verdicts.loc[c, ["verdict_half", "verdict_double"]] = "n/a"
-        verdicts.loc[c, "stable"] = None
+        verdicts["stable"] = stable
     verdicts["sentence"] = [verdict_sentence(r, early_window, tolerance) for r in verdicts.to_dict("records")]
     return verdicts, seeds
 
@@ -402,7 +405,8 @@ def verdict_sentence(row: dict, early_window: float = EARLY_WINDOW, tolerance: f
     claim = row["claim"]
     if claim == "narrower_band_at_end":
         detail = (f"end/max spread ratio per seed {row['per_seed']} (a seed supports at <= {NARROW_RATIO}, "
-                  f"contradicts at 1)")
+                  f"contradicts at 1, neither when its largest log-variance spread is <= the tolerance "
+                  f"{tolerance:g})")
     else:
         param = (f"early window {early_window:g} of the run" if claim == "shallow_grow_faster"
                  else f"tolerance {tolerance:g}")
@@ -416,15 +420,14 @@ def verdict_sentence(row: dict, early_window: float = EARLY_WINDOW, tolerance: f
         if row["n_seeds"] and row["min_p"] > ALPHA:
             detail += f"; with {row['n_seeds']} seed(s) this test cannot reach p <= {ALPHA}"
     text = f"{who}: '{CLAIMS[claim]}' is {row['verdict'].upper()} -- {detail}."
-    if claim == "narrower_band_at_end" and "stable" in row:
-        text += " (Uses neither the early window nor the tolerance.)"
-    elif "stable" in row and row["stable"] is not None and not pd.isna(row["stable"]):
-        text += (" Stable when the window/tolerance is halved and doubled." if row["stable"] else
+    if "stable" in row and row["stable"] is not None and not pd.isna(row["stable"]):
+        what = "early window" if claim == "shallow_grow_faster" else "tolerance"
+        text += (f" Stable when the {what} is halved and doubled." if row["stable"] else
                  f" NOT stable: halved -> {row['verdict_half']}, doubled -> {row['verdict_double']}.")
     return text
 
 
-_VERDICT_COLUMNS = {"projection", "claim", "statistic_name", "statistic", "per_seed", "n_seeds", "p_value",
+_VERDICT_COLUMNS = {"projection", "max_spread", "claim", "statistic_name", "statistic", "per_seed", "n_seeds", "p_value",
                     "min_p", "verdict", "verdict_half", "verdict_double", "stable", "sentence"}
 
 
