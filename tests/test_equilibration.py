@@ -298,3 +298,21 @@ def test_centered_median_is_pandas_rolling_inside_and_symmetric_at_the_ends():
     assert got[2:-2] == pytest.approx(want[2:-2])
     assert [got[0], got[1], got[-2], got[-1]] == pytest.approx(
         [x[0], np.median(x[:3]), np.median(x[-3:]), x[-1]])
+
+
+def test_a_table_without_qkv_variances_is_one_clear_error(tmp_path):
+    frame = run_frame(tmp_path, {("mlp_fc", 0): np.ones(len(STEPS))})
+    with pytest.raises(ValueError, match="no 'var' records of roles q, k, v"):
+        E.check_claims(frame)
+
+
+def test_real_pretraining_records_run_through(tmp_path):
+    """The saved records of the default pretraining config (4 records, steps 0-6): every layer
+    moved by far less than the tolerance, so each is within it from the first record on."""
+    frame = read_records("tests/fixtures/behaviour_kept/pretrain_variance.jsonl", scheme="gpt2", seed=0)
+    eq = E.equilibration_table(frame)
+    assert len(eq) == 3 * 12 and (eq.relative_change.abs() < E.TOLERANCE / 10).all()
+    assert (eq.equilibration_step == 0).all()
+    v, seeds = E.check_claims(frame)
+    assert set(v.verdict) <= {"supported", "contradicted", "not supported"} and len(v) == 9
+    assert (v[v.claim != "narrower_band_at_end"].verdict == "not supported").all()  # 1 seed

@@ -122,6 +122,9 @@ def _variances(frame: pd.DataFrame, projections=PROJECTIONS) -> pd.DataFrame:
     sel = frame[(frame["statistic"] == "var") & frame["role"].isin(projections)
                 & frame["layer"].notna() & frame["step"].notna()]
     sel = sel.rename(columns={"role": "projection"}).drop(columns="statistic")
+    if sel.empty:
+        raise ValueError(f"no 'var' records of roles {', '.join(projections)} with a step and a layer "
+                         "in the table (expected the records of a pretraining run's variance.jsonl)")
     sel = sel.astype({"step": "int64", "layer": "int64"})
     return sel.sort_values([*run_keys(frame), "projection", "layer", "step"]).reset_index(drop=True)
 
