@@ -316,3 +316,12 @@ def test_real_pretraining_records_run_through(tmp_path):
     v, seeds = E.check_claims(frame)
     assert set(v.verdict) <= {"supported", "contradicted", "not supported"} and len(v) == 9
     assert (v[v.claim != "narrower_band_at_end"].verdict == "not supported").all()  # 1 seed
+
+
+def test_a_repeated_step_counts_once_with_the_last_value(tmp_path):
+    v = saturating(STEPS, 4e-4, 1e-3, 80.0)
+    once = run_frame(tmp_path, {("q", 0): v})
+    twice = pd.concat([run_frame(tmp_path, {("q", 0): v * 3}), once], ignore_index=True)
+    a, b = E.equilibration_table(once, smoothing=1), E.equilibration_table(twice, smoothing=1)
+    assert b.iloc[0].final_level == pytest.approx(v[-1]) and b.iloc[0].equilibration_step == \
+        a.iloc[0].equilibration_step == expected_eq_step(4e-4, 1e-3, 80.0, E.TOLERANCE, v[-1])

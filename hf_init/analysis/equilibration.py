@@ -26,6 +26,10 @@ Per (run, projection, layer) -- :func:`equilibration_table`
   one before it); ``lr_fraction_of_peak`` divides it by the run's largest learning rate. A
   fraction near 0 means the "equilibration" may only be the schedule decaying to zero.
 
+A step recorded twice for the same run, projection and layer (a resumed run) counts once, with
+the value recorded last. A curve with a non-finite value (a diverged run) has NaN equilibration
+step; its growth rate uses the finite positive records of the window.
+
 Across layers, per (run, projection, step) -- :func:`spread_table`: ``n_layers``,
 ``max_min_ratio`` (largest / smallest raw variance) and ``log_std`` (population std, ddof=0, of
 ln variance over layers).
@@ -126,7 +130,9 @@ def _variances(frame: pd.DataFrame, projections=PROJECTIONS) -> pd.DataFrame:
         raise ValueError(f"no 'var' records of roles {', '.join(projections)} with a step and a layer "
                          "in the table (expected the records of a pretraining run's variance.jsonl)")
     sel = sel.astype({"step": "int64", "layer": "int64"})
-    return sel.sort_values([*run_keys(frame), "projection", "layer", "step"]).reset_index(drop=True)
+    index = [*run_keys(frame), "projection", "layer", "step"]
+    sel = sel.drop_duplicates(index, keep="last")  # a resumed run may repeat steps: the latest wins
+    return sel.sort_values(index).reset_index(drop=True)
 
 
 def _groups(df: pd.DataFrame, by: list[str]):
