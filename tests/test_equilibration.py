@@ -325,3 +325,10 @@ def test_a_repeated_step_counts_once_with_the_last_value(tmp_path):
     a, b = E.equilibration_table(once, smoothing=1), E.equilibration_table(twice, smoothing=1)
     assert b.iloc[0].final_level == pytest.approx(v[-1]) and b.iloc[0].equilibration_step == \
         a.iloc[0].equilibration_step == expected_eq_step(4e-4, 1e-3, 80.0, E.TOLERANCE, v[-1])
+
+
+def test_claims_markdown_states_the_parameters(tmp_path):
+    v, _ = E.check_claims(study(tmp_path, growth_curves(-1), range(2)), early_window=0.2, tolerance=0.1)
+    text = E.claims_markdown(v, early_window=0.2, tolerance=0.1)
+    assert "first 0.2 of each run" in text and "tolerance: 0.1" in text
+    assert text.count("\n- ") == len(v) == 9 and "| scheme | projection | claim |" in text

@@ -455,3 +455,18 @@ def to_markdown(df: pd.DataFrame, digits: int = 4) -> str:
     for rec in df.itertuples(index=False):
         lines.append("| " + " | ".join(cell(v) for v in rec) + " |")
     return "\n".join(lines) + "\n"
+
+
+def claims_markdown(verdicts: pd.DataFrame, early_window: float = EARLY_WINDOW, tolerance: float = TOLERANCE,
+                    smoothing: int = SMOOTHING) -> str:
+    """A report section: the stated parameters and rules, the verdicts table (without the
+    sentences) and one bullet per verdict sentence."""
+    head = (f"Early window: the first {early_window:g} of each run's recorded steps (at least "
+            f"{MIN_EARLY_RECORDS} records); equilibration tolerance: {tolerance:g} (relative to the final "
+            f"level, the median of the last {smoothing} records) on a centered moving median over "
+            f"{smoothing} records; pooled test: exact one-sided sign-flip test of the mean Spearman rho "
+            f"over seeds at level {ALPHA:g}; band claim: end/max log-variance spread <= {NARROW_RATIO:g}. "
+            "Robustness: every verdict re-run with the window and tolerance halved and doubled.\n\n")
+    table = to_markdown(verdicts.drop(columns=[c for c in ("sentence",) if c in verdicts]))
+    bullets = "".join(f"- {s}\n" for s in verdicts.get("sentence", []))
+    return head + table + "\n" + bullets
