@@ -62,6 +62,7 @@ def test_equilibration_step_matches_the_formula_without_smoothing(tmp_path, tol)
         assert row.final_level == pytest.approx(level, rel=1e-12)
         assert row.relative_change == pytest.approx(level / v0 - 1, rel=1e-9)
         assert row.equilibration_step == expected_eq_step(v0, vinf, tau, tol, level)
+        assert row.left_band
 
 
 def test_equilibration_step_with_default_smoothing(tmp_path):
@@ -76,6 +77,7 @@ def test_equilibration_step_with_default_smoothing(tmp_path):
         row = eq[eq.layer == l].iloc[0]
         assert row.final_level == pytest.approx(level, rel=1e-12)
         assert row.equilibration_step == expected_eq_step(v0, vinf, tau, tol, level)
+        assert row.left_band
 
 
 def test_smoothing_ignores_a_single_late_spike(tmp_path):
@@ -312,7 +314,7 @@ def test_real_pretraining_records_run_through(tmp_path):
     frame = read_records("tests/fixtures/behaviour_kept/pretrain_variance.jsonl", scheme="gpt2", seed=0)
     eq = E.equilibration_table(frame)
     assert len(eq) == 3 * 12 and (eq.relative_change.abs() < E.TOLERANCE / 10).all()
-    assert (eq.equilibration_step == 0).all()
+    assert (eq.equilibration_step == 0).all() and not eq.left_band.any()
     v, seeds = E.check_claims(frame)
     assert set(v.verdict) <= {"supported", "contradicted", "not supported"} and len(v) == 9
     assert (v[v.claim != "narrower_band_at_end"].verdict == "not supported").all()  # 1 seed

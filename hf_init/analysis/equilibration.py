@@ -21,7 +21,9 @@ Per (run, projection, layer) -- :func:`equilibration_table`
   pulled to one side, and a monotone curve is left unchanged); it is the first recorded step
   from which every later smoothed value is within ``tolerance`` of the final level
   (abs(smoothed / final_level - 1) <= tolerance). NaN ("never") when only the last record
-  qualifies: there is no evidence it stays.
+  qualifies: there is no evidence it stays. ``left_band`` is False when it is the first
+  recorded step: the variance never left the band around its final level, so "equilibrated at
+  init" means "did not move by more than the tolerance" (claim (b) ranks such a layer earliest).
 - ``learning_rate_at_equilibration``: the ``learning_rate`` record at that step (else the latest
   one before it); ``lr_fraction_of_peak`` divides it by the run's largest learning rate. A
   fraction near 0 means the "equilibration" may only be the schedule decaying to zero.
@@ -220,7 +222,7 @@ def equilibration_table(frame: pd.DataFrame, early_window: float = EARLY_WINDOW,
                         tolerance: float = TOLERANCE, smoothing: int = SMOOTHING,
                         projections=PROJECTIONS) -> pd.DataFrame:
     """Per (run keys..., projection, layer): initial, final_level, relative_change,
-    early_growth_rate, early_window_end, early_records, equilibration_step,
+    early_growth_rate, early_window_end, early_records, equilibration_step, left_band,
     learning_rate_at_equilibration, lr_fraction_of_peak. See the module docstring."""
     keys = run_keys(frame)
     var = _variances(frame, projections)
@@ -243,6 +245,7 @@ def equilibration_table(frame: pd.DataFrame, early_window: float = EARLY_WINDOW,
                          "final_level": level, "relative_change": level / init - 1.0,
                          "early_growth_rate": slope, "early_window_end": end,
                          "early_records": n_early, "equilibration_step": eq,
+                         "left_band": not eq == float(steps[0]),
                          "learning_rate_at_equilibration": lr,
                          "lr_fraction_of_peak": lr / peak if peak > 0 else math.nan})
     return pd.DataFrame(rows)
@@ -344,7 +347,7 @@ def seed_statistics(eq: pd.DataFrame, spread: pd.DataFrame, seed_key: str = SEED
 
 
 _EQ_COLUMNS = ("initial", "final_level", "relative_change", "early_growth_rate", "early_window_end",
-               "early_records", "equilibration_step", "learning_rate_at_equilibration",
+               "early_records", "equilibration_step", "left_band", "learning_rate_at_equilibration",
                "lr_fraction_of_peak")
 
 
