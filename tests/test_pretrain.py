@@ -52,6 +52,25 @@ def test_ten_step_run_leaves_a_complete_run_folder(tiny_run):
     assert "population variance" in proc.stdout and "perplexity" in proc.stdout
 
 
+def test_tensorboard_has_the_qkv_curves_from_step_0(tiny_run):
+    """The variance callback writes through the Trainer's TensorBoard writer, from step 0 on."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, _ = tiny_run
+    event_dirs = {p.parent for p in (out / "runs").rglob("events.out.tfevents.*")}
+    assert len(event_dirs) == 1  # one writer: the Trainer's, no second events file
+    acc = EventAccumulator(str(event_dirs.pop()), size_guidance={"scalars": 0})
+    acc.Reload()
+    records = [json.loads(line) for line in (out / "variance.jsonl").read_text().splitlines()]
+    for layer in range(2):
+        for name in "qkv":
+            events = acc.Scalars(f"{name}_var/layer_{layer:02d}")
+            assert [e.step for e in events] == [0, 5, 10]
+            expected = {r["step"]: r[name] for r in records if r["layer"] == layer}
+            assert [e.value for e in events] == pytest.approx([expected[e.step] for e in events], rel=1e-6)
+    assert "train/loss" in acc.Tags()["scalars"]  # the Trainer's own logs still go to the same writer
+
+
 def test_saved_model_and_tokenizer_load_with_stock_classes(tiny_run):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
