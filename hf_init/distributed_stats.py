@@ -71,12 +71,10 @@ def local_part(t: torch.Tensor) -> LocalPart:
     sits in the global tensor (from its mesh and placements: ``Shard(d)`` on any mesh dims,
     even or uneven, and ``Replicate``, counted on mesh coordinate 0 only); a plain tensor is
     the whole tensor, held here. ``Partial`` (unreduced) and strided shards are refused."""
-    if DTensor is None or not isinstance(t, DTensor):
-        if t.dim() != 2:
-            raise ValueError(f"expected a 2-D weight, got shape {tuple(t.shape)}")
-        return LocalPart(t, tuple(t.shape), (0, 0))
     if t.dim() != 2:
         raise ValueError(f"expected a 2-D weight, got shape {tuple(t.shape)}")
+    if DTensor is None or not isinstance(t, DTensor):
+        return LocalPart(t, tuple(t.shape), (0, 0))
     mesh, placements = t.device_mesh, t.placements
     coord = mesh.get_coordinate()
     local = t.to_local()

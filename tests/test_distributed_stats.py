@@ -122,7 +122,7 @@ def _fsdp_worker(rank: int, world: int, port: int):
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
-    from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+    from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
     from transformers import GPT2Config, GPT2LMHeadModel
 
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -144,10 +144,10 @@ def _fsdp_worker(rank: int, world: int, port: int):
         model(input_ids=ids, labels=ids).loss.backward()
 
         def kinds(m, grads):
-            return [([getattr(b.get_submodule(p).weight, "grad" if grads else "data") if grads
-                      else b.get_submodule(p).weight for b in m.transformer.h], nb) for p, nb in paths]
+            ws = [[b.get_submodule(p).weight for b in m.transformer.h] for p, _ in paths]
+            return [([w.grad if grads else w for w in ws_p], nb) for ws_p, (_, nb) in zip(ws, paths)]
 
-        for _, (ts, _) in enumerate(kinds(model, False) + kinds(model, True)):
+        for ts, _ in kinds(model, False) + kinds(model, True):
             for t in ts:
                 assert isinstance(t, DTensor) and t.placements == (Shard(0),), (type(t), getattr(t, "placements", None))
                 assert t.to_local().numel() < t.numel(), "parameter is not sharded"
@@ -186,7 +186,8 @@ def _fsdp_worker(rank: int, world: int, port: int):
                 w = b.get_submodule(p).weight
                 torch.testing.assert_close(got_w[layer, col:col + nb], reference_blocks(w, nb), rtol=1e-12, atol=1e-15)
                 # float32 backward in a different reduction order: float32 tolerance.
-                torch.testing.assert_close(got_g[layer, col:col + nb], reference_blocks(w.grad, nb), rtol=1e-4, atol=1e-9)
+                torch.testing.assert_close(got_g[layer, col:col + nb], reference_blocks(w.grad, nb),
+                                           rtol=1e-4, atol=1e-9)
                 col += nb
 
         # Column shards with a boundary inside K (15 columns -> 8 | 7), and a replicated mesh dim.
@@ -202,6 +203,11 @@ def _fsdp_worker(rank: int, world: int, port: int):
         sums = sharded_block_sums([([replicated], 3)])
         assert sums[0, :, 0].tolist() == [30.0, 30.0, 30.0], "a replica was counted twice"
         torch.testing.assert_close(moments_from_sums(sums)[0], reference_blocks(w, 3), rtol=1e-12, atol=1e-15)
+        # A plain (unsharded) tensor next to DTensors counts once, not once per rank.
+        sums = sharded_block_sums([([col_sharded], 3), ([w], 1)])
+        assert sums[0, :, 0].tolist() == [30.0, 30.0, 30.0, 90.0]
+        with pytest.raises(ValueError, match="Partial"):
+            sharded_block_sums([([DTensor.from_local(w, mesh, [Partial()])], 3)])
     finally:
         dist.destroy_process_group()
 
