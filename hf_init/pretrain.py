@@ -196,14 +196,14 @@ def run(argv: list[str], started: float | None = None) -> dict:
 
     import torch
     from transformers import Trainer, default_data_collator, set_seed
-    from transformers.integrations import TensorBoardCallback
 
-    from .analysis.variance import format_summary, read_records, variance_table
-    from .callbacks import VARIANCE_FILE, QKVVarianceCallback
+    from .analysis.variance import format_summary, variance_table
+    from .callbacks import VARIANCE_FILE
     from .data.text import load_raw_text, tokenize_and_group
     from .data.tokenizer import load_or_train_tokenizer
     from .modeling import build_model
     from .outputs import kept_until_success, write_json
+    from .records import read_records
     from .plots.pretrain import plot_run
 
     set_seed(training_args.seed)
@@ -223,13 +223,11 @@ def run(argv: list[str], started: float | None = None) -> dict:
     out = Path(training_args.output_dir)
     with kept_until_success(out, found, active=training_args.process_index == 0):
         compute_metrics, preprocess_logits = next_token_metric()
-        variance_cb = QKVVarianceCallback(every=run_args.variance_steps)
+        variance_cb = make_variance_callback(out, run_args.variance_steps, training_args)
         trainer = Trainer(model=model, args=training_args, train_dataset=train_data, eval_dataset=eval_data,
                           processing_class=tokenizer, data_collator=default_data_collator,
                           compute_metrics=compute_metrics, preprocess_logits_for_metrics=preprocess_logits,
                           callbacks=[variance_cb])
-        variance_cb.tensorboard = next(
-            (c for c in trainer.callback_handler.callbacks if isinstance(c, TensorBoardCallback)), None)
 
         train_result = trainer.train()
         eval_metrics = trainer.evaluate()
@@ -288,6 +286,23 @@ def run(argv: list[str], started: float | None = None) -> dict:
                                                      "corpus": corpus_info}))
     torch_dist_barrier(torch)
     return info
+
+
+def make_variance_callback(out: Path, every: int | None, training_args):
+    """The variance callback of a run and its sinks: ``variance.jsonl`` in the run folder and,
+    when the run reports to TensorBoard, the q/k/v variances in ``runs/variance`` (a run of its
+    own next to the Trainer's). Sinks are only made on the main process (the one that writes)."""
+    from .callbacks import VARIANCE_FILE, QKVVarianceCallback
+    from .sinks import JsonlSink, TensorBoardSink
+
+    sinks = []
+    if training_args.process_index == 0:
+        sinks.append(JsonlSink(out / VARIANCE_FILE))
+        if "tensorboard" in (training_args.report_to or []):
+            from torch.utils.tensorboard import SummaryWriter
+
+            sinks.append(TensorBoardSink(SummaryWriter(log_dir=str(out / "runs" / "variance"))))
+    return QKVVarianceCallback(sinks, every=every)
 
 
 def model_card_fields(info: dict) -> dict:
