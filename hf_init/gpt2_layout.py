@@ -18,10 +18,8 @@ import re
 from dataclasses import dataclass
 
 QKV = ("q", "k", "v")
-BLOCK_ROLES = (*QKV, "attn_proj", "mlp_fc", "mlp_proj")
 EMBEDDING_ROLES = ("wte", "wpe")
 RESIDUAL_ROLES = ("attn_proj", "mlp_proj")  # write into the residual stream (GPT-2 scales them)
-ROLES = (*EMBEDDING_ROLES, *BLOCK_ROLES, "lm_head")
 
 
 @dataclass(frozen=True)
@@ -65,12 +63,13 @@ MODEL_WEIGHTS = (
     Weight("lm_head", ("lm_head",), "linear"),
 )
 BY_ROLE = {w.parts[0]: w for w in MODEL_WEIGHTS}
+# q, k, v, attn_proj, mlp_fc, mlp_proj: the roles of a block, in the order of BLOCK_WEIGHTS' parts
+BLOCK_ROLES = tuple(role for w in BLOCK_WEIGHTS for role in w.parts)
+ROLES = (*EMBEDDING_ROLES, *BLOCK_ROLES, "lm_head")
 
 _BLOCK_NAME = re.compile(r"(?:^|\.)h\.(\d+)\.(.+)$")
 _BLOCK_BY_PATH = {w.path: w for w in (*BLOCK_WEIGHTS, *CROSS_ATTENTION_WEIGHTS)}
 _MODEL_BY_LEAF = {w.path.rsplit(".", 1)[-1]: w for w in MODEL_WEIGHTS}
-
-assert tuple(r for w in BLOCK_WEIGHTS for r in w.parts) == BLOCK_ROLES
 
 
 def weight_of_name(name: str) -> tuple[Weight, int | None] | None:
