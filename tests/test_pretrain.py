@@ -67,7 +67,7 @@ def test_tensorboard_has_the_qkv_curves_from_step_0(tiny_run):
         for name in "qkv":
             events = acc.Scalars(f"{name}_var/layer_{layer:02d}")
             assert [e.step for e in events] == [0, 5, 10]
-            expected = {r["step"]: r[name] for r in records if r["layer"] == layer}
+            expected = {r["step"]: r["var"] for r in records if r["layer"] == layer and r["role"] == name}
             assert [e.value for e in events] == pytest.approx([expected[e.step] for e in events], rel=1e-6)
     assert "train/loss" in acc.Tags()["scalars"]  # the Trainer's own logs still go to the same writer
 
