@@ -45,6 +45,23 @@ class ModelArguments:
             raise UsageError(f"dropout must be in [0, 1), got {self.dropout}")
         _check_shape({"n_layer": self.n_layer, "n_embd": self.n_embd, "n_head": self.n_head})
         validate_init_config(self)
+        self._refuse_unused_options()
+
+    def _refuse_unused_options(self) -> None:
+        """An option the scheme does not read would be recorded (config.json, run_info.json) as if
+        it had shaped the weights: refuse it in one line naming what the scheme does read."""
+        from .modeling import _OPTION_ATTRS, scheme_options
+        from .schemes import SCHEME_OPTIONS, unused_options
+
+        flag = {opt: attr for attr, opt in _OPTION_ATTRS.items()}  # SchemeOptions field -> flag name
+        unused = unused_options(self.init_scheme, scheme_options(self))
+        if unused:
+            used = [flag[o] for o in SCHEME_OPTIONS[self.init_scheme]]
+            readers = sorted(n for n, opts in SCHEME_OPTIONS.items() if unused[0] in opts)
+            raise UsageError(
+                f"init scheme {self.init_scheme!r} does not use {', '.join('--' + flag[o] for o in unused)} "
+                f"(it reads {', '.join('--' + u for u in used) or 'no option'}); drop it, or pick a scheme "
+                f"that reads --{flag[unused[0]]}: {', '.join(readers)}")
 
 
 @dataclass
