@@ -1,0 +1,214 @@
+"""What a new user hits (issue 13): true provenance of the init options, a summary naming only the
+outputs that exist, output-folder problems in one line before any data, a tokenizer that knows the
+context length, .txt files one example per line, .tsv/.parquet files."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hf_init.cli import UsageError
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "pretrain.py"
+TINY = ["--n_layer", "2", "--n_embd", "32", "--n_head", "2", "--block_size", "32", "--vocab_size", "300",
+        "--max_train_documents", "40", "--max_eval_samples", "16", "--per_device_train_batch_size", "4",
+        "--per_device_eval_batch_size", "8", "--logging_steps", "5", "--variance_steps", "5", "--disable_tqdm", "true"]
+
+
+def run_script(*args, script=SCRIPT, timeout=300):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    return subprocess.run([sys.executable, str(script), *map(str, args)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def kaiming_run(tmp_path_factory):
+    """5 steps, kaiming_normal, no TensorBoard."""
+    out = tmp_path_factory.mktemp("user") / "run"
+    proc = run_script(*TINY, "--max_steps", "5", "--output_dir", out, "--init_scheme", "kaiming_normal",
+                      "--report_to", "none")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+# --- 1. provenance -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scheme, flag, value, reads", [
+    ("kaiming_normal", "init_std", 0.1, "normal"),
+    ("kaiming_normal", "init_gain", 2.0, "xavier_normal"),
+    ("deepnet", "init_std", 0.1, "normal"),
+    ("small_init", "initializer_range", 0.1, "gpt2"),
+    ("gpt2", "init_fan_mode", "fan_out", "kaiming_normal"),
+])
+def test_an_option_the_scheme_does_not_read_is_refused(scheme, flag, value, reads):
+    from hf_init.args import ModelArguments
+
+    with pytest.raises(UsageError, match=rf"init scheme '{scheme}' does not use --{flag} .*{reads}"):
+        ModelArguments(init_scheme=scheme, **{flag: value})
+
+
+def test_options_a_scheme_reads_are_accepted():
+    from hf_init.args import ModelArguments
+
+    ModelArguments(init_scheme="normal", init_std=0.1)
+    ModelArguments(init_scheme="xavier_uniform", init_gain=2.0, initializer_range=0.01)
+    ModelArguments(init_scheme="kaiming_uniform", init_fan_mode="fan_out", init_nonlinearity="tanh")
+
+
+def test_scheme_options_table_matches_the_std_rules():
+    """SCHEME_OPTIONS lists exactly the options that change some weight's std under each scheme."""
+    from hf_init.schemes import SCHEME_OPTIONS, SCHEMES, SchemeOptions, WeightSpec
+
+    assert set(SCHEME_OPTIONS) == set(SCHEMES)
+    changed = {"std": 0.3, "initializer_range": 0.05, "fan_mode": "fan_out", "nonlinearity": "tanh", "gain": 3.0}
+    specs = [WeightSpec(role, 64, 256, n_layer=4, d_model=64)
+             for role in ("wte", "wpe", "query", "key", "value", "attn_out", "mlp_in", "mlp_out")]
+    for name, scheme in SCHEMES.items():
+        base = SchemeOptions(std=0.1)
+        for option, value in changed.items():
+            other = SchemeOptions(**{"std": 0.1, option: value})
+            differs = any(scheme.std(s, base) != scheme.std(s, other) for s in specs)
+            assert differs == (option in SCHEME_OPTIONS[name]), (name, option)
+
+
+def test_the_summary_prints_the_std_each_weight_kind_got(kaiming_run):
+    out, proc = kaiming_run
+    # kaiming_normal, fan_in, relu: sqrt(2 / fan_in); n_embd 32, MLP 4 * 32 = 128 wide; embeddings r = 0.02
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("init kaiming_normal"))
+    assert f"{math.sqrt(2 / 32):.4g} (" in line and f"{math.sqrt(2 / 128):.4g} (mlp_out)" in line
+    assert "0.02 (" in line and "None" not in line
+    stds = json.loads((out / "run_info.json").read_text())["init"]["std_by_weight"]
+    assert stds["mlp_out"]["scheme"] == pytest.approx(math.sqrt(2 / 128))
+    assert stds["mlp_in"]["scheme"] == pytest.approx(math.sqrt(2 / 32))
+    # measured on the freshly built weights (32 x 128 draws for mlp_in): within 5% of the scheme
+    assert stds["mlp_in"]["measured"] == pytest.approx(math.sqrt(2 / 32), rel=0.05)
+
+
+def test_unused_option_fails_the_script_in_one_line_before_writing(tmp_path):
+    proc = run_script("--init_scheme", "kaiming_normal", "--init_std", "0.1", "--output_dir", tmp_path / "run")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "does not use --init_std" in proc.stderr and not (tmp_path / "run").exists()
+
+
+# --- 3. the summary lists only outputs that exist -------------------------------------------------
+
+def test_summary_lists_only_outputs_that_exist(kaiming_run):
+    out, proc = kaiming_run
+    assert not (out / "runs").exists()
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("run folder"))
+    assert "runs/" not in line and "TensorBoard" not in line and "checkpoint" not in line
+    for name in ("model", "tokenizer", "variance.jsonl", "figures/", "run_info.json", "README.md"):
+        assert name in line
+
+
+def test_a_partial_yaml_keeps_the_default_configs_other_values(tmp_path):
+    """The layering rule: keys a user YAML leaves out keep pretrain_tiny.yaml's values."""
+    import yaml
+
+    from hf_init.args import DEFAULT_CONFIG, parse_args
+
+    cfg = tmp_path / "mine.yaml"
+    cfg.write_text("n_layer: 2\nmax_steps: 7\noutput_dir: x\ninit_scheme: xavier_normal\n")
+    model, data, run, training, _ = parse_args([str(cfg)])
+    tiny = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    assert (model.n_layer, training.max_steps, model.init_scheme) == (2, 7, "xavier_normal")
+    assert data.block_size == tiny["block_size"] and training.learning_rate == float(tiny["learning_rate"])
+    assert training.lr_scheduler_type.value == tiny["lr_scheduler_type"]
+    assert [str(r) for r in training.report_to] == [tiny["report_to"]]
+    assert training.save_strategy.value == "no"
+
+
+# --- 4. output folder problems: one line, before any data -----------------------------------------
+
+def test_a_file_in_the_way_of_the_output_folder_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    proc = run_script("--output_dir", tmp_path / "afile" / "run")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (f"error: cannot create output folder {str(tmp_path / 'afile' / 'run')!r}: "
+                                   f"{str(tmp_path / 'afile')!r} is a file, not a folder; choose another --output_dir")
+
+
+def test_an_unwritable_output_folder_is_one_line_before_any_data(tmp_path):
+    from hf_init.outputs import check_output_dir
+
+    if os.geteuid() == 0:  # root writes anywhere chmod forbids: use a read-only file system
+        target = Path("/sys/hf_init_run")
+        if os.access("/sys", os.W_OK) and not Path("/sys").exists():
+            pytest.skip("no read-only folder to try")
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        target = ro / "run"
+    with pytest.raises(UsageError, match=r"^cannot write output folder .*; choose another --output_dir$"):
+        check_output_dir(target, overwrite=False)
+    proc = run_script("--output_dir", target)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "cannot write output folder" in proc.stderr
+
+
+# --- 5. the saved tokenizer knows the context length ----------------------------------------------
+
+def test_saved_tokenizer_has_the_context_length_and_generation_past_it_works(kaiming_run):
+    from transformers import AutoTokenizer, pipeline
+
+    out, _ = kaiming_run
+    n_positions = json.loads((out / "config.json").read_text())["n_positions"]
+    assert n_positions == 32
+    assert AutoTokenizer.from_pretrained(out).model_max_length == n_positions
+    generate = pipeline("text-generation", model=str(out))
+    prompt = "def foo(x):\n    return x + 1\n" * 4  # longer than the context on its own
+    assert len(generate.tokenizer(prompt)["input_ids"]) > n_positions
+    # the README's snippet: the prompt is cut on the left so that prompt + new tokens fit the context
+    text = generate(prompt, max_new_tokens=20, handle_long_generation="hole", do_sample=False)[0]["generated_text"]
+    assert isinstance(text, str) and len(text) > 0
+    # asking for more new tokens than the context holds: refused with one line, not an IndexError
+    with pytest.raises(ValueError, match="exceeds the models max length") as err:
+        generate("def foo", max_new_tokens=100, handle_long_generation="hole")
+    assert len(str(err.value).splitlines()) == 1
+
+
+# --- 6. text files: one example per line; .tsv and .parquet ---------------------------------------
+
+LINES = [f"line {i}: the variance of a sum of {i} independent terms adds up." for i in range(40)]
+
+
+def test_a_txt_file_is_one_document_per_line_by_default(tmp_path):
+    from hf_init.data.args import DataArguments
+    from hf_init.data.loaders import load_raw_text
+
+    path = tmp_path / "train.txt"
+    path.write_text("\n".join(LINES[:20]) + "\n\n" + "\n".join(LINES[20:]) + "\n", encoding="utf-8")
+    raw, info = load_raw_text(DataArguments(train_file=str(path), validation_split_percentage=10))
+    docs = sorted(t.rstrip("\n") for split in raw.values() for t in split["text"])
+    assert docs == sorted(LINES) and len(raw["validation"]) == 4 and info["n_documents"] == 40
+    para, _ = load_raw_text(DataArguments(train_file=str(path), validation_split_percentage=50,
+                                          sample_by="paragraph"))
+    assert len(para["train"]) + len(para["validation"]) == 2
+    with pytest.raises(ValueError, match=r"1 training document\(s\) \(a \.txt file holds one document per "
+                                         r"document with --sample_by document; choose line, paragraph or document\)"):
+        load_raw_text(DataArguments(train_file=str(path), sample_by="document"))
+    with pytest.raises(UsageError, match="--sample_by must be one of line, paragraph, document, got 'lines'"):
+        DataArguments(sample_by="lines")
+
+
+def test_tsv_and_parquet_files_are_read(tmp_path):
+    import pandas as pd
+
+    from hf_init.data.args import DataArguments
+    from hf_init.data.loaders import load_raw_text
+
+    frame = pd.DataFrame({"id": range(len(LINES)), "body": [f"{t}, with a comma" for t in LINES]})
+    frame.to_csv(tmp_path / "train.tsv", sep="\t", index=False)
+    frame.to_parquet(tmp_path / "train.parquet")
+    for name in ("train.tsv", "train.parquet"):
+        raw, info = load_raw_text(DataArguments(train_file=str(tmp_path / name), text_column="body"))
+        assert sorted(t for split in raw.values() for t in split["text"]) == sorted(frame["body"]), name
+        assert info["n_documents"] == len(LINES)
