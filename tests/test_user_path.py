@@ -212,3 +212,79 @@ def test_tsv_and_parquet_files_are_read(tmp_path):
         raw, info = load_raw_text(DataArguments(train_file=str(tmp_path / name), text_column="body"))
         assert sorted(t for split in raw.values() for t in split["text"]) == sorted(frame["body"]), name
         assert info["n_documents"] == len(LINES)
+
+
+# --- 7. a quick, strict command line ---------------------------------------------------------------
+
+HEAVY = ("torch", "transformers", "datasets", "accelerate")
+
+
+def _modules_after(*argv):
+    """Run scripts/pretrain.py's main in a fresh interpreter; return (exit status, stderr, the heavy
+    modules it imported)."""
+    code = ("import sys, runpy; sys.argv = ['pretrain.py', *sys.argv[1:]]\n"
+            "try:\n    runpy.run_path(%r, run_name='__main__')\n"
+            "except SystemExit as e:\n    code = e.code\n"
+            "print('HEAVY', sorted(m for m in %r if m in sys.modules), file=sys.stderr)\n"
+            "sys.exit(code)\n") % (str(SCRIPT), HEAVY)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    *lines, heavy = proc.stderr.strip().splitlines()
+    return proc.returncode, proc.stdout, lines, heavy
+
+
+def test_help_and_a_mistyped_flag_answer_without_importing_torch_or_transformers():
+    rc, out, err, heavy = _modules_after("--help")
+    assert rc == 0 and heavy == "HEAVY []", (err, heavy)
+    assert "--learning_rate" in out and "(default: 0.001)" in out  # the built-in YAML's 1.0e-3
+    assert "--init_scheme" in out and "(default: 'gpt2')" in out and "--sample_by" in out
+    rc, out, err, heavy = _modules_after("--max_stepz", "3")
+    assert rc == 2 and heavy == "HEAVY []"
+    assert err == ["error: unknown argument --max_stepz (did you mean --max_steps? see --help for valid flags)"]
+
+
+@pytest.mark.parametrize("flag", ["--max_step", "--learn", "--init_sch"])
+def test_abbreviations_are_refused(flag):
+    from hf_init.args import check_flags, parse_args
+
+    with pytest.raises(UsageError, match=f"unknown argument {flag}"):
+        check_flags([flag, "3"])
+    # the full parser too (the quick check aside): allow_abbrev is off in the one YAML+flags parser
+    import argparse
+    from dataclasses import dataclass
+
+    from transformers import HfArgumentParser
+
+    from hf_init.cli import parse_yaml_and_cli
+
+    @dataclass
+    class A:
+        max_steps: int = 1
+        learning_rate: float = 0.1
+        init_scheme: str = "x"
+
+    with pytest.raises(UsageError, match=f"unknown argument.*{flag}"):
+        parse_yaml_and_cli(HfArgumentParser(A), [flag, "3"])
+
+
+def test_quick_flag_names_are_the_full_parsers():
+    """The names read from source are exactly the option strings HfArgumentParser builds."""
+    from hf_init.args import build_parser, flag_names
+
+    names = flag_names()
+    options = {o[2:].replace("-", "_") for a in build_parser()._actions for o in a.option_strings
+               if o.startswith("--") and o != "--help"}
+    assert {o for o in options if not (o.startswith("no_") and o[3:] in names)} == names
+
+
+def test_an_uninstalled_report_to_integration_is_one_line(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    proc = run_script("--report_to", "wandb", "--output_dir", tmp_path / "run")
+    assert proc.returncode == 2 and not (tmp_path / "run").exists()
+    assert proc.stderr.strip().splitlines() == [
+        "error: --report_to wandb: its package is not installed (pip install wandb); installed here: "
+        "tensorboard (or --report_to none)"]
