@@ -63,13 +63,14 @@ def run(argv: list[str], started: float | None = None) -> dict:
     import torch
     from transformers import Trainer, default_data_collator, set_seed
 
-    from .analysis.variance import format_summary, read_records, variance_table
+    from .analysis.variance import format_summary, variance_table
     from .callbacks import VARIANCE_FILE
     from .data.blocks import tokenize_and_group
     from .data.loaders import load_raw_text
     from .data.tokenizer import load_or_train_tokenizer
     from .modeling import build_model, init_report
     from .outputs import kept_until_success, write_json
+    from .records import read_records
     from .plots.pretrain import plot_run
     from .run_report import model_card_fields, print_summary, run_info
 
@@ -94,7 +95,7 @@ def run(argv: list[str], started: float | None = None) -> dict:
         trainer = Trainer(model=model, args=training_args, train_dataset=train_data, eval_dataset=eval_data,
                           processing_class=tokenizer, data_collator=default_data_collator,
                           compute_metrics=compute_metrics, preprocess_logits_for_metrics=preprocess_logits)
-        make_variance_callback(trainer, every=run_args.variance_steps)
+        make_variance_callback(trainer, out, every=run_args.variance_steps)
 
         train_result = trainer.train()
         eval_metrics = trainer.evaluate()
@@ -126,19 +127,26 @@ def run(argv: list[str], started: float | None = None) -> dict:
     return info
 
 
-def make_variance_callback(trainer, every: int | None):
-    """Add the Q/K/V variance callback to ``trainer``, writing ``variance.jsonl`` in the run folder
-    and, when the run reports to TensorBoard, the Q/K/V curves to the Trainer's own
-    ``TensorBoardCallback`` (taken with the public ``pop_callback`` and put back just before the
-    variance callback, so that its writer exists at step 0)."""
+def make_variance_callback(trainer, out: Path, every: int | None):
+    """Add the Q/K/V variance callback to ``trainer`` with its sinks: ``variance.jsonl`` in the run
+    folder and, when the run reports to TensorBoard, the Q/K/V curves through the Trainer's own
+    ``TensorBoardCallback`` writer (one TensorBoard stream per run). That callback is taken with the
+    public ``pop_callback`` and put back just before the variance callback, so that its writer
+    exists when step 0 is recorded. Sinks are only made on the main process (the one that writes)."""
     from transformers.integrations import TensorBoardCallback
 
-    from .callbacks import QKVVarianceCallback
+    from .callbacks import VARIANCE_FILE, QKVVarianceCallback
+    from .sinks import JsonlSink, TensorBoardSink
 
     tensorboard = trainer.pop_callback(TensorBoardCallback)
     if tensorboard is not None:
         trainer.add_callback(tensorboard)
-    callback = QKVVarianceCallback(every=every, tensorboard=tensorboard)
+    sinks = []
+    if trainer.args.process_index == 0:
+        sinks.append(JsonlSink(out / VARIANCE_FILE))
+        if tensorboard is not None:
+            sinks.append(TensorBoardSink(lambda: tensorboard.tb_writer, owns_writer=False))
+    callback = QKVVarianceCallback(sinks, every=every)
     trainer.add_callback(callback)
     return callback
 

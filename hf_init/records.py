@@ -61,6 +61,9 @@ STATISTICS: dict[str, str] = {
     "measured": "value measured on real networks (mean over seeds)",
     "measured_sem": "standard error of the measured mean over seeds",
     "relative_error": "measured / predicted - 1",
+    "tolerance": "allowed |relative_error|: k finite-width standard deviations of the seed mean",
+    "predicted_uncorrelated": "GPT-2 value predicted treating tokens as uncorrelated across positions",
+    "relative_error_uncorrelated": "measured / predicted_uncorrelated - 1",
 }
 
 

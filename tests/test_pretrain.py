@@ -41,8 +41,9 @@ def test_ten_step_run_leaves_a_complete_run_folder(tiny_run):
         assert (out / name).is_file(), name
     assert list((out / "runs").rglob("events.out.tfevents.*"))
     records = [json.loads(line) for line in (out / "variance.jsonl").read_text().splitlines()]
-    keys = [(r["step"], r["layer"]) for r in records]
-    assert sorted(keys) == [(s, layer) for s in (0, 5, 10) for layer in range(2)]
+    keys = [(r["step"], r["layer"], r["role"]) for r in records]  # one record per (step, layer, role)
+    assert sorted(keys) == sorted((s, layer, role) for s in (0, 5, 10) for layer in range(2)
+                                  for role in ("q", "k", "v", "attn_proj", "mlp_fc", "mlp_proj"))
     info = json.loads((out / "run_info.json").read_text())
     assert info["world_size"] == 1 and info["optimizer_steps"] == 10
     assert info["tokens_seen"] == 10 * 4 * 32
@@ -66,7 +67,7 @@ def test_tensorboard_has_the_qkv_curves_from_step_0(tiny_run):
         for name in "qkv":
             events = acc.Scalars(f"{name}_var/layer_{layer:02d}")
             assert [e.step for e in events] == [0, 5, 10]
-            expected = {r["step"]: r[name] for r in records if r["layer"] == layer}
+            expected = {r["step"]: r["var"] for r in records if r["layer"] == layer and r["role"] == name}
             assert [e.value for e in events] == pytest.approx([expected[e.step] for e in events], rel=1e-6)
     assert "train/loss" in acc.Tags()["scalars"]  # the Trainer's own logs still go to the same writer
 
@@ -86,9 +87,9 @@ def test_saved_model_and_tokenizer_load_with_stock_classes(tiny_run):
         logits = model(ids).logits
     assert logits.shape == (1, ids.shape[1], 300) and torch.isfinite(logits).all()
     # the last record holds the saved weights: check one Q variance against them
-    last = [json.loads(line) for line in (out / "variance.jsonl").read_text().splitlines()][-1]
+    last = [r for r in map(json.loads, (out / "variance.jsonl").read_text().splitlines()) if r["role"] == "q"][-1]
     w = model.transformer.h[last["layer"]].attn.c_attn.weight.detach().double()
-    assert last["q"] == pytest.approx(w[:, :32].var(unbiased=False).item(), rel=1e-6)
+    assert last["var"] == pytest.approx(w[:, :32].var(unbiased=False).item(), rel=1e-6)
 
 
 def assert_clean_failure(proc, *words):
@@ -169,13 +170,15 @@ def test_shipped_configs_only_use_known_keys():
             assert set(read_yaml_config(cfg)) <= known, cfg.name
 
 
-def test_variance_table_summary_on_hand_made_records():
+def test_variance_table_summary_on_hand_made_records(tmp_path):
     from hf_init.analysis.variance import half_change_steps, layer_spread, start_end_summary, variance_table
+    from hf_init.records import make_record, read_records, write_records
 
     # layer 0: 1 -> 2 by step 10 (half the change by step 10); layer 1: 1 -> 5, half by step 20
     values = {0: {0: 1.0, 10: 1.8, 20: 1.9, 30: 2.0}, 1: {0: 1.0, 10: 2.0, 20: 3.5, 30: 5.0}}
-    records = [{"step": s, "layer": l, "q": v, "k": v, "v": v} for l, row in values.items() for s, v in row.items()]
-    table = variance_table(records[::-1])  # order in the file does not matter
+    records = [make_record(s, l, role, {"var": v}) for l, row in values.items() for s, v in row.items()
+               for role in "qkv"]
+    table = variance_table(read_records(write_records(tmp_path / "v.jsonl", records[::-1])))  # order does not matter
     assert table.steps.tolist() == [0, 10, 20, 30]
     assert half_change_steps(table, "q").tolist() == [10, 20]
     rows = start_end_summary(table)
@@ -197,8 +200,9 @@ def test_two_process_ddp_on_cpu(tmp_path):
     info = json.loads((out / "run_info.json").read_text())
     assert info["world_size"] == 2
     assert info["tokens_seen"] == 6 * 4 * 2 * 32  # steps x per-device batch x ranks x block
-    keys = [(r["step"], r["layer"]) for r in map(json.loads, (out / "variance.jsonl").read_text().splitlines())]
-    assert sorted(keys) == [(s, layer) for s in (0, 5, 6) for layer in range(2)]
+    keys = [(r["step"], r["layer"], r["role"]) for r in map(json.loads, (out / "variance.jsonl").read_text().splitlines())]
+    assert sorted(keys) == sorted((s, layer, role) for s in (0, 5, 6) for layer in range(2)
+                                  for role in ("q", "k", "v", "attn_proj", "mlp_fc", "mlp_proj"))
 
 
 @pytest.mark.parametrize("name", ["generation_config.json", "tokenizer_config.json", "training_args.bin"])
