@@ -288,3 +288,33 @@ def test_an_uninstalled_report_to_integration_is_one_line(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "error: --report_to wandb: its package is not installed (pip install wandb); installed here: "
         "tensorboard (or --report_to none)"]
+
+
+# --- 8. the studies: consistent with each other ---------------------------------------------------
+
+def test_heatmap_cells_are_centred_on_their_recorded_steps(tmp_path, monkeypatch):
+    import numpy as np
+
+    from hf_init.analysis.variance import variance_table
+    from hf_init.plots import pretrain as plots
+    from hf_init.records import make_record, read_records, write_records
+
+    steps = [0, 10, 20, 25]  # the last step off the recording grid, as a run's final step can be
+    records = [make_record(s, layer, role, {"var": 1.0 + s + layer}) for s in steps for layer in range(3)
+               for role in "qkv"]
+    table = variance_table(read_records(write_records(tmp_path / "v.jsonl", records)))
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig) or path)
+    plots.variance_heatmap(table, tmp_path / "h.png")
+    mesh = figures[0].axes[0].collections[0]
+    xy = np.asarray(mesh.get_coordinates())  # (layers + 1, steps + 1, 2) cell corners
+    x_edges, y_edges = xy[0, :, 0], xy[:, 0, 1]
+    # each cell spans half the smaller gap to its neighbours on each side: 20 has neighbours 10 and 25,
+    # so [17.5, 22.5], and the strip 15 .. 17.5 is left empty
+    assert x_edges.tolist() == [-5, 5, 15, 17.5, 22.5, 27.5]
+    z = np.ma.getdata(mesh.get_array()).reshape(3, 5)
+    mask = np.ma.getmaskarray(mesh.get_array()).reshape(3, 5)
+    drawn = [j for j in range(5) if not mask[0, j]]
+    assert [(x_edges[j] + x_edges[j + 1]) / 2 for j in drawn] == steps
+    assert ((y_edges[1:] + y_edges[:-1]) / 2).tolist() == [0, 1, 2]
+    assert z[2, drawn[2]] == pytest.approx(np.log10(1 + 20 + 2))  # cell (layer 2, step 20)
