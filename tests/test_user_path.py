@@ -63,12 +63,11 @@ def test_options_a_scheme_reads_are_accepted():
 
 def test_scheme_options_table_matches_the_std_rules():
     """SCHEME_OPTIONS lists exactly the options that change some weight's std under each scheme."""
-    from hf_init.schemes import SCHEME_OPTIONS, SCHEMES, SchemeOptions, WeightSpec
+    from hf_init.schemes import ROLES, SCHEME_OPTIONS, SCHEMES, SchemeOptions, WeightSpec
 
     assert set(SCHEME_OPTIONS) == set(SCHEMES)
     changed = {"std": 0.3, "initializer_range": 0.05, "fan_mode": "fan_out", "nonlinearity": "tanh", "gain": 3.0}
-    specs = [WeightSpec(role, 64, 256, n_layer=4, d_model=64)
-             for role in ("wte", "wpe", "query", "key", "value", "attn_out", "mlp_in", "mlp_out")]
+    specs = [WeightSpec(role, 64, 256, n_layer=4, d_model=64) for role in sorted(ROLES)]
     for name, scheme in SCHEMES.items():
         base = SchemeOptions(std=0.1)
         for option, value in changed.items():
@@ -81,13 +80,13 @@ def test_the_summary_prints_the_std_each_weight_kind_got(kaiming_run):
     out, proc = kaiming_run
     # kaiming_normal, fan_in, relu: sqrt(2 / fan_in); n_embd 32, MLP 4 * 32 = 128 wide; embeddings r = 0.02
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("init kaiming_normal"))
-    assert f"{math.sqrt(2 / 32):.4g} (" in line and f"{math.sqrt(2 / 128):.4g} (mlp_out)" in line
+    assert f"{math.sqrt(2 / 32):.4g} (" in line and f"{math.sqrt(2 / 128):.4g} (mlp_proj)" in line
     assert "0.02 (" in line and "None" not in line
     stds = json.loads((out / "run_info.json").read_text())["init"]["std_by_weight"]
-    assert stds["mlp_out"]["scheme"] == pytest.approx(math.sqrt(2 / 128))
-    assert stds["mlp_in"]["scheme"] == pytest.approx(math.sqrt(2 / 32))
-    # measured on the freshly built weights (32 x 128 draws for mlp_in): within 5% of the scheme
-    assert stds["mlp_in"]["measured"] == pytest.approx(math.sqrt(2 / 32), rel=0.05)
+    assert stds["mlp_proj"]["scheme"] == pytest.approx(math.sqrt(2 / 128))
+    assert stds["mlp_fc"]["scheme"] == pytest.approx(math.sqrt(2 / 32))
+    # measured on the freshly built weights (32 x 128 x 2 draws for mlp_fc): within 5% of the scheme
+    assert stds["mlp_fc"]["measured"] == pytest.approx(math.sqrt(2 / 32), rel=0.05)
 
 
 def test_unused_option_fails_the_script_in_one_line_before_writing(tmp_path):
