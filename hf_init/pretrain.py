@@ -158,7 +158,7 @@ def check_hub_access(token: str | None = None) -> None:
 
         whoami(token=token)
     except Exception as err:  # offline mode, no token, no network: all end the same way
-        reason = " ".join(str(err).split())[:200]
+        reason = " ".join(str(err).split())  # whole: a cut message loses the URL or the fix
         raise UsageError(f"--push_to_hub needs the Hugging Face Hub and a login (`hf auth login`), "
                          f"which failed: {reason}; train without --push_to_hub and upload the run folder "
                          f"later with `hf upload`") from None

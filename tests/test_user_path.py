@@ -317,3 +317,54 @@ def test_heatmap_cells_are_centred_on_their_recorded_steps(tmp_path, monkeypatch
     assert [(x_edges[j] + x_edges[j + 1]) / 2 for j in drawn] == steps
     assert ((y_edges[1:] + y_edges[:-1]) / 2).tolist() == [0, 1, 2]
     assert z[2, drawn[2]] == pytest.approx(np.log10(1 + 20 + 2))  # cell (layer 2, step 20)
+
+
+def test_a_one_std_stable_band_is_a_visible_strip(tmp_path, monkeypatch):
+    import numpy as np
+    from matplotlib.patches import Polygon, Rectangle
+
+    from hf_init.plots import mlp as plots
+
+    stds = [1e-2, 1e-1, 1.0, 10.0]
+    rows = [{"depth": 2, "std": s, "seed": 0, "final_train_loss": 1.0, "final_test_loss": 1.0, "final_test_acc": 0.5,
+             "regime": "stable" if s == 1e-1 else "vanishing"} for s in stds]
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig) or path)
+    plots.sweep_metrics(rows, {"2": {"lo": 0.1, "hi": 0.1}}, tmp_path / "m.png")
+    spans = [p for p in figures[0].axes[0].patches if isinstance(p, (Polygon, Rectangle))]
+    assert len(spans) == 1
+    xs = spans[0].get_xy()[:, 0] if isinstance(spans[0], Polygon) else [spans[0].get_x(), spans[0].get_x() + spans[0].get_width()]
+    # out to the geometric midpoints with the neighbours: sqrt(0.01 * 0.1) .. sqrt(0.1 * 1)
+    assert min(xs) == pytest.approx(np.sqrt(1e-3)) and max(xs) == pytest.approx(np.sqrt(0.1))
+    # at the grid's end: half a grid step (a factor sqrt(10)) beyond the last std
+    assert plots.band_span(stds, 1.0, 10.0) == pytest.approx((np.sqrt(0.1 * 1.0), 10.0 * np.sqrt(10.0)))
+
+
+def test_study_summary_records_the_package_versions(tmp_path):
+    import importlib.util
+
+    import torch
+    import transformers
+
+    spec = importlib.util.spec_from_file_location("mlp_init_compare", ROOT / "scripts" / "mlp_init_compare.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "cmp"
+    assert mod.main(["--dataset", "wine", "--seeds", "2", "--epochs", "1", "--activations", "relu",
+                     "--output_dir", str(out), "--no_progress"]) in (None, 0)
+    versions = json.loads((out / "summary.json").read_text())["versions"]
+    assert versions["torch"] == torch.__version__ and versions["transformers"] == transformers.__version__
+    assert versions["python"] == ".".join(map(str, sys.version_info[:3]))
+
+
+def test_offline_push_to_hub_message_is_whole(tmp_path):
+    from huggingface_hub import whoami
+
+    try:
+        whoami()
+        pytest.skip("logged in to a reachable Hub")
+    except Exception as err:
+        expected = " ".join(str(err).split())
+    proc = run_script("--push_to_hub", "true", "--output_dir", tmp_path / "run")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert expected in proc.stderr and proc.stderr.strip().endswith("upload the run folder later with `hf upload`")
