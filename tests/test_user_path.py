@@ -368,3 +368,22 @@ def test_offline_push_to_hub_message_is_whole(tmp_path):
     proc = run_script("--push_to_hub", "true", "--output_dir", tmp_path / "run")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert expected in proc.stderr and proc.stderr.strip().endswith("upload the run folder later with `hf upload`")
+
+
+def test_after_the_setup_a_plain_accelerate_launch_prints_one_line(tmp_path):
+    """The README's set-up (python -m hf_init.accelerate_config) then `accelerate launch -q`: no
+    "values were not passed" block, and a bad flag is the script's one line (no launcher traceback)."""
+    import shutil
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
+    env.pop("OMP_NUM_THREADS", None)
+    setup = subprocess.run([sys.executable, "-m", "hf_init.accelerate_config"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert setup.returncode == 0 and (tmp_path / "hf" / "accelerate" / "default_config.yaml").is_file()
+    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    proc = subprocess.run([launcher, "launch", "-q", str(SCRIPT), "--max_stepz", "1"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        "error: unknown argument --max_stepz (did you mean --max_steps? see --help for valid flags)"]
+    assert "were not passed" not in proc.stdout
