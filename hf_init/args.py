@@ -5,6 +5,10 @@ anything is read or written), and :func:`parse_args`.
 The built-in default config, ``hf_init/configs/pretrain_tiny.yaml``, ships inside the package
 (package data), so it is found from an installed copy too; a user YAML is applied on top of it
 (see :func:`hf_init.cli.parse_yaml_and_cli`).
+
+transformers is imported only once the flag names have been checked (:func:`check_flags`) and
+``--help`` answered (:func:`help_text`): both read ``TrainingArguments``' fields from its source,
+so they answer in a fraction of a second; :class:`PretrainTrainingArguments` is made on first use.
 """
 
 from __future__ import annotations
@@ -13,9 +17,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser, TrainingArguments
-
-from .cli import UsageError, parse_yaml_and_cli
+from .cli import UsageError, check_flag_names, dataclass_flags, format_flag_help, parse_yaml_and_cli, read_yaml_config
 from .data.args import DataArguments
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
@@ -45,6 +47,23 @@ class ModelArguments:
             raise UsageError(f"dropout must be in [0, 1), got {self.dropout}")
         _check_shape({"n_layer": self.n_layer, "n_embd": self.n_embd, "n_head": self.n_head})
         validate_init_config(self)
+        self._refuse_unused_options()
+
+    def _refuse_unused_options(self) -> None:
+        """An option the scheme does not read would be recorded (config.json, run_info.json) as if
+        it had shaped the weights: refuse it in one line naming what the scheme does read."""
+        from .modeling import _OPTION_ATTRS, scheme_options
+        from .schemes import SCHEME_OPTIONS, unused_options
+
+        flag = {opt: attr for attr, opt in _OPTION_ATTRS.items()}  # SchemeOptions field -> flag name
+        unused = unused_options(self.init_scheme, scheme_options(self))
+        if unused:
+            used = [flag[o] for o in SCHEME_OPTIONS[self.init_scheme]]
+            readers = sorted(n for n, opts in SCHEME_OPTIONS.items() if unused[0] in opts)
+            raise UsageError(
+                f"init scheme {self.init_scheme!r} does not use {', '.join('--' + flag[o] for o in unused)} "
+                f"(it reads {', '.join('--' + u for u in used) or 'no option'}); drop it, or pick a scheme "
+                f"that reads --{flag[unused[0]]}: {', '.join(readers)}")
 
 
 @dataclass
@@ -61,44 +80,104 @@ class RunArguments:
             raise UsageError(f"variance_steps must be >= 1, got {self.variance_steps}")
 
 
-@dataclass
-class PretrainTrainingArguments(TrainingArguments):
-    """``TrainingArguments`` whose optimizer, schedule and batch values are checked when parsed:
-    torch or the Trainer would only reject them once training (or the final evaluation) is under way."""
+def _training_arguments_class():
+    """:class:`PretrainTrainingArguments`, defined on first use (it subclasses transformers'
+    ``TrainingArguments``, whose import takes seconds) as ``hf_init.args.PretrainTrainingArguments``
+    (so ``training_args.bin`` unpickles)."""
+    if "PretrainTrainingArguments" in globals():
+        return globals()["PretrainTrainingArguments"]
+    from transformers import TrainingArguments
 
-    def __post_init__(self):
-        super().__post_init__()
-        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
-        self._finite("learning_rate", 0)
-        self._finite("weight_decay", 0)
-        self._finite("adam_beta1", 0, high=1)
-        self._finite("adam_beta2", 0, high=1)
-        self._finite("adam_epsilon", 0)
-        self._finite("max_grad_norm", 0)
-        if self.warmup_steps < 0:
-            raise UsageError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.max_steps <= 0:
-            if self.max_steps != -1:
-                raise UsageError(f"max_steps must be >= 1 (or -1: train for num_train_epochs), got {self.max_steps}")
-            self._finite("num_train_epochs", 0, strict=True)
-        if self.resume_from_checkpoint:
-            # not wired: trainer.train() would need it, variance.jsonl would have to be appended without the
-            # steps after the checkpoint, and the tokenizer would have to come from the checkpoint
-            raise UsageError(f"--resume_from_checkpoint is not supported by scripts/pretrain.py (got "
-                             f"{self.resume_from_checkpoint!r}); start a new run in another --output_dir")
+    @dataclass
+    class PretrainTrainingArguments(TrainingArguments):
+        """``TrainingArguments`` whose optimizer, schedule and batch values are checked when parsed:
+        torch or the Trainer would only reject them once training (or the final evaluation) is under way."""
 
-    def _finite(self, name: str, low: float, strict: bool = False, high: float | None = None) -> None:
-        v = getattr(self, name)
-        ok = v is not None and math.isfinite(v) and (v > low if strict else v >= low) and (high is None or v < high)
-        if not ok:
-            allowed = f"{'>' if strict else '>='} {low}" + (f" and < {high}" if high is not None else "")
-            raise UsageError(f"{name} must be a finite number {allowed}, got {v}")
+        def __post_init__(self):
+            super().__post_init__()
+            for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+                if getattr(self, name) < 1:
+                    raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
+            self._finite("learning_rate", 0)
+            self._finite("weight_decay", 0)
+            self._finite("adam_beta1", 0, high=1)
+            self._finite("adam_beta2", 0, high=1)
+            self._finite("adam_epsilon", 0)
+            self._finite("max_grad_norm", 0)
+            if self.warmup_steps < 0:
+                raise UsageError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+            if self.max_steps <= 0:
+                if self.max_steps != -1:
+                    raise UsageError(f"max_steps must be >= 1 (or -1: train for num_train_epochs), got {self.max_steps}")
+                self._finite("num_train_epochs", 0, strict=True)
+            self._check_report_to()
+            if self.resume_from_checkpoint:
+                # not wired: trainer.train() would need it, variance.jsonl would have to be appended without the
+                # steps after the checkpoint, and the tokenizer would have to come from the checkpoint
+                raise UsageError(f"--resume_from_checkpoint is not supported by scripts/pretrain.py (got "
+                                 f"{self.resume_from_checkpoint!r}); start a new run in another --output_dir")
+
+        def _check_report_to(self) -> None:
+            """An integration whose package is missing: one line now, not the Trainer's traceback later."""
+            from transformers.integrations import get_available_reporting_integrations
+
+            available = get_available_reporting_integrations()
+            missing = [r for r in (self.report_to or []) if r not in available]
+            if missing:
+                raise UsageError(f"--report_to {missing[0]}: its package is not installed (pip install {missing[0]}); "
+                                 f"installed here: {', '.join(available) or 'none'} (or --report_to none)")
+
+        def _finite(self, name: str, low: float, strict: bool = False, high: float | None = None) -> None:
+            v = getattr(self, name)
+            ok = v is not None and math.isfinite(v) and (v > low if strict else v >= low) and (high is None or v < high)
+            if not ok:
+                allowed = f"{'>' if strict else '>='} {low}" + (f" and < {high}" if high is not None else "")
+                raise UsageError(f"{name} must be a finite number {allowed}, got {v}")
+
+    PretrainTrainingArguments.__qualname__ = "PretrainTrainingArguments"  # pickled by this name
+    globals()["PretrainTrainingArguments"] = PretrainTrainingArguments
+    return PretrainTrainingArguments
 
 
-def build_parser() -> HfArgumentParser:
-    return HfArgumentParser((ModelArguments, DataArguments, RunArguments, PretrainTrainingArguments))
+def __getattr__(name: str):
+    if name == "PretrainTrainingArguments":
+        return _training_arguments_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+#: Where the Trainer's flags come from (read from source by the quick path, never imported there).
+TRAINING_ARGUMENTS_SOURCE = ("transformers.training_args", "TrainingArguments")
+
+
+def _flag_groups():
+    from .cli import source_dataclass_flags
+
+    return [("model", dataclass_flags(ModelArguments)), ("data", dataclass_flags(DataArguments)),
+            ("run", dataclass_flags(RunArguments)),
+            ("training (transformers TrainingArguments)", source_dataclass_flags(*TRAINING_ARGUMENTS_SOURCE))]
+
+
+def flag_names() -> set[str]:
+    """Every flag name of the script (without ``--``), from the dataclasses, importing nothing heavy."""
+    return {name for _, flags in _flag_groups() for name, _, _ in flags}
+
+
+def help_text() -> str:
+    """The flags, each with its help and its default (the built-in YAML's value where it sets one)."""
+    return ("usage: scripts/pretrain.py [config.yaml] [--flag value ...]"
+            + format_flag_help(_flag_groups(), read_yaml_config(DEFAULT_CONFIG)))
+
+
+def check_flags(argv: list[str]) -> None:
+    """One line for a flag no dataclass declares, before transformers is imported."""
+    check_flag_names(argv, flag_names())
+
+
+def build_parser():
+    from transformers import HfArgumentParser
+
+    return HfArgumentParser((ModelArguments, DataArguments, RunArguments, _training_arguments_class()),
+                            allow_abbrev=False)
 
 
 def accelerator_available() -> bool:
@@ -113,6 +192,7 @@ def parse_args(argv: list[str]):
     """``[config.yaml] [--flag value ...]`` on top of :data:`DEFAULT_CONFIG`. Returns
     ``(model_args, data_args, run_args, training_args, config_path)``; bad values raise
     :class:`~hf_init.cli.UsageError` (one line)."""
+    check_flags(argv)
     parser = build_parser()
     if not accelerator_available():
         # Without use_cpu, TrainingArguments under `accelerate launch --multi_gpu` on a machine with

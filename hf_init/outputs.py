@@ -36,13 +36,37 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool, markers: Iterable
                      flag: str = "--overwrite") -> list[str]:
     """Refuse (:class:`UsageError`, one line naming the folder, what it holds and ``flag``) an
     output folder that already holds outputs (see :func:`existing_outputs`), unless ``overwrite``.
-    Returns what it holds (for :func:`kept_until_success`). Writes nothing."""
+    Returns what it holds (for :func:`kept_until_success`). Also refuses, in one line, a folder that
+    cannot be written (see :func:`check_writable`), so the run fails before any data is read.
+    Leaves nothing behind."""
     found = existing_outputs(path, markers)
+    check_writable(path)
     if found and not overwrite:
         raise UsageError(f"output folder {str(path)!r} already holds {', '.join(found[:4])}"
                          f"{', ...' if len(found) > 4 else ''}; pass {flag} to replace it or choose another "
                          f"--output_dir")
     return found
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """:class:`UsageError` (one line) unless the output folder ``path`` can be created and written:
+    a file in the way of it or of a parent folder, a read-only or full file system, no permission.
+    Probes with a temporary folder made (and removed at once) in ``path`` or, when ``path`` does not
+    exist yet, in its nearest existing parent; creates nothing that stays."""
+    import tempfile
+
+    out = Path(path)
+    parent = out
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"cannot create output folder {str(out)!r}: {str(parent)!r} is a file, not a folder; "
+                         f"choose another --output_dir")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".hf_init-write-probe-", dir=parent))
+    except OSError as err:
+        raise UsageError(f"cannot write output folder {str(out)!r}: {err.strerror or err} in {str(parent)!r}; "
+                         f"choose another --output_dir") from None
 
 
 def move_aside(path: str | os.PathLike, found: list[str]) -> Path:

@@ -68,7 +68,7 @@ def run(argv: list[str], started: float | None = None) -> dict:
     from .data.blocks import tokenize_and_group
     from .data.loaders import load_raw_text
     from .data.tokenizer import load_or_train_tokenizer
-    from .modeling import build_model
+    from .modeling import build_model, init_report
     from .outputs import kept_until_success, write_json
     from .records import read_records
     from .plots.pretrain import plot_run
@@ -86,6 +86,8 @@ def run(argv: list[str], started: float | None = None) -> dict:
     config = model_config(model_args, vocab_size=len(tokenizer), n_positions=block_size, tokenizer=tokenizer)
     set_seed(training_args.seed)
     model = build_model(config)
+    init_rows = init_report(model)  # the std each weight kind got, before training moves it
+    tokenizer.model_max_length = config.n_positions  # saved with it: pipelines truncate to the context
 
     out = Path(training_args.output_dir)
     with kept_until_success(out, found, active=training_args.process_index == 0):
@@ -112,7 +114,8 @@ def run(argv: list[str], started: float | None = None) -> dict:
                             block_size=block_size, vocab_size=len(tokenizer), training_args=training_args,
                             n_parameters=sum(p.numel() for p in model.parameters()),
                             steps=trainer.state.global_step, train_result=train_result, eval_metrics=eval_metrics,
-                            variance_file=VARIANCE_FILE, table=table, figures=figures, out=out, started=started)
+                            variance_file=VARIANCE_FILE, table=table, figures=figures, out=out, started=started,
+                            init_rows=init_rows)
             write_json(out / RUN_INFO, info)
             trainer.create_model_card(**model_card_fields(info))  # README.md in the run folder
             print_summary(info, format_summary(table), out)
@@ -155,7 +158,7 @@ def check_hub_access(token: str | None = None) -> None:
 
         whoami(token=token)
     except Exception as err:  # offline mode, no token, no network: all end the same way
-        reason = " ".join(str(err).split())[:200]
+        reason = " ".join(str(err).split())  # whole: a cut message loses the URL or the fix
         raise UsageError(f"--push_to_hub needs the Hugging Face Hub and a login (`hf auth login`), "
                          f"which failed: {reason}; train without --push_to_hub and upload the run folder "
                          f"later with `hf upload`") from None

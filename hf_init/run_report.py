@@ -26,11 +26,42 @@ def versions() -> dict:
             "tokenizers": tokenizers.__version__, "platform": platform.platform()}
 
 
-def init_info(config) -> dict:
-    """The init scheme and its options, as recorded on the GPT2Config."""
-    return {"scheme": config.init_scheme, "std": config.init_std, "fan_mode": config.init_fan_mode,
+def init_info(config, init_rows: list[dict] | None = None) -> dict:
+    """The init scheme and its options, as recorded on the GPT2Config, and (``init_rows``, the rows of
+    :func:`hf_init.modeling.init_report` taken at initialization) the std each weight kind got: the
+    scheme's value and the one measured on the freshly initialized weights."""
+    info = {"scheme": config.init_scheme, "std": config.init_std, "fan_mode": config.init_fan_mode,
             "nonlinearity": config.init_nonlinearity, "gain": config.init_gain,
             "initializer_range": config.initializer_range}
+    if init_rows is not None:
+        info["std_by_weight"] = {r["role"]: {"scheme": r["scheme_std"], "measured": r["measured_std"]}
+                                 for r in init_rows}
+    return info
+
+
+def format_init_stds(init: dict) -> str:
+    """``init kaiming_normal: std 0.25 (query, key, ...), 0.02 (wte, wpe)``: the std each weight kind
+    got from the scheme, weight kinds with the same std together (not the --init_std flag, which
+    only the `normal` scheme reads)."""
+    groups: dict[float, list[str]] = {}
+    for role, stds in (init.get("std_by_weight") or {}).items():
+        groups.setdefault(round(stds["scheme"], 12), []).append(role)
+    parts = [f"{std:.4g} ({', '.join(roles)})" for std, roles in sorted(groups.items(), reverse=True)]
+    return f"init {init['scheme']}: std " + ", ".join(parts) if parts else f"init {init['scheme']}"
+
+
+#: What a run folder can hold, each with the entries that show it is there, in the printed order.
+_OUTPUTS = (("model", ("model.safetensors", "config.json")), ("tokenizer", ("tokenizer.json",)),
+            ("variance.jsonl", ("variance.jsonl",)), ("figures/", ("figures",)), ("runs/ (TensorBoard)", ("runs",)),
+            ("checkpoint-*/", ("checkpoint-*",)), (RUN_INFO, (RUN_INFO,)), ("README.md (model card)", ("README.md",)))
+
+
+def outputs_present(out: Path) -> list[str]:
+    """The names of :data:`_OUTPUTS` that ``out`` holds (only those: a run reporting to no TensorBoard
+    has no ``runs/``, one that saved no checkpoint has no ``checkpoint-*/``)."""
+    out = Path(out)
+    return [label for label, names in _OUTPUTS
+            if any((list(out.glob(n)) if "*" in n else (out / n).exists()) for n in names)]
 
 
 def n_rows(dataset) -> int | None:
@@ -43,7 +74,7 @@ def n_rows(dataset) -> int | None:
 
 def run_info(*, argv, config_path, args, config, corpus, train_data, eval_data, block_size: int, vocab_size: int,
              training_args, n_parameters: int, steps: int, train_result, eval_metrics: dict, variance_file: str,
-             table, figures, out: Path, started: float) -> dict:
+             table, figures, out: Path, started: float, init_rows: list[dict] | None = None) -> dict:
     """The ``run_info.json`` dict. ``args`` = (model, data, run) argument dataclasses; ``table`` the
     variance table of the run's records; ``figures`` the paths written under ``out``."""
     model_args, data_args, run_args = args
@@ -58,7 +89,7 @@ def run_info(*, argv, config_path, args, config, corpus, train_data, eval_data, 
         "config_file": str(config_path) if config_path else None,
         "config": {"model": asdict(model_args), "data": asdict(data_args), "run": asdict(run_args),
                    "training": training_args.to_dict()},
-        "init": init_info(config),
+        "init": init_info(config, init_rows),
         "seed": training_args.seed,
         "corpus": corpus,
         "blocks": {"train": n_rows(train_data), "validation": n_rows(eval_data), "block_size": block_size},
@@ -93,9 +124,10 @@ def model_card_fields(info: dict) -> dict:
 def print_summary(info: dict, table_text: str, out: Path) -> None:
     print()
     print(table_text)
-    print(f"init {info['init']['scheme']} (std {info['init']['std']}), {info['n_parameters']:,} parameters, "
+    print(format_init_stds(info["init"]))
+    print(f"{info['n_parameters']:,} parameters, "
           f"world size {info['world_size']}, {info['optimizer_steps']} steps, {info['tokens_seen']:,} tokens "
           f"in {info['train_runtime_s']:.1f} s ({info['tokens_per_second']:,.0f} tokens/s)")
     print(f"eval loss {info['eval_loss']:.4f}, perplexity {info['perplexity']:.2f}, "
           f"next-token accuracy {info['next_token_accuracy']:.4f} ({info['eval_tokens']} tokens)")
-    print(f"run folder {out}: model + tokenizer, variance.jsonl, figures/, runs/ (TensorBoard), {RUN_INFO}")
+    print(f"run folder {out}: {', '.join(outputs_present(out))}")

@@ -256,3 +256,26 @@ def get_scheme(name: str) -> Scheme:
 def scheme_std(name: str, spec: WeightSpec, options: SchemeOptions | None = None) -> float:
     """Shortcut: the std the scheme ``name`` gives a weight of ``spec``."""
     return get_scheme(name).std(spec, options)
+
+
+#: The options (``SchemeOptions`` fields) each scheme's std rule reads; any other option has no
+#: effect on that scheme, so setting it is refused (:func:`unused_options`) instead of being recorded
+#: as if it had been used.
+SCHEME_OPTIONS: dict[str, tuple[str, ...]] = {
+    "gpt2": ("initializer_range",),
+    "normal": ("std",),
+    "xavier_normal": ("gain", "initializer_range"),
+    "xavier_uniform": ("gain", "initializer_range"),
+    "kaiming_normal": ("fan_mode", "nonlinearity", "initializer_range"),
+    "kaiming_uniform": ("fan_mode", "nonlinearity", "initializer_range"),
+    "small_init": (),
+    "deepnet": (),
+}
+
+
+def unused_options(name: str, options: SchemeOptions) -> list[str]:
+    """The ``SchemeOptions`` fields set away from their defaults that scheme ``name`` does not read."""
+    used = SCHEME_OPTIONS[get_scheme(name).name]
+    default = SchemeOptions()
+    return [f for f in ("std", "initializer_range", "fan_mode", "nonlinearity", "gain")
+            if f not in used and getattr(options, f) != getattr(default, f)]

@@ -20,8 +20,14 @@ from hf_init.cli import fail_cleanly  # noqa: E402
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
+    if "-h" in argv or "--help" in argv:  # answered from the dataclasses' source: no torch, no transformers
+        from hf_init.args import help_text
+
+        print(__doc__.strip() + "\n\n" + help_text())
+        return 0
+    from hf_init.args import check_flags
+
+    check_flags(argv)  # a mistyped flag: one line before the heavy imports
     from hf_init.pretrain import run
 
     run(argv, started=_STARTED)

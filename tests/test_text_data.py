@@ -82,7 +82,8 @@ def test_local_txt_jsonl_csv_load(tmp_path):
     (tmp_path / "train.txt").write_text(text, encoding="utf-8")
     (tmp_path / "valid.txt").write_text("One held-out paragraph.\n\nAnd another.\n", encoding="utf-8")
     raw, info = load_raw_text(
-        DataArguments(train_file=str(tmp_path / "train.txt"), validation_file=str(tmp_path / "valid.txt"))
+        DataArguments(train_file=str(tmp_path / "train.txt"), validation_file=str(tmp_path / "valid.txt"),
+                      sample_by="paragraph")
     )
     expected = [p for p in text.split("\n\n") if p]
     assert list(raw["train"]["text"]) == expected
@@ -173,9 +174,9 @@ def test_bad_files_and_arguments(tmp_path):
     ok = _write_jsonl(tmp_path / "train.jsonl", PARAGRAPHS)
     with pytest.raises(FileNotFoundError, match="valid.jsonl"):
         load_raw_text(DataArguments(train_file=ok, validation_file=str(tmp_path / "valid.jsonl")))
-    (tmp_path / "train.parquet").write_bytes(b"")
+    (tmp_path / "train.xlsx").write_bytes(b"")
     with pytest.raises(ValueError, match=r"allowed: \.txt.*\.jsonl.*\.csv"):
-        load_raw_text(DataArguments(train_file=str(tmp_path / "train.parquet")))
+        load_raw_text(DataArguments(train_file=str(tmp_path / "train.xlsx")))
     with pytest.raises(ValueError, match="has no column 'body'.*text"):
         load_raw_text(DataArguments(train_file=ok, text_column="body"))
     with pytest.raises(ValueError, match="vocab_size must be an integer >= 257"):

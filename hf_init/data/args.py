@@ -10,6 +10,8 @@ from hf_init.cli import UsageError
 #: The one column every loader yields (``load_raw_text`` renames ``--text_column`` to it) and that
 #: the tokenizer trainer and the blocks read.
 TEXT_COLUMN = "text"
+#: How a .txt file is cut into documents (the ``sample_by`` of datasets' text builder).
+SAMPLE_BY = ("line", "paragraph", "document")
 
 
 @dataclass
@@ -29,13 +31,19 @@ class DataArguments:
     )
     train_file: str | None = field(
         default=None,
-        metadata={"help": "Local training text: .txt (one document per paragraph), .json/.jsonl or .csv."},
+        metadata={"help": "Local training text: .txt (one document per line; see --sample_by), .json/.jsonl, "
+                          ".csv, .tsv or .parquet (a text column, see --text_column)."},
     )
     validation_file: str | None = field(
         default=None,
         metadata={"help": "Local validation text (same format as --train_file). Default: carved from train."},
     )
     text_column: str = field(default="text", metadata={"help": "Column that holds the text."})
+    sample_by: str = field(
+        default="line",
+        metadata={"help": "What one document of a .txt file is: line (every non-empty line, as in run_clm.py), "
+                          "paragraph (text between blank lines) or document (the whole file)."},
+    )
     validation_split_percentage: int = field(
         default=5,
         metadata={
@@ -100,6 +108,8 @@ class DataArguments:
     )
 
     def __post_init__(self):
+        if self.sample_by not in SAMPLE_BY:
+            raise UsageError(f"--sample_by must be one of {', '.join(SAMPLE_BY)}, got {self.sample_by!r}")
         if self.dataset_name and (self.train_file or self.validation_file):
             raise UsageError("pass either --dataset_name or --train_file/--validation_file, not both")
         if self.validation_file and not self.train_file:

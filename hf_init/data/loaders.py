@@ -5,10 +5,10 @@ transformers' ``run_clm.py``):
 
 * the built-in offline corpus (the default, :mod:`hf_init.data.builtin_corpus`);
 * a Hub dataset by name/config (``datasets.load_dataset``; ``streaming`` for large ones);
-* local files (``.txt``, ``.json``, ``.jsonl``, ``.csv``) with a text column.
+* local files (``.txt``, ``.json``, ``.jsonl``, ``.csv``, ``.tsv``, ``.parquet``) with a text column.
 
 A *document* is one row of the text column: one help topic or one module's docstrings for the
-built-in corpus; one blank-line-separated paragraph of a ``.txt`` file; one record of a JSON/CSV file;
+built-in corpus; one non-empty line of a ``.txt`` file (``--sample_by``: or a paragraph, or the whole file); one record of a JSON/CSV file;
 one row of a Hub dataset. Whatever ``--text_column`` names, the loaded splits hold one column,
 ``TEXT_COLUMN`` (``"text"``), which the tokenizer trainer and :mod:`hf_init.data.blocks` read.
 
@@ -31,12 +31,14 @@ from hf_init.data.args import TEXT_COLUMN, DataArguments
 from hf_init.data.builtin_corpus import BUILTIN_CORPUS_NAME, builtin_dataset, corpus_stats
 
 #: Local file extensions and the ``datasets`` builder that reads them.
-FILE_BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv"}
+FILE_BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv",
+                 ".parquet": "parquet"}
 #: What each builder expects a local file to hold (for error messages).
 _FILE_CONTENT = {
-    "text": "UTF-8 text, documents separated by blank lines",
+    "text": "UTF-8 text (one document per line, or per paragraph with --sample_by paragraph)",
     "json": "one JSON object per line (or a JSON list of objects) with a string text column (--text_column)",
-    "csv": "a header row and a string text column (--text_column)",
+    "csv": "a header row and a string text column (--text_column), comma-separated (.csv) or tab-separated (.tsv)",
+    "parquet": "a Parquet table with a string text column (--text_column)",
 }
 _OFFLINE_HINT = (
     "offline, omit --dataset_name to use the built-in corpus (Python's own documentation), "
@@ -65,8 +67,12 @@ def _carve_validation(train, args: DataArguments):
             train.filter(in_validation, with_indices=True),
         )
     if len(train) < 2:
+        rule = ""
+        if args.train_file and FILE_BUILDERS.get(Path(args.train_file).suffix.lower()) == "text":
+            rule = (f" (a .txt file holds one document per {'non-empty line' if args.sample_by == 'line' else args.sample_by}"
+                    f" with --sample_by {args.sample_by}; choose line, paragraph or document)")
         raise ValueError(
-            f"cannot carve a validation split from {len(train)} training document(s): pass --validation_file"
+            f"cannot carve a validation split from {len(train)} training document(s){rule}: pass --validation_file"
         )
     split = train.train_test_split(test_size=fraction, seed=seed)
     return split["train"], split["test"]
@@ -206,7 +212,12 @@ def _load_files(args: DataArguments):
     if len(builders) > 1:
         raise ValueError(f"--train_file and --validation_file must be the same kind of file, got {sorted(builders)}")
     builder = builders.pop()
-    kwargs: dict[str, Any] = {"sample_by": "paragraph"} if builder == "text" else {}
+    kwargs: dict[str, Any] = {}
+    if builder == "text":
+        # like run_clm.py: one example per line (keeping its line break), unless --sample_by says otherwise
+        kwargs = {"sample_by": args.sample_by, "keep_linebreaks": args.sample_by == "line"}
+    elif builder == "csv" and Path(args.train_file).suffix.lower() == ".tsv":
+        kwargs = {"sep": "\t"}
     try:
         raw = datasets.load_dataset(
             builder,
@@ -221,6 +232,8 @@ def _load_files(args: DataArguments):
                          f"expected {_FILE_CONTENT[builder]}") from None
     column = "text" if builder == "text" else args.text_column  # the text builder names its column "text"
     raw = _only_text_column(raw, column, f"file {args.train_file!r}")
+    if builder == "text" and args.sample_by == "line":  # a blank line is no example
+        raw = raw.filter(lambda row: bool(row[TEXT_COLUMN].strip()))
     names = ", ".join(os.path.basename(p) for p in files.values())
     if args.streaming:
         info = {"name": names, "source": "files", "n_documents": None, "n_chars": None, "sha256": None,

@@ -187,7 +187,8 @@ def write_study(out: Path, runs: list[StudyRun], rows: list[dict], dataset: str,
     row per member, ``rows`` in member order, run by run), records.jsonl, each figure
     ``figures[name](records_table, out / name)`` (the table from
     :func:`hf_init.records.read_records`), tb/, then summary.json (``summary`` plus
-    ``total_seconds`` since ``t0`` and ``tensorboard_runs``). Returns the TensorBoard run count."""
+    ``total_seconds`` since ``t0``, ``tensorboard_runs`` and the package ``versions``, as in a
+    pretraining run's run_info.json). Returns the TensorBoard run count."""
     from hf_init.outputs import write_csv, write_json
     from hf_init.records import read_records, write_records
 
@@ -203,5 +204,8 @@ def write_study(out: Path, runs: list[StudyRun], rows: list[dict], dataset: str,
         i += len(run.member_keys)
         n_tb += write_tensorboard(out / "tb", run.record, [tb.name(k) for k in run.member_keys],
                                   [tb.hparams(k) for k in run.member_keys], [tb.metrics(r) for r in members])
-    write_json(out / "summary.json", {**summary, "total_seconds": time.perf_counter() - t0, "tensorboard_runs": n_tb})
+    from hf_init.run_report import versions
+
+    write_json(out / "summary.json", {**summary, "total_seconds": time.perf_counter() - t0, "tensorboard_runs": n_tb,
+                                      "versions": versions()})
     return n_tb

@@ -18,6 +18,18 @@ def _nanmean(values):
     return float(v.mean()) if v.size else float("nan")
 
 
+def band_span(stds, lo: float, hi: float) -> tuple[float, float]:
+    """The shaded x range of a stable band ``lo .. hi`` on the log-spaced grid ``stds``: out to the
+    geometric midpoints with the neighbouring stds (half a grid step past the grid's ends), so that
+    a band of one std is a visible strip, not a zero-width span."""
+    s = np.log(np.asarray(sorted(stds), dtype=float))
+    i, j = int(np.argmin(abs(s - np.log(lo)))), int(np.argmin(abs(s - np.log(hi))))
+    step = float(np.diff(s).min()) if len(s) > 1 else np.log(2.0)
+    left = (s[i - 1] + s[i]) / 2 if i > 0 else s[i] - step / 2
+    right = (s[j] + s[j + 1]) / 2 if j + 1 < len(s) else s[j] + step / 2
+    return float(np.exp(left)), float(np.exp(right))
+
+
 def sweep_metrics(rows: list[dict], summary: dict, path, title: str = ""):
     """Final train loss, test loss and test accuracy vs std (log x), mean over the seeds that
     did not diverge, one line per depth; each depth's stable band shaded in its color."""
@@ -36,8 +48,9 @@ def sweep_metrics(rows: list[dict], summary: dict, path, title: str = ""):
                 ax.axvline(s, color=REGIME_COLORS["diverged"], alpha=0.15, lw=3)
         band = summary.get(str(depth), {})
         if band.get("lo") is not None:
+            lo, hi = band_span(stds, band["lo"], band["hi"])
             for ax in axes:
-                ax.axvspan(band["lo"], band["hi"], color=color, alpha=0.12)
+                ax.axvspan(lo, hi, color=color, alpha=0.12)
     for ax, lab in zip(axes, ("final train loss", "final test loss", "final test accuracy")):
         ax.set_xscale("log")
         ax.set_xlabel("initial weight std")

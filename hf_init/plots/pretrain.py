@@ -35,15 +35,37 @@ def variance_vs_step(table: VarianceTable, path, statistic: str = "var", title: 
     return save_figure(fig, path)
 
 
+def centred_cells(centres) -> tuple[np.ndarray, list[int | None]]:
+    """Column edges that centre a cell on each of ``centres`` (sorted; recorded steps are unevenly
+    spaced when the last step is off the grid): cell ``i`` spans half the smaller gap to its
+    neighbours on each side (half a unit for a single centre). Returns ``(edges, columns)``:
+    ``columns[j]`` is the index of the centre drawn between ``edges[j]`` and ``edges[j + 1]``, or
+    None for an empty strip where neighbouring gaps differ."""
+    c = np.asarray(centres, dtype=float)
+    gaps = np.diff(c)
+    half = np.array([min(gaps[max(i - 1, 0):i + 1], default=1.0) / 2 for i in range(len(c))])
+    edges, columns = [c[0] - half[0]], []
+    for i, (centre, h) in enumerate(zip(c, half)):
+        if edges[-1] < centre - h:
+            edges.append(centre - h)
+            columns.append(None)
+        edges.append(centre + h)
+        columns.append(i)
+    return np.array(edges), columns
+
+
 def variance_heatmap(table: VarianceTable, path, statistic: str = "var", title: str = "log10 weight variance"):
-    """Layer x step heatmaps of log10 variance for Q, K and V."""
+    """Layer x step heatmaps of log10 variance for Q, K and V; each cell centred on its recorded
+    step (and layer)."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
     for ax, name in zip(axes, QKV):
         with np.errstate(divide="ignore", invalid="ignore"):
             z = np.log10(table[name, statistic])
-        im = ax.imshow(z, aspect="auto", origin="lower", cmap="magma", interpolation="nearest",
-                       extent=(table.steps[0], table.steps[-1], table.layers[0] - 0.5, table.layers[-1] + 0.5))
+        x_edges, columns = centred_cells(table.steps)
+        y_edges, _ = centred_cells(table.layers)
+        z = np.stack([z[:, i] if i is not None else np.full(len(table.layers), np.nan) for i in columns], axis=1)
+        im = ax.pcolormesh(x_edges, y_edges, np.ma.masked_invalid(z), cmap="magma", shading="flat")
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("layer")
         ax.set_title(f"{name.upper()} {title}")
