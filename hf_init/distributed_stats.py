@@ -139,9 +139,14 @@ def stacked_block_sums(parts: Sequence[LocalPart], n_blocks: int = 1) -> torch.T
             for j, i in enumerate(index):
                 buf[j].copy_(parts[i].local.detach().reshape(lr, n_blocks, c).transpose(0, 1))
             x = buf.view(len(index), n_blocks, lr * c)
-            sums = torch.stack([x.sum(dim=2), (x * x).sum(dim=2)], dim=2)  # (layers, blocks, 2)
-            out[index, :, 0] = float(lr * c)
-            out[index, :, 1:] = sums
+            total = x.sum(dim=2)
+            squares = x.mul_(x).sum(dim=2)  # in place: no second buffer
+            if len(index) == len(parts):
+                out[:, :, 0] = float(lr * c)
+                out[:, :, 1] = total
+                out[:, :, 2] = squares
+            else:
+                out[index] = torch.stack([torch.full_like(total, float(lr * c)), total, squares], dim=2)
             continue
         hi = lo + lc  # a column range that may start or end inside a block: cut at the boundaries
         for b in range(n_blocks):
