@@ -24,9 +24,12 @@ chunk's step time is its wall time / K from the first step's start to the last s
 Trainer's setup and the step-0 record are not counted). Round 0 warms up and is dropped. Reported
 per variant: the median step time and, the figure that matters, the median over rounds of its
 ratio to the plain Trainer's chunk in the same round (paired: slow drifts of the machine's load
-cancel), with the quartiles of that ratio as its spread. A second, direct measure: one
-recording's statistics (weights + gradients, all layers, read to the host) timed on its own, as a
-share of the plain step time.
+cancel), with the quartiles of that ratio as its spread. Both clocks are reported: wall time, and
+this process's CPU time (``time.process_time``), which does not count the time the process waits
+for a core, so it resolves small differences on a machine shared with other jobs (with one torch
+thread; with several, spinning threads add CPU time of their own). A second, direct measure: one
+recording's statistics (weights + gradients, all layers, read to the host) timed on its own (CPU
+time), as a share of the plain step's CPU time.
 """
 
 import argparse
@@ -45,22 +48,23 @@ from hf_init.callbacks import block_statistics
 from hf_init.modeling import build_model
 from hf_init.pretrain import make_variance_callback
 
+CLOCKS = ("wall time", "process CPU time")
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain_tiny.yaml"
 
 
 class ChunkTimer(TrainerCallback):
-    """Wall time from the first step's start to the last step's end (added after every other
-    callback, so its ``on_step_end`` runs after the recording)."""
+    """Wall time and this process's CPU time from the first step's start to the last step's end
+    (added after every other callback, so its ``on_step_end`` runs after the recording)."""
 
     def __init__(self):
         self.start = self.end = None
 
     def on_step_begin(self, args, state, control, **kw):
         if self.start is None:
-            self.start = time.perf_counter()
+            self.start = (time.perf_counter(), time.process_time())
 
     def on_step_end(self, args, state, control, **kw):
-        self.end = time.perf_counter()
+        self.end = (time.perf_counter(), time.process_time())
 
 
 class TokenBlocks(torch.utils.data.Dataset):
@@ -144,8 +148,8 @@ def main(argv=None):
     variants = {"plain Trainer": None, "project, no recording": 0, "project, every 10 steps": 10,
                 "project, every step": 1}
     names = list(variants)
-    times = {name: [] for name in names}
-    ratios = {name: [] for name in names}
+    times = {clock: {name: [] for name in names} for clock in CLOCKS}
+    ratios = {clock: {name: [] for name in names} for clock in CLOCKS}
     record_cost = []
     for rnd in range(args.rounds + 1):
         order = names[rnd % len(names):] + names[:rnd % len(names)]
@@ -171,22 +175,24 @@ def main(argv=None):
             timer = ChunkTimer()
             trainer.add_callback(timer)
             trainer.train()
-            chunk[name] = (timer.end - timer.start) / args.steps_per_chunk
+            chunk[name] = [(e - s) / args.steps_per_chunk for s, e in zip(timer.start, timer.end)]
         # direct: one recording (weights + gradients of the last step, all layers, read to the host)
         batch_ids = ids[:batch]
         project_model(input_ids=batch_ids, labels=batch_ids).loss.backward()
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         w, g = block_statistics(project_model), block_statistics(project_model, grads=True)
         torch.stack([w, g]).tolist()
-        cost = time.perf_counter() - t0
+        cost = time.process_time() - t0
         project_model.zero_grad(set_to_none=True)
         if rnd == 0:  # warm-up round
             continue
-        record_cost.append(cost / chunk["plain Trainer"])
+        record_cost.append(cost / chunk["plain Trainer"][1])
         for name in names:
-            times[name].append(chunk[name])
-            ratios[name].append(chunk[name] / chunk["plain Trainer"])
-        print(f"round {rnd}: " + ", ".join(f"{n} {chunk[n] * 1e3:.1f} ms" for n in names), flush=True)
+            for clock in CLOCKS:
+                times[clock][name].append(chunk[name][CLOCKS.index(clock)])
+                ratios[clock][name].append(chunk[name][CLOCKS.index(clock)] / chunk["plain Trainer"][CLOCKS.index(clock)])
+        print(f"round {rnd} (wall / cpu ms per step): "
+              + ", ".join(f"{n} {chunk[n][0] * 1e3:.1f} / {chunk[n][1] * 1e3:.1f}" for n in names), flush=True)
 
     def quartiles(xs):
         q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
@@ -195,12 +201,15 @@ def main(argv=None):
     print(f"\nGPT-2 {shape['n_layer']} x {shape['n_embd']}, batch {batch} x {block}, {args.rounds} interleaved "
           f"rounds of {args.steps_per_chunk} steps, torch threads {torch.get_num_threads()}, "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    for name in names:
-        lo, med, hi = quartiles(ratios[name])
-        print(f"{name:>24}: median step {statistics.median(times[name]) * 1e3:7.1f} ms"
-              f"   ratio to plain: median {med:.4f} (quartiles {lo:.4f} - {hi:.4f})")
+    for clock in CLOCKS:
+        print(f"{clock}:")
+        for name in names:
+            lo, med, hi = quartiles(ratios[clock][name])
+            print(f"{name:>24}: median step {statistics.median(times[clock][name]) * 1e3:7.1f} ms"
+                  f"   ratio to plain: median {med:.4f} (quartiles {lo:.4f} - {hi:.4f})")
     lo, med, hi = quartiles(record_cost)
-    print(f"one recording's statistics (weights + gradients, all layers, to host): median {med:.2%} of a plain step "
+    print(f"one recording's statistics (weights + gradients, all layers, to host, CPU time): median {med:.2%} of a "
+          f"plain step's CPU time "
           f"(quartiles {lo:.2%} - {hi:.2%}); every 10 steps -> {med / 10:.3%}")
     tmp.cleanup()
 
