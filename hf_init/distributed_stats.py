@@ -1,4 +1,9 @@
-"""Exact column-block moments of sharded (FSDP2 / DTensor) weights without gathering them.
+"""Exact column-block moments of weights, sharded (FSDP2 / DTensor) or not, without gathering.
+
+The one statistics engine of the training callback (``hf_init.callbacks.block_statistics``):
+:func:`stacked_block_sums` reduces one weight kind of every layer in one pass of float64 sums,
+on the weights' device, with no host synchronisation; plain tensors take the same path as
+shards.
 
 Each rank reduces the part of every recorded weight it holds to float64 (count, sum, sum of
 squares) per column block (Q | K | V of GPT-2's fused ``c_attn``, one block for the other
