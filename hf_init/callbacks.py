@@ -11,6 +11,7 @@ the records (:mod:`hf_init.records`, one per (step, layer, role)) to the sinks i
 from __future__ import annotations
 
 import math
+from operator import attrgetter
 
 import torch
 from transformers import TrainerCallback
@@ -65,7 +66,8 @@ def block_statistics(model: torch.nn.Module, grads: bool = False) -> torch.Tenso
     blocks = list(gpt2_blocks(model))
     kinds = []
     for entry in BLOCK_WEIGHTS:  # the column blocks cut here are the parts Weight.split cuts
-        params = [block.get_submodule(entry.path).weight for block in blocks]
+        weight = attrgetter(f"{entry.path}.weight")  # get_submodule's checks cost more than the sums
+        params = [weight(block) for block in blocks]
         kinds.append(([p.grad if grads else p for p in params], len(entry.parts)))
     return sharded_block_moments(kinds)
 

@@ -215,6 +215,9 @@ def sharded_block_sums(kinds: Sequence[tuple[Sequence[torch.Tensor | None], int]
                 part = LocalPart(part.local, part.global_shape, part.offset, counted=False)
             parts.append(part)
         present = [i for i, p in enumerate(parts) if p is not None]
+        if len(present) == n_layer:
+            blocks.append(stacked_block_sums(parts, nb).to(device))
+            continue
         kind = torch.zeros((n_layer, nb, 3), dtype=torch.float64, device=device)
         if present:
             kind[present] = stacked_block_sums([parts[i] for i in present], nb).to(device)
