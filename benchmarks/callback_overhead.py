@@ -3,6 +3,7 @@
     PYTHONPATH=. python benchmarks/callback_overhead.py                          # torch's threads
     PYTHONPATH=. python benchmarks/callback_overhead.py --threads 1 --rounds 20  # a busy machine
     PYTHONPATH=. python benchmarks/callback_overhead.py --precision              # float32 blocks vs float64
+    PYTHONPATH=. python benchmarks/callback_overhead.py --threads 1 --direct 60  # one recording vs one step
 
 Shapes and optimizer are those of configs/pretrain_tiny.yaml (GPT-2 12 x 128, 4 heads, blocks of
 64 tokens, batch 8, vocabulary 1024, AdamW lr 1e-3 / weight decay 0.1 / beta2 0.95, cosine with 30
@@ -115,6 +116,53 @@ def precision_check():
     print("float32 blocks miss 1e-12 by orders of magnitude: the recording stays float64.")
 
 
+def direct_check(n: int):
+    """CPU time of one whole recording (what the callback does at a recorded step: weight and
+    gradient statistics, the records, the JSONL and TensorBoard sinks) against one training step
+    of the plain model (forward, backward, clipping, AdamW), interleaved n times."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from hf_init.callbacks import variance_records
+    from hf_init.sinks import JsonlSink, TensorBoardSink
+
+    cfg = yaml.safe_load(CONFIG.read_text())
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=cfg["n_layer"], n_embd=cfg["n_embd"], n_head=cfg["n_head"],
+                                       vocab_size=cfg["vocab_size"], n_positions=cfg["block_size"],
+                                       bos_token_id=0, eos_token_id=0))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"],
+                            betas=(0.9, cfg["adam_beta2"]))
+    ids = torch.randint(0, cfg["vocab_size"], (cfg["per_device_train_batch_size"], cfg["block_size"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        sinks = [JsonlSink(Path(tmp, "variance.jsonl")), TensorBoardSink(SummaryWriter(f"{tmp}/tb"))]
+        steps, records = [], []
+        for i in range(n + 2):
+            t0 = time.process_time()
+            model(input_ids=ids, labels=ids).loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["max_grad_norm"])
+            opt.step()
+            t1 = time.process_time()
+            g = block_statistics(model, grads=True)
+            w = block_statistics(model)
+            recs = variance_records(i, w, g)
+            for sink in sinks:
+                sink.write(recs)
+            t2 = time.process_time()
+            opt.zero_grad(set_to_none=False)
+            if i >= 2:  # two warm-up pairs
+                steps.append(t1 - t0)
+                records.append(t2 - t1)
+        for sink in sinks:
+            sink.close()
+    step, rec = statistics.median(steps), statistics.median(records)
+    share = sorted(r / s for r, s in zip(records, steps))
+    print(f"direct, {n} interleaved pairs, torch threads {torch.get_num_threads()}, load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}: training step {step * 1e3:.1f} ms CPU, one whole "
+          f"recording (statistics + records + JSONL + TensorBoard) {rec * 1e3:.2f} ms CPU = {rec / step:.2%} "
+          f"(paired quartiles {share[len(share) // 4]:.2%} - {share[3 * len(share) // 4]:.2%}); "
+          f"every 10 steps -> {rec / step / 10:.3%}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps_per_chunk", type=int, default=10)
@@ -123,9 +171,15 @@ def main(argv=None):
                    help="torch intra-op threads (default: torch's choice). On a machine shared with other jobs "
                         "use 1: two spinning OpenMP threads per process collapse under contention")
     p.add_argument("--precision", action="store_true", help="only the float32-blocks vs float64 accuracy check")
+    p.add_argument("--direct", type=int, default=0, metavar="N",
+                   help="only the direct measure: N interleaved pairs of (one training step, one whole recording)")
     args = p.parse_args(argv)
     if args.precision:
         return precision_check()
+    if args.direct:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        return direct_check(args.direct)
     if args.steps_per_chunk % 10:
         p.error("--steps_per_chunk must be a multiple of 10 (the recording interval)")
     if args.threads:
