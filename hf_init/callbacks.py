@@ -11,13 +11,14 @@ the records (:mod:`hf_init.records`, one per (step, layer, role)) to the sinks i
 from __future__ import annotations
 
 import math
+from operator import attrgetter
 
 import torch
 from transformers import TrainerCallback
 
 from .gpt2_layout import BLOCK_ROLES, BLOCK_WEIGHTS
+from .distributed_stats import sharded_block_moments
 from .records import make_record
-from .stats import column_block_moments, full_tensor
 
 VARIANCE_FILE = "variance.jsonl"
 
@@ -55,28 +56,30 @@ def block_statistics(model: torch.nn.Module, grads: bool = False) -> torch.Tenso
     Returns float64 of shape (n_layer, len(BLOCK_ROLES), 3): per layer, per role in
     :data:`hf_init.gpt2_layout.BLOCK_ROLES` (q, k, v, attn_proj, mlp_fc, mlp_proj), the mean,
     population variance (divide by N, over all entries of that weight part) and RMS,
-    accumulated in float64 whatever the training dtype. A missing gradient gives NaN. Sharded
-    (DTensor) weights are gathered first: then every rank must call this.
+    accumulated in float64 whatever the training dtype. A missing gradient gives NaN.
+
+    The result stays on the weights' device (no host synchronisation: read it once per record).
+    One pass of :func:`hf_init.distributed_stats.stacked_block_sums` per weight kind over all
+    layers. Sharded (FSDP2 DTensor) weights are never gathered: each rank reduces its own
+    shards and one all-reduce makes the totals, so every rank must call this.
     """
     blocks = list(gpt2_blocks(model))
-    parts = []
-    for entry in BLOCK_WEIGHTS:
-        params = [block.get_submodule(entry.path).weight for block in blocks]
-        tensors = [p.grad if grads else p for p in params]
-        n = len(entry.parts)
-        if any(t is None for t in tensors):
-            parts.append(torch.full((len(blocks), n, 3), math.nan, dtype=torch.float64))
-        else:  # the column blocks of column_block_moments are the parts Weight.split cuts
-            parts.append(column_block_moments([full_tensor(t) for t in tensors], n).cpu())
-    return torch.cat(parts, dim=1)
+    kinds = []
+    for entry in BLOCK_WEIGHTS:  # the column blocks cut here are the parts Weight.split cuts
+        weight = attrgetter(f"{entry.path}.weight")  # get_submodule's checks cost more than the sums
+        params = [weight(block) for block in blocks]
+        kinds.append(([p.grad if grads else p for p in params], len(entry.parts)))
+    return sharded_block_moments(kinds)
 
 
 def variance_records(step: int, weights: torch.Tensor, grads: torch.Tensor | None) -> list[dict]:
     """The records of one step from :func:`block_statistics` of the weights and (or ``None``)
     of the gradients: one per (layer, role) with ``var``, ``mean``, ``rms``, ``grad_var``,
-    ``grad_rms`` (null where not finite or not measured)."""
-    w = weights.tolist()
-    g = grads.tolist() if grads is not None else None
+    ``grad_rms`` (null where not finite or not measured). Both are read to the host at once."""
+    if grads is not None:
+        w, g = torch.stack([weights, grads.to(weights.device)]).tolist()
+    else:
+        w, g = weights.tolist(), None
     records = []
     for layer, rows in enumerate(w):
         for i, role in enumerate(BLOCK_ROLES):
@@ -121,8 +124,8 @@ class QKVVarianceCallback(TrainerCallback):
     and closed at the end of training.
 
     Works with the model the Trainer passes (unwrapped) and with DDP/compiled wrappers.
-    Under FSDP2 (DTensor weights) every rank gathers the full tensors; otherwise only the
-    main process computes anything.
+    Under FSDP2 (DTensor weights) every rank reduces its own shards (no gather) and joins one
+    all-reduce per measurement; otherwise only the main process computes anything.
     """
 
     def __init__(self, sinks=(), every: int | None = None):
@@ -132,7 +135,7 @@ class QKVVarianceCallback(TrainerCallback):
         self.every = every
         self._grads: tuple[int, torch.Tensor] | None = None
         self._last_step = -1
-        self._sharded: bool | None = None  # FSDP2 DTensor weights: every rank joins the gathers
+        self._sharded: bool | None = None  # FSDP2 DTensor weights: every rank joins the all-reduce
 
     # -- when ------------------------------------------------------------------------------
     def _interval(self, args, state) -> int:

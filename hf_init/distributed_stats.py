@@ -1,4 +1,9 @@
-"""Exact column-block moments of sharded (FSDP2 / DTensor) weights without gathering them.
+"""Exact column-block moments of weights, sharded (FSDP2 / DTensor) or not, without gathering.
+
+The one statistics engine of the training callback (``hf_init.callbacks.block_statistics``):
+:func:`stacked_block_sums` reduces one weight kind of every layer in one pass of float64 sums,
+on the weights' device, with no host synchronisation; plain tensors take the same path as
+shards.
 
 Each rank reduces the part of every recorded weight it holds to float64 (count, sum, sum of
 squares) per column block (Q | K | V of GPT-2's fused ``c_attn``, one block for the other
@@ -7,7 +12,7 @@ layers and projections, from which mean, population variance (divide by N) and R
 No rank ever holds more than its own shard: no ``full_tensor()``, no all-gather.
 
 Layouts. GPT-2 stores its projections as ``Conv1D`` weights of shape (in, out); ``c_attn``'s
-output columns are Q, then K, then V (see :func:`hf_init.stats.split_fused`). FSDP2
+output columns are Q, then K, then V (see :meth:`hf_init.gpt2_layout.Weight.split`). FSDP2
 (``fully_shard``) shards dim 0, the *rows*: every shard then holds all three column blocks
 (its rows of Q, of K and of V), and only the row count differs between ranks (uneven when the
 row count is not a multiple of the world size: torch.chunk sizes, possibly an empty shard). A
@@ -97,27 +102,68 @@ def local_part(t: torch.Tensor) -> LocalPart:
 @torch.no_grad()
 def block_sums(part: LocalPart, n_blocks: int = 1) -> torch.Tensor:
     """float64 (count, sum, sum of squares) of this part's entries in each of ``n_blocks`` equal
-    global column blocks: shape (n_blocks, 3). Block ``b`` is the global columns
-    ``b*c : (b+1)*c`` with ``c = global_cols / n_blocks``; local columns that straddle a block
-    boundary are split there. A part that is not ``counted`` gives zeros."""
-    rows, cols = part.global_shape
+    global column blocks: shape (n_blocks, 3), on the part's device. Block ``b`` is the global
+    columns ``b*c : (b+1)*c`` with ``c = global_cols / n_blocks``; local columns that straddle a
+    block boundary are split there. A part that is not ``counted`` gives zeros."""
+    return stacked_block_sums([part], n_blocks)[0]
+
+
+@torch.no_grad()
+def stacked_block_sums(parts: Sequence[LocalPart], n_blocks: int = 1) -> torch.Tensor:
+    """:func:`block_sums` of many parts of the same global shape (one weight kind in every
+    layer) at once: float64 of shape (len(parts), n_blocks, 3), on the parts' device, with no
+    host synchronisation (nothing is read back; the caller reads all records at once).
+
+    The engine of every recorded statistic. Parts that share a local shape, offset and
+    ``counted`` (every layer of an unsharded or FSDP2 row-sharded model) are converted into one
+    float64 buffer with each block's entries contiguous, then reduced row-wise: ``sum`` and
+    ``(x * x).sum()``, both torch's pairwise (cascade) float64 sums. Float64 throughout: float32
+    accumulation, even in small blocks merged in float64, misses the 1e-12 relative agreement
+    with a float64 reference by orders of magnitude (a float32 product ``x * x`` alone is rounded
+    to 6e-8), see ``benchmarks/callback_overhead.py --precision``; ``vector_norm().square()`` is
+    ~1000x less exact than the pairwise sum of squares.
+    """
+    if not parts:
+        raise ValueError("no parts given")
+    rows, cols = parts[0].global_shape
+    if any(p.global_shape != (rows, cols) for p in parts):
+        raise ValueError(f"parts of different global shapes: {sorted({p.global_shape for p in parts})}")
     if cols % n_blocks:
         raise ValueError(f"{cols} columns do not split into {n_blocks} equal blocks")
-    out = torch.zeros((n_blocks, 3), dtype=torch.float64)
-    if not part.counted or part.local.numel() == 0:
-        return out
+    device = parts[0].local.device
+    out = torch.zeros((len(parts), n_blocks, 3), dtype=torch.float64, device=device)
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(parts):
+        if p.counted and p.local.numel():
+            groups.setdefault((tuple(p.local.shape), p.offset), []).append(i)
     c = cols // n_blocks
-    lo = part.offset[1]
-    hi = lo + part.local.shape[1]
-    x = part.local.detach()
-    for b in range(n_blocks):
-        a, e = max(lo, b * c), min(hi, (b + 1) * c)
-        if a >= e:
+    for ((lr, lc), (_, lo)), index in groups.items():
+        if lo == 0 and lc == cols:  # whole rows (unsharded or row shards): equal blocks, one buffer
+            pieces = [(b, 0, c) for b in range(n_blocks)]
+            buf = torch.empty((len(index), n_blocks, lr, c), dtype=torch.float64, device=device)
+            for j, i in enumerate(index):
+                buf[j].copy_(parts[i].local.detach().reshape(lr, n_blocks, c).transpose(0, 1))
+            x = buf.view(len(index), n_blocks, lr * c)
+            total = x.sum(dim=2)
+            squares = x.mul_(x).sum(dim=2)  # in place: no second buffer
+            if len(index) == len(parts):
+                out[:, :, 0] = float(lr * c)
+                out[:, :, 1] = total
+                out[:, :, 2] = squares
+            else:
+                out[index] = torch.stack([torch.full_like(total, float(lr * c)), total, squares], dim=2)
             continue
-        piece = x[:, a - lo:e - lo].to(torch.float64)
-        out[b, 0] = piece.numel()
-        out[b, 1] = piece.sum()
-        out[b, 2] = (piece * piece).sum()  # pairwise sum; vector_norm().square() is ~1000x less exact
+        hi = lo + lc  # a column range that may start or end inside a block: cut at the boundaries
+        for b in range(n_blocks):
+            a, e = max(lo, b * c), min(hi, (b + 1) * c)
+            if a >= e:
+                continue
+            x = torch.empty((len(index), lr * (e - a)), dtype=torch.float64, device=device)
+            for j, i in enumerate(index):
+                x[j].view(lr, e - a).copy_(parts[i].local.detach()[:, a - lo:e - lo])
+            out[index, b, 0] = float(lr * (e - a))
+            out[index, b, 1] = x.sum(dim=1)
+            out[index, b, 2] = (x * x).sum(dim=1)
     return out
 
 
@@ -156,23 +202,32 @@ def sharded_block_sums(kinds: Sequence[tuple[Sequence[torch.Tensor | None], int]
     sharded = DTensor is not None and any(isinstance(t, DTensor) for t in tensors)
     reduce = sharded and dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
     plain_counts = not reduce or dist.get_rank(group) == 0
-    width = sum(nb for _, nb in kinds)
-    out = torch.zeros((n_layer, width, 3), dtype=torch.float64)
-    col = 0
+    device = tensors[0].device if tensors else torch.device("cpu")
+    blocks = []
     for ts, nb in kinds:
-        for layer, t in enumerate(ts):
-            if t is None:
+        parts = []
+        for t in ts:
+            if t is None:  # a missing gradient: count 0
+                parts.append(None)
                 continue
             part = local_part(t)
             if not (DTensor is not None and isinstance(t, DTensor)) and not plain_counts:
                 part = LocalPart(part.local, part.global_shape, part.offset, counted=False)
-            out[layer, col:col + nb] = block_sums(part, nb)
-        col += nb
+            parts.append(part)
+        present = [i for i, p in enumerate(parts) if p is not None]
+        if len(present) == n_layer:
+            blocks.append(stacked_block_sums(parts, nb).to(device))
+            continue
+        kind = torch.zeros((n_layer, nb, 3), dtype=torch.float64, device=device)
+        if present:
+            kind[present] = stacked_block_sums([parts[i] for i in present], nb).to(device)
+        blocks.append(kind)
+    out = torch.cat(blocks, dim=1)
     if reduce:
         device = _collective_device(group)
         buf = out.to(device)
         dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=group)
-        out = buf.cpu()
+        out = buf.to(out.device)
     return out
 
 
@@ -194,5 +249,5 @@ def _collective_device(group) -> torch.device:
     return torch.device("cpu")
 
 
-__all__ = ["LocalPart", "local_part", "block_sums", "moments_from_sums", "sharded_block_sums",
+__all__ = ["LocalPart", "local_part", "block_sums", "stacked_block_sums", "moments_from_sums", "sharded_block_sums",
            "sharded_block_moments"]

@@ -231,3 +231,60 @@ def test_statistics_of_bf16_weights_are_exact_float64_moments():
         w = block.attn.c_attn.weight.detach().double().numpy()  # bf16 values, exactly representable
         for i, name in enumerate("qkv"):
             assert stats[layer, i, 1].item() == pytest.approx(np.var(w[:, i * D : (i + 1) * D]), rel=1e-12)
+
+
+def test_every_role_equals_float64_torch_var_of_the_whole_part():
+    # independent reference: torch.var(unbiased=False) in float64 of each part cut by hand; the
+    # Q block is shifted far from zero (mean 10 std) so a sum-of-squares shortcut would show
+    model = tiny_model()
+    with torch.no_grad():
+        model.transformer.h[0].attn.c_attn.weight[:, :D] += 0.2
+    stats = block_statistics(model)
+    for layer, block in enumerate(model.transformer.h):
+        a = block.attn.c_attn.weight.detach().double()
+        parts = {"q": a[:, :D], "k": a[:, D:2 * D], "v": a[:, 2 * D:], "attn_proj": block.attn.c_proj.weight,
+                 "mlp_fc": block.mlp.c_fc.weight, "mlp_proj": block.mlp.c_proj.weight}
+        for i, (role, w) in enumerate(parts.items()):
+            w = w.detach().double()
+            ref = torch.stack([w.mean(), torch.var(w, unbiased=False), w.pow(2).mean().sqrt()])
+            torch.testing.assert_close(stats[layer, i], ref, rtol=1e-12, atol=0), (layer, role)
+
+
+def test_missing_gradient_of_one_layer_is_nan_for_that_layer_only():
+    model = tiny_model()
+    ids = Blocks(n=2).ids
+    model(input_ids=ids, labels=ids).loss.backward()
+    model.transformer.h[1].mlp.c_fc.weight.grad = None
+    stats = block_statistics(model, grads=True)
+    assert torch.isnan(stats[1, 4]).all()
+    assert torch.isfinite(stats[[0, 2]]).all() and torch.isfinite(stats[1, [0, 1, 2, 3, 5]]).all()
+    g = model.transformer.h[2].mlp.c_fc.weight.grad.double()
+    assert stats[2, 4, 1].item() == pytest.approx(torch.var(g, unbiased=False).item(), rel=1e-12)
+
+
+def test_no_host_sync_until_the_record_is_read_once(monkeypatch):
+    # block_statistics stays on the device (no .item()/.tolist()/.cpu() per tensor); the record of
+    # a step reads weights and gradients to the host in one .tolist()
+    from hf_init.callbacks import variance_records
+
+    model = tiny_model()
+    ids = Blocks(n=2).ids
+    model(input_ids=ids, labels=ids).loss.backward()
+    reads = []
+    for name in ("item", "tolist", "cpu", "numpy", "__float__", "__bool__"):
+        real = getattr(torch.Tensor, name)
+
+        def spy(self, *a, _name=name, _real=real, **k):
+            reads.append(_name)
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    w, g = block_statistics(model), block_statistics(model, grads=True)
+    assert reads == [], reads
+    records = variance_records(5, w, g)
+    assert reads == ["tolist"], reads
+    monkeypatch.undo()
+    assert len(records) == N_LAYER * 6
+    q = model.transformer.h[0].attn.c_attn.weight.grad[:, :D].double()
+    assert records[0]["role"] == "q" and records[0]["grad_var"] == pytest.approx(torch.var(q, unbiased=False).item(),
+                                                                                rel=1e-12)

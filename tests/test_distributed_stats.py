@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hf_init.distributed_stats import (LocalPart, block_sums, moments_from_sums, sharded_block_moments,
-                                       sharded_block_sums)
+                                       sharded_block_sums, stacked_block_sums)
 
 
 def reference_blocks(w: torch.Tensor, n_blocks: int) -> torch.Tensor:
@@ -70,6 +70,26 @@ def test_2d_shards_and_counts(qkv):
     sums = sum(block_sums(p, 3) for p in parts)
     assert sums[:, 0].tolist() == [30.0, 30.0, 30.0]
     torch.testing.assert_close(moments_from_sums(sums), reference_blocks(qkv, 3), rtol=1e-12, atol=1e-15)
+
+
+def test_stacked_parts_of_mixed_layouts_equal_numpy_sums(qkv):
+    # one call over parts that cannot share a buffer: two whole layers, a row shard, a column shard
+    # cut inside K, an uncounted replica and an empty shard; each row of the result is compared
+    # with float64 numpy sums of that part's entries in each global block
+    w2 = qkv * 2 - 0.1
+    parts = [LocalPart(qkv, (6, 15), (0, 0)), LocalPart(qkv[2:5], (6, 15), (2, 0)), LocalPart(w2, (6, 15), (0, 0)),
+             LocalPart(w2[:, 3:12], (6, 15), (0, 3)), LocalPart(qkv, (6, 15), (0, 0), counted=False),
+             LocalPart(qkv[:0], (6, 15), (6, 0))]
+    got = stacked_block_sums(parts, 3)
+    assert got.shape == (6, 3, 3) and got.dtype == torch.float64
+    for i, part in enumerate(parts):
+        full = np.full((6, 15), np.nan)
+        r, c = part.offset
+        full[r:r + part.local.shape[0], c:c + part.local.shape[1]] = part.local.double().numpy()
+        for b in range(3):
+            x = full[:, b * 5:(b + 1) * 5]
+            x = x[~np.isnan(x)] if part.counted else np.zeros(0)
+            np.testing.assert_allclose(got[i, b].numpy(), [x.size, x.sum(), (x * x).sum()], rtol=1e-13, atol=1e-15)
 
 
 def test_replica_adds_nothing(qkv):
@@ -173,12 +193,18 @@ def _fsdp_worker(rank: int, world: int, port: int):
             got_w = sharded_block_moments(kinds(model, False))
             n_calls_w = len(calls)
             got_g = sharded_block_moments(kinds(model, True))
+            # the callback's path: block_statistics on the sharded model, one all-reduce each
+            from hf_init.callbacks import block_statistics
+
+            cb_w, cb_g = block_statistics(model), block_statistics(model, grads=True)
         finally:
             for (owner, name), fn in saved.items():
                 setattr(owner, name, fn)
             dist.all_reduce = real_all_reduce
-        assert n_calls_w == 1 and len(calls) == 2, calls
+        assert n_calls_w == 1 and len(calls) == 4, calls
         assert tuple(calls[0]) == (2, 6, 3), calls
+        torch.testing.assert_close(cb_w, got_w, rtol=0, atol=0)
+        torch.testing.assert_close(cb_g, got_g, rtol=0, atol=0)
 
         for layer, b in enumerate(ref_model.transformer.h):
             col = 0
