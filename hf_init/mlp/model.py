@@ -142,10 +142,18 @@ class Ensemble(nn.Module):
         """x: (B, n_in), shared by all members -> logits (M, B, n_out). With ``keep=True`` also
         returns the per-layer pre-activations z_l and post-activations h_l (h_l = z_l at the
         output layer), each (M, B, fan_out)."""
-        h = x.unsqueeze(0).expand(self.n_members, *x.shape)
+        M = self.n_members
         pre, post = [], []
+        h = x
         for l, (w, b) in enumerate(zip(self.weights, self.biases)):
-            z = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            if l == 0:
+                # x is shared by every member: one (B, n_in) x (n_in, M * out) product, no
+                # per-member copy of x (it matters for MNIST's 784 inputs); z viewed as (M, B, out)
+                out = w.shape[1]
+                z = torch.addmm(b.reshape(1, M * out), x, w.reshape(M * out, -1).t())
+                z = z.view(x.shape[0], M, out).transpose(0, 1)
+            else:
+                z = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
             if l < self.shape.depth and not keep and self.shape.activation == "relu":
                 h = torch.relu_(z)  # baddbmm's backward needs its inputs, not z: safe in place
             else:
