@@ -315,12 +315,17 @@ def _step(work: Ensemble, params, opt, x, y, autocast, alive, bad_step, loss_row
         alive &= ok
         loss_row.copy_(torch.where(alive, losses.detach(), float("nan")))
         dead = ~alive
+        # on the CPU reading the flag costs nothing (no queue to drain), so the masking pass is
+        # skipped while every member is alive; on an accelerator it always runs (no sync)
+        mask = alive.device.type != "cpu" or bool(dead.any())
         for p, g in zip(params, grads):
-            d = dead.view(-1, *([1] * (g.dim() - 1)))
-            p.grad = g.masked_fill_(d, 0.0)
-            for value in opt.state.get(p, {}).values():
-                if torch.is_tensor(value) and value.shape == p.shape:
-                    value.masked_fill_(d, 0.0)
+            p.grad = g
+            if mask:
+                d = dead.view(-1, *([1] * (g.dim() - 1)))
+                g.masked_fill_(d, 0.0)
+                for value in opt.state.get(p, {}).values():
+                    if torch.is_tensor(value) and value.shape == p.shape:
+                        value.masked_fill_(d, 0.0)
     opt.step()
 
 
