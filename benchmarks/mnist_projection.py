@@ -13,8 +13,9 @@ step does not depend on the pixel values (the sweep flushes subnormal floats on 
 Per depth it measures (all members at once, on --device, --dtype):
 - a training step: wall time of ``train_ensemble`` for 1 + --steps steps minus that for 1 step
   (both on the first examples of the training split, with their two small records), / --steps;
-- a record at full scale: loss/accuracy of every member on the full train and test splits and
-  the per-layer statistics on the probe batch (what every --record_every steps costs).
+- a record at full scale: loss/accuracy of every member on the train and test splits (timed on
+  --eval_examples of them and scaled linearly to both full splits, 70,000 examples) and the
+  per-layer statistics on the probe batch (what every --record_every steps costs).
 Projection = steps x step time + records x record time, for one record per epoch and for the
 sweep's default --record_every 20. The data live once on the device, shared by every member.
 """
@@ -35,6 +36,8 @@ class ProjectionArguments:
     depths: list[int] = field(default_factory=lambda: [2, 4, 8, 16], metadata={"help": "the sweep's depths"})
     seeds: int = field(default=5, metadata={"help": "seeds per std (16 stds: the sweep's default grid)"})
     steps: int = field(default=4, metadata={"help": "timed training steps per depth"})
+    eval_examples: int = field(default=2048, metadata={"help": "examples a record's full-split evaluation is timed "
+                                                                 "on (scaled to both full splits)"})
 
 
 def synthetic_mnist(n_train: int, n_test: int = 10000, seed: int = 0):
@@ -59,8 +62,8 @@ def main(argv=None):
 
     data_args, model_args, run_args, proj = parse(ProjectionArguments, list(argv if argv is not None else sys.argv[1:]),
                                                   __doc__, width=512, mnist_train_size=60000)
-    if proj.steps < 1 or proj.seeds < 1:
-        raise UsageError("--steps and --seeds must be >= 1")
+    if proj.steps < 1 or proj.seeds < 1 or proj.eval_examples < 1:
+        raise UsageError("--steps, --seeds and --eval_examples must be >= 1")
     for depth in proj.depths:
         MLPShape(1, 1, depth, 1)
     run_args.apply_threads()
@@ -106,11 +109,13 @@ def main(argv=None):
         step_s = max(tn - t1, 0.0) / proj.steps
         sync()
         t0 = time.perf_counter()
-        _evaluate(model, data.x_train, data.y_train)
-        _evaluate(model, data.x_test, data.y_test)
+        n_eval = min(proj.eval_examples, len(data.y_train))
+        _evaluate(model, data.x_train[:n_eval], data.y_train[:n_eval])
+        sync()
+        t1 = time.perf_counter()
         _layer_stats(model, data.x_train[:256], data.y_train[:256])
         sync()
-        record_s = time.perf_counter() - t0
+        record_s = (t1 - t0) * (len(data.y_train) + len(data.y_test)) / n_eval + time.perf_counter() - t1
         fans = shape.layer_fans()
         flops = M * sum(2 * cfg.batch_size * fi * fo * (3 if l else 2) for l, (fi, fo) in enumerate(fans))
         print(f"{depth:>5} {step_s:>9.4f} {record_s:>9.3f} {flops / 1e9:>10.1f} {flops / step_s / 1e9 if step_s else 0:>8.1f}",
