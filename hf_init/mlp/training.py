@@ -119,7 +119,7 @@ def _pop_var(t: torch.Tensor) -> torch.Tensor:
     the device has no float64: MPS): (M,)."""
     t = t.detach()
     x = (t.cpu() if t.device.type == "mps" else t).to(torch.float64).reshape(t.shape[0], -1)
-    return ((x - x.mean(1, keepdim=True)) ** 2).mean(1).cpu()
+    return torch.var(x, dim=1, correction=0).cpu()
 
 
 EVAL_ELEMENTS = 1 << 24  # activations (members x examples x units) per evaluation chunk: 64 MiB
