@@ -20,9 +20,10 @@ GFLOP/s, and the load average before and after.
     python benchmarks/ensemble_speedup.py --widths 64 --threads 1  # pinned threads, both sides
 
 Arguments as the studies take them (hf_init.mlp.args: optional YAML config, then --flags);
---threads pins both sides (default: torch's choice), --device runs the ensemble side there.
+--threads pins both sides (default: torch's choice); --device runs both sides there.
 """
 
+import dataclasses
 import os
 import statistics
 import sys
@@ -80,13 +81,15 @@ def batched_matmul_rate(shape, batch: int, members: int, device, seconds: float 
     return flops * n / (time.perf_counter() - t0) / 1e9
 
 
-def one_at_a_time(shape, weights, data, batches, lr, momentum) -> float:
-    """Seconds to train every member alone: nn.Sequential + torch.optim.SGD, torch's defaults."""
+def one_at_a_time(shape, weights, data, batches, lr, momentum, device) -> float:
+    """Seconds to train every member alone on ``device``: nn.Sequential + torch.optim.SGD, torch's defaults."""
     from hf_init.mlp.model import build_mlp
 
+    data = data.to(device)
+    batches = [b.to(device) for b in batches]
     t0 = time.perf_counter()
     for m in range(weights[0].shape[0]):
-        seq = build_mlp(shape)
+        seq = build_mlp(shape).to(device)
         with torch.no_grad():
             for l, lin in enumerate(x for x in seq if isinstance(x, torch.nn.Linear)):
                 lin.weight.copy_(weights[l][m])
@@ -96,10 +99,13 @@ def one_at_a_time(shape, weights, data, batches, lr, momentum) -> float:
             opt.zero_grad()
             F.cross_entropy(seq(data.x_train[idx]), data.y_train[idx]).backward()
             opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter() - t0
 
 
 def main(argv=None):
+    from hf_init.data.tabular import TabularData
     from hf_init.mlp.args import parse
     from hf_init.mlp.model import Ensemble, MLPShape, ensemble_weights, standard_normal_draws
     from hf_init.mlp.study import log_grid
@@ -131,17 +137,23 @@ def main(argv=None):
         shape = MLPShape(data.n_features, width, model_args.depth, data.n_classes)
         weights = ensemble_weights(standard_normal_draws(shape, seeds), seed_index,
                                    [[s] * shape.n_layers for s in stds for _ in seeds])
+        # warm-up of both sides (first-call costs: allocator, BLAS and autograd setup), untimed
+        small = TabularData(data.name, data.description, data.x_train[:128], data.y_train[:128], data.x_test[:32],
+                            data.y_test[:32], data.n_classes)
+        train_ensemble(Ensemble(shape, [w[:2] for w in weights]).to(device), small.to(device),
+                       dataclasses.replace(cfg, epochs=1), progress=False)
+        one_at_a_time(shape, [w[:1] for w in weights], data, batches[:2], cfg.lr, cfg.momentum, device)
         t_ens, t_one, diverged = [], [], 0
         for r in range(bench.repeats):
             for side in ((0, 1) if r % 2 == 0 else (1, 0)):
                 if side == 0:
                     model = Ensemble(shape, weights).to(device)
                     t0 = time.perf_counter()
-                    rec = train_ensemble(model, data.to(device), cfg, progress=False)
+                    rec = train_ensemble(model, data.to(device), cfg, progress=False)  # ends with a host read
                     t_ens.append(time.perf_counter() - t0)
                     diverged = int((rec.diverged_step >= 0).sum())
                 else:
-                    t_one.append(one_at_a_time(shape, weights, data, batches, cfg.lr, cfg.momentum))
+                    t_one.append(one_at_a_time(shape, weights, data, batches, cfg.lr, cfg.momentum, device))
         flops = matmul_flops(shape, cfg.batch_size, M) * len(batches)
         ens_rate = flops / statistics.median(t_ens) / 1e9
         bmm_rate = batched_matmul_rate(shape, cfg.batch_size, M, device)
