@@ -29,14 +29,17 @@ def main(argv=None):
     argv = list(argv if argv is not None else sys.argv[1:])
     data_args, model, run_args, study = parse(CompareArguments, argv, __doc__)
     a, b = study.schemes
-    cfg = model.train_config(study.record_every, 256)
+    cfg = model.train_config(study.record_every, 256, run_args.dtype)
     found = check_output_dir(study.output_dir, run_args.overwrite, STUDY_FILES + FIGURES)
-    data = data_args.load()
+    device = run_args.torch_device()
+    data = data_args.load().to(device)
     target = study.target_loss if study.target_loss is not None else 0.25 * data.chance_loss
 
     from hf_init.analysis.mlp import compare_rows, compare_summary, min_wilcoxon_p
     from hf_init.mlp.study import TensorBoardRuns, run_compare, write_study
     from hf_init.plots import mlp as plots
+
+    import torch
 
     run_args.apply_threads()
     seeds = list(range(study.seeds))
@@ -66,6 +69,7 @@ def main(argv=None):
                       "kaiming uses the activation's gain, fan_in; steps_to_target censored at steps+1 when never reached; "
                       "95% intervals: t-distribution over seeds; p: two-sided Wilcoxon signed-rank on the paired seeds"),
             "comparison": summary, "train_seconds": train_s,
+            "device": str(device), "dtype": run_args.dtype, "torch_threads": torch.get_num_threads(),
         }, t0)
     total_s = time.perf_counter() - t0
 
@@ -82,7 +86,8 @@ def main(argv=None):
         cens = res["steps_to_target"]["censored"]
         print(f"  never reached the target: A {cens[a]}, B {cens[b]}; diverged: A {res['diverged'][a]}, B {res['diverged'][b]}")
         print(f"  '{a} converges faster than {b} under {act}' (steps to target and loss AUC): {res['verdict']}")
-    print(f"\ntrained in {train_s:.1f}s ({total_s:.1f}s with outputs); {n_tb} TensorBoard runs; wrote {out}/")
+    print(f"\ntrained in {train_s:.1f}s ({total_s:.1f}s with outputs) on {device} ({run_args.dtype}, "
+          f"{torch.get_num_threads()} CPU threads); {n_tb} TensorBoard runs; wrote {out}/")
 
 
 if __name__ == "__main__":

@@ -29,9 +29,10 @@ def main(argv=None):
     argv = list(argv if argv is not None else sys.argv[1:])
     data_args, model, run_args, sweep = parse(SweepArguments, argv, __doc__)
     stds, depths = sweep.stds, sweep.depths or [model.depth]
-    cfg = model.train_config(sweep.record_every, sweep.probe_size)
+    cfg = model.train_config(sweep.record_every, sweep.probe_size, run_args.dtype)
     found = check_output_dir(sweep.output_dir, run_args.overwrite, STUDY_FILES + FIGURES)
-    data = data_args.load()
+    device = run_args.torch_device()
+    data = data_args.load().to(device)
 
     import numpy as np
 
@@ -39,6 +40,8 @@ def main(argv=None):
     from hf_init.mlp.study import TensorBoardRuns, run_sweep, write_study
     from hf_init.plots import mlp as plots
     from hf_init.theory import critical_std
+
+    import torch
 
     run_args.apply_threads()
     seeds = list(range(sweep.seeds))
@@ -79,6 +82,7 @@ def main(argv=None):
             "critical_std_hidden": crit_hidden, "critical_std_first_layer": crit_first,
             "band_rule": "a std is stable when > half its seeds are 'stable'; band = longest run of consecutive stable stds",
             "bands": summary, "train_seconds": train_s,
+            "device": str(device), "dtype": run_args.dtype, "torch_threads": torch.get_num_threads(),
         }, t0)
     total_s = time.perf_counter() - t0
 
@@ -99,7 +103,8 @@ def main(argv=None):
             loss = np.nanmedian([r["final_train_loss"] for r in sub]) if any(r["diverged_step"] < 0 for r in sub) else float("nan")
             gain = np.nanmedian([r["gain_per_layer_init"] for r in sub])
             print(f"  {s:>8.2e} {counts:<34} {acc:>8.3f} {loss:>10.3g} {gain:>10.3g}")
-    print(f"\ntrained in {train_s:.1f}s ({total_s:.1f}s with outputs); {n_tb} TensorBoard runs; wrote {out}/")
+    print(f"\ntrained in {train_s:.1f}s ({total_s:.1f}s with outputs) on {device} ({run_args.dtype}, "
+          f"{torch.get_num_threads()} CPU threads); {n_tb} TensorBoard runs; wrote {out}/")
     print(f"  results.csv records.jsonl summary.json {' '.join(FIGURES)} tb/")
 
 

@@ -51,6 +51,16 @@ class TabularData:
     y_test: torch.Tensor
     n_classes: int
 
+    def to(self, device) -> "TabularData":
+        """The same data with its tensors on ``device`` (itself when they are there already):
+        one copy shared by every member of an ensemble."""
+        device = torch.device(device)
+        if self.x_train.device == device:
+            return self
+        move = lambda t: t.to(device)  # noqa: E731
+        return TabularData(self.name, self.description, move(self.x_train), move(self.y_train), move(self.x_test),
+                           move(self.y_test), self.n_classes)
+
     @property
     def n_features(self) -> int:
         return int(self.x_train.shape[1])

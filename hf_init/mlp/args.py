@@ -64,9 +64,9 @@ class ModelArguments:
             self.lr = 1e-3 if self.optimizer == "adam" else 0.01
         self.train_config(1, 1)  # checks optimizer and lr (the study's own fields are checked with it)
 
-    def train_config(self, record_every: int, probe_size: int) -> TrainConfig:
+    def train_config(self, record_every: int, probe_size: int, dtype: str = "float32") -> TrainConfig:
         return TrainConfig(optimizer=self.optimizer, lr=self.lr, momentum=self.momentum, epochs=self.epochs,
-                           batch_size=self.batch_size, record_every=record_every, probe_size=probe_size)
+                           batch_size=self.batch_size, record_every=record_every, probe_size=probe_size, dtype=dtype)
 
     def describe(self) -> str:
         """The optimizer part of a study's one-line setup."""
@@ -78,19 +78,51 @@ class ModelArguments:
 class RunArguments:
     overwrite: bool = _help("replace a study already in --output_dir", default=False)
     no_progress: bool = _help("no progress bar", default=False)
-    threads: int = _help("torch CPU threads (default 1: more threads were up to 10x slower on a busy machine; "
-                         "0 = torch's choice)", default=1)
+    threads: int = _help("torch CPU threads (default 0 = torch's choice, every core; pin N on a machine shared with "
+                         "other jobs, see docs/benchmarks.md)", default=0)
+    device: str = _help("auto | cpu | cuda | cuda:N | mps: where the ensemble and its data live "
+                        "(auto = the accelerator when present, else cpu)", default="auto")
+    dtype: str = _help("float32 | tf32 (CUDA) | bfloat16: matmul precision (weights, optimizer and loss stay float32)",
+                       default="float32")
 
     def __post_init__(self):
+        from hf_init.mlp.training import DTYPES
+
         if self.threads < 0:
             raise UsageError(f"--threads must be >= 0 (0 = torch's choice), got {self.threads}")
+        if self.dtype not in DTYPES:
+            raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        self.torch_device()  # checks --device (and --dtype tf32 against it)
+
+    def torch_device(self):
+        """The ``torch.device`` --device names (``auto``: CUDA, else MPS, else CPU); UsageError
+        for a device this machine does not have."""
+        import torch
+
+        spec = self.device.strip().lower()
+        if spec == "auto":
+            spec = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        try:
+            device = torch.device(spec)
+        except (RuntimeError, ValueError):
+            raise UsageError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}") from None
+        if device.type not in ("cpu", "cuda", "mps"):
+            raise UsageError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError(f"--device {self.device}: no CUDA device on this machine; use --device cpu or auto")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {self.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise UsageError(f"--device {self.device}: MPS is not available here; use --device cpu or auto")
+        if self.dtype == "tf32" and device.type != "cuda":
+            raise UsageError(f"--dtype tf32 needs a CUDA device (the run is on {device.type}); use float32 or bfloat16")
+        return device
 
     def apply_threads(self) -> None:
         import torch
 
         if self.threads:
             torch.set_num_threads(self.threads)
-
 
 @dataclass
 class SweepArguments:

@@ -141,19 +141,31 @@ class Ensemble(nn.Module):
     def forward(self, x: torch.Tensor, keep: bool = False):
         """x: (B, n_in), shared by all members -> logits (M, B, n_out). With ``keep=True`` also
         returns the per-layer pre-activations z_l and post-activations h_l (h_l = z_l at the
-        output layer), each (M, B, fan_out)."""
-        h = x.unsqueeze(0).expand(self.n_members, *x.shape)
+        output layer), each feature-major, (M, fan_out, B): the tensors autograd differentiates.
+
+        Computed feature-major, z_l^T = W_l h_{l-1}^T + b_l (M, out, B): the weight gradients
+        autograd returns, dz^T h, are then contiguous in the weights' own (M, out, in) layout
+        (batch-major products give them transposed, and every optimizer pass over a transposed
+        gradient is a strided, cache-hostile copy). The first layer is one product for every
+        member, (M * out, n_in) x (n_in, B): x is shared, never copied per member."""
+        M, B = self.n_members, x.shape[0]
         pre, post = [], []
+        h = None  # h_{l-1}^T, (M, in, B)
         for l, (w, b) in enumerate(zip(self.weights, self.biases)):
-            z = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            out = w.shape[1]
+            if l == 0:
+                z = torch.addmm(b.reshape(M * out, 1), w.reshape(M * out, -1), x.t()).view(M, out, B)
+            else:
+                z = torch.baddbmm(b.unsqueeze(2), w, h)
             if l < self.shape.depth and not keep and self.shape.activation == "relu":
-                h = torch.relu_(z)  # baddbmm's backward needs its inputs, not z: safe in place
+                h = torch.relu_(z)  # addmm/baddbmm's backward needs their inputs, not z: safe in place
             else:
                 h = self._act(z) if l < self.shape.depth else z
             if keep:
                 pre.append(z)
                 post.append(h)
-        return (h, pre, post) if keep else h
+        logits = h.transpose(1, 2)
+        return (logits, pre, post) if keep else logits
 
     def member_losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of each member on (x, y): (M,)."""

@@ -71,7 +71,7 @@ def _train_shared_draws(data, shape: MLPShape, seeds: list[int], groups: list[tu
             keys.append({**key, "seed": seed})
             seed_index.append(k)
             layer_stds.append(per_layer)
-    model = Ensemble(shape, ensemble_weights(draws, seed_index, layer_stds))
+    model = Ensemble(shape, ensemble_weights(draws, seed_index, layer_stds)).to(data.x_train.device)  # the data's device
     record = train_ensemble(model, data, cfg, progress, desc=f"{desc}: {len(keys)} members")
     return StudyRun(shape, record, keys)
 

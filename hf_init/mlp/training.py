@@ -13,7 +13,12 @@ A member whose loss or gradient becomes non-finite (or whose gradient entries su
 range) is *diverged*: its step is recorded, its gradients and optimizer state are zeroed so that
 step leaves it unchanged, its frozen weights are written back to the full ensemble and it is
 dropped from the batched compute (the others, with their optimizer state, train on). Its later
-metrics are reported as NaN.
+metrics are reported as NaN. The checks run on the device with no host sync per step; the host
+reads them every :data:`CHECK_EVERY` steps (a member diverged in between is already frozen: its
+gradients and optimizer state are zeroed from its divergence step on, see :func:`_step`).
+
+The ensemble and the data live on one device (the model's: CPU, CUDA or MPS); ``dtype``
+chooses the matmul precision (:data:`DTYPES`).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import torch
 from hf_init.mlp.model import Ensemble, per_member_ce
 
 OPTIMIZERS = ("sgd", "adam")
+DTYPES = ("float32", "tf32", "bfloat16")  # the matmul precision (weights, optimizer and loss stay float32)
 
 
 def minibatch_order(n: int, batch_size: int, epochs: int, seed: int) -> list[torch.Tensor]:
@@ -42,7 +48,8 @@ def minibatch_order(n: int, batch_size: int, epochs: int, seed: int) -> list[tor
 
 
 def make_optimizer(params, name: str, lr: float, momentum: float = 0.9) -> torch.optim.Optimizer:
-    """SGD with momentum (``sgd``) or Adam (``adam``): both elementwise, see the module docstring."""
+    """SGD with momentum (``sgd``) or Adam (``adam``): both elementwise, see the module docstring.
+    One multi-tensor (foreach) update over the stacked tensors per step."""
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, foreach=True)
     if name == "adam":
@@ -60,10 +67,13 @@ class TrainConfig:
     data_seed: int = 0  # minibatch order, shared by every member
     record_every: int = 10  # steps between metric/variance records (0 and the last step always)
     probe_size: int = 256  # training examples (the first ones) forming the fixed probe batch
+    dtype: str = "float32"  # matmul precision, one of DTYPES (tf32: CUDA only)
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
         for name in ("lr",):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
@@ -105,20 +115,29 @@ class EnsembleRecord:
 
 
 def _pop_var(t: torch.Tensor) -> torch.Tensor:
-    """Population variance over every dim but the first (members), float64: (M,)."""
-    x = t.detach().to(torch.float64).reshape(t.shape[0], -1)
-    return ((x - x.mean(1, keepdim=True)) ** 2).mean(1)
+    """Population variance over every dim but the first (members), float64 (on the host where
+    the device has no float64: MPS): (M,)."""
+    t = t.detach()
+    x = (t.cpu() if t.device.type == "mps" else t).to(torch.float64).reshape(t.shape[0], -1)
+    return torch.var(x, dim=1, correction=0).cpu()
+
+
+EVAL_ELEMENTS = 1 << 24  # activations (members x examples x units) per evaluation chunk: 64 MiB
 
 
 @torch.no_grad()
-def _evaluate(model: Ensemble, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096):
+def _evaluate(model: Ensemble, x: torch.Tensor, y: torch.Tensor):
+    """Mean cross-entropy and accuracy of every member on (x, y), in chunks small enough that
+    M x chunk x width activations stay within EVAL_ELEMENTS (MNIST: 60k examples)."""
+    shape = model.shape
+    chunk = max(1, EVAL_ELEMENTS // (model.n_members * max(shape.width, shape.n_in, shape.n_out)))
     losses = torch.zeros(model.n_members, dtype=torch.float64)
     correct = torch.zeros(model.n_members, dtype=torch.float64)
     for i in range(0, len(y), chunk):
         logits = model(x[i : i + chunk])
         yy = y[i : i + chunk]
-        losses += per_member_ce(logits, yy).double() * len(yy)
-        correct += (logits.argmax(-1) == yy).double().sum(1)
+        losses += (per_member_ce(logits, yy).double() * len(yy)).cpu()
+        correct += (logits.argmax(-1) == yy).sum(1).cpu().double()
     return (losses / len(y)).numpy(), (correct / len(y)).numpy()
 
 
@@ -129,7 +148,7 @@ def _layer_stats(model: Ensemble, x: torch.Tensor, y: torch.Tensor):
         loss = torch.where(torch.isfinite(loss), loss, torch.zeros_like(loss)).sum()
         grads = torch.autograd.grad(loss, pre + list(model.weights), allow_unused=True)
     L = len(pre)
-    missing = torch.full((model.n_members,), float("nan"), dtype=torch.float64)
+    missing = torch.full((model.n_members,), float("nan"), dtype=torch.float64)  # on the host, as _pop_var
     return (
         torch.stack([_pop_var(z) for z in pre], 1).numpy(),
         torch.stack([_pop_var(h) for h in post], 1).numpy(),
@@ -146,25 +165,45 @@ def train_ensemble(model: Ensemble, data, cfg: TrainConfig, progress: bool = Tru
     # process ~100x slower; flushing them to zero made the default sweep ~1.6x faster here and
     # changes nothing measurable (such values are zero at every recorded precision).
     # torch has no getter for this flag; its default is off, which is restored afterwards.
-    torch.set_flush_denormal(True)
+    device = model.weights[0].device
+    if cfg.dtype == "tf32" and device.type != "cuda":
+        raise ValueError(f"dtype tf32 needs a CUDA device, the ensemble is on {device}; use float32 or bfloat16")
+    cpu = device.type == "cpu"
+    if cpu:
+        torch.set_flush_denormal(True)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = cfg.dtype == "tf32"
     try:
         return _train(model, data, cfg, progress, desc, t0)
     finally:
-        torch.set_flush_denormal(False)
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        if cpu:
+            torch.set_flush_denormal(False)
+
+
+CHECK_EVERY = 16  # steps between reads of the on-device divergence state (and at every record)
 
 
 def _train(model: Ensemble, data, cfg: TrainConfig, progress: bool, desc: str, t0: float) -> EnsembleRecord:
     from tqdm.auto import tqdm
 
     M = model.n_members
+    device = model.weights[0].device
+    data = data.to(device)
     batches = minibatch_order(len(data.y_train), cfg.batch_size, cfg.epochs, cfg.data_seed)
     T = len(batches)
+    # every minibatch's indices as one tensor on the device, sliced per step (no transfer per step)
+    order = torch.cat(batches).to(device) if T else torch.zeros(0, dtype=torch.long, device=device)
+    ends = np.cumsum([len(b) for b in batches]).tolist()
     record_at = sorted(set(range(0, T + 1, cfg.record_every)) | {T})
     record_set = set(record_at)
     probe_x, probe_y = data.x_train[: cfg.probe_size], data.y_train[: cfg.probe_size]
 
-    # `work` computes only the live members (`live`: their indices in `model`); a member that
-    # diverges is written back to `model` frozen and dropped from `work`.
+    # `work` computes only the live members (`live`: their indices in `model`, on the host); a
+    # member that diverges is written back to `model` frozen and dropped from `work`. Between
+    # host reads (every CHECK_EVERY steps and at records) divergence is tracked on the device:
+    # `alive` (members of `work` with no non-finite step yet), `bad_step` (its first such step)
+    # and `seg_loss` (the step losses since the last read).
     live = torch.arange(M)
     work = model
     params = list(work.weights) + list(work.biases)
@@ -173,52 +212,68 @@ def _train(model: Ensemble, data, cfg: TrainConfig, progress: bool, desc: str, t
     step_loss = np.full((T, M), np.nan)
     rec = {k: [] for k in ("train_loss", "train_acc", "test_loss", "test_acc", "pre", "act", "gpre", "gw")}
     L = model.shape.n_layers
+    autocast = _autocast(device, cfg.dtype)
+
+    def fresh_state(m_work):
+        return (torch.ones(m_work, dtype=torch.bool, device=device), torch.full((m_work,), -1, device=device),
+                torch.full((CHECK_EVERY, m_work), float("nan"), device=device))
+
+    alive, bad_step, seg_loss = fresh_state(M)
+    seg_start = 0
+
+    def read_back(step):
+        """Host read of the device state for steps seg_start..step-1: losses, new divergences,
+        and the diverged members dropped from `work` (written back to `model` first)."""
+        nonlocal live, work, opt, params, alive, bad_step, seg_loss, seg_start
+        n = step - seg_start
+        if n == 0 or live.numel() == 0:
+            seg_start = step
+            return
+        ok = alive.cpu()
+        step_loss[seg_start:step, live.numpy()] = seg_loss[:n].double().cpu().numpy()
+        if not ok.all():
+            dead = (~ok).numpy()
+            diverged_step[live.numpy()[dead]] = bad_step.cpu().numpy()[dead]
+            _write_back(model, work, live)
+            live = live[ok]
+            if live.numel():
+                work, opt = _compact(work, opt, ok.to(device), cfg)
+                params = list(work.weights) + list(work.biases)
+        alive, bad_step, seg_loss = fresh_state(live.numel())
+        seg_start = step
 
     def record():
-        alive = live.numpy()
+        alive_idx = live.numpy()
         for split, (x, y) in (("train", (data.x_train, data.y_train)), ("test", (data.x_test, data.y_test))):
             loss, acc = np.full(M, np.nan), np.full(M, np.nan)
-            if alive.size:
-                loss[alive], acc[alive] = _evaluate(work, x, y)
+            if alive_idx.size:
+                loss[alive_idx], acc[alive_idx] = _evaluate(work, x, y)
             rec[f"{split}_loss"].append(loss)
             rec[f"{split}_acc"].append(acc)
-        stats = _layer_stats(work, probe_x, probe_y) if alive.size else [None] * 4
+        stats = _layer_stats(work, probe_x, probe_y) if alive_idx.size else [None] * 4
         for key, value in zip(("pre", "act", "gpre", "gw"), stats):
             full = np.full((M, L), np.nan)
             if value is not None:
-                full[alive] = value
+                full[alive_idx] = value
             rec[key].append(full)
 
     bar = tqdm(total=T, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
-    for step, idx in enumerate(batches):
-        if step in record_set:
-            record()
+    for step in range(T):
+        if step in record_set or step - seg_start == CHECK_EVERY:
+            read_back(step)
+            if step in record_set:
+                record()
+            if progress:
+                bar.set_postfix(active=f"{live.numel()}/{M}")
         if live.numel() == 0:  # every member diverged: nothing left to train
             bar.update(1)
             continue
-        m_live = live.numel()
-        opt.zero_grad(set_to_none=False)
-        losses = per_member_ce(work(data.x_train[idx]), data.y_train[idx])
-        finite = torch.isfinite(losses.detach())
-        torch.where(finite, losses, torch.zeros_like(losses)).sum().backward()
-        # one reduction pass: a NaN/inf entry makes its member's sum non-finite (so does a sum
-        # that overflows float32, ~3e38: such a gradient counts as diverged too)
-        grad_ok = torch.isfinite(torch.stack([p.grad.reshape(m_live, -1).sum(1) for p in params]).sum(0))
-        ok = finite & grad_ok
-        step_loss[step, live.numpy()] = np.where(ok.numpy(), losses.detach().double().numpy(), np.nan)
-        if not ok.all():
-            diverged_step[live[~ok].numpy()] = step
-            _freeze(opt, params, ~ok)  # this step leaves them unchanged
-        opt.step()
-        if not ok.all():
-            _write_back(model, work, live)
-            live = live[ok]
-            work, opt = _compact(work, opt, ok, cfg)
-            params = list(work.weights) + list(work.biases)
+        idx = order[ends[step] - len(batches[step]) : ends[step]]
+        _step(work, params, opt, data.x_train.index_select(0, idx), data.y_train.index_select(0, idx),
+              autocast, alive, bad_step, seg_loss[step - seg_start], step)
         bar.update(1)
-        if step % 20 == 0:
-            bar.set_postfix(active=f"{live.numel()}/{M}")
     bar.close()
+    read_back(T)
     record()
     if work is not model:
         _write_back(model, work, live)
@@ -238,6 +293,51 @@ def _train(model: Ensemble, data, cfg: TrainConfig, progress: bool, desc: str, t
         diverged_step=diverged_step,
         seconds=time.perf_counter() - t0,
     )
+
+
+def _step(work: Ensemble, params, opt, x, y, autocast, alive, bad_step, loss_row, step: int) -> None:
+    """One optimizer step of every member of ``work``, with no host sync. A member whose loss
+    or gradient is non-finite now (or was at an earlier step since the last host read) is
+    frozen: its gradients and per-entry optimizer state are zeroed, so the update leaves its
+    weights as they were before this step, bit for bit. Updates ``alive``, ``bad_step`` (this
+    step for members diverging now) and ``loss_row`` (NaN for frozen members) in place."""
+    with autocast:
+        losses = per_member_ce(work(x), y).float()
+    finite = torch.isfinite(losses.detach())
+    grads = torch.autograd.grad(torch.where(finite, losses, torch.zeros_like(losses)).sum(), params)
+    m = losses.shape[0]
+    # one reduction pass: a NaN/inf entry makes its member's sum non-finite (so does a sum that
+    # overflows float32, ~3e38: such a gradient counts as diverged too)
+    gsum = torch.stack([g.reshape(m, -1).sum(1) for g in grads]).sum(0)
+    with torch.no_grad():
+        ok = finite & torch.isfinite(gsum)
+        bad_step.masked_fill_(alive & ~ok, step)
+        alive &= ok
+        loss_row.copy_(torch.where(alive, losses.detach(), float("nan")))
+        dead = ~alive
+        # on the CPU reading the flag costs nothing (no queue to drain), so the masking pass is
+        # skipped while every member is alive; on an accelerator it always runs (no sync)
+        mask = alive.device.type != "cpu" or bool(dead.any())
+        for p, g in zip(params, grads):
+            p.grad = g
+            if mask:
+                d = dead.view(-1, *([1] * (g.dim() - 1)))
+                g.masked_fill_(d, 0.0)
+                for value in opt.state.get(p, {}).values():
+                    if torch.is_tensor(value) and value.shape == p.shape:
+                        value.masked_fill_(d, 0.0)
+    opt.step()
+
+
+def _autocast(device: torch.device, dtype: str):
+    """The forward's matmul precision: ``float32`` (nothing changes), ``bfloat16`` (autocast:
+    bf16 matmuls, float32 weights, optimizer and loss) or ``tf32`` (CUDA only; set around the
+    whole training by :func:`train_ensemble`)."""
+    import contextlib
+
+    if dtype == "bfloat16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -265,14 +365,3 @@ def _compact(work: Ensemble, opt: torch.optim.Optimizer, keep: torch.Tensor, cfg
                 for k, v in state.items()
             }
     return new, new_opt
-
-
-@torch.no_grad()
-def _freeze(opt: torch.optim.Optimizer, params, dead: torch.Tensor) -> None:
-    """Zero the gradients and every per-entry optimizer state (momentum, Adam moments) of the
-    ``dead`` members, so the coming and all later updates leave their weights unchanged."""
-    for p in params:
-        p.grad[dead] = 0.0
-        for value in opt.state.get(p, {}).values():
-            if torch.is_tensor(value) and value.shape == p.shape:
-                value[dead] = 0.0

@@ -1,0 +1,134 @@
+"""Projected wall time of the full-scale MNIST std sweep (60,000 training images, width 512,
+16 stds x 5 seeds = 80 members per depth, 4 depths, 30 epochs, batch 64) on this machine's
+device, from a short run of each depth's ensemble.
+
+    python benchmarks/mnist_projection.py                    # synthetic MNIST-shaped data, auto device
+    python benchmarks/mnist_projection.py --mnist_dir ~/data/mnist --device cuda --dtype tf32
+
+Without --mnist_dir the data are synthetic and MNIST-shaped (60,000 + 10,000 examples of 784
+standardised features, 10 classes): MNIST itself cannot be downloaded offline, and the time of a
+step does not depend on the pixel values (the sweep flushes subnormal floats on the CPU). With
+--mnist_dir the real MNIST (--mnist_train_size of it) is used.
+
+Per depth it measures (all members at once, on --device, --dtype):
+- a training step: wall time of ``train_ensemble`` for 1 + --steps steps minus that for 1 step
+  (both on the first examples of the training split, with their two small records), / --steps;
+- a record at full scale: loss/accuracy of every member on the train and test splits (timed on
+  --eval_examples of them and scaled linearly to both full splits, 70,000 examples) and the
+  per-layer statistics on the probe batch (what every --record_every steps costs).
+Projection = steps x step time + records x record time, for one record per epoch and for the
+sweep's default --record_every 20. The data live once on the device, shared by every member.
+"""
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from hf_init.cli import UsageError, fail_cleanly
+
+
+@dataclass
+class ProjectionArguments:
+    depths: list[int] = field(default_factory=lambda: [2, 4, 8, 16], metadata={"help": "the sweep's depths"})
+    seeds: int = field(default=5, metadata={"help": "seeds per std (16 stds: the sweep's default grid)"})
+    steps: int = field(default=4, metadata={"help": "timed training steps per depth"})
+    eval_examples: int = field(default=2048, metadata={"help": "examples a record's full-split evaluation is timed "
+                                                                 "on (scaled to both full splits)"})
+
+
+def synthetic_mnist(n_train: int, n_test: int = 10000, seed: int = 0):
+    """MNIST-shaped stand-in: uint8-like pixels standardised with the training statistics (as
+    ``load_tabular`` does), labels 0..9. Not MNIST, and named so."""
+    from hf_init.data.tabular import TabularData, standardise
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n_train + n_test, 784), generator=g, dtype=torch.uint8).numpy()
+    y = torch.randint(0, 10, (n_train + n_test,), generator=g)
+    xtr, xte = standardise(x[:n_train], x[n_train:])
+    return TabularData("synthetic_mnist", f"synthetic MNIST-shaped data (not MNIST): {n_train} train / {n_test} test",
+                       torch.from_numpy(xtr), y[:n_train], torch.from_numpy(xte), y[n_train:], 10)
+
+
+def main(argv=None):
+    from hf_init.data.tabular import TabularData
+    from hf_init.mlp.args import parse
+    from hf_init.mlp.model import Ensemble, MLPShape, ensemble_weights, standard_normal_draws
+    from hf_init.mlp.study import log_grid
+    from hf_init.mlp.training import _evaluate, _layer_stats, train_ensemble
+
+    data_args, model_args, run_args, proj = parse(ProjectionArguments, list(argv if argv is not None else sys.argv[1:]),
+                                                  __doc__, width=512, mnist_train_size=60000)
+    if proj.steps < 1 or proj.seeds < 1 or proj.eval_examples < 1:
+        raise UsageError("--steps, --seeds and --eval_examples must be >= 1")
+    for depth in proj.depths:
+        MLPShape(1, 1, depth, 1)
+    run_args.apply_threads()
+    device = run_args.torch_device()
+    if data_args.mnist_dir:
+        data = data_args.load()
+    else:
+        data = synthetic_mnist(data_args.mnist_train_size)
+    data = data.to(device)
+    cfg = model_args.train_config(record_every=10**9, probe_size=256, dtype=run_args.dtype)
+    stds = log_grid(1e-4, 10.0, 3)
+    seeds = list(range(proj.seeds))
+    M = len(stds) * len(seeds)
+    steps_per_epoch = math.ceil(len(data.y_train) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    load0 = os.getloadavg()
+    print(f"{data.description}; width {model_args.width}, {M} members per depth ({len(stds)} stds x {len(seeds)} seeds), "
+          f"depths {proj.depths}; {cfg.epochs} epochs x {steps_per_epoch} steps, batch {cfg.batch_size}")
+    print(f"device {device} ({run_args.dtype}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
+          f"load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
+    print(f"{'depth':>5} {'step s':>9} {'record s':>9} {'GFLOP/step':>10} {'GFLOP/s':>8}")
+    per_epoch_s, every20_s, train_s = 0.0, 0.0, 0.0
+    for depth in proj.depths:
+        shape = MLPShape(data.n_features, model_args.width, depth, data.n_classes)
+        weights = ensemble_weights(standard_normal_draws(shape, seeds), [k for _ in stds for k in range(len(seeds))],
+                                   [[s] * shape.n_layers for s in stds for _ in seeds])
+
+        def timed_run(n_steps):
+            n = n_steps * cfg.batch_size
+            part = TabularData(data.name, data.description, data.x_train[:n], data.y_train[:n],
+                               data.x_test[:256], data.y_test[:256], data.n_classes)
+            model = Ensemble(shape, weights).to(device)
+            sync()
+            t0 = time.perf_counter()
+            train_ensemble(model, part, cfg.__class__(**{**cfg.__dict__, "epochs": 1}), progress=False)
+            sync()
+            return time.perf_counter() - t0, model
+
+        timed_run(1)  # warm-up (allocator, kernels)
+        t1, _ = timed_run(1)
+        tn, model = timed_run(1 + proj.steps)
+        step_s = max(tn - t1, 0.0) / proj.steps
+        sync()
+        t0 = time.perf_counter()
+        n_eval = min(proj.eval_examples, len(data.y_train))
+        _evaluate(model, data.x_train[:n_eval], data.y_train[:n_eval])
+        sync()
+        t1 = time.perf_counter()
+        _layer_stats(model, data.x_train[:256], data.y_train[:256])
+        sync()
+        record_s = (t1 - t0) * (len(data.y_train) + len(data.y_test)) / n_eval + time.perf_counter() - t1
+        fans = shape.layer_fans()
+        flops = M * sum(2 * cfg.batch_size * fi * fo * (3 if l else 2) for l, (fi, fo) in enumerate(fans))
+        print(f"{depth:>5} {step_s:>9.4f} {record_s:>9.3f} {flops / 1e9:>10.1f} {flops / step_s / 1e9 if step_s else 0:>8.1f}",
+              flush=True)
+        train_s += total_steps * step_s
+        per_epoch_s += total_steps * step_s + (cfg.epochs + 1) * record_s
+        every20_s += total_steps * step_s + (total_steps // 20 + 2) * record_s
+    hours = lambda s: f"{s:,.0f} s = {s / 3600:.2f} h"  # noqa: E731
+    load1 = os.getloadavg()
+    print(f"projected full-scale sweep on {device}: training alone {hours(train_s)}; with a record every epoch "
+          f"(--record_every {steps_per_epoch}) {hours(per_epoch_s)}; with the default --record_every 20 {hours(every20_s)}")
+    print(f"load average after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(fail_cleanly(main))
