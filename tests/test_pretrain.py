@@ -49,7 +49,32 @@ def test_ten_step_run_leaves_a_complete_run_folder(tiny_run):
     assert info["init"]["scheme"] == "xavier_normal"
     assert info["corpus"]["sha256"] and info["corpus"]["n_chars"] > 0
     assert 0.0 <= info["next_token_accuracy"] <= 1.0
+    # 16 eval blocks of 32 tokens: the last position of each block has no next token
+    assert info["eval_tokens"] == 16 * (32 - 1)
     assert "population variance" in proc.stdout and "perplexity" in proc.stdout
+
+
+def test_next_token_accuracy_on_hand_made_logits():
+    """The Trainer hooks of scripts/pretrain.py on logits whose answer is known by hand: the
+    prediction at position t is scored against the label at t + 1; label -100 is ignored."""
+    import numpy as np
+    import torch
+    from transformers import EvalPrediction
+
+    from hf_init.pretrain import next_token_metric
+
+    compute_metrics, preprocess = next_token_metric()
+    labels = torch.tensor([[5, 1, 2, 3, 4], [7, 7, 0, -100, 6]])
+    # arg-max per position; position t predicts labels[:, t + 1]
+    argmax = torch.tensor([[1, 2, 9, 4, 0],    # t=0..3 vs 1,2,3,4: right, right, wrong, right
+                           [7, 0, 3, 6, 6]])   # vs 7,0,-100,6: right, right, ignored, right
+    logits = torch.nn.functional.one_hot(argmax, 10).float() * 3.0 - 1.0
+    preds = preprocess(logits, labels)
+    assert torch.equal(preds, argmax)
+    out = compute_metrics(EvalPrediction(predictions=np.asarray(preds), label_ids=np.asarray(labels)))
+    # hand count: 3 of 4 in row 0, 3 of 3 in row 1 (unshifted it would be 0/5 + 1/4)
+    assert out["accuracy_tokens"] == 7
+    assert out["accuracy"] == pytest.approx(6 / 7, abs=1e-12)
 
 
 def test_saved_model_and_tokenizer_load_with_stock_classes(tiny_run):
