@@ -6,3 +6,59 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# --- study runs shared by test_study_outputs.py and test_figures.py (scripts as subprocesses, tiny sizes)
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP_ARGS = ["--dataset", "wine", "--stds", "1e-4", "0.1", "50", "--seeds", "2", "--depths", "1", "3",
+              "--epochs", "10", "--record_every", "5", "--no_progress"]
+COMPARE_ARGS = ["--dataset", "wine", "--seeds", "3", "--epochs", "4", "--activations", "relu", "tanh",
+                "--no_progress"]
+THEORY_ARGS = ["--width", "64", "--depth", "3", "--batch", "16", "--seeds", "2", "--activations", "relu,tanh",
+               "--std_multiples", "0.7,1", "--gpt2_schemes", "gpt2", "--gpt2_n_layer", "2", "--gpt2_n_embd", "32",
+               "--gpt2_seq_len", "8", "--gpt2_batch", "2", "--gpt2_seeds", "1"]
+PRETRAIN_ARGS = ["--n_layer", "3", "--n_embd", "32", "--n_head", "2", "--block_size", "32", "--vocab_size", "300",
+                 "--max_train_documents", "40", "--max_eval_samples", "8", "--per_device_train_batch_size", "4",
+                 "--per_device_eval_batch_size", "8", "--logging_steps", "5", "--variance_steps", "2",
+                 "--disable_tqdm", "true", "--max_steps", "6"]
+
+
+def run_script(name, *args, timeout=300):
+    """scripts/<name>.py in a subprocess (this checkout's hf_init, offline); CompletedProcess."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / f"{name}.py"), *map(str, args)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _study(tmp_path_factory, name, args, flag="--output_dir"):
+    out = tmp_path_factory.mktemp(name) / "out"
+    proc = run_script(name, *args, flag, out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def sweep_out(tmp_path_factory):
+    return _study(tmp_path_factory, "mlp_sweep", SWEEP_ARGS)
+
+
+@pytest.fixture(scope="session")
+def compare_out(tmp_path_factory):
+    return _study(tmp_path_factory, "mlp_init_compare", COMPARE_ARGS)
+
+
+@pytest.fixture(scope="session")
+def theory_out(tmp_path_factory):
+    return _study(tmp_path_factory, "theory_check", THEORY_ARGS)
+
+
+@pytest.fixture(scope="session")
+def pretrain_out(tmp_path_factory):
+    return _study(tmp_path_factory, "pretrain", PRETRAIN_ARGS)
