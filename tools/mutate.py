@@ -42,6 +42,7 @@ CALLBACKS = ["tests/test_callbacks.py"]
 VARIANCE = ["tests/test_pretrain.py::test_variance_table_summary_on_hand_made_records"]
 METRIC = ["tests/test_pretrain.py::test_next_token_accuracy_on_hand_made_logits"]
 FREEZE = ["tests/test_mlp.py"]
+OUT, FIG = "tests/test_study_outputs.py", "tests/test_figures.py"
 
 # (id, file, original, replacement, tests)
 MUTANTS = [
@@ -114,6 +115,30 @@ MUTANTS = [
     ("M33", "hf_init/propagation.py", 'ok = sum(r["within_tolerance"] for r in rs)', "ok = len(rs)", THEORY),
     # hf_init/mlp.py: the freeze of a diverged member
     ("M34", "hf_init/mlp.py", "            _freeze(opt, params, ~ok)", "            pass", FREEZE),
+    # study outputs and figures: each break is one the tests of test_study_outputs.py / test_figures.py must see
+    ("N01", "hf_init/modeling.py", "shapes[part] = fans(block.shape, layout)", "shapes[part] = fans(weight.shape, layout)",
+     [f"{OUT}::test_inspect_init_table_matches_hand_computation"]),
+    ("N02", "hf_init/mlp.py", '"train_loss": float(record.train_loss[r, m]), "test_loss"',
+     '"train_loss": float(record.test_loss[r, m]), "test_loss"', [f"{OUT}::test_sweep_curves_csv"]),
+    ("N03", "hf_init/analysis/mlp.py", "{g: rr.count(g) for g in REGIMES if rr.count(g)}",
+     "{g: rr.count(g) for g in REGIMES[1:] if rr.count(g)}", [f"{OUT}::test_sweep_summary_json"]),
+    ("N04", "scripts/mlp_sweep.py", '"final_test_loss": r["final_test_loss"],', '"final_test_loss": r["final_train_loss"],',
+     [f"{OUT}::test_sweep_tensorboard_hparams"]),
+    ("N05", "hf_init/pretrain.py", "if len(set(digests)) != 1:", "if len(set(digests)) > 2:",
+     [f"{OUT}::test_tokenizer_mismatch_across_ranks_is_refused_on_every_rank"]),
+    ("N06", "hf_init/outputs.py", "        for name in found:\n            os.replace(out / name, backup / name)",
+     "        for name in [n for n in found if n != 'tb']:\n            os.replace(out / name, backup / name)",
+     [f"{OUT}::test_sweep_overwrite_replaces_the_previous_study", f"{OUT}::test_compare_overwrite_replaces_the_previous_study"]),
+    ("N07", "hf_init/analysis/mlp.py", "for x, y in zip([r[metric] for r in by[a]], [r[metric] for r in by[b]])))",
+     "for x, y in zip([r[metric] for r in by[b]], [r[metric] for r in by[a]])))",
+     [f"{OUT}::test_compare_summary_statistics_match_scipy"]),
+    ("N08", "hf_init/plots/pretrain.py", "ax.plot(table.steps[ok], values[i][ok]", "ax.plot(table.steps[ok], values[0][ok]",
+     [f"{FIG}::test_pretrain_variance_figure"]),
+    ("N09", "hf_init/plots/mlp.py", 'ys = [_nanmean([r[key] for r in sub if r["std"] == s]) for s in stds]',
+     'ys = [_nanmean([r[key] for r in rows if r["std"] == s]) for s in stds]', [f"{FIG}::test_sweep_metrics_figure"]),
+    ("N10", "hf_init/plots/mlp.py", "[c.mean for c in cis]", "[c.hi for c in cis]", [f"{FIG}::test_compare_curves_figure"]),
+    ("N11", "hf_init/plots/theory.py", 'ax.plot(x, [r["predicted"] for r in sel], "-", color=color,',
+     'ax.plot(x, [r["measured"] for r in sel], "-", color=color,', [f"{FIG}::test_theory_mlp_forward_figure"]),
 ]
 
 
