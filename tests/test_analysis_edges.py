@@ -36,3 +36,23 @@ def test_theory_check_tolerance_is_k_sigma_over_sqrt_seeds(theory_out):
     for r in rows:
         if r["quantity"] == "forward" and r["layer"] != "1":
             assert float(r["tolerance"]) > 0.5
+
+
+def test_verdict_needs_both_speed_metrics_significant():
+    """6 seeds (smallest two-sided Wilcoxon p 2/2^6 = 0.031): steps to target lower on every seed
+    (p = 0.031 < 0.05), loss AUC lower in the mean only (signs mixed, p > 0.05): not supported."""
+    from scipy import stats
+
+    from hf_init.analysis.mlp import compare_summary
+
+    a_steps, b_steps = [10, 20, 30, 40, 50, 60], [15, 27, 33, 49, 52, 71]
+    a_auc, b_auc = [0.5, 0.9, 0.4, 0.8, 0.3, 0.7], [0.6, 0.8, 0.5, 0.7, 0.6, 0.8]
+    assert stats.wilcoxon(a_steps, b_steps).pvalue < 0.05 < stats.wilcoxon(a_auc, b_auc).pvalue
+    rows = []
+    for scheme, steps, auc in (("a", a_steps, a_auc), ("b", b_steps, b_auc)):
+        for seed, (s, u) in enumerate(zip(steps, auc)):
+            rows.append({"activation": "relu", "scheme": scheme, "seed": seed, "steps_to_target": s,
+                         "reached_target": True, "loss_auc": u, "final_test_loss": u, "final_test_acc": 0.5,
+                         "diverged_step": -1})
+    verdict = compare_summary(rows, "a", "b")["relu"]["verdict"]
+    assert verdict == "not supported: a ahead in the mean, not significant"

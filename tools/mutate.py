@@ -33,7 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 ANALYSIS = ["tests/test_mlp_analysis.py", "tests/test_analysis_edges.py::test_stable_band_tie_goes_to_the_lower_run",
-            "tests/test_analysis_edges.py::test_paired_counts_do_not_count_ties_as_wins"]
+            "tests/test_analysis_edges.py::test_paired_counts_do_not_count_ties_as_wins",
+            "tests/test_analysis_edges.py::test_verdict_needs_both_speed_metrics_significant"]
 TOLERANCE = ["tests/test_analysis_edges.py::test_theory_check_tolerance_is_k_sigma_over_sqrt_seeds"]
 SWEEP = ["tests/test_mlp_scripts.py::test_sweep_end_to_end_and_refuses_to_overwrite"]
 COMPARE = ["tests/test_mlp_scripts.py::test_compare_end_to_end"]
