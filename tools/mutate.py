@@ -209,6 +209,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|")
     for (mid, _, original, replacement, _), r in zip(chosen, results):
         change = f"`{original.strip()}` -> `{replacement.strip()}`".replace("|", "\\|")
+        change = " ".join(change.split())  # one table line, even for a multi-line snippet
         print(f"| {mid} | {r['file']} | {change} | {r['status']} | {r['detail']} |")
     live = [r for r in results if r["status"] != "stale"]
     caught = sum(r["status"] == "caught" for r in live)
