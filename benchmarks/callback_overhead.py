@@ -26,6 +26,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from hf_init.callbacks import QKVVarianceCallback, block_statistics
 from hf_init.modeling import build_model
+from hf_init.sinks import JsonlSink, TensorBoardSink
 
 
 class ChunkTimer(TrainerCallback):
@@ -88,8 +89,8 @@ def main(argv=None):
             timer = ChunkTimer()
             callbacks = [timer]
             if every is not None:
-                callbacks.insert(0, QKVVarianceCallback(output_dir=f"{tmp.name}/{every}", every=every,
-                                                        tensorboard=writer))
+                sinks = [JsonlSink(f"{tmp.name}/{every}/variance.jsonl"), TensorBoardSink(writer)]
+                callbacks.insert(0, QKVVarianceCallback(sinks, every=every))
             targs = TrainingArguments(output_dir=tmp.name, max_steps=args.steps_per_chunk,
                                       per_device_train_batch_size=args.batch_size, learning_rate=1e-3,
                                       logging_steps=args.interval, save_strategy="no", report_to="none",

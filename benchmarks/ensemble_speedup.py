@@ -6,46 +6,47 @@ of steps, measured side by side in one process. Prints the wall-clock ratio (tar
     python benchmarks/ensemble_speedup.py                 # 3 epochs (66 steps) per member
     python benchmarks/ensemble_speedup.py --epochs 30     # the sweep's full budget
 
+Arguments as the studies take them (hf_init.mlp.args: optional YAML config, then --flags), SGD only.
+
 The ensemble side includes everything train_ensemble does per step (divergence checks) plus its
 two metric/variance records (at init and at the end); the one-at-a-time side is a bare loop.
 """
 
-import argparse
 import sys
 import time
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from hf_init.cli import fail_cleanly
+from hf_init.cli import UsageError, fail_cleanly
+
+
+@dataclass
+class BenchmarkArguments:
+    seeds: int = field(default=5, metadata={"help": "seeds 0..N-1 per std of the default grid"})
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="digits")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: more threads were up to 10x slower on a busy machine; 0 = torch's choice)")
-    args = p.parse_args(argv)
+    from hf_init.mlp.args import parse
+    from hf_init.mlp.model import Ensemble, MLPShape, build_mlp, ensemble_weights, standard_normal_draws
+    from hf_init.mlp.study import log_grid
+    from hf_init.mlp.training import minibatch_order, train_ensemble
 
-    from hf_init.data.tabular import load_tabular
-    from hf_init.mlp import (Ensemble, MLPShape, TrainConfig, build_mlp, ensemble_weights, log_grid,
-                             minibatch_order, standard_normal_draws, train_ensemble)
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    data = load_tabular(args.dataset)
-    shape = MLPShape(data.n_features, args.width, args.depth, data.n_classes)
+    data_args, model_args, run_args, bench = parse(BenchmarkArguments, list(argv if argv is not None else sys.argv[1:]),
+                                                   __doc__, epochs=3)
+    if model_args.optimizer != "sgd":
+        raise UsageError(f"--optimizer must be sgd (the one-at-a-time side is plain SGD), got {model_args.optimizer}")
+    run_args.apply_threads()
+    data = data_args.load()
+    shape = MLPShape(data.n_features, model_args.width, model_args.depth, data.n_classes)
     stds = log_grid(1e-4, 10.0, 3)
-    seeds = list(range(args.seeds))
+    seeds = list(range(bench.seeds))
     draws = standard_normal_draws(shape, seeds)
     seed_index = [k for _ in stds for k in range(len(seeds))]
     layer_stds = [[s] * shape.n_layers for s in stds for _ in seeds]
     weights = ensemble_weights(draws, seed_index, layer_stds)
-    cfg = TrainConfig(optimizer="sgd", lr=0.01, momentum=0.9, epochs=args.epochs, batch_size=64, record_every=10**9)
+    cfg = model_args.train_config(record_every=10**9, probe_size=256)
     batches = minibatch_order(len(data.y_train), cfg.batch_size, cfg.epochs, cfg.data_seed)
     M = len(seed_index)
 
@@ -68,8 +69,8 @@ def main(argv=None):
             opt.step()
     t_one = time.perf_counter() - t0
 
-    print(f"{data.description}; {M} members ({len(stds)} stds x {len(seeds)} seeds), depth {args.depth} x width "
-          f"{args.width}; {len(batches)} steps each; torch threads {torch.get_num_threads()}")
+    print(f"{data.description}; {M} members ({len(stds)} stds x {len(seeds)} seeds), depth {shape.depth} x width "
+          f"{shape.width}; {len(batches)} steps each; torch threads {torch.get_num_threads()}")
     print(f"ensemble (vectorised):  {t_ens:7.2f} s  ({rec.step_loss.shape[0]} steps, {int((rec.diverged_step >= 0).sum())} members diverged)")
     print(f"one model at a time:    {t_one:7.2f} s")
     print(f"speedup: {t_one / t_ens:.1f}x (target >= 5x)")

@@ -1,34 +1,24 @@
-"""Trainer callbacks that record weight statistics during training.
+"""Trainer callbacks that measure weight statistics during training and hand them to sinks.
 
-:class:`QKVVarianceCallback` records, for every transformer block of a GPT-2 model, the
-population variance (plus mean and RMS) of the query, key and value blocks of ``c_attn``, of
-the attention output projection and of the two MLP weights, and the variance of their
-gradients, at step 0 (the initialization), every ``every`` optimizer steps and at the final
-step. Records go to ``variance.jsonl`` (one line per (step, layer)) and to TensorBoard.
+:class:`QKVVarianceCallback` measures, for every transformer block of a GPT-2 model, the
+population variance (plus mean and RMS) of each block weight of :mod:`hf_init.gpt2_layout`
+(q, k, v parts of ``c_attn``, ``attn_proj``, ``mlp_fc``, ``mlp_proj``) and of its gradient, at
+step 0 (the initialization), every ``every`` optimizer steps and at the final step, and gives
+the records (:mod:`hf_init.records`, one per (step, layer, role)) to the sinks it was handed
+(:mod:`hf_init.sinks`: a JSONL file, TensorBoard, ...).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
 
+from .gpt2_layout import BLOCK_ROLES, BLOCK_WEIGHTS
+from .records import make_record
 from .stats import column_block_moments, full_tensor
 
-# (record name, module path inside a GPT2Block, number of column blocks); c_attn splits into
-# Q | K | V along the output columns of its (in, out) Conv1D weight (see stats.split_fused).
-BLOCK_WEIGHTS = (
-    (("q", "k", "v"), "attn.c_attn"),
-    (("attn_proj",), "attn.c_proj"),
-    (("mlp_fc",), "mlp.c_fc"),
-    (("mlp_proj",), "mlp.c_proj"),
-)
-NAMES = tuple(name for names, _ in BLOCK_WEIGHTS for name in names)
-QKV = ("q", "k", "v")
 VARIANCE_FILE = "variance.jsonl"
 
 
@@ -60,44 +50,41 @@ def _is_sharded(model: torch.nn.Module) -> bool:
 
 @torch.no_grad()
 def block_statistics(model: torch.nn.Module, grads: bool = False) -> torch.Tensor:
-    """Population moments of every recorded weight (or its ``.grad``) in every block.
+    """Population moments of every block weight (or its ``.grad``) in every block.
 
-    Returns float64 of shape (n_layer, len(NAMES), 3): per layer, per name in :data:`NAMES`
-    (q, k, v, attn_proj, mlp_fc, mlp_proj), the mean, population variance (divide by N, over
-    all entries of that block) and RMS, accumulated in float64 whatever the training dtype.
-    A missing gradient gives NaN. Sharded (DTensor) weights are gathered first: then every
-    rank must call this.
+    Returns float64 of shape (n_layer, len(BLOCK_ROLES), 3): per layer, per role in
+    :data:`hf_init.gpt2_layout.BLOCK_ROLES` (q, k, v, attn_proj, mlp_fc, mlp_proj), the mean,
+    population variance (divide by N, over all entries of that weight part) and RMS,
+    accumulated in float64 whatever the training dtype. A missing gradient gives NaN. Sharded
+    (DTensor) weights are gathered first: then every rank must call this.
     """
     blocks = list(gpt2_blocks(model))
     parts = []
-    for names, path in BLOCK_WEIGHTS:
-        params = [block.get_submodule(path).weight for block in blocks]
+    for entry in BLOCK_WEIGHTS:
+        params = [block.get_submodule(entry.path).weight for block in blocks]
         tensors = [p.grad if grads else p for p in params]
+        n = len(entry.parts)
         if any(t is None for t in tensors):
-            parts.append(torch.full((len(blocks), len(names), 3), math.nan, dtype=torch.float64))
-        else:
-            parts.append(column_block_moments([full_tensor(t) for t in tensors], len(names)).cpu())
+            parts.append(torch.full((len(blocks), n, 3), math.nan, dtype=torch.float64))
+        else:  # the column blocks of column_block_moments are the parts Weight.split cuts
+            parts.append(column_block_moments([full_tensor(t) for t in tensors], n).cpu())
     return torch.cat(parts, dim=1)
 
 
-def tensorboard_tag(name: str, layer: int, n_layer: int, grad: bool = False) -> str:
-    """``q_var/layer_03`` or ``q_grad_var/layer_03``: TensorBoard groups charts by the text
-    before the first slash, so each projection (and its gradient) gets its own chart family."""
-    width = max(2, len(str(n_layer - 1)))
-    return f"{name}_{'grad_' if grad else ''}var/layer_{layer:0{width}d}"
-
-
-def custom_scalars_layout(names=QKV) -> dict:
-    """A TensorBoard custom-scalars layout: one chart per projection overlaying all layers,
-    for the weights and for their gradients."""
-    return {
-        "Q/K/V weight variance, all layers": {
-            f"{n.upper()} variance": ["Multiline", [rf"{n}_var/layer_\d+"]] for n in names
-        },
-        "Q/K/V gradient variance, all layers": {
-            f"{n.upper()} gradient variance": ["Multiline", [rf"{n}_grad_var/layer_\d+"]] for n in names
-        },
-    }
+def variance_records(step: int, weights: torch.Tensor, grads: torch.Tensor | None) -> list[dict]:
+    """The records of one step from :func:`block_statistics` of the weights and (or ``None``)
+    of the gradients: one per (layer, role) with ``var``, ``mean``, ``rms``, ``grad_var``,
+    ``grad_rms`` (null where not finite or not measured)."""
+    w = weights.tolist()
+    g = grads.tolist() if grads is not None else None
+    records = []
+    for layer, rows in enumerate(w):
+        for i, role in enumerate(BLOCK_ROLES):
+            mean, var, rms = rows[i]
+            gvar, grms = (g[layer][i][1], g[layer][i][2]) if g is not None else (None, None)
+            records.append(make_record(step, layer, role, {"var": var, "mean": mean, "rms": rms,
+                                                           "grad_var": gvar, "grad_rms": grms}))
+    return records
 
 
 class QKVVarianceCallback(TrainerCallback):
@@ -108,13 +95,12 @@ class QKVVarianceCallback(TrainerCallback):
     fractional ``logging_steps`` is a share of the total steps) and at the final step
     (``state.max_steps``), each step once.
 
-    What (one JSON line per (step, layer) in ``<output_dir>/variance.jsonl``, appended and
-    flushed as it is made, main process only): ``step``, ``layer`` and, for each name in
-    ``q, k, v, attn_proj, mlp_fc, mlp_proj``: ``<name>`` = population variance over all
-    entries of that weight block (divide by N, float64 accumulation), ``<name>_mean``,
-    ``<name>_rms``; ``grad_<name>`` and ``grad_<name>_rms`` = the same for its gradient.
+    What (:func:`variance_records`, handed to every sink on the main process): one record per
+    (step, layer, role) for each role in ``q, k, v, attn_proj, mlp_fc, mlp_proj``: ``var`` =
+    population variance over all entries of that weight part (divide by N, float64
+    accumulation), ``mean``, ``rms``; ``grad_var`` and ``grad_rms`` = the same for its gradient.
 
-    Which gradient: the line of step ``s`` holds the weights *after* update ``s`` and the
+    Which gradient: the records of step ``s`` hold the weights *after* update ``s`` and the
     gradient that update ``s`` applied, read in ``on_pre_optimizer_step`` (there
     ``state.global_step == s - 1``: the step about to complete). That gradient was computed
     at the weights of step ``s - 1`` and is the gradient of the *mean* loss of that step, not
@@ -131,33 +117,22 @@ class QKVVarianceCallback(TrainerCallback):
     scales every gradient entry by one factor c, so variances by c^2). Step 0 has no update
     yet: its gradient fields are ``null``.
 
-    TensorBoard: if ``tensorboard`` is given (the Trainer's ``TensorBoardCallback``, or any
-    object with a ``tb_writer``, or a ``SummaryWriter``), the Q/K/V weight and gradient
-    variances are written to that writer at their exact step (tags from
-    :func:`tensorboard_tag`), with a custom-scalars layout that overlays all layers of Q, of
-    K and of V. Add this callback after the TensorBoard one (``Trainer(callbacks=[...])``
-    does), so the writer exists at step 0.
+    Where: ``sinks`` (:mod:`hf_init.sinks`), each given the records of a step as they are made
+    and closed at the end of training.
 
     Works with the model the Trainer passes (unwrapped) and with DDP/compiled wrappers.
     Under FSDP2 (DTensor weights) every rank gathers the full tensors; otherwise only the
     main process computes anything.
     """
 
-    def __init__(self, output_dir: str | os.PathLike | None = None, every: int | None = None,
-                 tensorboard=None, filename: str = VARIANCE_FILE):
+    def __init__(self, sinks=(), every: int | None = None):
         if every is not None and every < 1:
             raise ValueError(f"variance recording interval must be >= 1 step, got {every}")
-        self.output_dir = output_dir
+        self.sinks = list(sinks)
         self.every = every
-        self.tensorboard = tensorboard
-        self.filename = filename
-        self.path: Path | None = None
-        self._file = None
         self._grads: tuple[int, torch.Tensor] | None = None
         self._last_step = -1
-        self._layout_written = False
         self._sharded: bool | None = None  # FSDP2 DTensor weights: every rank joins the gathers
-        self.records_written = 0
 
     # -- when ------------------------------------------------------------------------------
     def _interval(self, args, state) -> int:
@@ -177,12 +152,6 @@ class QKVVarianceCallback(TrainerCallback):
     # -- events ----------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self._every = self._interval(args, state)
-        if state.is_world_process_zero:
-            out = Path(self.output_dir if self.output_dir is not None else args.output_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            self.path = out / self.filename
-            # a fresh file per training run: the output-folder check ran before training
-            self._file = open(self.path, "w", encoding="utf-8")
         self._record(state, model, state.global_step, grads=None)
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
@@ -200,9 +169,9 @@ class QKVVarianceCallback(TrainerCallback):
             self._record(state, model, step, grads)
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if state.is_world_process_zero:
+            for sink in self.sinks:
+                sink.close()
 
     # -- what ------------------------------------------------------------------------------
     def _computes(self, state, model) -> bool:
@@ -217,63 +186,6 @@ class QKVVarianceCallback(TrainerCallback):
         weights = block_statistics(model)
         if not state.is_world_process_zero:
             return
-        w = weights.tolist()
-        g = grads.tolist() if grads is not None else None
-        lines = []
-        for layer, rows in enumerate(w):
-            rec = {"step": step, "layer": layer}
-            for i, name in enumerate(NAMES):
-                mean, var, rms = rows[i]
-                rec[name], rec[f"{name}_mean"], rec[f"{name}_rms"] = var, mean, rms
-            for i, name in enumerate(NAMES):
-                gvar, grms = (g[layer][i][1], g[layer][i][2]) if g is not None else (None, None)
-                rec[f"grad_{name}"], rec[f"grad_{name}_rms"] = _finite(gvar), _finite(grms)
-            lines.append(json.dumps(rec))
-        self._file.write("\n".join(lines) + "\n")
-        self._file.flush()
-        self.records_written += len(lines)
-        self._to_tensorboard(step, weights, grads)
-
-    def _writer(self):
-        tb = self.tensorboard
-        if tb is None:
-            return None
-        return getattr(tb, "tb_writer", tb) if hasattr(tb, "tb_writer") else tb
-
-    def _to_tensorboard(self, step: int, weights: torch.Tensor, grads: torch.Tensor | None) -> None:
-        writer = self._writer()
-        if writer is None:
-            return
-        if not self._layout_written:
-            writer.add_custom_scalars(custom_scalars_layout())
-            self._layout_written = True
-        n_layer = weights.shape[0]
-        scalars = {}
-        for source, is_grad in ((weights, False), (grads, True)):
-            if source is None:
-                continue
-            values = source[:, : len(QKV), 1].tolist()  # variances of q, k, v per layer
-            for layer, row in enumerate(values):
-                for name, value in zip(QKV, row):
-                    if math.isfinite(value):
-                        scalars[tensorboard_tag(name, layer, n_layer, is_grad)] = value
-        _add_scalars_one_event(writer, scalars, step)
-
-
-def _add_scalars_one_event(writer, scalars: dict[str, float], step: int) -> None:
-    """Write many scalars at one step as a single event (one queue hand-off instead of one per
-    tag; TensorBoard reads each value as its own scalar series). Falls back to add_scalar."""
-    get_file_writer = getattr(writer, "_get_file_writer", None)
-    if get_file_writer is None:
-        for tag, value in scalars.items():
-            writer.add_scalar(tag, value, step)
-        return
-    from tensorboard.compat.proto.summary_pb2 import Summary
-    from torch.utils.tensorboard.summary import scalar
-
-    summary = Summary(value=[v for tag, value in scalars.items() for v in scalar(tag, value).value])
-    get_file_writer().add_summary(summary, step)
-
-
-def _finite(x):
-    return x if x is not None and math.isfinite(x) else None
+        records = variance_records(step, weights, grads)
+        for sink in self.sinks:
+            sink.write(records)

@@ -2,9 +2,9 @@
 flags) and bad input ending in one clear line and a non-zero exit.
 
 ``HfArgumentParser.parse_yaml_file`` ignores the command line, so :func:`parse_yaml_and_cli` reads the
-YAML, rejects keys the parser does not know, uses the YAML values as the parser's defaults
-(declared-required flags become optional when the YAML sets them), then parses the command line on
-top. Values from YAML go through the same argparse ``type`` conversion as flags when they are
+script's built-in YAML and then the user's (on top), rejects keys the parser does not know, uses the
+YAML values as the parser's defaults (declared-required flags become optional when a YAML sets
+them), then parses the command line on top. Values from YAML go through the same argparse ``type`` conversion as flags when they are
 strings (PyYAML reads ``3e-4`` as a string).
 """
 
@@ -72,26 +72,28 @@ def read_yaml_config(path: str | os.PathLike) -> dict:
 
 
 def parse_yaml_and_cli(parser, argv: list[str], default_config: str | os.PathLike | None = None):
-    """Parse ``[config.yaml] [--flag value ...]`` into the parser's dataclasses.
+    """Parse ``[config.yaml] [--flag value ...]`` into the parser's dataclasses, in three layers:
 
-    The first argument is the YAML config if it ends in ``.yaml``/``.yml``; otherwise
-    ``default_config`` (if any) is used. Flags override the YAML. Returns ``(dataclasses,
-    config_path)``. Unknown YAML keys and bad flags raise :class:`UsageError` (one line).
+    1. ``default_config``, the script's built-in YAML (if any), always applied first;
+    2. the user's YAML, if the first argument ends in ``.yaml``/``.yml``, on top of it (keys it
+       does not set keep the built-in values);
+    3. the command-line flags, on top of both.
+
+    Returns ``(dataclasses, config_path)``: the user's YAML if given, else ``default_config``.
+    Unknown YAML keys (in either file) and bad flags raise :class:`UsageError` (one line).
     """
     argv = list(argv)
-    config_path = None
-    if argv and argv[0].endswith(YAML_SUFFIXES):
-        config_path = argv.pop(0)
-    elif default_config is not None:
-        config_path = default_config
+    user_config = argv.pop(0) if argv and argv[0].endswith(YAML_SUFFIXES) else None
     # argparse prints usage and exits on a bad flag; make it one clear line instead
     one_line_errors(parser)
-    if config_path is not None:
-        cfg = read_yaml_config(config_path)
-        actions = {a.dest: a for a in parser._actions if a.dest != "help"}
+    actions = {a.dest: a for a in parser._actions if a.dest != "help"}
+    for path in (default_config, user_config):
+        if path is None:
+            continue
+        cfg = read_yaml_config(path)
         unknown = sorted(k for k in cfg if k not in actions)
         if unknown:
-            raise UsageError(f"unknown key(s) in {str(config_path)!r}: {', '.join(unknown)} "
+            raise UsageError(f"unknown key(s) in {str(path)!r}: {', '.join(unknown)} "
                              f"(valid keys are the script's --flags; see --help)")
         for key in cfg:
             actions[key].required = False
@@ -101,4 +103,4 @@ def parse_yaml_and_cli(parser, argv: list[str], default_config: str | os.PathLik
     *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if remaining:
         raise UsageError(f"unknown argument(s): {' '.join(remaining)} (see --help for valid flags)")
-    return tuple(parsed), config_path
+    return tuple(parsed), user_config if user_config is not None else default_config

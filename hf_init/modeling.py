@@ -13,16 +13,14 @@ How this fits transformers 5.x's init machinery (see FIELD_NOTES.md):
   override.
 * Every weight is initialized at its *leaf* module (Conv1D, Embedding, Linear, LayerNorm),
   whose direct parameters are what the "custom code" skip test looks at; no rule lives on a
-  parameter-less parent (GPT2Attention/GPT2MLP), which that test would skip. The leaf's role
-  (query/key/value part of ``c_attn``, residual ``c_proj``...) is read from its name in the
-  model.
+  parameter-less parent (GPT2Attention/GPT2MLP), which that test would skip. The leaf's
+  roles (q/k/v parts of ``c_attn``, residual ``c_proj``...) are read from its name in the
+  model through :mod:`hf_init.gpt2_layout`.
 * Writes go through ``transformers.initialization`` semantics: a parameter flagged
   ``_is_hf_initialized`` (loaded by ``from_pretrained``) is never overwritten.
 """
 
 from __future__ import annotations
-
-import re
 
 import torch
 from torch import nn
@@ -31,8 +29,9 @@ from transformers import initialization as hf_init_fns
 from transformers.models.gpt2.modeling_gpt2 import GPT2PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
+from .gpt2_layout import BY_ROLE, Weight, weight_of_name
 from .schemes import SchemeOptions, WeightSpec, check_std, fans, get_scheme
-from .stats import moments, split_fused
+from .stats import moments
 
 STOCK_ARCHITECTURE = "GPT2LMHeadModel"
 DEFAULT_SCHEME = "gpt2"
@@ -44,29 +43,6 @@ _OPTION_ATTRS = {
     "init_nonlinearity": "nonlinearity",
     "init_gain": "gain",
 }
-
-_ROLE_BY_NAME = [
-    (re.compile(r"(^|\.)wte$"), "wte"),
-    (re.compile(r"(^|\.)wpe$"), "wpe"),
-    (re.compile(r"\.attn\.c_attn$"), "qkv"),  # fused [Q | K | V]
-    (re.compile(r"\.crossattention\.c_attn$"), "kv"),  # cross-attention: fused [K | V]
-    (re.compile(r"\.crossattention\.q_attn$"), "query"),
-    (re.compile(r"\.(attn|crossattention)\.c_proj$"), "attn_out"),
-    (re.compile(r"\.mlp\.c_fc$"), "mlp_in"),
-    (re.compile(r"\.mlp\.c_proj$"), "mlp_out"),
-    (re.compile(r"(^|\.)lm_head$"), "lm_head"),
-]
-# fused projections: role -> the parts laid out along the output columns
-FUSED_PARTS = {"qkv": ("query", "key", "value"), "kv": ("key", "value")}
-
-
-def role_of_name(name: str) -> str:
-    """The role of the module called ``name`` in a GPT-2 model ("linear" if none matches)."""
-    for pattern, role in _ROLE_BY_NAME:
-        if pattern.search(name):
-            return role
-    return "linear"
-
 
 def scheme_options(config: GPT2Config) -> SchemeOptions:
     """The scheme options recorded on ``config`` (validated)."""
@@ -130,7 +106,7 @@ class SchemeInitMixin:
 
     config: GPT2Config
 
-    def _role_of(self, module: nn.Module) -> str:
+    def _weight_of(self, module: nn.Module) -> Weight | None:
         # Looked up afresh each call (a few hundred modules: cheap), so a module replaced
         # since construction is never matched by a stale name.
         name = next((n for n, m in self.named_modules() if m is module), None)
@@ -138,11 +114,12 @@ class SchemeInitMixin:
             # Not attached yet: resize_token_embeddings initializes the new table/head
             # before swapping it in.
             if isinstance(module, nn.Embedding):
-                return "wte"
+                return BY_ROLE["wte"]
             if isinstance(module, nn.Linear) and module.out_features == self.config.vocab_size:
-                return "lm_head"
-            return "linear"
-        return role_of_name(name)
+                return BY_ROLE["lm_head"]
+            return None
+        found = weight_of_name(name)
+        return found[0] if found else None
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -162,22 +139,17 @@ class SchemeInitMixin:
             return
         scheme = get_scheme(getattr(config, "init_scheme", DEFAULT_SCHEME))
         options = scheme_options(config)
-        role = self._role_of(module)
-        layout = "conv1d" if isinstance(module, Conv1D) else "embedding" if isinstance(module, nn.Embedding) else "linear"
-        fan_in, fan_out = fans(weight.shape, layout)
-        if role in FUSED_PARTS:
-            # c_attn maps d -> 3d as [Q | K | V] (cross-attention: d -> 2d as [K | V]) along the
-            # output (column) axis of its (in, out) weight: initialize each part as a separate
-            # d -> d projection, exactly as an unfused model would be.
-            parts = FUSED_PARTS[role]
-            for part, block in zip(parts, split_fused(weight, len(parts))):
-                spec = WeightSpec(part, fan_in, block.shape[1], config.n_layer, config.n_embd)
-                scheme.init_(block, spec, options)
-            return
-        if role == "lm_head" and getattr(config, "tie_word_embeddings", True):
+        entry = self._weight_of(module)
+        if entry is None:
+            layout = "conv1d" if isinstance(module, Conv1D) else "embedding" if isinstance(module, nn.Embedding) else "linear"
+            entry = Weight("", ("linear",), layout)
+        if entry.parts == ("lm_head",) and getattr(config, "tie_word_embeddings", True):
             return  # tied to wte: initialized there
-        spec = WeightSpec(role, fan_in, fan_out, config.n_layer, config.n_embd)
-        scheme.init_(weight, spec, options)
+        # a fused weight (c_attn: d -> 3d as [q | k | v]) is initialized part by part, each
+        # part as a separate d -> d projection, exactly as an unfused model would be
+        for role, part in entry.split(weight).items():
+            fan_in, fan_out = fans(part.shape, entry.layout)
+            scheme.init_(part, WeightSpec(role, fan_in, fan_out, config.n_layer, config.n_embd), options)
         if isinstance(module, nn.Embedding) and module.padding_idx is not None:
             weight[module.padding_idx].zero_()
 
@@ -219,16 +191,16 @@ def build_model(config: GPT2Config | None = None, **config_kwargs) -> SchemeGPT2
     return SchemeGPT2LMHeadModel(config)
 
 
-def iter_weight_roles(model: nn.Module):
-    """Yield ``(name, role, layer_index_or_None, weight)`` for every weight matrix of a GPT-2
-    model (stock or ours, wrapped or not), ``role`` as in ``schemes.GPT2_ROLES`` except that
-    fused projections are yielded whole with role ``"qkv"`` (``c_attn``) or ``"kv"``
-    (cross-attention ``c_attn``): see :data:`FUSED_PARTS`."""
+def iter_weights(model: nn.Module):
+    """Yield ``(role, layer index or None, weight part, storage layout)`` for every part of every GPT-2 weight
+    listed in :mod:`hf_init.gpt2_layout` (stock model or ours, wrapped or not); fused weights
+    yield one view per part (q, k, v of ``c_attn``)."""
     for name, module in model.named_modules():
-        role = role_of_name(name)
-        if role != "linear" and hasattr(module, "weight"):
-            m = re.search(r"\.h\.(\d+)\.", "." + name)
-            yield name, role, (int(m.group(1)) if m else None), module.weight
+        found = weight_of_name(name)
+        if found and hasattr(module, "weight"):
+            entry, layer = found
+            for role, part in entry.split(module.weight).items():
+                yield role, layer, part, entry.layout
 
 
 def init_report(model: nn.Module) -> list[dict]:
@@ -243,18 +215,11 @@ def init_report(model: nn.Module) -> list[dict]:
     options = scheme_options(config)
     pieces: dict[str, list[torch.Tensor]] = {}
     shapes: dict[str, tuple[int, int]] = {}
-    for _, role, _, weight in iter_weight_roles(model):
+    for role, _, part, layout in iter_weights(model):
         if role == "lm_head" and getattr(config, "tie_word_embeddings", True):
             continue
-        layout = "embedding" if role in ("wte", "wpe") else "linear" if role == "lm_head" else "conv1d"
-        if role in FUSED_PARTS:
-            parts = FUSED_PARTS[role]
-            for part, block in zip(parts, split_fused(weight, len(parts))):
-                pieces.setdefault(part, []).append(block.reshape(-1))
-                shapes[part] = fans(block.shape, layout)
-        else:
-            pieces.setdefault(role, []).append(weight.reshape(-1))
-            shapes[role] = fans(weight.shape, layout)
+        pieces.setdefault(role, []).append(part.reshape(-1))
+        shapes[role] = fans(part.shape, layout)
     rows = []
     for role, parts in pieces.items():
         fan_in, fan_out = shapes[role]

@@ -22,11 +22,12 @@ from typing import Callable
 
 import torch
 
-# Roles a weight can play. GPT-2 roles first, then the MLP ones.
-EMBEDDING_ROLES = frozenset({"wte", "wpe"})
-RESIDUAL_ROLES = frozenset({"attn_out", "mlp_out"})  # write into the residual stream
-GPT2_ROLES = frozenset({"wte", "wpe", "query", "key", "value", "attn_out", "mlp_in", "mlp_out", "lm_head"})
-ROLES = GPT2_ROLES | {"linear"}  # "linear": any plain dense layer (MLP studies, unknown layers)
+from .gpt2_layout import EMBEDDING_ROLES, RESIDUAL_ROLES
+from .gpt2_layout import ROLES as GPT2_ROLES
+
+# Roles a weight can play: GPT-2's (hf_init.gpt2_layout), and "linear" for any plain dense layer
+# (MLP studies, unknown layers).
+ROLES = frozenset({*GPT2_ROLES, "linear"})
 
 NONLINEARITY_GAINS = {"relu": math.sqrt(2.0), "linear": 1.0, "tanh": 5.0 / 3.0, "sigmoid": 1.0}
 FAN_MODES = ("fan_in", "fan_out")
@@ -181,7 +182,7 @@ def _deepnet(spec: WeightSpec, o: SchemeOptions) -> float:
     if spec.role in EMBEDDING_ROLES:
         return spec.width**-0.5
     beta = (8.0 * spec.n_layer) ** -0.25
-    gain = 1.0 if spec.role in ("query", "key") else beta
+    gain = 1.0 if spec.role in ("q", "k") else beta
     return gain * math.sqrt(2.0 / (spec.fan_in + spec.fan_out))
 
 

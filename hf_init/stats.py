@@ -1,4 +1,4 @@
-"""Exact moments of weight tensors and the Q/K/V split of GPT-2's fused attention weight.
+"""Exact moments of weight tensors (and of column blocks of them: the parts of a fused weight).
 
 All statistics are *population* moments over every entry of the tensor (divide by N, not
 N - 1), accumulated in float64 whatever the tensor's dtype, so bf16/fp16 training does not
@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-QKV = ("q", "k", "v")
 
 
 @dataclass(frozen=True)
@@ -35,26 +33,13 @@ def moments(t: torch.Tensor) -> Moments:
     return Moments(float(mean), float(var), float(rms), n)
 
 
-def split_fused(weight: torch.Tensor, n_parts: int = 3) -> tuple[torch.Tensor, ...]:
-    """The parts of a fused GPT-2 projection: [Q | K | V] of ``attn.c_attn`` (``n_parts=3``),
-    [K | V] of ``crossattention.c_attn`` (``n_parts=2``).
-
-    GPT-2 stores them as ``Conv1D`` weights of shape (in=d, out=n_parts*d); the output columns
-    are laid out part after part (``GPT2Attention`` does ``.split(d, dim=2)`` on the output), so
-    the split is along dim 1. Returns views, no copy.
-    """
-    if weight.dim() != 2 or weight.shape[1] % n_parts:
-        raise ValueError(f"expected a (d, {n_parts}d) fused weight, got shape {tuple(weight.shape)}")
-    return tuple(weight.chunk(n_parts, dim=1))
-
-
 @torch.no_grad()
 def column_block_moments(weights, n_blocks: int = 1) -> torch.Tensor:
     """Population moments of ``n_blocks`` equal column blocks of same-shape 2-D tensors.
 
     ``weights`` is one tensor of shape (rows, n_blocks * c) or a sequence of L such tensors
     (e.g. one GPT-2 weight kind in every layer); block ``i`` is ``w[:, i*c:(i+1)*c]`` (for
-    GPT-2's ``c_attn`` with ``n_blocks=3``: Q, K, V, as in :func:`split_fused`). Returns float64
+    GPT-2's ``c_attn`` with ``n_blocks=3``: q, k, v, as ``gpt2_layout.Weight.split`` cuts them). Returns float64
     of shape (n_blocks, 3) for one tensor, (L, n_blocks, 3) for a sequence, holding per block
     the mean, the population variance (divide by the block's ``rows * c`` entries) and the RMS.
 

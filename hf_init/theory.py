@@ -56,6 +56,8 @@ import numpy as np
 from numpy.polynomial.hermite_e import hermegauss
 from numpy.polynomial.legendre import leggauss
 
+from .gpt2_layout import BLOCK_ROLES, EMBEDDING_ROLES, RESIDUAL_ROLES, role_fans
+
 ACTIVATIONS = ("relu", "linear", "tanh", "gelu", "gelu_tanh")
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 _GELU_TANH_C = math.sqrt(2.0 / math.pi)
@@ -430,7 +432,7 @@ def scheme_weight_stds(scheme: str, widths: Sequence[int], **options) -> list[fl
 
 # --- GPT-2 at initialization -------------------------------------------------------------
 
-GPT2_STD_ROLES = ("wte", "wpe", "query", "key", "value", "attn_out", "mlp_in", "mlp_out")
+GPT2_STD_ROLES = (*EMBEDDING_ROLES, *BLOCK_ROLES)  # hf_init.gpt2_layout's vocabulary
 
 
 def gpt2_scheme_stds(
@@ -454,22 +456,18 @@ def gpt2_scheme_stds(
 
     s = get_scheme(scheme)
     opts = SchemeOptions(**options)
-    d, inner = int(n_embd), int(n_inner or 4 * n_embd)
+    fans = role_fans(n_embd, n_inner, vocab_size, n_positions)
 
     def std(role, fan_in, fan_out):
-        return s.std(WeightSpec(role, fan_in, fan_out, n_layer, d), opts)
+        return s.std(WeightSpec(role, fan_in, fan_out, n_layer, int(n_embd)), opts)
 
-    stds = {
-        "wte": std("wte", vocab_size, d), "wpe": std("wpe", n_positions, d),
-        "query": std("query", d, d), "key": std("key", d, d), "value": std("value", d, d),
-        "attn_out": std("attn_out", d, d), "mlp_in": std("mlp_in", d, inner), "mlp_out": std("mlp_out", inner, d),
-    }
+    stds = {role: std(role, *fans[role]) for role in GPT2_STD_ROLES}
     factor = 1.0 / math.sqrt(2 * n_layer)
-    carries = math.isclose(stds["attn_out"], factor * std("linear", d, d), rel_tol=1e-9)  # factor < 1 always
+    carries = math.isclose(stds["attn_proj"], factor * std("linear", *fans["attn_proj"]), rel_tol=1e-9)  # factor < 1
     gain = 1.0
     if residual_scaling is not None and residual_scaling != carries:
         gain = factor if residual_scaling else 1.0 / factor
-    for role in ("attn_out", "mlp_out"):
+    for role in RESIDUAL_ROLES:
         stds[role] *= gain
     return stds, gain
 
@@ -540,13 +538,13 @@ def gpt2_residual_variance(
         m = v / (v + layer_norm_eps)
         # values at s <= t: mean of m over the prefix (uncorrelated tokens)
         m_prefix = np.cumsum(m) / (t + 1)
-        tau2 = (d * s2["query"] * m) * (d * s2["key"] * m_prefix)
+        tau2 = (d * s2["q"] * m) * (d * s2["k"] * m_prefix)
         sum_a2 = 1.0 / (1.0 + t * np.exp(-tau2))  # = e^tau2 / (e^tau2 + t), overflow-safe
-        attn = d * s2["attn_out"] * d * s2["value"] * m_prefix * sum_a2
+        attn = d * s2["attn_proj"] * d * s2["v"] * m_prefix * sum_a2
         v = v + attn
         m2 = v / (v + layer_norm_eps)
-        e_phi2, _ = second_moments(activation, d * s2["mlp_in"] * m2)
-        mlp = inner * s2["mlp_out"] * e_phi2
+        e_phi2, _ = second_moments(activation, d * s2["mlp_fc"] * m2)
+        mlp = inner * s2["mlp_proj"] * e_phi2
         v = v + mlp
         residual.append(v.mean())
         attn_add.append(attn.mean())
@@ -612,21 +610,21 @@ def gpt2_residual_kernel(
         out[0, 0] += np.diag(K).mean()
         for layer in range(n_layer):
             U = _layer_norm_kernel(K, layer_norm_eps)
-            V = d * s2["value"] * U
+            V = d * s2["v"] * U
             diag_u = np.diag(U)
             mean_diag = np.cumsum(diag_u) / (t + 1)
             mean_all = np.diag(np.cumsum(np.cumsum(U, 0), 1)) / (t + 1) ** 2
-            tau2 = (d * s2["query"] * diag_u) * (d * s2["key"]) * np.maximum(mean_diag - mean_all, 0.0)
+            tau2 = (d * s2["q"] * diag_u) * (d * s2["k"]) * np.maximum(mean_diag - mean_all, 0.0)
             sum_a2 = 1.0 / (1.0 + t * np.exp(-tau2))
             O = abar @ V @ abar.T
             v_diag_mean = np.cumsum(np.diag(V)) / (t + 1)
             v_sum = np.diag(np.cumsum(np.cumsum(V, 0), 1))
             off = np.where(t > 0, (v_sum - v_diag_mean * (t + 1)) / np.maximum(t * (t + 1), 1), 0.0)
             np.fill_diagonal(O, sum_a2 * v_diag_mean + (1 - sum_a2) * off)
-            attn = d * s2["attn_out"] * O
+            attn = d * s2["attn_proj"] * O
             K = K + attn
-            C = d * s2["mlp_in"] * _layer_norm_kernel(K, layer_norm_eps)
-            M = inner * s2["mlp_out"] * _gaussian_kernel(activation, C, iu, gx, gw)
+            C = d * s2["mlp_fc"] * _layer_norm_kernel(K, layer_norm_eps)
+            M = inner * s2["mlp_proj"] * _gaussian_kernel(activation, C, iu, gx, gw)
             K = K + M
             out[0, layer + 1] += np.diag(K).mean()
             out[1, layer + 1] += np.diag(attn).mean()

@@ -1,28 +1,33 @@
 """Build a GPT-2 with an init scheme and print the measured std of each weight kind next to
 the scheme's formula.
 
-    python scripts/inspect_init.py --init_scheme kaiming_normal --n_layer 12 --n_embd 128
+    python scripts/inspect_init.py [config.yaml] --init_scheme kaiming_normal --n_layer 12 --n_embd 128
 """
 
-import argparse
 import sys
+from dataclasses import dataclass, field
 
-from hf_init.cli import fail_cleanly, one_line_errors
+from transformers import HfArgumentParser
+
+from hf_init.cli import fail_cleanly, parse_yaml_and_cli
 from hf_init.modeling import build_model, init_report
 from hf_init.schemes import SCHEMES
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--init_scheme", default="gpt2", help=f"one of: {', '.join(SCHEMES)}")
-    p.add_argument("--init_std", type=float, default=None, help="std of every weight (scheme `normal`)")
-    p.add_argument("--n_layer", type=int, default=12)
-    p.add_argument("--n_embd", type=int, default=128)
-    p.add_argument("--n_head", type=int, default=4)
-    p.add_argument("--vocab_size", type=int, default=1024)
-    p.add_argument("--seed", type=int, default=0)
-    args = one_line_errors(p).parse_args(argv)
+@dataclass
+class InspectArguments:
+    init_scheme: str = field(default="gpt2", metadata={"help": f"one of: {', '.join(SCHEMES)}"})
+    init_std: float | None = field(default=None, metadata={"help": "std of every weight (scheme `normal`)"})
+    n_layer: int = 12
+    n_embd: int = 128
+    n_head: int = 4
+    vocab_size: int = 1024
+    seed: int = 0
 
+
+def main(argv=None):
+    (args,), _ = parse_yaml_and_cli(HfArgumentParser((InspectArguments,), description=__doc__),
+                                    sys.argv[1:] if argv is None else argv)
     import torch
 
     torch.manual_seed(args.seed)

@@ -4,8 +4,9 @@
     accelerate launch scripts/pretrain.py configs/gpt2_small.yaml --init_scheme xavier_normal
     python scripts/pretrain.py configs/pretrain_tiny.yaml --max_steps 50 --output_dir outputs/try
 
-The first argument may be a YAML config (keys = the flags below); flags override it. Without
-one, configs/pretrain_tiny.yaml is used. The run folder gets the model and tokenizer
+The first argument may be a YAML config (keys = the flags below). It is applied on top of the
+built-in default, configs/pretrain_tiny.yaml (shipped in the package as hf_init/configs/), so keys
+it leaves out keep their default; flags override both. The run folder gets the model and tokenizer
 (save_pretrained), variance.jsonl, figures/, TensorBoard events (runs/) and run_info.json.
 """
 

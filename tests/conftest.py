@@ -21,8 +21,8 @@ SWEEP_ARGS = ["--dataset", "wine", "--stds", "1e-4", "0.1", "50", "--seeds", "2"
               "--epochs", "10", "--record_every", "5", "--no_progress"]
 COMPARE_ARGS = ["--dataset", "wine", "--seeds", "3", "--epochs", "4", "--activations", "relu", "tanh",
                 "--no_progress"]
-THEORY_ARGS = ["--width", "64", "--depth", "3", "--batch", "16", "--seeds", "2", "--activations", "relu,tanh",
-               "--std_multiples", "0.7,1", "--gpt2_schemes", "gpt2", "--gpt2_n_layer", "2", "--gpt2_n_embd", "32",
+THEORY_ARGS = ["--width", "64", "--depth", "3", "--batch", "16", "--seeds", "2", "--activations", "relu", "tanh",
+               "--std_multiples", "0.7", "1", "--gpt2_schemes", "gpt2", "--gpt2_n_layer", "2", "--gpt2_n_embd", "32",
                "--gpt2_seq_len", "8", "--gpt2_batch", "2", "--gpt2_seeds", "1"]
 PRETRAIN_ARGS = ["--n_layer", "3", "--n_embd", "32", "--n_head", "2", "--block_size", "32", "--vocab_size", "300",
                  "--max_train_documents", "40", "--max_eval_samples", "8", "--per_device_train_batch_size", "4",
@@ -41,6 +41,7 @@ def _study(tmp_path_factory, name, args, flag="--output_dir"):
     out = tmp_path_factory.mktemp(name) / "out"
     proc = run_script(name, *args, flag, out)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (out.parent / "stdout.txt").write_text(proc.stdout)
     return out
 
 

@@ -24,13 +24,15 @@ def _close(a: float | None, b: float | None, rtol: float = RTOL) -> bool:
     return abs(a - b) <= rtol * max(abs(a), abs(b)) + 1e-30
 
 
-def _wide_records(path: Path) -> dict[tuple[int, int], dict[str, float]]:
-    """The saved (pre-restructure) variance.jsonl: one JSON object per (step, layer)."""
-    out = {}
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        out[(rec.pop("step"), rec.pop("layer"))] = rec
-    return out
+def _records(path: Path) -> dict[tuple, float | None]:
+    """(step, layer, role, statistic) -> value of a variance.jsonl through the one reader, which
+    reads the saved (pre-restructure, one object per (step, layer)) file and today's records
+    alike; NaN (a statistic recorded as null) becomes None."""
+    from hf_init.records import read_records
+
+    frame = read_records(path)
+    return {(int(r.step), int(r.layer), r.role, r.statistic): None if math.isnan(r.value) else r.value
+            for r in frame.itertuples()}
 
 
 def _run(args: list[str]) -> None:
@@ -42,15 +44,12 @@ def test_pretrain_records_unchanged(tmp_path):
     out = tmp_path / "pre"
     _run(["scripts/pretrain.py", "--max_steps", "6", "--variance_steps", "2", "--output_dir", str(out),
           "--disable_tqdm", "true"])
-    expected = _wide_records(FIXTURES / "pretrain_variance.jsonl")
-    got = _wide_records(out / "variance.jsonl")
+    expected = _records(FIXTURES / "pretrain_variance.jsonl")
+    got = _records(out / "variance.jsonl")
     assert set(got) == set(expected)
-    n = 0
-    for key, rec in expected.items():
-        for stat, value in rec.items():
-            assert _close(got[key][stat], value), (key, stat, got[key][stat], value)
-            n += 1
-    assert n > 500
+    for key, value in expected.items():
+        assert _close(got[key], value), (key, got[key], value)
+    assert len(expected) > 500
     info = json.loads((out / "run_info.json").read_text())
     ref = json.loads((FIXTURES / "pretrain_run.json").read_text())
     assert _close(info["eval_loss"], ref["eval_loss"]) and _close(info["train_loss"], ref["train_loss"])
@@ -73,10 +72,32 @@ def _same_rows(got: list[dict], expected: list[dict]) -> None:
             assert _close(float(g[key]), ev), (key, g, e)
 
 
-@pytest.mark.parametrize("name", ["results.csv", "layer_stats.csv", "curves.csv"])
-def test_sweep_records_unchanged(tmp_path_factory, name):
+def _sweep_output(tmp_path_factory) -> Path:
     out = tmp_path_factory.getbasetemp() / "behaviour_sweep"
-    if not (out / "curves.csv").exists():
+    if not (out / "summary.json").exists():
         _run(["scripts/mlp_sweep.py", "--stds", "0.001", "0.1", "10", "--seeds", "2", "--epochs", "2",
               "--depth", "3", "--width", "32", "--output_dir", str(out), "--no_progress"])
-    _same_rows(_csv(out / name), _csv(FIXTURES / f"sweep_{name}"))
+    return out
+
+
+def test_sweep_results_unchanged(tmp_path_factory):
+    out = _sweep_output(tmp_path_factory)
+    _same_rows(_csv(out / "results.csv"), _csv(FIXTURES / "sweep_results.csv"))
+
+
+# the sweep's layer_stats.csv and curves.csv (saved before the restructure) are now records.jsonl:
+# layer records (role "linear", layer 0-based) and whole-model records (layer and role null)
+@pytest.mark.parametrize("name,role,layer_offset", [("layer_stats.csv", "linear", 1), ("curves.csv", None, None)])
+def test_sweep_records_unchanged(tmp_path_factory, name, role, layer_offset):
+    from hf_init.records import read_records, to_wide
+
+    out = _sweep_output(tmp_path_factory)
+    table = read_records(out / "records.jsonl")
+    table = table[table["role"] == role] if role else table[table["role"].isna()]
+    wide = to_wide(table)
+    expected = _csv(FIXTURES / f"sweep_{name}")
+    if layer_offset is not None:
+        wide["layer"] = wide["layer"] + layer_offset
+    got = [{k: ("" if v is None else str(v)) for k, v in rec.items()} for rec in wide.to_dict("records")]
+    order = lambda r: (float(r["depth"]), float(r["std"]), int(r["seed"]), int(r["step"]), int(r.get("layer") or 0))  # noqa: E731
+    _same_rows(sorted(got, key=order), sorted(expected, key=order))

@@ -1,4 +1,4 @@
-"""QKVVarianceCallback: numbers against manual numpy computations, JSONL layout, TensorBoard."""
+"""QKVVarianceCallback: numbers against manual numpy computations, JSONL records, TensorBoard sink."""
 
 import json
 from pathlib import Path
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.integrations import TensorBoardCallback
 
 from hf_init.callbacks import QKVVarianceCallback, block_statistics, unwrap_model
 from hf_init.modeling import build_model
+from hf_init.sinks import JsonlSink, TensorBoardSink
 
 N_LAYER, D, VOCAB, T = 3, 24, 40, 12
 
@@ -63,20 +63,35 @@ class Snapshots(TrainerCallback):
         self._take(state.global_step, model)
 
 
-def train(tmp_path, every, max_steps=7, report_to="none", lr=0.05, optim="sgd", logging_steps=100, dataset=None,
+def train(tmp_path, every, max_steps=7, tensorboard=False, lr=0.05, optim="sgd", logging_steps=100, dataset=None,
           loss_type="ForCausalLM", **extra):
     model = tiny_model()
     model.loss_type = loss_type
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=max_steps, per_device_train_batch_size=4,
                              learning_rate=lr, optim=optim, lr_scheduler_type="constant", max_grad_norm=0.0,
-                             logging_steps=logging_steps, save_strategy="no", report_to=report_to, use_cpu=True,
+                             logging_steps=logging_steps, save_strategy="no", report_to="none", use_cpu=True,
                              disable_tqdm=True, dataloader_num_workers=0, seed=0, **extra)
-    cb, snaps = QKVVarianceCallback(every=every), Snapshots()
+    sinks = [JsonlSink(tmp_path / "variance.jsonl")]
+    if tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        sinks.append(TensorBoardSink(SummaryWriter(log_dir=str(tmp_path / "runs" / "variance"))))
+    cb, snaps = QKVVarianceCallback(sinks, every=every), Snapshots()
     trainer = Trainer(model=model, args=args, train_dataset=dataset or Blocks(), callbacks=[cb, snaps])
-    cb.tensorboard = next((c for c in trainer.callback_handler.callbacks if isinstance(c, TensorBoardCallback)), None)
     trainer.train()
-    records = [json.loads(line) for line in (tmp_path / "variance.jsonl").read_text().splitlines()]
-    return records, snaps, trainer
+    return read_lines(tmp_path / "variance.jsonl"), snaps, trainer
+
+
+def read_lines(path):
+    """The JSONL file read by hand (one record per (step, layer, role)) as one dict per
+    (step, layer): ``{"step", "layer", role: {statistic: value}}``."""
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        rec = json.loads(line)
+        row = out.setdefault((rec["step"], rec["layer"]), {"step": rec["step"], "layer": rec["layer"]})
+        assert rec["role"] not in row, "duplicate (step, layer, role) line"
+        row[rec["role"]] = {k: v for k, v in rec.items() if k not in ("step", "layer", "role")}
+    return list(out.values())
 
 
 def test_weight_variances_equal_manual_computation(tmp_path):
@@ -85,13 +100,16 @@ def test_weight_variances_equal_manual_computation(tmp_path):
     for r in records:
         expected = manual_qkv(snaps.weights[r["step"]][r["layer"]])
         for name in "qkv":
-            assert r[name] == pytest.approx(expected[name], rel=1e-12), (r["step"], r["layer"], name)
+            assert r[name]["var"] == pytest.approx(expected[name], rel=1e-12), (r["step"], r["layer"], name)
         w = snaps.weights[r["step"]][r["layer"]].double().numpy()
-        assert r["q_mean"] == pytest.approx(w[:, :D].mean(), rel=1e-10, abs=1e-15)
-        assert r["v_rms"] == pytest.approx(np.sqrt((w[:, 2 * D :] ** 2).mean()), rel=1e-12)
+        assert r["q"]["mean"] == pytest.approx(w[:, :D].mean(), rel=1e-10, abs=1e-15)
+        assert r["v"]["rms"] == pytest.approx(np.sqrt((w[:, 2 * D :] ** 2).mean()), rel=1e-12)
     # the deliberately different blocks really are told apart
     first = records[0]
-    assert len({round(first[n], 12) for n in "qkv"}) == 3
+    assert len({round(first[n]["var"], 12) for n in "qkv"}) == 3
+    # every block weight of the layout is recorded, with the statistics the format names
+    assert set(first) - {"step", "layer"} == {"q", "k", "v", "attn_proj", "mlp_fc", "mlp_proj"}
+    assert all(set(first[n]) == {"var", "mean", "rms", "grad_var", "grad_rms"} for n in "qkv")
 
 
 def test_gradient_variance_is_the_update_that_step_applied(tmp_path):
@@ -99,14 +117,14 @@ def test_gradient_variance_is_the_update_that_step_applied(tmp_path):
     # gradient applied at step s is (W_{s-1} - W_s) / lr, computed from independent weight snapshots
     lr = 0.05
     records, snaps, _ = train(tmp_path, every=1, max_steps=4, lr=lr)
-    assert all(r["grad_q"] is None for r in records if r["step"] == 0)
+    assert all(r["q"]["grad_var"] is None for r in records if r["step"] == 0)
     checked = 0
     for r in records:
         if r["step"] == 0:
             continue
         g = ((snaps.weights[r["step"] - 1][r["layer"]] - snaps.weights[r["step"]][r["layer"]]).double() / lr).numpy()
         for i, name in enumerate("qkv"):
-            assert r[f"grad_{name}"] == pytest.approx(np.var(g[:, i * D : (i + 1) * D]), rel=1e-4)
+            assert r[name]["grad_var"] == pytest.approx(np.var(g[:, i * D : (i + 1) * D]), rel=1e-4)
         checked += 1
     assert checked == 4 * N_LAYER
 
@@ -133,7 +151,7 @@ def test_accumulated_gradient_is_the_mean_over_micro_batches_not_the_sum(tmp_pat
     for r in (r for r in records if r["step"] == 1):
         g = factor * model.transformer.h[r["layer"]].attn.c_attn.weight.grad.double().numpy()
         for i, name in enumerate("qkv"):
-            assert r[f"grad_{name}"] == pytest.approx(np.var(g[:, i * D : (i + 1) * D]), rel=1e-5)
+            assert r[name]["grad_var"] == pytest.approx(np.var(g[:, i * D : (i + 1) * D]), rel=1e-5)
 
 
 @pytest.mark.parametrize("logging_steps, max_steps", [(0.25, 8), (0.3, 7), (3, 7)])
@@ -150,13 +168,13 @@ def test_gradient_accumulation_steps_count_optimizer_steps(tmp_path):
     records, _, trainer = train(tmp_path, every=2, max_steps=4, gradient_accumulation_steps=2)
     assert trainer.state.global_step == 4
     assert sorted({r["step"] for r in records}) == [0, 2, 4]
-    assert all(r["grad_k"] is not None and r["grad_k"] > 0 for r in records if r["step"] > 0)
+    assert all(r["k"]["grad_var"] is not None and r["k"]["grad_var"] > 0 for r in records if r["step"] > 0)
 
 
 def test_tensorboard_events_hold_qkv_scalars_for_every_layer(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    records, _, _ = train(tmp_path, every=3, max_steps=7, report_to="tensorboard")
+    records, _, _ = train(tmp_path, every=3, max_steps=7, tensorboard=True)
     event_dirs = {p.parent for p in Path(tmp_path, "runs").rglob("events.out.tfevents.*")}
     assert len(event_dirs) == 1
     acc = EventAccumulator(str(event_dirs.pop()), size_guidance={"scalars": 0, "tensors": 0})
@@ -170,7 +188,7 @@ def test_tensorboard_events_hold_qkv_scalars_for_every_layer(tmp_path):
             events = acc.Scalars(tag)
             assert [e.step for e in events] == [0, 3, 6, 7]
             for e in events:  # TensorBoard stores float32
-                assert e.value == pytest.approx(by_key[(e.step, layer)][name], rel=1e-6)
+                assert e.value == pytest.approx(by_key[(e.step, layer)][name]["var"], rel=1e-6)
             assert [e.step for e in acc.Scalars(f"{name}_grad_var/layer_{layer:02d}")] == [3, 6, 7]
     # the custom-scalars layout (one chart per projection overlaying all layers) is there
     from tensorboard.plugins.custom_scalar import layout_pb2

@@ -9,18 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from hf_init.data.tabular import TabularData
-from hf_init.mlp import (
-    Ensemble,
-    MLPShape,
-    TrainConfig,
-    build_mlp,
-    ensemble_weights,
-    minibatch_order,
-    scheme_layer_stds,
-    standard_normal_draws,
-    train_ensemble,
-)
-from hf_init.schemes import SchemeOptions
+from hf_init.mlp.model import Ensemble, MLPShape, build_mlp, ensemble_weights, standard_normal_draws
+from hf_init.mlp.training import TrainConfig, minibatch_order, train_ensemble
+from hf_init.theory import scheme_weight_stds
 
 
 def _random_ensemble(shape, m=3, seed=0, bias=True):
@@ -174,8 +165,8 @@ def test_layer_statistics_match_manual_population_variance():
 def test_shared_draw_rescaled_by_scheme_std():
     shape = MLPShape(13, 32, 3, 3)
     draws = standard_normal_draws(shape, [0, 1])
-    k = scheme_layer_stds("kaiming_normal", shape, SchemeOptions(nonlinearity="relu"))
-    x = scheme_layer_stds("xavier_normal", shape)
+    k = scheme_weight_stds("kaiming_normal", shape.widths(), nonlinearity="relu")
+    x = scheme_weight_stds("xavier_normal", shape.widths())
     assert k == pytest.approx([math.sqrt(2 / i) for i, _ in shape.layer_fans()])
     assert x == pytest.approx([math.sqrt(2 / (i + o)) for i, o in shape.layer_fans()])
     ws = ensemble_weights(draws, [0, 0, 1], [k, x, k])
@@ -190,7 +181,7 @@ def test_bad_shapes_are_rejected():
     with pytest.raises(ValueError, match="depth must be >= 1"):
         MLPShape(4, 8, 0, 2)
     with pytest.raises(ValueError, match="unknown activation"):
-        MLPShape(4, 8, 2, 2, "gelu")
+        MLPShape(4, 8, 2, 2, "swish")
     with pytest.raises(ValueError, match="unknown optimizer"):
         TrainConfig(optimizer="lbfgs")
 
@@ -210,7 +201,7 @@ def test_every_member_diverging_ends_cleanly():
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_compaction_keeps_optimizer_state(optimizer):
     """Dropping a member mid-training (what divergence does) leaves the others' trajectory unchanged."""
-    from hf_init.mlp import _compact, make_optimizer
+    from hf_init.mlp.training import _compact, make_optimizer
 
     shape = MLPShape(5, 8, 2, 3)
     data = _toy_data()
@@ -233,3 +224,20 @@ def test_compaction_keeps_optimizer_state(optimizer):
         step(part, part_opt, idx)
     for wf, wp in zip(list(full.weights) + list(full.biases), list(part.weights) + list(part.biases)):
         torch.testing.assert_close(wf[keep].detach(), wp.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_torch_activations_are_the_theory_activations():
+    """One activation table: every activation the theory supports runs in the ensemble, and the
+    torch function is the theory's formula (numpy, hf_init.theory.phi)."""
+    from hf_init.mlp.model import TORCH_ACTIVATIONS
+    from hf_init.theory import ACTIVATIONS, phi
+
+    assert tuple(TORCH_ACTIVATIONS) == ACTIVATIONS
+    z = np.linspace(-4, 4, 81)
+    for name in ACTIVATIONS:
+        got = TORCH_ACTIVATIONS[name](torch.as_tensor(z, dtype=torch.float64)).numpy()
+        np.testing.assert_allclose(got, phi(name, z), rtol=1e-6, atol=1e-9, err_msg=name)
+    shape = MLPShape(5, 7, 2, 3, "gelu")
+    ens = _random_ensemble(shape, m=2)
+    x = torch.randn(4, 5)
+    torch.testing.assert_close(ens(x)[1], _sequential(shape, ens, 1)(x), rtol=1e-5, atol=1e-6)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from hf_init.cli import fail_cleanly
+from hf_init.records import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,11 +32,11 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
-def test_sweep_end_to_end_and_refuses_to_overwrite(tmp_path, capsys):
-    out = tmp_path / "sweep"
-    argv = ["--dataset", "wine", "--stds", "1e-4", "0.1", "50", "--seeds", "2", "--depths", "1", "3",
-            "--epochs", "10", "--record_every", "5", "--output_dir", str(out), "--no_progress"]
-    assert _run("mlp_sweep", argv) == 0
+def test_sweep_end_to_end_and_refuses_to_overwrite(sweep_out, capsys):
+    """The shared tiny sweep (tests/conftest.py SWEEP_ARGS: wine, stds 1e-4 0.1 50, 2 seeds, depths
+    1 and 3, 10 epochs, a record every 5 steps): regimes known by construction, the gain column
+    recomputed from records.jsonl, and a second run into the same folder refused."""
+    out = sweep_out
     rows = _rows(out / "results.csv")
     assert len(rows) == 3 * 2 * 2
     # regimes known by construction (width 64 ReLU, critical std sqrt(2/64) = 0.18): std 1e-4 shrinks
@@ -57,22 +58,26 @@ def test_sweep_end_to_end_and_refuses_to_overwrite(tmp_path, capsys):
         assert band["majority_regime"]["0.0001"] == "vanishing" and band["majority_regime"]["0.1"] == "stable"
     for fig in ("sweep_metrics.png", "layer_variance.png", "phase_diagram.png"):
         assert (out / fig).stat().st_size > 1000
-    layer = _rows(out / "layer_stats.csv")
+    layer = read_records(out / "records.jsonl").query("role == 'linear' and statistic == 'preact_var'")
     # wine: 133 training rows / batch 64 = 3 steps per epoch, 30 steps; records at 0, 5, ..., 30;
-    # depth 1 has 2 linear layers, depth 3 has 4
+    # depth 1 has 2 linear layers (0-based 0, 1), depth 3 has 4
     assert len(layer) == 3 * 2 * 7 * (2 + 4)
     assert summary["steps"] == 30
-    # the gain column is the init diagnosis: (var(logits) / var(z_1)) ** (1 / depth) at step 0
+    # the gain column is the init diagnosis: (var(logits) / var(z_first)) ** (1 / depth) at step 0
+    init = layer[layer["step"] == 0]
     for r in rows:
-        var = {int(x["layer"]): float(x["preact_var"]) for x in layer if x["step"] == "0" and
-               (x["depth"], x["std"], x["seed"]) == (r["depth"], r["std"], r["seed"])}
+        sel = init[(init["depth"] == int(r["depth"])) & (init["std"] == float(r["std"])) & (init["seed"] == int(r["seed"]))]
+        var = dict(zip(sel["layer"].astype(int), sel["value"]))
         depth = int(r["depth"])
-        assert float(r["gain_per_layer_init"]) == pytest.approx((var[depth + 1] / var[1]) ** (1 / depth), rel=1e-9)
+        assert sorted(var) == list(range(depth + 1))
+        assert float(r["gain_per_layer_init"]) == pytest.approx((var[depth] / var[0]) ** (1 / depth), rel=1e-9)
     runs = [p for p in (out / "tb").iterdir() if p.is_dir()]
     assert len(runs) == 12 and all(list(p.glob("events.out.tfevents.*")) for p in runs)
     before = (out / "results.csv").read_bytes()
     capsys.readouterr()
-    assert _run("mlp_sweep", argv) == 2
+    from conftest import SWEEP_ARGS
+
+    assert _run("mlp_sweep", SWEEP_ARGS + ["--output_dir", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "already holds summary.json, results.csv" in err[0] and "--overwrite" in err[0]
     assert (out / "results.csv").read_bytes() == before
@@ -80,7 +85,7 @@ def test_sweep_end_to_end_and_refuses_to_overwrite(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,message", [
     (["--dataset", "cifar"], "unknown dataset"),
-    (["--stds"], "--stds is empty"),
+    (["--stds"], "--stds: expected at least one argument"),
     (["--stds", "1e-2", "-1"], "--stds must be a finite number > 0, got '-1'"),
     (["--stds", "abc"], "--stds must be a finite number > 0, got 'abc'"),
     (["--depth", "0"], "depth must be >= 1"),
@@ -95,12 +100,10 @@ def test_sweep_bad_input_one_line(tmp_path, capsys, argv, message):
     assert not out.exists()
 
 
-def test_compare_end_to_end(tmp_path, capsys):
-    out = tmp_path / "cmp"
-    argv = ["--dataset", "wine", "--seeds", "3", "--epochs", "4", "--activations", "relu", "--output_dir", str(out),
-            "--no_progress"]
-    assert _run("mlp_init_compare", argv) == 0
-    printed = capsys.readouterr().out
+def test_compare_end_to_end(compare_out):
+    """The shared tiny comparison (tests/conftest.py COMPARE_ARGS: wine, 3 seeds, 4 epochs, relu and tanh)."""
+    out = compare_out
+    printed = (out.parent / "stdout.txt").read_text()
     assert "converges faster than xavier_normal under relu" in printed
     assert "smallest two-sided Wilcoxon p possible with 3 seeds: 0.25" in printed
     rows = _rows(out / "results.csv")
@@ -143,3 +146,24 @@ def test_compare_bad_input_one_line(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["mlp_sweep", "mlp_init_compare"])
+def test_bad_yaml_key_one_line_exit_2_nothing_written(tmp_path, capsys, name):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("dataset: wine\nstd: 0.1\n")
+    out = tmp_path / "o"
+    assert _run(name, [str(cfg), "--output_dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown key(s)" in err[0] and "std" in err[0]
+    assert not out.exists()
+
+
+def test_sweep_runs_from_the_shipped_config_with_overrides(tmp_path):
+    out = tmp_path / "s"
+    argv = [str(ROOT / "configs" / "mlp_sweep.yaml"), "--dataset", "wine", "--stds", "0.1", "--seeds", "1",
+            "--epochs", "1", "--depth", "2", "--activation", "gelu", "--output_dir", str(out), "--no_progress"]
+    assert _run("mlp_sweep", argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dataset"] == "wine" and summary["activation"] == "gelu" and summary["stds"] == [0.1]
+    assert summary["width"] == 64  # from the YAML (the script's default)

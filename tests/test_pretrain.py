@@ -41,8 +41,9 @@ def test_ten_step_run_leaves_a_complete_run_folder(tiny_run):
         assert (out / name).is_file(), name
     assert list((out / "runs").rglob("events.out.tfevents.*"))
     records = [json.loads(line) for line in (out / "variance.jsonl").read_text().splitlines()]
-    keys = [(r["step"], r["layer"]) for r in records]
-    assert sorted(keys) == [(s, layer) for s in (0, 5, 10) for layer in range(2)]
+    keys = [(r["step"], r["layer"], r["role"]) for r in records]  # one record per (step, layer, role)
+    assert sorted(keys) == sorted((s, layer, role) for s in (0, 5, 10) for layer in range(2)
+                                  for role in ("q", "k", "v", "attn_proj", "mlp_fc", "mlp_proj"))
     info = json.loads((out / "run_info.json").read_text())
     assert info["world_size"] == 1 and info["optimizer_steps"] == 10
     assert info["tokens_seen"] == 10 * 4 * 32
@@ -77,6 +78,25 @@ def test_next_token_accuracy_on_hand_made_logits():
     assert out["accuracy"] == pytest.approx(6 / 7, abs=1e-12)
 
 
+def test_tensorboard_has_the_qkv_curves_from_step_0(tiny_run):
+    """The variance callback writes through the Trainer's TensorBoard writer, from step 0 on."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, _ = tiny_run
+    event_dirs = {p.parent for p in (out / "runs").rglob("events.out.tfevents.*")}
+    assert len(event_dirs) == 1  # one writer: the Trainer's, no second events file
+    acc = EventAccumulator(str(event_dirs.pop()), size_guidance={"scalars": 0})
+    acc.Reload()
+    records = [json.loads(line) for line in (out / "variance.jsonl").read_text().splitlines()]
+    for layer in range(2):
+        for name in "qkv":
+            events = acc.Scalars(f"{name}_var/layer_{layer:02d}")
+            assert [e.step for e in events] == [0, 5, 10]
+            expected = {r["step"]: r["var"] for r in records if r["layer"] == layer and r["role"] == name}
+            assert [e.value for e in events] == pytest.approx([expected[e.step] for e in events], rel=1e-6)
+    assert "train/loss" in acc.Tags()["scalars"]  # the Trainer's own logs still go to the same writer
+
+
 def test_saved_model_and_tokenizer_load_with_stock_classes(tiny_run):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
@@ -92,9 +112,9 @@ def test_saved_model_and_tokenizer_load_with_stock_classes(tiny_run):
         logits = model(ids).logits
     assert logits.shape == (1, ids.shape[1], 300) and torch.isfinite(logits).all()
     # the last record holds the saved weights: check one Q variance against them
-    last = [json.loads(line) for line in (out / "variance.jsonl").read_text().splitlines()][-1]
+    last = [r for r in map(json.loads, (out / "variance.jsonl").read_text().splitlines()) if r["role"] == "q"][-1]
     w = model.transformer.h[last["layer"]].attn.c_attn.weight.detach().double()
-    assert last["q"] == pytest.approx(w[:, :32].var(unbiased=False).item(), rel=1e-6)
+    assert last["var"] == pytest.approx(w[:, :32].var(unbiased=False).item(), rel=1e-6)
 
 
 def assert_clean_failure(proc, *words):
@@ -151,7 +171,7 @@ def test_existing_run_is_refused_and_left_untouched(tmp_path):
 def test_yaml_values_are_defaults_and_flags_override(tmp_path):
     from transformers import HfArgumentParser, TrainingArguments
 
-    from hf_init.pretrain import ModelArguments
+    from hf_init.args import ModelArguments
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("n_layer: 3\nlearning_rate: 3e-4\noutput_dir: from_yaml\nmax_steps: 7\n")
@@ -166,8 +186,8 @@ def test_yaml_values_are_defaults_and_flags_override(tmp_path):
 
 
 def test_shipped_configs_only_use_known_keys():
+    from hf_init.args import build_parser
     from hf_init.cli import read_yaml_config
-    from hf_init.pretrain import build_parser
 
     known = {a.dest for a in build_parser()._actions}
     for cfg in (ROOT / "configs").glob("*.yaml"):
@@ -175,13 +195,15 @@ def test_shipped_configs_only_use_known_keys():
             assert set(read_yaml_config(cfg)) <= known, cfg.name
 
 
-def test_variance_table_summary_on_hand_made_records():
+def test_variance_table_summary_on_hand_made_records(tmp_path):
     from hf_init.analysis.variance import half_change_steps, layer_spread, start_end_summary, variance_table
+    from hf_init.records import make_record, read_records, write_records
 
     # layer 0: 1 -> 2 by step 10 (half the change by step 10); layer 1: 1 -> 5, half by step 20
     values = {0: {0: 1.0, 10: 1.8, 20: 1.9, 30: 2.0}, 1: {0: 1.0, 10: 2.0, 20: 3.5, 30: 5.0}}
-    records = [{"step": s, "layer": l, "q": v, "k": v, "v": v} for l, row in values.items() for s, v in row.items()]
-    table = variance_table(records[::-1])  # order in the file does not matter
+    records = [make_record(s, l, role, {"var": v}) for l, row in values.items() for s, v in row.items()
+               for role in "qkv"]
+    table = variance_table(read_records(write_records(tmp_path / "v.jsonl", records[::-1])))  # order does not matter
     assert table.steps.tolist() == [0, 10, 20, 30]
     assert half_change_steps(table, "q").tolist() == [10, 20]
     rows = start_end_summary(table)
@@ -203,8 +225,9 @@ def test_two_process_ddp_on_cpu(tmp_path):
     info = json.loads((out / "run_info.json").read_text())
     assert info["world_size"] == 2
     assert info["tokens_seen"] == 6 * 4 * 2 * 32  # steps x per-device batch x ranks x block
-    keys = [(r["step"], r["layer"]) for r in map(json.loads, (out / "variance.jsonl").read_text().splitlines())]
-    assert sorted(keys) == [(s, layer) for s in (0, 5, 6) for layer in range(2)]
+    keys = [(r["step"], r["layer"], r["role"]) for r in map(json.loads, (out / "variance.jsonl").read_text().splitlines())]
+    assert sorted(keys) == sorted((s, layer, role) for s in (0, 5, 6) for layer in range(2)
+                                  for role in ("q", "k", "v", "attn_proj", "mlp_fc", "mlp_proj"))
 
 
 @pytest.mark.parametrize("name", ["generation_config.json", "tokenizer_config.json", "training_args.bin"])
@@ -305,13 +328,11 @@ def test_resume_from_checkpoint_is_refused_in_one_line(tiny_run, tmp_path):
                                                   ("dropout", 1.0, "dropout must be in [0, 1), got 1.0")])
 def test_bad_model_args_are_refused_naming_the_value(field, value, needle):
     import re
-    from types import SimpleNamespace
 
-    from hf_init.pretrain import ModelArguments, _check_model_args
+    from hf_init.args import ModelArguments
 
     with pytest.raises(ValueError, match=re.escape(needle)):
-        _check_model_args(ModelArguments(**{"n_layer": 2, "n_embd": 32, "n_head": 2, field: value}),
-                          SimpleNamespace(vocab_size=300))
+        ModelArguments(**{"n_layer": 2, "n_embd": 32, "n_head": 2, field: value})
 
 
 def test_run_folder_has_a_from_scratch_model_card(tiny_run):
@@ -326,3 +347,80 @@ def test_push_to_hub_offline_fails_before_anything_is_written(tmp_path):
     proc = run_script(*TINY, "--max_steps", "2", "--output_dir", out, "--push_to_hub", "true")
     assert_clean_failure(proc, "--push_to_hub", "hf upload")
     assert not out.exists()
+
+
+def test_user_yaml_goes_on_top_of_the_default_yaml(tmp_path):
+    """Built-in YAML first, the user's on top (keys it leaves out keep the built-in values), flags last."""
+    import yaml
+    from transformers import HfArgumentParser, TrainingArguments
+
+    from hf_init.args import ModelArguments
+
+    default = tmp_path / "default.yaml"
+    default.write_text("n_layer: 5\nn_embd: 64\noutput_dir: from_default\nmax_steps: 11\nlearning_rate: 2e-3\n")
+    user = tmp_path / "user.yaml"
+    user.write_text("n_layer: 3\nmax_steps: 7\n")
+    parser = HfArgumentParser((ModelArguments, TrainingArguments))
+    (model_args, training_args), path = parse_yaml_and_cli(parser, [str(user), "--learning_rate", "1e-4"],
+                                                           default_config=default)
+    assert str(path) == str(user)
+    assert model_args.n_layer == 3 and training_args.max_steps == 7  # user YAML over the default
+    assert model_args.n_embd == 64 and training_args.output_dir == "from_default"  # default kept
+    assert training_args.learning_rate == 1e-4  # flag over both
+    assert model_args.n_head == 4  # in neither YAML: the dataclass default
+
+    # the pretraining job: a 2-key user YAML keeps every other value of the shipped default config
+    from hf_init.args import DEFAULT_CONFIG, parse_args
+
+    user.write_text("n_layer: 2\nlearning_rate: 5e-4\n")
+    model_args, data_args, run_args, training_args, path = parse_args([str(user)])
+    shipped = yaml.safe_load((ROOT / "configs" / "pretrain_tiny.yaml").read_text())
+    assert DEFAULT_CONFIG.read_text() == (ROOT / "configs" / "pretrain_tiny.yaml").read_text()
+    assert model_args.n_layer == 2 and training_args.learning_rate == 5e-4
+    for key in ("n_embd", "n_head", "block_size", "vocab_size", "max_eval_samples", "max_steps", "warmup_steps",
+                "adam_beta2", "variance_steps", "output_dir", "dataloader_pin_memory"):
+        value = next(getattr(a, key) for a in (model_args, data_args, run_args, training_args) if hasattr(a, key))
+        assert value == shipped[key], key
+
+
+def test_text_column_other_than_text_end_to_end(tmp_path):
+    """--text_column body on a file without a `text` column, no --tokenizer_name: trains and saves."""
+    data = tmp_path / "docs.jsonl"
+    docs = [f"Document {i}: weights drawn too small vanish, too large explode; a band lies between." for i in range(40)]
+    data.write_text("".join(json.dumps({"id": i, "body": d}) + "\n" for i, d in enumerate(docs)))
+    out = tmp_path / "run"
+    proc = run_script(*TINY, "--train_file", data, "--text_column", "body", "--max_steps", "2",
+                      "--output_dir", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["optimizer_steps"] == 2 and info["corpus"]["n_documents"] == 40
+
+
+def test_default_config_is_found_from_an_installed_copy(tmp_path):
+    """`pip install .` (not editable) into a folder, then the script from another folder: the
+    built-in config comes from the installed package, not from a repository checkout."""
+    site = tmp_path / "site"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--quiet",
+                          "--target", str(site), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    assert (site / "hf_init" / "configs" / "pretrain_tiny.yaml").is_file()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(site), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    probe = ("import hf_init, hf_init.pretrain as a; m, d, r, t, c = a.parse_args([]); "
+             "print(hf_init.__file__); print(c); print(t.max_steps, d.block_size)")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    package_file, config, values = proc.stdout.split("\n")[:3]
+    assert Path(package_file).is_relative_to(site) and Path(config).is_relative_to(site)
+    assert values == "600 64"  # configs/pretrain_tiny.yaml: max_steps 600, block_size 64
+    # and the script itself, copied out of the repository, runs from there (2 steps)
+    script = elsewhere / "pretrain.py"
+    script.write_text(SCRIPT.read_text())
+    run = subprocess.run([sys.executable, str(script), *map(str, TINY), "--max_steps", "2", "--output_dir", "run"],
+                         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    info = json.loads((elsewhere / "run" / "run_info.json").read_text())
+    assert Path(info["config_file"]).is_relative_to(site) and info["optimizer_steps"] == 2

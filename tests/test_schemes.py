@@ -21,7 +21,7 @@ def expected_std(scheme: str, role: str, fan_in: int, fan_out: int, init_std=0.0
     r = 0.02
     emb = role in ("wte", "wpe")
     if scheme == "gpt2":
-        return r / math.sqrt(2 * L) if role in ("attn_out", "mlp_out") else r
+        return r / math.sqrt(2 * L) if role in ("attn_proj", "mlp_proj") else r
     if scheme == "normal":
         return init_std
     if scheme.startswith("xavier"):
@@ -33,7 +33,7 @@ def expected_std(scheme: str, role: str, fan_in: int, fan_out: int, init_std=0.0
     if scheme == "deepnet":
         if emb:
             return D**-0.5
-        beta = (8 * L) ** -0.25 if role not in ("query", "key") else 1.0
+        beta = (8 * L) ** -0.25 if role not in ("q", "k") else 1.0
         return beta * math.sqrt(2 / (fan_in + fan_out))
     raise AssertionError(scheme)
 
@@ -46,11 +46,11 @@ def weight_blocks(model):
     for i, block in enumerate(t.h):
         w = block.attn.c_attn.weight  # Conv1D (in=D, out=3D): columns are [Q | K | V]
         assert tuple(w.shape) == (D, 3 * D)
-        for j, role in enumerate(("query", "key", "value")):
+        for j, role in enumerate(("q", "k", "v")):
             yield role, i, w[:, j * D : (j + 1) * D], D, D
-        yield "attn_out", i, block.attn.c_proj.weight, D, D
-        yield "mlp_in", i, block.mlp.c_fc.weight, D, 4 * D
-        yield "mlp_out", i, block.mlp.c_proj.weight, 4 * D, D
+        yield "attn_proj", i, block.attn.c_proj.weight, D, D
+        yield "mlp_fc", i, block.mlp.c_fc.weight, D, 4 * D
+        yield "mlp_proj", i, block.mlp.c_proj.weight, 4 * D, D
 
 
 def sampling_tolerance(n: int, uniform: bool) -> float:

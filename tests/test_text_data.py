@@ -14,7 +14,10 @@ import pytest
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
-from hf_init.data.text import DataArguments, builtin_corpus, load_raw_text, tokenize_and_group
+from hf_init.data.args import DataArguments
+from hf_init.data.blocks import tokenize_and_group
+from hf_init.data.builtin_corpus import builtin_corpus
+from hf_init.data.loaders import load_raw_text
 from hf_init.data.tokenizer import EOS_TOKEN, load_or_train_tokenizer, train_bpe_tokenizer
 
 datasets.disable_progress_bars()
@@ -282,3 +285,16 @@ def test_malformed_json_is_a_one_line_error(tmp_path):
     bad.write_text('{"text": "fine"}\n{"text": "broken\n')
     with pytest.raises(ValueError, match=r"cannot read .*bad\.jsonl.* as json"):
         load_raw_text(DataArguments(train_file=str(bad), data_cache_dir=str(tmp_path / "cache")))
+
+
+def test_text_column_other_than_text_trains_the_tokenizer_on_it(tmp_path):
+    """--text_column body without --tokenizer_name: the BPE trains on the body column's documents
+    (the same merges as training it on those strings directly) and the blocks encode them."""
+    train = _write_jsonl(tmp_path / "train.jsonl", PARAGRAPHS, key="body")
+    args = DataArguments(train_file=train, text_column="body", vocab_size=300, block_size=16,
+                         validation_split_percentage=10, data_cache_dir=str(tmp_path / "cache"))
+    raw, _ = load_raw_text(args)
+    tokenizer = load_or_train_tokenizer(args, raw["train"])
+    direct = train_bpe_tokenizer(list(raw["train"]["text"]), vocab_size=300)
+    assert tokenizer.backend_tokenizer.to_str() == direct.backend_tokenizer.to_str()
+    assert len(tokenize_and_group(raw, tokenizer, args)["train"]) > 0

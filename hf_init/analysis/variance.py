@@ -1,57 +1,51 @@
 """Per-layer variance records of a pretraining run (``variance.jsonl``) as arrays, and the
 start-vs-end summary printed at the end of a run.
 
-Every number here is read from the file: population variances over all entries of a weight
-block, as recorded by :class:`hf_init.callbacks.QKVVarianceCallback`.
+Every number here is read from the records (``hf_init.records.read_records``): population
+variances over all entries of a weight part, as recorded by
+:class:`hf_init.callbacks.QKVVarianceCallback`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
+
+from ..gpt2_layout import QKV
 
 
 @dataclass
 class VarianceTable:
-    """``values[name]`` is an (n_layer, n_steps) float array (NaN where not recorded)."""
+    """``values[(role, statistic)]`` is an (n_layer, n_steps) float array (NaN where not
+    recorded); ``table[role]`` is the role's ``var``, ``table[role, statistic]`` any statistic."""
 
     steps: np.ndarray
     layers: np.ndarray
-    values: dict[str, np.ndarray]
+    values: dict[tuple[str, str], np.ndarray]
 
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self.values[name]
-
-
-def read_records(path: str | Path) -> list[dict]:
-    """The JSON objects of a ``variance.jsonl`` file, in file order."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    def __getitem__(self, key) -> np.ndarray:
+        return self.values[(key, "var") if isinstance(key, str) else tuple(key)]
 
 
-def variance_table(records: list[dict]) -> VarianceTable:
-    """Pivot records (one per (step, layer)) into per-name (layer x step) arrays."""
-    if not records:
+def variance_table(frame) -> VarianceTable:
+    """Pivot the long table of :func:`hf_init.records.read_records` (one row per step, layer,
+    role, statistic) into per-(role, statistic) (layer x step) arrays."""
+    frame = frame.dropna(subset=["step", "layer", "role"])
+    if frame.empty:
         raise ValueError("no variance records")
-    steps = np.array(sorted({r["step"] for r in records}))
-    layers = np.array(sorted({r["layer"] for r in records}))
-    col = {s: i for i, s in enumerate(steps)}
-    row = {l: i for i, l in enumerate(layers)}
-    names = [k for k in records[0] if k not in ("step", "layer")]
-    values = {n: np.full((len(layers), len(steps)), np.nan) for n in names}
-    for r in records:
-        for n in names:
-            v = r.get(n)
-            if v is not None:
-                values[n][row[r["layer"]], col[r["step"]]] = v
+    frame = frame.astype({"step": int, "layer": int})
+    steps = np.array(sorted(frame["step"].unique()))
+    layers = np.array(sorted(frame["layer"].unique()))
+    values = {}
+    for (role, stat), group in frame.groupby(["role", "statistic"], sort=False):
+        grid = group.set_index(["layer", "step"])["value"].unstack("step").reindex(index=layers, columns=steps)
+        values[(role, stat)] = grid.to_numpy(dtype=float)
     return VarianceTable(steps, layers, values)
 
 
-def start_end_summary(table: VarianceTable, names=("q", "k", "v")) -> list[dict]:
+def start_end_summary(table: VarianceTable, names=QKV) -> list[dict]:
     """Per layer and name: the variance at the first and the last recorded step, their ratio
     and the step by which half of that change had happened (:func:`half_change_steps`)."""
     rows = []
@@ -83,7 +77,7 @@ def layer_spread(table: VarianceTable, name: str) -> np.ndarray:
     return np.nanmax(v, axis=0) / np.nanmin(v, axis=0)
 
 
-def format_summary(table: VarianceTable, names=("q", "k", "v")) -> str:
+def format_summary(table: VarianceTable, names=QKV) -> str:
     """A text table: per layer, start -> end variance of Q, K, V and the ratio end/start."""
     first, last = int(table.steps[0]), int(table.steps[-1])
     head = (f"population variance of each layer's weights, step {first} -> step {last} "

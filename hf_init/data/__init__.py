@@ -1,2 +1,2 @@
-"""Datasets: text corpora and tokenizers for pretraining (`text`, `tokenizer`), tabular and
+"""Datasets: text for pretraining (`args`, `builtin_corpus`, `loaders`, `tokenizer`, `blocks`), tabular and
 image datasets for the MLP studies (`tabular`)."""

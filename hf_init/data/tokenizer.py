@@ -12,11 +12,12 @@ import os
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 from hf_init.cli import first_line
+from hf_init.data.args import TEXT_COLUMN
 
 if TYPE_CHECKING:  # imported lazily: transformers takes seconds to import
     from transformers import PreTrainedTokenizerFast
 
-    from hf_init.data.text import DataArguments
+    from hf_init.data.args import DataArguments
 
 EOS_TOKEN = "<|endoftext|>"
 #: 256 byte symbols of the ByteLevel alphabet plus <|endoftext|>.
@@ -74,7 +75,8 @@ def _batches(texts: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
 
 def load_or_train_tokenizer(args: "DataArguments", raw_train) -> "PreTrainedTokenizerFast":
     """``args.tokenizer_name`` (a local folder, or a Hub id) if given, else a ByteLevel BPE of
-    ``args.vocab_size`` trained on the training split ``raw_train`` (never on validation text).
+    ``args.vocab_size`` trained on the training split ``raw_train`` (never on validation text), as
+    ``load_raw_text`` returns it: its text is in column ``TEXT_COLUMN`` whatever ``--text_column`` was.
 
     With a map-style ``raw_train`` every document trains the BPE (``args.max_train_documents``, applied
     by ``load_raw_text``, is the knob that makes this fast); with a streaming one, the first
@@ -85,7 +87,7 @@ def load_or_train_tokenizer(args: "DataArguments", raw_train) -> "PreTrainedToke
         return _load_tokenizer(args.tokenizer_name)
     from datasets import IterableDataset
 
-    column = args.text_column
+    column = TEXT_COLUMN
     if isinstance(raw_train, IterableDataset):
         limit = args.tokenizer_train_documents or STREAMING_TOKENIZER_DOCUMENTS
         texts = (row[column] for row in raw_train.select_columns([column]).take(limit))

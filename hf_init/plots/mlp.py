@@ -1,4 +1,5 @@
-"""Figures of the MLP studies (rows of results.csv / layer_stats.csv / curves.csv in, PNG out)."""
+"""Figures of the MLP studies (rows of results.csv, or the records.jsonl table of
+:func:`hf_init.records.read_records`, in; PNG out)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,6 @@ def _nanmean(values):
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
     return float(v.mean()) if v.size else float("nan")
-
-
-def _nanmedian(values):
-    v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    return float(np.median(v)) if v.size else float("nan")
 
 
 def sweep_metrics(rows: list[dict], summary: dict, path, title: str = ""):
@@ -56,35 +51,37 @@ def sweep_metrics(rows: list[dict], summary: dict, path, title: str = ""):
     return save_figure(fig, path)
 
 
-def layer_variance(layer_rows: list[dict], depth: int, path, title: str = ""):
+def layer_variance(table, depth: int, path, title: str = ""):
     """Activation variance (forward) and dLoss/d(pre-activation) variance (backward) vs layer,
-    at init and at the end, one line per std (median over seeds), for one depth."""
+    at init and at the end, one line per std (median over seeds), for one depth. ``table``: the
+    sweep's records as read by :func:`hf_init.records.read_records`."""
     plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
-    sub = [r for r in layer_rows if r["depth"] == depth]
-    if not sub:
+    sub = table[(table["depth"] == depth) & (table["role"] == "linear")
+                & table["statistic"].isin(["act_var", "grad_preact_var"])]
+    if sub.empty:
         return None
-    steps = sorted({r["step"] for r in sub})
+    # median over seeds per (statistic, std, step, layer); diverged members are NaN and skipped
+    med = sub.groupby(["statistic", "std", "step", "layer"])["value"].median()
+    steps = sorted(sub["step"].unique())
     first, last = steps[0], steps[-1]
-    stds = sorted({r["std"] for r in sub})
+    stds = sorted(sub["std"].unique())
     cmap = plt.cm.plasma(np.linspace(0, 0.9, len(stds)))
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
     for (i, key), (j, step) in [((i, k), (j, s)) for i, k in enumerate(("act_var", "grad_preact_var"))
                                  for j, s in enumerate((first, last))]:
         ax = axes[i, j]
         for s, color in zip(stds, cmap):
-            pts = [r for r in sub if r["std"] == s and r["step"] == step]
-            layers = sorted({r["layer"] for r in pts})
-            ys = [_nanmedian([r[key] for r in pts if r["layer"] == l]) for l in layers]
-            ys = [y if (math.isfinite(y) and y > 0) else np.nan for y in ys]
-            ax.plot(layers, ys, "o-", color=color, ms=3, label=f"{s:.1e}")
+            line = med.loc[(key, s, step)].sort_index()
+            ys = [y if (math.isfinite(y) and y > 0) else np.nan for y in line.to_numpy(dtype=float)]
+            ax.plot(line.index.to_numpy(dtype=int), ys, "o-", color=color, ms=3, label=f"{s:.1e}")
         ax.set_yscale("log")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"{'activation' if key == 'act_var' else 'dLoss/d(pre-activation)'} variance, step {step}", fontsize=9)
         ax.grid(alpha=0.3)
         if i == 1:
-            ax.set_xlabel("layer (last = logits)")
+            ax.set_xlabel("layer (0 = first hidden, last = logits)")
     axes[0, 1].legend(fontsize=6, ncol=2, title="std", title_fontsize=7)
     fig.suptitle(f"{title}\ndepth {depth}: population variance over (probe examples, units), median over seeds; "
                  "diverged members omitted", fontsize=9)
@@ -129,18 +126,20 @@ def phase_diagram(rows: list[dict], critical_std: float, path, title: str = ""):
     return save_figure(fig, path)
 
 
-def compare_curves(curves: list[dict], target_loss: float, path, title: str = ""):
-    """Mean full-train loss vs step per scheme with a 95% t-band over seeds, one panel per activation."""
+def compare_curves(table, target_loss: float, path, title: str = ""):
+    """Mean full-train loss vs step per scheme with a 95% t-band over seeds, one panel per
+    activation. ``table``: the comparison's records as read by :func:`hf_init.records.read_records`."""
     from hf_init.analysis.mlp import mean_ci
 
     plt = pyplot()
-    acts = sorted({r["activation"] for r in curves})
+    loss = table[table["statistic"] == "train_loss"]
+    acts = sorted(loss["activation"].unique())
     fig, axes = plt.subplots(1, len(acts), figsize=(6 * len(acts), 4.2), squeeze=False)
     for ax, act in zip(axes[0], acts):
-        for scheme in sorted({r["scheme"] for r in curves}):
-            sub = [r for r in curves if r["activation"] == act and r["scheme"] == scheme]
-            steps = sorted({r["step"] for r in sub})
-            cis = [mean_ci([r["train_loss"] for r in sub if r["step"] == s]) for s in steps]
+        for scheme in sorted(loss["scheme"].unique()):
+            sub = loss[(loss["activation"] == act) & (loss["scheme"] == scheme)]
+            steps = sorted(sub["step"].unique())
+            cis = [mean_ci(sub.loc[sub["step"] == s, "value"].to_numpy()) for s in steps]
             line, = ax.plot(steps, [c.mean for c in cis], label=scheme)
             ax.fill_between(steps, [c.lo for c in cis], [c.hi for c in cis], color=line.get_color(), alpha=0.2)
         ax.axhline(target_loss, color="gray", ls=":", lw=1, label=f"target {target_loss:.3g}")

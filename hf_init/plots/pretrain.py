@@ -1,4 +1,5 @@
-"""Figures of a pretraining run's per-layer variance records (``variance.jsonl`` in, PNG out)."""
+"""Figures of a pretraining run's per-layer variance records (``variance.jsonl`` in, through
+``hf_init.records.read_records``; PNG out)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..analysis.variance import VarianceTable, read_records, variance_table
+from ..analysis.variance import VarianceTable, variance_table
+from ..gpt2_layout import QKV
+from ..records import read_records
 from . import pyplot, save_figure
 
-QKV = ("q", "k", "v")
 
-
-def variance_vs_step(table: VarianceTable, path, prefix: str = "", title: str = "weight variance"):
+def variance_vs_step(table: VarianceTable, path, statistic: str = "var", title: str = "weight variance"):
     """Q, K, V variance against step, one line per layer, coloured shallow (dark) to deep
     (yellow) with viridis; log y axis."""
     plt = pyplot()
@@ -20,7 +21,7 @@ def variance_vs_step(table: VarianceTable, path, prefix: str = "", title: str = 
     cmap = plt.get_cmap("viridis")
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True, constrained_layout=True)
     for ax, name in zip(axes, QKV):
-        values = table[prefix + name]
+        values = table[name, statistic]
         for i, layer in enumerate(table.layers):
             ok = np.isfinite(values[i]) & (values[i] > 0)
             ax.plot(table.steps[ok], values[i][ok], color=cmap(i / max(1, n - 1)), lw=1.3)
@@ -34,13 +35,13 @@ def variance_vs_step(table: VarianceTable, path, prefix: str = "", title: str = 
     return save_figure(fig, path)
 
 
-def variance_heatmap(table: VarianceTable, path, prefix: str = "", title: str = "log10 weight variance"):
+def variance_heatmap(table: VarianceTable, path, statistic: str = "var", title: str = "log10 weight variance"):
     """Layer x step heatmaps of log10 variance for Q, K and V."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
     for ax, name in zip(axes, QKV):
         with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.log10(table[prefix + name])
+            z = np.log10(table[name, statistic])
         im = ax.imshow(z, aspect="auto", origin="lower", cmap="magma", interpolation="nearest",
                        extent=(table.steps[0], table.steps[-1], table.layers[0] - 0.5, table.layers[-1] + 0.5))
         ax.set_xlabel("optimizer step")
@@ -56,7 +57,7 @@ def plot_run(variance_jsonl, figures_dir) -> list[Path]:
     figures_dir = Path(figures_dir)
     paths = [variance_vs_step(table, figures_dir / "qkv_variance_vs_step.png"),
              variance_heatmap(table, figures_dir / "qkv_variance_heatmap.png")]
-    if np.isfinite(table["grad_q"]).any():
-        paths.append(variance_vs_step(table, figures_dir / "qkv_grad_variance_vs_step.png", prefix="grad_",
+    if np.isfinite(table["q", "grad_var"]).any():
+        paths.append(variance_vs_step(table, figures_dir / "qkv_grad_variance_vs_step.png", statistic="grad_var",
                                       title="gradient variance"))
     return paths

@@ -1,29 +1,15 @@
 """Figures for the theory check: predicted line vs measured points per layer (log scale).
 
-Input: the rows of ``theory_check.csv`` (:data:`hf_init.propagation.CHECK_FIELDS`), as dicts
-(:func:`read_rows` reads them back from the CSV). Output: PNG files.
+Input: the theory check's records as one dict per (network, quantity, layer)
+(:func:`hf_init.analysis.theory_check.read_check_rows`, through the one record reader).
+Output: PNG files.
 """
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from . import pyplot, save_figure
-
-_NUMERIC = ("predicted", "measured", "measured_sem", "relative_error", "layer", "predicted_uncorrelated",
-            "relative_error_uncorrelated")
-
-
-def read_rows(path: str | Path) -> list[dict]:
-    """Rows of a ``theory_check.csv`` with numbers parsed."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        for k in _NUMERIC:
-            r[k] = float(r[k]) if r[k] not in ("", "nan") else float("nan")
-        r["layer"] = int(r["layer"])
-    return rows
 
 
 def _panel_grid(n: int):

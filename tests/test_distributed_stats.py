@@ -1,0 +1,218 @@
+"""Exact sharded statistics (hf_init.distributed_stats) against unsharded float64 references
+computed independently (torch.var(unbiased=False) / explicit two-pass on the whole tensor)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from hf_init.distributed_stats import (LocalPart, block_sums, moments_from_sums, sharded_block_moments,
+                                       sharded_block_sums)
+
+
+def reference_blocks(w: torch.Tensor, n_blocks: int) -> torch.Tensor:
+    """(mean, population var, rms) of each equal column block of the whole tensor, float64."""
+    x = w.detach().to(torch.float64)
+    c = x.shape[1] // n_blocks
+    out = []
+    for b in range(n_blocks):
+        blk = x[:, b * c:(b + 1) * c]
+        out.append([blk.mean().item(), torch.var(blk, unbiased=False).item(), blk.pow(2).mean().sqrt().item()])
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def parts_by_rows(w, bounds):
+    return [LocalPart(w[a:b], tuple(w.shape), (a, 0)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def parts_by_cols(w, bounds):
+    return [LocalPart(w[:, a:b], tuple(w.shape), (0, a)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def merged(parts, n_blocks):
+    return moments_from_sums(sum(block_sums(p, n_blocks) for p in parts))
+
+
+@pytest.fixture
+def qkv():
+    g = torch.Generator().manual_seed(0)
+    # (in=6, out=3*5): Q = cols 0-4, K = 5-9, V = 10-14; distinct offsets so a misassigned
+    # column changes the block's mean and variance.
+    w = torch.randn(6, 15, generator=g, dtype=torch.float32) * 0.02
+    w[:, 5:10] += 0.5
+    w[:, 10:] *= 3.0
+    return w
+
+
+@pytest.mark.parametrize("bounds", [[0, 3, 6], [0, 4, 6], [0, 1, 1, 6], [0, 2, 3, 5, 6]],
+                         ids=["even", "uneven", "empty-shard", "four-uneven"])
+def test_row_shards_equal_unsharded(qkv, bounds):
+    # FSDP2 layout: shards of rows, every shard holds all of Q, K and V's columns.
+    got = merged(parts_by_rows(qkv, bounds), 3)
+    torch.testing.assert_close(got, reference_blocks(qkv, 3), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("bounds", [[0, 8, 15], [0, 7, 15], [0, 3, 12, 15], [0, 5, 10, 15], [0, 0, 15]],
+                         ids=["boundary-in-K", "boundary-in-K-2", "boundaries-in-Q-and-V", "aligned", "empty"])
+def test_column_shards_cut_inside_a_block_equal_unsharded(qkv, bounds):
+    got = merged(parts_by_cols(qkv, bounds), 3)
+    torch.testing.assert_close(got, reference_blocks(qkv, 3), rtol=1e-12, atol=1e-15)
+
+
+def test_2d_shards_and_counts(qkv):
+    # A 2 x 2 grid of uneven (row, column) shards, column cut inside K; counts are exact.
+    parts = [LocalPart(qkv[r0:r1, c0:c1], tuple(qkv.shape), (r0, c0))
+             for r0, r1 in ((0, 4), (4, 6)) for c0, c1 in ((0, 7), (7, 15))]
+    sums = sum(block_sums(p, 3) for p in parts)
+    assert sums[:, 0].tolist() == [30.0, 30.0, 30.0]
+    torch.testing.assert_close(moments_from_sums(sums), reference_blocks(qkv, 3), rtol=1e-12, atol=1e-15)
+
+
+def test_replica_adds_nothing(qkv):
+    part = LocalPart(qkv, tuple(qkv.shape), (0, 0), counted=False)
+    assert torch.equal(block_sums(part, 3), torch.zeros(3, 3, dtype=torch.float64))
+
+
+def test_plain_tensors_without_process_group_match_reference(qkv):
+    # The layout of callbacks.block_statistics: kinds in order, missing gradient -> NaN.
+    other = qkv[:, :5].clone()
+    got = sharded_block_moments([([qkv, qkv * 2], 3), ([other, None], 1)])
+    assert got.shape == (2, 4, 3)
+    torch.testing.assert_close(got[0, :3], reference_blocks(qkv, 3), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(got[1, :3], reference_blocks(qkv * 2, 3), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(got[0, 3], reference_blocks(other, 1)[0], rtol=1e-12, atol=1e-15)
+    assert torch.isnan(got[1, 3]).all()
+
+
+@pytest.mark.parametrize("mean_over_std", [0.0, 0.05, 1.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sum_of_squares_does_not_cancel_at_gpt2_scale(mean_over_std, dtype):
+    # GPT-2 124M blocks: c_attn (768, 3*768) and mlp c_fc (768, 3072), entries ~ N(mu, 0.02^2),
+    # in 8 row shards (8 ranks). Reference: numpy two-pass float64 variance of each block.
+    g = torch.Generator().manual_seed(1)
+    for shape, n_blocks in (((768, 2304), 3), ((768, 3072), 1)):
+        w = (torch.randn(shape, generator=g) * 0.02 + mean_over_std * 0.02).to(dtype)
+        bounds = [i * 96 for i in range(9)]
+        got = merged(parts_by_rows(w, bounds), n_blocks)
+        x = w.to(torch.float64).numpy()
+        c = shape[1] // n_blocks
+        for b in range(n_blocks):
+            blk = x[:, b * c:(b + 1) * c]
+            ref_var = np.mean((blk - blk.mean()) ** 2)
+            assert abs(got[b, 1].item() - ref_var) / ref_var < 1e-13
+            assert abs(got[b, 0].item() - blk.mean()) <= 1e-13 * blk.std()
+
+
+# ---- real FSDP2 shards, 2 processes, gloo --------------------------------------------------
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fsdp_worker(rank: int, world: int, port: int):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        # n_embd 30: c_attn is (30, 90), 15 rows per rank; mlp c_fc (30, 120).
+        model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=30, n_head=2, vocab_size=50, n_positions=8,
+                                           resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+        ref_model = GPT2LMHeadModel(model.config)
+        ref_model.load_state_dict(model.state_dict())  # unsharded copy made before sharding
+        paths = (("attn.c_attn", 3), ("attn.c_proj", 1), ("mlp.c_fc", 1), ("mlp.c_proj", 1))
+        ids = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(1))  # same batch on both ranks
+        ref_model(input_ids=ids, labels=ids).loss.backward()
+
+        mesh = init_device_mesh("cpu", (world,))
+        for block in model.transformer.h:
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        model(input_ids=ids, labels=ids).loss.backward()
+
+        def kinds(m, grads):
+            ws = [[b.get_submodule(p).weight for b in m.transformer.h] for p, _ in paths]
+            return [([w.grad if grads else w for w in ws_p], nb) for ws_p, (_, nb) in zip(ws, paths)]
+
+        for ts, _ in kinds(model, False) + kinds(model, True):
+            for t in ts:
+                assert isinstance(t, DTensor) and t.placements == (Shard(0),), (type(t), getattr(t, "placements", None))
+                assert t.to_local().numel() < t.numel(), "parameter is not sharded"
+
+        # No gather: full_tensor / redistribute / all_gather raise; all_reduce is counted.
+        calls = []
+        real_all_reduce = dist.all_reduce
+
+        def counting_all_reduce(*a, **k):
+            calls.append(a[0].shape)
+            return real_all_reduce(*a, **k)
+
+        def forbidden(*a, **k):
+            raise AssertionError("a gather was called")
+
+        saved = {(DTensor, "full_tensor"): DTensor.full_tensor, (DTensor, "redistribute"): DTensor.redistribute,
+                 **{(dist, n): getattr(dist, n) for n in ("all_gather", "all_gather_into_tensor",
+                                                          "all_gather_object", "broadcast")}}
+        for (owner, name) in saved:
+            setattr(owner, name, forbidden)
+        dist.all_reduce = counting_all_reduce
+        try:
+            got_w = sharded_block_moments(kinds(model, False))
+            n_calls_w = len(calls)
+            got_g = sharded_block_moments(kinds(model, True))
+        finally:
+            for (owner, name), fn in saved.items():
+                setattr(owner, name, fn)
+            dist.all_reduce = real_all_reduce
+        assert n_calls_w == 1 and len(calls) == 2, calls
+        assert tuple(calls[0]) == (2, 6, 3), calls
+
+        for layer, b in enumerate(ref_model.transformer.h):
+            col = 0
+            for p, nb in paths:
+                w = b.get_submodule(p).weight
+                torch.testing.assert_close(got_w[layer, col:col + nb], reference_blocks(w, nb), rtol=1e-12, atol=1e-15)
+                # float32 backward in a different reduction order: float32 tolerance.
+                torch.testing.assert_close(got_g[layer, col:col + nb], reference_blocks(w.grad, nb),
+                                           rtol=1e-4, atol=1e-9)
+                col += nb
+
+        # Column shards with a boundary inside K (15 columns -> 8 | 7), and a replicated mesh dim.
+        w = torch.randn(6, 15, generator=torch.Generator().manual_seed(2))
+        w[:, 5:10] += 0.5
+        col_sharded = distribute_tensor(w, mesh, [Shard(1)])
+        assert col_sharded.to_local().shape == ((6, 8) if rank == 0 else (6, 7))
+        sums = sharded_block_sums([([col_sharded], 3)])
+        assert sums[0, :, 0].tolist() == [30.0, 30.0, 30.0]
+        torch.testing.assert_close(moments_from_sums(sums)[0], reference_blocks(w, 3), rtol=1e-12, atol=1e-15)
+        mesh2 = init_device_mesh("cpu", (world, 1), mesh_dim_names=("rep", "shard"))
+        replicated = distribute_tensor(w, mesh2, [Replicate(), Shard(0)])
+        sums = sharded_block_sums([([replicated], 3)])
+        assert sums[0, :, 0].tolist() == [30.0, 30.0, 30.0], "a replica was counted twice"
+        torch.testing.assert_close(moments_from_sums(sums)[0], reference_blocks(w, 3), rtol=1e-12, atol=1e-15)
+        # A plain (unsharded) tensor next to DTensors counts once, not once per rank.
+        sums = sharded_block_sums([([col_sharded], 3), ([w], 1)])
+        assert sums[0, :, 0].tolist() == [30.0, 30.0, 30.0, 90.0]
+        with pytest.raises(ValueError, match="Partial"):
+            sharded_block_sums([([DTensor.from_local(w, mesh, [Partial()])], 3)])
+    finally:
+        dist.destroy_process_group()
+
+
+def test_real_fsdp2_shards_on_two_cpu_processes_equal_unsharded_without_gather():
+    import torch.multiprocessing as mp
+
+    mp.spawn(_fsdp_worker, args=(2, _free_port()), nprocs=2, join=True)

@@ -1,0 +1,336 @@
+"""Equilibration statistics and the claim checks on synthetic curves with known answers.
+
+Expected values come from closed forms (saturating exponential, pure exponential growth), from
+scipy (spearmanr, linregress) or by hand, never from the module itself. Records go through the
+real writer and reader (hf_init.records)."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from hf_init.analysis import equilibration as E
+from hf_init.records import make_record, read_records, write_records
+
+STEPS = np.arange(0, 1001, 10)  # 101 records, T = 1000
+T = 1000.0
+
+
+def saturating(t, v0, vinf, tau):
+    return vinf - (vinf - v0) * np.exp(-np.asarray(t, float) / tau)
+
+
+def run_frame(tmp_path, curves, scheme="s", seed=0, steps=STEPS, lr=None):
+    """curves: {(projection, layer): values over steps}; lr: values over steps or None."""
+    recs = []
+    for i, step in enumerate(steps):
+        if lr is not None:
+            recs.append(make_record(int(step), None, None, {"learning_rate": float(lr[i])}))
+        for (proj, layer), values in curves.items():
+            recs.append(make_record(int(step), layer, proj, {"var": float(values[i]), "rms": 0.0}))
+    path = tmp_path / f"{scheme}_{seed}.jsonl"
+    write_records(path, recs)
+    return read_records(path, scheme=scheme, seed=seed)
+
+
+def study(tmp_path, make_curves, seeds, scheme="s", steps=STEPS):
+    return pd.concat([run_frame(tmp_path, make_curves(seed), scheme, seed, steps) for seed in seeds],
+                     ignore_index=True)
+
+
+# ------------------------------------------------------------------ per-layer statistics
+
+TAUS = {0: 30.0, 1: 80.0, 2: 150.0, 3: 260.0}
+
+
+def expected_eq_step(v0, vinf, tau, tol, level):
+    """Increasing saturating curve: |v/level - 1| <= tol  <=>  t >= t*, first recorded step >= t*."""
+    t_star = -tau * math.log((vinf - (1 - tol) * level) / (vinf - v0))
+    return float(STEPS[np.searchsorted(STEPS, t_star - 1e-9)])
+
+
+@pytest.mark.parametrize("tol", [0.05, 0.02, 0.1])
+def test_equilibration_step_matches_the_formula_without_smoothing(tmp_path, tol):
+    v0, vinf = 4e-4, 1e-3
+    curves = {("q", l): saturating(STEPS, v0, vinf, tau) for l, tau in TAUS.items()}
+    eq = E.equilibration_table(run_frame(tmp_path, curves), tolerance=tol, smoothing=1)
+    for l, tau in TAUS.items():
+        row = eq[(eq.layer == l)].iloc[0]
+        level = saturating(T, v0, vinf, tau)
+        assert row.final_level == pytest.approx(level, rel=1e-12)
+        assert row.relative_change == pytest.approx(level / v0 - 1, rel=1e-9)
+        assert row.equilibration_step == expected_eq_step(v0, vinf, tau, tol, level)
+        assert row.left_band
+
+
+def test_equilibration_step_with_default_smoothing(tmp_path):
+    # monotone curve: the symmetric median leaves it unchanged; final level = median of the last
+    # 5 raw records = v(t_{n-3}) = v(980). Records after 980 are above it by less than tol.
+    v0, vinf, tol = 4e-4, 1e-3, E.TOLERANCE
+    curves = {("k", l): saturating(STEPS, v0, vinf, tau) for l, tau in TAUS.items()}
+    eq = E.equilibration_table(run_frame(tmp_path, curves))
+    for l, tau in TAUS.items():
+        level = saturating(980.0, v0, vinf, tau)
+        assert saturating(T, v0, vinf, tau) / level - 1 <= tol
+        row = eq[eq.layer == l].iloc[0]
+        assert row.final_level == pytest.approx(level, rel=1e-12)
+        assert row.equilibration_step == expected_eq_step(v0, vinf, tau, tol, level)
+        assert row.left_band
+
+
+def test_smoothing_ignores_a_single_late_spike(tmp_path):
+    v = saturating(STEPS, 4e-4, 1e-3, 30.0)
+    spiky = v.copy()
+    spiky[90] *= 1.5  # step 900
+    frame = run_frame(tmp_path, {("v", 0): spiky})
+    smooth = E.equilibration_table(frame).iloc[0].equilibration_step
+    raw = E.equilibration_table(frame, smoothing=1).iloc[0].equilibration_step
+    assert raw == 910.0
+    level = saturating(980.0, 4e-4, 1e-3, 30.0)  # the spike is not among the last 5 records
+    assert smooth == expected_eq_step(4e-4, 1e-3, 30.0, E.TOLERANCE, level)
+
+
+def test_never_equilibrated_is_nan(tmp_path):
+    # exp(0.01 t): +10.5% per record, always more than 5% from the final level
+    frame = run_frame(tmp_path, {("q", 0): 1e-4 * np.exp(0.01 * STEPS)})
+    for smoothing in (1, 5):
+        assert math.isnan(E.equilibration_table(frame, smoothing=smoothing).iloc[0].equilibration_step)
+
+
+def test_early_growth_rate_is_the_exponential_rate(tmp_path):
+    rates = {0: 3e-3, 1: 1e-3, 2: -2e-3}
+    # after step 100 the curve goes flat: the rate is only seen inside the early window
+    curves = {("q", l): 1e-3 * np.exp(r * np.minimum(STEPS, 100)) for l, r in rates.items()}
+    eq = E.equilibration_table(run_frame(tmp_path, curves))  # window 0.1 of [0, 1000] -> steps <= 100
+    for l, r in rates.items():
+        row = eq[eq.layer == l].iloc[0]
+        assert row.early_growth_rate == pytest.approx(r, rel=1e-9)
+        assert row.early_window_end == 100 and row.early_records == 11
+
+
+def test_early_growth_rate_on_noise_is_scipy_linregress(tmp_path):
+    rng = np.random.default_rng(0)
+    v = 1e-3 * np.exp(2e-3 * STEPS + rng.normal(0, 0.05, len(STEPS)))
+    eq = E.equilibration_table(run_frame(tmp_path, {("q", 0): v}), early_window=0.2)
+    want = sps.linregress(STEPS[STEPS <= 200], np.log(v[STEPS <= 200])).slope
+    assert eq.iloc[0].early_growth_rate == pytest.approx(want, rel=1e-9)
+
+
+def test_short_run_extends_the_window_to_three_records(tmp_path):
+    steps = np.array([0, 10, 20, 30])
+    v = 1e-3 * np.exp(np.array([0.0, 0.1, 0.3, 0.35]))
+    eq = E.equilibration_table(run_frame(tmp_path, {("q", 0): v}, steps=steps))
+    assert eq.iloc[0].early_records == 3 and eq.iloc[0].early_window_end == 20
+    assert eq.iloc[0].early_growth_rate == pytest.approx(sps.linregress([0, 10, 20], np.log(v[:3])).slope)
+
+
+def test_learning_rate_at_equilibration(tmp_path):
+    lr = 1e-3 * (1 - STEPS / T)
+    curves = {("q", 0): saturating(STEPS, 4e-4, 1e-3, 80.0)}
+    row = E.equilibration_table(run_frame(tmp_path, curves, lr=lr), smoothing=1).iloc[0]
+    eq = expected_eq_step(4e-4, 1e-3, 80.0, E.TOLERANCE, saturating(T, 4e-4, 1e-3, 80.0))
+    assert row.equilibration_step == eq
+    assert row.learning_rate_at_equilibration == pytest.approx(1e-3 * (1 - eq / T))
+    assert row.lr_fraction_of_peak == pytest.approx(1 - eq / T)
+    no_lr = E.equilibration_table(run_frame(tmp_path, curves), smoothing=1).iloc[0]
+    assert math.isnan(no_lr.learning_rate_at_equilibration)
+
+
+def test_spread_by_hand(tmp_path):
+    steps = np.array([0, 10, 20])
+    # log variances per layer at steps 0, 10, 20: [0,0,0], [0,1,2], [0,0.2,0.4]
+    logs = {0: [0, 0, 0], 1: [0, 1, 0.2], 2: [0, 2, 0.4]}
+    curves = {("q", l): np.exp(np.array(x)) for l, x in logs.items()}
+    sp = E.spread_table(run_frame(tmp_path, curves, steps=steps)).sort_values("step")
+    assert list(sp.n_layers) == [3, 3, 3]
+    assert sp.max_min_ratio.to_numpy() == pytest.approx([1.0, math.e ** 2, math.e ** 0.4])
+    assert sp.log_std.to_numpy() == pytest.approx([0.0, math.sqrt(2 / 3), 0.2 * math.sqrt(2 / 3)])
+
+
+# ------------------------------------------------------------------ pooled tests
+
+def test_sign_flip_test_by_hand():
+    t = E.sign_flip_test([-0.5, 0.1])  # means over sign flips: -0.3, -0.2, 0.2, 0.3; observed -0.2
+    assert (t["n_seeds"], t["p_less"], t["p_greater"], t["min_p"]) == (2, 0.5, 0.75, 0.25)
+    t = E.sign_flip_test([-0.5, -0.3, -0.8, -0.2, -0.9])
+    assert t["p_less"] == 1 / 32 and t["p_greater"] == 1.0
+
+
+def test_spearman_per_seed_is_scipys(tmp_path):
+    order = {0: [3, 1, 4, 2, 5, 0], 1: [0, 2, 1, 3, 5, 4]}  # rank of each layer's growth rate
+
+    def curves(seed):
+        return {("q", l): 1e-3 * np.exp(1e-3 * (1 + order[seed][l]) * STEPS) for l in range(6)}
+
+    _, seeds = E.check_claims(study(tmp_path, curves, [0, 1]), robustness=False)
+    a = seeds[seeds.claim == "shallow_grow_faster"].set_index("seed")
+    for seed in (0, 1):
+        res = sps.spearmanr(range(6), order[seed])
+        assert a.loc[seed, "statistic"] == pytest.approx(res.statistic)
+        assert a.loc[seed, "p_layers"] == pytest.approx(res.pvalue)
+
+
+def growth_curves(sign):
+    """Layer l grows at rate (1 + sign * l) e-3 / step (+ a per-seed wiggle that keeps the order)."""
+    def make(seed):
+        return {(p, l): 1e-3 * np.exp((1 + sign * 0.2 * l + 0.01 * seed) * 1e-3 * STEPS)
+                for p in E.PROJECTIONS for l in range(4)}
+    return make
+
+
+def verdict(verdicts, claim, projection="q"):
+    return verdicts[(verdicts.claim == claim) & (verdicts.projection == projection)].iloc[0]
+
+
+def test_claim_a_supported_contradicted_and_not_supported(tmp_path):
+    v, _ = E.check_claims(study(tmp_path, growth_curves(-1), range(5)))
+    for p in E.PROJECTIONS:
+        row = verdict(v, "shallow_grow_faster", p)
+        assert row.verdict == "supported" and row.statistic == pytest.approx(-1.0)
+        assert row.p_value == 1 / 32 and row.stable
+    v, _ = E.check_claims(study(tmp_path, growth_curves(+1), range(5)))
+    row = verdict(v, "shallow_grow_faster")
+    assert row.verdict == "contradicted" and row.statistic == pytest.approx(1.0)
+    assert "points against the claim" in row.sentence
+    v, _ = E.check_claims(study(tmp_path, growth_curves(-1), range(2)))
+    row = verdict(v, "shallow_grow_faster")
+    assert row.verdict == "not supported" and row.min_p == 0.25 and row.p_value == 0.25
+    assert "cannot reach" in row.sentence
+
+
+def test_claim_b_deep_equilibrate_later(tmp_path):
+    def later(seed):
+        return {(p, l): saturating(STEPS, 4e-4, 1e-3, tau * (1 + 0.02 * seed))
+                for p in E.PROJECTIONS for l, tau in TAUS.items()}
+
+    def earlier(seed):
+        return {(p, l): saturating(STEPS, 4e-4, 1e-3, TAUS[3 - l]) for p in E.PROJECTIONS for l in TAUS}
+
+    v, seeds = E.check_claims(study(tmp_path, later, range(5)))
+    row = verdict(v, "deep_equilibrate_later", "k")
+    assert row.verdict == "supported" and row.statistic == pytest.approx(1.0) and row.stable
+    v, _ = E.check_claims(study(tmp_path, earlier, range(5)))
+    assert verdict(v, "deep_equilibrate_later").verdict == "contradicted"
+
+
+def test_claim_b_never_equilibrated_ranks_latest(tmp_path):
+    def make(seed):
+        c = {("q", l): saturating(STEPS, 4e-4, 1e-3, TAUS[l]) for l in range(3)}
+        c[("q", 3)] = 1e-4 * np.exp(0.01 * STEPS)  # deepest never equilibrates
+        return c
+
+    _, seeds = E.check_claims(study(tmp_path, make, [0]), robustness=False)
+    b = seeds[seeds.claim == "deep_equilibrate_later"].iloc[0]
+    assert b.statistic == pytest.approx(1.0) and b.n == 4
+
+
+def test_claim_c_spread_ratio_by_hand(tmp_path):
+    steps = np.array([0, 10, 20, 30])
+    narrow = {0: [0, 0, 0, 0], 1: [0, 1, 0.5, 0.2], 2: [0, 2, 1.0, 0.4]}  # log variances
+    widening = {0: [0, 0, 0, 0], 1: [0, 0.3, 0.6, 1.0], 2: [0, 0.6, 1.2, 2.0]}
+    middle = {0: [0, 0, 0, 0], 1: [0, 1, 0.8, 0.7], 2: [0, 2, 1.6, 1.4]}
+
+    def make(logs):
+        return lambda seed: {(p, l): np.exp(np.array(x) * (1 + 0.1 * seed)) for p in E.PROJECTIONS
+                             for l, x in logs.items()}
+
+    for logs, ratio, want in ((narrow, 0.2, "supported"), (widening, 1.0, "contradicted"),
+                              (middle, 0.7, "not supported")):
+        v, seeds = E.check_claims(study(tmp_path, make(logs), range(3), steps=steps))
+        c = seeds[(seeds.claim == "narrower_band_at_end") & (seeds.projection == "v")]
+        assert c.statistic.to_numpy() == pytest.approx([ratio] * 3)
+        row = verdict(v, "narrower_band_at_end", "v")
+        assert row.verdict == want and row.stable
+
+
+def test_claim_c_needs_a_spread_wider_than_the_tolerance(tmp_path):
+    # the band widens to the end, but its largest log-variance std, 0.05 sqrt(2/3) (1 + 0.1 seed)
+    # = 0.041, 0.045, 0.049, stays under the tolerance 0.05: nothing to narrow from -> not
+    # supported; at tolerance 0.025 every seed's end is its widest -> contradicted (unstable).
+    steps = np.array([0, 10, 20, 30])
+    logs = {0: [0, 0, 0, 0], 1: [0, 0.02, 0.04, 0.05], 2: [0, 0.04, 0.08, 0.1]}
+
+    def make(seed):
+        return {(p, l): np.exp(np.array(x) * (1 + 0.1 * seed)) for p in E.PROJECTIONS for l, x in logs.items()}
+
+    v, seeds = E.check_claims(study(tmp_path, make, range(3), steps=steps))
+    c = seeds[(seeds.claim == "narrower_band_at_end") & (seeds.projection == "q")]
+    assert c.max_spread.to_numpy() == pytest.approx(0.05 * math.sqrt(2 / 3) * np.array([1, 1.1, 1.2]))
+    row = verdict(v, "narrower_band_at_end")
+    assert (row.verdict, row.verdict_half, row.verdict_double) == ("not supported", "contradicted",
+                                                                   "not supported")
+    assert not row.stable and "NOT stable" in row.sentence
+
+
+def test_verdict_unstable_when_the_early_window_matters(tmp_path):
+    # log v = a_l min(t, 50) + b_l max(t - 50, 0): shallow faster before step 50 (a decreasing in l),
+    # deep faster after (b increasing). Window 0.05 sees only a; window 0.2 mostly b.
+    def make(seed):
+        return {(p, l): 1e-3 * np.exp(0.002 * (4 - l) * np.minimum(STEPS, 50)
+                                      + 0.002 * (1 + l + 0.01 * seed) * np.maximum(STEPS - 50, 0))
+                for p in E.PROJECTIONS for l in range(4)}
+
+    v, _ = E.check_claims(study(tmp_path, make, range(5)))
+    row = verdict(v, "shallow_grow_faster")
+    assert row.verdict_half == "supported" and row.verdict_double == "contradicted"
+    assert not row.stable and "NOT stable" in row.sentence
+
+
+def test_groups_by_scheme(tmp_path):
+    frame = pd.concat([study(tmp_path, growth_curves(-1), range(5), scheme="a"),
+                       study(tmp_path, growth_curves(+1), range(5), scheme="b")], ignore_index=True)
+    v, _ = E.check_claims(frame)
+    a = v[(v.scheme == "a") & (v.claim == "shallow_grow_faster")]
+    b = v[(v.scheme == "b") & (v.claim == "shallow_grow_faster")]
+    assert len(a) == 3 and set(a.verdict) == {"supported"} and set(b.verdict) == {"contradicted"}
+    assert "seed" not in v.columns and v.n_seeds.max() == 5
+
+
+def test_markdown_table():
+    df = pd.DataFrame({"a": [1.0, math.nan], "b": ["x|y", "z"]})
+    assert E.to_markdown(df, digits=3) == "| a | b |\n|---|---|\n| 1 | x\\|y |\n|  | z |\n"
+
+
+def test_centered_median_is_pandas_rolling_inside_and_symmetric_at_the_ends():
+    x = np.random.default_rng(3).normal(size=12)
+    got = E.centered_median(x, 5)
+    want = pd.Series(x).rolling(5, center=True).median().to_numpy()
+    assert got[2:-2] == pytest.approx(want[2:-2])
+    assert [got[0], got[1], got[-2], got[-1]] == pytest.approx(
+        [x[0], np.median(x[:3]), np.median(x[-3:]), x[-1]])
+
+
+def test_a_table_without_qkv_variances_is_one_clear_error(tmp_path):
+    frame = run_frame(tmp_path, {("mlp_fc", 0): np.ones(len(STEPS))})
+    with pytest.raises(ValueError, match="no 'var' records of roles q, k, v"):
+        E.check_claims(frame)
+
+
+def test_real_pretraining_records_run_through(tmp_path):
+    """The saved records of the default pretraining config (4 records, steps 0-6): every layer
+    moved by far less than the tolerance, so each is within it from the first record on."""
+    frame = read_records("tests/fixtures/behaviour_kept/pretrain_variance.jsonl", scheme="gpt2", seed=0)
+    eq = E.equilibration_table(frame)
+    assert len(eq) == 3 * 12 and (eq.relative_change.abs() < E.TOLERANCE / 10).all()
+    assert (eq.equilibration_step == 0).all() and not eq.left_band.any()
+    v, seeds = E.check_claims(frame)
+    assert set(v.verdict) <= {"supported", "contradicted", "not supported"} and len(v) == 9
+    assert (v[v.claim != "narrower_band_at_end"].verdict == "not supported").all()  # 1 seed
+
+
+def test_a_repeated_step_counts_once_with_the_last_value(tmp_path):
+    v = saturating(STEPS, 4e-4, 1e-3, 80.0)
+    once = run_frame(tmp_path, {("q", 0): v})
+    twice = pd.concat([run_frame(tmp_path, {("q", 0): v * 3}), once], ignore_index=True)
+    a, b = E.equilibration_table(once, smoothing=1), E.equilibration_table(twice, smoothing=1)
+    assert b.iloc[0].final_level == pytest.approx(v[-1]) and b.iloc[0].equilibration_step == \
+        a.iloc[0].equilibration_step == expected_eq_step(4e-4, 1e-3, 80.0, E.TOLERANCE, v[-1])
+
+
+def test_claims_markdown_states_the_parameters(tmp_path):
+    v, _ = E.check_claims(study(tmp_path, growth_curves(-1), range(2)), early_window=0.2, tolerance=0.1)
+    text = E.claims_markdown(v, early_window=0.2, tolerance=0.1)
+    assert "first 0.2 of each run" in text and "tolerance: 0.1" in text
+    assert text.count("\n- ") == len(v) == 9 and "| scheme | projection | claim |" in text
