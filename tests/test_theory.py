@@ -335,16 +335,17 @@ def _theory_rows(path):
 def test_theory_check_script_small_run_and_refuses_existing_folder(tmp_path):
     """linear and relu MLPs at the critical std: the recursion is exact, so predicted is known by
     hand (q_l = m^(2l) mean(x^2), gradient m^(2(depth-l))), every row is within tolerance at
-    k_sigma 4, and none is with a tolerance of ~0 (written with --overwrite)."""
+    k_sigma 4, and none is with a tolerance of ~0 (written with --overwrite). The script's main
+    runs in this process (tests/conftest.py run_main)."""
+    from conftest import run_main
+
     out = tmp_path / "tc"
     depth, width, batch = 3, 256, 16
-    cmd = [sys.executable, "scripts/theory_check.py", "--output_dir", str(out), "--width", str(width), "--depth",
-           str(depth), "--batch", str(batch), "--seeds", "2", "--activations", "linear", "relu", "--std_multiples",
-           "0.7", "1", "--gpt2_schemes", "gpt2", "--gpt2_n_layer", "2", "--gpt2_n_embd", "32", "--gpt2_seq_len", "8",
-           "--gpt2_batch", "2", "--gpt2_seeds", "1"]
-    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT)}
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    args = ["--output_dir", out, "--width", width, "--depth", depth, "--batch", batch, "--seeds", 2,
+            "--activations", "linear", "relu", "--std_multiples", "0.7", "1", "--gpt2_schemes", "gpt2",
+            "--gpt2_n_layer", 2, "--gpt2_n_embd", 32, "--gpt2_seq_len", 8, "--gpt2_batch", 2, "--gpt2_seeds", 1]
+    rc, _, err = run_main("theory_check", *args)
+    assert rc == 0, err
     rows = _theory_rows(out / "theory_check.jsonl")
     mlp = [r for r in rows if r["network"].startswith("mlp-")]
     assert len(mlp) == 2 * 2 * 2 * depth
@@ -366,13 +367,12 @@ def test_theory_check_script_small_run_and_refuses_existing_folder(tmp_path):
     for name in ("mlp_forward.png", "mlp_gradient.png", "gpt2_residual.png", "gpt2_branches.png"):
         assert (out / name).stat().st_size > 0
     before = (out / "theory_check.jsonl").read_bytes()
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--overwrite" in r.stderr
+    rc, _, err = run_main("theory_check", *args)
+    assert rc == 2 and err.count("\n") == 1 and "--overwrite" in err
     assert (out / "theory_check.jsonl").read_bytes() == before
     # the outside case: a tolerance of ~0 admits no layer
-    r = subprocess.run(cmd + ["--overwrite", "--k_sigma", "1e-12"], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    rc, _, err = run_main("theory_check", *args, "--overwrite", "--k_sigma", "1e-12")
+    assert rc == 0, err
     for r in _theory_rows(out / "theory_check.jsonl"):
         if r["network"].startswith("mlp-"):
             assert abs(r["relative_error"]) > r["tolerance"], r
