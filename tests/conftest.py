@@ -24,10 +24,12 @@ COMPARE_ARGS = ["--dataset", "wine", "--seeds", "3", "--epochs", "4", "--activat
 THEORY_ARGS = ["--width", "64", "--depth", "3", "--batch", "16", "--seeds", "2", "--activations", "relu", "tanh",
                "--std_multiples", "0.7", "1", "--gpt2_schemes", "gpt2", "--gpt2_n_layer", "2", "--gpt2_n_embd", "32",
                "--gpt2_seq_len", "8", "--gpt2_batch", "2", "--gpt2_seeds", "1"]
-PRETRAIN_ARGS = ["--n_layer", "3", "--n_embd", "32", "--n_head", "2", "--block_size", "32", "--vocab_size", "300",
-                 "--max_train_documents", "40", "--max_eval_samples", "8", "--per_device_train_batch_size", "4",
-                 "--per_device_eval_batch_size", "8", "--logging_steps", "5", "--variance_steps", "2",
-                 "--disable_tqdm", "true", "--max_steps", "6"]
+# tiny model and data so a pretraining run takes seconds on a CPU (tests/test_pretrain.py)
+PRETRAIN_TINY = ["--n_layer", "2", "--n_embd", "32", "--n_head", "2", "--block_size", "32", "--vocab_size", "300",
+                 "--max_train_documents", "40", "--max_eval_samples", "16", "--per_device_train_batch_size", "4",
+                 "--per_device_eval_batch_size", "8", "--logging_steps", "5", "--variance_steps", "5",
+                 "--disable_tqdm", "true"]
+PRETRAIN_ARGS = [*PRETRAIN_TINY, "--max_steps", "10", "--init_scheme", "xavier_normal"]
 
 
 def run_script(name, *args, timeout=300):
@@ -84,5 +86,15 @@ def theory_out(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def pretrain_out(tmp_path_factory):
-    return _study(tmp_path_factory, "pretrain", PRETRAIN_ARGS, subprocess=True)
+def tiny_run(tmp_path_factory):
+    """One 10-step pretraining run (subprocess: the Trainer's process state stays out of pytest),
+    shared by tests/test_pretrain.py and tests/test_figures.py: (run folder, CompletedProcess)."""
+    out = tmp_path_factory.mktemp("pretrain") / "run"
+    proc = run_script("pretrain", *PRETRAIN_ARGS, "--output_dir", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+@pytest.fixture(scope="session")
+def pretrain_out(tiny_run):
+    return tiny_run[0]

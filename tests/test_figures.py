@@ -72,10 +72,10 @@ def test_pretrain_variance_figure(pretrain_out, captured, tmp_path):
     panels = _panels(fig)
     assert [ax.get_title().split()[0] for ax in panels] == ["Q", "K", "V"]
     for ax, key in zip(panels, ("q", "k", "v")):
-        assert len(ax.lines) == 3  # one per layer
+        assert len(ax.lines) == 2  # one per layer
         for layer, line in enumerate(ax.lines):
             mine = sorted((r["step"], r["var"]) for r in records if r["layer"] == layer and r["role"] == key)
-            assert list(line.get_xdata()) == [s for s, _ in mine] == [0, 2, 4, 6]
+            assert list(line.get_xdata()) == [s for s, _ in mine] == [0, 5, 10]
             assert np.allclose(line.get_ydata(), [v for _, v in mine], rtol=1e-12)
 
 

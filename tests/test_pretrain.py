@@ -11,27 +11,16 @@ import pytest
 from hf_init.cli import parse_yaml_and_cli
 from hf_init.cli import UsageError
 
+from conftest import PRETRAIN_TINY as TINY  # tiny model and data; the shared 10-step run is tiny_run
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "pretrain.py"
-# tiny model and data so a run takes seconds on a CPU
-TINY = ["--n_layer", "2", "--n_embd", "32", "--n_head", "2", "--block_size", "32", "--vocab_size", "300",
-        "--max_train_documents", "40", "--max_eval_samples", "16", "--per_device_train_batch_size", "4",
-        "--per_device_eval_batch_size", "8", "--logging_steps", "5", "--variance_steps", "5", "--disable_tqdm", "true"]
-
 
 def run_script(*args, cwd=ROOT, timeout=300):
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pretrain") / "run"
-    proc = run_script(*TINY, "--max_steps", "10", "--output_dir", out, "--init_scheme", "xavier_normal")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, proc
 
 
 def test_ten_step_run_leaves_a_complete_run_folder(tiny_run):

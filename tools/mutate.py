@@ -57,8 +57,8 @@ MUTANTS = [
      "mean_sq = torch.linalg.vector_norm(x, dim=1).square_() / (n - 1)", CALLBACKS),
     ("M03", "hf_init/stats.py", "var = (mean_sq - mean * mean).clamp_(min=0.0)",
      "var = (mean_sq + mean * mean).clamp_(min=0.0)", CALLBACKS),
-    ("M04", "hf_init/stats.py", "return tuple(weight.chunk(n_parts, dim=1))",
-     "return tuple(weight.chunk(n_parts, dim=1))[::-1]", INSPECT + CALLBACKS),
+    ("M04", "hf_init/gpt2_layout.py", "return dict(zip(self.parts, weight.chunk(len(self.parts), dim=1)))",
+     "return dict(zip(self.parts, weight.chunk(len(self.parts), dim=1)[::-1]))", INSPECT + CALLBACKS),
     # hf_init/metrics: next-token accuracy
     ("M05", "hf_init/metrics/next_token_accuracy/next_token_accuracy.py",
      "pred, ref = np.asarray(pred[:-1]), np.asarray(ref[1:])", "pred, ref = np.asarray(pred), np.asarray(ref)",
@@ -66,8 +66,8 @@ MUTANTS = [
     ("M06", "hf_init/metrics/next_token_accuracy/next_token_accuracy.py", "keep = ref != -100", "keep = ref >= -100",
      METRIC),
     # hf_init/callbacks.py: what is written per record
-    ("M07", "hf_init/callbacks.py", 'rec[name], rec[f"{name}_mean"], rec[f"{name}_rms"] = var, mean, rms',
-     'rec[name], rec[f"{name}_mean"], rec[f"{name}_rms"] = rms, mean, var', CALLBACKS),
+    ("M07", "hf_init/callbacks.py", '{"var": var, "mean": mean, "rms": rms,', '{"var": rms, "mean": mean, "rms": var,',
+     CALLBACKS),
     ("M08", "hf_init/callbacks.py", "gvar, grms = (g[layer][i][1], g[layer][i][2])",
      "gvar, grms = (g[layer][i][2], g[layer][i][1])", CALLBACKS),
     # hf_init/analysis/variance.py: the pretraining summary
@@ -110,20 +110,24 @@ MUTANTS = [
      "g[:, l] = w2[l + 1] * widths[l + 1] * e_dphi2[:, l] * g[:, l + 1]", THEORY),
     ("M29", "hf_init/theory.py", "q_relvar[:, l] = (1 + 2.0 / n) * (1 + s_relvar[:, l]) - 1",
      "q_relvar[:, l] = (1 + 1.0 / n) * (1 + s_relvar[:, l]) - 1", TOLERANCE + THEORY),
-    # hf_init/propagation.py: the theory check's rows and verdict
-    ("M30", "hf_init/propagation.py", '"within_tolerance": bool(abs(rel) <= tol[l])',
-     '"within_tolerance": bool(abs(rel) > tol[l])', THEORY),
-    ("M31", "hf_init/propagation.py", "rel = m[:, l].mean() / p[l] - 1.0", "rel = p[l] / m[:, l].mean() - 1.0", THEORY),
-    ("M32", "hf_init/propagation.py", "tol = k_sigma * np.sqrt(relvar / len(seeds))", "tol = k_sigma * np.sqrt(relvar)",
-     TOLERANCE + THEORY),
-    ("M33", "hf_init/propagation.py", 'ok = sum(r["within_tolerance"] for r in rs)', "ok = len(rs)", THEORY),
-    # hf_init/mlp.py: the freeze of a diverged member
-    ("M34", "hf_init/mlp.py", "            _freeze(opt, params, ~ok)", "            pass", FREEZE),
+    # hf_init/analysis/theory_check.py: the theory check's records and verdict (within tolerance:
+    # |relative_error| <= tolerance, counted in the verdict)
+    ("M30", "hf_init/analysis/theory_check.py", 'ok = sum(abs(r["relative_error"]) <= r["tolerance"] for r in rs)',
+     'ok = sum(abs(r["relative_error"]) > r["tolerance"] for r in rs)', THEORY),
+    ("M31", "hf_init/analysis/theory_check.py", '"relative_error": float(m[:, l].mean() / p[l] - 1.0)',
+     '"relative_error": float(p[l] / m[:, l].mean() - 1.0)', THEORY),
+    ("M32", "hf_init/analysis/theory_check.py", "tol = k_sigma * np.sqrt(relvar / len(seeds))",
+     "tol = k_sigma * np.sqrt(relvar)", TOLERANCE + THEORY),
+    ("M33", "hf_init/analysis/theory_check.py", 'ok = sum(abs(r["relative_error"]) <= r["tolerance"] for r in rs)',
+     "ok = len(rs)", THEORY),
+    # hf_init/mlp/training.py: the freeze of a diverged member
+    ("M34", "hf_init/mlp/training.py", "            _freeze(opt, params, ~ok)", "            pass", FREEZE),
     # study outputs and figures: each break is one the tests of test_study_outputs.py / test_figures.py must see
-    ("N01", "hf_init/modeling.py", "shapes[part] = fans(block.shape, layout)", "shapes[part] = fans(weight.shape, layout)",
+    ("N01", "hf_init/modeling.py", "shapes[role] = fans(part.shape, layout)", "shapes[role] = fans(part.shape[::-1], layout)",
      [f"{OUT}::test_inspect_init_table_matches_hand_computation"]),
-    ("N02", "hf_init/mlp.py", '"train_loss": float(record.train_loss[r, m]), "test_loss"',
-     '"train_loss": float(record.test_loss[r, m]), "test_loss"', [f"{OUT}::test_sweep_curves_csv"]),
+    ("N02", "hf_init/mlp/study.py", "stats = {name: float(getattr(rec, name)[r, m]) for name in SPLIT_STATISTICS}",
+     'stats = {name: float(getattr(rec, name.replace("train", "test"))[r, m]) for name in SPLIT_STATISTICS}',
+     [f"{OUT}::test_sweep_loss_records"]),
     ("N03", "hf_init/analysis/mlp.py", "{g: rr.count(g) for g in REGIMES if rr.count(g)}",
      "{g: rr.count(g) for g in REGIMES[1:] if rr.count(g)}", [f"{OUT}::test_sweep_summary_json"]),
     ("N04", "scripts/mlp_sweep.py", '"final_test_loss": r["final_test_loss"],', '"final_test_loss": r["final_train_loss"],',
