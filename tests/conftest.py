@@ -6,3 +6,95 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# --- study runs shared by test_study_outputs.py and test_figures.py (scripts as subprocesses, tiny sizes)
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP_ARGS = ["--dataset", "wine", "--stds", "1e-4", "0.1", "50", "--seeds", "2", "--depths", "1", "3",
+              "--epochs", "10", "--record_every", "5", "--no_progress"]
+COMPARE_ARGS = ["--dataset", "wine", "--seeds", "3", "--epochs", "4", "--activations", "relu", "tanh",
+                "--no_progress"]
+THEORY_ARGS = ["--width", "64", "--depth", "3", "--batch", "16", "--seeds", "2", "--activations", "relu", "tanh",
+               "--std_multiples", "0.7", "1", "--gpt2_schemes", "gpt2", "--gpt2_n_layer", "2", "--gpt2_n_embd", "32",
+               "--gpt2_seq_len", "8", "--gpt2_batch", "2", "--gpt2_seeds", "1"]
+# tiny model and data so a pretraining run takes seconds on a CPU (tests/test_pretrain.py)
+PRETRAIN_TINY = ["--n_layer", "2", "--n_embd", "32", "--n_head", "2", "--block_size", "32", "--vocab_size", "300",
+                 "--max_train_documents", "40", "--max_eval_samples", "16", "--per_device_train_batch_size", "4",
+                 "--per_device_eval_batch_size", "8", "--logging_steps", "5", "--variance_steps", "5",
+                 "--disable_tqdm", "true"]
+PRETRAIN_ARGS = [*PRETRAIN_TINY, "--max_steps", "10", "--init_scheme", "xavier_normal"]
+
+
+def run_script(name, *args, timeout=300):
+    """scripts/<name>.py in a subprocess (this checkout's hf_init, offline); CompletedProcess."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / f"{name}.py"), *map(str, args)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_main(name, *args):
+    """scripts/<name>.py's main(argv) in this process (no interpreter start and torch import per
+    call), through hf_init.cli.fail_cleanly as the script's __main__ does: (exit code, stdout, stderr)."""
+    import contextlib
+    import importlib.util
+    import io
+
+    from hf_init.cli import fail_cleanly
+
+    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = fail_cleanly(lambda: mod.main([str(a) for a in args]))
+    return rc, out.getvalue(), err.getvalue()
+
+
+def _study(tmp_path_factory, name, args, flag="--output_dir", subprocess=False):
+    """One study run shared by the session; its stdout is kept next to the folder (stdout.txt)."""
+    out = tmp_path_factory.mktemp(name) / "out"
+    if subprocess:
+        proc = run_script(name, *args, flag, out)
+        rc, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+    else:
+        rc, stdout, stderr = run_main(name, *args, flag, out)
+    assert rc == 0, stderr[-3000:]
+    (out.parent / "stdout.txt").write_text(stdout)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sweep_out(tmp_path_factory):
+    return _study(tmp_path_factory, "mlp_sweep", SWEEP_ARGS)
+
+
+@pytest.fixture(scope="session")
+def compare_out(tmp_path_factory):
+    return _study(tmp_path_factory, "mlp_init_compare", COMPARE_ARGS)
+
+
+@pytest.fixture(scope="session")
+def theory_out(tmp_path_factory):
+    return _study(tmp_path_factory, "theory_check", THEORY_ARGS)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One 10-step pretraining run (subprocess: the Trainer's process state stays out of pytest),
+    shared by tests/test_pretrain.py and tests/test_figures.py: (run folder, CompletedProcess)."""
+    out = tmp_path_factory.mktemp("pretrain") / "run"
+    proc = run_script("pretrain", *PRETRAIN_ARGS, "--output_dir", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+@pytest.fixture(scope="session")
+def pretrain_out(tiny_run):
+    return tiny_run[0]

@@ -106,18 +106,32 @@ def test_diverged_member_is_frozen_and_others_unaffected():
 
 
 def test_diverged_member_weights_stop_changing():
+    """A member whose step s is non-finite keeps, bit for bit, the weights it had before step s
+    (the weights of the same ensemble trained for exactly s steps), however long training goes on."""
     shape = MLPShape(5, 8, 3, 3)
     data = _toy_data()
     draws = standard_normal_draws(shape, [0])
-    frozen_at = {}
-    for epochs in (4, 8):
-        ens = Ensemble(shape, ensemble_weights(draws, [0, 0], [[0.3] * 4, [1e4] * 4]))
-        cfg = TrainConfig(optimizer="sgd", lr=0.1, epochs=epochs, batch_size=8, record_every=50, probe_size=16)
-        rec = train_ensemble(ens, data, cfg, progress=False)
-        assert 0 <= rec.diverged_step[1] < 20  # within the 4-epoch run (5 steps per epoch)
-        frozen_at[epochs] = [w[1].detach().clone() for w in ens.weights]
-    for a, b in zip(frozen_at[4], frozen_at[8]):
-        assert torch.equal(a, b) or torch.equal(torch.isnan(a), torch.isnan(b))
+
+    def train(epochs):  # full batch: one step per epoch, so `epochs` steps are a prefix of longer runs
+        ens = Ensemble(shape, ensemble_weights(draws, [0, 0], [[0.3] * 4, [100.0] * 4]))
+        cfg = TrainConfig(optimizer="sgd", lr=0.1, epochs=epochs, batch_size=40, record_every=50, probe_size=16)
+        return ens, train_ensemble(ens, data, cfg, progress=False)
+
+    long_runs = {}
+    for epochs in (12, 20):
+        ens, rec = train(epochs)
+        s = int(rec.diverged_step[1])
+        assert rec.diverged_step[0] == -1 and 1 <= s < 12  # diverges after a few momentum updates
+        long_runs[epochs] = (s, [w[1].detach().clone() for w in ens.weights] + [b[1].detach().clone() for b in ens.biases])
+    assert long_runs[12][0] == long_runs[20][0]
+    s = long_runs[12][0]
+    before, rec = train(s)  # stops just before the non-finite step
+    assert rec.diverged_step[1] == -1
+    expected = [w[1].detach() for w in before.weights] + [b[1].detach() for b in before.biases]
+    for epochs, (_, got) in long_runs.items():
+        for a, b in zip(got, expected):
+            assert torch.isfinite(a).all()
+            assert torch.equal(a, b), epochs
 
 
 def test_layer_statistics_match_manual_population_variance():

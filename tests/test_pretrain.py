@@ -11,27 +11,16 @@ import pytest
 from hf_init.cli import parse_yaml_and_cli
 from hf_init.cli import UsageError
 
+from conftest import PRETRAIN_TINY as TINY  # tiny model and data; the shared 10-step run is tiny_run
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "pretrain.py"
-# tiny model and data so a run takes seconds on a CPU
-TINY = ["--n_layer", "2", "--n_embd", "32", "--n_head", "2", "--block_size", "32", "--vocab_size", "300",
-        "--max_train_documents", "40", "--max_eval_samples", "16", "--per_device_train_batch_size", "4",
-        "--per_device_eval_batch_size", "8", "--logging_steps", "5", "--variance_steps", "5", "--disable_tqdm", "true"]
-
 
 def run_script(*args, cwd=ROOT, timeout=300):
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pretrain") / "run"
-    proc = run_script(*TINY, "--max_steps", "10", "--output_dir", out, "--init_scheme", "xavier_normal")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, proc
 
 
 def test_ten_step_run_leaves_a_complete_run_folder(tiny_run):
@@ -50,7 +39,32 @@ def test_ten_step_run_leaves_a_complete_run_folder(tiny_run):
     assert info["init"]["scheme"] == "xavier_normal"
     assert info["corpus"]["sha256"] and info["corpus"]["n_chars"] > 0
     assert 0.0 <= info["next_token_accuracy"] <= 1.0
+    # 16 eval blocks of 32 tokens: the last position of each block has no next token
+    assert info["eval_tokens"] == 16 * (32 - 1)
     assert "population variance" in proc.stdout and "perplexity" in proc.stdout
+
+
+def test_next_token_accuracy_on_hand_made_logits():
+    """The Trainer hooks of scripts/pretrain.py on logits whose answer is known by hand: the
+    prediction at position t is scored against the label at t + 1; label -100 is ignored."""
+    import numpy as np
+    import torch
+    from transformers import EvalPrediction
+
+    from hf_init.pretrain import next_token_metric
+
+    compute_metrics, preprocess = next_token_metric()
+    labels = torch.tensor([[5, 1, 2, 3, 4], [7, 7, 0, -100, 6]])
+    # arg-max per position; position t predicts labels[:, t + 1]
+    argmax = torch.tensor([[1, 2, 9, 4, 0],    # t=0..3 vs 1,2,3,4: right, right, wrong, right
+                           [7, 0, 3, 6, 6]])   # vs 7,0,-100,6: right, right, ignored, right
+    logits = torch.nn.functional.one_hot(argmax, 10).float() * 3.0 - 1.0
+    preds = preprocess(logits, labels)
+    assert torch.equal(preds, argmax)
+    out = compute_metrics(EvalPrediction(predictions=np.asarray(preds), label_ids=np.asarray(labels)))
+    # hand count: 3 of 4 in row 0, 3 of 3 in row 1 (unshifted it would be 0/5 + 1/4)
+    assert out["accuracy_tokens"] == 7
+    assert out["accuracy"] == pytest.approx(6 / 7, abs=1e-12)
 
 
 def test_tensorboard_has_the_qkv_curves_from_step_0(tiny_run):
@@ -359,16 +373,24 @@ def test_user_yaml_goes_on_top_of_the_default_yaml(tmp_path):
 
 
 def test_text_column_other_than_text_end_to_end(tmp_path):
-    """--text_column body on a file without a `text` column, no --tokenizer_name: trains and saves."""
+    """--text_column body, no --tokenizer_name, on a file whose `text` column is a decoy: trains,
+    saves, and the tokenizer was trained on `body` (its words are in the vocabulary, the decoy's not)."""
+    import random
+
+    rng = random.Random(0)
+    words = ["zebra", "quokka", "narwhal", "axolotl", "pangolin", "okapi"]
     data = tmp_path / "docs.jsonl"
-    docs = [f"Document {i}: weights drawn too small vanish, too large explode; a band lies between." for i in range(40)]
-    data.write_text("".join(json.dumps({"id": i, "body": d}) + "\n" for i, d in enumerate(docs)))
+    data.write_text("".join(json.dumps({"id": i, "text": "decoycolumn " * 5,
+                                        "body": " ".join(rng.choice(words) for _ in range(60))}) + "\n"
+                            for i in range(40)))
     out = tmp_path / "run"
     proc = run_script(*TINY, "--train_file", data, "--text_column", "body", "--max_steps", "2",
                       "--output_dir", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((out / "run_info.json").read_text())
     assert info["optimizer_steps"] == 2 and info["corpus"]["n_documents"] == 40
+    vocab = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
+    assert any("quokka" in t for t in vocab) and not any("decoy" in t for t in vocab)
 
 
 def test_default_config_is_found_from_an_installed_copy(tmp_path):

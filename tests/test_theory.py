@@ -315,28 +315,69 @@ def test_output_hidden_states_last_entry_is_layernormed():
 # --- script --------------------------------------------------------------------------------
 
 
-def test_theory_check_script_small_run_and_refuses_existing_folder(tmp_path):
-    out = tmp_path / "tc"
-    cmd = [sys.executable, "scripts/theory_check.py", "--output_dir", str(out), "--width", "32", "--depth", "3",
-           "--batch", "16", "--seeds", "2", "--activations", "relu", "gelu", "--std_multiples", "1",
-           "--gpt2_schemes", "gpt2", "--gpt2_n_layer", "2", "--gpt2_n_embd", "32", "--gpt2_seq_len", "8",
-           "--gpt2_batch", "2", "--gpt2_seeds", "1"]
-    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT)}
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+def _digits_mean_square(n, seed=0):
+    """Mean over n standardized digits images of mean_i(x_i^2), computed here from sklearn."""
+    from sklearn.datasets import load_digits
+
+    x = load_digits().data.astype(np.float64)
+    sd = x.std(axis=0)
+    x = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    x = x[np.random.default_rng(seed).choice(len(x), size=n, replace=False)]
+    return float((x ** 2).mean())
+
+
+def _theory_rows(path):
     from hf_init.analysis.theory_check import read_check_rows
 
-    rows = read_check_rows(out / "theory_check.jsonl")
-    assert len([r for r in rows if r["network"].startswith("mlp-")]) == 2 * 3 * 2
+    return read_check_rows(path)
+
+
+def test_theory_check_script_small_run_and_refuses_existing_folder(tmp_path):
+    """linear and relu MLPs at the critical std: the recursion is exact, so predicted is known by
+    hand (q_l = m^(2l) mean(x^2), gradient m^(2(depth-l))), every row is within tolerance at
+    k_sigma 4, and none is with a tolerance of ~0 (written with --overwrite). The script's main
+    runs in this process (tests/conftest.py run_main)."""
+    from conftest import run_main
+
+    out = tmp_path / "tc"
+    depth, width, batch = 3, 256, 16
+    args = ["--output_dir", out, "--width", width, "--depth", depth, "--batch", batch, "--seeds", 2,
+            "--activations", "linear", "relu", "--std_multiples", "0.7", "1", "--gpt2_schemes", "gpt2",
+            "--gpt2_n_layer", 2, "--gpt2_n_embd", 32, "--gpt2_seq_len", 8, "--gpt2_batch", 2, "--gpt2_seeds", 1]
+    rc, _, err = run_main("theory_check", *args)
+    assert rc == 0, err
+    rows = _theory_rows(out / "theory_check.jsonl")
+    mlp = [r for r in rows if r["network"].startswith("mlp-")]
+    assert len(mlp) == 2 * 2 * 2 * depth
     assert len([r for r in rows if r["network"].startswith("gpt2-")]) == 2 * (3 + 2 + 2)
-    for r in rows:  # relative error is measured / predicted - 1, as written
-        assert r["relative_error"] == pytest.approx(r["measured"] / r["predicted"] - 1, rel=1e-9, abs=1e-12)
-    for name in ("mlp_forward.png", "mlp_gradient.png", "gpt2_residual.png", "gpt2_branches.png", "verdict.txt"):
+    ms = _digits_mean_square(batch)
+    for r in mlp:
+        m, l = float(r["std_multiple"]), int(r["layer"])
+        hand = m ** (2 * l) * ms if r["quantity"] == "forward" else m ** (2 * (depth - l))
+        assert float(r["predicted"]) == pytest.approx(hand, rel=1e-9), r
+        rel = float(r["measured"]) / float(r["predicted"]) - 1
+        assert float(r["relative_error"]) == pytest.approx(rel, rel=1e-9, abs=1e-12)
+        assert abs(rel) < 0.3, r  # measured really is near the exact prediction
+        assert abs(rel) <= float(r["tolerance"]), r  # exact theory at width 256: inside 4 sigma
+    verdict_lines = (out / "verdict.txt").read_text().splitlines()
+    for net in ("mlp-linear-0.7xcritical", "mlp-linear-1xcritical", "mlp-relu-0.7xcritical", "mlp-relu-1xcritical"):
+        for q in ("forward", "gradient"):
+            line = next(x for x in verdict_lines if x.startswith(net) and x.split()[1] == q)
+            assert f"{depth}/{depth} layers within" in line, line
+    for name in ("mlp_forward.png", "mlp_gradient.png", "gpt2_residual.png", "gpt2_branches.png"):
         assert (out / name).stat().st_size > 0
     before = (out / "theory_check.jsonl").read_bytes()
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--overwrite" in r.stderr
+    rc, _, err = run_main("theory_check", *args)
+    assert rc == 2 and err.count("\n") == 1 and "--overwrite" in err
     assert (out / "theory_check.jsonl").read_bytes() == before
+    # the outside case: a tolerance of ~0 admits no layer
+    rc, _, err = run_main("theory_check", *args, "--overwrite", "--k_sigma", "1e-12")
+    assert rc == 0, err
+    for r in _theory_rows(out / "theory_check.jsonl"):
+        if r["network"].startswith("mlp-"):
+            assert abs(r["relative_error"]) > r["tolerance"], r
+    verdict_lines = (out / "verdict.txt").read_text().splitlines()
+    assert sum(f"0/{depth} layers within" in x for x in verdict_lines) == 8
 
 
 @pytest.mark.parametrize("flags, word", [(["--k_sigma", "nan"], "k_sigma"), (["--std_multiples", "1", "inf"], "inf"),

@@ -1,0 +1,162 @@
+"""One figure per study, read back: the PNG the script wrote (size, not blank), and the same
+figure drawn again from the script's own output files with Figure.savefig intercepted, so the
+panels and lines matplotlib holds can be counted and their data compared with numbers computed
+here from results.csv and the record files (parsed with json, not hf_init.records)."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+
+def _png(path, width_in, height_in, dpi=120):
+    """The image at ``path``: about figsize x dpi (bbox_inches="tight" trims or grows the margins)
+    and not blank (enough non-white pixels, many colours)."""
+    from matplotlib import image
+
+    img = image.imread(str(path))
+    h, w = img.shape[:2]
+    assert 0.75 * width_in * dpi <= w <= 1.2 * width_in * dpi, (w, width_in)
+    assert 0.75 * height_in * dpi <= h <= 1.3 * height_in * dpi, (h, height_in)
+    rgb = img[..., :3]
+    non_white = (rgb < 0.95).any(axis=-1).mean()
+    assert non_white > 0.03, non_white
+    assert len(np.unique((rgb * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 20
+    return img
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Figures passed to Figure.savefig while the test runs (they are still written)."""
+    from matplotlib.figure import Figure
+
+    figs = []
+    original = Figure.savefig
+
+    def savefig(self, *args, **kwargs):
+        figs.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return figs
+
+
+def _panels(fig):
+    return [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _num(v):
+    try:
+        return float(v)
+    except ValueError:
+        return v
+
+
+# --- pretraining ---------------------------------------------------------------------------
+
+
+def test_pretrain_variance_figure(pretrain_out, captured, tmp_path):
+    from hf_init.plots.pretrain import plot_run
+
+    _png(pretrain_out / "figures" / "qkv_variance_vs_step.png", 15, 4.2)
+    records = [json.loads(line) for line in (pretrain_out / "variance.jsonl").read_text().splitlines()]
+    plot_run(pretrain_out / "variance.jsonl", tmp_path)
+    fig = captured[0]
+    panels = _panels(fig)
+    assert [ax.get_title().split()[0] for ax in panels] == ["Q", "K", "V"]
+    for ax, key in zip(panels, ("q", "k", "v")):
+        assert len(ax.lines) == 2  # one per layer
+        for layer, line in enumerate(ax.lines):
+            mine = sorted((r["step"], r["var"]) for r in records if r["layer"] == layer and r["role"] == key)
+            assert list(line.get_xdata()) == [s for s, _ in mine] == [0, 5, 10]
+            assert np.allclose(line.get_ydata(), [v for _, v in mine], rtol=1e-12)
+
+
+# --- MLP sweep -----------------------------------------------------------------------------
+
+
+def test_sweep_metrics_figure(sweep_out, captured, tmp_path):
+    from hf_init.plots.mlp import sweep_metrics
+
+    _png(sweep_out / "sweep_metrics.png", 15, 4.2)
+    rows = [{k: (int(v) if k in ("depth", "seed", "diverged_step") else _num(v)) for k, v in r.items()}
+            for r in _rows(sweep_out / "results.csv")]
+    summary = json.loads((sweep_out / "summary.json").read_text())["bands"]
+    sweep_metrics(rows, summary, tmp_path / "s.png")
+    axes = [ax for ax in captured[0].axes if ax.get_visible()]
+    assert len(axes) == 3
+    for ax, key in zip(axes, ("final_train_loss", "final_test_loss", "final_test_acc")):
+        curves = [line for line in ax.lines if len(line.get_xdata()) > 2]  # not the axvline of a diverged std
+        assert len(curves) == 2  # one per depth
+        for depth, line in zip((1, 3), curves):
+            assert list(line.get_xdata()) == [1e-4, 0.1, 50.0]
+            want = []
+            for std in (1e-4, 0.1, 50.0):
+                vals = [r[key] for r in rows if r["depth"] == depth and r["std"] == std and math.isfinite(r[key])]
+                want.append(np.mean(vals) if vals else np.nan)
+            assert np.allclose(line.get_ydata(), want, rtol=1e-12, equal_nan=True)
+        # depth 3 at std 50 diverged on every seed: one red bar at 50
+        bars = [line for line in ax.lines if len(line.get_xdata()) == 2 and line.get_xdata()[0] == line.get_xdata()[1]]
+        assert [b.get_xdata()[0] for b in bars] == [50.0]
+
+
+# --- MLP scheme comparison -----------------------------------------------------------------
+
+
+def test_compare_curves_figure(compare_out, captured, tmp_path):
+    from hf_init.plots.mlp import compare_curves
+    from hf_init.records import read_records
+
+    _png(compare_out / "compare_curves.png", 12, 4.2)
+    # the loss records, read here with json (layer and role null: whole-model statistics)
+    curves = [r for r in map(json.loads, (compare_out / "records.jsonl").read_text().splitlines())
+              if r["layer"] is None and r["role"] is None]
+    target = json.loads((compare_out / "summary.json").read_text())["target_loss"]
+    compare_curves(read_records(compare_out / "records.jsonl"), target, tmp_path / "c.png")
+    panels = _panels(captured[0])
+    assert [ax.get_title() for ax in panels] == ["relu", "tanh"]
+    for ax in panels:
+        act = ax.get_title()
+        schemes = [line for line in ax.lines if line.get_label() in ("kaiming_normal", "xavier_normal")]
+        assert [line.get_label() for line in schemes] == ["kaiming_normal", "xavier_normal"]
+        target_lines = [line for line in ax.lines if line.get_label().startswith("target")]
+        assert len(target_lines) == 1 and target_lines[0].get_ydata()[0] == pytest.approx(target)
+        for line in schemes:
+            sub = [r for r in curves if r["activation"] == act and r["scheme"] == line.get_label()]
+            steps = sorted({r["step"] for r in sub})
+            means = [np.mean([r["train_loss"] for r in sub if r["step"] == s]) for s in steps]
+            assert list(line.get_xdata()) == steps
+            assert np.allclose(line.get_ydata(), means, rtol=1e-12)
+
+
+# --- theory check ----------------------------------------------------------------------------
+
+
+def test_theory_mlp_forward_figure(theory_out, captured, tmp_path):
+    from hf_init.plots.theory import plot_mlp
+
+    _png(theory_out / "mlp_forward.png", 2 * 4.6, 3.6)
+    from hf_init.analysis.theory_check import read_check_rows
+
+    # the records, read here with json; the figure is drawn from read_check_rows as the script does
+    rows = [r for r in map(json.loads, (theory_out / "theory_check.jsonl").read_text().splitlines())
+            if r["network"].startswith("mlp-")]
+    plot_mlp(read_check_rows(theory_out / "theory_check.jsonl"), "forward", tmp_path / "f.png")
+    panels = _panels(captured[0])
+    assert [ax.get_title() for ax in panels] == ["relu", "tanh"]
+    for ax in panels:
+        theory_lines = [line for line in ax.lines if line.get_linestyle() == "-" and line.get_marker() in ("None", "")
+                        and len(line.get_xdata()) == 3]
+        assert len(theory_lines) == 2  # one per std multiple
+        for mult, line in zip(("0.7", "1.0"), theory_lines):
+            sel = [r for r in rows if r["activation"] == ax.get_title() and r["quantity"] == "forward"
+                   and float(r["std_multiple"]) == float(mult)]
+            assert list(line.get_xdata()) == [1, 2, 3]
+            assert np.allclose(line.get_ydata(), [float(r["predicted"]) for r in sel], rtol=1e-12)
