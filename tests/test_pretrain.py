@@ -286,18 +286,6 @@ def test_overwrite_replaces_previous_run_completely(tiny_run, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
-def test_resume_from_checkpoint_is_refused_in_one_line(tiny_run, tmp_path):
-    import shutil
-
-    out = tmp_path / "run"
-    shutil.copytree(tiny_run[0], out)
-    before = snapshot(out)
-    proc = run_script(*TINY, "--max_steps", "2", "--output_dir", out, "--resume_from_checkpoint", out)
-    assert_clean_failure(proc, "--resume_from_checkpoint", "not supported")
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert snapshot(out) == before
-
-
 @pytest.mark.parametrize("field, value, needle", [("n_layer", 0, "n_layer must be an integer >= 1, got 0"),
                                                   ("n_head", 3, "n_head (3) must divide n_embd (32)"),
                                                   ("dropout", 1.0, "dropout must be in [0, 1), got 1.0")])

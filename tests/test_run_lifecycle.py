@@ -1,0 +1,147 @@
+"""A pretraining run's life: resumed after a crash (equal to an uninterrupted run), stopped when it
+diverges, interrupted by SIGTERM, re-run over a failed run, and what each Hub push would carry.
+Tiny model (2 layers x 32), tiny data, 8 steps: each run takes seconds to a minute on a CPU."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "pretrain.py"
+TINY = ["--n_layer", "2", "--n_embd", "32", "--n_head", "2", "--block_size", "32", "--vocab_size", "300",
+        "--max_train_documents", "40", "--max_eval_samples", "16", "--per_device_train_batch_size", "4",
+        "--per_device_eval_batch_size", "8", "--logging_steps", "2", "--variance_steps", "2",
+        "--disable_tqdm", "true"]
+N = 4  # checkpoint every N steps; runs of 2N steps
+RUN = [*TINY, "--max_steps", str(2 * N), "--save_strategy", "steps", "--save_steps", str(N)]
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+           TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+
+# A crash after step CRASH_AT, as a kill leaves it: the variance callback has written that step's
+# records (and TensorBoard events have been flushed), then the process dies without any clean-up.
+CRASH = """
+import os, sys
+from hf_init.callbacks import QKVVarianceCallback
+from hf_init.cli import fail_cleanly
+_orig = QKVVarianceCallback.on_step_end
+def on_step_end(self, args, state, control, **kw):
+    out = _orig(self, args, state, control, **kw)
+    if state.global_step == {crash_at}:
+        for s in self.sinks:
+            getattr(s, "flush", lambda: None)()
+        os._exit(137)
+    return out
+QKVVarianceCallback.on_step_end = on_step_end
+from hf_init.pretrain import run
+sys.exit(fail_cleanly(lambda: run(sys.argv[1:])))
+"""
+
+
+def script(*args, timeout=300):
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def records(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def weights(folder):
+    from safetensors.numpy import load_file
+
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+def scalar_steps(run_folder, tag):
+    """Steps of a scalar as TensorBoard shows them (event folders merged, restarts purged)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps = []
+    for d in sorted({p.parent for p in (Path(run_folder) / "runs").rglob("events.out.tfevents.*")}):
+        acc = EventAccumulator(str(d), size_guidance={"scalars": 0})
+        acc.Reload()
+        steps += [e.step for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
+    return steps
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight") / "run"
+    proc = script(*RUN, "--output_dir", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def crashed_and_resumed(tmp_path_factory):
+    out = tmp_path_factory.mktemp("resumed") / "run"
+    crash = subprocess.run([sys.executable, "-c", CRASH.format(crash_at=N + 2), *RUN, "--output_dir", str(out)],
+                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert crash.returncode == 137, crash.stderr[-3000:]
+    left = records(out / "variance.jsonl")
+    assert max(r["step"] for r in left) == N + 2  # records past the checkpoint, as a crash leaves them
+    refused = script(*RUN, "--output_dir", out)  # the same command again: refused, naming the resume command
+    resumed = script(*RUN, "--output_dir", out, "--resume_from_checkpoint", "true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return out, left, refused, resumed
+
+
+def test_resumed_run_equals_the_uninterrupted_one(straight, crashed_and_resumed):
+    out, left, _, _ = crashed_and_resumed
+    a, b = records(straight / "variance.jsonl"), records(out / "variance.jsonl")
+    key = lambda r: (r["step"], r["layer"], r["role"])  # noqa: E731
+    assert [key(r) for r in b] == [key(r) for r in a]  # same records, same order, no gap, no duplicate
+    assert len(set(map(key, b))) == len(b)
+    for stat in ("var", "mean", "rms", "grad_var", "grad_rms"):
+        x = np.array([r[stat] if r[stat] is not None else np.nan for r in a])
+        y = np.array([r[stat] if r[stat] is not None else np.nan for r in b])
+        np.testing.assert_allclose(y, x, rtol=1e-6, atol=0, equal_nan=True)
+    wa, wb = weights(straight), weights(out)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        np.testing.assert_allclose(wb[name], wa[name], rtol=1e-6, atol=1e-7, err_msg=name)
+    # what the crashed run wrote after the checkpoint is kept in a side file, not deleted
+    side = records(out / f"variance.after-step-{N}.interrupted.jsonl")
+    assert side == [r for r in left if r["step"] > N] and side
+
+
+def test_resumed_tensorboard_has_no_duplicated_points(straight, crashed_and_resumed):
+    out, _, _, _ = crashed_and_resumed
+    for tag in ("q_var/layer_00", "v_grad_var/layer_01", "train/loss"):
+        assert scalar_steps(out, tag) == scalar_steps(straight, tag), tag
+    assert len({p.parent for p in (out / "runs").rglob("events.out.tfevents.*")}) == 1  # one stream
+
+
+def test_run_info_says_resumed_and_from_where(straight, crashed_and_resumed):
+    out, _, _, resumed = crashed_and_resumed
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["resumed_from"] == {"checkpoint": str(out / f"checkpoint-{N}"), "step": N,
+                                    "set_aside_file": f"variance.after-step-{N}.interrupted.jsonl",
+                                    "set_aside_records": 2 * 6}  # step N+2: 2 layers x 6 roles
+    assert info["optimizer_steps"] == 2 * N
+    assert json.loads((straight / "run_info.json").read_text())["resumed_from"] is None
+    assert f"resumed from {out / f'checkpoint-{N}'} (step {N})" in resumed.stdout
+
+
+def test_unfinished_run_refusal_names_it_and_gives_the_resume_command(crashed_and_resumed):
+    out, _, refused, _ = crashed_and_resumed
+    assert refused.returncode == 2
+    err = refused.stderr.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+    assert "did not finish" in err[0] and f"checkpoint-{N}" in err[0] and "variance.jsonl" in err[0]
+    command = err[0].split("continue it with: ", 1)[1].split("  (or")[0]
+    assert command.endswith(f"--output_dir {out} --resume_from_checkpoint true")
+    assert " ".join(map(str, RUN)) in command
+
+
+def test_resume_without_a_checkpoint_is_one_line(tmp_path):
+    proc = script(*RUN, "--output_dir", tmp_path / "none", "--resume_from_checkpoint", "true")
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+    assert "no checkpoint-<step> folder" in proc.stderr and not (tmp_path / "none").exists()
