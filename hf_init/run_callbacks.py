@@ -19,6 +19,7 @@ from transformers import TrainerCallback
 
 from .cli import RunStopped
 
+LOSS = "the loss (the lm_head logits, lm_head tied to the token embedding, and their cross-entropy)"
 _BLOCK_PARAM = re.compile(r"(?:^|\.)h\.(\d+)\.(.+)$")
 
 
@@ -37,9 +38,49 @@ def diverged(step: int, what: str) -> RunStopped:
 class DivergenceStop(TrainerCallback):
     """Before every optimizer step (after clipping), on every rank: are all gradients finite? A
     non-finite loss makes every gradient non-finite, a non-finite gradient norm means at least one
-    is. If not, raise :class:`~hf_init.cli.RunStopped` naming the step and the first weight (in
-    model order, block weights first) whose gradient is not finite. One device sync per step; under
-    FSDP2 each rank checks its shards and one all-reduce combines them."""
+    is. If not, raise :class:`~hf_init.cli.RunStopped` naming the step and where it first appeared:
+    forward hooks on each block's ``attn`` and ``mlp`` (and ``ln_f``) keep, without a device sync,
+    whether their last output was finite, so a non-finite loss is traced to the first sub-layer of
+    the forward pass whose output was not (with the weights it holds); otherwise the first weight
+    whose gradient is not finite. One device sync per step; under FSDP2 each rank checks its shards
+    and one all-reduce combines them."""
+
+    def __init__(self):
+        self._outputs: dict[str, torch.Tensor] = {}
+        self._hooks = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        from .callbacks import gpt2_blocks, unwrap_model
+
+        if model is None or self._hooks:
+            return
+        try:
+            blocks = gpt2_blocks(model)
+        except ValueError:
+            return
+        parts = [(f"layer {i} {name} ({weights})", getattr(block, name))
+                 for i, block in enumerate(blocks)
+                 for name, weights in (("attn", "attn.c_attn / attn.c_proj weights"),
+                                       ("mlp", "mlp.c_fc / mlp.c_proj weights"))]
+        body = getattr(unwrap_model(model), "transformer", None)
+        if body is not None and hasattr(body, "ln_f"):
+            parts.append(("final layer norm ln_f / lm_head (tied to the token embedding)", body.ln_f))
+        for label, module in parts:
+            self._hooks.append(module.register_forward_hook(self._keeper(label)))
+        self._hooks.append(unwrap_model(model).register_forward_hook(self._keeper(LOSS)))
+
+    def _keeper(self, label):
+        def hook(module, inputs, output):
+            out = getattr(output, "loss", None) if label == LOSS else output
+            out = out[0] if isinstance(out, tuple) else out
+            if torch.is_tensor(out):
+                self._outputs[label] = torch.isfinite(out.detach()).all()
+        return hook
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
 
     @torch.no_grad()
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
@@ -62,10 +103,16 @@ class DivergenceStop(TrainerCallback):
         step = state.global_step + 1
         if not bad:  # another rank's shard
             raise diverged(step, "a non-finite gradient on another rank")
-        blocks = [n for n in bad if _BLOCK_PARAM.search(n)]
-        first = (blocks or bad)[0]
-        raise diverged(step, f"non-finite gradient in {where(first)} ({len(bad)} of {len(named)} weights' "
-                             f"gradients non-finite{': the loss itself' if len(bad) == len(named) else ''})")
+        forward = [label for label, f in self._outputs.items() if not bool(f)]
+        if forward:
+            raise diverged(step, f"the forward pass first became non-finite at the output of {forward[0]}, so "
+                                 f"the loss and {len(bad)} of {len(named)} weights' gradients are non-finite")
+        # the forward pass was finite: the backward pass overflowed, starting nearest the output
+        blocks = [n for n in bad if _BLOCK_PARAM.search(n) and n.endswith("weight")]
+        first = (blocks or bad)[-1]
+        raise diverged(step, f"non-finite gradient of {where(first)} (the block weight nearest the output: the "
+                             f"backward pass overflowed there first), with a finite "
+                             f"forward pass ({len(bad)} of {len(named)} weights' gradients non-finite)")
 
 
 class NonFiniteRecords:

@@ -250,13 +250,15 @@ sys.exit(fail_cleanly(lambda: run(sys.argv[1:])))
 
 @pytest.mark.parametrize("exc, rc, line", [("ValueError('bad eval setting')", 2, "error: bad eval setting"),
                                            ("KeyboardInterrupt()", 130, "interrupted")])
-def test_failure_during_training_with_overwrite_restores_previous_run(tiny_run, tmp_path, exc, rc, line):
+def test_failure_during_training_with_overwrite_keeps_both_runs(tiny_run, tmp_path, exc, rc, line):
+    """A run that fails after it wrote records is never deleted (issue 11): it stays in the folder,
+    the earlier run moves, byte for byte, to run.previous-1, and a note line says which is which."""
     import shutil
 
     out = tmp_path / "run"
     shutil.copytree(tiny_run[0], out)
     (out / "notes.txt").write_text("mine\n")
-    before = snapshot(out)
+    before = {k: v for k, v in snapshot(out).items() if k != "notes.txt"}
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     args = [*TINY, "--max_steps", "2", "--variance_steps", "1", "--output_dir", str(out),
@@ -266,8 +268,11 @@ def test_failure_during_training_with_overwrite_restores_previous_run(tiny_run, 
     assert proc.returncode == rc, proc.stderr[-3000:]
     err = proc.stderr.strip()
     assert "Traceback" not in err and err.splitlines()[-1] == line, err[-3000:]
-    assert snapshot(out) == before  # old variance.jsonl (steps 0, 5, 10), events, model: byte-identical
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert err.splitlines()[-2].startswith("note: the failed run's outputs")
+    assert snapshot(tmp_path / "run.previous-1") == before  # old variance.jsonl (steps 0, 5, 10), events, model
+    steps = {json.loads(x)["step"] for x in (out / "variance.jsonl").read_text().splitlines()}
+    assert steps == {0, 1, 2} and (out / "notes.txt").read_text() == "mine\n"  # the failed run's records
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run.previous-1"]
 
 
 def test_overwrite_replaces_previous_run_completely(tiny_run, tmp_path):

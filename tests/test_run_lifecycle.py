@@ -49,6 +49,11 @@ def script(*args, timeout=300):
                           text=True, timeout=timeout)
 
 
+def messages(stderr):
+    """stderr without the progress bars the Trainer draws when it saves a checkpoint."""
+    return [line for line in stderr.strip().splitlines() if line.strip() and "Writing model shards" not in line]
+
+
 def records(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
@@ -145,3 +150,86 @@ def test_resume_without_a_checkpoint_is_one_line(tmp_path):
     proc = script(*RUN, "--output_dir", tmp_path / "none", "--resume_from_checkpoint", "true")
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "no checkpoint-<step> folder" in proc.stderr and not (tmp_path / "none").exists()
+
+
+DIVERGE = [*TINY, "--logging_steps", "1", "--variance_steps", "1", "--max_steps", "20", "--save_strategy", "steps",
+           "--save_steps", "2", "--learning_rate", "100", "--max_grad_norm", "0", "--warmup_steps", "0"]
+
+
+def check_diverged_run(proc, out):
+    """A run at learning rate 100 without clipping really diverges (no patched NaN): one line naming
+    the step, the layer and the weight; non-zero exit; records and checkpoints up to the step before."""
+    import re
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    err = messages(proc.stderr)
+    assert len(err) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    m = re.match(r"error: training diverged at step (\d+): .*layer (\d+) (\S+)", err[0])
+    assert m, err[0]
+    step = int(m.group(1))
+    assert step > 2 and "weight" in m.group(3)
+    recs = records(out / "variance.jsonl")
+    assert max(r["step"] for r in recs) == step - 1 and all(np.isfinite(r["var"]) for r in recs)
+    ckpts = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+    assert ckpts == list(range(2, step, 2))  # every checkpoint up to the last good step, none after
+    assert not (out / "model.safetensors").exists()  # no NaN weights saved as the run's model
+    # the last checkpoint's weights are finite and are the ones the records of its step describe
+    last = ckpts[-1]
+    model = AutoModelForCausalLM.from_pretrained(out / f"checkpoint-{last}")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    w = model.transformer.h[1].mlp.c_proj.weight.detach().double()
+    rec = next(r for r in recs if (r["step"], r["layer"], r["role"]) == (last, 1, "mlp_proj"))
+    assert rec["var"] == pytest.approx(w.var(unbiased=False).item(), rel=1e-6)
+    return step
+
+
+def test_diverging_run_stops_naming_step_layer_weight(tmp_path):
+    out = tmp_path / "run"
+    check_diverged_run(script(*DIVERGE, "--output_dir", out), out)
+
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def test_failed_overwrite_run_keeps_both_runs_and_says_which_is_which(straight, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(straight, out)
+    before = snapshot(out)
+    proc = script(*DIVERGE, "--output_dir", out, "--overwrite_output_dir", "true")
+    check_diverged_run(proc, out)  # the failed run's checkpoints and records stay where it ran
+    earlier = tmp_path / "run.previous-1"
+    assert snapshot(earlier) == before  # the earlier run, byte for byte
+    assert f"stay in {str(out)!r}" in proc.stderr and f"is in {str(earlier)!r}" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run.previous-1"]
+
+
+def test_sigterm_stops_like_ctrl_c_and_the_run_can_be_resumed(tmp_path):
+    """SIGTERM (a cluster time limit) at a checkpoint: records flushed, one line naming the resume
+    command, exit 128 + 15; the same command with --resume_from_checkpoint true is then accepted."""
+    out = tmp_path / "run"
+    args = [*TINY, "--max_steps", "400", "--save_strategy", "steps", "--save_steps", "2", "--output_dir", str(out)]
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "checkpoint-4").is_dir() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert (out / "checkpoint-4").is_dir(), "no checkpoint written"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    err = messages(stderr)
+    assert len(err) == 1 and err[0].startswith("interrupted (SIGTERM) at step "), stderr[-3000:]
+    step = int(err[0].split(" at step ")[1].split(":")[0])
+    recs = records(out / "variance.jsonl")  # whole lines, up to the step it stopped at
+    assert max(r["step"] for r in recs) == step and step >= 4
+    assert "--resume_from_checkpoint true" in err[0] and f"--output_dir {out}" in err[0]
