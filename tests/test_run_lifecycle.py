@@ -233,3 +233,73 @@ def test_sigterm_stops_like_ctrl_c_and_the_run_can_be_resumed(tmp_path):
     recs = records(out / "variance.jsonl")  # whole lines, up to the step it stopped at
     assert max(r["step"] for r in recs) == step and step >= 4
     assert "--resume_from_checkpoint true" in err[0] and f"--output_dir {out}" in err[0]
+
+
+# What each Hub push would upload, offline: the Hub client is replaced by one that records, at the
+# moment of each upload, the files it would send (after the Trainer's ignore patterns) and reads
+# what matters from them. The login check is skipped; everything else is the script's own path.
+FAKE_HUB = """
+import fnmatch, json, os, sys
+from concurrent.futures import Future
+from pathlib import Path
+import transformers.trainer as trainer_module
+import hf_init.pretrain as pretrain
+from hf_init.cli import fail_cleanly
+pushes = []
+class Repo:
+    repo_id = "someone/run"
+class FakeApi:
+    def create_repo(self, *a, **k):
+        return Repo()
+    def upload_folder(self, *, folder_path, path_in_repo=None, ignore_patterns=None, run_as_future=False, **k):
+        root = Path(folder_path)
+        files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()
+                       and not any(fnmatch.fnmatch(str(p.relative_to(root)), pat) for pat in ignore_patterns or []))
+        var = root / "variance.jsonl"
+        steps = [json.loads(x)["step"] for x in var.read_text().splitlines()] if var.is_file() else []
+        readme = (root / "README.md").read_text() if (root / "README.md").is_file() else None
+        pushes.append({"path_in_repo": path_in_repo, "folder": str(root), "files": files,
+                       "max_step": max(steps, default=None), "readme": readme,
+                       "token_in_env": os.environ.get("HF_TOKEN"), "token_arg": k.get("token")})
+        if run_as_future:
+            f = Future(); f.set_result(None); return f
+trainer_module.hf_api = lambda: FakeApi()
+pretrain.check_hub_access = lambda token=None: None
+code = fail_cleanly(lambda: pretrain.run(sys.argv[1:]) and 0)
+Path(os.environ["PUSHES"]).write_text(json.dumps(pushes))
+sys.exit(code)
+"""
+FAKE_TOKEN = "hf_FAKEtokenDoNotWrite1234567890"
+
+
+def test_every_hub_push_carries_records_so_far_and_the_token_is_never_written(tmp_path):
+    out = tmp_path / "run"
+    pushes_file = tmp_path / "pushes.json"
+    args = [*TINY, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--variance_steps", "1",
+            "--push_to_hub", "true", "--hub_strategy", "checkpoint", "--hub_token", FAKE_TOKEN, "--output_dir", str(out)]
+    proc = subprocess.run([sys.executable, "-c", FAKE_HUB, *args], cwd=ROOT, env=dict(ENV, PUSHES=str(pushes_file)),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pushes = json.loads(pushes_file.read_text())
+    ckpt_pushes = [p for p in pushes if p["path_in_repo"] == "last-checkpoint"]
+    assert [p["max_step"] for p in ckpt_pushes] == [2, 4]  # each checkpoint: the records up to its step
+    for p in ckpt_pushes:
+        assert {"variance.jsonl", "figures/qkv_variance_vs_step.png", "figures/qkv_variance_heatmap.png",
+                "model.safetensors", "trainer_state.json"} <= set(p["files"])
+    final = pushes[-1]
+    assert final["path_in_repo"] is None and final["max_step"] == 4
+    assert {"variance.jsonl", "figures/qkv_variance_vs_step.png", "README.md", "model.safetensors"} <= set(final["files"])
+    info = json.loads((out / "run_info.json").read_text())
+    card = final["readme"]
+    for needle in ("init scheme: `gpt2`", f"{info['n_parameters']:,} parameters", str(info["corpus"]["name"]),
+                   "optimizer steps: 4", f"final perplexity: {info['perplexity']:.2f}",
+                   "![Q/K/V weight variance per layer vs step](figures/qkv_variance_vs_step.png)"):
+        assert needle in card, needle
+    # the uploads would be authenticated (huggingface_hub reads HF_TOKEN) ...
+    assert all(p["token_in_env"] == FAKE_TOKEN for p in pushes)
+    # ... but the token is in no file of the run folder and in no output
+    for p in out.rglob("*"):
+        if p.is_file():
+            assert FAKE_TOKEN.encode() not in p.read_bytes(), p
+    assert FAKE_TOKEN not in proc.stdout and FAKE_TOKEN not in proc.stderr
+    assert info["command"].count("<hub_token>") == 1
