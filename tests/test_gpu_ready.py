@@ -56,5 +56,5 @@ def test_gpu_throughput_benchmark_runs_on_cpu_with_a_tiny_shape(tmp_path):
         assert r["model_flops_per_token"] == 6 * r["n_parameters"] + 12 * 2 * 2 * 16 * 16
         assert r["tokens_per_second"] > 0
     assert without["records"] == 0
-    assert with_cb["records"] == 3 * 2 * 6  # steps 0, 2, 4 x 2 layers x 6 roles
+    assert with_cb["records"] == 4 * 2 * 6  # steps 0, 2, 4 and the last (5) x 2 layers x 6 roles
     assert "with    callback:" in proc.stdout and "without callback:" in proc.stdout
