@@ -201,8 +201,11 @@ def test_two_process_ddp_on_cpu(tmp_path):
     assert info["world_size"] == 2
     assert info["tokens_seen"] == 6 * 4 * 2 * 32  # steps x per-device batch x ranks x block
     keys = [(r["step"], r["layer"], r["role"]) for r in map(json.loads, (out / "variance.jsonl").read_text().splitlines())]
+    assert len(keys) == len(set(keys))  # one writer: no duplicated line
     assert sorted(keys) == sorted((s, layer, role) for s in (0, 5, 6) for layer in range(2)
                                   for role in ("q", "k", "v", "attn_proj", "mlp_fc", "mlp_proj"))
+    assert len(list((out / "runs").rglob("events.out.tfevents.*"))) == 1  # one TensorBoard stream
+    assert len(list(out.rglob("*.safetensors"))) == 1  # one saved model
 
 
 @pytest.mark.parametrize("name", ["generation_config.json", "tokenizer_config.json", "training_args.bin"])
