@@ -274,10 +274,13 @@ def make_variance_callback(trainer, out: Path, every: int | None, resumed_step: 
             tensorboard.tb_writer = SummaryWriter(log_dir=str(previous), purge_step=resumed_step + 1)
     sinks = []
     if trainer.args.process_index == 0:
+        # first: a step with a non-finite variance stops the run before it is written (records end at the
+        # last good step). Main process only: a non-finite gradient, caught on every rank by
+        # DivergenceStop, comes first in practice
+        sinks.append(NonFiniteRecords())
         sinks.append(JsonlSink(out / VARIANCE_FILE, append=resumed_step is not None))
         if tensorboard is not None:
             sinks.append(TensorBoardSink(lambda: tensorboard.tb_writer, owns_writer=False))
-        sinks.append(NonFiniteRecords())  # after the writers: the bad step is on disk, then the run stops
     callback = QKVVarianceCallback(sinks, every=every)
     trainer.add_callback(callback)
     return callback

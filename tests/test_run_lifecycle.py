@@ -303,3 +303,27 @@ def test_every_hub_push_carries_records_so_far_and_the_token_is_never_written(tm
             assert FAKE_TOKEN.encode() not in p.read_bytes(), p
     assert FAKE_TOKEN not in proc.stdout and FAKE_TOKEN not in proc.stderr
     assert info["command"].count("<hub_token>") == 1
+
+
+def test_non_finite_recorded_variance_stops_naming_step_layer_weight():
+    from hf_init.cli import RunStopped
+    from hf_init.records import make_record
+    from hf_init.run_callbacks import NonFiniteRecords
+
+    sink = NonFiniteRecords()
+    sink.write([make_record(3, 0, "q", {"var": 1.0}), make_record(3, 1, "v", {"var": 2.0})])
+    with pytest.raises(RunStopped, match=r"diverged at step 3: non-finite variance of layer 1 k weight"):
+        sink.write([make_record(3, 0, "q", {"var": 1.0}), make_record(3, 1, "k", {"var": float("inf")})])
+
+
+def test_set_aside_moves_later_and_torn_lines_byte_for_byte(tmp_path):
+    from hf_init.records import set_aside_after
+
+    path, side = tmp_path / "v.jsonl", tmp_path / "side.jsonl"
+    lines = ['{"step": 0, "layer": 0, "var": 1.0}\n', '{"step": 4, "layer": 0, "var": 2.0}\n',
+             '{"step": 6, "layer": 0, "var": 3.0}\n', '{"step": 8, "lay']
+    path.write_text("".join(lines))
+    assert set_aside_after(path, 4, side) == 2
+    assert path.read_text() == "".join(lines[:2])
+    assert side.read_text() == lines[2] + lines[3] + "\n"
+    assert set_aside_after(tmp_path / "missing.jsonl", 4, side) == 0
