@@ -186,7 +186,6 @@ def test_variance_table_summary_on_hand_made_records(tmp_path):
     assert layer_spread(table, "v").tolist() == [1.0, 2.0 / 1.8, 3.5 / 1.9, 2.5]
 
 
-@pytest.mark.slow
 def test_two_process_ddp_on_cpu(tmp_path):
     """accelerate launch with 2 gloo ranks: one world of size 2, one writer, no duplicate lines."""
     out = tmp_path / "ddp"
@@ -204,7 +203,10 @@ def test_two_process_ddp_on_cpu(tmp_path):
     assert len(keys) == len(set(keys))  # one writer: no duplicated line
     assert sorted(keys) == sorted((s, layer, role) for s in (0, 5, 6) for layer in range(2)
                                   for role in ("q", "k", "v", "attn_proj", "mlp_fc", "mlp_proj"))
-    assert len(list((out / "runs").rglob("events.out.tfevents.*"))) == 1  # one TensorBoard stream
+    # one TensorBoard stream: one events folder, written by rank 0 only (the final evaluation's metrics
+    # come after the Trainer closed its training writer, so it opens a second file in the same folder)
+    events = list((out / "runs").rglob("events.out.tfevents.*"))
+    assert len({p.parent for p in events}) == 1 and len({p.name.rsplit(".", 2)[-2] for p in events}) == 1
     assert len(list(out.rglob("*.safetensors"))) == 1  # one saved model
 
 
