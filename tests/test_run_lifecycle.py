@@ -327,3 +327,24 @@ def test_set_aside_moves_later_and_torn_lines_byte_for_byte(tmp_path):
     assert path.read_text() == "".join(lines[:2])
     assert side.read_text() == lines[2] + lines[3] + "\n"
     assert set_aside_after(tmp_path / "missing.jsonl", 4, side) == 0
+
+
+def test_interrupted_run_without_checkpoint_is_refused_with_the_restart_command(tmp_path, monkeypatch):
+    """Issue 13: what SIGINT at step 10 leaves (variance.jsonl and runs/ only) blocks the same command,
+    which then names what the folder holds and the exact command that restarts it."""
+    from hf_init.cli import UsageError
+    from hf_init.pretrain import check_output_dir
+
+    monkeypatch.setattr(sys, "argv", ["scripts/pretrain.py"])
+    (tmp_path / "variance.jsonl").write_text('{"step": 10}\n')
+    (tmp_path / "runs").mkdir()
+    argv = ["configs/x.yaml", "--max_steps", "50", "--overwrite_output_dir=false", "--output_dir", str(tmp_path)]
+    with pytest.raises(UsageError) as err:
+        check_output_dir(tmp_path, False, argv)
+    msg = str(err.value)
+    assert "did not finish and has no checkpoint (variance.jsonl, runs; no run_info.json)" in msg
+    assert msg.endswith(f"restart it with: python scripts/pretrain.py configs/x.yaml --max_steps 50 "
+                        f"--output_dir {tmp_path} --overwrite_output_dir true")
+    (tmp_path / "run_info.json").write_text("{}")  # a finished run: the plain refusal
+    with pytest.raises(UsageError, match="pass --overwrite_output_dir to replace it"):
+        check_output_dir(tmp_path, False, argv)
