@@ -111,11 +111,8 @@ def _training_arguments_class():
                     raise UsageError(f"max_steps must be >= 1 (or -1: train for num_train_epochs), got {self.max_steps}")
                 self._finite("num_train_epochs", 0, strict=True)
             self._check_report_to()
-            if self.resume_from_checkpoint:
-                # not wired: trainer.train() would need it, variance.jsonl would have to be appended without the
-                # steps after the checkpoint, and the tokenizer would have to come from the checkpoint
-                raise UsageError(f"--resume_from_checkpoint is not supported by scripts/pretrain.py (got "
-                                 f"{self.resume_from_checkpoint!r}); start a new run in another --output_dir")
+            # --resume_from_checkpoint (true or a checkpoint folder) is checked against the output folder
+            # before anything is written: hf_init.pretrain.resolve_resume
 
         def _check_report_to(self) -> None:
             """An integration whose package is missing: one line now, not the Trainer's traceback later."""

@@ -155,6 +155,9 @@ class QKVVarianceCallback(TrainerCallback):
     # -- events ----------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self._every = self._interval(args, state)
+        if state.global_step > 0:  # resumed from a checkpoint: its steps are recorded already
+            self._last_step = state.global_step
+            return
         self._record(state, model, state.global_step, grads=None)
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):

@@ -20,6 +20,16 @@ class UsageError(ValueError):
     """Bad input from the user: printed as one line, exit status 2."""
 
 
+class RunStopped(RuntimeError):
+    """A run that stopped before the end on purpose (diverged, interrupted): its message is printed
+    as one line and the script exits with ``code`` (1 for a diverged run, 128 + signal number for
+    an interrupt), without a traceback."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
 def one_line_errors(parser):
     """Make an ``argparse`` parser raise :class:`UsageError` on a bad flag (one line via
     :func:`fail_cleanly`) instead of printing its usage block and exiting."""
@@ -39,6 +49,9 @@ def fail_cleanly(main: Callable[[], object]) -> int:
     except (UsageError, ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RunStopped as err:
+        print(str(err), file=sys.stderr)
+        return err.code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

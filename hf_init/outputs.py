@@ -1,6 +1,7 @@
 """Output folders, one way for every script: refuse a folder that already holds outputs unless
 the user passes the overwrite flag, and with it keep the earlier outputs until the new run
-succeeds (moved aside, put back exactly as they were if the run fails)."""
+succeeds (moved aside, put back exactly as they were if the run fails; a failed training run's
+own outputs are kept too, see :func:`kept_until_success`)."""
 
 from __future__ import annotations
 
@@ -100,18 +101,38 @@ def restore(path: str | os.PathLike, backup: Path, keep: set[str] | None) -> Non
 
 
 @contextlib.contextmanager
-def kept_until_success(path: str | os.PathLike, found: list[str], active: bool = True):
+def kept_until_success(path: str | os.PathLike, found: list[str], active: bool = True, keep_failed: bool = False):
     """With the overwrite flag: move the earlier outputs (``found``) aside, run the body, then
-    delete them on success or put them back exactly as they were (and delete what the failed run
-    wrote) on any exception, KeyboardInterrupt included. Entries of the folder not in ``found``
-    are left alone. ``active=False`` (e.g. non-main ranks): do nothing."""
+    delete them on success or, on any exception (KeyboardInterrupt included), put them back exactly
+    as they were. Entries of the folder not in ``found`` are left alone. ``active=False`` (e.g.
+    non-main ranks): do nothing.
+
+    ``keep_failed=True`` (a training run: its checkpoints may be hours of work): a failed run that
+    wrote something is never deleted. It stays in ``path`` (where ``--resume_from_checkpoint``
+    continues it) and the earlier outputs go to the visible sibling ``<name>.previous-XXXX``; the
+    error says which is which (appended to a :class:`~hf_init.cli.RunStopped` message, else a line
+    on stderr). A failed run that wrote nothing puts the earlier outputs back as above."""
     out = Path(path)
     backup = move_aside(out, found) if found and active else None
     keep = {p.name for p in out.iterdir()} if backup is not None else set()
     try:
         yield
-    except BaseException:
+    except BaseException as exc:
         if backup is not None:
+            written = sorted(p.name for p in out.iterdir() if p.name not in keep)
+            if keep_failed and written:
+                earlier = keep_beside(out, backup)
+                note = (f"the failed run's outputs ({', '.join(written[:3])}{', ...' if len(written) > 3 else ''}) "
+                        f"stay in {str(out)!r}; the earlier run it was replacing is in {str(earlier)!r}")
+                from .cli import RunStopped
+
+                if isinstance(exc, RunStopped):
+                    exc.args = (f"{exc.args[0]}; {note}",)
+                else:
+                    import sys
+
+                    print(f"note: {note}", file=sys.stderr)
+                raise
             try:
                 restore(out, backup, keep)
             except Exception as err:
@@ -120,6 +141,18 @@ def kept_until_success(path: str | os.PathLike, found: list[str], active: bool =
         raise
     if backup is not None:
         shutil.rmtree(backup)
+
+
+def keep_beside(path: str | os.PathLike, backup: Path) -> Path:
+    """Rename the hidden backup of :func:`move_aside` to a visible ``<name>.previous-N`` sibling
+    (first free N) and return it."""
+    out = Path(path).resolve()
+    n = 1
+    while (out.parent / f"{out.name}.previous-{n}").exists():
+        n += 1
+    target = out.parent / f"{out.name}.previous-{n}"
+    os.replace(backup, target)
+    return target
 
 
 def _strict_json(x):

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from .args import model_config, parse_args
-from .cli import UsageError
+from .cli import RunStopped, UsageError
 from .run_report import RUN_INFO
 
 # files and folders that mean "this folder already holds a run": everything a run writes
@@ -24,12 +24,92 @@ RUN_MARKERS = ("variance.jsonl", RUN_INFO, "config.json", "generation_config.jso
                "figures", "checkpoint-*")
 
 
-def check_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> list[str]:
+def check_output_dir(output_dir: str | os.PathLike, overwrite: bool, argv: list[str] | None = None) -> list[str]:
     """Refuse an output folder that already holds a run (any of RUN_MARKERS), unless
-    ``overwrite``; returns what it holds. Writes nothing (see :mod:`hf_init.outputs`)."""
+    ``overwrite``; returns what it holds. A folder with no ``run_info.json`` holds a run that did
+    not finish (interrupted, failed): the refusal says so and gives the exact command that
+    continues it (``--resume_from_checkpoint true``, when it has a checkpoint) or restarts it
+    (``--overwrite_output_dir true``), built from ``argv``. Writes nothing (see :mod:`hf_init.outputs`)."""
     from .outputs import check_output_dir as check
+    from .outputs import existing_outputs
 
+    found = existing_outputs(output_dir, RUN_MARKERS)
+    if found and not overwrite and RUN_INFO not in found and argv is not None:
+        raise UsageError(unfinished_run_message(Path(output_dir), found, argv))
     return check(output_dir, overwrite, RUN_MARKERS, flag="--overwrite_output_dir")
+
+
+def last_checkpoint(folder: str | os.PathLike) -> Path | None:
+    """The ``checkpoint-<step>`` folder with the highest step that has a ``trainer_state.json``."""
+    folder = Path(folder)
+    best = None
+    for p in folder.glob("checkpoint-*") if folder.is_dir() else []:
+        tail = p.name.rsplit("-", 1)[-1]
+        if tail.isdigit() and (p / "trainer_state.json").is_file() and (best is None or int(tail) > best[0]):
+            best = (int(tail), p)
+    return best[1] if best else None
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    import json
+
+    return int(json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["global_step"])
+
+
+def rerun_command(argv: list[str], extra: list[str]) -> str:
+    """The command that ran ``argv``, without its --overwrite_output_dir / --resume_from_checkpoint
+    (and their values), plus ``extra``: copy-pasteable."""
+    import shlex
+    import sys
+
+    args, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            if not a.startswith("--"):
+                continue
+        name = a.split("=", 1)[0]
+        if name in ("--overwrite_output_dir", "--resume_from_checkpoint"):
+            skip = "=" not in a
+            continue
+        args.append(a)
+    launcher = "accelerate launch" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "python"
+    script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "scripts/pretrain.py"
+    return f"{launcher} {shlex.join([script, *args, *extra])}"
+
+
+def unfinished_run_message(out: Path, found: list[str], argv: list[str]) -> str:
+    held = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+    ckpt = last_checkpoint(out)
+    if ckpt is not None:
+        return (f"output folder {str(out)!r} holds a run that did not finish ({held}; no {RUN_INFO}), last "
+                f"checkpoint {ckpt.name}; continue it with: {rerun_command(argv, ['--resume_from_checkpoint', 'true'])}"
+                f"  (or replace it: add --overwrite_output_dir true)")
+    return (f"output folder {str(out)!r} holds a run that did not finish and has no checkpoint ({held}; no "
+            f"{RUN_INFO}); restart it with: {rerun_command(argv, ['--overwrite_output_dir', 'true'])}")
+
+
+def resolve_resume(training_args, overwrite: bool) -> Path | None:
+    """``--resume_from_checkpoint``: ``true`` = the last checkpoint in --output_dir, else a checkpoint
+    folder. One line if there is none or it is not a Trainer checkpoint."""
+    value = training_args.resume_from_checkpoint
+    if not value or str(value).lower() == "false":
+        return None
+    if overwrite:
+        raise UsageError("--resume_from_checkpoint continues the run in --output_dir; it cannot be combined "
+                         "with --overwrite_output_dir")
+    out = Path(training_args.output_dir)
+    if str(value).lower() == "true":
+        ckpt = last_checkpoint(out)
+        if ckpt is None:
+            raise UsageError(f"--resume_from_checkpoint true: no checkpoint-<step> folder with a trainer_state.json "
+                             f"in {str(out)!r}; save checkpoints with --save_strategy steps --save_steps N")
+        return ckpt
+    ckpt = Path(value)
+    if not (ckpt / "trainer_state.json").is_file():
+        raise UsageError(f"--resume_from_checkpoint {str(value)!r} is not a Trainer checkpoint folder (no "
+                         f"trainer_state.json); pass a checkpoint-<step> folder or true (the last one in --output_dir)")
+    return ckpt
 
 
 def next_token_metric():
@@ -55,10 +135,13 @@ def run(argv: list[str], started: float | None = None) -> dict:
     started = time.time() if started is None else started
     # parsing checks every argument that needs no data (the dataclasses' __post_init__)
     model_args, data_args, run_args, training_args, config_path = parse_args(argv)
-    # then, before anything is written: the output folder and the Hub
-    found = check_output_dir(training_args.output_dir, run_args.overwrite_output_dir)
+    hub_token = take_hub_token(training_args)
+    argv = redact(argv, hub_token)
+    # then, before anything is written: the output folder, the checkpoint to resume, the Hub
+    resume = resolve_resume(training_args, run_args.overwrite_output_dir)
+    found = [] if resume else check_output_dir(training_args.output_dir, run_args.overwrite_output_dir, argv)
     if training_args.push_to_hub:
-        check_hub_access(training_args.hub_token)
+        check_hub_access()
 
     import torch
     from transformers import Trainer, default_data_collator, set_seed
@@ -70,9 +153,21 @@ def run(argv: list[str], started: float | None = None) -> dict:
     from .data.tokenizer import load_or_train_tokenizer
     from .modeling import build_model, init_report
     from .outputs import kept_until_success, write_json
-    from .records import read_records
+    from .records import read_records, set_aside_after
     from .plots.pretrain import plot_run
+    from .run_callbacks import DivergenceStop, RecordsInCheckpoints
     from .run_report import model_card_fields, print_summary, run_info
+
+    out = Path(training_args.output_dir)
+    resumed = None
+    if resume is not None:
+        data_args.tokenizer_name = str(resume)  # the tokenizer the checkpoint was trained with
+        step = checkpoint_step(resume)
+        resumed = {"checkpoint": str(resume), "step": step, "set_aside_file": None, "set_aside_records": 0}
+        if training_args.process_index == 0:
+            side = f"variance.after-step-{step}.interrupted.jsonl"
+            moved = set_aside_after(out / VARIANCE_FILE, step, out / side)
+            resumed.update(set_aside_file=side if moved else None, set_aside_records=moved)
 
     set_seed(training_args.seed)
     raw, corpus_info = load_raw_text(data_args)
@@ -89,15 +184,25 @@ def run(argv: list[str], started: float | None = None) -> dict:
     init_rows = init_report(model)  # the std each weight kind got, before training moves it
     tokenizer.model_max_length = config.n_positions  # saved with it: pipelines truncate to the context
 
-    out = Path(training_args.output_dir)
-    with kept_until_success(out, found, active=training_args.process_index == 0):
+    with kept_until_success(out, found, active=training_args.process_index == 0, keep_failed=True):
         compute_metrics, preprocess_logits = next_token_metric()
-        trainer = Trainer(model=model, args=training_args, train_dataset=train_data, eval_dataset=eval_data,
+        trainer = card_trainer(Trainer)(model=model, args=training_args, train_dataset=train_data, eval_dataset=eval_data,
                           processing_class=tokenizer, data_collator=default_data_collator,
                           compute_metrics=compute_metrics, preprocess_logits_for_metrics=preprocess_logits)
-        make_variance_callback(trainer, out, every=run_args.variance_steps)
+        trainer.add_callback(DivergenceStop())
+        variance = make_variance_callback(trainer, out, every=run_args.variance_steps,
+                                          resumed_step=resumed["step"] if resumed else None)
+        trainer.add_callback(RecordsInCheckpoints(out, VARIANCE_FILE))
 
-        train_result = trainer.train()
+        first_step = resumed["step"] if resumed else 0
+        try:
+            train_result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        except (KeyboardInterrupt, RunStopped) as err:
+            for sink in variance.sinks:  # whole lines and TensorBoard events up to the last step on disk
+                getattr(sink, "flush", lambda: None)()
+            if isinstance(err, RunStopped):
+                raise
+            raise interrupted(out, trainer.state.global_step, argv) from None
         eval_metrics = trainer.evaluate()
 
         trainer.save_model(str(out))  # main process only; plain GPT-2 config
@@ -115,40 +220,126 @@ def run(argv: list[str], started: float | None = None) -> dict:
                             n_parameters=sum(p.numel() for p in model.parameters()),
                             steps=trainer.state.global_step, train_result=train_result, eval_metrics=eval_metrics,
                             variance_file=VARIANCE_FILE, table=table, figures=figures, out=out, started=started,
-                            init_rows=init_rows)
+                            init_rows=init_rows, resumed=resumed, first_step=first_step)
             write_json(out / RUN_INFO, info)
+            trainer.card_section = model_card_section(info)
             trainer.create_model_card(**model_card_fields(info))  # README.md in the run folder
             print_summary(info, format_summary(table), out)
         if training_args.push_to_hub:  # every rank calls it; only the main process uploads
             trainer.push_to_hub(commit_message=f"hf-init pretraining run, init scheme {config.init_scheme}",
-                                **model_card_fields({"init": {"scheme": config.init_scheme},
-                                                     "corpus": corpus_info}))
+                                **model_card_fields(info or {"init": {"scheme": config.init_scheme},
+                                                             "corpus": corpus_info}))
     torch_dist_barrier(torch)
     return info
 
 
-def make_variance_callback(trainer, out: Path, every: int | None):
+def interrupted(out: Path, step: int, argv: list[str]) -> RunStopped:
+    """SIGINT or SIGTERM (see scripts/pretrain.py) during training: one line saying what is kept
+    and how to continue; exit status 128 + the signal number."""
+    import signal
+
+    signum = int(os.environ.get("HF_INIT_SIGNAL", signal.SIGINT))
+    ckpt = last_checkpoint(out)
+    how = (f"continue from {ckpt.name} with: {rerun_command(argv, ['--resume_from_checkpoint', 'true'])}"
+           if ckpt is not None else f"no checkpoint to resume from; restart with: "
+                                    f"{rerun_command(argv, ['--overwrite_output_dir', 'true'])}")
+    return RunStopped(f"interrupted ({signal.Signals(signum).name}) at step {step}: records up to step {step} are "
+                      f"in {str(out / 'variance.jsonl')!r}; {how}", code=128 + signum)
+
+
+def make_variance_callback(trainer, out: Path, every: int | None, resumed_step: int | None = None):
     """Add the Q/K/V variance callback to ``trainer`` with its sinks: ``variance.jsonl`` in the run
     folder and, when the run reports to TensorBoard, the Q/K/V curves through the Trainer's own
     ``TensorBoardCallback`` writer (one TensorBoard stream per run). That callback is taken with the
     public ``pop_callback`` and put back just before the variance callback, so that its writer
-    exists when step 0 is recorded. Sinks are only made on the main process (the one that writes)."""
+    exists when step 0 is recorded. Sinks are only made on the main process (the one that writes).
+
+    ``resumed_step`` (a run resumed from the checkpoint of that step): ``variance.jsonl`` is appended
+    to, and TensorBoard continues in the interrupted run's latest events folder with a writer whose
+    ``purge_step`` hides the points the interrupted run wrote after the checkpoint (TensorBoard's own
+    mechanism for restarts: no duplicated points)."""
     from transformers.integrations import TensorBoardCallback
 
     from .callbacks import VARIANCE_FILE, QKVVarianceCallback
     from .sinks import JsonlSink, TensorBoardSink
 
+    from .run_callbacks import NonFiniteRecords
+
     tensorboard = trainer.pop_callback(TensorBoardCallback)
     if tensorboard is not None:
         trainer.add_callback(tensorboard)
+        previous = latest_events_dir(out)
+        if resumed_step is not None and previous is not None and trainer.args.process_index == 0:
+            from torch.utils.tensorboard import SummaryWriter
+
+            tensorboard.logging_dir = str(previous)
+            tensorboard.tb_writer = SummaryWriter(log_dir=str(previous), purge_step=resumed_step + 1)
     sinks = []
     if trainer.args.process_index == 0:
-        sinks.append(JsonlSink(out / VARIANCE_FILE))
+        # first: a step with a non-finite variance stops the run before it is written (records end at the
+        # last good step). Main process only: a non-finite gradient, caught on every rank by
+        # DivergenceStop, comes first in practice
+        sinks.append(NonFiniteRecords())
+        sinks.append(JsonlSink(out / VARIANCE_FILE, append=resumed_step is not None))
         if tensorboard is not None:
             sinks.append(TensorBoardSink(lambda: tensorboard.tb_writer, owns_writer=False))
     callback = QKVVarianceCallback(sinks, every=every)
     trainer.add_callback(callback)
     return callback
+
+
+def latest_events_dir(out: Path) -> Path | None:
+    """The folder of the most recently written TensorBoard events file under ``out/runs``."""
+    events = sorted((out / "runs").rglob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
+    return events[-1].parent if events else None
+
+
+def take_hub_token(training_args) -> str | None:
+    """Move ``--hub_token`` out of the arguments into the ``HF_TOKEN`` environment variable (where
+    huggingface_hub reads it), so that it is never written to training_args.bin, run_info.json,
+    TensorBoard's args text or a log. Returns it (for :func:`redact`)."""
+    token = training_args.hub_token
+    if token:
+        os.environ["HF_TOKEN"] = token
+        training_args.hub_token = None
+    return token
+
+
+def redact(argv: list[str], secret: str | None) -> list[str]:
+    """``argv`` with ``secret`` replaced by ``<hub_token>`` (the command recorded in run_info.json)."""
+    return [a.replace(secret, "<hub_token>") for a in argv] if secret else list(argv)
+
+
+def card_trainer(trainer_class):
+    """``trainer_class`` whose ``create_model_card`` (called by the script and again by
+    ``push_to_hub``, which rewrites README.md) appends ``card_section`` when one is set."""
+
+    class CardTrainer(trainer_class):
+        card_section: str | None = None
+
+        def create_model_card(self, *args, **kwargs):
+            super().create_model_card(*args, **kwargs)
+            if self.card_section and self.is_world_process_zero():
+                with open(Path(self.args.output_dir) / "README.md", "a", encoding="utf-8") as f:
+                    f.write(self.card_section)
+
+    return CardTrainer
+
+
+def model_card_section(info: dict) -> str:
+    """The model card's hf-init section: init scheme, size, data, steps, final perplexity and the
+    Q/K/V variance figure embedded (a path inside the run folder, uploaded with it)."""
+    corpus = info.get("corpus") or {}
+    fig = next((f for f in info.get("figures", []) if f.endswith("qkv_variance_vs_step.png")), None)
+    lines = ["", "## hf-init run", "",
+             f"- init scheme: `{info['init']['scheme']}`",
+             f"- model size: {info['n_parameters']:,} parameters",
+             f"- data: {corpus.get('name')}",
+             f"- optimizer steps: {info['optimizer_steps']}",
+             f"- final perplexity: {info['perplexity']:.2f}", ""]
+    if fig:
+        lines += [f"![Q/K/V weight variance per layer vs step]({fig})", ""]
+    return "\n".join(lines)
 
 
 def check_hub_access(token: str | None = None) -> None:

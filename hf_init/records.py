@@ -183,3 +183,30 @@ def to_wide(frame):
     wide = frame.set_index([*index, "statistic"])["value"].unstack("statistic").reset_index()
     wide.columns.name = None
     return wide
+
+
+def set_aside_after(path: str | os.PathLike, step: int, side: str | os.PathLike) -> int:
+    """Before a resumed run appends to ``path``: move its lines with a ``step`` after ``step`` (left
+    by the interrupted run after its checkpoint) and any torn line to the end of the file ``side``,
+    byte for byte, and rewrite ``path`` (atomically) with the rest. Returns the number of lines
+    moved; a missing ``path`` is 0."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept, moved = [], []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            late = rec.get("step") is not None and rec["step"] > step
+        except json.JSONDecodeError:
+            late = True  # a torn line: the crash cut it
+        (moved if late else kept).append(line if line.endswith("\n") else line + "\n")
+    if moved:
+        with open(side, "a", encoding="utf-8") as f:
+            f.write("".join(moved))
+        from .outputs import write_atomic
+
+        write_atomic(path, lambda f: f.write("".join(kept)))
+    return len(moved)

@@ -74,7 +74,8 @@ def n_rows(dataset) -> int | None:
 
 def run_info(*, argv, config_path, args, config, corpus, train_data, eval_data, block_size: int, vocab_size: int,
              training_args, n_parameters: int, steps: int, train_result, eval_metrics: dict, variance_file: str,
-             table, figures, out: Path, started: float, init_rows: list[dict] | None = None) -> dict:
+             table, figures, out: Path, started: float, init_rows: list[dict] | None = None,
+             resumed: dict | None = None, first_step: int = 0) -> dict:
     """The ``run_info.json`` dict. ``args`` = (model, data, run) argument dataclasses; ``table`` the
     variance table of the run's records; ``figures`` the paths written under ``out``."""
     model_args, data_args, run_args = args
@@ -82,6 +83,12 @@ def run_info(*, argv, config_path, args, config, corpus, train_data, eval_data, 
     tokens_seen = (steps * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
                    * world_size * block_size)
     runtime = train_result.metrics.get("train_runtime", float("nan"))
+    # this process trained steps first_step+1 .. steps in `runtime` seconds (a resumed run: only those)
+    tokens_this_run = tokens_seen * (steps - first_step) // steps if steps else 0
+    tokens_per_second = tokens_this_run / runtime if runtime and math.isfinite(runtime) else None
+    cfg = config
+    flops_per_token = model_flops_per_token(n_parameters, cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head,
+                                            block_size)
     eval_loss = eval_metrics.get("eval_loss", float("nan"))
     return {
         "versions": versions(),
@@ -100,7 +107,11 @@ def run_info(*, argv, config_path, args, config, corpus, train_data, eval_data, 
         "optimizer_steps": steps,
         "tokens_seen": tokens_seen,
         "train_runtime_s": runtime,
-        "tokens_per_second": tokens_seen / runtime if runtime else None,
+        "tokens_per_second": tokens_per_second,
+        "model_flops_per_token": flops_per_token,
+        "mfu": mfu(tokens_per_second, flops_per_token, str(training_args.device), world_size,
+                   bf16=bool(training_args.bf16 or training_args.fp16)),
+        "resumed_from": resumed,
         "train_loss": train_result.training_loss,
         "eval_loss": eval_loss,
         "perplexity": math.exp(eval_loss) if eval_loss < 700 else float("inf"),
@@ -113,6 +124,48 @@ def run_info(*, argv, config_path, args, config, corpus, train_data, eval_data, 
     }
 
 
+def model_flops_per_token(n_parameters: int, n_layer: int, n_head: int, head_dim: int, seq_len: int) -> int:
+    """Training FLOPs per token (forward + backward) as in the PaLM paper's MFU: 6 N for the
+    weight matmuls plus 12 L H Q T for attention (L layers, H heads, Q head size, T context).
+    N counts every parameter (embeddings included), as ``run_info.json``'s ``n_parameters``."""
+    return 6 * n_parameters + 12 * n_layer * n_head * head_dim * seq_len
+
+
+# dense peak FLOP/s per device (bf16/fp16 tensor cores, no sparsity), from the vendors' data sheets
+PEAK_FLOPS_BF16 = {
+    "H200": 989e12, "H100 SXM": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12,
+    "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12, "RTX 4090": 165e12, "V100": 125e12,
+}
+
+
+def peak_flops(device_name: str | None) -> float | None:
+    """Peak bf16 FLOP/s of a known accelerator, matched by name (the longest table key contained in
+    ``device_name``, e.g. torch.cuda.get_device_name()); None when unknown (a CPU, say)."""
+    if not device_name:
+        return None
+    hits = [k for k in PEAK_FLOPS_BF16 if k.lower() in device_name.lower()]
+    return PEAK_FLOPS_BF16[max(hits, key=len)] if hits else None
+
+
+def device_name(device: str) -> str | None:
+    """The accelerator's name (CUDA only), None on a CPU."""
+    if not str(device).startswith("cuda"):
+        return None
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(device))
+
+
+def mfu(tokens_per_second: float | None, flops_per_token: int, device: str, world_size: int,
+        bf16: bool = True) -> float | None:
+    """Model FLOPs utilisation: achieved model FLOP/s over the peak of all ``world_size`` devices;
+    None when the device's peak is unknown (CPU) or the run was not in half precision."""
+    peak = peak_flops(device_name(device))
+    if peak is None or not bf16 or not tokens_per_second:
+        return None
+    return tokens_per_second * flops_per_token / (peak * world_size)
+
+
 def model_card_fields(info: dict) -> dict:
     """Keyword arguments for ``Trainer.create_model_card`` / ``push_to_hub``: tags that say
     which init scheme the run started from and which corpus it saw."""
@@ -122,12 +175,18 @@ def model_card_fields(info: dict) -> dict:
 
 
 def print_summary(info: dict, table_text: str, out: Path) -> None:
+    mfu_text = "" if info.get("mfu") is None else f", MFU {info['mfu']:.1%}"
     print()
     print(table_text)
     print(format_init_stds(info["init"]))
     print(f"{info['n_parameters']:,} parameters, "
           f"world size {info['world_size']}, {info['optimizer_steps']} steps, {info['tokens_seen']:,} tokens "
-          f"in {info['train_runtime_s']:.1f} s ({info['tokens_per_second']:,.0f} tokens/s)")
+          f"in {info['train_runtime_s']:.1f} s ({info['tokens_per_second'] or 0:,.0f} tokens/s{mfu_text})")
+    if info.get("resumed_from"):
+        r = info["resumed_from"]
+        print(f"resumed from {r['checkpoint']} (step {r['step']})"
+              + (f"; {r['set_aside_records']} records the interrupted run wrote after it are in {r['set_aside_file']}"
+                 if r.get("set_aside_file") else ""))
     print(f"eval loss {info['eval_loss']:.4f}, perplexity {info['perplexity']:.2f}, "
           f"next-token accuracy {info['next_token_accuracy']:.4f} ({info['eval_tokens']} tokens)")
     print(f"run folder {out}: {', '.join(outputs_present(out))}")

@@ -21,18 +21,24 @@ from .records import append_records
 
 class JsonlSink:
     """Records appended to ``path`` (opened with mode ``w`` at the first write: a fresh file per
-    training run; the output-folder check ran before training)."""
+    training run; the output-folder check ran before training; ``append=True``, a resumed run:
+    mode ``a``, after the records past the checkpoint were set aside)."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, append: bool = False):
         self.path = Path(path)
+        self.append = append
         self._file = None
         self.records_written = 0
 
     def write(self, records: list[dict]) -> None:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "w", encoding="utf-8")
+            self._file = open(self.path, "a" if self.append else "w", encoding="utf-8")
         self.records_written += append_records(self._file, records)
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
 
     def close(self) -> None:
         if self._file is not None:
@@ -96,6 +102,11 @@ class TensorBoardSink:
         if len(steps) != 1:
             raise ValueError(f"TensorBoardSink.write takes the records of one step, got steps {sorted(steps)}")
         _add_scalars_one_event(self.writer, scalars, steps.pop())
+
+    def flush(self) -> None:
+        if not callable(self._writer) or hasattr(self._writer, "add_scalar"):  # only a writer that exists
+            if self._writer is not None:
+                self._writer.flush()
 
     def close(self) -> None:
         if self.owns_writer and self.writer is not None:

@@ -1,0 +1,67 @@
+"""The divergence stop under FSDP2 on two CPU processes (gloo, plain ``fully_shard``: accelerate
+does not shard on CPU): each rank checks only its own gradient shards, one all-reduce combines
+them, so a non-finite entry in one rank's shard stops both ranks at the same step."""
+
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class State:
+    global_step = 6
+    is_world_process_zero = True
+
+
+def _worker(rank, world, port, results):
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        from hf_init.cli import RunStopped
+        from hf_init.modeling import build_model
+        from hf_init.run_callbacks import DivergenceStop
+
+        assert dist.get_world_size() == 2
+        torch.manual_seed(0)
+        model = build_model(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=16)
+        mesh = init_device_mesh("cpu", (world,))
+        for block in model.transformer.h:
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        w = model.transformer.h[1].mlp.c_proj.weight
+        assert hasattr(w, "to_local") and w.to_local().shape[0] < w.shape[0]  # really sharded
+        ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(rank))
+        model(input_ids=ids, labels=ids).loss.backward()
+        stop = DivergenceStop()
+        stop.on_pre_optimizer_step(None, State(), None, model=model)  # all finite: nothing happens
+        if rank == 1:  # one entry of rank 1's shard only
+            w.grad.to_local().view(-1)[0] = float("nan")
+        try:
+            stop.on_pre_optimizer_step(None, State(), None, model=model)
+            results[rank] = "not stopped"
+        except RunStopped as err:
+            results[rank] = str(err)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_nan_in_one_ranks_shard_stops_both_ranks():
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_worker, args=(2, _free_port(), results), nprocs=2, join=True)
+        results = dict(results)
+    assert results[1].startswith("error: training diverged at step 7: non-finite gradient of layer 1 mlp.c_proj.weight")
+    assert results[0].startswith("error: training diverged at step 7: a non-finite gradient on another rank")
