@@ -64,6 +64,7 @@ def run(argv: list[str], started: float | None = None) -> dict:
     from transformers import Trainer, default_data_collator, set_seed
 
     from .analysis.variance import format_summary, variance_table
+    from .attention import make_attention_probe
     from .callbacks import VARIANCE_FILE
     from .data.blocks import tokenize_and_group
     from .data.loaders import load_raw_text
@@ -93,7 +94,8 @@ def run(argv: list[str], started: float | None = None) -> dict:
         trainer = Trainer(model=model, args=training_args, train_dataset=train_data, eval_dataset=eval_data,
                           processing_class=tokenizer, data_collator=default_data_collator,
                           compute_metrics=compute_metrics, preprocess_logits_for_metrics=preprocess_logits)
-        make_variance_callback(trainer, out, every=run_args.variance_steps)
+        variance_callback = make_variance_callback(trainer, out, every=run_args.variance_steps)
+        make_attention_probe(trainer, variance_callback, eval_data, run_args.attention_probe_blocks)
 
         train_result = trainer.train()
         eval_metrics = trainer.evaluate()
