@@ -321,10 +321,10 @@ def write_report(paths, output_dir) -> list[Path]:
     from .analysis.equilibration import check_claims, claims_markdown, equilibration_table
     from .outputs import write_atomic
 
+    run_dirs, mlp_dirs = discover(paths)  # bad folders are refused before anything is written
     out = Path(output_dir)
     files = out / FILES_DIR
     files.mkdir(parents=True, exist_ok=True)
-    run_dirs, mlp_dirs = discover(paths)
     doc = Document(files, out)
     doc.heading("hf-init report", 1)
     doc.text("Sources: " + ", ".join(f"`{p}`" for p in map(str, paths)) + ".")
