@@ -147,22 +147,26 @@ def test_report_script_on_one_run_and_an_mlp_folder(study, tmp_path):
     assert len(srcs) == md.count("![") == 4  # loss, variance, attention of the run + the MLP figure
 
 
-def test_bad_input_one_line_nothing_written(tmp_path):
+def test_bad_input_one_line_nothing_written(tmp_path, capsys):
+    from hf_init.cli import fail_cleanly
+    from hf_init.study import run_study
+
     empty = tmp_path / "empty"
     empty.mkdir()
     proc = script("report.py", empty)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "holds no finished" in proc.stderr
     assert list(empty.iterdir()) == []
-    for args, message in (([*SCHEMES, "--seed", "3"], "set by the study"),
-                          (["--schemes", "bogus"], "unknown init scheme"),
+    proc = script("init_study.py", *SCHEMES, "--seed", "3", "--output_dir", tmp_path / "s")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "set by the study" in proc.stderr
+    for args, message in ((["--schemes", "bogus"], "unknown init scheme"),
                           (["--schemes", "normal"], "normal:STD"),
                           (["--seeds", "0"], "seeds must be >= 1"),
                           (["--lr_scheduler_types", "wavy"], "unknown lr_scheduler_types"),
                           (["--max_steps", "-5"], "max_steps")):
-        proc = script("init_study.py", *args, "--output_dir", tmp_path / "s")
-        assert proc.returncode == 2, (args, proc.stderr[-1000:])
-        assert message in proc.stderr and proc.stderr.count("\n") == 1, (args, proc.stderr)
-        assert not (tmp_path / "s").exists()
+        assert fail_cleanly(lambda: run_study([*args, "--output_dir", str(tmp_path / "s")])) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (args, err)
+    assert not (tmp_path / "s").exists()
 
 
 def test_plan_crosses_learning_rates_and_schedules():
