@@ -332,9 +332,9 @@ def write_report(paths, output_dir) -> list[Path]:
     if run_dirs:
         runs = load_runs(run_dirs)
         keys = list(runs[0].keys)
-        study = out / "study.json"
-        if study.is_file():
-            doc.text(f"Study command: `{json.loads(study.read_text())['command']}`")
+        for study in (Path(p) / "study.json" for p in paths):
+            if study.is_file():
+                doc.text(f"Study command: `{json.loads(study.read_text())['command']}`")
         doc.heading("Configurations")
         shared, differ = configs_tables(runs)
         doc.text(f"{len(runs)} pretraining runs. Settings shared by every run:")
