@@ -30,7 +30,7 @@ import math
 import torch
 from transformers import TrainerCallback
 
-from .callbacks import QKVVarianceCallback, gpt2_blocks, unwrap_model
+from .callbacks import QKVVarianceCallback, _is_sharded, gpt2_blocks, unwrap_model
 from .records import make_record
 
 PROBE_BLOCKS = 16
@@ -173,7 +173,9 @@ class AttentionProbeCallback(TrainerCallback):
 
     The learning rate recorded at step ``s`` is the one update ``s`` applied (read in
     ``on_pre_optimizer_step``, before the scheduler steps); at step 0 (no update yet) it is the
-    one the first update will apply. Only the main process measures and writes."""
+    one the first update will apply. Only the main process measures and writes (with sharded FSDP
+    weights the probe is skipped: its forward pass would need every rank; the learning rate is
+    still recorded)."""
 
     # the record steps, by the variance callback's own code
     _interval = QKVVarianceCallback._interval
@@ -222,6 +224,10 @@ class AttentionProbeCallback(TrainerCallback):
             return
         self._last_step = step
         records = []
+        if self.probe_ids is not None and _is_sharded(model):
+            # FSDP's forward gathers weights on every rank; a probe on the main process alone would hang
+            print("attention probe skipped: not supported with sharded (FSDP) weights", flush=True)
+            self.probe_ids = None
         if self.probe_ids is not None:
             records += attention_records(step, attention_statistics(model, self.probe_ids))
         if lr is not None:
