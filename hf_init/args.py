@@ -72,12 +72,16 @@ class RunArguments:
 
     variance_steps: int | None = field(
         default=None, metadata={"help": "record Q/K/V variance every N optimizer steps (default: logging_steps)"})
+    attention_probe_blocks: int = field(
+        default=16, metadata={"help": "held-out blocks in the attention probe batch (0: no attention records)"})
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "replace a run already in output_dir (otherwise refuse)"})
 
     def __post_init__(self):
         if self.variance_steps is not None and self.variance_steps < 1:
             raise UsageError(f"variance_steps must be >= 1, got {self.variance_steps}")
+        if self.attention_probe_blocks < 0:
+            raise UsageError(f"attention_probe_blocks must be >= 0, got {self.attention_probe_blocks}")
 
 
 def _training_arguments_class():

@@ -147,6 +147,7 @@ def run(argv: list[str], started: float | None = None) -> dict:
     from transformers import Trainer, default_data_collator, set_seed
 
     from .analysis.variance import format_summary, variance_table
+    from .attention import make_attention_probe
     from .callbacks import VARIANCE_FILE
     from .data.blocks import tokenize_and_group
     from .data.loaders import load_raw_text
@@ -193,6 +194,7 @@ def run(argv: list[str], started: float | None = None) -> dict:
         variance = make_variance_callback(trainer, out, every=run_args.variance_steps,
                                           resumed_step=resumed["step"] if resumed else None)
         trainer.add_callback(RecordsInCheckpoints(out, VARIANCE_FILE))
+        make_attention_probe(trainer, variance, eval_data, run_args.attention_probe_blocks)
 
         first_step = resumed["step"] if resumed else 0
         try:

@@ -31,6 +31,8 @@ def _records(path: Path) -> dict[tuple, float | None]:
     from hf_init.records import read_records
 
     frame = read_records(path)
+    # the weight records only: attention (role attn, per head) and learning-rate records came later
+    frame = frame[frame["layer"].notna() & (frame["role"] != "attn")]
     return {(int(r.step), int(r.layer), r.role, r.statistic): None if math.isnan(r.value) else r.value
             for r in frame.itertuples()}
 

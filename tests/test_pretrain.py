@@ -30,9 +30,15 @@ def test_ten_step_run_leaves_a_complete_run_folder(tiny_run):
         assert (out / name).is_file(), name
     assert list((out / "runs").rglob("events.out.tfevents.*"))
     records = [json.loads(line) for line in (out / "variance.jsonl").read_text().splitlines()]
-    keys = [(r["step"], r["layer"], r["role"]) for r in records]  # one record per (step, layer, role)
+    weights = [r for r in records if r["role"] not in ("attn", None)]
+    keys = [(r["step"], r["layer"], r["role"]) for r in weights]  # one record per (step, layer, role)
     assert sorted(keys) == sorted((s, layer, role) for s in (0, 5, 10) for layer in range(2)
                                   for role in ("q", "k", "v", "attn_proj", "mlp_fc", "mlp_proj"))
+    # next to them: attention per (step, layer, head) and the learning rate per step (hf_init.attention)
+    attn = sorted((r["step"], r["layer"], r["head"]) for r in records if r["role"] == "attn")
+    assert attn == sorted((s, layer, head) for s in (0, 5, 10) for layer in range(2) for head in range(2))
+    assert [r["step"] for r in records if "learning_rate" in r] == [0, 5, 10]
+    assert (out / "figures" / "attention_vs_step.png").is_file()
     info = json.loads((out / "run_info.json").read_text())
     assert info["world_size"] == 1 and info["optimizer_steps"] == 10
     assert info["tokens_seen"] == 10 * 4 * 32
@@ -213,8 +219,10 @@ def test_two_process_ddp_on_cpu(tmp_path):
     info = json.loads((out / "run_info.json").read_text())
     assert info["world_size"] == 2
     assert info["tokens_seen"] == 6 * 4 * 2 * 32  # steps x per-device batch x ranks x block
-    keys = [(r["step"], r["layer"], r["role"]) for r in map(json.loads, (out / "variance.jsonl").read_text().splitlines())]
-    assert len(keys) == len(set(keys))  # one writer: no duplicated line
+    records = [json.loads(line) for line in (out / "variance.jsonl").read_text().splitlines()]
+    all_keys = [(r["step"], r["layer"], r["role"], r.get("head")) for r in records]
+    assert len(all_keys) == len(set(all_keys))  # one writer: no duplicated line
+    keys = [(r["step"], r["layer"], r["role"]) for r in records if r["role"] not in ("attn", None)]
     assert sorted(keys) == sorted((s, layer, role) for s in (0, 5, 6) for layer in range(2)
                                   for role in ("q", "k", "v", "attn_proj", "mlp_fc", "mlp_proj"))
     # one TensorBoard stream: one events folder, written by rank 0 only (the final evaluation's metrics

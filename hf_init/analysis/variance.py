@@ -33,6 +33,8 @@ def variance_table(frame) -> VarianceTable:
     """Pivot the long table of :func:`hf_init.records.read_records` (one row per step, layer,
     role, statistic) into per-(role, statistic) (layer x step) arrays."""
     frame = frame.dropna(subset=["step", "layer", "role"])
+    if "head" in frame:  # per-head attention records (hf_init.attention) are not layer weights
+        frame = frame[frame["head"].isna()]
     if frame.empty:
         raise ValueError("no variance records")
     frame = frame.astype({"step": int, "layer": int})

@@ -75,11 +75,15 @@ def variance_heatmap(table: VarianceTable, path, statistic: str = "var", title: 
 
 def plot_run(variance_jsonl, figures_dir) -> list[Path]:
     """All figures of a run: weight (and, when recorded, gradient) variance vs step and heatmaps."""
-    table = variance_table(read_records(variance_jsonl))
+    records = read_records(variance_jsonl)
+    table = variance_table(records)
     figures_dir = Path(figures_dir)
     paths = [variance_vs_step(table, figures_dir / "qkv_variance_vs_step.png"),
              variance_heatmap(table, figures_dir / "qkv_variance_heatmap.png")]
     if np.isfinite(table["q", "grad_var"]).any():
         paths.append(variance_vs_step(table, figures_dir / "qkv_grad_variance_vs_step.png", statistic="grad_var",
                                       title="gradient variance"))
-    return paths
+    from .attention import attention_vs_step
+
+    attention = attention_vs_step(records, figures_dir / "attention_vs_step.png")
+    return paths + ([attention] if attention is not None else [])

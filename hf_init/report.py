@@ -1,0 +1,410 @@
+"""One shareable report from result folders: ``report.md`` (figures as PNG files next to it, in
+``report_files/``) and a self-contained ``report.html`` (every figure embedded as a base64
+``data:`` URI; no script, style sheet or image is fetched from anywhere).
+
+Folders it understands (each given folder, or its subfolders one level down):
+
+- a pretraining run (``scripts/pretrain.py``: ``variance.jsonl`` + ``run_info.json``); a study
+  (``scripts/init_study.py``) is a folder of such runs. Runs are labelled by scheme (``normal``
+  with its std), seed and, when they differ between runs, learning rate and schedule.
+  Sections: configs side by side, loss and perplexity, Q/K/V variance and attention figures per
+  scheme (the run with the lowest seed of each), the equilibration table and the paper's claims
+  (:mod:`hf_init.analysis.equilibration`).
+- an MLP study (``scripts/mlp_sweep.py`` / ``scripts/mlp_init_compare.py``: ``summary.json`` +
+  ``results.csv``): its setup and command, the per-configuration means of ``results.csv`` and its
+  figures.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .records import read_records
+
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+FILES_DIR = "report_files"
+
+
+@dataclass
+class Run:
+    path: Path
+    info: dict
+    keys: dict
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in self.keys.items())
+
+
+def is_run(path: Path) -> bool:
+    return (path / "variance.jsonl").is_file() and (path / "run_info.json").is_file()
+
+
+def is_mlp_study(path: Path) -> bool:
+    return (path / "summary.json").is_file() and (path / "results.csv").is_file()
+
+
+def discover(paths) -> tuple[list[Path], list[Path]]:
+    """(run folders, MLP study folders) in the given folders or one level below them."""
+    runs, mlp = [], []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            raise FileNotFoundError(f"{str(p)!r} is not a folder")
+        found = False
+        for cand in [p, *sorted(c for c in p.iterdir() if c.is_dir())]:
+            if is_run(cand):
+                runs.append(cand)
+                found = True
+            elif is_mlp_study(cand):
+                mlp.append(cand)
+                found = True
+        if not found:
+            raise ValueError(f"{str(p)!r} holds no finished pretraining run (variance.jsonl + run_info.json), "
+                             f"study of runs, or MLP study (summary.json + results.csv)")
+    return runs, mlp
+
+
+def scheme_label(info: dict) -> str:
+    init = info["init"]
+    return f"{init['scheme']}:{init['std']:g}" if init["scheme"] == "normal" and init.get("std") else init["scheme"]
+
+
+def load_runs(paths: list[Path]) -> list[Run]:
+    infos = [json.loads((p / "run_info.json").read_text()) for p in paths]
+    tr = [i["config"]["training"] for i in infos]
+    lrs = {t["learning_rate"] for t in tr}
+    scheds = {str(t["lr_scheduler_type"]) for t in tr}
+    runs = []
+    for p, info, t in zip(paths, infos, tr):
+        keys = {"scheme": scheme_label(info), "seed": info["seed"]}
+        if len(lrs) > 1:
+            keys["lr"] = t["learning_rate"]
+        if len(scheds) > 1:
+            keys["schedule"] = str(t["lr_scheduler_type"])
+        runs.append(Run(p, info, keys))
+    return sorted(runs, key=lambda r: tuple(str(v) for v in r.keys.values()))
+
+
+def records_table(runs: list[Run]) -> pd.DataFrame:
+    return pd.concat([read_records(r.path / "variance.jsonl", **r.keys) for r in runs], ignore_index=True)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+CONFIG_KEYS = ("model.n_layer", "model.n_embd", "model.n_head", "data.dataset_name", "data.block_size",
+               "data.vocab_size", "training.max_steps", "training.per_device_train_batch_size",
+               "training.gradient_accumulation_steps", "training.learning_rate", "training.lr_scheduler_type",
+               "training.warmup_steps", "training.weight_decay", "training.adam_beta2", "training.max_grad_norm",
+               "run.variance_steps", "run.attention_probe_blocks")
+
+
+def configs_tables(runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(settings shared by every run, settings that differ: one column per run)."""
+    flat = {r.path.name: _flat(r.info["config"]) for r in runs}
+    for name, r in zip(flat, runs):
+        flat[name].update({"init.scheme": scheme_label(r.info), "seed": r.info["seed"],
+                           "n_parameters": r.info["n_parameters"]})
+    keys = ["init.scheme", "seed", "n_parameters", *CONFIG_KEYS]
+    table = pd.DataFrame({name: {k: str(f.get(k)) for k in keys} for name, f in flat.items()})
+    same = table.nunique(axis=1) == 1
+    shared = table[same].iloc[:, :1].rename(columns={table.columns[0]: "value"})
+    shared.index.name = "setting"
+    differ = table[~same]
+    differ.index.name = "setting"
+    return shared.reset_index(), differ.reset_index()
+
+
+def results_table(runs: list[Run]) -> pd.DataFrame:
+    rows = []
+    for r in runs:
+        i = r.info
+        rows.append({**r.keys, "steps": i["optimizer_steps"], "train_loss": i["train_loss"],
+                     "eval_loss": i["eval_loss"], "perplexity": i["perplexity"],
+                     "next_token_accuracy": i.get("next_token_accuracy"), "train_runtime_s": i["train_runtime_s"]})
+    return pd.DataFrame(rows)
+
+
+def scheme_summary(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds of eval loss and perplexity per scheme (and lr/schedule)."""
+    group = [c for c in results.columns if c in ("scheme", "lr", "schedule")]
+    agg = results.groupby(group, sort=True).agg(seeds=("seed", "count"), eval_loss_mean=("eval_loss", "mean"),
+                                                 eval_loss_std=("eval_loss", "std"),
+                                                 perplexity_mean=("perplexity", "mean"),
+                                                 perplexity_std=("perplexity", "std"))
+    return agg.reset_index()
+
+
+def train_loss_curves(run: Run) -> pd.DataFrame | None:
+    """(step, loss) of the training loss the Trainer logged to TensorBoard (``train/loss``)."""
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:
+        return None
+    rows = []
+    for events in sorted((run.path / "runs").rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        if "train/loss" in acc.Tags().get("scalars", []):
+            rows += [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    return pd.DataFrame(rows, columns=["step", "loss"]).drop_duplicates("step").sort_values("step") if rows else None
+
+
+def loss_figure(runs: list[Run], path: Path):
+    from .plots import pyplot, save_figure
+
+    curves = [(r, train_loss_curves(r)) for r in runs]
+    curves = [(r, c) for r, c in curves if c is not None and len(c)]
+    if not curves:
+        return None
+    plt = pyplot()
+    schemes = sorted({r.keys["scheme"] for r, _ in curves})
+    colors = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(schemes)}
+    fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
+    seen = set()
+    for r, c in curves:
+        s = r.keys["scheme"]
+        ax.plot(c["step"], c["loss"], color=colors[s], lw=1.2, alpha=0.8, label=None if s in seen else s)
+        seen.add(s)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (logged mean)")
+    ax.set_title("training loss, every run (one colour per scheme)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return save_figure(fig, path)
+
+
+def run_figures(run: Run, files: Path, table: pd.DataFrame) -> list[tuple[str, Path]]:
+    """Q/K/V variance and attention figures of one run (drawn from its records)."""
+    from .analysis.variance import variance_table
+    from .plots.attention import attention_vs_step
+    from .plots.pretrain import variance_vs_step
+
+    stem = run.path.name
+    out = [(f"Q/K/V weight variance, {run.label}",
+            variance_vs_step(variance_table(table), files / f"{stem}_qkv_variance.png"))]
+    att = attention_vs_step(table, files / f"{stem}_attention.png", title=run.label)
+    if att is not None:
+        out.append((f"attention logit std and entropy, {run.label}", att))
+    return out
+
+
+def equilibration_summary(eq: pd.DataFrame) -> pd.DataFrame:
+    """Per scheme (and lr/schedule) and projection, over seeds and layers: median relative change,
+    the median early growth rate of the shallow and the deep third of the layers, the median
+    equilibration step of each third, the share of curves that never equilibrated, and the median
+    learning rate at equilibration as a fraction of the peak."""
+    group = [c for c in eq.columns if c in ("scheme", "lr", "schedule")] + ["projection"]
+    n_layer = int(eq["layer"].max()) + 1
+    third = max(1, n_layer // 3)
+    eq = eq.assign(depth=np.where(eq["layer"] < third, "shallow", np.where(eq["layer"] >= n_layer - third,
+                                                                          "deep", "middle")))
+    rows = []
+    for key, sub in eq.groupby(group, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        sh, dp = sub[sub["depth"] == "shallow"], sub[sub["depth"] == "deep"]
+        rows.append({**dict(zip(group, key)),
+                     "rel_change_median": sub["relative_change"].median(),
+                     "growth_shallow": sh["early_growth_rate"].median(),
+                     "growth_deep": dp["early_growth_rate"].median(),
+                     "eq_step_shallow": sh["equilibration_step"].median(),
+                     "eq_step_deep": dp["equilibration_step"].median(),
+                     "never_equilibrated": float(sub["equilibration_step"].isna().mean()),
+                     "lr_fraction_at_eq": sub["lr_fraction_of_peak"].median()
+                     if "lr_fraction_of_peak" in sub else math.nan})
+    return pd.DataFrame(rows)
+
+
+def attention_summary(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per run keys: attention logit std and entropy (mean over layers and heads) at the first and
+    the last record step, and the layers with the highest / lowest final entropy."""
+    att = table[(table["role"] == "attn")]
+    if att.empty:
+        return pd.DataFrame()
+    rows = []
+    for key, sub in att.groupby(keys, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        first, last = sub["step"].min(), sub["step"].max()
+        row = dict(zip(keys, key))
+        for stat in ("logit_std", "entropy"):
+            s = sub[sub["statistic"] == stat]
+            row[f"{stat}_init"] = s[s["step"] == first]["value"].mean()
+            row[f"{stat}_final"] = s[s["step"] == last]["value"].mean()
+        ent = sub[(sub["statistic"] == "entropy") & (sub["step"] == last)].groupby("layer")["value"].mean()
+        row["lowest_entropy_layer"] = int(ent.idxmin())
+        row["final_step"] = int(last)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- MLP studies
+
+def mlp_section(folder: Path) -> tuple[dict, pd.DataFrame, list[Path]]:
+    """(summary.json, per-configuration means of results.csv's numeric columns, PNG figures)."""
+    summary = json.loads((folder / "summary.json").read_text())
+    results = pd.read_csv(folder / "results.csv")
+    keys = [c for c in ("depth", "std", "scheme", "init", "activation", "optimizer") if c in results.columns]
+    numeric = [c for c in results.select_dtypes("number").columns if c not in (*keys, "seed")]
+    means = results.groupby(keys, sort=True)[numeric].mean().reset_index() if keys else results
+    return summary, means, sorted(folder.glob("*.png"))
+
+
+# ---------------------------------------------------------------- output
+
+class Document:
+    """Sections as markdown and HTML at once: headings, text, tables, figures."""
+
+    def __init__(self, files: Path, md_dir: Path):
+        self.md: list[str] = []
+        self.html: list[str] = []
+        self.files = files
+        self.md_dir = md_dir
+
+    def heading(self, text: str, level: int = 2):
+        self.md.append(f"{'#' * level} {text}\n")
+        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+
+    def text(self, text: str):
+        self.md.append(text + "\n")
+        self.html.append(_md_to_html(text))
+
+    def table(self, df: pd.DataFrame, digits: int = 4):
+        from .analysis.equilibration import to_markdown
+
+        if df is None or df.empty:
+            return
+        text = to_markdown(df, digits=digits)
+        self.md.append(text + "\n")
+        self.html.append(_md_to_html(text))
+
+    def figure(self, caption: str, path: Path | None):
+        if path is None:
+            return
+        path = Path(path)
+        rel = path.relative_to(self.md_dir) if path.is_relative_to(self.md_dir) else path
+        self.md.append(f"![{caption}]({rel.as_posix()})\n")
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        self.html.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _md_to_html(text: str) -> str:
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
+
+
+STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+         "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;"
+         "text-align:right}th{background:#f3f3f3}img{max-width:100%}figure{margin:1em 0}"
+         "figcaption{font-size:13px;color:#555}code{background:#f3f3f3}")
+
+
+def write_report(paths, output_dir) -> list[Path]:
+    """Build report.md (+ report_files/) and report.html in ``output_dir`` from the folders."""
+    from .analysis.equilibration import check_claims, claims_markdown, equilibration_table
+    from .outputs import write_atomic
+
+    run_dirs, mlp_dirs = discover(paths)  # bad folders are refused before anything is written
+    out = Path(output_dir)
+    files = out / FILES_DIR
+    files.mkdir(parents=True, exist_ok=True)
+    doc = Document(files, out)
+    doc.heading("hf-init report", 1)
+    doc.text("Sources: " + ", ".join(f"`{p}`" for p in map(str, paths)) + ".")
+
+    if run_dirs:
+        runs = load_runs(run_dirs)
+        keys = list(runs[0].keys)
+        for study in (Path(p) / "study.json" for p in paths):
+            if study.is_file():
+                doc.text(f"Study command: `{json.loads(study.read_text())['command']}`")
+        doc.heading("Configurations")
+        shared, differ = configs_tables(runs)
+        doc.text(f"{len(runs)} pretraining runs. Settings shared by every run:")
+        doc.table(shared)
+        if len(runs) > 1:
+            doc.text("Settings that differ (one column per run):")
+            doc.table(differ)
+
+        doc.heading("Loss and perplexity")
+        results = results_table(runs)
+        doc.text("Final evaluation on the held-out split (eval loss = mean next-token cross-entropy, "
+                 "perplexity = exp(eval loss)); train_loss = mean logged training loss over the run.")
+        doc.table(results)
+        if len(runs) > 1:
+            doc.text("Per scheme, over seeds (std with ddof=1; NaN with one seed):")
+            doc.table(scheme_summary(results))
+        doc.figure("training loss of every run", loss_figure(runs, files / "training_loss.png"))
+
+        table = records_table(runs)
+        doc.heading("Q/K/V variance and attention, per scheme")
+        doc.text("One run per scheme (its lowest seed): weight variance of Q, K, V per layer (shallow dark, "
+                 "deep yellow), and on a fixed probe batch of held-out blocks the std of the attention "
+                 "logits q.k/sqrt(d_head) and the mean attention entropy, per layer (mean over heads).")
+        shown = set()
+        for r in runs:
+            group = tuple(v for k, v in r.keys.items() if k != "seed")
+            if group in shown:
+                continue
+            shown.add(group)
+            sub = table
+            for k, v in r.keys.items():
+                sub = sub[sub[k] == v]
+            for caption, path in run_figures(r, files, sub):
+                doc.figure(caption, path)
+        att = attention_summary(table, keys)
+        if not att.empty:
+            doc.text("Attention, mean over layers and heads, at the first and the last record step:")
+            doc.table(att)
+
+        variances = table[((table["statistic"] == "var") & table["role"].isin(["q", "k", "v"]))
+                          | (table["statistic"] == "learning_rate")]
+        variances = variances.drop(columns=[c for c in ("head",) if c in variances])
+        eq = equilibration_table(variances)
+        eq.to_csv(files / "equilibration.csv", index=False)
+        doc.heading("Equilibration")
+        doc.text("Per scheme and projection, medians over seeds and layers (shallow / deep = first / last "
+                 "third of the layers). growth = early growth rate of ln variance per step; eq_step = "
+                 "equilibration step (NaN: never within the tolerance); lr_fraction_at_eq = learning rate "
+                 "at the equilibration step / its peak (near 0: the schedule, not the weights, settled). "
+                 f"Every (run, projection, layer): `{FILES_DIR}/equilibration.csv`.")
+        doc.table(equilibration_summary(eq))
+        doc.heading("The paper's claims")
+        verdicts, per_seed = check_claims(variances)
+        per_seed.to_csv(files / "claims_per_seed.csv", index=False)
+        doc.text(claims_markdown(verdicts))
+        doc.text(f"Per-seed statistics: `{FILES_DIR}/claims_per_seed.csv`.")
+
+    for folder in mlp_dirs:
+        summary, means, figures = mlp_section(folder)
+        doc.heading(f"MLP study: {folder.name}")
+        for k in ("command", "setup"):
+            if k in summary:
+                doc.text(f"{k}: `{summary[k]}`" if k == "command" else f"{k}: {summary[k]}")
+        doc.text("Means over seeds of `results.csv`:")
+        doc.table(means)
+        for fig in figures:
+            doc.figure(f"{folder.name}: {fig.name}", fig)
+
+    md = "\n".join(doc.md)
+    page = ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>hf-init report</title>"
+            f"<style>{STYLE}</style></head><body>" + "\n".join(doc.html) + "</body></html>")
+    return [write_atomic(out / REPORT_MD, lambda f: f.write(md)),
+            write_atomic(out / REPORT_HTML, lambda f: f.write(page))]

@@ -1,0 +1,185 @@
+"""scripts/init_study.py (a tiny 2 schemes x 2 seeds study, in-process) and scripts/report.py:
+the runs share tokenizer and seeds, the schemes' initial variances are the hand formulas, a
+re-run skips finished runs, and the HTML report is self-contained."""
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hf_init.cli import UsageError
+from hf_init.records import read_records, to_wide
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--n_layer", "3", "--n_embd", "32", "--n_head", "2", "--block_size", "32", "--vocab_size", "300",
+        "--max_train_documents", "40", "--max_eval_samples", "16", "--per_device_train_batch_size", "4",
+        "--per_device_eval_batch_size", "8", "--logging_steps", "3", "--variance_steps", "3", "--warmup_steps", "2",
+        "--max_steps", "6", "--attention_probe_blocks", "4"]
+SCHEMES = ["--schemes", "gpt2", "normal:0.05"]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    from hf_init.study import run_study
+
+    out = tmp_path_factory.mktemp("study") / "s"
+    run_study([*SCHEMES, "--seeds", "2", "--output_dir", str(out), *TINY])
+    return out
+
+
+def script(name, *args):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+RUNS = ["gpt2_seed0", "gpt2_seed1", "normal_std0.05_seed0", "normal_std0.05_seed1"]
+
+
+def test_every_run_in_its_folder_sharing_tokenizer_and_seeds(study):
+    assert sorted(p.name for p in study.iterdir() if (p / "run_info.json").exists()) == RUNS
+    shared = (study / "tokenizer" / "tokenizer.json").read_text()
+    for name in RUNS:
+        info = json.loads((study / name / "run_info.json").read_text())
+        assert (study / name / "tokenizer.json").read_text() == shared  # trained once, loaded by every run
+        assert info["seed"] == int(name[-1])
+        assert info["optimizer_steps"] == 6  # the passed-through --max_steps reached every run
+        assert info["config"]["data"]["tokenizer_name"] == str(study / "tokenizer")
+        # an HParams entry in the run's own TensorBoard folder
+        events = b"".join(p.read_bytes() for p in (study / name / "runs").rglob("events.out.tfevents.*"))
+        assert b"hparams" in events
+        assert (b"normal" if "normal" in name else b"gpt2") in events
+
+
+def test_schemes_start_from_their_hand_formula_variances(study):
+    # normal:0.05 is N(0, 0.05^2) for every weight, residual projections included; gpt2 scales those
+    # by 1/sqrt(2 n_layer) (n_layer = 3). Population variance over 32 x 32 = 1024 entries: within 15%.
+    for name, proj_std in (("normal_std0.05_seed0", 0.05), ("gpt2_seed0", 0.02 / np.sqrt(6))):
+        wide = to_wide(read_records(study / name / "variance.jsonl"))
+        init = wide[(wide["step"] == 0) & (wide["role"] == "attn_proj")]["var"]
+        assert len(init) == 3
+        np.testing.assert_allclose(init, proj_std ** 2, rtol=0.15)
+
+
+def test_same_seed_same_data_across_schemes(study):
+    # same seed -> same batches: the logged first training losses of gpt2 and normal differ (other
+    # weights), but the eval set is the same blocks: the eval token count is identical
+    a = json.loads((study / "gpt2_seed0" / "run_info.json").read_text())
+    b = json.loads((study / "normal_std0.05_seed0" / "run_info.json").read_text())
+    assert a["eval_tokens"] == b["eval_tokens"] and a["blocks"] == b["blocks"]
+
+
+def test_rerun_skips_finished_runs_and_redoes_an_interrupted_one(study, capsys):
+    from hf_init.study import run_study
+
+    before = {n: (study / n / "run_info.json").stat().st_mtime_ns for n in RUNS}
+    (study / "gpt2_seed1" / "run_info.json").unlink()  # as if interrupted before the end
+    run_study([*SCHEMES, "--seeds", "2", "--output_dir", str(study), *TINY, "--report", "false"])
+    printed = capsys.readouterr().out
+    assert printed.count("finished earlier, skipped") == 3
+    after = {n: (study / n / "run_info.json").stat().st_mtime_ns for n in RUNS}
+    assert [n for n in RUNS if after[n] != before[n]] == ["gpt2_seed1"]
+
+
+class Tags(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+def check_self_contained(page: str) -> list[str]:
+    parser = Tags()
+    parser.feed(page)
+    srcs = [a["src"] for t, a in parser.tags if t == "img"]
+    assert srcs, "no figures"
+    for src in srcs:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [t for t, a in parser.tags if t in ("script", "link", "iframe")]
+    for t, a in parser.tags:
+        for key in ("src", "href"):
+            assert not str(a.get(key, "")).startswith(("http:", "https:", "//")), (t, a)
+    return srcs
+
+
+def test_study_report_is_self_contained_and_holds_the_sections(study):
+    page = (study / "report.html").read_text()
+    md = (study / "report.md").read_text()
+    srcs = check_self_contained(page)
+    # every figure of the markdown is embedded in the HTML
+    assert len(srcs) == md.count("![")
+    # 1 loss figure + per scheme (2) a Q/K/V variance and an attention figure
+    assert len(srcs) == 5
+    for section in ("## Configurations", "## Loss and perplexity", "## Q/K/V variance and attention, per scheme",
+                    "## Equilibration", "## The paper's claims", "narrower_band_at_end", "shallow_grow_faster"):
+        assert section in md
+    # the per-scheme mean eval loss equals the mean of the runs' own eval losses (numpy)
+    losses = [json.loads((study / n / "run_info.json").read_text())["eval_loss"] for n in RUNS[:2]]
+    row = next(line for line in md.splitlines() if line.startswith("| gpt2 | 2 |"))
+    assert float(row.split("|")[3]) == pytest.approx(np.mean(losses), rel=1e-3)
+
+
+def test_report_script_on_one_run_and_an_mlp_folder(study, tmp_path):
+    # a stand-in MLP study folder: the files mlp_sweep writes that the report reads
+    mlp = tmp_path / "mlp_sweep"
+    mlp.mkdir()
+    (mlp / "summary.json").write_text(json.dumps({"command": "python scripts/mlp_sweep.py", "setup": "digits"}))
+    (mlp / "results.csv").write_text("depth,std,seed,final_test_acc\n4,0.1,0,0.5\n4,0.1,1,0.7\n4,1.0,0,0.9\n")
+    png = next((study / "gpt2_seed0" / "figures").glob("*.png"))
+    (mlp / "sweep_metrics.png").write_bytes(png.read_bytes())
+    out = tmp_path / "rep"
+    proc = script("report.py", study / "gpt2_seed0", mlp, "--output_dir", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    md = (out / "report.md").read_text()
+    assert "## MLP study: mlp_sweep" in md
+    assert "| 4 | 0.1 | 0.6 |" in md  # the mean over the two seeds
+    srcs = check_self_contained((out / "report.html").read_text())
+    assert len(srcs) == md.count("![") == 4  # loss, variance, attention of the run + the MLP figure
+
+
+def test_bad_input_one_line_nothing_written(tmp_path, capsys):
+    from hf_init.cli import fail_cleanly
+    from hf_init.study import run_study
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = script("report.py", empty)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "holds no finished" in proc.stderr
+    assert list(empty.iterdir()) == []
+    proc = script("init_study.py", *SCHEMES, "--seed", "3", "--output_dir", tmp_path / "s")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "set by the study" in proc.stderr
+    for args, message in ((["--schemes", "bogus"], "unknown init scheme"),
+                          (["--schemes", "normal"], "normal:STD"),
+                          (["--seeds", "0"], "seeds must be >= 1"),
+                          (["--lr_scheduler_types", "wavy"], "unknown lr_scheduler_types"),
+                          (["--max_steps", "-5"], "max_steps")):
+        assert fail_cleanly(lambda: run_study([*args, "--output_dir", str(tmp_path / "s")])) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (args, err)
+    assert not (tmp_path / "s").exists()
+
+
+def test_plan_crosses_learning_rates_and_schedules():
+    from hf_init.study import parse_study_args, plan
+
+    study, passthrough = parse_study_args(["--schemes", "gpt2", "normal:0.02", "--seeds", "2", "--learning_rates",
+                                           "3e-4", "1e-3", "--lr_scheduler_types", "cosine", "constant_with_warmup",
+                                           "--max_steps", "30"])
+    assert passthrough == ["--max_steps", "30"]
+    runs = plan(study)
+    assert len(runs) == 2 * 2 * 2 * 2 and len({r.name for r in runs}) == 16
+    assert "normal_std0.02_lr0.0003_constant_with_warmup_seed1" in {r.name for r in runs}
+    argv = runs[0].argv(study, passthrough, Path("/o"))
+    assert argv[-4:] == ["--learning_rate", "0.0003", "--lr_scheduler_type", "cosine"]
+    with pytest.raises(UsageError):
+        parse_study_args(["--learning_rates", "0"])
