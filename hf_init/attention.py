@@ -197,6 +197,9 @@ class AttentionProbeCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         self._every = self._interval(args, state)
+        if state.global_step > 0:  # resumed from a checkpoint: its steps are recorded already
+            self._last_step = state.global_step
+            return
         lr = self._current_lr(optimizer)
         if lr is not None:
             self._lr[state.global_step] = lr
