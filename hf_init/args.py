@@ -73,7 +73,7 @@ class RunArguments:
     variance_steps: int | None = field(
         default=None, metadata={"help": "record Q/K/V variance every N optimizer steps (default: logging_steps)"})
     attention_probe_blocks: int = field(
-        default=16, metadata={"help": "held-out blocks in the attention probe batch (0: no attention records)"})
+        default=4, metadata={"help": "held-out blocks in the attention probe batch (0: no attention records)"})
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "replace a run already in output_dir (otherwise refuse)"})
 

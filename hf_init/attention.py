@@ -33,7 +33,7 @@ from transformers import TrainerCallback
 from .callbacks import QKVVarianceCallback, _is_sharded, gpt2_blocks, unwrap_model
 from .records import make_record
 
-PROBE_BLOCKS = 16
+PROBE_BLOCKS = 4
 """Held-out blocks in the default probe batch: 16 x 64 tokens x 12 layers is one small forward
 pass, and the std/entropy over ~16 x 64 x 32 causal entries per head is far steadier than the
 changes training makes."""
