@@ -53,10 +53,10 @@ MUTANTS = [
     # hf_init/stats.py: population moments and the fused-weight split
     ("M01", "hf_init/stats.py", "var = ((x - mean) ** 2).mean()", "var = ((x - mean) ** 2).sum() / (n - 1)",
      INSPECT + CALLBACKS),
-    ("M02", "hf_init/stats.py", "mean_sq = torch.linalg.vector_norm(x, dim=1).square_() / n",
-     "mean_sq = torch.linalg.vector_norm(x, dim=1).square_() / (n - 1)", CALLBACKS),
-    ("M03", "hf_init/stats.py", "var = (mean_sq - mean * mean).clamp_(min=0.0)",
-     "var = (mean_sq + mean * mean).clamp_(min=0.0)", CALLBACKS),
+    # hf_init/distributed_stats.py: the one engine of every recorded moment
+    ("M02", "hf_init/distributed_stats.py", "mean_sq = q / n", "mean_sq = q / (n - 1)", CALLBACKS),
+    ("M03", "hf_init/distributed_stats.py", "var = (mean_sq - mean * mean).clamp(min=0.0)",
+     "var = (mean_sq + mean * mean).clamp(min=0.0)", CALLBACKS),
     ("M04", "hf_init/gpt2_layout.py", "return dict(zip(self.parts, weight.chunk(len(self.parts), dim=1)))",
      "return dict(zip(self.parts, weight.chunk(len(self.parts), dim=1)[::-1]))", INSPECT + CALLBACKS),
     # hf_init/metrics: next-token accuracy
@@ -121,7 +121,7 @@ MUTANTS = [
     ("M33", "hf_init/analysis/theory_check.py", 'ok = sum(abs(r["relative_error"]) <= r["tolerance"] for r in rs)',
      "ok = len(rs)", THEORY),
     # hf_init/mlp/training.py: the freeze of a diverged member
-    ("M34", "hf_init/mlp/training.py", "            _freeze(opt, params, ~ok)", "            pass", FREEZE),
+    ("M34", "hf_init/mlp/training.py", '        mask = alive.device.type != "cpu" or bool(dead.any())', "        mask = False", FREEZE),
     # study outputs and figures: each break is one the tests of test_study_outputs.py / test_figures.py must see
     ("N01", "hf_init/modeling.py", "shapes[role] = fans(part.shape, layout)", "shapes[role] = fans(part.shape[::-1], layout)",
      [f"{OUT}::test_inspect_init_table_matches_hand_computation"]),
