@@ -32,6 +32,7 @@ from transformers import TrainerCallback
 
 from .callbacks import QKVVarianceCallback, _is_sharded, gpt2_blocks, unwrap_model
 from .records import make_record
+from .sinks import WriterSink
 
 PROBE_BLOCKS = 4
 """Held-out blocks in the default probe batch: 16 x 64 tokens x 12 layers is one small forward
@@ -124,21 +125,12 @@ def learning_rate_record(step: int, lr: float) -> dict:
     return make_record(step, None, None, {"learning_rate": lr})
 
 
-class AttentionTensorBoardSink:
+class AttentionTensorBoardSink(WriterSink):
     """Attention records as TensorBoard scalars: per layer the mean over heads
     (``attn_logit_std/layer_03``, ``attn_entropy/layer_03``) and per head
     (``attn_logit_std_heads/layer_03_head_1``, ...); learning-rate records as ``study/learning_rate``.
-    ``writer``: a SummaryWriter or a function returning one (the Trainer's exists once training
-    begins). Never closes the writer (the Trainer's callback owns it)."""
-
-    def __init__(self, writer):
-        self._writer = writer
-
-    @property
-    def writer(self):
-        if callable(self._writer) and not hasattr(self._writer, "add_scalar"):
-            self._writer = self._writer()
-        return self._writer
+    ``writer``: see :class:`~hf_init.sinks.WriterSink`. Never closes the writer (the Trainer's
+    callback owns it)."""
 
     def write(self, records: list[dict]) -> None:
         if not records or self.writer is None:

@@ -66,23 +66,31 @@ def custom_scalars_layout(roles=QKV) -> dict:
     }
 
 
-class TensorBoardSink:
-    """The ``var`` and ``grad_var`` of the records whose role is in ``roles`` (q, k, v), written
-    to ``writer`` (a ``torch.utils.tensorboard.SummaryWriter``, or a function returning one at the
-    first write: the Trainer's writer exists only once training begins) with tags from
-    :func:`tensorboard_tag`. ``close`` closes the writer only if the sink ``owns_writer``."""
+class WriterSink:
+    """A sink writing to a TensorBoard ``writer``: a ``torch.utils.tensorboard.SummaryWriter``, or
+    a function returning one, called at the first write (the Trainer's writer exists only once
+    training begins)."""
 
-    def __init__(self, writer, roles=QKV, owns_writer: bool = True):
+    def __init__(self, writer):
         self._writer = writer
-        self.roles = tuple(roles)
-        self.owns_writer = owns_writer
-        self._layout_written = False
 
     @property
     def writer(self):
         if callable(self._writer) and not hasattr(self._writer, "add_scalar"):
             self._writer = self._writer()
         return self._writer
+
+
+class TensorBoardSink(WriterSink):
+    """The ``var`` and ``grad_var`` of the records whose role is in ``roles`` (q, k, v), written
+    to ``writer`` (see :class:`WriterSink`) with tags from :func:`tensorboard_tag`. ``close``
+    closes the writer only if the sink ``owns_writer``."""
+
+    def __init__(self, writer, roles=QKV, owns_writer: bool = True):
+        super().__init__(writer)
+        self.roles = tuple(roles)
+        self.owns_writer = owns_writer
+        self._layout_written = False
 
     def write(self, records: list[dict]) -> None:
         if not records or self.writer is None:
