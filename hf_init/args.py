@@ -116,7 +116,7 @@ def _training_arguments_class():
                 self._finite("num_train_epochs", 0, strict=True)
             self._check_report_to()
             # --resume_from_checkpoint (true or a checkpoint folder) is checked against the output folder
-            # before anything is written: hf_init.pretrain.resolve_resume
+            # before anything is written: hf_init.checkpoints.resolve_resume
 
         def _check_report_to(self) -> None:
             """An integration whose package is missing: one line now, not the Trainer's traceback later."""

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 from .args import model_config, parse_args
+from .checkpoints import (checkpoint_step, interrupted, latest_events_dir, resolve_resume,
+                          unfinished_run_message)
 from .cli import RunStopped, UsageError
 from .run_report import RUN_INFO
 
@@ -37,79 +39,6 @@ def check_output_dir(output_dir: str | os.PathLike, overwrite: bool, argv: list[
     if found and not overwrite and RUN_INFO not in found and argv is not None:
         raise UsageError(unfinished_run_message(Path(output_dir), found, argv))
     return check(output_dir, overwrite, RUN_MARKERS, flag="--overwrite_output_dir")
-
-
-def last_checkpoint(folder: str | os.PathLike) -> Path | None:
-    """The ``checkpoint-<step>`` folder with the highest step that has a ``trainer_state.json``."""
-    folder = Path(folder)
-    best = None
-    for p in folder.glob("checkpoint-*") if folder.is_dir() else []:
-        tail = p.name.rsplit("-", 1)[-1]
-        if tail.isdigit() and (p / "trainer_state.json").is_file() and (best is None or int(tail) > best[0]):
-            best = (int(tail), p)
-    return best[1] if best else None
-
-
-def checkpoint_step(checkpoint: Path) -> int:
-    import json
-
-    return int(json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["global_step"])
-
-
-def rerun_command(argv: list[str], extra: list[str]) -> str:
-    """The command that ran ``argv``, without its --overwrite_output_dir / --resume_from_checkpoint
-    (and their values), plus ``extra``: copy-pasteable."""
-    import shlex
-    import sys
-
-    args, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            if not a.startswith("--"):
-                continue
-        name = a.split("=", 1)[0]
-        if name in ("--overwrite_output_dir", "--resume_from_checkpoint"):
-            skip = "=" not in a
-            continue
-        args.append(a)
-    launcher = "accelerate launch" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "python"
-    script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "scripts/pretrain.py"
-    return f"{launcher} {shlex.join([script, *args, *extra])}"
-
-
-def unfinished_run_message(out: Path, found: list[str], argv: list[str]) -> str:
-    held = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
-    ckpt = last_checkpoint(out)
-    if ckpt is not None:
-        return (f"output folder {str(out)!r} holds a run that did not finish ({held}; no {RUN_INFO}), last "
-                f"checkpoint {ckpt.name}; continue it with: {rerun_command(argv, ['--resume_from_checkpoint', 'true'])}"
-                f"  (or replace it: add --overwrite_output_dir true)")
-    return (f"output folder {str(out)!r} holds a run that did not finish and has no checkpoint ({held}; no "
-            f"{RUN_INFO}); restart it with: {rerun_command(argv, ['--overwrite_output_dir', 'true'])}")
-
-
-def resolve_resume(training_args, overwrite: bool) -> Path | None:
-    """``--resume_from_checkpoint``: ``true`` = the last checkpoint in --output_dir, else a checkpoint
-    folder. One line if there is none or it is not a Trainer checkpoint."""
-    value = training_args.resume_from_checkpoint
-    if not value or str(value).lower() == "false":
-        return None
-    if overwrite:
-        raise UsageError("--resume_from_checkpoint continues the run in --output_dir; it cannot be combined "
-                         "with --overwrite_output_dir")
-    out = Path(training_args.output_dir)
-    if str(value).lower() == "true":
-        ckpt = last_checkpoint(out)
-        if ckpt is None:
-            raise UsageError(f"--resume_from_checkpoint true: no checkpoint-<step> folder with a trainer_state.json "
-                             f"in {str(out)!r}; save checkpoints with --save_strategy steps --save_steps N")
-        return ckpt
-    ckpt = Path(value)
-    if not (ckpt / "trainer_state.json").is_file():
-        raise UsageError(f"--resume_from_checkpoint {str(value)!r} is not a Trainer checkpoint folder (no "
-                         f"trainer_state.json); pass a checkpoint-<step> folder or true (the last one in --output_dir)")
-    return ckpt
 
 
 def next_token_metric():
@@ -157,7 +86,7 @@ def run(argv: list[str], started: float | None = None) -> dict:
     from .records import read_records, set_aside_after
     from .plots.pretrain import plot_run
     from .run_callbacks import DivergenceStop, RecordsInCheckpoints
-    from .run_report import model_card_fields, print_summary, run_info
+    from .run_report import model_card_fields, model_card_section, print_summary, run_info
 
     out = Path(training_args.output_dir)
     resumed = None
@@ -235,20 +164,6 @@ def run(argv: list[str], started: float | None = None) -> dict:
     return info
 
 
-def interrupted(out: Path, step: int, argv: list[str]) -> RunStopped:
-    """SIGINT or SIGTERM (see scripts/pretrain.py) during training: one line saying what is kept
-    and how to continue; exit status 128 + the signal number."""
-    import signal
-
-    signum = int(os.environ.get("HF_INIT_SIGNAL", signal.SIGINT))
-    ckpt = last_checkpoint(out)
-    how = (f"continue from {ckpt.name} with: {rerun_command(argv, ['--resume_from_checkpoint', 'true'])}"
-           if ckpt is not None else f"no checkpoint to resume from; restart with: "
-                                    f"{rerun_command(argv, ['--overwrite_output_dir', 'true'])}")
-    return RunStopped(f"interrupted ({signal.Signals(signum).name}) at step {step}: records up to step {step} are "
-                      f"in {str(out / 'variance.jsonl')!r}; {how}", code=128 + signum)
-
-
 def make_variance_callback(trainer, out: Path, every: int | None, resumed_step: int | None = None):
     """Add the Q/K/V variance callback to ``trainer`` with its sinks: ``variance.jsonl`` in the run
     folder and, when the run reports to TensorBoard, the Q/K/V curves through the Trainer's own
@@ -263,9 +178,8 @@ def make_variance_callback(trainer, out: Path, every: int | None, resumed_step: 
     from transformers.integrations import TensorBoardCallback
 
     from .callbacks import VARIANCE_FILE, QKVVarianceCallback
-    from .sinks import JsonlSink, TensorBoardSink
-
     from .run_callbacks import NonFiniteRecords
+    from .sinks import JsonlSink, TensorBoardSink
 
     tensorboard = trainer.pop_callback(TensorBoardCallback)
     if tensorboard is not None:
@@ -288,12 +202,6 @@ def make_variance_callback(trainer, out: Path, every: int | None, resumed_step: 
     callback = QKVVarianceCallback(sinks, every=every)
     trainer.add_callback(callback)
     return callback
-
-
-def latest_events_dir(out: Path) -> Path | None:
-    """The folder of the most recently written TensorBoard events file under ``out/runs``."""
-    events = sorted((out / "runs").rglob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
-    return events[-1].parent if events else None
 
 
 def take_hub_token(training_args) -> str | None:
@@ -326,22 +234,6 @@ def card_trainer(trainer_class):
                     f.write(self.card_section)
 
     return CardTrainer
-
-
-def model_card_section(info: dict) -> str:
-    """The model card's hf-init section: init scheme, size, data, steps, final perplexity and the
-    Q/K/V variance figure embedded (a path inside the run folder, uploaded with it)."""
-    corpus = info.get("corpus") or {}
-    fig = next((f for f in info.get("figures", []) if f.endswith("qkv_variance_vs_step.png")), None)
-    lines = ["", "## hf-init run", "",
-             f"- init scheme: `{info['init']['scheme']}`",
-             f"- model size: {info['n_parameters']:,} parameters",
-             f"- data: {corpus.get('name')}",
-             f"- optimizer steps: {info['optimizer_steps']}",
-             f"- final perplexity: {info['perplexity']:.2f}", ""]
-    if fig:
-        lines += [f"![Q/K/V weight variance per layer vs step]({fig})", ""]
-    return "\n".join(lines)
 
 
 def check_hub_access(token: str | None = None) -> None:

@@ -190,3 +190,19 @@ def print_summary(info: dict, table_text: str, out: Path) -> None:
     print(f"eval loss {info['eval_loss']:.4f}, perplexity {info['perplexity']:.2f}, "
           f"next-token accuracy {info['next_token_accuracy']:.4f} ({info['eval_tokens']} tokens)")
     print(f"run folder {out}: {', '.join(outputs_present(out))}")
+
+
+def model_card_section(info: dict) -> str:
+    """The model card's hf-init section: init scheme, size, data, steps, final perplexity and the
+    Q/K/V variance figure embedded (a path inside the run folder, uploaded with it)."""
+    corpus = info.get("corpus") or {}
+    fig = next((f for f in info.get("figures", []) if f.endswith("qkv_variance_vs_step.png")), None)
+    lines = ["", "## hf-init run", "",
+             f"- init scheme: `{info['init']['scheme']}`",
+             f"- model size: {info['n_parameters']:,} parameters",
+             f"- data: {corpus.get('name')}",
+             f"- optimizer steps: {info['optimizer_steps']}",
+             f"- final perplexity: {info['perplexity']:.2f}", ""]
+    if fig:
+        lines += [f"![Q/K/V weight variance per layer vs step]({fig})", ""]
+    return "\n".join(lines)
