@@ -88,9 +88,12 @@ def make_record(step: int | None, layer: int | None, role: str | None, stats: di
     return {**keys, "step": step, "layer": layer, "role": role, **{k: _clean(v) for k, v in stats.items()}}
 
 
+_ENCODER = json.JSONEncoder(allow_nan=False)  # one encoder: json.dumps with an option builds one per call
+
+
 def dump_lines(records: Iterable[dict]) -> str:
     """Records as JSONL text (one object per line, each line ending in a newline)."""
-    return "".join(json.dumps(r, allow_nan=False) + "\n" for r in records)
+    return "".join(_ENCODER.encode(r) + "\n" for r in records)
 
 
 def append_records(f: IO[str], records: Iterable[dict]) -> int:

@@ -130,7 +130,8 @@ def _add_scalars_one_event(writer, scalars: dict[str, float], step: int) -> None
             writer.add_scalar(tag, value, step)
         return
     from tensorboard.compat.proto.summary_pb2 import Summary
-    from torch.utils.tensorboard.summary import scalar
 
-    summary = Summary(value=[v for tag, value in scalars.items() for v in scalar(tag, value).value])
+    # the Summary.Value that torch.utils.tensorboard.summary.scalar makes (its old style, simple_value),
+    # built directly: scalar() converts each Python float through numpy first
+    summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(value)) for tag, value in scalars.items()])
     get_file_writer().add_summary(summary, step)
