@@ -242,3 +242,38 @@ def test_real_fsdp2_shards_on_two_cpu_processes_equal_unsharded_without_gather()
     import torch.multiprocessing as mp
 
     mp.spawn(_fsdp_worker, args=(2, _free_port()), nprocs=2, join=True)
+
+
+# ---- the reused float64 workspace: bounded passes give the same sums ------------------------
+
+
+def test_layers_in_several_workspace_passes_equal_numpy(monkeypatch):
+    # a workspace of one layer's part: 12 layers of (8, 3*6) in 12 passes, Q|K|V blocks cut by view
+    from hf_init import distributed_stats as D
+
+    monkeypatch.setattr(D, "WORKSPACE_ELEMENTS", 8 * 18)
+    g = torch.Generator().manual_seed(3)
+    ws = [torch.randn(8, 18, generator=g) * 0.1 + 0.3 * i for i in range(12)]
+    got = D.stacked_block_sums([D.LocalPart(w, (8, 18), (0, 0)) for w in ws], 3)
+    for i, w in enumerate(ws):
+        x = w.double().numpy().reshape(8, 3, 6)
+        for b in range(3):
+            blk = x[:, b, :]
+            assert got[i, b, 0].item() == blk.size
+            assert got[i, b, 1].item() == pytest.approx(blk.sum(), rel=1e-13)
+            assert got[i, b, 2].item() == pytest.approx((blk ** 2).sum(), rel=1e-13)
+    first = D.workspace("cpu", 10)
+    assert D.workspace("cpu", 5).data_ptr() == first.data_ptr()  # reused, not made anew
+
+
+def test_row_variances_two_pass_equal_numpy_even_far_from_zero(monkeypatch):
+    from hf_init import distributed_stats as D
+    from hf_init.stats import row_variances
+
+    g = torch.Generator().manual_seed(4)
+    t = torch.randn(7, 5, 9, generator=g) * 0.01 + torch.tensor([0.0, 1.0, 1e3, -5.0, 0.0, 2.0, 1e4]).view(7, 1, 1)
+    ref = t.double().numpy().reshape(7, -1).var(axis=1)  # numpy: two-pass, divide by N
+    for elements in (10**6, 45, 1):  # all rows at once, one row per pass, and a workspace smaller than a row
+        monkeypatch.setattr(D, "WORKSPACE_ELEMENTS", elements)
+        got = row_variances(t).numpy()
+        np.testing.assert_allclose(got, ref, rtol=1e-10)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from hf_init.mlp.model import TORCH_ACTIVATIONS, Ensemble, per_member_ce
+from hf_init.stats import row_variances
 
 OPTIMIZERS = ("sgd", "adam")
 DTYPES = ("float32", "tf32", "bfloat16")  # the matmul precision (weights, optimizer and loss stay float32)
@@ -122,11 +123,10 @@ class EnsembleRecord:
 
 
 def _pop_var(t: torch.Tensor) -> torch.Tensor:
-    """Population variance over every dim but the first (members), float64 (on the host where
-    the device has no float64: MPS): (M,)."""
+    """Population variance over every dim but the first (members), float64, two-pass
+    (:func:`hf_init.stats.row_variances`; on the host where the device has no float64: MPS): (M,)."""
     t = t.detach()
-    x = (t.cpu() if t.device.type == "mps" else t).to(torch.float64).reshape(t.shape[0], -1)
-    return torch.var(x, dim=1, correction=0).cpu()
+    return row_variances(t.cpu() if t.device.type == "mps" else t).cpu()
 
 
 EVAL_ELEMENTS = 1 << 24  # activations (members x examples x units) per evaluation chunk: 64 MiB
