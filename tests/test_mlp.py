@@ -56,10 +56,12 @@ def test_member_forward_loss_grad_equal_sequential(activation):
             torch.testing.assert_close(ens.biases[l].grad[m], lin.bias.grad, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_member_trained_in_ensemble_equals_trained_alone(optimizer):
-    """Stacked elementwise optimizer == per-member optimizer: a few steps, same minibatches."""
-    shape = MLPShape(5, 8, 2, 3)
+@pytest.mark.parametrize("optimizer,activation", [("sgd", "relu"), ("adam", "relu"), ("sgd", "tanh"), ("sgd", "gelu"),
+                                                  ("sgd", "gelu_tanh"), ("adam", "linear")])
+def test_member_trained_in_ensemble_equals_trained_alone(optimizer, activation):
+    """Stacked elementwise optimizer == per-member optimizer, and the ensemble's written-out
+    backward == autograd through nn.Sequential, for every activation: a few steps, same minibatches."""
+    shape = MLPShape(5, 8, 2, 3, activation)
     data = _toy_data()
     ens = _random_ensemble(shape, m=4, seed=1)
     alone = [_sequential(shape, ens, m) for m in range(4)]
