@@ -120,8 +120,17 @@ MUTANTS = [
      "tol = k_sigma * np.sqrt(relvar)", TOLERANCE + THEORY),
     ("M33", "hf_init/analysis/theory_check.py", 'ok = sum(abs(r["relative_error"]) <= r["tolerance"] for r in rs)',
      "ok = len(rs)", THEORY),
-    # hf_init/mlp/training.py: the freeze of a diverged member
-    ("M34", "hf_init/mlp/training.py", '        mask = alive.device.type != "cpu" or bool(dead.any())', "        mask = False", FREEZE),
+    # hf_init/mlp/training.py: the freeze of a diverged member, the written-out backward
+    ("M34", "hf_init/mlp/training.py", '        if alive.device.type != "cpu" or bool(dead.any()):', "        if False:",
+     FREEZE),
+    ("M35", "hf_init/mlp/training.py", "dz.scatter_add_(1, target, buf.minus_one).mul_(1.0 / B)",
+     "dz.scatter_add_(1, target, buf.minus_one)", FREEZE),
+    ("M36", "hf_init/mlp/training.py", "dh = torch.bmm(Ws[l].transpose(1, 2), dz, out=buf.dh[l - 1])",
+     "dh = torch.bmm(Ws[l], dz, out=buf.dh[l - 1])", FREEZE),
+    # the reused float64 workspace: bounded passes, two-pass row variances
+    ("M37", "hf_init/stats.py", "        x.sub_(x.mean(dim=1, keepdim=True))\n", "", ["tests/test_distributed_stats.py"]),
+    ("M38", "hf_init/distributed_stats.py", "blocks = x.view(len(chunk), lr, n_blocks, c)",
+     "blocks = x.view(len(chunk), n_blocks, lr, c).transpose(1, 2)", ["tests/test_distributed_stats.py"]),
     # study outputs and figures: each break is one the tests of test_study_outputs.py / test_figures.py must see
     ("N01", "hf_init/modeling.py", "shapes[role] = fans(part.shape, layout)", "shapes[role] = fans(part.shape[::-1], layout)",
      [f"{OUT}::test_inspect_init_table_matches_hand_computation"]),
