@@ -35,6 +35,8 @@ from hf_init.stats import row_variances
 
 OPTIMIZERS = ("sgd", "adam")
 DTYPES = ("float32", "tf32", "bfloat16")  # the matmul precision (weights, optimizer and loss stay float32)
+# the dtype the step's products take: tf32 is float32 with CUDA's tf32 flag set by train_ensemble
+MM_DTYPE = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def minibatch_order(n: int, batch_size: int, epochs: int, seed: int) -> list[torch.Tensor]:
@@ -220,7 +222,7 @@ def _train(model: Ensemble, data, cfg: TrainConfig, progress: bool, desc: str, t
     step_loss = np.full((T, M), np.nan)
     rec = {k: [] for k in ("train_loss", "train_acc", "test_loss", "test_acc", "pre", "act", "gpre", "gw")}
     L = model.shape.n_layers
-    autocast = _autocast(device, cfg.dtype)
+    mm_dtype = MM_DTYPE[cfg.dtype]
 
     def fresh_state(m_work):
         return (torch.ones(m_work, dtype=torch.bool, device=device), torch.full((m_work,), -1, device=device),
@@ -279,7 +281,7 @@ def _train(model: Ensemble, data, cfg: TrainConfig, progress: bool, desc: str, t
             continue
         idx = order[ends[step] - len(batches[step]) : ends[step]]
         _step(work, params, opt, data.x_train.index_select(0, idx), data.y_train.index_select(0, idx),
-              autocast, alive, bad_step, seg_loss[step - seg_start], step, buffers)
+              mm_dtype, alive, bad_step, seg_loss[step - seg_start], step, buffers)
         bar.update(1)
     bar.close()
     read_back(T)
@@ -316,17 +318,17 @@ _ACTIVATION_BACKWARD = {
 
 class _StepBuffers:
     """Every tensor a training step of ``work`` on batches of ``B`` writes, made once and reused
-    (the parameters' ``.grad`` too, made once per ``work`` by :func:`_step`): no allocation per step. On the CPU a fresh tensor of a
-    megabyte or more is new memory from the operating system, and its page faults cost more
-    than the elementwise work on it (the 80-member width-64 step: ~500 faults, ~0.8 ms of 6).
+    (the parameters' ``.grad`` too, made once per ``work`` by :func:`_step`): no allocation per
+    step. On the CPU a fresh tensor of a megabyte or more is new memory from the operating
+    system, and its page faults cost more than the elementwise work on it (the 80-member
+    width-64 step: ~500 faults, ~0.8 ms of 6).
 
-    Matmuls run in ``mm_dtype`` (float32, or bfloat16 as autocast would: inputs cast, products
-    and activations in bf16, loss in float32)."""
+    Products and activations are in ``mm_dtype``: float32, or bfloat16 as CPU/CUDA autocast
+    makes them (inputs cast to bf16, products and activations bf16, the loss in float32)."""
 
     def __init__(self, work: Ensemble, B: int, mm_dtype: torch.dtype):
         M, dims, device = work.n_members, work.shape.widths(), work.weights[0].device
         empty = lambda *size, dtype=mm_dtype: torch.empty(*size, dtype=dtype, device=device)  # noqa: E731
-        self.B, self.mm_dtype = B, mm_dtype
         relu_like = work.shape.activation in ("relu", "linear")  # h needs no buffer of its own
         self.z = [empty(M, d, B) for d in dims[1:]]  # z_l (feature-major); the logits at the output
         self.h = [z if relu_like else empty(*z.shape) for z in self.z[:-1]]
@@ -342,11 +344,12 @@ def _into(out: torch.Tensor, fn, *args) -> torch.Tensor:
     return out.copy_(fn(*args))
 
 
-def _step(work: Ensemble, params, opt, x, y, autocast, alive, bad_step, loss_row, step: int,
+def _step(work: Ensemble, params, opt, x, y, mm_dtype: torch.dtype, alive, bad_step, loss_row, step: int,
           buffers: dict | None = None) -> None:
     """One optimizer step of every member of ``work``, with no host sync and no allocation of
     a batch-sized tensor: forward and backward written out (the products autograd would make,
     into the reused :class:`_StepBuffers` of ``buffers``), then the optimizer's one pass.
+    Products in ``mm_dtype`` (:data:`MM_DTYPE`; a bf16 product is cast into the float32 gradient).
 
     Loss: the sum over members of each member's mean cross-entropy on (x, y), so member m's
     gradient is its own. Its gradient w.r.t. the logits is (softmax - onehot) / B.
@@ -357,7 +360,6 @@ def _step(work: Ensemble, params, opt, x, y, autocast, alive, bad_step, loss_row
     ``bad_step`` (this step for members diverging now) and ``loss_row`` (NaN for frozen members)
     in place."""
     M, B = work.n_members, x.shape[0]
-    mm_dtype = torch.bfloat16 if isinstance(autocast, torch.autocast) else torch.float32
     buffers = {} if buffers is None else buffers
     if "grads" not in buffers:  # the gradients, read by the optimizer: the same tensors at every step
         for p in params:
@@ -429,17 +431,6 @@ def _step(work: Ensemble, params, opt, x, y, autocast, alive, bad_step, loss_row
                     if torch.is_tensor(value) and value.shape == p.shape:
                         value.masked_fill_(d, 0.0)
     opt.step()
-
-
-def _autocast(device: torch.device, dtype: str):
-    """The forward's matmul precision: ``float32`` (nothing changes), ``bfloat16`` (autocast:
-    bf16 matmuls, float32 weights, optimizer and loss) or ``tf32`` (CUDA only; set around the
-    whole training by :func:`train_ensemble`)."""
-    import contextlib
-
-    if dtype == "bfloat16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @torch.no_grad()
