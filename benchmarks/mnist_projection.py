@@ -11,8 +11,9 @@ step does not depend on the pixel values (the sweep flushes subnormal floats on 
 --mnist_dir the real MNIST (--mnist_train_size of it) is used.
 
 Per depth it measures (all members at once, on --device, --dtype):
-- a training step: wall time of ``train_ensemble`` for 1 + --steps steps minus that for 1 step
-  (both on the first examples of the training split, with their two small records), / --steps;
+- a training step: the step ``train_ensemble`` runs (``hf_init.mlp.training._step``: every member
+  at once, random minibatches of the training split), timed over --steps steps after one warm-up
+  step (members that diverge stay in the compute, masked: an upper bound);
 - a record at full scale: loss/accuracy of every member on the train and test splits (timed on
   --eval_examples of them and scaled linearly to both full splits, 70,000 examples) and the
   per-layer statistics on the probe batch (what every --record_every steps costs).
@@ -54,11 +55,10 @@ def synthetic_mnist(n_train: int, n_test: int = 10000, seed: int = 0):
 
 
 def main(argv=None):
-    from hf_init.data.tabular import TabularData
     from hf_init.mlp.args import parse
     from hf_init.mlp.model import Ensemble, MLPShape, ensemble_weights, standard_normal_draws
     from hf_init.mlp.study import log_grid
-    from hf_init.mlp.training import _evaluate, _layer_stats, train_ensemble
+    from hf_init.mlp.training import MM_DTYPE, _evaluate, _layer_stats, _step, make_optimizer
 
     data_args, model_args, run_args, proj = parse(ProjectionArguments, list(argv if argv is not None else sys.argv[1:]),
                                                   __doc__, width=512, mnist_train_size=60000)
@@ -92,21 +92,27 @@ def main(argv=None):
         weights = ensemble_weights(standard_normal_draws(shape, seeds), [k for _ in stds for k in range(len(seeds))],
                                    [[s] * shape.n_layers for s in stds for _ in seeds])
 
-        def timed_run(n_steps):
-            n = n_steps * cfg.batch_size
-            part = TabularData(data.name, data.description, data.x_train[:n], data.y_train[:n],
-                               data.x_test[:256], data.y_test[:256], data.n_classes)
-            model = Ensemble(shape, weights).to(device)
-            sync()
-            t0 = time.perf_counter()
-            train_ensemble(model, part, cfg.__class__(**{**cfg.__dict__, "epochs": 1}), progress=False)
-            sync()
-            return time.perf_counter() - t0, model
+        model = Ensemble(shape, weights).to(device)
+        params = list(model.weights) + list(model.biases)
+        opt = make_optimizer(params, cfg.optimizer, cfg.lr, cfg.momentum)
+        alive = torch.ones(M, dtype=torch.bool, device=device)
+        bad_step, loss_row, buffers = torch.full((M,), -1, device=device), torch.empty(M, device=device), {}
+        g = torch.Generator().manual_seed(0)
+        batches = [torch.randint(0, len(data.y_train), (cfg.batch_size,), generator=g).to(device)
+                   for _ in range(1 + proj.steps)]
 
-        timed_run(1)  # warm-up (allocator, kernels)
-        t1, _ = timed_run(1)
-        tn, model = timed_run(1 + proj.steps)
-        step_s = max(tn - t1, 0.0) / proj.steps
+        def step(i):  # what train_ensemble runs per step (members that diverge stay in, masked)
+            idx = batches[i]
+            _step(model, params, opt, data.x_train.index_select(0, idx), data.y_train.index_select(0, idx),
+                  MM_DTYPE[cfg.dtype], alive, bad_step, loss_row, i, buffers)
+
+        step(0)  # warm-up: the step's buffers are made, kernels chosen
+        sync()
+        t0 = time.perf_counter()
+        for i in range(1, 1 + proj.steps):
+            step(i)
+        sync()
+        step_s = (time.perf_counter() - t0) / proj.steps
         sync()
         t0 = time.perf_counter()
         n_eval = min(proj.eval_examples, len(data.y_train))
