@@ -109,7 +109,8 @@ def workspace(device: torch.device, n: int) -> torch.Tensor:
     megabytes is new memory from the operating system each time, and filling it costs page faults
     several times the sums themselves (10 ms instead of 0.4 ms to convert the 4.7M weight and
     gradient entries of the 12 x 128 default model). Held: at most :data:`WORKSPACE_ELEMENTS`
-    entries, or one weight part where a single part is larger."""
+    entries, or one weight part where a single part is larger (column shards, which straddle
+    block boundaries, take all layers' piece of one block at once)."""
     device = torch.device(device)
     buf = _WORKSPACES.get(device)
     if buf is None or buf.numel() < n:
@@ -144,10 +145,11 @@ def stacked_block_sums(parts: Sequence[LocalPart], n_blocks: int = 1) -> torch.T
     host synchronisation (nothing is read back; the caller reads all records at once).
 
     The engine of every recorded statistic. Parts that share a local shape, offset and
-    ``counted`` (every layer of an unsharded or FSDP2 row-sharded model) are converted into one
-    float64 buffer (the reused :func:`workspace`, as many parts per pass as it holds) with each
-    block's entries contiguous, then reduced row-wise: ``sum`` and ``(x * x).sum()`` (squared in
-    place), both torch's pairwise (cascade) float64 sums. Float64 throughout: float32
+    ``counted`` (every layer of an unsharded or FSDP2 row-sharded model) are copied whole, in one
+    multi-tensor copy, into one float64 buffer (the reused :func:`workspace`, as many parts per
+    pass as it holds), then reduced per part and column block (a strided view: Q, K, V are not
+    copied apart): ``sum`` and ``(x * x).sum()`` (squared in place), both torch's pairwise
+    (cascade) float64 sums. Float64 throughout: float32
     accumulation, even in small blocks merged in float64, misses the 1e-12 relative agreement
     with a float64 reference by orders of magnitude (a float32 product ``x * x`` alone is rounded
     to 6e-8), see ``benchmarks/callback_overhead.py --precision``; ``vector_norm().square()`` is
@@ -276,5 +278,5 @@ def _collective_device(group) -> torch.device:
     return torch.device("cpu")
 
 
-__all__ = ["LocalPart", "local_part", "block_sums", "stacked_block_sums", "moments_from_sums", "sharded_block_sums", "workspace",
-           "sharded_block_moments"]
+__all__ = ["LocalPart", "local_part", "block_sums", "stacked_block_sums", "moments_from_sums", "sharded_block_sums",
+           "sharded_block_moments", "workspace"]
