@@ -11,12 +11,12 @@ warm-up steps, clipping 1.0, logging every 10 steps to TensorBoard), random toke
 
 * ``plain Trainer``: stock ``GPT2LMHeadModel(GPT2Config(...))``, a torch ``Dataset`` of token
   tensors, ``Trainer`` with the same ``TrainingArguments``; no callback of ours.
-* ``project, no recording``: the project's own pieces, as ``hf_init.pretrain.run`` assembles them:
+* ``project, no recording``: the project's own pieces, as ``hf_init.lm.pretrain.run`` assembles them:
   the model of ``build_model`` (``SchemeGPT2LMHeadModel``, ``loss_type="ForCausalLM"``), the train
   split as a ``datasets.Dataset`` with the columns of ``tokenize_and_group`` and
   ``default_data_collator``; no variance callback. Separates costs outside the callback.
 * ``project, every 10 steps`` / ``project, every step``: the same plus the variance callback with
-  its sinks, wired by ``hf_init.pretrain.make_variance_callback`` (``variance.jsonl`` and the
+  its sinks, wired by ``hf_init.lm.pretrain.make_variance_callback`` (``variance.jsonl`` and the
   Trainer's own TensorBoard writer).
 
 Each round runs a chunk of K optimizer steps of every variant (K a multiple of 10, so a chunk
@@ -43,11 +43,18 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments, default_data_collator
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    default_data_collator,
+)
 
-from hf_init.callbacks import block_statistics
-from hf_init.modeling import build_model
-from hf_init.pretrain import make_variance_callback
+from hf_init.lm.modeling import build_model
+from hf_init.lm.pretrain import make_variance_callback
+from hf_init.lm.recorders import block_statistics
 
 CLOCKS = ("wall time", "process CPU time")
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain_tiny.yaml"
@@ -81,22 +88,30 @@ class TokenBlocks(torch.utils.data.Dataset):
 
 def project_dataset(ids):
     """The random blocks as the project's data path hands them to the Trainer (the columns and
-    format of ``hf_init.data.blocks.tokenize_and_group``)."""
+    format of ``hf_init.lm.data.blocks.tokenize_and_group``)."""
     from datasets import Dataset
 
     rows = ids.tolist()
-    return Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows], "labels": rows})
+    return Dataset.from_dict(
+        {"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows], "labels": rows}
+    )
 
 
 def precision_check():
     """Relative error of the variance from float32 accumulation in blocks (merged in float64)
     and of the engine (float64), against an independent float64 torch.var(unbiased=False)."""
-    from hf_init.distributed_stats import LocalPart, moments_from_sums, stacked_block_sums
+    from hf_init.core.moments import LocalPart, moments_from_sums, stacked_block_sums
 
     g = torch.Generator().manual_seed(0)
-    shapes = {"tiny c_attn q (128 x 128)": (128, 128), "tiny mlp (128 x 512)": (128, 512),
-              "124M c_attn q (768 x 768)": (768, 768), "124M mlp (768 x 3072)": (768, 3072)}
-    print("relative error of the variance vs float64 torch.var(unbiased=False), N(0, 0.02^2) and N(0.02, 0.02^2):")
+    shapes = {
+        "tiny c_attn q (128 x 128)": (128, 128),
+        "tiny mlp (128 x 512)": (128, 512),
+        "124M c_attn q (768 x 768)": (768, 768),
+        "124M mlp (768 x 3072)": (768, 3072),
+    }
+    print(
+        "relative error of the variance vs float64 torch.var(unbiased=False), N(0, 0.02^2) and N(0.02, 0.02^2):"
+    )
     for name, shape in shapes.items():
         worst = {}
         for mu in (0.0, 0.02):
@@ -110,7 +125,9 @@ def precision_check():
                 var = (q / n - (s / n) ** 2).item()
                 key = f"float32 blocks of {block}"
                 worst[key] = max(worst.get(key, 0.0), abs(var - ref) / ref)
-            var64 = moments_from_sums(stacked_block_sums([LocalPart(w, shape, (0, 0))], 1))[0, 0, 1].item()
+            var64 = moments_from_sums(stacked_block_sums([LocalPart(w, shape, (0, 0))], 1))[
+                0, 0, 1
+            ].item()
             worst["float64 engine"] = max(worst.get("float64 engine", 0.0), abs(var64 - ref) / ref)
         print(f"  {name:>26}: " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
     print("float32 blocks miss 1e-12 by orders of magnitude: the recording stays float64.")
@@ -122,19 +139,36 @@ def direct_check(n: int):
     of the plain model (forward, backward, clipping, AdamW), interleaved n times."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from hf_init.callbacks import variance_records
-    from hf_init.sinks import JsonlSink, TensorBoardSink
+    from hf_init.lm.recorders import variance_records
+    from hf_init.lm.sinks import JsonlSink, TensorBoardSink
 
     cfg = yaml.safe_load(CONFIG.read_text())
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=cfg["n_layer"], n_embd=cfg["n_embd"], n_head=cfg["n_head"],
-                                       vocab_size=cfg["vocab_size"], n_positions=cfg["block_size"],
-                                       bos_token_id=0, eos_token_id=0))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"],
-                            betas=(0.9, cfg["adam_beta2"]))
-    ids = torch.randint(0, cfg["vocab_size"], (cfg["per_device_train_batch_size"], cfg["block_size"]))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=cfg["n_layer"],
+            n_embd=cfg["n_embd"],
+            n_head=cfg["n_head"],
+            vocab_size=cfg["vocab_size"],
+            n_positions=cfg["block_size"],
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+    )
+    opt = torch.optim.AdamW(
+        model.parameters(),
+        lr=cfg["learning_rate"],
+        weight_decay=cfg["weight_decay"],
+        betas=(0.9, cfg["adam_beta2"]),
+    )
+    ids = torch.randint(
+        0, cfg["vocab_size"], (cfg["per_device_train_batch_size"], cfg["block_size"])
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        sinks = [JsonlSink(Path(tmp, "variance.jsonl")), TensorBoardSink(SummaryWriter(f"{tmp}/tb"))]
+        sinks = [
+            JsonlSink(Path(tmp, "variance.jsonl")),
+            TensorBoardSink(SummaryWriter(f"{tmp}/tb")),
+        ]
         steps, records = [], []
         for i in range(n + 2):
             t0 = time.process_time()
@@ -156,23 +190,38 @@ def direct_check(n: int):
             sink.close()
     step, rec = statistics.median(steps), statistics.median(records)
     share = sorted(r / s for r, s in zip(records, steps))
-    print(f"direct, {n} interleaved pairs, torch threads {torch.get_num_threads()}, load average "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}: training step {step * 1e3:.1f} ms CPU, one whole "
-          f"recording (statistics + records + JSONL + TensorBoard) {rec * 1e3:.2f} ms CPU = {rec / step:.2%} "
-          f"(paired quartiles {share[len(share) // 4]:.2%} - {share[3 * len(share) // 4]:.2%}); "
-          f"every 10 steps -> {rec / step / 10:.3%}")
+    print(
+        f"direct, {n} interleaved pairs, torch threads {torch.get_num_threads()}, load average "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}: training step {step * 1e3:.1f} ms CPU, one whole "
+        f"recording (statistics + records + JSONL + TensorBoard) {rec * 1e3:.2f} ms CPU = {rec / step:.2%} "
+        f"(paired quartiles {share[len(share) // 4]:.2%} - {share[3 * len(share) // 4]:.2%}); "
+        f"every 10 steps -> {rec / step / 10:.3%}"
+    )
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--steps_per_chunk", type=int, default=10)
     p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default: torch's choice). On a machine shared with other jobs "
-                        "use 1: two spinning OpenMP threads per process collapse under contention")
-    p.add_argument("--precision", action="store_true", help="only the float32-blocks vs float64 accuracy check")
-    p.add_argument("--direct", type=int, default=0, metavar="N",
-                   help="only the direct measure: N interleaved pairs of (one training step, one whole recording)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's choice). On a machine shared with other jobs "
+        "use 1: two spinning OpenMP threads per process collapse under contention",
+    )
+    p.add_argument(
+        "--precision", action="store_true", help="only the float32-blocks vs float64 accuracy check"
+    )
+    p.add_argument(
+        "--direct",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only the direct measure: N interleaved pairs of (one training step, one whole recording)",
+    )
     args = p.parse_args(argv)
     if args.precision:
         return precision_check()
@@ -186,44 +235,77 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
 
     cfg = yaml.safe_load(CONFIG.read_text())
-    shape = dict(n_layer=cfg["n_layer"], n_embd=cfg["n_embd"], n_head=cfg["n_head"], vocab_size=cfg["vocab_size"],
-                 n_positions=cfg["block_size"], resid_pdrop=cfg["dropout"], embd_pdrop=cfg["dropout"],
-                 attn_pdrop=cfg["dropout"], bos_token_id=0, eos_token_id=0)
+    shape = dict(
+        n_layer=cfg["n_layer"],
+        n_embd=cfg["n_embd"],
+        n_head=cfg["n_head"],
+        vocab_size=cfg["vocab_size"],
+        n_positions=cfg["block_size"],
+        resid_pdrop=cfg["dropout"],
+        embd_pdrop=cfg["dropout"],
+        attn_pdrop=cfg["dropout"],
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     batch, block = cfg["per_device_train_batch_size"], cfg["block_size"]
     torch.manual_seed(0)
     project_model = build_model(**shape)
     plain_model = GPT2LMHeadModel(GPT2Config(**shape))
     plain_model.load_state_dict(project_model.state_dict())
-    ids = torch.randint(0, cfg["vocab_size"], (batch * args.steps_per_chunk, block),
-                        generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(
+        0,
+        cfg["vocab_size"],
+        (batch * args.steps_per_chunk, block),
+        generator=torch.Generator().manual_seed(0),
+    )
     plain_data, project_data = TokenBlocks(ids), project_dataset(ids)
 
     tmp = tempfile.TemporaryDirectory()
-    variants = {"plain Trainer": None, "project, no recording": 0, "project, every 10 steps": 10,
-                "project, every step": 1}
+    variants = {
+        "plain Trainer": None,
+        "project, no recording": 0,
+        "project, every 10 steps": 10,
+        "project, every step": 1,
+    }
     names = list(variants)
     times = {clock: {name: [] for name in names} for clock in CLOCKS}
     ratios = {clock: {name: [] for name in names} for clock in CLOCKS}
     record_cost = []
     for rnd in range(args.rounds + 1):
-        order = names[rnd % len(names):] + names[:rnd % len(names)]
+        order = names[rnd % len(names) :] + names[: rnd % len(names)]
         chunk = {}
         for name in order:
             every = variants[name]
             out = Path(tmp.name, f"{rnd}-{names.index(name)}")
             targs = TrainingArguments(
-                output_dir=str(out), max_steps=args.steps_per_chunk,
-                per_device_train_batch_size=batch, learning_rate=cfg["learning_rate"],
-                weight_decay=cfg["weight_decay"], adam_beta2=cfg["adam_beta2"], warmup_steps=cfg["warmup_steps"],
-                lr_scheduler_type=cfg["lr_scheduler_type"], max_grad_norm=cfg["max_grad_norm"],
-                logging_steps=cfg["logging_steps"], report_to=cfg["report_to"], save_strategy="no",
-                eval_strategy="no", use_cpu=True, disable_tqdm=True, dataloader_num_workers=0,
-                dataloader_pin_memory=False, seed=rnd)
+                output_dir=str(out),
+                max_steps=args.steps_per_chunk,
+                per_device_train_batch_size=batch,
+                learning_rate=cfg["learning_rate"],
+                weight_decay=cfg["weight_decay"],
+                adam_beta2=cfg["adam_beta2"],
+                warmup_steps=cfg["warmup_steps"],
+                lr_scheduler_type=cfg["lr_scheduler_type"],
+                max_grad_norm=cfg["max_grad_norm"],
+                logging_steps=cfg["logging_steps"],
+                report_to=cfg["report_to"],
+                save_strategy="no",
+                eval_strategy="no",
+                use_cpu=True,
+                disable_tqdm=True,
+                dataloader_num_workers=0,
+                dataloader_pin_memory=False,
+                seed=rnd,
+            )
             if every is None:
                 trainer = Trainer(model=plain_model, args=targs, train_dataset=plain_data)
             else:
-                trainer = Trainer(model=project_model, args=targs, train_dataset=project_data,
-                                  data_collator=default_data_collator)
+                trainer = Trainer(
+                    model=project_model,
+                    args=targs,
+                    train_dataset=project_data,
+                    data_collator=default_data_collator,
+                )
                 if every:
                     make_variance_callback(trainer, out, every=every)
             timer = ChunkTimer()
@@ -244,27 +326,38 @@ def main(argv=None):
         for name in names:
             for clock in CLOCKS:
                 times[clock][name].append(chunk[name][CLOCKS.index(clock)])
-                ratios[clock][name].append(chunk[name][CLOCKS.index(clock)] / chunk["plain Trainer"][CLOCKS.index(clock)])
-        print(f"round {rnd} (wall / cpu ms per step): "
-              + ", ".join(f"{n} {chunk[n][0] * 1e3:.1f} / {chunk[n][1] * 1e3:.1f}" for n in names), flush=True)
+                ratios[clock][name].append(
+                    chunk[name][CLOCKS.index(clock)] / chunk["plain Trainer"][CLOCKS.index(clock)]
+                )
+        print(
+            f"round {rnd} (wall / cpu ms per step): "
+            + ", ".join(f"{n} {chunk[n][0] * 1e3:.1f} / {chunk[n][1] * 1e3:.1f}" for n in names),
+            flush=True,
+        )
 
     def quartiles(xs):
         q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
         return q[0], q[1], q[2]
 
-    print(f"\nGPT-2 {shape['n_layer']} x {shape['n_embd']}, batch {batch} x {block}, {args.rounds} interleaved "
-          f"rounds of {args.steps_per_chunk} steps, torch threads {torch.get_num_threads()}, "
-          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(
+        f"\nGPT-2 {shape['n_layer']} x {shape['n_embd']}, batch {batch} x {block}, {args.rounds} interleaved "
+        f"rounds of {args.steps_per_chunk} steps, torch threads {torch.get_num_threads()}, "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
     for clock in CLOCKS:
         print(f"{clock}:")
         for name in names:
             lo, med, hi = quartiles(ratios[clock][name])
-            print(f"{name:>24}: median step {statistics.median(times[clock][name]) * 1e3:7.1f} ms"
-                  f"   ratio to plain: median {med:.4f} (quartiles {lo:.4f} - {hi:.4f})")
+            print(
+                f"{name:>24}: median step {statistics.median(times[clock][name]) * 1e3:7.1f} ms"
+                f"   ratio to plain: median {med:.4f} (quartiles {lo:.4f} - {hi:.4f})"
+            )
     lo, med, hi = quartiles(record_cost)
-    print(f"one recording's statistics (weights + gradients, all layers, to host, CPU time): median {med:.2%} of a "
-          f"plain step's CPU time "
-          f"(quartiles {lo:.2%} - {hi:.2%}); every 10 steps -> {med / 10:.3%}")
+    print(
+        f"one recording's statistics (weights + gradients, all layers, to host, CPU time): median {med:.2%} of a "
+        f"plain step's CPU time "
+        f"(quartiles {lo:.2%} - {hi:.2%}); every 10 steps -> {med / 10:.3%}"
+    )
     tmp.cleanup()
 
 

@@ -9,7 +9,7 @@ Folders it understands (each given folder, or its subfolders one level down):
   with its std), seed and, when they differ between runs, learning rate and schedule.
   Sections: configs side by side, loss and perplexity, Q/K/V variance and attention figures per
   scheme (the run with the lowest seed of each), the equilibration table and the paper's claims
-  (:mod:`hf_init.analysis.equilibration`).
+  (:mod:`hf_init.lm.equilibration`).
 - an MLP study (``scripts/mlp_sweep.py`` / ``scripts/mlp_init_compare.py``: ``summary.json`` +
   ``results.csv``): its setup and command, the per-configuration means of ``results.csv`` and its
   figures.
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .records import read_records
+from hf_init.core.records import read_records
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -68,14 +68,20 @@ def discover(paths) -> tuple[list[Path], list[Path]]:
                 mlp.append(cand)
                 found = True
         if not found:
-            raise ValueError(f"{str(p)!r} holds no finished pretraining run (variance.jsonl + run_info.json), "
-                             f"study of runs, or MLP study (summary.json + results.csv)")
+            raise ValueError(
+                f"{str(p)!r} holds no finished pretraining run (variance.jsonl + run_info.json), "
+                f"study of runs, or MLP study (summary.json + results.csv)"
+            )
     return runs, mlp
 
 
 def scheme_label(info: dict) -> str:
     init = info["init"]
-    return f"{init['scheme']}:{init['std']:g}" if init["scheme"] == "normal" and init.get("std") else init["scheme"]
+    return (
+        f"{init['scheme']}:{init['std']:g}"
+        if init["scheme"] == "normal" and init.get("std")
+        else init["scheme"]
+    )
 
 
 def load_runs(paths: list[Path]) -> list[Run]:
@@ -95,7 +101,9 @@ def load_runs(paths: list[Path]) -> list[Run]:
 
 
 def records_table(runs: list[Run]) -> pd.DataFrame:
-    return pd.concat([read_records(r.path / "variance.jsonl", **r.keys) for r in runs], ignore_index=True)
+    return pd.concat(
+        [read_records(r.path / "variance.jsonl", **r.keys) for r in runs], ignore_index=True
+    )
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -108,19 +116,38 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-CONFIG_KEYS = ("model.n_layer", "model.n_embd", "model.n_head", "data.dataset_name", "data.block_size",
-               "data.vocab_size", "training.max_steps", "training.per_device_train_batch_size",
-               "training.gradient_accumulation_steps", "training.learning_rate", "training.lr_scheduler_type",
-               "training.warmup_steps", "training.weight_decay", "training.adam_beta2", "training.max_grad_norm",
-               "run.variance_steps", "run.attention_probe_blocks")
+CONFIG_KEYS = (
+    "model.n_layer",
+    "model.n_embd",
+    "model.n_head",
+    "data.dataset_name",
+    "data.block_size",
+    "data.vocab_size",
+    "training.max_steps",
+    "training.per_device_train_batch_size",
+    "training.gradient_accumulation_steps",
+    "training.learning_rate",
+    "training.lr_scheduler_type",
+    "training.warmup_steps",
+    "training.weight_decay",
+    "training.adam_beta2",
+    "training.max_grad_norm",
+    "run.variance_steps",
+    "run.attention_probe_blocks",
+)
 
 
 def configs_tables(runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(settings shared by every run, settings that differ: one column per run)."""
     flat = {r.path.name: _flat(r.info["config"]) for r in runs}
     for name, r in zip(flat, runs):
-        flat[name].update({"init.scheme": scheme_label(r.info), "seed": r.info["seed"],
-                           "n_parameters": r.info["n_parameters"]})
+        flat[name].update(
+            {
+                "init.scheme": scheme_label(r.info),
+                "seed": r.info["seed"],
+                "n_parameters": r.info["n_parameters"],
+            }
+        )
     keys = ["init.scheme", "seed", "n_parameters", *CONFIG_KEYS]
     table = pd.DataFrame({name: {k: str(f.get(k)) for k in keys} for name, f in flat.items()})
     same = table.nunique(axis=1) == 1
@@ -135,19 +162,30 @@ def results_table(runs: list[Run]) -> pd.DataFrame:
     rows = []
     for r in runs:
         i = r.info
-        rows.append({**r.keys, "steps": i["optimizer_steps"], "train_loss": i["train_loss"],
-                     "eval_loss": i["eval_loss"], "perplexity": i["perplexity"],
-                     "next_token_accuracy": i.get("next_token_accuracy"), "train_runtime_s": i["train_runtime_s"]})
+        rows.append(
+            {
+                **r.keys,
+                "steps": i["optimizer_steps"],
+                "train_loss": i["train_loss"],
+                "eval_loss": i["eval_loss"],
+                "perplexity": i["perplexity"],
+                "next_token_accuracy": i.get("next_token_accuracy"),
+                "train_runtime_s": i["train_runtime_s"],
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def scheme_summary(results: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds of eval loss and perplexity per scheme (and lr/schedule)."""
     group = [c for c in results.columns if c in ("scheme", "lr", "schedule")]
-    agg = results.groupby(group, sort=True).agg(seeds=("seed", "count"), eval_loss_mean=("eval_loss", "mean"),
-                                                 eval_loss_std=("eval_loss", "std"),
-                                                 perplexity_mean=("perplexity", "mean"),
-                                                 perplexity_std=("perplexity", "std"))
+    agg = results.groupby(group, sort=True).agg(
+        seeds=("seed", "count"),
+        eval_loss_mean=("eval_loss", "mean"),
+        eval_loss_std=("eval_loss", "std"),
+        perplexity_mean=("perplexity", "mean"),
+        perplexity_std=("perplexity", "std"),
+    )
     return agg.reset_index()
 
 
@@ -163,11 +201,15 @@ def train_loss_curves(run: Run) -> pd.DataFrame | None:
         acc.Reload()
         if "train/loss" in acc.Tags().get("scalars", []):
             rows += [(e.step, e.value) for e in acc.Scalars("train/loss")]
-    return pd.DataFrame(rows, columns=["step", "loss"]).drop_duplicates("step").sort_values("step") if rows else None
+    return (
+        pd.DataFrame(rows, columns=["step", "loss"]).drop_duplicates("step").sort_values("step")
+        if rows
+        else None
+    )
 
 
 def loss_figure(runs: list[Run], path: Path):
-    from .plots import pyplot, save_figure
+    from hf_init.core.figures import pyplot, save_figure
 
     curves = [(r, train_loss_curves(r)) for r in runs]
     curves = [(r, c) for r, c in curves if c is not None and len(c)]
@@ -180,7 +222,9 @@ def loss_figure(runs: list[Run], path: Path):
     seen = set()
     for r, c in curves:
         s = r.keys["scheme"]
-        ax.plot(c["step"], c["loss"], color=colors[s], lw=1.2, alpha=0.8, label=None if s in seen else s)
+        ax.plot(
+            c["step"], c["loss"], color=colors[s], lw=1.2, alpha=0.8, label=None if s in seen else s
+        )
         seen.add(s)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (logged mean)")
@@ -192,13 +236,16 @@ def loss_figure(runs: list[Run], path: Path):
 
 def run_figures(run: Run, files: Path, table: pd.DataFrame) -> list[tuple[str, Path]]:
     """Q/K/V variance and attention figures of one run (drawn from its records)."""
-    from .analysis.variance import variance_table
-    from .plots.attention import attention_vs_step
-    from .plots.pretrain import variance_vs_step
+    from hf_init.lm.plots import attention_vs_step, variance_vs_step
+    from hf_init.lm.variance import variance_table
 
     stem = run.path.name
-    out = [(f"Q/K/V weight variance, {run.label}",
-            variance_vs_step(variance_table(table), files / f"{stem}_qkv_variance.png"))]
+    out = [
+        (
+            f"Q/K/V weight variance, {run.label}",
+            variance_vs_step(variance_table(table), files / f"{stem}_qkv_variance.png"),
+        )
+    ]
     att = attention_vs_step(table, files / f"{stem}_attention.png", title=run.label)
     if att is not None:
         out.append((f"attention logit std and entropy, {run.label}", att))
@@ -213,21 +260,31 @@ def equilibration_summary(eq: pd.DataFrame) -> pd.DataFrame:
     group = [c for c in eq.columns if c in ("scheme", "lr", "schedule")] + ["projection"]
     n_layer = int(eq["layer"].max()) + 1
     third = max(1, n_layer // 3)
-    eq = eq.assign(depth=np.where(eq["layer"] < third, "shallow", np.where(eq["layer"] >= n_layer - third,
-                                                                          "deep", "middle")))
+    eq = eq.assign(
+        depth=np.where(
+            eq["layer"] < third,
+            "shallow",
+            np.where(eq["layer"] >= n_layer - third, "deep", "middle"),
+        )
+    )
     rows = []
     for key, sub in eq.groupby(group, sort=True):
         key = key if isinstance(key, tuple) else (key,)
         sh, dp = sub[sub["depth"] == "shallow"], sub[sub["depth"] == "deep"]
-        rows.append({**dict(zip(group, key)),
-                     "rel_change_median": sub["relative_change"].median(),
-                     "growth_shallow": sh["early_growth_rate"].median(),
-                     "growth_deep": dp["early_growth_rate"].median(),
-                     "eq_step_shallow": sh["equilibration_step"].median(),
-                     "eq_step_deep": dp["equilibration_step"].median(),
-                     "never_equilibrated": float(sub["equilibration_step"].isna().mean()),
-                     "lr_fraction_at_eq": sub["lr_fraction_of_peak"].median()
-                     if "lr_fraction_of_peak" in sub else math.nan})
+        rows.append(
+            {
+                **dict(zip(group, key)),
+                "rel_change_median": sub["relative_change"].median(),
+                "growth_shallow": sh["early_growth_rate"].median(),
+                "growth_deep": dp["early_growth_rate"].median(),
+                "eq_step_shallow": sh["equilibration_step"].median(),
+                "eq_step_deep": dp["equilibration_step"].median(),
+                "never_equilibrated": float(sub["equilibration_step"].isna().mean()),
+                "lr_fraction_at_eq": sub["lr_fraction_of_peak"].median()
+                if "lr_fraction_of_peak" in sub
+                else math.nan,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -246,7 +303,11 @@ def attention_summary(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
             s = sub[sub["statistic"] == stat]
             row[f"{stat}_init"] = s[s["step"] == first]["value"].mean()
             row[f"{stat}_final"] = s[s["step"] == last]["value"].mean()
-        ent = sub[(sub["statistic"] == "entropy") & (sub["step"] == last)].groupby("layer")["value"].mean()
+        ent = (
+            sub[(sub["statistic"] == "entropy") & (sub["step"] == last)]
+            .groupby("layer")["value"]
+            .mean()
+        )
         row["lowest_entropy_layer"] = int(ent.idxmin())
         row["final_step"] = int(last)
         rows.append(row)
@@ -255,17 +316,23 @@ def attention_summary(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- MLP studies
 
+
 def mlp_section(folder: Path) -> tuple[dict, pd.DataFrame, list[Path]]:
     """(summary.json, per-configuration means of results.csv's numeric columns, PNG figures)."""
     summary = json.loads((folder / "summary.json").read_text())
     results = pd.read_csv(folder / "results.csv")
-    keys = [c for c in ("depth", "std", "scheme", "init", "activation", "optimizer") if c in results.columns]
+    keys = [
+        c
+        for c in ("depth", "std", "scheme", "init", "activation", "optimizer")
+        if c in results.columns
+    ]
     numeric = [c for c in results.select_dtypes("number").columns if c not in (*keys, "seed")]
     means = results.groupby(keys, sort=True)[numeric].mean().reset_index() if keys else results
     return summary, means, sorted(folder.glob("*.png"))
 
 
 # ---------------------------------------------------------------- output
+
 
 class Document:
     """Sections as markdown and HTML at once: headings, text, tables, figures."""
@@ -285,7 +352,7 @@ class Document:
         self.html.append(_md_to_html(text))
 
     def table(self, df: pd.DataFrame, digits: int = 4):
-        from .analysis.equilibration import to_markdown
+        from hf_init.lm.equilibration import to_markdown
 
         if df is None or df.empty:
             return
@@ -300,8 +367,10 @@ class Document:
         rel = path.relative_to(self.md_dir) if path.is_relative_to(self.md_dir) else path
         self.md.append(f"![{caption}]({rel.as_posix()})\n")
         data = base64.b64encode(path.read_bytes()).decode("ascii")
-        self.html.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
-                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        self.html.append(
+            f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
 
 
 def _md_to_html(text: str) -> str:
@@ -310,16 +379,18 @@ def _md_to_html(text: str) -> str:
     return MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
 
 
-STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
-         "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;"
-         "text-align:right}th{background:#f3f3f3}img{max-width:100%}figure{margin:1em 0}"
-         "figcaption{font-size:13px;color:#555}code{background:#f3f3f3}")
+STYLE = (
+    "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;"
+    "text-align:right}th{background:#f3f3f3}img{max-width:100%}figure{margin:1em 0}"
+    "figcaption{font-size:13px;color:#555}code{background:#f3f3f3}"
+)
 
 
 def write_report(paths, output_dir) -> list[Path]:
     """Build report.md (+ report_files/) and report.html in ``output_dir`` from the folders."""
-    from .analysis.equilibration import check_claims, claims_markdown, equilibration_table
-    from .outputs import write_atomic
+    from hf_init.core.outputs import write_atomic
+    from hf_init.lm.equilibration import check_claims, claims_markdown, equilibration_table
 
     run_dirs, mlp_dirs = discover(paths)  # bad folders are refused before anything is written
     out = Path(output_dir)
@@ -345,8 +416,10 @@ def write_report(paths, output_dir) -> list[Path]:
 
         doc.heading("Loss and perplexity")
         results = results_table(runs)
-        doc.text("Final evaluation on the held-out split (eval loss = mean next-token cross-entropy, "
-                 "perplexity = exp(eval loss)); train_loss = mean logged training loss over the run.")
+        doc.text(
+            "Final evaluation on the held-out split (eval loss = mean next-token cross-entropy, "
+            "perplexity = exp(eval loss)); train_loss = mean logged training loss over the run."
+        )
         doc.table(results)
         if len(runs) > 1:
             doc.text("Per scheme, over seeds (std with ddof=1; NaN with one seed):")
@@ -355,9 +428,11 @@ def write_report(paths, output_dir) -> list[Path]:
 
         table = records_table(runs)
         doc.heading("Q/K/V variance and attention, per scheme")
-        doc.text("One run per scheme (its lowest seed): weight variance of Q, K, V per layer (shallow dark, "
-                 "deep yellow), and on a fixed probe batch of held-out blocks the std of the attention "
-                 "logits q.k/sqrt(d_head) and the mean attention entropy, per layer (mean over heads).")
+        doc.text(
+            "One run per scheme (its lowest seed): weight variance of Q, K, V per layer (shallow dark, "
+            "deep yellow), and on a fixed probe batch of held-out blocks the std of the attention "
+            "logits q.k/sqrt(d_head) and the mean attention entropy, per layer (mean over heads)."
+        )
         shown = set()
         for r in runs:
             group = tuple(v for k, v in r.keys.items() if k != "seed")
@@ -371,20 +446,26 @@ def write_report(paths, output_dir) -> list[Path]:
                 doc.figure(caption, path)
         att = attention_summary(table, keys)
         if not att.empty:
-            doc.text("Attention, mean over layers and heads, at the first and the last record step:")
+            doc.text(
+                "Attention, mean over layers and heads, at the first and the last record step:"
+            )
             doc.table(att)
 
-        variances = table[((table["statistic"] == "var") & table["role"].isin(["q", "k", "v"]))
-                          | (table["statistic"] == "learning_rate")]
+        variances = table[
+            ((table["statistic"] == "var") & table["role"].isin(["q", "k", "v"]))
+            | (table["statistic"] == "learning_rate")
+        ]
         variances = variances.drop(columns=[c for c in ("head",) if c in variances])
         eq = equilibration_table(variances)
         eq.to_csv(files / "equilibration.csv", index=False)
         doc.heading("Equilibration")
-        doc.text("Per scheme and projection, medians over seeds and layers (shallow / deep = first / last "
-                 "third of the layers). growth = early growth rate of ln variance per step; eq_step = "
-                 "equilibration step (NaN: never within the tolerance); lr_fraction_at_eq = learning rate "
-                 "at the equilibration step / its peak (near 0: the schedule, not the weights, settled). "
-                 f"Every (run, projection, layer): `{FILES_DIR}/equilibration.csv`.")
+        doc.text(
+            "Per scheme and projection, medians over seeds and layers (shallow / deep = first / last "
+            "third of the layers). growth = early growth rate of ln variance per step; eq_step = "
+            "equilibration step (NaN: never within the tolerance); lr_fraction_at_eq = learning rate "
+            "at the equilibration step / its peak (near 0: the schedule, not the weights, settled). "
+            f"Every (run, projection, layer): `{FILES_DIR}/equilibration.csv`."
+        )
         doc.table(equilibration_summary(eq))
         doc.heading("The paper's claims")
         verdicts, per_seed = check_claims(variances)
@@ -404,7 +485,11 @@ def write_report(paths, output_dir) -> list[Path]:
             doc.figure(f"{folder.name}: {fig.name}", fig)
 
     md = "\n".join(doc.md)
-    page = ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>hf-init report</title>"
-            f"<style>{STYLE}</style></head><body>" + "\n".join(doc.html) + "</body></html>")
-    return [write_atomic(out / REPORT_MD, lambda f: f.write(md)),
-            write_atomic(out / REPORT_HTML, lambda f: f.write(page))]
+    page = (
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>hf-init report</title>'
+        f"<style>{STYLE}</style></head><body>" + "\n".join(doc.html) + "</body></html>"
+    )
+    return [
+        write_atomic(out / REPORT_MD, lambda f: f.write(md)),
+        write_atomic(out / REPORT_HTML, lambda f: f.write(page)),
+    ]

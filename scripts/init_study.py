@@ -11,7 +11,7 @@ The first argument may be a YAML config (keys = the study flags: schemes, seeds,
 lr_scheduler_types, pretrain_config, output_dir, report); the built-in default is
 hf_init/configs/init_study.yaml. Any other flag (e.g. --max_steps 30 --n_embd 64) is passed to
 every pretraining run on top of --pretrain_config (default hf_init/configs/init_study_pretrain.yaml).
-A scheme is a name of hf_init.schemes or normal:STD (every weight N(0, STD^2), no residual scaling).
+A scheme is a name of hf_init.core.schemes or normal:STD (every weight N(0, STD^2), no residual scaling).
 
 Writes into --output_dir: study.json, tokenizer/ (trained once), one folder per run (a complete
 scripts/pretrain.py run folder, its TensorBoard curves and HParams entry under runs/), and
@@ -25,7 +25,7 @@ import time
 
 _STARTED = time.time()
 
-from hf_init.cli import fail_cleanly  # noqa: E402
+from hf_init.core.cli import fail_cleanly  # noqa: E402
 
 
 def main(argv=None):
@@ -33,7 +33,7 @@ def main(argv=None):
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
-    from hf_init.study import run_study
+    from hf_init.lm.study import run_study
 
     run_study(argv)
     print(f"wall time {time.time() - _STARTED:.0f} s")

@@ -9,15 +9,17 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from hf_init.cli import fail_cleanly, parse_yaml_and_cli
-from hf_init.modeling import build_model, init_report
-from hf_init.schemes import SCHEMES
+from hf_init.core.cli import fail_cleanly, parse_yaml_and_cli
+from hf_init.core.schemes import SCHEMES
+from hf_init.lm.modeling import build_model, init_report
 
 
 @dataclass
 class InspectArguments:
     init_scheme: str = field(default="gpt2", metadata={"help": f"one of: {', '.join(SCHEMES)}"})
-    init_std: float | None = field(default=None, metadata={"help": "std of every weight (scheme `normal`)"})
+    init_std: float | None = field(
+        default=None, metadata={"help": "std of every weight (scheme `normal`)"}
+    )
     n_layer: int = 12
     n_embd: int = 128
     n_head: int = 4
@@ -26,18 +28,30 @@ class InspectArguments:
 
 
 def main(argv=None):
-    (args,), _ = parse_yaml_and_cli(HfArgumentParser((InspectArguments,), description=__doc__),
-                                    sys.argv[1:] if argv is None else argv)
+    (args,), _ = parse_yaml_and_cli(
+        HfArgumentParser((InspectArguments,), description=__doc__),
+        sys.argv[1:] if argv is None else argv,
+    )
     import torch
 
     torch.manual_seed(args.seed)
-    model = build_model(init_scheme=args.init_scheme, init_std=args.init_std, n_layer=args.n_layer,
-                        n_embd=args.n_embd, n_head=args.n_head, vocab_size=args.vocab_size)
+    model = build_model(
+        init_scheme=args.init_scheme,
+        init_std=args.init_std,
+        n_layer=args.n_layer,
+        n_embd=args.n_embd,
+        n_head=args.n_head,
+        vocab_size=args.vocab_size,
+    )
     print(f"scheme {args.init_scheme}: {args.n_layer} layers x {args.n_embd}, seed {args.seed}")
-    print(f"{'weight':<10} {'fan_in':>7} {'fan_out':>7} {'measured std':>13} {'scheme std':>11} {'ratio':>7}")
+    print(
+        f"{'weight':<10} {'fan_in':>7} {'fan_out':>7} {'measured std':>13} {'scheme std':>11} {'ratio':>7}"
+    )
     for r in init_report(model):
-        print(f"{r['role']:<10} {r['fan_in']:>7} {r['fan_out']:>7} {r['measured_std']:>13.6f} "
-              f"{r['scheme_std']:>11.6f} {r['measured_std'] / r['scheme_std']:>7.4f}")
+        print(
+            f"{r['role']:<10} {r['fan_in']:>7} {r['fan_out']:>7} {r['measured_std']:>13.6f} "
+            f"{r['scheme_std']:>11.6f} {r['measured_std'] / r['scheme_std']:>7.4f}"
+        )
 
 
 if __name__ == "__main__":

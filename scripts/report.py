@@ -15,14 +15,21 @@ scheme, the equilibration table, the paper's claims with their statistics, and t
 import argparse
 import sys
 
-from hf_init.cli import fail_cleanly, one_line_errors
+from hf_init.core.cli import fail_cleanly, one_line_errors
 
 
 def main(argv=None):
-    parser = one_line_errors(argparse.ArgumentParser(description=__doc__,
-                                                     formatter_class=argparse.RawDescriptionHelpFormatter))
+    parser = one_line_errors(
+        argparse.ArgumentParser(
+            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+    )
     parser.add_argument("folders", nargs="+", metavar="RUN_OR_STUDY_DIR")
-    parser.add_argument("--output_dir", default=None, help="where report.html / report.md go (default: the first folder)")
+    parser.add_argument(
+        "--output_dir",
+        default=None,
+        help="where report.html / report.md go (default: the first folder)",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     from hf_init.report import write_report
 

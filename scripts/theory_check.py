@@ -14,12 +14,12 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from hf_init.analysis.theory_check import TheoryCheckArguments
-from hf_init.cli import fail_cleanly, parse_yaml_and_cli
+from hf_init.core.cli import fail_cleanly, parse_yaml_and_cli
+from hf_init.theory.check import TheoryCheckArguments
 
 # what this script writes (with --overwrite these are kept until the new files are written)
 OUTPUTS = {
-    "theory_check.jsonl": "records: predicted vs measured per network, quantity and layer (hf_init.analysis.theory_check)",
+    "theory_check.jsonl": "records: predicted vs measured per network, quantity and layer (hf_init.theory.check)",
     "mlp_forward.png": "pre-activation variance per layer, theory line vs measured points",
     "mlp_gradient.png": "gradient variance per layer",
     "gpt2_residual.png": "residual-stream growth per scheme",
@@ -29,14 +29,16 @@ OUTPUTS = {
 
 
 def main(argv=None):
-    (args,), _ = parse_yaml_and_cli(HfArgumentParser((TheoryCheckArguments,), description=__doc__),
-                                    sys.argv[1:] if argv is None else argv)
+    (args,), _ = parse_yaml_and_cli(
+        HfArgumentParser((TheoryCheckArguments,), description=__doc__),
+        sys.argv[1:] if argv is None else argv,
+    )
 
     from hf_init import propagation as P
     from hf_init.analysis import theory_check as C
-    from hf_init.outputs import check_output_dir, existing_outputs, kept_until_success
-    from hf_init.plots import theory as plots
-    from hf_init.records import write_records
+    from hf_init.core.figures import theory as plots
+    from hf_init.core.outputs import check_output_dir, existing_outputs, kept_until_success
+    from hf_init.core.records import write_records
 
     out = Path(args.output_dir)
     check_output_dir(out, args.overwrite)  # any entry counts: refuse a folder that is not empty
@@ -46,10 +48,17 @@ def main(argv=None):
     seeds = list(range(args.seeds))
     for act in args.activations:
         for mult in args.std_multiples:
-            records += C.mlp_check_records(act, mult, x, args.width, args.depth, seeds, args.k_sigma)
+            records += C.mlp_check_records(
+                act, mult, x, args.width, args.depth, seeds, args.k_sigma
+            )
         print(f"mlp {act}: done ({time.time() - t0:.0f}s)", flush=True)
-    probe = P.GPT2Probe(P.byte_token_batch(args.gpt2_batch, args.gpt2_seq_len), list(range(args.gpt2_seeds)),
-                        args.gpt2_n_layer, args.gpt2_n_embd, args.gpt2_n_head)
+    probe = P.GPT2Probe(
+        P.byte_token_batch(args.gpt2_batch, args.gpt2_seq_len),
+        list(range(args.gpt2_seeds)),
+        args.gpt2_n_layer,
+        args.gpt2_n_embd,
+        args.gpt2_n_head,
+    )
     for scheme in args.gpt2_schemes:
         for scaling in (True, False):
             records += C.gpt2_check_records(scheme, scaling, probe)

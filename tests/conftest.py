@@ -17,36 +17,115 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SWEEP_ARGS = ["--dataset", "wine", "--stds", "1e-4", "0.1", "50", "--seeds", "2", "--depths", "1", "3",
-              "--epochs", "10", "--record_every", "5", "--no_progress"]
-COMPARE_ARGS = ["--dataset", "wine", "--seeds", "3", "--epochs", "4", "--activations", "relu", "tanh",
-                "--no_progress"]
-THEORY_ARGS = ["--width", "64", "--depth", "3", "--batch", "16", "--seeds", "2", "--activations", "relu", "tanh",
-               "--std_multiples", "0.7", "1", "--gpt2_schemes", "gpt2", "--gpt2_n_layer", "2", "--gpt2_n_embd", "32",
-               "--gpt2_seq_len", "8", "--gpt2_batch", "2", "--gpt2_seeds", "1"]
+SWEEP_ARGS = [
+    "--dataset",
+    "wine",
+    "--stds",
+    "1e-4",
+    "0.1",
+    "50",
+    "--seeds",
+    "2",
+    "--depths",
+    "1",
+    "3",
+    "--epochs",
+    "10",
+    "--record_every",
+    "5",
+    "--no_progress",
+]
+COMPARE_ARGS = [
+    "--dataset",
+    "wine",
+    "--seeds",
+    "3",
+    "--epochs",
+    "4",
+    "--activations",
+    "relu",
+    "tanh",
+    "--no_progress",
+]
+THEORY_ARGS = [
+    "--width",
+    "64",
+    "--depth",
+    "3",
+    "--batch",
+    "16",
+    "--seeds",
+    "2",
+    "--activations",
+    "relu",
+    "tanh",
+    "--std_multiples",
+    "0.7",
+    "1",
+    "--gpt2_schemes",
+    "gpt2",
+    "--gpt2_n_layer",
+    "2",
+    "--gpt2_n_embd",
+    "32",
+    "--gpt2_seq_len",
+    "8",
+    "--gpt2_batch",
+    "2",
+    "--gpt2_seeds",
+    "1",
+]
 # tiny model and data so a pretraining run takes seconds on a CPU (tests/test_pretrain.py)
-PRETRAIN_TINY = ["--n_layer", "2", "--n_embd", "32", "--n_head", "2", "--block_size", "32", "--vocab_size", "300",
-                 "--max_train_documents", "40", "--max_eval_samples", "16", "--per_device_train_batch_size", "4",
-                 "--per_device_eval_batch_size", "8", "--logging_steps", "5", "--variance_steps", "5",
-                 "--disable_tqdm", "true"]
+PRETRAIN_TINY = [
+    "--n_layer",
+    "2",
+    "--n_embd",
+    "32",
+    "--n_head",
+    "2",
+    "--block_size",
+    "32",
+    "--vocab_size",
+    "300",
+    "--max_train_documents",
+    "40",
+    "--max_eval_samples",
+    "16",
+    "--per_device_train_batch_size",
+    "4",
+    "--per_device_eval_batch_size",
+    "8",
+    "--logging_steps",
+    "5",
+    "--variance_steps",
+    "5",
+    "--disable_tqdm",
+    "true",
+]
 PRETRAIN_ARGS = [*PRETRAIN_TINY, "--max_steps", "10", "--init_scheme", "xavier_normal"]
 
 
 def run_script(name, *args, timeout=300):
     """scripts/<name>.py in a subprocess (this checkout's hf_init, offline); CompletedProcess."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / f"{name}.py"), *map(str, args)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / f"{name}.py"), *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def run_main(name, *args):
     """scripts/<name>.py's main(argv) in this process (no interpreter start and torch import per
-    call), through hf_init.cli.fail_cleanly as the script's __main__ does: (exit code, stdout, stderr)."""
+    call), through hf_init.core.cli.fail_cleanly as the script's __main__ does: (exit code, stdout, stderr)."""
     import contextlib
     import importlib.util
     import io
 
-    from hf_init.cli import fail_cleanly
+    from hf_init.core.cli import fail_cleanly
 
     spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)

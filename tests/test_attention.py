@@ -8,15 +8,30 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from hf_init.attention import (AttentionProbeCallback, AttentionTensorBoardSink, attention_records,
-                               attention_statistics, logit_statistics, probe_batch)
-from hf_init.records import read_records
+from hf_init.core.records import read_records
+from hf_init.lm.attention_probe import (
+    AttentionProbeCallback,
+    AttentionTensorBoardSink,
+    attention_records,
+    attention_statistics,
+    logit_statistics,
+    probe_batch,
+)
 
 
 def stock_model(scale_by_layer=False, seed=0):
     torch.manual_seed(seed)
-    config = GPT2Config(n_layer=3, n_embd=24, n_head=3, vocab_size=50, n_positions=16, bos_token_id=0, eos_token_id=0,
-                        scale_attn_by_inverse_layer_idx=scale_by_layer, attn_implementation="eager")
+    config = GPT2Config(
+        n_layer=3,
+        n_embd=24,
+        n_head=3,
+        vocab_size=50,
+        n_positions=16,
+        bos_token_id=0,
+        eos_token_id=0,
+        scale_attn_by_inverse_layer_idx=scale_by_layer,
+        attn_implementation="eager",
+    )
     model = GPT2LMHeadModel(config)
     with torch.no_grad():  # larger weights than GPT-2's 0.02 so attention is far from uniform
         for block in model.transformer.h:
@@ -45,8 +60,8 @@ def reference(model, ids):
         probs = out.attentions[layer].double().numpy()  # (B, H, T, T), zeros above the diagonal
         heads = []
         for h in range(cfg.n_head):
-            q = qkv[..., h * dh:(h + 1) * dh]
-            k = qkv[..., cfg.n_embd + h * dh: cfg.n_embd + (h + 1) * dh]
+            q = qkv[..., h * dh : (h + 1) * dh]
+            k = qkv[..., cfg.n_embd + h * dh : cfg.n_embd + (h + 1) * dh]
             logits = np.einsum("bid,bjd->bij", q, k) * scale
             causal = np.tril(np.ones((t, t), bool))
             std = logits[:, causal].std()  # population std over every causal entry of every block
@@ -87,8 +102,10 @@ def test_logit_statistics_on_known_logits():
 def test_records_and_probe_batch():
     stats = torch.tensor([[[1.0, 2.0], [3.0, float("nan")]]])
     recs = attention_records(7, stats)
-    assert recs == [{"head": 0, "step": 7, "layer": 0, "role": "attn", "logit_std": 1.0, "entropy": 2.0},
-                    {"head": 1, "step": 7, "layer": 0, "role": "attn", "logit_std": 3.0, "entropy": None}]
+    assert recs == [
+        {"head": 0, "step": 7, "layer": 0, "role": "attn", "logit_std": 1.0, "entropy": 2.0},
+        {"head": 1, "step": 7, "layer": 0, "role": "attn", "logit_std": 3.0, "entropy": None},
+    ]
     ds = [{"input_ids": [i, i + 1]} for i in range(5)]
     assert probe_batch(iter(ds), 3).tolist() == [[0, 1], [1, 2], [2, 3]]
     with pytest.raises(ValueError, match="at least one held-out block"):
@@ -117,10 +134,13 @@ class Writer:
 def test_callback_in_a_trainer_records_lr_and_attention_at_the_record_steps(tmp_path):
     from transformers import Trainer, TrainingArguments
 
-    from hf_init.sinks import JsonlSink
+    from hf_init.lm.sinks import JsonlSink
 
     model = stock_model()
-    data = [{"input_ids": torch.randint(0, 50, (12,), generator=torch.Generator().manual_seed(i))} for i in range(32)]
+    data = [
+        {"input_ids": torch.randint(0, 50, (12,), generator=torch.Generator().manual_seed(i))}
+        for i in range(32)
+    ]
     for row in data:
         row["labels"] = row["input_ids"]
     probe = torch.stack([r["input_ids"] for r in data[:4]])
@@ -128,15 +148,26 @@ def test_callback_in_a_trainer_records_lr_and_attention_at_the_record_steps(tmp_
     jsonl = JsonlSink(tmp_path / "variance.jsonl")
     cb = AttentionProbeCallback(probe, [sink, jsonl, AttentionTensorBoardSink(writer)], every=3)
     lr, warmup, steps = 1e-2, 4, 7
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=4,
-                             learning_rate=lr, warmup_steps=warmup, lr_scheduler_type="linear", report_to=[],
-                             use_cpu=True, save_strategy="no", disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=steps,
+        per_device_train_batch_size=4,
+        learning_rate=lr,
+        warmup_steps=warmup,
+        lr_scheduler_type="linear",
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
     Trainer(model=model, args=args, train_dataset=data, callbacks=[cb]).train()
     steps_seen = [recs[0]["step"] for recs in sink.steps]
     assert steps_seen == [0, 3, 6, 7]
+
     # HF linear schedule with warmup, by hand: update s (1-based) uses the lr of scheduler step s-1
     def sched(i):
         return lr * (i / warmup if i < warmup else max(0.0, (steps - i) / (steps - warmup)))
+
     lrs = {recs[-1]["step"]: recs[-1]["learning_rate"] for recs in sink.steps}
     assert lrs == pytest.approx({0: sched(0), 3: sched(2), 6: sched(5), 7: sched(6)})
     # the last step's attention records are the model's attention on the probe batch, now
@@ -148,7 +179,11 @@ def test_callback_in_a_trainer_records_lr_and_attention_at_the_record_steps(tmp_
     assert set(table["statistic"]) == {"logit_std", "entropy", "learning_rate"}
     assert len(table[table["statistic"] == "logit_std"]) == 4 * 3 * 3
     tags = {t for t, _, _ in writer.scalars}
-    assert {"attn_logit_std/layer_00", "attn_entropy/layer_02", "attn_entropy_heads/layer_01_head_2",
-            "study/learning_rate"} <= tags
+    assert {
+        "attn_logit_std/layer_00",
+        "attn_entropy/layer_02",
+        "attn_entropy_heads/layer_01_head_2",
+        "study/learning_rate",
+    } <= tags
     mean0 = [v for t, v, s in writer.scalars if t == "attn_logit_std/layer_00" and s == 7][0]
     assert mean0 == pytest.approx(ref[0, :, 0].mean(), rel=1e-5)

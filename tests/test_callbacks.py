@@ -8,17 +8,26 @@ import pytest
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from hf_init.callbacks import QKVVarianceCallback, block_statistics, unwrap_model
-from hf_init.modeling import build_model
-from hf_init.sinks import JsonlSink, TensorBoardSink
+from hf_init.lm.modeling import build_model
+from hf_init.lm.recorders import QKVVarianceCallback, block_statistics, unwrap_model
+from hf_init.lm.sinks import JsonlSink, TensorBoardSink
 
 N_LAYER, D, VOCAB, T = 3, 24, 40, 12
 
 
 def tiny_model(seed=0):
     torch.manual_seed(seed)
-    model = build_model(init_scheme="gpt2", n_layer=N_LAYER, n_embd=D, n_head=2, vocab_size=VOCAB, n_positions=T,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = build_model(
+        init_scheme="gpt2",
+        n_layer=N_LAYER,
+        n_embd=D,
+        n_head=2,
+        vocab_size=VOCAB,
+        n_positions=T,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     with torch.no_grad():  # make Q, K and V differ in mean and scale so a wrong split shows
         for i, block in enumerate(model.transformer.h):
             w = block.attn.c_attn.weight
@@ -63,21 +72,46 @@ class Snapshots(TrainerCallback):
         self._take(state.global_step, model)
 
 
-def train(tmp_path, every, max_steps=7, tensorboard=False, lr=0.05, optim="sgd", logging_steps=100, dataset=None,
-          loss_type="ForCausalLM", **extra):
+def train(
+    tmp_path,
+    every,
+    max_steps=7,
+    tensorboard=False,
+    lr=0.05,
+    optim="sgd",
+    logging_steps=100,
+    dataset=None,
+    loss_type="ForCausalLM",
+    **extra,
+):
     model = tiny_model()
     model.loss_type = loss_type
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=max_steps, per_device_train_batch_size=4,
-                             learning_rate=lr, optim=optim, lr_scheduler_type="constant", max_grad_norm=0.0,
-                             logging_steps=logging_steps, save_strategy="no", report_to="none", use_cpu=True,
-                             disable_tqdm=True, dataloader_num_workers=0, seed=0, **extra)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=max_steps,
+        per_device_train_batch_size=4,
+        learning_rate=lr,
+        optim=optim,
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        logging_steps=logging_steps,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+        **extra,
+    )
     sinks = [JsonlSink(tmp_path / "variance.jsonl")]
     if tensorboard:
         from torch.utils.tensorboard import SummaryWriter
 
         sinks.append(TensorBoardSink(SummaryWriter(log_dir=str(tmp_path / "runs" / "variance"))))
     cb, snaps = QKVVarianceCallback(sinks, every=every), Snapshots()
-    trainer = Trainer(model=model, args=args, train_dataset=dataset or Blocks(), callbacks=[cb, snaps])
+    trainer = Trainer(
+        model=model, args=args, train_dataset=dataset or Blocks(), callbacks=[cb, snaps]
+    )
     trainer.train()
     return read_lines(tmp_path / "variance.jsonl"), snaps, trainer
 
@@ -88,7 +122,9 @@ def read_lines(path):
     out = {}
     for line in Path(path).read_text().splitlines():
         rec = json.loads(line)
-        row = out.setdefault((rec["step"], rec["layer"]), {"step": rec["step"], "layer": rec["layer"]})
+        row = out.setdefault(
+            (rec["step"], rec["layer"]), {"step": rec["step"], "layer": rec["layer"]}
+        )
         assert rec["role"] not in row, "duplicate (step, layer, role) line"
         row[rec["role"]] = {k: v for k, v in rec.items() if k not in ("step", "layer", "role")}
     return list(out.values())
@@ -100,7 +136,11 @@ def test_weight_variances_equal_manual_computation(tmp_path):
     for r in records:
         expected = manual_qkv(snaps.weights[r["step"]][r["layer"]])
         for name in "qkv":
-            assert r[name]["var"] == pytest.approx(expected[name], rel=1e-12), (r["step"], r["layer"], name)
+            assert r[name]["var"] == pytest.approx(expected[name], rel=1e-12), (
+                r["step"],
+                r["layer"],
+                name,
+            )
         w = snaps.weights[r["step"]][r["layer"]].double().numpy()
         assert r["q"]["mean"] == pytest.approx(w[:, :D].mean(), rel=1e-10, abs=1e-15)
         assert r["v"]["rms"] == pytest.approx(np.sqrt((w[:, 2 * D :] ** 2).mean()), rel=1e-12)
@@ -122,7 +162,12 @@ def test_gradient_variance_is_the_update_that_step_applied(tmp_path):
     for r in records:
         if r["step"] == 0:
             continue
-        g = ((snaps.weights[r["step"] - 1][r["layer"]] - snaps.weights[r["step"]][r["layer"]]).double() / lr).numpy()
+        g = (
+            (
+                snaps.weights[r["step"] - 1][r["layer"]] - snaps.weights[r["step"]][r["layer"]]
+            ).double()
+            / lr
+        ).numpy()
         for i, name in enumerate("qkv"):
             assert r[name]["grad_var"] == pytest.approx(np.var(g[:, i * D : (i + 1) * D]), rel=1e-4)
         checked += 1
@@ -137,15 +182,23 @@ def test_jsonl_has_one_line_per_recorded_step_and_layer(tmp_path):
 
 
 @pytest.mark.parametrize("loss_type, factor", [("ForCausalLM", 1.0), (None, (T - 1) / T)])
-def test_accumulated_gradient_is_the_mean_over_micro_batches_not_the_sum(tmp_path, loss_type, factor):
+def test_accumulated_gradient_is_the_mean_over_micro_batches_not_the_sum(
+    tmp_path, loss_type, factor
+):
     # One step of 2 micro-batches of 4 covers the whole 8-block set: whatever the order, the
     # gradient applied is that of the mean token loss over all 8 blocks (stock forward, by hand),
     # not the sum (which would give 4x the variance). Trap: a class named *LMHeadModel gets
     # loss_type None, and the Trainer then divides by all T labels per block instead of the T - 1
     # targets: the gradient is (T-1)/T of the mean's (SchemeGPT2LMHeadModel sets "ForCausalLM").
     data = Blocks(n=8)
-    records, _, _ = train(tmp_path, every=1, max_steps=1, dataset=data, gradient_accumulation_steps=2,
-                          loss_type=loss_type)
+    records, _, _ = train(
+        tmp_path,
+        every=1,
+        max_steps=1,
+        dataset=data,
+        gradient_accumulation_steps=2,
+        loss_type=loss_type,
+    )
     model = tiny_model()
     model(input_ids=data.ids, labels=data.ids).loss.backward()
     for r in (r for r in records if r["step"] == 1):
@@ -161,14 +214,18 @@ def test_default_interval_is_the_trainers_logging_interval(tmp_path, logging_ste
 
     k = math.ceil(logging_steps * max_steps) if logging_steps < 1 else logging_steps
     records, _, _ = train(tmp_path, every=None, max_steps=max_steps, logging_steps=logging_steps)
-    assert sorted({r["step"] for r in records}) == sorted({0, max_steps, *range(k, max_steps + 1, k)})
+    assert sorted({r["step"] for r in records}) == sorted(
+        {0, max_steps, *range(k, max_steps + 1, k)}
+    )
 
 
 def test_gradient_accumulation_steps_count_optimizer_steps(tmp_path):
     records, _, trainer = train(tmp_path, every=2, max_steps=4, gradient_accumulation_steps=2)
     assert trainer.state.global_step == 4
     assert sorted({r["step"] for r in records}) == [0, 2, 4]
-    assert all(r["k"]["grad_var"] is not None and r["k"]["grad_var"] > 0 for r in records if r["step"] > 0)
+    assert all(
+        r["k"]["grad_var"] is not None and r["k"]["grad_var"] > 0 for r in records if r["step"] > 0
+    )
 
 
 def test_tensorboard_events_hold_qkv_scalars_for_every_layer(tmp_path):
@@ -214,7 +271,9 @@ def test_wrapped_models_are_unwrapped():
         stats = block_statistics(wrapped)
         for layer, block in enumerate(model.transformer.h):
             expected = manual_qkv(block.attn.c_attn.weight)
-            assert stats[layer, :3, 1].tolist() == pytest.approx([expected[n] for n in "qkv"], rel=1e-12)
+            assert stats[layer, :3, 1].tolist() == pytest.approx(
+                [expected[n] for n in "qkv"], rel=1e-12
+            )
         mlp = model.transformer.h[1].mlp.c_fc.weight.detach().double().numpy()
         assert float(stats[1, 4, 1]) == pytest.approx(np.var(mlp), rel=1e-12)
 
@@ -230,7 +289,9 @@ def test_statistics_of_bf16_weights_are_exact_float64_moments():
     for layer, block in enumerate(model.transformer.h):
         w = block.attn.c_attn.weight.detach().double().numpy()  # bf16 values, exactly representable
         for i, name in enumerate("qkv"):
-            assert stats[layer, i, 1].item() == pytest.approx(np.var(w[:, i * D : (i + 1) * D]), rel=1e-12)
+            assert stats[layer, i, 1].item() == pytest.approx(
+                np.var(w[:, i * D : (i + 1) * D]), rel=1e-12
+            )
 
 
 def test_every_role_equals_float64_torch_var_of_the_whole_part():
@@ -242,8 +303,14 @@ def test_every_role_equals_float64_torch_var_of_the_whole_part():
     stats = block_statistics(model)
     for layer, block in enumerate(model.transformer.h):
         a = block.attn.c_attn.weight.detach().double()
-        parts = {"q": a[:, :D], "k": a[:, D:2 * D], "v": a[:, 2 * D:], "attn_proj": block.attn.c_proj.weight,
-                 "mlp_fc": block.mlp.c_fc.weight, "mlp_proj": block.mlp.c_proj.weight}
+        parts = {
+            "q": a[:, :D],
+            "k": a[:, D : 2 * D],
+            "v": a[:, 2 * D :],
+            "attn_proj": block.attn.c_proj.weight,
+            "mlp_fc": block.mlp.c_fc.weight,
+            "mlp_proj": block.mlp.c_proj.weight,
+        }
         for i, (role, w) in enumerate(parts.items()):
             w = w.detach().double()
             ref = torch.stack([w.mean(), torch.var(w, unbiased=False), w.pow(2).mean().sqrt()])
@@ -265,7 +332,7 @@ def test_missing_gradient_of_one_layer_is_nan_for_that_layer_only():
 def test_no_host_sync_until_the_record_is_read_once(monkeypatch):
     # block_statistics stays on the device (no .item()/.tolist()/.cpu() per tensor); the record of
     # a step reads weights and gradients to the host in one .tolist()
-    from hf_init.callbacks import variance_records
+    from hf_init.lm.recorders import variance_records
 
     model = tiny_model()
     ids = Blocks(n=2).ids
@@ -286,5 +353,6 @@ def test_no_host_sync_until_the_record_is_read_once(monkeypatch):
     monkeypatch.undo()
     assert len(records) == N_LAYER * 6
     q = model.transformer.h[0].attn.c_attn.weight.grad[:, :D].double()
-    assert records[0]["role"] == "q" and records[0]["grad_var"] == pytest.approx(torch.var(q, unbiased=False).item(),
-                                                                                rel=1e-12)
+    assert records[0]["role"] == "q" and records[0]["grad_var"] == pytest.approx(
+        torch.var(q, unbiased=False).item(), rel=1e-12
+    )

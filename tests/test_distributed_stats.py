@@ -1,4 +1,4 @@
-"""Exact sharded statistics (hf_init.distributed_stats) against unsharded float64 references
+"""Exact sharded statistics (hf_init.core.moments) against unsharded float64 references
 computed independently (torch.var(unbiased=False) / explicit two-pass on the whole tensor)."""
 
 from __future__ import annotations
@@ -10,8 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from hf_init.distributed_stats import (LocalPart, block_sums, moments_from_sums, sharded_block_moments,
-                                       sharded_block_sums, stacked_block_sums)
+from hf_init.core.moments import (
+    LocalPart,
+    block_sums,
+    moments_from_sums,
+    sharded_block_moments,
+    sharded_block_sums,
+    stacked_block_sums,
+)
 
 
 def reference_blocks(w: torch.Tensor, n_blocks: int) -> torch.Tensor:
@@ -20,8 +26,14 @@ def reference_blocks(w: torch.Tensor, n_blocks: int) -> torch.Tensor:
     c = x.shape[1] // n_blocks
     out = []
     for b in range(n_blocks):
-        blk = x[:, b * c:(b + 1) * c]
-        out.append([blk.mean().item(), torch.var(blk, unbiased=False).item(), blk.pow(2).mean().sqrt().item()])
+        blk = x[:, b * c : (b + 1) * c]
+        out.append(
+            [
+                blk.mean().item(),
+                torch.var(blk, unbiased=False).item(),
+                blk.pow(2).mean().sqrt().item(),
+            ]
+        )
     return torch.tensor(out, dtype=torch.float64)
 
 
@@ -48,16 +60,22 @@ def qkv():
     return w
 
 
-@pytest.mark.parametrize("bounds", [[0, 3, 6], [0, 4, 6], [0, 1, 1, 6], [0, 2, 3, 5, 6]],
-                         ids=["even", "uneven", "empty-shard", "four-uneven"])
+@pytest.mark.parametrize(
+    "bounds",
+    [[0, 3, 6], [0, 4, 6], [0, 1, 1, 6], [0, 2, 3, 5, 6]],
+    ids=["even", "uneven", "empty-shard", "four-uneven"],
+)
 def test_row_shards_equal_unsharded(qkv, bounds):
     # FSDP2 layout: shards of rows, every shard holds all of Q, K and V's columns.
     got = merged(parts_by_rows(qkv, bounds), 3)
     torch.testing.assert_close(got, reference_blocks(qkv, 3), rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.parametrize("bounds", [[0, 8, 15], [0, 7, 15], [0, 3, 12, 15], [0, 5, 10, 15], [0, 0, 15]],
-                         ids=["boundary-in-K", "boundary-in-K-2", "boundaries-in-Q-and-V", "aligned", "empty"])
+@pytest.mark.parametrize(
+    "bounds",
+    [[0, 8, 15], [0, 7, 15], [0, 3, 12, 15], [0, 5, 10, 15], [0, 0, 15]],
+    ids=["boundary-in-K", "boundary-in-K-2", "boundaries-in-Q-and-V", "aligned", "empty"],
+)
 def test_column_shards_cut_inside_a_block_equal_unsharded(qkv, bounds):
     got = merged(parts_by_cols(qkv, bounds), 3)
     torch.testing.assert_close(got, reference_blocks(qkv, 3), rtol=1e-12, atol=1e-15)
@@ -65,11 +83,16 @@ def test_column_shards_cut_inside_a_block_equal_unsharded(qkv, bounds):
 
 def test_2d_shards_and_counts(qkv):
     # A 2 x 2 grid of uneven (row, column) shards, column cut inside K; counts are exact.
-    parts = [LocalPart(qkv[r0:r1, c0:c1], tuple(qkv.shape), (r0, c0))
-             for r0, r1 in ((0, 4), (4, 6)) for c0, c1 in ((0, 7), (7, 15))]
+    parts = [
+        LocalPart(qkv[r0:r1, c0:c1], tuple(qkv.shape), (r0, c0))
+        for r0, r1 in ((0, 4), (4, 6))
+        for c0, c1 in ((0, 7), (7, 15))
+    ]
     sums = sum(block_sums(p, 3) for p in parts)
     assert sums[:, 0].tolist() == [30.0, 30.0, 30.0]
-    torch.testing.assert_close(moments_from_sums(sums), reference_blocks(qkv, 3), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(
+        moments_from_sums(sums), reference_blocks(qkv, 3), rtol=1e-12, atol=1e-15
+    )
 
 
 def test_stacked_parts_of_mixed_layouts_equal_numpy_sums(qkv):
@@ -77,19 +100,26 @@ def test_stacked_parts_of_mixed_layouts_equal_numpy_sums(qkv):
     # cut inside K, an uncounted replica and an empty shard; each row of the result is compared
     # with float64 numpy sums of that part's entries in each global block
     w2 = qkv * 2 - 0.1
-    parts = [LocalPart(qkv, (6, 15), (0, 0)), LocalPart(qkv[2:5], (6, 15), (2, 0)), LocalPart(w2, (6, 15), (0, 0)),
-             LocalPart(w2[:, 3:12], (6, 15), (0, 3)), LocalPart(qkv, (6, 15), (0, 0), counted=False),
-             LocalPart(qkv[:0], (6, 15), (6, 0))]
+    parts = [
+        LocalPart(qkv, (6, 15), (0, 0)),
+        LocalPart(qkv[2:5], (6, 15), (2, 0)),
+        LocalPart(w2, (6, 15), (0, 0)),
+        LocalPart(w2[:, 3:12], (6, 15), (0, 3)),
+        LocalPart(qkv, (6, 15), (0, 0), counted=False),
+        LocalPart(qkv[:0], (6, 15), (6, 0)),
+    ]
     got = stacked_block_sums(parts, 3)
     assert got.shape == (6, 3, 3) and got.dtype == torch.float64
     for i, part in enumerate(parts):
         full = np.full((6, 15), np.nan)
         r, c = part.offset
-        full[r:r + part.local.shape[0], c:c + part.local.shape[1]] = part.local.double().numpy()
+        full[r : r + part.local.shape[0], c : c + part.local.shape[1]] = part.local.double().numpy()
         for b in range(3):
-            x = full[:, b * 5:(b + 1) * 5]
+            x = full[:, b * 5 : (b + 1) * 5]
             x = x[~np.isnan(x)] if part.counted else np.zeros(0)
-            np.testing.assert_allclose(got[i, b].numpy(), [x.size, x.sum(), (x * x).sum()], rtol=1e-13, atol=1e-15)
+            np.testing.assert_allclose(
+                got[i, b].numpy(), [x.size, x.sum(), (x * x).sum()], rtol=1e-13, atol=1e-15
+            )
 
 
 def test_replica_adds_nothing(qkv):
@@ -121,7 +151,7 @@ def test_sum_of_squares_does_not_cancel_at_gpt2_scale(mean_over_std, dtype):
         x = w.to(torch.float64).numpy()
         c = shape[1] // n_blocks
         for b in range(n_blocks):
-            blk = x[:, b * c:(b + 1) * c]
+            blk = x[:, b * c : (b + 1) * c]
             ref_var = np.mean((blk - blk.mean()) ** 2)
             assert abs(got[b, 1].item() - ref_var) / ref_var < 1e-13
             assert abs(got[b, 0].item() - blk.mean()) <= 1e-13 * blk.std()
@@ -137,7 +167,9 @@ def _free_port():
 
 
 def _fsdp_worker(rank: int, world: int, port: int):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world)
+    )
     torch.set_num_threads(1)
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
@@ -149,12 +181,24 @@ def _fsdp_worker(rank: int, world: int, port: int):
     try:
         torch.manual_seed(0)
         # n_embd 30: c_attn is (30, 90), 15 rows per rank; mlp c_fc (30, 120).
-        model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=30, n_head=2, vocab_size=50, n_positions=8,
-                                           resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                n_layer=2,
+                n_embd=30,
+                n_head=2,
+                vocab_size=50,
+                n_positions=8,
+                resid_pdrop=0.0,
+                embd_pdrop=0.0,
+                attn_pdrop=0.0,
+            )
+        )
         ref_model = GPT2LMHeadModel(model.config)
         ref_model.load_state_dict(model.state_dict())  # unsharded copy made before sharding
         paths = (("attn.c_attn", 3), ("attn.c_proj", 1), ("mlp.c_fc", 1), ("mlp.c_proj", 1))
-        ids = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(1))  # same batch on both ranks
+        ids = torch.randint(
+            0, 50, (2, 8), generator=torch.Generator().manual_seed(1)
+        )  # same batch on both ranks
         ref_model(input_ids=ids, labels=ids).loss.backward()
 
         mesh = init_device_mesh("cpu", (world,))
@@ -165,11 +209,16 @@ def _fsdp_worker(rank: int, world: int, port: int):
 
         def kinds(m, grads):
             ws = [[b.get_submodule(p).weight for b in m.transformer.h] for p, _ in paths]
-            return [([w.grad if grads else w for w in ws_p], nb) for ws_p, (_, nb) in zip(ws, paths)]
+            return [
+                ([w.grad if grads else w for w in ws_p], nb) for ws_p, (_, nb) in zip(ws, paths)
+            ]
 
         for ts, _ in kinds(model, False) + kinds(model, True):
             for t in ts:
-                assert isinstance(t, DTensor) and t.placements == (Shard(0),), (type(t), getattr(t, "placements", None))
+                assert isinstance(t, DTensor) and t.placements == (Shard(0),), (
+                    type(t),
+                    getattr(t, "placements", None),
+                )
                 assert t.to_local().numel() < t.numel(), "parameter is not sharded"
 
         # No gather: full_tensor / redistribute / all_gather raise; all_reduce is counted.
@@ -183,10 +232,15 @@ def _fsdp_worker(rank: int, world: int, port: int):
         def forbidden(*a, **k):
             raise AssertionError("a gather was called")
 
-        saved = {(DTensor, "full_tensor"): DTensor.full_tensor, (DTensor, "redistribute"): DTensor.redistribute,
-                 **{(dist, n): getattr(dist, n) for n in ("all_gather", "all_gather_into_tensor",
-                                                          "all_gather_object", "broadcast")}}
-        for (owner, name) in saved:
+        saved = {
+            (DTensor, "full_tensor"): DTensor.full_tensor,
+            (DTensor, "redistribute"): DTensor.redistribute,
+            **{
+                (dist, n): getattr(dist, n)
+                for n in ("all_gather", "all_gather_into_tensor", "all_gather_object", "broadcast")
+            },
+        }
+        for owner, name in saved:
             setattr(owner, name, forbidden)
         dist.all_reduce = counting_all_reduce
         try:
@@ -194,7 +248,7 @@ def _fsdp_worker(rank: int, world: int, port: int):
             n_calls_w = len(calls)
             got_g = sharded_block_moments(kinds(model, True))
             # the callback's path: block_statistics on the sharded model, one all-reduce each
-            from hf_init.callbacks import block_statistics
+            from hf_init.lm.recorders import block_statistics
 
             cb_w, cb_g = block_statistics(model), block_statistics(model, grads=True)
         finally:
@@ -210,10 +264,13 @@ def _fsdp_worker(rank: int, world: int, port: int):
             col = 0
             for p, nb in paths:
                 w = b.get_submodule(p).weight
-                torch.testing.assert_close(got_w[layer, col:col + nb], reference_blocks(w, nb), rtol=1e-12, atol=1e-15)
+                torch.testing.assert_close(
+                    got_w[layer, col : col + nb], reference_blocks(w, nb), rtol=1e-12, atol=1e-15
+                )
                 # float32 backward in a different reduction order: float32 tolerance.
-                torch.testing.assert_close(got_g[layer, col:col + nb], reference_blocks(w.grad, nb),
-                                           rtol=1e-4, atol=1e-9)
+                torch.testing.assert_close(
+                    got_g[layer, col : col + nb], reference_blocks(w.grad, nb), rtol=1e-4, atol=1e-9
+                )
                 col += nb
 
         # Column shards with a boundary inside K (15 columns -> 8 | 7), and a replicated mesh dim.
@@ -223,12 +280,16 @@ def _fsdp_worker(rank: int, world: int, port: int):
         assert col_sharded.to_local().shape == ((6, 8) if rank == 0 else (6, 7))
         sums = sharded_block_sums([([col_sharded], 3)])
         assert sums[0, :, 0].tolist() == [30.0, 30.0, 30.0]
-        torch.testing.assert_close(moments_from_sums(sums)[0], reference_blocks(w, 3), rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(
+            moments_from_sums(sums)[0], reference_blocks(w, 3), rtol=1e-12, atol=1e-15
+        )
         mesh2 = init_device_mesh("cpu", (world, 1), mesh_dim_names=("rep", "shard"))
         replicated = distribute_tensor(w, mesh2, [Replicate(), Shard(0)])
         sums = sharded_block_sums([([replicated], 3)])
         assert sums[0, :, 0].tolist() == [30.0, 30.0, 30.0], "a replica was counted twice"
-        torch.testing.assert_close(moments_from_sums(sums)[0], reference_blocks(w, 3), rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(
+            moments_from_sums(sums)[0], reference_blocks(w, 3), rtol=1e-12, atol=1e-15
+        )
         # A plain (unsharded) tensor next to DTensors counts once, not once per rank.
         sums = sharded_block_sums([([col_sharded], 3), ([w], 1)])
         assert sums[0, :, 0].tolist() == [30.0, 30.0, 30.0, 90.0]
@@ -261,19 +322,25 @@ def test_layers_in_several_workspace_passes_equal_numpy(monkeypatch):
             blk = x[:, b, :]
             assert got[i, b, 0].item() == blk.size
             assert got[i, b, 1].item() == pytest.approx(blk.sum(), rel=1e-13)
-            assert got[i, b, 2].item() == pytest.approx((blk ** 2).sum(), rel=1e-13)
+            assert got[i, b, 2].item() == pytest.approx((blk**2).sum(), rel=1e-13)
     first = D.workspace("cpu", 10)
     assert D.workspace("cpu", 5).data_ptr() == first.data_ptr()  # reused, not made anew
 
 
 def test_row_variances_two_pass_equal_numpy_even_far_from_zero(monkeypatch):
     from hf_init import distributed_stats as D
-    from hf_init.stats import row_variances
+    from hf_init.core.moments import row_variances
 
     g = torch.Generator().manual_seed(4)
-    t = torch.randn(7, 5, 9, generator=g) * 0.01 + torch.tensor([0.0, 1.0, 1e3, -5.0, 0.0, 2.0, 1e4]).view(7, 1, 1)
+    t = torch.randn(7, 5, 9, generator=g) * 0.01 + torch.tensor(
+        [0.0, 1.0, 1e3, -5.0, 0.0, 2.0, 1e4]
+    ).view(7, 1, 1)
     ref = t.double().numpy().reshape(7, -1).var(axis=1)  # numpy: two-pass, divide by N
-    for elements in (10**6, 45, 1):  # all rows at once, one row per pass, and a workspace smaller than a row
+    for elements in (
+        10**6,
+        45,
+        1,
+    ):  # all rows at once, one row per pass, and a workspace smaller than a row
         monkeypatch.setattr(D, "WORKSPACE_ELEMENTS", elements)
         got = row_variances(t).numpy()
         np.testing.assert_allclose(got, ref, rtol=1e-10)

@@ -4,7 +4,6 @@ them, so a non-finite entry in one rank's shard stops both ranks at the same ste
 
 import socket
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -30,9 +29,9 @@ def _worker(rank, world, port, results):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
-        from hf_init.cli import RunStopped
-        from hf_init.modeling import build_model
-        from hf_init.run_callbacks import DivergenceStop
+        from hf_init.core.cli import RunStopped
+        from hf_init.lm.guards import DivergenceStop
+        from hf_init.lm.modeling import build_model
 
         assert dist.get_world_size() == 2
         torch.manual_seed(0)
@@ -63,5 +62,9 @@ def test_nan_in_one_ranks_shard_stops_both_ranks():
         results = manager.dict()
         mp.spawn(_worker, args=(2, _free_port(), results), nprocs=2, join=True)
         results = dict(results)
-    assert results[1].startswith("error: training diverged at step 7: non-finite gradient of layer 1 mlp.c_proj.weight")
-    assert results[0].startswith("error: training diverged at step 7: a non-finite gradient on another rank")
+    assert results[1].startswith(
+        "error: training diverged at step 7: non-finite gradient of layer 1 mlp.c_proj.weight"
+    )
+    assert results[0].startswith(
+        "error: training diverged at step 7: a non-finite gradient on another rank"
+    )

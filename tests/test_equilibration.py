@@ -2,7 +2,7 @@
 
 Expected values come from closed forms (saturating exponential, pure exponential growth), from
 scipy (spearmanr, linregress) or by hand, never from the module itself. Records go through the
-real writer and reader (hf_init.records)."""
+real writer and reader (hf_init.core.records)."""
 
 import math
 
@@ -12,7 +12,7 @@ import pytest
 from scipy import stats as sps
 
 from hf_init.analysis import equilibration as E
-from hf_init.records import make_record, read_records, write_records
+from hf_init.core.records import make_record, read_records, write_records
 
 STEPS = np.arange(0, 1001, 10)  # 101 records, T = 1000
 T = 1000.0
@@ -36,8 +36,10 @@ def run_frame(tmp_path, curves, scheme="s", seed=0, steps=STEPS, lr=None):
 
 
 def study(tmp_path, make_curves, seeds, scheme="s", steps=STEPS):
-    return pd.concat([run_frame(tmp_path, make_curves(seed), scheme, seed, steps) for seed in seeds],
-                     ignore_index=True)
+    return pd.concat(
+        [run_frame(tmp_path, make_curves(seed), scheme, seed, steps) for seed in seeds],
+        ignore_index=True,
+    )
 
 
 # ------------------------------------------------------------------ per-layer statistics
@@ -96,14 +98,18 @@ def test_never_equilibrated_is_nan(tmp_path):
     # exp(0.01 t): +10.5% per record, always more than 5% from the final level
     frame = run_frame(tmp_path, {("q", 0): 1e-4 * np.exp(0.01 * STEPS)})
     for smoothing in (1, 5):
-        assert math.isnan(E.equilibration_table(frame, smoothing=smoothing).iloc[0].equilibration_step)
+        assert math.isnan(
+            E.equilibration_table(frame, smoothing=smoothing).iloc[0].equilibration_step
+        )
 
 
 def test_early_growth_rate_is_the_exponential_rate(tmp_path):
     rates = {0: 3e-3, 1: 1e-3, 2: -2e-3}
     # after step 100 the curve goes flat: the rate is only seen inside the early window
     curves = {("q", l): 1e-3 * np.exp(r * np.minimum(STEPS, 100)) for l, r in rates.items()}
-    eq = E.equilibration_table(run_frame(tmp_path, curves))  # window 0.1 of [0, 1000] -> steps <= 100
+    eq = E.equilibration_table(
+        run_frame(tmp_path, curves)
+    )  # window 0.1 of [0, 1000] -> steps <= 100
     for l, r in rates.items():
         row = eq[eq.layer == l].iloc[0]
         assert row.early_growth_rate == pytest.approx(r, rel=1e-9)
@@ -123,7 +129,9 @@ def test_short_run_extends_the_window_to_three_records(tmp_path):
     v = 1e-3 * np.exp(np.array([0.0, 0.1, 0.3, 0.35]))
     eq = E.equilibration_table(run_frame(tmp_path, {("q", 0): v}, steps=steps))
     assert eq.iloc[0].early_records == 3 and eq.iloc[0].early_window_end == 20
-    assert eq.iloc[0].early_growth_rate == pytest.approx(sps.linregress([0, 10, 20], np.log(v[:3])).slope)
+    assert eq.iloc[0].early_growth_rate == pytest.approx(
+        sps.linregress([0, 10, 20], np.log(v[:3])).slope
+    )
 
 
 def test_learning_rate_at_equilibration(tmp_path):
@@ -145,11 +153,12 @@ def test_spread_by_hand(tmp_path):
     curves = {("q", l): np.exp(np.array(x)) for l, x in logs.items()}
     sp = E.spread_table(run_frame(tmp_path, curves, steps=steps)).sort_values("step")
     assert list(sp.n_layers) == [3, 3, 3]
-    assert sp.max_min_ratio.to_numpy() == pytest.approx([1.0, math.e ** 2, math.e ** 0.4])
+    assert sp.max_min_ratio.to_numpy() == pytest.approx([1.0, math.e**2, math.e**0.4])
     assert sp.log_std.to_numpy() == pytest.approx([0.0, math.sqrt(2 / 3), 0.2 * math.sqrt(2 / 3)])
 
 
 # ------------------------------------------------------------------ pooled tests
+
 
 def test_sign_flip_test_by_hand():
     t = E.sign_flip_test([-0.5, 0.1])  # means over sign flips: -0.3, -0.2, 0.2, 0.3; observed -0.2
@@ -174,9 +183,14 @@ def test_spearman_per_seed_is_scipys(tmp_path):
 
 def growth_curves(sign):
     """Layer l grows at rate (1 + sign * l) e-3 / step (+ a per-seed wiggle that keeps the order)."""
+
     def make(seed):
-        return {(p, l): 1e-3 * np.exp((1 + sign * 0.2 * l + 0.01 * seed) * 1e-3 * STEPS)
-                for p in E.PROJECTIONS for l in range(4)}
+        return {
+            (p, l): 1e-3 * np.exp((1 + sign * 0.2 * l + 0.01 * seed) * 1e-3 * STEPS)
+            for p in E.PROJECTIONS
+            for l in range(4)
+        }
+
     return make
 
 
@@ -202,11 +216,16 @@ def test_claim_a_supported_contradicted_and_not_supported(tmp_path):
 
 def test_claim_b_deep_equilibrate_later(tmp_path):
     def later(seed):
-        return {(p, l): saturating(STEPS, 4e-4, 1e-3, tau * (1 + 0.02 * seed))
-                for p in E.PROJECTIONS for l, tau in TAUS.items()}
+        return {
+            (p, l): saturating(STEPS, 4e-4, 1e-3, tau * (1 + 0.02 * seed))
+            for p in E.PROJECTIONS
+            for l, tau in TAUS.items()
+        }
 
     def earlier(seed):
-        return {(p, l): saturating(STEPS, 4e-4, 1e-3, TAUS[3 - l]) for p in E.PROJECTIONS for l in TAUS}
+        return {
+            (p, l): saturating(STEPS, 4e-4, 1e-3, TAUS[3 - l]) for p in E.PROJECTIONS for l in TAUS
+        }
 
     v, seeds = E.check_claims(study(tmp_path, later, range(5)))
     row = verdict(v, "deep_equilibrate_later", "k")
@@ -233,11 +252,17 @@ def test_claim_c_spread_ratio_by_hand(tmp_path):
     middle = {0: [0, 0, 0, 0], 1: [0, 1, 0.8, 0.7], 2: [0, 2, 1.6, 1.4]}
 
     def make(logs):
-        return lambda seed: {(p, l): np.exp(np.array(x) * (1 + 0.1 * seed)) for p in E.PROJECTIONS
-                             for l, x in logs.items()}
+        return lambda seed: {
+            (p, l): np.exp(np.array(x) * (1 + 0.1 * seed))
+            for p in E.PROJECTIONS
+            for l, x in logs.items()
+        }
 
-    for logs, ratio, want in ((narrow, 0.2, "supported"), (widening, 1.0, "contradicted"),
-                              (middle, 0.7, "not supported")):
+    for logs, ratio, want in (
+        (narrow, 0.2, "supported"),
+        (widening, 1.0, "contradicted"),
+        (middle, 0.7, "not supported"),
+    ):
         v, seeds = E.check_claims(study(tmp_path, make(logs), range(3), steps=steps))
         c = seeds[(seeds.claim == "narrower_band_at_end") & (seeds.projection == "v")]
         assert c.statistic.to_numpy() == pytest.approx([ratio] * 3)
@@ -253,14 +278,23 @@ def test_claim_c_needs_a_spread_wider_than_the_tolerance(tmp_path):
     logs = {0: [0, 0, 0, 0], 1: [0, 0.02, 0.04, 0.05], 2: [0, 0.04, 0.08, 0.1]}
 
     def make(seed):
-        return {(p, l): np.exp(np.array(x) * (1 + 0.1 * seed)) for p in E.PROJECTIONS for l, x in logs.items()}
+        return {
+            (p, l): np.exp(np.array(x) * (1 + 0.1 * seed))
+            for p in E.PROJECTIONS
+            for l, x in logs.items()
+        }
 
     v, seeds = E.check_claims(study(tmp_path, make, range(3), steps=steps))
     c = seeds[(seeds.claim == "narrower_band_at_end") & (seeds.projection == "q")]
-    assert c.max_spread.to_numpy() == pytest.approx(0.05 * math.sqrt(2 / 3) * np.array([1, 1.1, 1.2]))
+    assert c.max_spread.to_numpy() == pytest.approx(
+        0.05 * math.sqrt(2 / 3) * np.array([1, 1.1, 1.2])
+    )
     row = verdict(v, "narrower_band_at_end")
-    assert (row.verdict, row.verdict_half, row.verdict_double) == ("not supported", "contradicted",
-                                                                   "not supported")
+    assert (row.verdict, row.verdict_half, row.verdict_double) == (
+        "not supported",
+        "contradicted",
+        "not supported",
+    )
     assert not row.stable and "NOT stable" in row.sentence
 
 
@@ -268,9 +302,15 @@ def test_verdict_unstable_when_the_early_window_matters(tmp_path):
     # log v = a_l min(t, 50) + b_l max(t - 50, 0): shallow faster before step 50 (a decreasing in l),
     # deep faster after (b increasing). Window 0.05 sees only a; window 0.2 mostly b.
     def make(seed):
-        return {(p, l): 1e-3 * np.exp(0.002 * (4 - l) * np.minimum(STEPS, 50)
-                                      + 0.002 * (1 + l + 0.01 * seed) * np.maximum(STEPS - 50, 0))
-                for p in E.PROJECTIONS for l in range(4)}
+        return {
+            (p, l): 1e-3
+            * np.exp(
+                0.002 * (4 - l) * np.minimum(STEPS, 50)
+                + 0.002 * (1 + l + 0.01 * seed) * np.maximum(STEPS - 50, 0)
+            )
+            for p in E.PROJECTIONS
+            for l in range(4)
+        }
 
     v, _ = E.check_claims(study(tmp_path, make, range(5)))
     row = verdict(v, "shallow_grow_faster")
@@ -279,8 +319,13 @@ def test_verdict_unstable_when_the_early_window_matters(tmp_path):
 
 
 def test_groups_by_scheme(tmp_path):
-    frame = pd.concat([study(tmp_path, growth_curves(-1), range(5), scheme="a"),
-                       study(tmp_path, growth_curves(+1), range(5), scheme="b")], ignore_index=True)
+    frame = pd.concat(
+        [
+            study(tmp_path, growth_curves(-1), range(5), scheme="a"),
+            study(tmp_path, growth_curves(+1), range(5), scheme="b"),
+        ],
+        ignore_index=True,
+    )
     v, _ = E.check_claims(frame)
     a = v[(v.scheme == "a") & (v.claim == "shallow_grow_faster")]
     b = v[(v.scheme == "b") & (v.claim == "shallow_grow_faster")]
@@ -299,7 +344,8 @@ def test_centered_median_is_pandas_rolling_inside_and_symmetric_at_the_ends():
     want = pd.Series(x).rolling(5, center=True).median().to_numpy()
     assert got[2:-2] == pytest.approx(want[2:-2])
     assert [got[0], got[1], got[-2], got[-1]] == pytest.approx(
-        [x[0], np.median(x[:3]), np.median(x[-3:]), x[-1]])
+        [x[0], np.median(x[:3]), np.median(x[-3:]), x[-1]]
+    )
 
 
 def test_a_table_without_qkv_variances_is_one_clear_error(tmp_path):
@@ -311,7 +357,9 @@ def test_a_table_without_qkv_variances_is_one_clear_error(tmp_path):
 def test_real_pretraining_records_run_through(tmp_path):
     """The saved records of the default pretraining config (4 records, steps 0-6): every layer
     moved by far less than the tolerance, so each is within it from the first record on."""
-    frame = read_records("tests/fixtures/behaviour_kept/pretrain_variance.jsonl", scheme="gpt2", seed=0)
+    frame = read_records(
+        "tests/fixtures/behaviour_kept/pretrain_variance.jsonl", scheme="gpt2", seed=0
+    )
     eq = E.equilibration_table(frame)
     assert len(eq) == 3 * 12 and (eq.relative_change.abs() < E.TOLERANCE / 10).all()
     assert (eq.equilibration_step == 0).all() and not eq.left_band.any()
@@ -325,12 +373,15 @@ def test_a_repeated_step_counts_once_with_the_last_value(tmp_path):
     once = run_frame(tmp_path, {("q", 0): v})
     twice = pd.concat([run_frame(tmp_path, {("q", 0): v * 3}), once], ignore_index=True)
     a, b = E.equilibration_table(once, smoothing=1), E.equilibration_table(twice, smoothing=1)
-    assert b.iloc[0].final_level == pytest.approx(v[-1]) and b.iloc[0].equilibration_step == \
-        a.iloc[0].equilibration_step == expected_eq_step(4e-4, 1e-3, 80.0, E.TOLERANCE, v[-1])
+    assert b.iloc[0].final_level == pytest.approx(v[-1]) and b.iloc[0].equilibration_step == a.iloc[
+        0
+    ].equilibration_step == expected_eq_step(4e-4, 1e-3, 80.0, E.TOLERANCE, v[-1])
 
 
 def test_claims_markdown_states_the_parameters(tmp_path):
-    v, _ = E.check_claims(study(tmp_path, growth_curves(-1), range(2)), early_window=0.2, tolerance=0.1)
+    v, _ = E.check_claims(
+        study(tmp_path, growth_curves(-1), range(2)), early_window=0.2, tolerance=0.1
+    )
     text = E.claims_markdown(v, early_window=0.2, tolerance=0.1)
     assert "first 0.2 of each run" in text and "tolerance: 0.1" in text
     assert text.count("\n- ") == len(v) == 9 and "| scheme | projection | claim |" in text

@@ -1,7 +1,7 @@
 """One figure per study, read back: the PNG the script wrote (size, not blank), and the same
 figure drawn again from the script's own output files with Figure.savefig intercepted, so the
 panels and lines matplotlib holds can be counted and their data compared with numbers computed
-here from results.csv and the record files (parsed with json, not hf_init.records)."""
+here from results.csv and the record files (parsed with json, not hf_init.core.records)."""
 
 import csv
 import json
@@ -63,10 +63,12 @@ def _num(v):
 
 
 def test_pretrain_variance_figure(pretrain_out, captured, tmp_path):
-    from hf_init.plots.pretrain import plot_run
+    from hf_init.lm.plots import plot_run
 
     _png(pretrain_out / "figures" / "qkv_variance_vs_step.png", 15, 4.2)
-    records = [json.loads(line) for line in (pretrain_out / "variance.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (pretrain_out / "variance.jsonl").read_text().splitlines()
+    ]
     plot_run(pretrain_out / "variance.jsonl", tmp_path)
     fig = captured[0]
     panels = _panels(fig)
@@ -74,7 +76,9 @@ def test_pretrain_variance_figure(pretrain_out, captured, tmp_path):
     for ax, key in zip(panels, ("q", "k", "v")):
         assert len(ax.lines) == 2  # one per layer
         for layer, line in enumerate(ax.lines):
-            mine = sorted((r["step"], r["var"]) for r in records if r["layer"] == layer and r["role"] == key)
+            mine = sorted(
+                (r["step"], r["var"]) for r in records if r["layer"] == layer and r["role"] == key
+            )
             assert list(line.get_xdata()) == [s for s, _ in mine] == [0, 5, 10]
             assert np.allclose(line.get_ydata(), [v for _, v in mine], rtol=1e-12)
 
@@ -83,27 +87,39 @@ def test_pretrain_variance_figure(pretrain_out, captured, tmp_path):
 
 
 def test_sweep_metrics_figure(sweep_out, captured, tmp_path):
-    from hf_init.plots.mlp import sweep_metrics
+    from hf_init.mlp.plots import sweep_metrics
 
     _png(sweep_out / "sweep_metrics.png", 15, 4.2)
-    rows = [{k: (int(v) if k in ("depth", "seed", "diverged_step") else _num(v)) for k, v in r.items()}
-            for r in _rows(sweep_out / "results.csv")]
+    rows = [
+        {k: (int(v) if k in ("depth", "seed", "diverged_step") else _num(v)) for k, v in r.items()}
+        for r in _rows(sweep_out / "results.csv")
+    ]
     summary = json.loads((sweep_out / "summary.json").read_text())["bands"]
     sweep_metrics(rows, summary, tmp_path / "s.png")
     axes = [ax for ax in captured[0].axes if ax.get_visible()]
     assert len(axes) == 3
     for ax, key in zip(axes, ("final_train_loss", "final_test_loss", "final_test_acc")):
-        curves = [line for line in ax.lines if len(line.get_xdata()) > 2]  # not the axvline of a diverged std
+        curves = [
+            line for line in ax.lines if len(line.get_xdata()) > 2
+        ]  # not the axvline of a diverged std
         assert len(curves) == 2  # one per depth
         for depth, line in zip((1, 3), curves):
             assert list(line.get_xdata()) == [1e-4, 0.1, 50.0]
             want = []
             for std in (1e-4, 0.1, 50.0):
-                vals = [r[key] for r in rows if r["depth"] == depth and r["std"] == std and math.isfinite(r[key])]
+                vals = [
+                    r[key]
+                    for r in rows
+                    if r["depth"] == depth and r["std"] == std and math.isfinite(r[key])
+                ]
                 want.append(np.mean(vals) if vals else np.nan)
             assert np.allclose(line.get_ydata(), want, rtol=1e-12, equal_nan=True)
         # depth 3 at std 50 diverged on every seed: one red bar at 50
-        bars = [line for line in ax.lines if len(line.get_xdata()) == 2 and line.get_xdata()[0] == line.get_xdata()[1]]
+        bars = [
+            line
+            for line in ax.lines
+            if len(line.get_xdata()) == 2 and line.get_xdata()[0] == line.get_xdata()[1]
+        ]
         assert [b.get_xdata()[0] for b in bars] == [50.0]
 
 
@@ -111,20 +127,25 @@ def test_sweep_metrics_figure(sweep_out, captured, tmp_path):
 
 
 def test_compare_curves_figure(compare_out, captured, tmp_path):
-    from hf_init.plots.mlp import compare_curves
-    from hf_init.records import read_records
+    from hf_init.core.records import read_records
+    from hf_init.mlp.plots import compare_curves
 
     _png(compare_out / "compare_curves.png", 12, 4.2)
     # the loss records, read here with json (layer and role null: whole-model statistics)
-    curves = [r for r in map(json.loads, (compare_out / "records.jsonl").read_text().splitlines())
-              if r["layer"] is None and r["role"] is None]
+    curves = [
+        r
+        for r in map(json.loads, (compare_out / "records.jsonl").read_text().splitlines())
+        if r["layer"] is None and r["role"] is None
+    ]
     target = json.loads((compare_out / "summary.json").read_text())["target_loss"]
     compare_curves(read_records(compare_out / "records.jsonl"), target, tmp_path / "c.png")
     panels = _panels(captured[0])
     assert [ax.get_title() for ax in panels] == ["relu", "tanh"]
     for ax in panels:
         act = ax.get_title()
-        schemes = [line for line in ax.lines if line.get_label() in ("kaiming_normal", "xavier_normal")]
+        schemes = [
+            line for line in ax.lines if line.get_label() in ("kaiming_normal", "xavier_normal")
+        ]
         assert [line.get_label() for line in schemes] == ["kaiming_normal", "xavier_normal"]
         target_lines = [line for line in ax.lines if line.get_label().startswith("target")]
         assert len(target_lines) == 1 and target_lines[0].get_ydata()[0] == pytest.approx(target)
@@ -140,23 +161,36 @@ def test_compare_curves_figure(compare_out, captured, tmp_path):
 
 
 def test_theory_mlp_forward_figure(theory_out, captured, tmp_path):
-    from hf_init.plots.theory import plot_mlp
+    from hf_init.theory.plots import plot_mlp
 
     _png(theory_out / "mlp_forward.png", 2 * 4.6, 3.6)
-    from hf_init.analysis.theory_check import read_check_rows
+    from hf_init.theory.check import read_check_rows
 
     # the records, read here with json; the figure is drawn from read_check_rows as the script does
-    rows = [r for r in map(json.loads, (theory_out / "theory_check.jsonl").read_text().splitlines())
-            if r["network"].startswith("mlp-")]
+    rows = [
+        r
+        for r in map(json.loads, (theory_out / "theory_check.jsonl").read_text().splitlines())
+        if r["network"].startswith("mlp-")
+    ]
     plot_mlp(read_check_rows(theory_out / "theory_check.jsonl"), "forward", tmp_path / "f.png")
     panels = _panels(captured[0])
     assert [ax.get_title() for ax in panels] == ["relu", "tanh"]
     for ax in panels:
-        theory_lines = [line for line in ax.lines if line.get_linestyle() == "-" and line.get_marker() in ("None", "")
-                        and len(line.get_xdata()) == 3]
+        theory_lines = [
+            line
+            for line in ax.lines
+            if line.get_linestyle() == "-"
+            and line.get_marker() in ("None", "")
+            and len(line.get_xdata()) == 3
+        ]
         assert len(theory_lines) == 2  # one per std multiple
         for mult, line in zip(("0.7", "1.0"), theory_lines):
-            sel = [r for r in rows if r["activation"] == ax.get_title() and r["quantity"] == "forward"
-                   and float(r["std_multiple"]) == float(mult)]
+            sel = [
+                r
+                for r in rows
+                if r["activation"] == ax.get_title()
+                and r["quantity"] == "forward"
+                and float(r["std_multiple"]) == float(mult)
+            ]
             assert list(line.get_xdata()) == [1, 2, 3]
             assert np.allclose(line.get_ydata(), [float(r["predicted"]) for r in sel], rtol=1e-12)

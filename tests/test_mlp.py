@@ -3,15 +3,14 @@
 import math
 
 import numpy as np
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_init.data.tabular import TabularData
+from hf_init.mlp.data import TabularData
 from hf_init.mlp.model import Ensemble, MLPShape, build_mlp, ensemble_weights, standard_normal_draws
 from hf_init.mlp.training import TrainConfig, minibatch_order, train_ensemble
-from hf_init.theory import scheme_weight_stds
+from hf_init.theory.recursions import scheme_weight_stds
 
 
 def _random_ensemble(shape, m=3, seed=0, bias=True):
@@ -41,7 +40,9 @@ def test_member_forward_loss_grad_equal_sequential(activation):
     x = torch.randn(11, 5)
     y = torch.randint(0, 4, (11,))
     logits = ens(x)
-    losses = F.cross_entropy(logits.reshape(-1, 4), y.repeat(3), reduction="none").view(3, 11).mean(1)
+    losses = (
+        F.cross_entropy(logits.reshape(-1, 4), y.repeat(3), reduction="none").view(3, 11).mean(1)
+    )
     losses.sum().backward()
     for m in range(3):
         seq = _sequential(shape, ens, m)
@@ -52,12 +53,23 @@ def test_member_forward_loss_grad_equal_sequential(activation):
         ref_loss.backward()
         linears = [mod for mod in seq if isinstance(mod, torch.nn.Linear)]
         for l, lin in enumerate(linears):
-            torch.testing.assert_close(ens.weights[l].grad[m], lin.weight.grad, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(
+                ens.weights[l].grad[m], lin.weight.grad, rtol=1e-4, atol=1e-6
+            )
             torch.testing.assert_close(ens.biases[l].grad[m], lin.bias.grad, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("optimizer,activation", [("sgd", "relu"), ("adam", "relu"), ("sgd", "tanh"), ("sgd", "gelu"),
-                                                  ("sgd", "gelu_tanh"), ("adam", "linear")])
+@pytest.mark.parametrize(
+    "optimizer,activation",
+    [
+        ("sgd", "relu"),
+        ("adam", "relu"),
+        ("sgd", "tanh"),
+        ("sgd", "gelu"),
+        ("sgd", "gelu_tanh"),
+        ("adam", "linear"),
+    ],
+)
 def test_member_trained_in_ensemble_equals_trained_alone(optimizer, activation):
     """Stacked elementwise optimizer == per-member optimizer, and the ensemble's written-out
     backward == autograd through nn.Sequential, for every activation: a few steps, same minibatches."""
@@ -65,20 +77,34 @@ def test_member_trained_in_ensemble_equals_trained_alone(optimizer, activation):
     data = _toy_data()
     ens = _random_ensemble(shape, m=4, seed=1)
     alone = [_sequential(shape, ens, m) for m in range(4)]
-    cfg = TrainConfig(optimizer=optimizer, lr=0.05 if optimizer == "sgd" else 0.01, epochs=2, batch_size=16,
-                      data_seed=3, record_every=100, probe_size=16)
+    cfg = TrainConfig(
+        optimizer=optimizer,
+        lr=0.05 if optimizer == "sgd" else 0.01,
+        epochs=2,
+        batch_size=16,
+        data_seed=3,
+        record_every=100,
+        probe_size=16,
+    )
     train_ensemble(ens, data, cfg, progress=False)
     for m, seq in enumerate(alone):
-        opt = (torch.optim.SGD(seq.parameters(), lr=0.05, momentum=0.9) if optimizer == "sgd"
-               else torch.optim.Adam(seq.parameters(), lr=0.01))
+        opt = (
+            torch.optim.SGD(seq.parameters(), lr=0.05, momentum=0.9)
+            if optimizer == "sgd"
+            else torch.optim.Adam(seq.parameters(), lr=0.01)
+        )
         for idx in minibatch_order(len(data.y_train), 16, 2, 3):
             opt.zero_grad()
             F.cross_entropy(seq(data.x_train[idx]), data.y_train[idx]).backward()
             opt.step()
         linears = [mod for mod in seq if isinstance(mod, torch.nn.Linear)]
         for l, lin in enumerate(linears):
-            torch.testing.assert_close(ens.weights[l][m].detach(), lin.weight.detach(), rtol=1e-4, atol=1e-5)
-            torch.testing.assert_close(ens.biases[l][m].detach(), lin.bias.detach(), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(
+                ens.weights[l][m].detach(), lin.weight.detach(), rtol=1e-4, atol=1e-5
+            )
+            torch.testing.assert_close(
+                ens.biases[l][m].detach(), lin.bias.detach(), rtol=1e-4, atol=1e-5
+            )
 
 
 def test_minibatch_order_is_a_permutation_per_epoch():
@@ -92,7 +118,9 @@ def test_diverged_member_is_frozen_and_others_unaffected():
     shape = MLPShape(5, 8, 3, 3)
     data = _toy_data()
     draws = standard_normal_draws(shape, [0])
-    cfg = TrainConfig(optimizer="sgd", lr=0.1, epochs=3, batch_size=8, record_every=2, probe_size=16)
+    cfg = TrainConfig(
+        optimizer="sgd", lr=0.1, epochs=3, batch_size=8, record_every=2, probe_size=16
+    )
     # member 1 starts with std 1e4: its loss overflows or its gradient does within a few steps
     both = Ensemble(shape, ensemble_weights(draws, [0, 0], [[0.3] * 4, [1e4] * 4]))
     rec = train_ensemble(both, data, cfg, progress=False)
@@ -114,9 +142,13 @@ def test_diverged_member_weights_stop_changing():
     data = _toy_data()
     draws = standard_normal_draws(shape, [0])
 
-    def train(epochs):  # full batch: one step per epoch, so `epochs` steps are a prefix of longer runs
+    def train(
+        epochs,
+    ):  # full batch: one step per epoch, so `epochs` steps are a prefix of longer runs
         ens = Ensemble(shape, ensemble_weights(draws, [0, 0], [[0.3] * 4, [100.0] * 4]))
-        cfg = TrainConfig(optimizer="sgd", lr=0.1, epochs=epochs, batch_size=40, record_every=50, probe_size=16)
+        cfg = TrainConfig(
+            optimizer="sgd", lr=0.1, epochs=epochs, batch_size=40, record_every=50, probe_size=16
+        )
         return ens, train_ensemble(ens, data, cfg, progress=False)
 
     long_runs = {}
@@ -124,7 +156,11 @@ def test_diverged_member_weights_stop_changing():
         ens, rec = train(epochs)
         s = int(rec.diverged_step[1])
         assert rec.diverged_step[0] == -1 and 1 <= s < 12  # diverges after a few momentum updates
-        long_runs[epochs] = (s, [w[1].detach().clone() for w in ens.weights] + [b[1].detach().clone() for b in ens.biases])
+        long_runs[epochs] = (
+            s,
+            [w[1].detach().clone() for w in ens.weights]
+            + [b[1].detach().clone() for b in ens.biases],
+        )
     assert long_runs[12][0] == long_runs[20][0]
     s = long_runs[12][0]
     before, rec = train(s)  # stops just before the non-finite step
@@ -155,13 +191,21 @@ def test_layer_statistics_match_manual_population_variance():
     F.cross_entropy(h, y).backward()
     for l, z in enumerate(pre):
         zz = z.detach().double().flatten()
-        assert rec.preact_var[0, 1, l] == pytest.approx(((zz - zz.mean()) ** 2).mean().item(), rel=1e-5)
+        assert rec.preact_var[0, 1, l] == pytest.approx(
+            ((zz - zz.mean()) ** 2).mean().item(), rel=1e-5
+        )
         post = torch.relu(z.detach()) if l < shape.depth else z.detach()
-        assert rec.act_var[0, 1, l] == pytest.approx(post.double().var(unbiased=False).item(), rel=1e-5)
-        assert rec.grad_preact_var[0, 1, l] == pytest.approx(z.grad.double().var(unbiased=False).item(), rel=1e-4)
+        assert rec.act_var[0, 1, l] == pytest.approx(
+            post.double().var(unbiased=False).item(), rel=1e-5
+        )
+        assert rec.grad_preact_var[0, 1, l] == pytest.approx(
+            z.grad.double().var(unbiased=False).item(), rel=1e-4
+        )
     linears = [mod for mod in seq if isinstance(mod, torch.nn.Linear)]
     for l, lin in enumerate(linears):
-        assert rec.grad_weight_var[0, 1, l] == pytest.approx(lin.weight.grad.double().var(unbiased=False).item(), rel=1e-4)
+        assert rec.grad_weight_var[0, 1, l] == pytest.approx(
+            lin.weight.grad.double().var(unbiased=False).item(), rel=1e-4
+        )
 
 
 def test_shared_draw_rescaled_by_scheme_std():
@@ -193,8 +237,12 @@ def test_every_member_diverging_ends_cleanly():
     data = _toy_data()
     draws = standard_normal_draws(shape, [0, 1])
     ens = Ensemble(shape, ensemble_weights(draws, [0, 1], [[1e4] * 4, [1e4] * 4]))
-    rec = train_ensemble(ens, data, TrainConfig(lr=0.1, epochs=3, batch_size=8, record_every=4, probe_size=16),
-                         progress=False)
+    rec = train_ensemble(
+        ens,
+        data,
+        TrainConfig(lr=0.1, epochs=3, batch_size=8, record_every=4, probe_size=16),
+        progress=False,
+    )
     assert (rec.diverged_step >= 0).all()
     assert np.isnan(rec.test_loss[-1]).all() and np.isnan(rec.act_var[-1]).all()
     assert np.isfinite(rec.train_loss[0]).all()  # measured at init, before anything diverged
@@ -224,15 +272,17 @@ def test_compaction_keeps_optimizer_state(optimizer):
     for idx in batches[4:]:
         step(full, opt, idx)
         step(part, part_opt, idx)
-    for wf, wp in zip(list(full.weights) + list(full.biases), list(part.weights) + list(part.biases)):
+    for wf, wp in zip(
+        list(full.weights) + list(full.biases), list(part.weights) + list(part.biases)
+    ):
         torch.testing.assert_close(wf[keep].detach(), wp.detach(), rtol=1e-5, atol=1e-6)
 
 
 def test_torch_activations_are_the_theory_activations():
     """One activation table: every activation the theory supports runs in the ensemble, and the
-    torch function is the theory's formula (numpy, hf_init.theory.phi)."""
+    torch function is the theory's formula (numpy, hf_init.theory.recursions.phi)."""
     from hf_init.mlp.model import TORCH_ACTIVATIONS
-    from hf_init.theory import ACTIVATIONS, phi
+    from hf_init.theory.recursions import ACTIVATIONS, phi
 
     assert tuple(TORCH_ACTIVATIONS) == ACTIVATIONS
     z = np.linspace(-4, 4, 81)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from hf_init.analysis.mlp import (
+from hf_init.mlp.analysis import (
     classify_regime,
     compare_summary,
     curve_area,
@@ -22,7 +22,14 @@ LN10 = math.log(10)
 
 
 def regime(**kw):
-    base = dict(diverged_step=-1, initial_loss=LN10, final_loss=0.1, gain=1.0, grad_std_init=1e-2, n_classes=10)
+    base = dict(
+        diverged_step=-1,
+        initial_loss=LN10,
+        final_loss=0.1,
+        gain=1.0,
+        grad_std_init=1e-2,
+        n_classes=10,
+    )
     base.update(kw)
     return classify_regime(**base)
 
@@ -54,8 +61,13 @@ def test_gain_per_layer_is_the_geometric_mean_ratio():
 
 def test_stable_band_longest_majority_run():
     stds = [1e-3, 1e-2, 1e-1, 1.0, 10.0]
-    regs = [["vanishing"] * 3, ["stable", "stable", "vanishing"], ["stable"] * 3, ["stable", "diverged", "diverged"],
-            ["stable"] * 3]
+    regs = [
+        ["vanishing"] * 3,
+        ["stable", "stable", "vanishing"],
+        ["stable"] * 3,
+        ["stable", "diverged", "diverged"],
+        ["stable"] * 3,
+    ]
     band = stable_band(stds, regs)
     assert (band["lo"], band["hi"]) == (1e-2, 1e-1)
     assert band["stable_stds"] == [1e-2, 1e-1, 10.0]
@@ -115,17 +127,39 @@ def test_compare_summary_verdicts():
     rows = []
     for seed in range(6):
         for scheme, steps in (("k", 10 + seed), ("x", 20 + seed)):
-            rows.append({"activation": "relu", "scheme": scheme, "seed": seed, "steps_to_target": steps,
-                         "reached_target": True, "loss_auc": steps / 100, "final_test_loss": 0.1,
-                         "final_test_acc": 0.9, "diverged_step": -1})
+            rows.append(
+                {
+                    "activation": "relu",
+                    "scheme": scheme,
+                    "seed": seed,
+                    "steps_to_target": steps,
+                    "reached_target": True,
+                    "loss_auc": steps / 100,
+                    "final_test_loss": 0.1,
+                    "final_test_acc": 0.9,
+                    "diverged_step": -1,
+                }
+            )
     res = compare_summary(rows, "k", "x")["relu"]
     assert res["verdict"] == "supported"  # 6/6 faster: p = 2/64 < 0.05
-    assert res["steps_to_target"]["wilcoxon_p"] == pytest.approx(stats.wilcoxon(
-        [10 + s for s in range(6)], [20 + s for s in range(6)]).pvalue)
-    res = compare_summary([dict(r, scheme={"k": "x", "x": "k"}[r["scheme"]]) for r in rows], "k", "x")["relu"]
+    assert res["steps_to_target"]["wilcoxon_p"] == pytest.approx(
+        stats.wilcoxon([10 + s for s in range(6)], [20 + s for s in range(6)]).pvalue
+    )
+    res = compare_summary(
+        [dict(r, scheme={"k": "x", "x": "k"}[r["scheme"]]) for r in rows], "k", "x"
+    )["relu"]
     assert res["verdict"] == "contradicted: x converges faster"
     five = [r for r in rows if r["seed"] < 5]  # 5/5 faster, yet p = 0.0625
-    assert compare_summary(five, "k", "x")["relu"]["verdict"] == "not supported: k ahead in the mean, not significant"
-    mixed = [dict(r, steps_to_target=r["steps_to_target"] + (25 if r["scheme"] == "k" and r["seed"] % 2 else 0))
-             for r in rows]  # k: 10, 36, 12, 38, 14, 40 (mean 25) vs x: 20..25 (22.5): steps worse, AUC better
+    assert (
+        compare_summary(five, "k", "x")["relu"]["verdict"]
+        == "not supported: k ahead in the mean, not significant"
+    )
+    mixed = [
+        dict(
+            r,
+            steps_to_target=r["steps_to_target"]
+            + (25 if r["scheme"] == "k" and r["seed"] % 2 else 0),
+        )
+        for r in rows
+    ]  # k: 10, 36, 12, 38, 14, 40 (mean 25) vs x: 20..25 (22.5): steps worse, AUC better
     assert compare_summary(mixed, "k", "x")["relu"]["verdict"] == "not supported"

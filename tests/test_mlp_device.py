@@ -13,15 +13,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_init.cli import UsageError, fail_cleanly
-from hf_init.data.tabular import TabularData
+from hf_init.core.cli import UsageError, fail_cleanly
 from hf_init.mlp import training
 from hf_init.mlp.args import RunArguments
+from hf_init.mlp.data import TabularData
 from hf_init.mlp.model import Ensemble, MLPShape, build_mlp, ensemble_weights, standard_normal_draws
 from hf_init.mlp.training import CHECK_EVERY, TrainConfig, train_ensemble
 
 ROOT = Path(__file__).resolve().parents[1]
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (["mps"] if torch.backends.mps.is_available() else [])
+DEVICES = (
+    ["cpu"]
+    + (["cuda"] if torch.cuda.is_available() else [])
+    + (["mps"] if torch.backends.mps.is_available() else [])
+)
 
 
 def _toy_data(n=40, n_in=5, n_classes=3, seed=0):
@@ -34,8 +38,14 @@ def _toy_data(n=40, n_in=5, n_classes=3, seed=0):
 def _diverging_pair(shape, device):
     """Members 0 and 2 train normally; member 1 (std 300) overflows after a few steps."""
     draws = standard_normal_draws(shape, [0])
-    return Ensemble(shape, ensemble_weights(draws, [0, 0, 0], [[0.3] * shape.n_layers, [300.0] * shape.n_layers,
-                                                               [0.2] * shape.n_layers])).to(device)
+    return Ensemble(
+        shape,
+        ensemble_weights(
+            draws,
+            [0, 0, 0],
+            [[0.3] * shape.n_layers, [300.0] * shape.n_layers, [0.2] * shape.n_layers],
+        ),
+    ).to(device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -45,7 +55,9 @@ def test_diverged_member_frozen_bit_for_bit_at_its_weights_before_the_bad_step(d
     only every CHECK_EVERY steps, must end with exactly the weights a d-step run leaves it."""
     shape = MLPShape(5, 8, 3, 3)
     data = _toy_data().to(device)
-    cfg = dict(optimizer="sgd", lr=0.1, momentum=0.9, batch_size=40, record_every=1000, probe_size=16)
+    cfg = dict(
+        optimizer="sgd", lr=0.1, momentum=0.9, batch_size=40, record_every=1000, probe_size=16
+    )
     long = _diverging_pair(shape, device)
     rec = train_ensemble(long, data, TrainConfig(epochs=40, **cfg), progress=False)
     d = int(rec.diverged_step[1])
@@ -56,7 +68,9 @@ def test_diverged_member_frozen_bit_for_bit_at_its_weights_before_the_bad_step(d
     short = _diverging_pair(shape, device)
     rec_short = train_ensemble(short, data, TrainConfig(epochs=d, **cfg), progress=False)
     assert rec_short.diverged_step[1] == -1
-    for w_long, w_short in zip(list(long.weights) + list(long.biases), list(short.weights) + list(short.biases)):
+    for w_long, w_short in zip(
+        list(long.weights) + list(long.biases), list(short.weights) + list(short.biases)
+    ):
         assert torch.equal(w_long[1], w_short[1])  # bit for bit
     # the others trained on: the same as without the diverging member (to float tolerance)
     alone = Ensemble(shape, [w[[0, 2]] for w in _diverging_pair(shape, "cpu").weights]).to(device)
@@ -73,7 +87,9 @@ def test_ensemble_on_device_equals_plain_torch_on_cpu(device):
     g = torch.Generator().manual_seed(1)
     ws = [torch.randn(3, o, i, generator=g) / math.sqrt(i) for i, o in shape.layer_fans()]
     ens = Ensemble(shape, ws).to(device)
-    cfg = TrainConfig(lr=0.05, epochs=3, batch_size=16, data_seed=3, record_every=100, probe_size=16)
+    cfg = TrainConfig(
+        lr=0.05, epochs=3, batch_size=16, data_seed=3, record_every=100, probe_size=16
+    )
     train_ensemble(ens, data.to(device), cfg, progress=False)
     assert ens.weights[0].device.type == torch.device(device).type
     for m in range(3):
@@ -88,7 +104,9 @@ def test_ensemble_on_device_equals_plain_torch_on_cpu(device):
             F.cross_entropy(seq(data.x_train[idx]), data.y_train[idx]).backward()
             opt.step()
         for l, lin in enumerate(x for x in seq if isinstance(x, torch.nn.Linear)):
-            torch.testing.assert_close(ens.weights[l][m].detach().cpu(), lin.weight.detach(), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(
+                ens.weights[l][m].detach().cpu(), lin.weight.detach(), rtol=1e-4, atol=1e-5
+            )
 
 
 def test_bfloat16_matmuls_match_stock_autocast():
@@ -101,8 +119,12 @@ def test_bfloat16_matmuls_match_stock_autocast():
     idx = training.minibatch_order(40, 40, 1, 0)[0]
     losses = {}
     for dtype in ("float32", "bfloat16"):
-        rec = train_ensemble(Ensemble(shape, weights), data, TrainConfig(dtype=dtype, epochs=1, batch_size=40,
-                                                                         record_every=100, probe_size=8), progress=False)
+        rec = train_ensemble(
+            Ensemble(shape, weights),
+            data,
+            TrainConfig(dtype=dtype, epochs=1, batch_size=40, record_every=100, probe_size=8),
+            progress=False,
+        )
         losses[dtype] = rec.step_loss[0, 0]
     seq = build_mlp(shape)
     with torch.no_grad():
@@ -128,7 +150,9 @@ def test_inputs_are_not_copied_per_member():
     x, y = torch.randn(B, n_in), torch.randint(0, 3, (B,))
     with torch.profiler.profile(record_shapes=True) as prof:
         ens.member_losses(x, y).sum().backward()
-    shapes = [tuple(s) for e in prof.events() for s in e.input_shapes if isinstance(s, (list, tuple))]
+    shapes = [
+        tuple(s) for e in prof.events() for s in e.input_shapes if isinstance(s, (list, tuple))
+    ]
     assert (B, n_in) in shapes
     assert (M, B, n_in) not in shapes
 
@@ -152,13 +176,23 @@ def test_evaluation_in_chunks_equals_plain_torch(monkeypatch):
 
 def test_run_arguments_device_dtype_threads():
     run = RunArguments()
-    assert run.threads == 0 and run.device == "auto" and run.dtype == "float32"  # torch's threads by default
-    expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert (
+        run.threads == 0 and run.device == "auto" and run.dtype == "float32"
+    )  # torch's threads by default
+    expected = (
+        "cuda"
+        if torch.cuda.is_available()
+        else "mps"
+        if torch.backends.mps.is_available()
+        else "cpu"
+    )
     assert run.torch_device().type == expected
     assert RunArguments(device="cpu").torch_device() == torch.device("cpu")
-    for kw, message in (({"device": "tpu"}, "--device must be auto, cpu, cuda, cuda:N or mps"),
-                        ({"dtype": "float16"}, "--dtype must be one of float32, tf32, bfloat16"),
-                        ({"device": "cpu", "dtype": "tf32"}, "--dtype tf32 needs a CUDA device")):
+    for kw, message in (
+        ({"device": "tpu"}, "--device must be auto, cpu, cuda, cuda:N or mps"),
+        ({"dtype": "float16"}, "--dtype must be one of float32, tf32, bfloat16"),
+        ({"device": "cpu", "dtype": "tf32"}, "--dtype tf32 needs a CUDA device"),
+    ):
         with pytest.raises(UsageError, match=message):
             RunArguments(**kw)
     if not torch.cuda.is_available():
@@ -170,7 +204,9 @@ def test_tabular_to_device_shares_one_copy():
     data = _toy_data()
     assert data.to("cpu") is data
     moved = data.to(DEVICES[-1])
-    assert moved.x_train.device.type == DEVICES[-1] and torch.equal(moved.x_train.cpu(), data.x_train)
+    assert moved.x_train.device.type == DEVICES[-1] and torch.equal(
+        moved.x_train.cpu(), data.x_train
+    )
 
 
 def _run_sweep(argv):
@@ -182,8 +218,25 @@ def _run_sweep(argv):
 
 def test_sweep_on_the_device_with_bfloat16(tmp_path):
     out = tmp_path / "o"
-    argv = ["--dataset", "wine", "--stds", "0.1", "--seeds", "1", "--depth", "1", "--epochs", "1", "--no_progress",
-            "--device", DEVICES[-1], "--dtype", "bfloat16", "--output_dir", str(out)]
+    argv = [
+        "--dataset",
+        "wine",
+        "--stds",
+        "0.1",
+        "--seeds",
+        "1",
+        "--depth",
+        "1",
+        "--epochs",
+        "1",
+        "--no_progress",
+        "--device",
+        DEVICES[-1],
+        "--dtype",
+        "bfloat16",
+        "--output_dir",
+        str(out),
+    ]
     assert _run_sweep(argv) in (0, None)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["device"].startswith(DEVICES[-1]) and summary["dtype"] == "bfloat16"

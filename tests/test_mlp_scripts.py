@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hf_init.cli import fail_cleanly
-from hf_init.records import read_records
+from hf_init.core.cli import fail_cleanly
+from hf_init.core.records import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,10 +55,15 @@ def test_sweep_end_to_end_and_refuses_to_overwrite(sweep_out, capsys):
     assert set(summary["bands"]) == {"1", "3"}
     for band in summary["bands"].values():
         assert band["lo"] == band["hi"] == 0.1 and band["stable_stds"] == [0.1]
-        assert band["majority_regime"]["0.0001"] == "vanishing" and band["majority_regime"]["0.1"] == "stable"
+        assert (
+            band["majority_regime"]["0.0001"] == "vanishing"
+            and band["majority_regime"]["0.1"] == "stable"
+        )
     for fig in ("sweep_metrics.png", "layer_variance.png", "phase_diagram.png"):
         assert (out / fig).stat().st_size > 1000
-    layer = read_records(out / "records.jsonl").query("role == 'linear' and statistic == 'preact_var'")
+    layer = read_records(out / "records.jsonl").query(
+        "role == 'linear' and statistic == 'preact_var'"
+    )
     # wine: 133 training rows / batch 64 = 3 steps per epoch, 30 steps; records at 0, 5, ..., 30;
     # depth 1 has 2 linear layers (0-based 0, 1), depth 3 has 4
     assert len(layer) == 3 * 2 * 7 * (2 + 4)
@@ -66,11 +71,17 @@ def test_sweep_end_to_end_and_refuses_to_overwrite(sweep_out, capsys):
     # the gain column is the init diagnosis: (var(logits) / var(z_first)) ** (1 / depth) at step 0
     init = layer[layer["step"] == 0]
     for r in rows:
-        sel = init[(init["depth"] == int(r["depth"])) & (init["std"] == float(r["std"])) & (init["seed"] == int(r["seed"]))]
+        sel = init[
+            (init["depth"] == int(r["depth"]))
+            & (init["std"] == float(r["std"]))
+            & (init["seed"] == int(r["seed"]))
+        ]
         var = dict(zip(sel["layer"].astype(int), sel["value"]))
         depth = int(r["depth"])
         assert sorted(var) == list(range(depth + 1))
-        assert float(r["gain_per_layer_init"]) == pytest.approx((var[depth] / var[0]) ** (1 / depth), rel=1e-9)
+        assert float(r["gain_per_layer_init"]) == pytest.approx(
+            (var[depth] / var[0]) ** (1 / depth), rel=1e-9
+        )
     runs = [p for p in (out / "tb").iterdir() if p.is_dir()]
     assert len(runs) == 12 and all(list(p.glob("events.out.tfevents.*")) for p in runs)
     before = (out / "results.csv").read_bytes()
@@ -79,19 +90,26 @@ def test_sweep_end_to_end_and_refuses_to_overwrite(sweep_out, capsys):
 
     assert _run("mlp_sweep", SWEEP_ARGS + ["--output_dir", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "already holds summary.json, results.csv" in err[0] and "--overwrite" in err[0]
+    assert (
+        len(err) == 1
+        and "already holds summary.json, results.csv" in err[0]
+        and "--overwrite" in err[0]
+    )
     assert (out / "results.csv").read_bytes() == before
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--dataset", "cifar"], "unknown dataset"),
-    (["--stds"], "--stds: expected at least one argument"),
-    (["--stds", "1e-2", "-1"], "--stds must be a finite number > 0, got '-1'"),
-    (["--stds", "abc"], "--stds must be a finite number > 0, got 'abc'"),
-    (["--depth", "0"], "depth must be >= 1"),
-    (["--depths", "2", "0"], "depth must be >= 1"),
-    (["--optimizer", "rmsprop"], "unknown optimizer"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--dataset", "cifar"], "unknown dataset"),
+        (["--stds"], "--stds: expected at least one argument"),
+        (["--stds", "1e-2", "-1"], "--stds must be a finite number > 0, got '-1'"),
+        (["--stds", "abc"], "--stds must be a finite number > 0, got 'abc'"),
+        (["--depth", "0"], "depth must be >= 1"),
+        (["--depths", "2", "0"], "depth must be >= 1"),
+        (["--optimizer", "rmsprop"], "unknown optimizer"),
+    ],
+)
 def test_sweep_bad_input_one_line(tmp_path, capsys, argv, message):
     out = tmp_path / "o"
     assert _run("mlp_sweep", argv + ["--output_dir", str(out), "--epochs", "1"]) == 2
@@ -108,15 +126,24 @@ def test_compare_end_to_end(compare_out):
     assert "smallest two-sided Wilcoxon p possible with 3 seeds: 0.25" in printed
     rows = [r for r in _rows(out / "results.csv") if r["activation"] == "relu"]
     assert sorted((r["scheme"], r["seed"]) for r in rows) == sorted(
-        (s, str(i)) for s in ("kaiming_normal", "xavier_normal") for i in range(3))
+        (s, str(i)) for s in ("kaiming_normal", "xavier_normal") for i in range(3)
+    )
     summary = json.loads((out / "summary.json").read_text())
     # the verdict by its documented rule, from results.csv and scipy's Wilcoxon test
     from scipy import stats
 
     speed = {}
     for metric in ("steps_to_target", "loss_auc"):
-        a = [float(r[metric]) for r in sorted(rows, key=lambda r: r["seed"]) if r["scheme"] == "kaiming_normal"]
-        b = [float(r[metric]) for r in sorted(rows, key=lambda r: r["seed"]) if r["scheme"] == "xavier_normal"]
+        a = [
+            float(r[metric])
+            for r in sorted(rows, key=lambda r: r["seed"])
+            if r["scheme"] == "kaiming_normal"
+        ]
+        b = [
+            float(r[metric])
+            for r in sorted(rows, key=lambda r: r["seed"])
+            if r["scheme"] == "xavier_normal"
+        ]
         d = np.subtract(a, b)
         p = stats.wilcoxon(a, b).pvalue if np.any(d != 0) else float("nan")
         got = summary["comparison"]["relu"][metric]
@@ -126,20 +153,31 @@ def test_compare_end_to_end(compare_out):
     better = all(m < 0 for m, _ in speed.values())
     worse = all(m > 0 for m, _ in speed.values())
     significant = all(p < 0.05 for _, p in speed.values())
-    expected = ("supported" if better and significant else "contradicted: xavier_normal converges faster"
-                if worse and significant else "not supported: kaiming_normal ahead in the mean, not significant"
-                if better else "not supported")
+    expected = (
+        "supported"
+        if better and significant
+        else "contradicted: xavier_normal converges faster"
+        if worse and significant
+        else "not supported: kaiming_normal ahead in the mean, not significant"
+        if better
+        else "not supported"
+    )
     assert summary["comparison"]["relu"]["verdict"] == expected
-    assert better  # kaiming converges faster here (the printed line above), but 3 seeds cannot be significant
+    assert (
+        better
+    )  # kaiming converges faster here (the printed line above), but 3 seeds cannot be significant
     assert (out / "compare_curves.png").stat().st_size > 1000
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--schemes", "kaiming_normal", "nope"], "unknown init scheme 'nope'"),
-    (["--schemes", "kaiming_uniform", "xavier_normal"], "draws uniform weights"),
-    (["--depth", "0"], "depth must be >= 1"),
-    (["--dataset", "mnist"], "--dataset digits"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--schemes", "kaiming_normal", "nope"], "unknown init scheme 'nope'"),
+        (["--schemes", "kaiming_uniform", "xavier_normal"], "draws uniform weights"),
+        (["--depth", "0"], "depth must be >= 1"),
+        (["--dataset", "mnist"], "--dataset digits"),
+    ],
+)
 def test_compare_bad_input_one_line(tmp_path, capsys, argv, message):
     out = tmp_path / "o"
     assert _run("mlp_init_compare", argv + ["--output_dir", str(out), "--epochs", "1"]) == 2
@@ -161,9 +199,29 @@ def test_bad_yaml_key_one_line_exit_2_nothing_written(tmp_path, capsys, name):
 
 def test_sweep_runs_from_the_shipped_config_with_overrides(tmp_path):
     out = tmp_path / "s"
-    argv = [str(ROOT / "configs" / "mlp_sweep.yaml"), "--dataset", "wine", "--stds", "0.1", "--seeds", "1",
-            "--epochs", "1", "--depth", "2", "--activation", "gelu", "--output_dir", str(out), "--no_progress"]
+    argv = [
+        str(ROOT / "configs" / "mlp_sweep.yaml"),
+        "--dataset",
+        "wine",
+        "--stds",
+        "0.1",
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--depth",
+        "2",
+        "--activation",
+        "gelu",
+        "--output_dir",
+        str(out),
+        "--no_progress",
+    ]
     assert _run("mlp_sweep", argv) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["dataset"] == "wine" and summary["activation"] == "gelu" and summary["stds"] == [0.1]
+    assert (
+        summary["dataset"] == "wine"
+        and summary["activation"] == "gelu"
+        and summary["stds"] == [0.1]
+    )
     assert summary["width"] == 64  # from the YAML (the script's default)

@@ -1,9 +1,9 @@
-"""hf_init.outputs: the one output-folder check and the keep-until-success overwrite."""
+"""hf_init.core.outputs: the one output-folder check and the keep-until-success overwrite."""
 
 import pytest
 
-from hf_init.cli import UsageError
-from hf_init.outputs import check_output_dir, existing_outputs, kept_until_success
+from hf_init.core.cli import UsageError
+from hf_init.core.outputs import check_output_dir, existing_outputs, kept_until_success
 
 
 def test_refusal_names_folder_contents_and_flag(tmp_path):
@@ -12,13 +12,29 @@ def test_refusal_names_folder_contents_and_flag(tmp_path):
     (tmp_path / "checkpoint-3").mkdir()
     (tmp_path / "notes.txt").write_text("mine\n")
     assert existing_outputs(tmp_path, ["summary.json", "results.csv", "checkpoint-*"]) == [
-        "results.csv", "checkpoint-3", "checkpoint-7"]
-    assert existing_outputs(tmp_path) == ["checkpoint-3", "checkpoint-7", "notes.txt", "results.csv"]
+        "results.csv",
+        "checkpoint-3",
+        "checkpoint-7",
+    ]
+    assert existing_outputs(tmp_path) == [
+        "checkpoint-3",
+        "checkpoint-7",
+        "notes.txt",
+        "results.csv",
+    ]
     with pytest.raises(UsageError) as err:
-        check_output_dir(tmp_path, False, ["summary.json", "results.csv"], flag="--overwrite_output_dir")
-    assert str(tmp_path) in str(err.value) and "results.csv" in str(err.value) and "--overwrite_output_dir" in str(err.value)
+        check_output_dir(
+            tmp_path, False, ["summary.json", "results.csv"], flag="--overwrite_output_dir"
+        )
+    assert (
+        str(tmp_path) in str(err.value)
+        and "results.csv" in str(err.value)
+        and "--overwrite_output_dir" in str(err.value)
+    )
     assert check_output_dir(tmp_path, True, ["results.csv"]) == ["results.csv"]
-    assert check_output_dir(tmp_path / "new", False) == []  # no folder: nothing held, nothing created
+    assert (
+        check_output_dir(tmp_path / "new", False) == []
+    )  # no folder: nothing held, nothing created
     assert not (tmp_path / "new").exists()
 
 
@@ -39,11 +55,15 @@ def test_failed_run_puts_earlier_outputs_back_and_success_replaces_them(tmp_path
     found = check_output_dir(out, True, ["results.csv", "tb"])
     with pytest.raises(KeyboardInterrupt):
         with kept_until_success(out, found):
-            assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # earlier outputs moved aside
+            assert sorted(p.name for p in out.iterdir()) == [
+                "notes.txt"
+            ]  # earlier outputs moved aside
             (out / "results.csv").write_text("half-written\n")
             (out / "extra.png").write_text("new\n")
             raise KeyboardInterrupt
-    assert (out / "results.csv").read_text() == "old\n" and (out / "tb" / "events").read_text() == "old events\n"
+    assert (out / "results.csv").read_text() == "old\n" and (
+        out / "tb" / "events"
+    ).read_text() == "old events\n"
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "results.csv", "tb"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]  # no backup folder left behind
     with kept_until_success(out, found):

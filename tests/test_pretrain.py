@@ -7,36 +7,64 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import (
+    PRETRAIN_TINY as TINY,
+)  # tiny model and data; the shared 10-step run is tiny_run
 
-from hf_init.cli import parse_yaml_and_cli
-from hf_init.cli import UsageError
-
-from conftest import PRETRAIN_TINY as TINY  # tiny model and data; the shared 10-step run is tiny_run
+from hf_init.core.cli import UsageError, parse_yaml_and_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "pretrain.py"
 
+
 def run_script(*args, cwd=ROOT, timeout=300):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_ten_step_run_leaves_a_complete_run_folder(tiny_run):
     out, proc = tiny_run
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "variance.jsonl", "run_info.json",
-                 "figures/qkv_variance_vs_step.png", "figures/qkv_variance_heatmap.png"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "variance.jsonl",
+        "run_info.json",
+        "figures/qkv_variance_vs_step.png",
+        "figures/qkv_variance_heatmap.png",
+    ):
         assert (out / name).is_file(), name
     assert list((out / "runs").rglob("events.out.tfevents.*"))
     records = [json.loads(line) for line in (out / "variance.jsonl").read_text().splitlines()]
     weights = [r for r in records if r["role"] not in ("attn", None)]
-    keys = [(r["step"], r["layer"], r["role"]) for r in weights]  # one record per (step, layer, role)
-    assert sorted(keys) == sorted((s, layer, role) for s in (0, 5, 10) for layer in range(2)
-                                  for role in ("q", "k", "v", "attn_proj", "mlp_fc", "mlp_proj"))
-    # next to them: attention per (step, layer, head) and the learning rate per step (hf_init.attention)
+    keys = [
+        (r["step"], r["layer"], r["role"]) for r in weights
+    ]  # one record per (step, layer, role)
+    assert sorted(keys) == sorted(
+        (s, layer, role)
+        for s in (0, 5, 10)
+        for layer in range(2)
+        for role in ("q", "k", "v", "attn_proj", "mlp_fc", "mlp_proj")
+    )
+    # next to them: attention per (step, layer, head) and the learning rate per step (hf_init.lm.attention_probe)
     attn = sorted((r["step"], r["layer"], r["head"]) for r in records if r["role"] == "attn")
-    assert attn == sorted((s, layer, head) for s in (0, 5, 10) for layer in range(2) for head in range(2))
+    assert attn == sorted(
+        (s, layer, head) for s in (0, 5, 10) for layer in range(2) for head in range(2)
+    )
     assert [r["step"] for r in records if "learning_rate" in r] == [0, 5, 10]
     assert (out / "figures" / "attention_vs_step.png").is_file()
     info = json.loads((out / "run_info.json").read_text())
@@ -57,17 +85,23 @@ def test_next_token_accuracy_on_hand_made_logits():
     import torch
     from transformers import EvalPrediction
 
-    from hf_init.pretrain import next_token_metric
+    from hf_init.lm.pretrain import next_token_metric
 
     compute_metrics, preprocess = next_token_metric()
     labels = torch.tensor([[5, 1, 2, 3, 4], [7, 7, 0, -100, 6]])
     # arg-max per position; position t predicts labels[:, t + 1]
-    argmax = torch.tensor([[1, 2, 9, 4, 0],    # t=0..3 vs 1,2,3,4: right, right, wrong, right
-                           [7, 0, 3, 6, 6]])   # vs 7,0,-100,6: right, right, ignored, right
+    argmax = torch.tensor(
+        [
+            [1, 2, 9, 4, 0],  # t=0..3 vs 1,2,3,4: right, right, wrong, right
+            [7, 0, 3, 6, 6],
+        ]
+    )  # vs 7,0,-100,6: right, right, ignored, right
     logits = torch.nn.functional.one_hot(argmax, 10).float() * 3.0 - 1.0
     preds = preprocess(logits, labels)
     assert torch.equal(preds, argmax)
-    out = compute_metrics(EvalPrediction(predictions=np.asarray(preds), label_ids=np.asarray(labels)))
+    out = compute_metrics(
+        EvalPrediction(predictions=np.asarray(preds), label_ids=np.asarray(labels))
+    )
     # hand count: 3 of 4 in row 0, 3 of 3 in row 1 (unshifted it would be 0/5 + 1/4)
     assert out["accuracy_tokens"] == 7
     assert out["accuracy"] == pytest.approx(6 / 7, abs=1e-12)
@@ -87,9 +121,15 @@ def test_tensorboard_has_the_qkv_curves_from_step_0(tiny_run):
         for name in "qkv":
             events = acc.Scalars(f"{name}_var/layer_{layer:02d}")
             assert [e.step for e in events] == [0, 5, 10]
-            expected = {r["step"]: r["var"] for r in records if r["layer"] == layer and r["role"] == name}
-            assert [e.value for e in events] == pytest.approx([expected[e.step] for e in events], rel=1e-6)
-    assert "train/loss" in acc.Tags()["scalars"]  # the Trainer's own logs still go to the same writer
+            expected = {
+                r["step"]: r["var"] for r in records if r["layer"] == layer and r["role"] == name
+            }
+            assert [e.value for e in events] == pytest.approx(
+                [expected[e.step] for e in events], rel=1e-6
+            )
+    assert (
+        "train/loss" in acc.Tags()["scalars"]
+    )  # the Trainer's own logs still go to the same writer
 
 
 def test_saved_model_and_tokenizer_load_with_stock_classes(tiny_run):
@@ -98,7 +138,9 @@ def test_saved_model_and_tokenizer_load_with_stock_classes(tiny_run):
 
     out, _ = tiny_run
     config = json.loads((out / "config.json").read_text())
-    assert config["architectures"] == ["GPT2LMHeadModel"] and config["init_scheme"] == "xavier_normal"
+    assert (
+        config["architectures"] == ["GPT2LMHeadModel"] and config["init_scheme"] == "xavier_normal"
+    )
     model = AutoModelForCausalLM.from_pretrained(out)
     assert type(model) is GPT2LMHeadModel
     tok = AutoTokenizer.from_pretrained(out)
@@ -107,7 +149,11 @@ def test_saved_model_and_tokenizer_load_with_stock_classes(tiny_run):
         logits = model(ids).logits
     assert logits.shape == (1, ids.shape[1], 300) and torch.isfinite(logits).all()
     # the last record holds the saved weights: check one Q variance against them
-    last = [r for r in map(json.loads, (out / "variance.jsonl").read_text().splitlines()) if r["role"] == "q"][-1]
+    last = [
+        r
+        for r in map(json.loads, (out / "variance.jsonl").read_text().splitlines())
+        if r["role"] == "q"
+    ][-1]
     w = model.transformer.h[last["layer"]].attn.c_attn.weight.detach().double()
     assert last["var"] == pytest.approx(w[:, :32].var(unbiased=False).item(), rel=1e-6)
 
@@ -122,11 +168,14 @@ def assert_clean_failure(proc, *words):
         assert w in last, last
 
 
-@pytest.mark.parametrize("flags, words", [
-    (["--init_scheme", "nope"], ["nope"]),
-    (["--init_scheme", "normal", "--init_std", "-0.1"], ["init_std"]),
-    (["--train_file", "does/not/exist.txt"], ["does/not/exist.txt"]),
-])
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--init_scheme", "nope"], ["nope"]),
+        (["--init_scheme", "normal", "--init_std", "-0.1"], ["init_std"]),
+        (["--train_file", "does/not/exist.txt"], ["does/not/exist.txt"]),
+    ],
+)
 def test_bad_flags_fail_cleanly_and_write_nothing(tmp_path, flags, words):
     out = tmp_path / "run"
     proc = run_script(*TINY, "--max_steps", "2", "--output_dir", out, *flags)
@@ -138,8 +187,17 @@ def test_corpus_shorter_than_one_block_fails_cleanly(tmp_path):
     (tmp_path / "short.txt").write_text("too short\n")
     (tmp_path / "val.txt").write_text("also short\n")
     out = tmp_path / "run"
-    proc = run_script(*TINY, "--block_size", "64", "--train_file", tmp_path / "short.txt",
-                      "--validation_file", tmp_path / "val.txt", "--output_dir", out)
+    proc = run_script(
+        *TINY,
+        "--block_size",
+        "64",
+        "--train_file",
+        tmp_path / "short.txt",
+        "--validation_file",
+        tmp_path / "val.txt",
+        "--output_dir",
+        out,
+    )
     assert_clean_failure(proc, "block")
     assert not out.exists()
 
@@ -166,7 +224,7 @@ def test_existing_run_is_refused_and_left_untouched(tmp_path):
 def test_yaml_values_are_defaults_and_flags_override(tmp_path):
     from transformers import HfArgumentParser, TrainingArguments
 
-    from hf_init.args import ModelArguments
+    from hf_init.lm.args import ModelArguments
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("n_layer: 3\nlearning_rate: 3e-4\noutput_dir: from_yaml\nmax_steps: 7\n")
@@ -175,14 +233,16 @@ def test_yaml_values_are_defaults_and_flags_override(tmp_path):
     assert str(path) == str(cfg)
     assert model_args.n_layer == 3 and model_args.n_embd == 128  # YAML, dataclass default
     assert training_args.learning_rate == 3e-4 and isinstance(training_args.learning_rate, float)
-    assert training_args.max_steps == 9 and training_args.output_dir == "from_yaml"  # flag wins over YAML
+    assert (
+        training_args.max_steps == 9 and training_args.output_dir == "from_yaml"
+    )  # flag wins over YAML
     with pytest.raises(UsageError, match="no_such_flag"):
         parse_yaml_and_cli(HfArgumentParser((ModelArguments,)), ["--no_such_flag", "1"])
 
 
 def test_shipped_configs_only_use_known_keys():
-    from hf_init.args import build_parser
-    from hf_init.cli import read_yaml_config
+    from hf_init.core.cli import read_yaml_config
+    from hf_init.lm.args import build_parser
 
     known = {a.dest for a in build_parser()._actions}
     for cfg in (ROOT / "configs").glob("*.yaml"):
@@ -191,14 +251,25 @@ def test_shipped_configs_only_use_known_keys():
 
 
 def test_variance_table_summary_on_hand_made_records(tmp_path):
-    from hf_init.analysis.variance import half_change_steps, layer_spread, start_end_summary, variance_table
-    from hf_init.records import make_record, read_records, write_records
+    from hf_init.core.records import make_record, read_records, write_records
+    from hf_init.lm.variance import (
+        half_change_steps,
+        layer_spread,
+        start_end_summary,
+        variance_table,
+    )
 
     # layer 0: 1 -> 2 by step 10 (half the change by step 10); layer 1: 1 -> 5, half by step 20
     values = {0: {0: 1.0, 10: 1.8, 20: 1.9, 30: 2.0}, 1: {0: 1.0, 10: 2.0, 20: 3.5, 30: 5.0}}
-    records = [make_record(s, l, role, {"var": v}) for l, row in values.items() for s, v in row.items()
-               for role in "qkv"]
-    table = variance_table(read_records(write_records(tmp_path / "v.jsonl", records[::-1])))  # order does not matter
+    records = [
+        make_record(s, l, role, {"var": v})
+        for l, row in values.items()
+        for s, v in row.items()
+        for role in "qkv"
+    ]
+    table = variance_table(
+        read_records(write_records(tmp_path / "v.jsonl", records[::-1]))
+    )  # order does not matter
     assert table.steps.tolist() == [0, 10, 20, 30]
     assert half_change_steps(table, "q").tolist() == [10, 20]
     rows = start_end_summary(table)
@@ -209,11 +280,28 @@ def test_variance_table_summary_on_hand_made_records(tmp_path):
 def test_two_process_ddp_on_cpu(tmp_path):
     """accelerate launch with 2 gloo ranks: one world of size 2, one writer, no duplicate lines."""
     out = tmp_path / "ddp"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "accelerate_configs" / "cpu_ddp.yaml"), str(SCRIPT), *TINY, "--max_steps", "6",
-           "--output_dir", str(out)]
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "accelerate_configs" / "cpu_ddp.yaml"),
+        str(SCRIPT),
+        *TINY,
+        "--max_steps",
+        "6",
+        "--output_dir",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((out / "run_info.json").read_text())
@@ -223,18 +311,27 @@ def test_two_process_ddp_on_cpu(tmp_path):
     all_keys = [(r["step"], r["layer"], r["role"], r.get("head")) for r in records]
     assert len(all_keys) == len(set(all_keys))  # one writer: no duplicated line
     keys = [(r["step"], r["layer"], r["role"]) for r in records if r["role"] not in ("attn", None)]
-    assert sorted(keys) == sorted((s, layer, role) for s in (0, 5, 6) for layer in range(2)
-                                  for role in ("q", "k", "v", "attn_proj", "mlp_fc", "mlp_proj"))
+    assert sorted(keys) == sorted(
+        (s, layer, role)
+        for s in (0, 5, 6)
+        for layer in range(2)
+        for role in ("q", "k", "v", "attn_proj", "mlp_fc", "mlp_proj")
+    )
     # one TensorBoard stream: one events folder, written by rank 0 only (the final evaluation's metrics
     # come after the Trainer closed its training writer, so it opens a second file in the same folder)
     events = list((out / "runs").rglob("events.out.tfevents.*"))
-    assert len({p.parent for p in events}) == 1 and len({p.name.rsplit(".", 2)[-2] for p in events}) == 1
+    assert (
+        len({p.parent for p in events}) == 1
+        and len({p.name.rsplit(".", 2)[-2] for p in events}) == 1
+    )
     assert len(list(out.rglob("*.safetensors"))) == 1  # one saved model
 
 
-@pytest.mark.parametrize("name", ["generation_config.json", "tokenizer_config.json", "training_args.bin"])
+@pytest.mark.parametrize(
+    "name", ["generation_config.json", "tokenizer_config.json", "training_args.bin"]
+)
 def test_folder_with_only_a_saved_side_file_counts_as_a_run(tmp_path, name):
-    from hf_init.pretrain import check_output_dir
+    from hf_init.lm.pretrain import check_output_dir
 
     (tmp_path / name).write_bytes(b"x")
     with pytest.raises(UsageError, match=name):
@@ -243,11 +340,15 @@ def test_folder_with_only_a_saved_side_file_counts_as_a_run(tmp_path, name):
 
 
 def snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
-@pytest.mark.parametrize("flags", [["--learning_rate", "-1"], ["--per_device_eval_batch_size", "0"],
-                                   ["--learning_rate", "nan"]])
+@pytest.mark.parametrize(
+    "flags",
+    [["--learning_rate", "-1"], ["--per_device_eval_batch_size", "0"], ["--learning_rate", "nan"]],
+)
 def test_bad_optimizer_or_batch_flag_with_overwrite_keeps_previous_run(tiny_run, tmp_path, flags):
     import shutil
 
@@ -255,7 +356,9 @@ def test_bad_optimizer_or_batch_flag_with_overwrite_keeps_previous_run(tiny_run,
     shutil.copytree(tiny_run[0], out)
     (out / "notes.txt").write_text("mine\n")  # not a run file: must stay too
     before = snapshot(out)
-    proc = run_script(*TINY, "--max_steps", "2", "--output_dir", out, "--overwrite_output_dir", "true", *flags)
+    proc = run_script(
+        *TINY, "--max_steps", "2", "--output_dir", out, "--overwrite_output_dir", "true", *flags
+    )
     assert_clean_failure(proc, flags[0].lstrip("-"))
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert snapshot(out) == before
@@ -266,17 +369,22 @@ def test_bad_optimizer_or_batch_flag_with_overwrite_keeps_previous_run(tiny_run,
 # final evaluate() raises (a ValueError = bad input, or Ctrl-C).
 FAIL_DURING_RUN = """
 import sys, transformers
-from hf_init.cli import fail_cleanly
+from hf_init.core.cli import fail_cleanly
 def boom(self, *a, **k):
     raise {exc}
 transformers.Trainer.evaluate = boom
-from hf_init.pretrain import run
+from hf_init.lm.pretrain import run
 sys.exit(fail_cleanly(lambda: run(sys.argv[1:])))
 """
 
 
-@pytest.mark.parametrize("exc, rc, line", [("ValueError('bad eval setting')", 2, "error: bad eval setting"),
-                                           ("KeyboardInterrupt()", 130, "interrupted")])
+@pytest.mark.parametrize(
+    "exc, rc, line",
+    [
+        ("ValueError('bad eval setting')", 2, "error: bad eval setting"),
+        ("KeyboardInterrupt()", 130, "interrupted"),
+    ],
+)
 def test_failure_during_training_with_overwrite_keeps_both_runs(tiny_run, tmp_path, exc, rc, line):
     """A run that fails after it wrote records is never deleted (issue 11): it stays in the folder,
     the earlier run moves, byte for byte, to run.previous-1, and a note line says which is which."""
@@ -285,20 +393,47 @@ def test_failure_during_training_with_overwrite_keeps_both_runs(tiny_run, tmp_pa
     out = tmp_path / "run"
     shutil.copytree(tiny_run[0], out)
     (out / "notes.txt").write_text("mine\n")
-    before = {k: v for k, v in snapshot(out).items() if k not in ("notes.txt", "README.md")}  # not run markers
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    args = [*TINY, "--max_steps", "2", "--variance_steps", "1", "--output_dir", str(out),
-            "--overwrite_output_dir", "true"]
-    proc = subprocess.run([sys.executable, "-c", FAIL_DURING_RUN.format(exc=exc), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    before = {
+        k: v for k, v in snapshot(out).items() if k not in ("notes.txt", "README.md")
+    }  # not run markers
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    args = [
+        *TINY,
+        "--max_steps",
+        "2",
+        "--variance_steps",
+        "1",
+        "--output_dir",
+        str(out),
+        "--overwrite_output_dir",
+        "true",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", FAIL_DURING_RUN.format(exc=exc), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == rc, proc.stderr[-3000:]
     err = proc.stderr.strip()
     assert "Traceback" not in err and err.splitlines()[-1] == line, err[-3000:]
     assert err.splitlines()[-2].startswith("note: the failed run's outputs")
-    assert snapshot(tmp_path / "run.previous-1") == before  # old variance.jsonl (steps 0, 5, 10), events, model
+    assert (
+        snapshot(tmp_path / "run.previous-1") == before
+    )  # old variance.jsonl (steps 0, 5, 10), events, model
     steps = {json.loads(x)["step"] for x in (out / "variance.jsonl").read_text().splitlines()}
-    assert steps == {0, 1, 2} and (out / "notes.txt").read_text() == "mine\n"  # the failed run's records
+    assert (
+        steps == {0, 1, 2} and (out / "notes.txt").read_text() == "mine\n"
+    )  # the failed run's records
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run.previous-1"]
 
 
@@ -309,7 +444,9 @@ def test_overwrite_replaces_previous_run_completely(tiny_run, tmp_path):
     shutil.copytree(tiny_run[0], out)
     (out / "checkpoint-3").mkdir()
     (out / "notes.txt").write_text("mine\n")
-    proc = run_script(*TINY, "--max_steps", "2", "--output_dir", out, "--overwrite_output_dir", "true")
+    proc = run_script(
+        *TINY, "--max_steps", "2", "--output_dir", out, "--overwrite_output_dir", "true"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (out / "checkpoint-3").exists() and (out / "notes.txt").read_text() == "mine\n"
     steps = {json.loads(line)["step"] for line in (out / "variance.jsonl").read_text().splitlines()}
@@ -318,13 +455,18 @@ def test_overwrite_replaces_previous_run_completely(tiny_run, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
-@pytest.mark.parametrize("field, value, needle", [("n_layer", 0, "n_layer must be an integer >= 1, got 0"),
-                                                  ("n_head", 3, "n_head (3) must divide n_embd (32)"),
-                                                  ("dropout", 1.0, "dropout must be in [0, 1), got 1.0")])
+@pytest.mark.parametrize(
+    "field, value, needle",
+    [
+        ("n_layer", 0, "n_layer must be an integer >= 1, got 0"),
+        ("n_head", 3, "n_head (3) must divide n_embd (32)"),
+        ("dropout", 1.0, "dropout must be in [0, 1), got 1.0"),
+    ],
+)
 def test_bad_model_args_are_refused_naming_the_value(field, value, needle):
     import re
 
-    from hf_init.args import ModelArguments
+    from hf_init.lm.args import ModelArguments
 
     with pytest.raises(ValueError, match=re.escape(needle)):
         ModelArguments(**{"n_layer": 2, "n_embd": 32, "n_head": 2, field: value})
@@ -349,15 +491,18 @@ def test_user_yaml_goes_on_top_of_the_default_yaml(tmp_path):
     import yaml
     from transformers import HfArgumentParser, TrainingArguments
 
-    from hf_init.args import ModelArguments
+    from hf_init.lm.args import ModelArguments
 
     default = tmp_path / "default.yaml"
-    default.write_text("n_layer: 5\nn_embd: 64\noutput_dir: from_default\nmax_steps: 11\nlearning_rate: 2e-3\n")
+    default.write_text(
+        "n_layer: 5\nn_embd: 64\noutput_dir: from_default\nmax_steps: 11\nlearning_rate: 2e-3\n"
+    )
     user = tmp_path / "user.yaml"
     user.write_text("n_layer: 3\nmax_steps: 7\n")
     parser = HfArgumentParser((ModelArguments, TrainingArguments))
-    (model_args, training_args), path = parse_yaml_and_cli(parser, [str(user), "--learning_rate", "1e-4"],
-                                                           default_config=default)
+    (model_args, training_args), path = parse_yaml_and_cli(
+        parser, [str(user), "--learning_rate", "1e-4"], default_config=default
+    )
     assert str(path) == str(user)
     assert model_args.n_layer == 3 and training_args.max_steps == 7  # user YAML over the default
     assert model_args.n_embd == 64 and training_args.output_dir == "from_default"  # default kept
@@ -365,16 +510,31 @@ def test_user_yaml_goes_on_top_of_the_default_yaml(tmp_path):
     assert model_args.n_head == 4  # in neither YAML: the dataclass default
 
     # the pretraining job: a 2-key user YAML keeps every other value of the shipped default config
-    from hf_init.args import DEFAULT_CONFIG, parse_args
+    from hf_init.lm.args import DEFAULT_CONFIG, parse_args
 
     user.write_text("n_layer: 2\nlearning_rate: 5e-4\n")
     model_args, data_args, run_args, training_args, path = parse_args([str(user)])
     shipped = yaml.safe_load((ROOT / "configs" / "pretrain_tiny.yaml").read_text())
     assert DEFAULT_CONFIG.read_text() == (ROOT / "configs" / "pretrain_tiny.yaml").read_text()
     assert model_args.n_layer == 2 and training_args.learning_rate == 5e-4
-    for key in ("n_embd", "n_head", "block_size", "vocab_size", "max_eval_samples", "max_steps", "warmup_steps",
-                "adam_beta2", "variance_steps", "output_dir", "dataloader_pin_memory"):
-        value = next(getattr(a, key) for a in (model_args, data_args, run_args, training_args) if hasattr(a, key))
+    for key in (
+        "n_embd",
+        "n_head",
+        "block_size",
+        "vocab_size",
+        "max_eval_samples",
+        "max_steps",
+        "warmup_steps",
+        "adam_beta2",
+        "variance_steps",
+        "output_dir",
+        "dataloader_pin_memory",
+    ):
+        value = next(
+            getattr(a, key)
+            for a in (model_args, data_args, run_args, training_args)
+            if hasattr(a, key)
+        )
         assert value == shipped[key], key
 
 
@@ -386,12 +546,31 @@ def test_text_column_other_than_text_end_to_end(tmp_path):
     rng = random.Random(0)
     words = ["zebra", "quokka", "narwhal", "axolotl", "pangolin", "okapi"]
     data = tmp_path / "docs.jsonl"
-    data.write_text("".join(json.dumps({"id": i, "text": "decoycolumn " * 5,
-                                        "body": " ".join(rng.choice(words) for _ in range(60))}) + "\n"
-                            for i in range(40)))
+    data.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": i,
+                    "text": "decoycolumn " * 5,
+                    "body": " ".join(rng.choice(words) for _ in range(60)),
+                }
+            )
+            + "\n"
+            for i in range(40)
+        )
+    )
     out = tmp_path / "run"
-    proc = run_script(*TINY, "--train_file", data, "--text_column", "body", "--max_steps", "2",
-                      "--output_dir", out)
+    proc = run_script(
+        *TINY,
+        "--train_file",
+        data,
+        "--text_column",
+        "body",
+        "--max_steps",
+        "2",
+        "--output_dir",
+        out,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((out / "run_info.json").read_text())
     assert info["optimizer_steps"] == 2 and info["corpus"]["n_documents"] == 40
@@ -403,18 +582,47 @@ def test_default_config_is_found_from_an_installed_copy(tmp_path):
     """`pip install .` (not editable) into a folder, then the script from another folder: the
     built-in config comes from the installed package, not from a repository checkout."""
     site = tmp_path / "site"
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--quiet",
-                          "--target", str(site), str(ROOT)], capture_output=True, text=True, timeout=300)
+    pip = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "--target",
+            str(site),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert pip.returncode == 0, pip.stderr[-3000:]
     assert (site / "hf_init" / "configs" / "pretrain_tiny.yaml").is_file()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = dict(os.environ, PYTHONPATH=str(site), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    probe = ("import hf_init, hf_init.pretrain as a; m, d, r, t, c = a.parse_args([]); "
-             "print(hf_init.__file__); print(c); print(t.max_steps, d.block_size)")
-    proc = subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, env=env, capture_output=True, text=True,
-                          timeout=300)
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(site),
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    probe = (
+        "import hf_init, hf_init.lm.pretrain as a; m, d, r, t, c = a.parse_args([]); "
+        "print(hf_init.__file__); print(c); print(t.max_steps, d.block_size)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     package_file, config, values = proc.stdout.split("\n")[:3]
     assert Path(package_file).is_relative_to(site) and Path(config).is_relative_to(site)
@@ -422,8 +630,14 @@ def test_default_config_is_found_from_an_installed_copy(tmp_path):
     # and the script itself, copied out of the repository, runs from there (2 steps)
     script = elsewhere / "pretrain.py"
     script.write_text(SCRIPT.read_text())
-    run = subprocess.run([sys.executable, str(script), *map(str, TINY), "--max_steps", "2", "--output_dir", "run"],
-                         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, str(script), *map(str, TINY), "--max_steps", "2", "--output_dir", "run"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     info = json.loads((elsewhere / "run" / "run_info.json").read_text())
     assert Path(info["config_file"]).is_relative_to(site) and info["optimizer_steps"] == 2

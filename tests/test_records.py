@@ -5,8 +5,14 @@ import math
 
 import pytest
 
-from hf_init.records import (STATISTICS, append_records, make_record, read_records, to_wide,
-                             write_records)
+from hf_init.core.records import (
+    STATISTICS,
+    append_records,
+    make_record,
+    read_records,
+    to_wide,
+    write_records,
+)
 
 FIXTURE = "tests/fixtures/behaviour_kept/pretrain_variance.jsonl"
 
@@ -22,7 +28,9 @@ def test_legacy_variance_lines_become_records():
             for suffix, stat in names.items():
                 expected[(line["step"], line["layer"], role, stat)] = line[role + suffix]
             expected[(line["step"], line["layer"], role, "grad_var")] = line["grad_" + role]
-            expected[(line["step"], line["layer"], role, "grad_rms")] = line["grad_" + role + "_rms"]
+            expected[(line["step"], line["layer"], role, "grad_rms")] = line[
+                "grad_" + role + "_rms"
+            ]
     assert len(frame) == len(expected)
     for row in frame.itertuples():
         want = expected[(row.step, row.layer, row.role, row.statistic)]
@@ -30,12 +38,23 @@ def test_legacy_variance_lines_become_records():
 
 
 def test_round_trip_keys_nulls_and_wide(tmp_path):
-    recs = [make_record(0, 1, "linear", {"act_var": 2.5, "preact_var": float("inf")}, std=0.1, seed=3),
-            make_record(5, None, None, {"train_loss": 1.25}, std=0.1, seed=3)]
+    recs = [
+        make_record(0, 1, "linear", {"act_var": 2.5, "preact_var": float("inf")}, std=0.1, seed=3),
+        make_record(5, None, None, {"train_loss": 1.25}, std=0.1, seed=3),
+    ]
     path = write_records(tmp_path / "r.jsonl", recs)
     assert json.loads(path.read_text().splitlines()[0])["preact_var"] is None  # strict JSON
     frame = read_records(path, scheme="s")
-    assert list(frame.columns) == ["scheme", "std", "seed", "step", "layer", "role", "statistic", "value"]
+    assert list(frame.columns) == [
+        "scheme",
+        "std",
+        "seed",
+        "step",
+        "layer",
+        "role",
+        "statistic",
+        "value",
+    ]
     assert len(frame) == 3 and set(frame["scheme"]) == {"s"}
     wide = to_wide(frame)
     assert len(wide) == 2
@@ -46,7 +65,12 @@ def test_round_trip_keys_nulls_and_wide(tmp_path):
 def test_append_streams_whole_lines_and_torn_tail_is_skipped(tmp_path):
     path = tmp_path / "v.jsonl"
     with open(path, "w") as f:
-        assert append_records(f, [make_record(0, 0, "q", {"var": 1.0}), make_record(0, 1, "q", {"var": 2.0})]) == 2
+        assert (
+            append_records(
+                f, [make_record(0, 0, "q", {"var": 1.0}), make_record(0, 1, "q", {"var": 2.0})]
+            )
+            == 2
+        )
     with open(path, "a") as f:
         f.write('{"step": 1, "layer": 0, "ro')  # a crash mid-line
     frame = read_records(path)

@@ -15,21 +15,50 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "pretrain.py"
-TINY = ["--n_layer", "2", "--n_embd", "32", "--n_head", "2", "--block_size", "32", "--vocab_size", "300",
-        "--max_train_documents", "40", "--max_eval_samples", "16", "--per_device_train_batch_size", "4",
-        "--per_device_eval_batch_size", "8", "--logging_steps", "2", "--variance_steps", "2",
-        "--disable_tqdm", "true"]
+TINY = [
+    "--n_layer",
+    "2",
+    "--n_embd",
+    "32",
+    "--n_head",
+    "2",
+    "--block_size",
+    "32",
+    "--vocab_size",
+    "300",
+    "--max_train_documents",
+    "40",
+    "--max_eval_samples",
+    "16",
+    "--per_device_train_batch_size",
+    "4",
+    "--per_device_eval_batch_size",
+    "8",
+    "--logging_steps",
+    "2",
+    "--variance_steps",
+    "2",
+    "--disable_tqdm",
+    "true",
+]
 N = 4  # checkpoint every N steps; runs of 2N steps
 RUN = [*TINY, "--max_steps", str(2 * N), "--save_strategy", "steps", "--save_steps", str(N)]
-ENV = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-           TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+ENV = dict(
+    os.environ,
+    PYTHONPATH=str(ROOT),
+    HF_HUB_OFFLINE="1",
+    HF_DATASETS_OFFLINE="1",
+    TRANSFORMERS_OFFLINE="1",
+    TOKENIZERS_PARALLELISM="false",
+    OMP_NUM_THREADS="1",
+)
 
 # A crash after step CRASH_AT, as a kill leaves it: the variance callback has written that step's
 # records (and TensorBoard events have been flushed), then the process dies without any clean-up.
 CRASH = """
 import os, sys
-from hf_init.callbacks import QKVVarianceCallback
-from hf_init.cli import fail_cleanly
+from hf_init.lm.recorders import QKVVarianceCallback
+from hf_init.core.cli import fail_cleanly
 _orig = QKVVarianceCallback.on_step_end
 def on_step_end(self, args, state, control, **kw):
     out = _orig(self, args, state, control, **kw)
@@ -39,19 +68,29 @@ def on_step_end(self, args, state, control, **kw):
         os._exit(137)
     return out
 QKVVarianceCallback.on_step_end = on_step_end
-from hf_init.pretrain import run
+from hf_init.lm.pretrain import run
 sys.exit(fail_cleanly(lambda: run(sys.argv[1:])))
 """
 
 
 def script(*args, timeout=300):
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=ROOT, env=ENV, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *map(str, args)],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def messages(stderr):
     """stderr without the progress bars the Trainer draws when it saves a checkpoint."""
-    return [line for line in stderr.strip().splitlines() if line.strip() and "Writing model shards" not in line]
+    return [
+        line
+        for line in stderr.strip().splitlines()
+        if line.strip() and "Writing model shards" not in line
+    ]
 
 
 def records(path):
@@ -87,12 +126,22 @@ def straight(tmp_path_factory):
 @pytest.fixture(scope="module")
 def crashed_and_resumed(tmp_path_factory):
     out = tmp_path_factory.mktemp("resumed") / "run"
-    crash = subprocess.run([sys.executable, "-c", CRASH.format(crash_at=N + 2), *RUN, "--output_dir", str(out)],
-                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    crash = subprocess.run(
+        [sys.executable, "-c", CRASH.format(crash_at=N + 2), *RUN, "--output_dir", str(out)],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert crash.returncode == 137, crash.stderr[-3000:]
     left = records(out / "variance.jsonl")
-    assert max(r["step"] for r in left) == N + 2  # records past the checkpoint, as a crash leaves them
-    refused = script(*RUN, "--output_dir", out)  # the same command again: refused, naming the resume command
+    assert (
+        max(r["step"] for r in left) == N + 2
+    )  # records past the checkpoint, as a crash leaves them
+    refused = script(
+        *RUN, "--output_dir", out
+    )  # the same command again: refused, naming the resume command
     resumed = script(*RUN, "--output_dir", out, "--resume_from_checkpoint", "true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return out, left, refused, resumed
@@ -102,9 +151,20 @@ def test_resumed_run_equals_the_uninterrupted_one(straight, crashed_and_resumed)
     out, left, _, _ = crashed_and_resumed
     a, b = records(straight / "variance.jsonl"), records(out / "variance.jsonl")
     key = lambda r: (r["step"], r["layer"], r["role"], r.get("head"))  # noqa: E731
-    assert [key(r) for r in b] == [key(r) for r in a]  # same records, same order, no gap, no duplicate
+    assert [key(r) for r in b] == [
+        key(r) for r in a
+    ]  # same records, same order, no gap, no duplicate
     assert len(set(map(key, b))) == len(b)
-    for stat in ("var", "mean", "rms", "grad_var", "grad_rms", "logit_std", "entropy", "learning_rate"):
+    for stat in (
+        "var",
+        "mean",
+        "rms",
+        "grad_var",
+        "grad_rms",
+        "logit_std",
+        "entropy",
+        "learning_rate",
+    ):
         x = np.array([np.nan if r.get(stat) is None else r[stat] for r in a])
         y = np.array([np.nan if r.get(stat) is None else r[stat] for r in b])
         assert np.isfinite(x).any(), stat  # the statistic is really recorded
@@ -128,9 +188,12 @@ def test_resumed_tensorboard_has_no_duplicated_points(straight, crashed_and_resu
 def test_run_info_says_resumed_and_from_where(straight, crashed_and_resumed):
     out, _, _, resumed = crashed_and_resumed
     info = json.loads((out / "run_info.json").read_text())
-    assert info["resumed_from"] == {"checkpoint": str(out / f"checkpoint-{N}"), "step": N,
-                                    "set_aside_file": f"variance.after-step-{N}.interrupted.jsonl",
-                                    "set_aside_records": 2 * 6}  # step N+2: 2 layers x 6 roles
+    assert info["resumed_from"] == {
+        "checkpoint": str(out / f"checkpoint-{N}"),
+        "step": N,
+        "set_aside_file": f"variance.after-step-{N}.interrupted.jsonl",
+        "set_aside_records": 2 * 6,
+    }  # step N+2: 2 layers x 6 roles
     assert info["optimizer_steps"] == 2 * N
     assert json.loads((straight / "run_info.json").read_text())["resumed_from"] is None
     assert f"resumed from {out / f'checkpoint-{N}'} (step {N})" in resumed.stdout
@@ -153,8 +216,25 @@ def test_resume_without_a_checkpoint_is_one_line(tmp_path):
     assert "no checkpoint-<step> folder" in proc.stderr and not (tmp_path / "none").exists()
 
 
-DIVERGE = [*TINY, "--logging_steps", "1", "--variance_steps", "1", "--max_steps", "20", "--save_strategy", "steps",
-           "--save_steps", "2", "--learning_rate", "100", "--max_grad_norm", "0", "--warmup_steps", "0"]
+DIVERGE = [
+    *TINY,
+    "--logging_steps",
+    "1",
+    "--variance_steps",
+    "1",
+    "--max_steps",
+    "20",
+    "--save_strategy",
+    "steps",
+    "--save_steps",
+    "2",
+    "--learning_rate",
+    "100",
+    "--max_grad_norm",
+    "0",
+    "--warmup_steps",
+    "0",
+]
 
 
 def check_diverged_run(proc, out):
@@ -173,7 +253,9 @@ def check_diverged_run(proc, out):
     step = int(m.group(1))
     assert step > 2 and "weight" in m.group(3)
     recs = records(out / "variance.jsonl")
-    assert max(r["step"] for r in recs) == step - 1 and all(np.isfinite(r["var"]) for r in recs if "var" in r)
+    assert max(r["step"] for r in recs) == step - 1 and all(
+        np.isfinite(r["var"]) for r in recs if "var" in r
+    )
     ckpts = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
     assert ckpts == list(range(2, step, 2))  # every checkpoint up to the last good step, none after
     assert not (out / "model.safetensors").exists()  # no NaN weights saved as the run's model
@@ -193,7 +275,11 @@ def test_diverging_run_stops_naming_step_layer_weight(tmp_path):
 
 
 def snapshot(folder):
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(Path(folder).rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_failed_overwrite_run_keeps_both_runs_and_says_which_is_which(straight, tmp_path):
@@ -201,7 +287,9 @@ def test_failed_overwrite_run_keeps_both_runs_and_says_which_is_which(straight, 
 
     out = tmp_path / "run"
     shutil.copytree(straight, out)
-    before = {k: v for k, v in snapshot(out).items() if k != "README.md"}  # not a run marker: stays in place
+    before = {
+        k: v for k, v in snapshot(out).items() if k != "README.md"
+    }  # not a run marker: stays in place
     proc = script(*DIVERGE, "--output_dir", out, "--overwrite_output_dir", "true")
     check_diverged_run(proc, out)  # the failed run's checkpoints and records stay where it ran
     earlier = tmp_path / "run.previous-1"
@@ -214,12 +302,32 @@ def test_sigterm_stops_like_ctrl_c_and_the_run_can_be_resumed(tmp_path):
     """SIGTERM (a cluster time limit) at a checkpoint: records flushed, one line naming the resume
     command, exit 128 + 15; the same command with --resume_from_checkpoint true is then accepted."""
     out = tmp_path / "run"
-    args = [*TINY, "--max_steps", "400", "--save_strategy", "steps", "--save_steps", "2", "--output_dir", str(out)]
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    args = [
+        *TINY,
+        "--max_steps",
+        "400",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+        "--output_dir",
+        str(out),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *args],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 240
-        while not (out / "checkpoint-4").is_dir() and time.monotonic() < deadline and proc.poll() is None:
+        while (
+            not (out / "checkpoint-4").is_dir()
+            and time.monotonic() < deadline
+            and proc.poll() is None
+        ):
             time.sleep(0.2)
         assert (out / "checkpoint-4").is_dir(), "no checkpoint written"
         proc.send_signal(signal.SIGTERM)
@@ -244,8 +352,8 @@ import fnmatch, json, os, sys
 from concurrent.futures import Future
 from pathlib import Path
 import transformers.trainer as trainer_module
-import hf_init.pretrain as pretrain
-from hf_init.cli import fail_cleanly
+import hf_init.lm.pretrain as pretrain
+from hf_init.core.cli import fail_cleanly
 pushes = []
 class Repo:
     repo_id = "someone/run"
@@ -276,25 +384,66 @@ FAKE_TOKEN = "hf_FAKEtokenDoNotWrite1234567890"
 def test_every_hub_push_carries_records_so_far_and_the_token_is_never_written(tmp_path):
     out = tmp_path / "run"
     pushes_file = tmp_path / "pushes.json"
-    args = [*TINY, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--variance_steps", "1",
-            "--push_to_hub", "true", "--hub_strategy", "checkpoint", "--hub_token", FAKE_TOKEN, "--output_dir", str(out)]
-    proc = subprocess.run([sys.executable, "-c", FAKE_HUB, *args], cwd=ROOT, env=dict(ENV, PUSHES=str(pushes_file)),
-                          capture_output=True, text=True, timeout=300)
+    args = [
+        *TINY,
+        "--max_steps",
+        "4",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+        "--variance_steps",
+        "1",
+        "--push_to_hub",
+        "true",
+        "--hub_strategy",
+        "checkpoint",
+        "--hub_token",
+        FAKE_TOKEN,
+        "--output_dir",
+        str(out),
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", FAKE_HUB, *args],
+        cwd=ROOT,
+        env=dict(ENV, PUSHES=str(pushes_file)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     pushes = json.loads(pushes_file.read_text())
     ckpt_pushes = [p for p in pushes if p["path_in_repo"] == "last-checkpoint"]
-    assert [p["max_step"] for p in ckpt_pushes] == [2, 4]  # each checkpoint: the records up to its step
+    assert [p["max_step"] for p in ckpt_pushes] == [
+        2,
+        4,
+    ]  # each checkpoint: the records up to its step
     for p in ckpt_pushes:
-        assert {"variance.jsonl", "figures/qkv_variance_vs_step.png", "figures/qkv_variance_heatmap.png",
-                "model.safetensors", "trainer_state.json"} <= set(p["files"])
+        assert {
+            "variance.jsonl",
+            "figures/qkv_variance_vs_step.png",
+            "figures/qkv_variance_heatmap.png",
+            "model.safetensors",
+            "trainer_state.json",
+        } <= set(p["files"])
     final = pushes[-1]
     assert final["path_in_repo"] is None and final["max_step"] == 4
-    assert {"variance.jsonl", "figures/qkv_variance_vs_step.png", "README.md", "model.safetensors"} <= set(final["files"])
+    assert {
+        "variance.jsonl",
+        "figures/qkv_variance_vs_step.png",
+        "README.md",
+        "model.safetensors",
+    } <= set(final["files"])
     info = json.loads((out / "run_info.json").read_text())
     card = final["readme"]
-    for needle in ("init scheme: `gpt2`", f"{info['n_parameters']:,} parameters", str(info["corpus"]["name"]),
-                   "optimizer steps: 4", f"final perplexity: {info['perplexity']:.2f}",
-                   "![Q/K/V weight variance per layer vs step](figures/qkv_variance_vs_step.png)"):
+    for needle in (
+        "init scheme: `gpt2`",
+        f"{info['n_parameters']:,} parameters",
+        str(info["corpus"]["name"]),
+        "optimizer steps: 4",
+        f"final perplexity: {info['perplexity']:.2f}",
+        "![Q/K/V weight variance per layer vs step](figures/qkv_variance_vs_step.png)",
+    ):
         assert needle in card, needle
     # the uploads would be authenticated (huggingface_hub reads HF_TOKEN) ...
     assert all(p["token_in_env"] == FAKE_TOKEN for p in pushes)
@@ -307,22 +456,30 @@ def test_every_hub_push_carries_records_so_far_and_the_token_is_never_written(tm
 
 
 def test_non_finite_recorded_variance_stops_naming_step_layer_weight():
-    from hf_init.cli import RunStopped
-    from hf_init.records import make_record
-    from hf_init.run_callbacks import NonFiniteRecords
+    from hf_init.core.cli import RunStopped
+    from hf_init.core.records import make_record
+    from hf_init.lm.guards import NonFiniteRecords
 
     sink = NonFiniteRecords()
     sink.write([make_record(3, 0, "q", {"var": 1.0}), make_record(3, 1, "v", {"var": 2.0})])
-    with pytest.raises(RunStopped, match=r"diverged at step 3: non-finite variance of layer 1 k weight"):
-        sink.write([make_record(3, 0, "q", {"var": 1.0}), make_record(3, 1, "k", {"var": float("inf")})])
+    with pytest.raises(
+        RunStopped, match=r"diverged at step 3: non-finite variance of layer 1 k weight"
+    ):
+        sink.write(
+            [make_record(3, 0, "q", {"var": 1.0}), make_record(3, 1, "k", {"var": float("inf")})]
+        )
 
 
 def test_set_aside_moves_later_and_torn_lines_byte_for_byte(tmp_path):
-    from hf_init.records import set_aside_after
+    from hf_init.core.records import set_aside_after
 
     path, side = tmp_path / "v.jsonl", tmp_path / "side.jsonl"
-    lines = ['{"step": 0, "layer": 0, "var": 1.0}\n', '{"step": 4, "layer": 0, "var": 2.0}\n',
-             '{"step": 6, "layer": 0, "var": 3.0}\n', '{"step": 8, "lay']
+    lines = [
+        '{"step": 0, "layer": 0, "var": 1.0}\n',
+        '{"step": 4, "layer": 0, "var": 2.0}\n',
+        '{"step": 6, "layer": 0, "var": 3.0}\n',
+        '{"step": 8, "lay',
+    ]
     path.write_text("".join(lines))
     assert set_aside_after(path, 4, side) == 2
     assert path.read_text() == "".join(lines[:2])
@@ -330,22 +487,33 @@ def test_set_aside_moves_later_and_torn_lines_byte_for_byte(tmp_path):
     assert set_aside_after(tmp_path / "missing.jsonl", 4, side) == 0
 
 
-def test_interrupted_run_without_checkpoint_is_refused_with_the_restart_command(tmp_path, monkeypatch):
+def test_interrupted_run_without_checkpoint_is_refused_with_the_restart_command(
+    tmp_path, monkeypatch
+):
     """Issue 13: what SIGINT at step 10 leaves (variance.jsonl and runs/ only) blocks the same command,
     which then names what the folder holds and the exact command that restarts it."""
-    from hf_init.cli import UsageError
-    from hf_init.pretrain import check_output_dir
+    from hf_init.core.cli import UsageError
+    from hf_init.lm.pretrain import check_output_dir
 
     monkeypatch.setattr(sys, "argv", ["scripts/pretrain.py"])
     (tmp_path / "variance.jsonl").write_text('{"step": 10}\n')
     (tmp_path / "runs").mkdir()
-    argv = ["configs/x.yaml", "--max_steps", "50", "--overwrite_output_dir=false", "--output_dir", str(tmp_path)]
+    argv = [
+        "configs/x.yaml",
+        "--max_steps",
+        "50",
+        "--overwrite_output_dir=false",
+        "--output_dir",
+        str(tmp_path),
+    ]
     with pytest.raises(UsageError) as err:
         check_output_dir(tmp_path, False, argv)
     msg = str(err.value)
     assert "did not finish and has no checkpoint (variance.jsonl, runs; no run_info.json)" in msg
-    assert msg.endswith(f"restart it with: python scripts/pretrain.py configs/x.yaml --max_steps 50 "
-                        f"--output_dir {tmp_path} --overwrite_output_dir true")
+    assert msg.endswith(
+        f"restart it with: python scripts/pretrain.py configs/x.yaml --max_steps 50 "
+        f"--output_dir {tmp_path} --overwrite_output_dir true"
+    )
     (tmp_path / "run_info.json").write_text("{}")  # a finished run: the plain refusal
     with pytest.raises(UsageError, match="pass --overwrite_output_dir to replace it"):
         check_output_dir(tmp_path, False, argv)

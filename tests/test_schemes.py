@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers.pytorch_utils import Conv1D
 
-from hf_init.modeling import build_model, make_config
-from hf_init.schemes import SCHEMES, SchemeOptions, WeightSpec, fans, get_scheme
+from hf_init.core.schemes import SCHEMES, SchemeOptions, WeightSpec, fans, get_scheme
+from hf_init.lm.modeling import build_model, make_config
 
 L, D, H, V, T = 12, 128, 4, 512, 64  # layers, width, heads, vocab, positions
 
@@ -63,8 +63,13 @@ def sampling_tolerance(n: int, uniform: bool) -> float:
 def test_every_weight_kind_matches_formula(scheme):
     torch.manual_seed(0)
     model = build_model(
-        init_scheme=scheme, init_std=0.05 if scheme == "normal" else None,
-        n_layer=L, n_embd=D, n_head=H, vocab_size=V, n_positions=T,
+        init_scheme=scheme,
+        init_std=0.05 if scheme == "normal" else None,
+        n_layer=L,
+        n_embd=D,
+        n_head=H,
+        vocab_size=V,
+        n_positions=T,
     )
     uniform = scheme.endswith("uniform")
     for role, layer, w, fan_in, fan_out in weight_blocks(model):
@@ -92,7 +97,9 @@ def test_stock_gpt2_scheme_matches_stock_transformers_statistics():
 
     torch.manual_seed(1)
     stock = GPT2LMHeadModel(GPT2Config(n_layer=L, n_embd=D, n_head=H, vocab_size=V, n_positions=T))
-    ours = build_model(init_scheme="gpt2", n_layer=L, n_embd=D, n_head=H, vocab_size=V, n_positions=T)
+    ours = build_model(
+        init_scheme="gpt2", n_layer=L, n_embd=D, n_head=H, vocab_size=V, n_positions=T
+    )
     for (role, _, ws, *_), (_, _, wo, *_) in zip(weight_blocks(stock), weight_blocks(ours)):
         n = ws.numel()
         assert abs(wo.std().item() / ws.std().item() - 1) < 2 * sampling_tolerance(n, False), role
@@ -109,7 +116,9 @@ def test_kaiming_reads_conv1d_fans_logically():
     lin = torch.nn.Linear(d, 4 * d)  # weight (4d, d)
     assert fans(conv.weight.shape, "conv1d") == (d, 4 * d)
     assert fans(lin.weight.shape, "linear") == (d, 4 * d)
-    model = build_model(init_scheme="kaiming_normal", n_layer=2, n_embd=256, n_head=4, vocab_size=V, n_positions=T)
+    model = build_model(
+        init_scheme="kaiming_normal", n_layer=2, n_embd=256, n_head=4, vocab_size=V, n_positions=T
+    )
     w = torch.cat([b.mlp.c_fc.weight.flatten() for b in model.transformer.h])
     right, storage_based = math.sqrt(2 / 256), math.sqrt(2 / 1024)
     assert abs(w.std().item() / right - 1) < 0.02
@@ -121,8 +130,14 @@ def test_kaiming_reads_conv1d_fans_logically():
 
 def test_kaiming_fan_out_mode_and_nonlinearity():
     model = build_model(
-        init_scheme="kaiming_normal", init_fan_mode="fan_out", init_nonlinearity="linear",
-        n_layer=2, n_embd=256, n_head=4, vocab_size=V, n_positions=T,
+        init_scheme="kaiming_normal",
+        init_fan_mode="fan_out",
+        init_nonlinearity="linear",
+        n_layer=2,
+        n_embd=256,
+        n_head=4,
+        vocab_size=V,
+        n_positions=T,
     )
     w = torch.cat([b.mlp.c_fc.weight.flatten() for b in model.transformer.h])  # fan_out 1024
     assert abs(w.std().item() / math.sqrt(1 / 1024) - 1) < 0.02
@@ -130,14 +145,18 @@ def test_kaiming_fan_out_mode_and_nonlinearity():
 
 def test_qkv_initialized_as_three_square_projections():
     """Xavier on fused c_attn (d -> 3d) would give 2/(4d); split Q/K/V gives 2/(2d) = 1/d."""
-    model = build_model(init_scheme="xavier_normal", n_layer=4, n_embd=256, n_head=4, vocab_size=V, n_positions=T)
+    model = build_model(
+        init_scheme="xavier_normal", n_layer=4, n_embd=256, n_head=4, vocab_size=V, n_positions=T
+    )
     w = torch.cat([b.attn.c_attn.weight.flatten() for b in model.transformer.h])
     assert abs(w.var().item() * 256 - 1) < 0.02
 
 
 def test_save_stock_reload_identical_logits(tmp_path):
     torch.manual_seed(0)
-    model = build_model(init_scheme="kaiming_uniform", n_layer=2, n_embd=64, n_head=2, vocab_size=V, n_positions=T)
+    model = build_model(
+        init_scheme="kaiming_uniform", n_layer=2, n_embd=64, n_head=2, vocab_size=V, n_positions=T
+    )
     model.save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["model_type"] == "gpt2"
@@ -164,9 +183,17 @@ def test_save_stock_reload_identical_logits(tmp_path):
 
 
 def test_from_pretrained_does_not_reinitialize(tmp_path):
-    from hf_init.modeling import SchemeGPT2LMHeadModel
+    from hf_init.lm.modeling import SchemeGPT2LMHeadModel
 
-    model = build_model(init_scheme="normal", init_std=0.3, n_layer=2, n_embd=64, n_head=2, vocab_size=V, n_positions=T)
+    model = build_model(
+        init_scheme="normal",
+        init_std=0.3,
+        n_layer=2,
+        n_embd=64,
+        n_head=2,
+        vocab_size=V,
+        n_positions=T,
+    )
     model.save_pretrained(tmp_path)
     again = SchemeGPT2LMHeadModel.from_pretrained(tmp_path)
     for (n, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
@@ -215,8 +242,12 @@ def test_cross_attention_weights_follow_their_roles():
     stock = GPT2LMHeadModel(GPT2Config(**kw))
     ours = build_model(init_scheme="gpt2", **kw)
     for name in ("q_attn", "c_attn", "c_proj"):
-        s = torch.cat([getattr(b.crossattention, name).weight.flatten() for b in stock.transformer.h])
-        o = torch.cat([getattr(b.crossattention, name).weight.flatten() for b in ours.transformer.h])
+        s = torch.cat(
+            [getattr(b.crossattention, name).weight.flatten() for b in stock.transformer.h]
+        )
+        o = torch.cat(
+            [getattr(b.crossattention, name).weight.flatten() for b in ours.transformer.h]
+        )
         assert abs(o.std().item() / s.std().item() - 1) < 0.02, name
     c_proj = torch.cat([b.crossattention.c_proj.weight.flatten() for b in ours.transformer.h])
     assert abs(c_proj.std().item() / (0.02 / math.sqrt(2 * L)) - 1) < 0.02
@@ -230,8 +261,15 @@ def test_cross_attention_weights_follow_their_roles():
 
 
 def test_untied_lm_head_follows_scheme():
-    model = build_model(init_scheme="xavier_normal", tie_word_embeddings=False,
-                        n_layer=2, n_embd=D, n_head=H, vocab_size=4096, n_positions=T)
+    model = build_model(
+        init_scheme="xavier_normal",
+        tie_word_embeddings=False,
+        n_layer=2,
+        n_embd=D,
+        n_head=H,
+        vocab_size=4096,
+        n_positions=T,
+    )
     head = model.lm_head.weight  # nn.Linear (vocab, d): fan_in d, fan_out vocab
     assert head.data_ptr() != model.transformer.wte.weight.data_ptr()
     assert abs(head.std().item() / math.sqrt(2 / (D + 4096)) - 1) < 0.02
@@ -241,7 +279,9 @@ def test_resized_embedding_rows_use_the_embedding_rule():
     """resize_token_embeddings initializes the new table before attaching it: the new rows
     must still get the embedding rule (kaiming: normal(0, r)), not a fan-based one."""
     torch.manual_seed(0)
-    model = build_model(init_scheme="kaiming_normal", n_layer=1, n_embd=D, n_head=H, vocab_size=100, n_positions=T)
+    model = build_model(
+        init_scheme="kaiming_normal", n_layer=1, n_embd=D, n_head=H, vocab_size=100, n_positions=T
+    )
     model.resize_token_embeddings(4000, mean_resizing=False)
     new_rows = model.transformer.wte.weight[100:]
     assert abs(new_rows.std().item() / 0.02 - 1) < 0.02
@@ -251,9 +291,17 @@ def test_from_pretrained_initializes_only_missing_weights(tmp_path):
     """Keys missing from a checkpoint are initialized by the scheme; loaded ones are kept."""
     from safetensors.torch import load_file, save_file
 
-    from hf_init.modeling import SchemeGPT2LMHeadModel
+    from hf_init.lm.modeling import SchemeGPT2LMHeadModel
 
-    model = build_model(init_scheme="normal", init_std=0.5, n_layer=2, n_embd=256, n_head=H, vocab_size=V, n_positions=T)
+    model = build_model(
+        init_scheme="normal",
+        init_std=0.5,
+        n_layer=2,
+        n_embd=256,
+        n_head=H,
+        vocab_size=V,
+        n_positions=T,
+    )
     model.save_pretrained(tmp_path)
     weights = load_file(tmp_path / "model.safetensors")
     dropped = "transformer.h.1.mlp.c_fc.weight"
@@ -268,7 +316,9 @@ def test_from_pretrained_initializes_only_missing_weights(tmp_path):
             assert torch.equal(p, weights[name]), name
 
 
-@pytest.mark.parametrize("kwargs, needle", [({"n_layer": 0}, "n_layer"), ({"n_head": 3}, "n_head (3)")])
+@pytest.mark.parametrize(
+    "kwargs, needle", [({"n_layer": 0}, "n_layer"), ({"n_head": 3}, "n_head (3)")]
+)
 def test_bad_shape_is_one_clear_error(kwargs, needle):
     with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         make_config(**{"n_embd": 128, "n_head": 4, "vocab_size": V, **kwargs})
@@ -279,9 +329,11 @@ def test_causal_loss_type_survives_build_and_reload(tmp_path):
     to the shifted causal loss; our class must set it (stock GPT2LMHeadModel does not)."""
     from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
 
-    from hf_init.modeling import SchemeGPT2LMHeadModel
+    from hf_init.lm.modeling import SchemeGPT2LMHeadModel
 
     model = build_model(n_layer=1, n_embd=32, n_head=2, vocab_size=V, n_positions=T)
     assert LOSS_MAPPING[model.loss_type] is ForCausalLMLoss
     model.save_pretrained(tmp_path)
-    assert LOSS_MAPPING[SchemeGPT2LMHeadModel.from_pretrained(tmp_path).loss_type] is ForCausalLMLoss
+    assert (
+        LOSS_MAPPING[SchemeGPT2LMHeadModel.from_pretrained(tmp_path).loss_type] is ForCausalLMLoss
+    )

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_main, run_script
+from conftest import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,8 +33,8 @@ def _member(r, keys):
 
 def _curves(out):
     """The whole-model records of a study's records.jsonl (layer and role null: full-split
-    loss/accuracy per record step), one dict per (member, step), through hf_init.records."""
-    from hf_init.records import read_records, to_wide
+    loss/accuracy per record step), one dict per (member, step), through hf_init.core.records."""
+    from hf_init.core.records import read_records, to_wide
 
     wide = to_wide(read_records(out / "records.jsonl"))
     return wide[wide["layer"].isna()].sort_values("step", kind="stable").to_dict("records")
@@ -50,11 +50,24 @@ def test_inspect_init_table_matches_hand_computation(scheme):
     c_attn); scheme std: the textbook formula."""
     import torch
 
-    from hf_init.modeling import build_model
+    from hf_init.lm.modeling import build_model
 
     L, d, V = 2, 32, 100
-    rc, stdout, stderr = run_main("inspect_init", "--init_scheme", scheme, "--n_layer", L, "--n_embd", d,
-                                  "--n_head", 2, "--vocab_size", V, "--seed", 3)
+    rc, stdout, stderr = run_main(
+        "inspect_init",
+        "--init_scheme",
+        scheme,
+        "--n_layer",
+        L,
+        "--n_embd",
+        d,
+        "--n_head",
+        2,
+        "--vocab_size",
+        V,
+        "--seed",
+        3,
+    )
     assert rc == 0, stderr
     table = {}
     for line in stdout.splitlines()[2:]:
@@ -67,16 +80,22 @@ def test_inspect_init_table_matches_hand_computation(scheme):
     cat = lambda ws: torch.cat([w.detach().double().reshape(-1) for w in ws])  # noqa: E731
     pieces = {
         "q": cat(b.attn.c_attn.weight[:, :d] for b in blocks),
-        "k": cat(b.attn.c_attn.weight[:, d:2 * d] for b in blocks),
-        "v": cat(b.attn.c_attn.weight[:, 2 * d:] for b in blocks),
+        "k": cat(b.attn.c_attn.weight[:, d : 2 * d] for b in blocks),
+        "v": cat(b.attn.c_attn.weight[:, 2 * d :] for b in blocks),
         "attn_proj": cat(b.attn.c_proj.weight for b in blocks),
         "mlp_fc": cat(b.mlp.c_fc.weight for b in blocks),
         "mlp_proj": cat(b.mlp.c_proj.weight for b in blocks),
         "wte": cat([model.transformer.wte.weight]),
         "wpe": cat([model.transformer.wpe.weight]),
     }
-    fans = {"q": (d, d), "k": (d, d), "v": (d, d), "attn_proj": (d, d), "mlp_fc": (d, 4 * d),
-            "mlp_proj": (4 * d, d)}
+    fans = {
+        "q": (d, d),
+        "k": (d, d),
+        "v": (d, d),
+        "attn_proj": (d, d),
+        "mlp_fc": (d, 4 * d),
+        "mlp_proj": (4 * d, d),
+    }
     assert set(table) == set(pieces)
     for role, w in pieces.items():
         fan_in, fan_out, measured, scheme_std, ratio = table[role]
@@ -113,7 +132,9 @@ def test_sweep_loss_records(sweep_out):
                     assert float(c[key]) * n == pytest.approx(round(float(c[key]) * n), abs=1e-6)
         assert float(cs[0]["train_loss"]) == float(r["initial_train_loss"])
         last = float(cs[-1]["train_loss"])
-        assert (math.isnan(last) and math.isnan(float(r["final_train_loss"]))) or last == float(r["final_train_loss"])
+        assert (math.isnan(last) and math.isnan(float(r["final_train_loss"]))) or last == float(
+            r["final_train_loss"]
+        )
         div = int(r["diverged_step"])
         for c in cs:  # a diverged member has no finite loss after its divergence step
             if div >= 0 and int(c["step"]) > div:
@@ -127,7 +148,9 @@ def test_sweep_loss_records(sweep_out):
 def test_sweep_summary_json(sweep_out):
     summary = json.loads((sweep_out / "summary.json").read_text())
     results = _rows(sweep_out / "results.csv")
-    assert summary["steps"] == 30 and summary["n_classes"] == 3 and summary["tensorboard_runs"] == 12
+    assert (
+        summary["steps"] == 30 and summary["n_classes"] == 3 and summary["tensorboard_runs"] == 12
+    )
     assert summary["command"].split()[:2] == ["python", "scripts/mlp_sweep.py"]
     for depth in ("1", "3"):
         band = summary["bands"][depth]
@@ -146,11 +169,16 @@ def _tb_run(path):
     ea = EventAccumulator(str(path))
     ea.Reload()
     content = ea.PluginTagToContent("hparams")
-    start = [plugin_data_pb2.HParamsPluginData.FromString(v).session_start_info for k, v in content.items()
-             if k.endswith("session_start_info")]
+    start = [
+        plugin_data_pb2.HParamsPluginData.FromString(v).session_start_info
+        for k, v in content.items()
+        if k.endswith("session_start_info")
+    ]
     assert len(start) == 1
-    hp = {k: (v.string_value if v.WhichOneof("kind") == "string_value" else v.number_value)
-          for k, v in start[0].hparams.items()}
+    hp = {
+        k: (v.string_value if v.WhichOneof("kind") == "string_value" else v.number_value)
+        for k, v in start[0].hparams.items()
+    }
     metrics = {t: ea.Scalars(t)[-1].value for t in ea.Tags()["scalars"] if t.startswith("hparam/")}
     return hp, metrics, ea
 
@@ -171,11 +199,16 @@ def test_sweep_tensorboard_hparams(sweep_out):
         for name in ("final_train_loss", "final_test_loss", "final_test_acc"):
             want = float(r[name])
             got = metrics[f"hparam/{name}"]
-            assert (math.isnan(want) and math.isnan(got)) or got == pytest.approx(want, rel=1e-6), (run, name)
+            assert (math.isnan(want) and math.isnan(got)) or got == pytest.approx(want, rel=1e-6), (
+                run,
+                name,
+            )
         assert metrics["hparam/stable"] == float(r["regime"] == "stable")
         assert metrics["hparam/diverged"] == float(int(r["diverged_step"]) >= 0)
         # the minibatch-loss curve lives in the same run folder
-        assert len(ea.Scalars("loss/minibatch")) == (30 if int(r["diverged_step"]) < 0 else int(r["diverged_step"]))
+        assert len(ea.Scalars("loss/minibatch")) == (
+            30 if int(r["diverged_step"]) < 0 else int(r["diverged_step"])
+        )
     assert len(seen) == 12
 
 
@@ -201,9 +234,13 @@ def test_compare_results_from_curves(compare_out):
         hit = [s for s, v in zip(steps, loss) if v <= target]
         assert float(r["steps_to_target"]) == (hit[0] if hit else last_step + 1)
         assert (r["reached_target"] == "True") == bool(hit)
-        auc = sum((steps[i + 1] - steps[i]) * (loss[i] + loss[i + 1]) / 2 for i in range(len(steps) - 1))
+        auc = sum(
+            (steps[i + 1] - steps[i]) * (loss[i] + loss[i + 1]) / 2 for i in range(len(steps) - 1)
+        )
         assert float(r["loss_auc"]) == pytest.approx(auc / (steps[-1] - steps[0]), rel=1e-9)
-        assert float(r["initial_train_loss"]) == loss[0] and float(r["final_train_loss"]) == loss[-1]
+        assert (
+            float(r["initial_train_loss"]) == loss[0] and float(r["final_train_loss"]) == loss[-1]
+        )
 
 
 def test_compare_summary_statistics_match_scipy(compare_out):
@@ -215,15 +252,23 @@ def test_compare_summary_statistics_match_scipy(compare_out):
     for act in ("relu", "tanh"):
         for metric in ("steps_to_target", "loss_auc", "final_test_loss", "final_test_acc"):
             got = summary["comparison"][act][metric]
-            a, b = ([float(r[metric]) for r in sorted(results, key=lambda r: r["seed"])
-                     if r["activation"] == act and r["scheme"] == s] for s in ("kaiming_normal", "xavier_normal"))
+            a, b = (
+                [
+                    float(r[metric])
+                    for r in sorted(results, key=lambda r: r["seed"])
+                    if r["activation"] == act and r["scheme"] == s
+                ]
+                for s in ("kaiming_normal", "xavier_normal")
+            )
             d = np.subtract(a, b)
             for name, x in (("a", a), ("b", b), ("diff", d)):
                 x = np.asarray(x)
                 assert got[name]["mean"] == pytest.approx(x.mean(), rel=1e-9, abs=1e-12)
                 if x.std() > 0:
                     lo, hi = stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
-                    assert (got[name]["lo"], got[name]["hi"]) == pytest.approx((lo, hi), rel=1e-9, abs=1e-12)
+                    assert (got[name]["lo"], got[name]["hi"]) == pytest.approx(
+                        (lo, hi), rel=1e-9, abs=1e-12
+                    )
             lower = metric != "final_test_acc"
             assert got["a_better_count"] == sum((x < y) if lower else (x > y) for x, y in zip(a, b))
             if np.any(d != 0):
@@ -237,32 +282,73 @@ def test_compare_summary_statistics_match_scipy(compare_out):
 
 def test_sweep_overwrite_replaces_the_previous_study(tmp_path):
     out = tmp_path / "sweep"
-    first = ["--dataset", "wine", "--stds", "0.1", "--seeds", "1", "--depths", "1", "2", "--epochs", "1",
-             "--no_progress", "--output_dir", out]
+    first = [
+        "--dataset",
+        "wine",
+        "--stds",
+        "0.1",
+        "--seeds",
+        "1",
+        "--depths",
+        "1",
+        "2",
+        "--epochs",
+        "1",
+        "--no_progress",
+        "--output_dir",
+        out,
+    ]
     assert run_main("mlp_sweep", *first)[0] == 0
     assert len([p for p in (out / "tb").iterdir()]) == 2
-    second = ["--dataset", "wine", "--stds", "0.05", "1", "--seeds", "1", "--depth", "1", "--epochs", "1",
-              "--no_progress", "--output_dir", out]
+    second = [
+        "--dataset",
+        "wine",
+        "--stds",
+        "0.05",
+        "1",
+        "--seeds",
+        "1",
+        "--depth",
+        "1",
+        "--epochs",
+        "1",
+        "--no_progress",
+        "--output_dir",
+        out,
+    ]
     rc, _, err = run_main("mlp_sweep", *second)
     assert rc == 2 and "--overwrite" in err
     rc, _, err = run_main("mlp_sweep", *second, "--overwrite")
     assert rc == 0, err
     rows = _rows(out / "results.csv")
-    assert sorted(float(r["std"]) for r in rows) == [0.05, 1.0] and {r["depth"] for r in rows} == {"1"}
+    assert sorted(float(r["std"]) for r in rows) == [0.05, 1.0] and {r["depth"] for r in rows} == {
+        "1"
+    }
     assert {float(c["std"]) for c in _curves(out)} == {0.05, 1.0}
     # the first study's TensorBoard runs are gone: only this study's members remain
-    assert sorted(p.name for p in (out / "tb").iterdir()) == ["depth1_std1.00e+00_seed0", "depth1_std5.00e-02_seed0"]
+    assert sorted(p.name for p in (out / "tb").iterdir()) == [
+        "depth1_std1.00e+00_seed0",
+        "depth1_std5.00e-02_seed0",
+    ]
     assert "--overwrite" in json.loads((out / "summary.json").read_text())["command"]
 
 
 def test_compare_overwrite_replaces_the_previous_study(tmp_path):
     out = tmp_path / "cmp"
     base = ["--dataset", "wine", "--epochs", "1", "--no_progress", "--output_dir", out]
-    assert run_main("mlp_init_compare", *base, "--seeds", "2", "--activations", "relu", "tanh")[0] == 0
-    rc, _, err = run_main("mlp_init_compare", *base, "--seeds", "3", "--activations", "relu", "--overwrite")
+    assert (
+        run_main("mlp_init_compare", *base, "--seeds", "2", "--activations", "relu", "tanh")[0] == 0
+    )
+    rc, _, err = run_main(
+        "mlp_init_compare", *base, "--seeds", "3", "--activations", "relu", "--overwrite"
+    )
     assert rc == 0, err
     rows = _rows(out / "results.csv")
-    assert {r["activation"] for r in rows} == {"relu"} and sorted({r["seed"] for r in rows}) == ["0", "1", "2"]
+    assert {r["activation"] for r in rows} == {"relu"} and sorted({r["seed"] for r in rows}) == [
+        "0",
+        "1",
+        "2",
+    ]
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["comparison"]) == ["relu"] and summary["seeds"] == [0, 1, 2]
     assert len([p for p in (out / "tb").iterdir() if p.is_dir()]) == 2 * 3
@@ -275,7 +361,7 @@ _RANK = textwrap.dedent("""
     import torch.distributed as dist
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
-    from hf_init.pretrain import check_same_tokenizer
+    from hf_init.lm.pretrain import check_same_tokenizer
 
     rank = int(os.environ["RANK"])
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -307,13 +393,30 @@ def test_tokenizer_mismatch_across_ranks_is_refused_on_every_rank(tmp_path):
     script.write_text(_RANK)
     procs = []
     for rank in range(2):
-        env = dict(os.environ, PYTHONPATH=str(ROOT), RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+        env = dict(
+            os.environ,
+            PYTHONPATH=str(ROOT),
+            RANK=str(rank),
+            WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            OMP_NUM_THREADS="1",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outs = [p.communicate(timeout=120) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-2000:]
         same, differ = [x for x in out.splitlines() if x.startswith(("same ", "differ "))]
         assert same == "same same"
-        assert differ.startswith("differ refused: ranks built different tokenizers") and "--tokenizer_name" in differ
+        assert (
+            differ.startswith("differ refused: ranks built different tokenizers")
+            and "--tokenizer_name" in differ
+        )

@@ -13,20 +13,46 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hf_init.cli import UsageError
-from hf_init.records import read_records, to_wide
+from hf_init.core.cli import UsageError
+from hf_init.core.records import read_records, to_wide
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--n_layer", "3", "--n_embd", "32", "--n_head", "2", "--block_size", "32", "--vocab_size", "300",
-        "--max_train_documents", "40", "--max_eval_samples", "16", "--per_device_train_batch_size", "4",
-        "--per_device_eval_batch_size", "8", "--logging_steps", "3", "--variance_steps", "3", "--warmup_steps", "2",
-        "--max_steps", "6", "--attention_probe_blocks", "4"]
+TINY = [
+    "--n_layer",
+    "3",
+    "--n_embd",
+    "32",
+    "--n_head",
+    "2",
+    "--block_size",
+    "32",
+    "--vocab_size",
+    "300",
+    "--max_train_documents",
+    "40",
+    "--max_eval_samples",
+    "16",
+    "--per_device_train_batch_size",
+    "4",
+    "--per_device_eval_batch_size",
+    "8",
+    "--logging_steps",
+    "3",
+    "--variance_steps",
+    "3",
+    "--warmup_steps",
+    "2",
+    "--max_steps",
+    "6",
+    "--attention_probe_blocks",
+    "4",
+]
 SCHEMES = ["--schemes", "gpt2", "normal:0.05"]
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    from hf_init.study import run_study
+    from hf_init.lm.study import run_study
 
     out = tmp_path_factory.mktemp("study") / "s"
     run_study([*SCHEMES, "--seeds", "2", "--output_dir", str(out), *TINY])
@@ -34,10 +60,21 @@ def study(tmp_path_factory):
 
 
 def script(name, *args):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / name), *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 RUNS = ["gpt2_seed0", "gpt2_seed1", "normal_std0.05_seed0", "normal_std0.05_seed1"]
@@ -48,12 +85,16 @@ def test_every_run_in_its_folder_sharing_tokenizer_and_seeds(study):
     shared = (study / "tokenizer" / "tokenizer.json").read_text()
     for name in RUNS:
         info = json.loads((study / name / "run_info.json").read_text())
-        assert (study / name / "tokenizer.json").read_text() == shared  # trained once, loaded by every run
+        assert (
+            study / name / "tokenizer.json"
+        ).read_text() == shared  # trained once, loaded by every run
         assert info["seed"] == int(name[-1])
         assert info["optimizer_steps"] == 6  # the passed-through --max_steps reached every run
         assert info["config"]["data"]["tokenizer_name"] == str(study / "tokenizer")
         # an HParams entry in the run's own TensorBoard folder
-        events = b"".join(p.read_bytes() for p in (study / name / "runs").rglob("events.out.tfevents.*"))
+        events = b"".join(
+            p.read_bytes() for p in (study / name / "runs").rglob("events.out.tfevents.*")
+        )
         assert b"hparams" in events
         assert (b"normal" if "normal" in name else b"gpt2") in events
 
@@ -65,7 +106,7 @@ def test_schemes_start_from_their_hand_formula_variances(study):
         wide = to_wide(read_records(study / name / "variance.jsonl"))
         init = wide[(wide["step"] == 0) & (wide["role"] == "attn_proj")]["var"]
         assert len(init) == 3
-        np.testing.assert_allclose(init, proj_std ** 2, rtol=0.15)
+        np.testing.assert_allclose(init, proj_std**2, rtol=0.15)
 
 
 def test_same_seed_same_data_across_schemes(study):
@@ -77,7 +118,7 @@ def test_same_seed_same_data_across_schemes(study):
 
 
 def test_rerun_skips_finished_runs_and_redoes_an_interrupted_one(study, capsys):
-    from hf_init.study import run_study
+    from hf_init.lm.study import run_study
 
     before = {n: (study / n / "run_info.json").stat().st_mtime_ns for n in RUNS}
     (study / "gpt2_seed1" / "run_info.json").unlink()  # as if interrupted before the end
@@ -120,8 +161,15 @@ def test_study_report_is_self_contained_and_holds_the_sections(study):
     assert len(srcs) == md.count("![")
     # 1 loss figure + per scheme (2) a Q/K/V variance and an attention figure
     assert len(srcs) == 5
-    for section in ("## Configurations", "## Loss and perplexity", "## Q/K/V variance and attention, per scheme",
-                    "## Equilibration", "## The paper's claims", "narrower_band_at_end", "shallow_grow_faster"):
+    for section in (
+        "## Configurations",
+        "## Loss and perplexity",
+        "## Q/K/V variance and attention, per scheme",
+        "## Equilibration",
+        "## The paper's claims",
+        "narrower_band_at_end",
+        "shallow_grow_faster",
+    ):
         assert section in md
     # the per-scheme mean eval loss equals the mean of the runs' own eval losses (numpy)
     losses = [json.loads((study / n / "run_info.json").read_text())["eval_loss"] for n in RUNS[:2]]
@@ -133,8 +181,12 @@ def test_report_script_on_one_run_and_an_mlp_folder(study, tmp_path):
     # a stand-in MLP study folder: the files mlp_sweep writes that the report reads
     mlp = tmp_path / "mlp_sweep"
     mlp.mkdir()
-    (mlp / "summary.json").write_text(json.dumps({"command": "python scripts/mlp_sweep.py", "setup": "digits"}))
-    (mlp / "results.csv").write_text("depth,std,seed,final_test_acc\n4,0.1,0,0.5\n4,0.1,1,0.7\n4,1.0,0,0.9\n")
+    (mlp / "summary.json").write_text(
+        json.dumps({"command": "python scripts/mlp_sweep.py", "setup": "digits"})
+    )
+    (mlp / "results.csv").write_text(
+        "depth,std,seed,final_test_acc\n4,0.1,0,0.5\n4,0.1,1,0.7\n4,1.0,0,0.9\n"
+    )
     png = next((study / "gpt2_seed0" / "figures").glob("*.png"))
     (mlp / "sweep_metrics.png").write_bytes(png.read_bytes())
     out = tmp_path / "rep"
@@ -148,21 +200,27 @@ def test_report_script_on_one_run_and_an_mlp_folder(study, tmp_path):
 
 
 def test_bad_input_one_line_nothing_written(tmp_path, capsys):
-    from hf_init.cli import fail_cleanly
-    from hf_init.study import run_study
+    from hf_init.core.cli import fail_cleanly
+    from hf_init.lm.study import run_study
 
     empty = tmp_path / "empty"
     empty.mkdir()
     proc = script("report.py", empty)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "holds no finished" in proc.stderr
+    assert (
+        proc.returncode == 2 and proc.stderr.count("\n") == 1 and "holds no finished" in proc.stderr
+    )
     assert list(empty.iterdir()) == []
     proc = script("init_study.py", *SCHEMES, "--seed", "3", "--output_dir", tmp_path / "s")
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "set by the study" in proc.stderr
-    for args, message in ((["--schemes", "bogus"], "unknown init scheme"),
-                          (["--schemes", "normal"], "normal:STD"),
-                          (["--seeds", "0"], "seeds must be >= 1"),
-                          (["--lr_scheduler_types", "wavy"], "unknown lr_scheduler_types"),
-                          (["--max_steps", "-5"], "max_steps")):
+    assert (
+        proc.returncode == 2 and proc.stderr.count("\n") == 1 and "set by the study" in proc.stderr
+    )
+    for args, message in (
+        (["--schemes", "bogus"], "unknown init scheme"),
+        (["--schemes", "normal"], "normal:STD"),
+        (["--seeds", "0"], "seeds must be >= 1"),
+        (["--lr_scheduler_types", "wavy"], "unknown lr_scheduler_types"),
+        (["--max_steps", "-5"], "max_steps"),
+    ):
         assert fail_cleanly(lambda: run_study([*args, "--output_dir", str(tmp_path / "s")])) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, (args, err)
@@ -170,11 +228,25 @@ def test_bad_input_one_line_nothing_written(tmp_path, capsys):
 
 
 def test_plan_crosses_learning_rates_and_schedules():
-    from hf_init.study import parse_study_args, plan
+    from hf_init.lm.study import parse_study_args, plan
 
-    study, passthrough = parse_study_args(["--schemes", "gpt2", "normal:0.02", "--seeds", "2", "--learning_rates",
-                                           "3e-4", "1e-3", "--lr_scheduler_types", "cosine", "constant_with_warmup",
-                                           "--max_steps", "30"])
+    study, passthrough = parse_study_args(
+        [
+            "--schemes",
+            "gpt2",
+            "normal:0.02",
+            "--seeds",
+            "2",
+            "--learning_rates",
+            "3e-4",
+            "1e-3",
+            "--lr_scheduler_types",
+            "cosine",
+            "constant_with_warmup",
+            "--max_steps",
+            "30",
+        ]
+    )
     assert passthrough == ["--max_steps", "30"]
     runs = plan(study)
     assert len(runs) == 2 * 2 * 2 * 2 and len({r.name for r in runs}) == 16

@@ -6,7 +6,7 @@ import struct
 import numpy as np
 import pytest
 
-from hf_init.data.tabular import load_tabular, read_idx
+from hf_init.mlp.data import load_tabular, read_idx
 
 
 @pytest.mark.parametrize("name,n_features,n_classes", [("wine", 13, 3), ("digits", 64, 10)])
@@ -17,18 +17,24 @@ def test_sklearn_datasets_standardised_with_train_stats(name, n_features, n_clas
     d = load_tabular(name, split_seed=3)
     assert d.n_features == n_features and d.n_classes == n_classes
     bunch = load_wine() if name == "wine" else load_digits()
-    xtr, xte, ytr, yte = train_test_split(bunch.data, bunch.target, test_size=0.25, random_state=3, stratify=bunch.target)
+    xtr, xte, ytr, yte = train_test_split(
+        bunch.data, bunch.target, test_size=0.25, random_state=3, stratify=bunch.target
+    )
     mu, sd = xtr.mean(0), xtr.std(0)
     sd[sd == 0] = 1.0
     np.testing.assert_allclose(d.x_train.numpy(), (xtr - mu) / sd, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(d.x_test.numpy(), (xte - mu) / sd, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(d.y_test.numpy(), yte)
     assert d.chance_loss == pytest.approx(np.log(n_classes))
-    assert not np.allclose(load_tabular(name, split_seed=4).x_test.numpy(), d.x_test.numpy())  # split follows the seed
+    assert not np.allclose(
+        load_tabular(name, split_seed=4).x_test.numpy(), d.x_test.numpy()
+    )  # split follows the seed
 
 
 def _write_idx(path, arr, gz):
-    header = struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + b"".join(struct.pack(">I", s) for s in arr.shape)
+    header = struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + b"".join(
+        struct.pack(">I", s) for s in arr.shape
+    )
     raw = header + arr.astype(np.uint8).tobytes()
     if gz:
         path = path.with_name(path.name + ".gz")
@@ -43,8 +49,12 @@ def test_mnist_from_local_idx_files(tmp_path, gz):
     ytr = np.arange(30) % 10
     xte = rng.integers(0, 256, (8, 28, 28))
     yte = np.arange(8) % 10
-    for name, arr in (("train-images-idx3-ubyte", xtr), ("train-labels-idx1-ubyte", ytr),
-                      ("t10k-images-idx3-ubyte", xte), ("t10k-labels-idx1-ubyte", yte)):
+    for name, arr in (
+        ("train-images-idx3-ubyte", xtr),
+        ("train-labels-idx1-ubyte", ytr),
+        ("t10k-images-idx3-ubyte", xte),
+        ("t10k-labels-idx1-ubyte", yte),
+    ):
         _write_idx(tmp_path / name, arr, gz)
     np.testing.assert_array_equal(read_idx(next(tmp_path.glob("t10k-images*"))), xte)
     d = load_tabular("mnist", mnist_dir=tmp_path)
@@ -91,7 +101,8 @@ def test_mnist_from_local_parquet(tmp_path):
 
     for split, sl in (("train", slice(0, 4)), ("test", slice(4, 6))):
         pd.DataFrame({"image": [png(a) for a in imgs[sl]], "label": np.arange(6)[sl]}).to_parquet(
-            tmp_path / f"{split}-00000-of-00001.parquet")
+            tmp_path / f"{split}-00000-of-00001.parquet"
+        )
     d = load_tabular("mnist", mnist_dir=tmp_path)
     flat = imgs[:4].reshape(4, -1).astype(np.float64)
     sd = flat.std(0)
@@ -105,15 +116,24 @@ def test_mnist_hub_layout_through_datasets():
     import datasets
     from PIL import Image
 
-    from hf_init.data.tabular import mnist_arrays_from_hf
+    from hf_init.mlp.data import mnist_arrays_from_hf
 
     rng = np.random.default_rng(2)
     imgs = rng.integers(0, 256, (5, 28, 28)).astype(np.uint8)
-    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=10)})
-    dd = datasets.DatasetDict({
-        "train": datasets.Dataset.from_dict({"image": [Image.fromarray(a) for a in imgs[:3]], "label": [3, 1, 4]}, features=feats),
-        "test": datasets.Dataset.from_dict({"image": [Image.fromarray(a) for a in imgs[3:]], "label": [1, 5]}, features=feats),
-    })
+    feats = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=10)}
+    )
+    dd = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict(
+                {"image": [Image.fromarray(a) for a in imgs[:3]], "label": [3, 1, 4]},
+                features=feats,
+            ),
+            "test": datasets.Dataset.from_dict(
+                {"image": [Image.fromarray(a) for a in imgs[3:]], "label": [1, 5]}, features=feats
+            ),
+        }
+    )
     xtr, ytr, xte, yte = mnist_arrays_from_hf(dd)
     np.testing.assert_array_equal(xtr, imgs[:3].reshape(3, -1))
     np.testing.assert_array_equal(xte, imgs[3:].reshape(2, -1))

@@ -14,11 +14,11 @@ import pytest
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
-from hf_init.data.args import DataArguments
-from hf_init.data.blocks import tokenize_and_group
-from hf_init.data.builtin_corpus import builtin_corpus
-from hf_init.data.loaders import load_raw_text
-from hf_init.data.tokenizer import EOS_TOKEN, load_or_train_tokenizer, train_bpe_tokenizer
+from hf_init.lm.data.args import DataArguments
+from hf_init.lm.data.blocks import tokenize_and_group
+from hf_init.lm.data.builtin_corpus import builtin_corpus
+from hf_init.lm.data.loaders import load_raw_text
+from hf_init.lm.data.tokenizer import EOS_TOKEN, load_or_train_tokenizer, train_bpe_tokenizer
 
 datasets.disable_progress_bars()
 
@@ -35,7 +35,9 @@ def _sha(docs):
 
 
 def _write_jsonl(path, docs, key="text"):
-    path.write_text("".join(json.dumps({key: d, "id": i}) + "\n" for i, d in enumerate(docs)), encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps({key: d, "id": i}) + "\n" for i, d in enumerate(docs)), encoding="utf-8"
+    )
     return str(path)
 
 
@@ -80,10 +82,15 @@ def test_validation_is_carved_by_seed_disjoint_and_the_right_fraction(builtin):
 def test_local_txt_jsonl_csv_load(tmp_path):
     text = "\n\n".join(PARAGRAPHS) + "\n"
     (tmp_path / "train.txt").write_text(text, encoding="utf-8")
-    (tmp_path / "valid.txt").write_text("One held-out paragraph.\n\nAnd another.\n", encoding="utf-8")
+    (tmp_path / "valid.txt").write_text(
+        "One held-out paragraph.\n\nAnd another.\n", encoding="utf-8"
+    )
     raw, info = load_raw_text(
-        DataArguments(train_file=str(tmp_path / "train.txt"), validation_file=str(tmp_path / "valid.txt"),
-                      sample_by="paragraph")
+        DataArguments(
+            train_file=str(tmp_path / "train.txt"),
+            validation_file=str(tmp_path / "valid.txt"),
+            sample_by="paragraph",
+        )
     )
     expected = [p for p in text.split("\n\n") if p]
     assert list(raw["train"]["text"]) == expected
@@ -91,7 +98,9 @@ def test_local_txt_jsonl_csv_load(tmp_path):
     assert info["sha256"] == _sha(expected + ["One held-out paragraph.", "And another.\n"])
 
     jsonl = _write_jsonl(tmp_path / "train.jsonl", PARAGRAPHS, key="body")
-    raw, info = load_raw_text(DataArguments(train_file=jsonl, text_column="body", validation_split_percentage=25))
+    raw, info = load_raw_text(
+        DataArguments(train_file=jsonl, text_column="body", validation_split_percentage=25)
+    )
     assert raw["train"].column_names == ["text"]
     assert Counter(raw["train"]["text"]) + Counter(raw["validation"]["text"]) == Counter(PARAGRAPHS)
     assert len(raw["validation"]) == math.ceil(0.25 * len(PARAGRAPHS))
@@ -100,11 +109,15 @@ def test_local_txt_jsonl_csv_load(tmp_path):
     csv = tmp_path / "train.csv"
     csv.write_text("text\n" + "".join(f'"{p}"\n' for p in PARAGRAPHS[:4]), encoding="utf-8")
     raw, _ = load_raw_text(DataArguments(train_file=str(csv), validation_split_percentage=25))
-    assert sorted(list(raw["train"]["text"]) + list(raw["validation"]["text"])) == sorted(PARAGRAPHS[:4])
+    assert sorted(list(raw["train"]["text"]) + list(raw["validation"]["text"])) == sorted(
+        PARAGRAPHS[:4]
+    )
 
 
 def test_blocks_are_the_encoding_of_the_concatenated_documents(tmp_path):
-    train = _write_jsonl(tmp_path / "train.jsonl", PARAGRAPHS[:2] + [""] + PARAGRAPHS[2:])  # "" gets no eos
+    train = _write_jsonl(
+        tmp_path / "train.jsonl", PARAGRAPHS[:2] + [""] + PARAGRAPHS[2:]
+    )  # "" gets no eos
     valid = _write_jsonl(tmp_path / "valid.jsonl", PARAGRAPHS[:3])
     args = DataArguments(train_file=train, validation_file=valid, block_size=16, vocab_size=300)
     raw, _ = load_raw_text(args)
@@ -122,13 +135,17 @@ def test_blocks_are_the_encoding_of_the_concatenated_documents(tmp_path):
         assert blocks[:]["labels"] == blocks[:]["input_ids"]
         assert all(m == [1] * 16 for m in blocks[:]["attention_mask"])
 
-    limited = tokenize_and_group(raw, tokenizer, DataArguments(**{**vars(args), "max_train_samples": 2}))
+    limited = tokenize_and_group(
+        raw, tokenizer, DataArguments(**{**vars(args), "max_train_samples": 2})
+    )
     assert limited["train"][:]["input_ids"] == grouped["train"][:2]["input_ids"]
 
 
 def test_map_results_are_cached_and_reused(tmp_path):
     train = _write_jsonl(tmp_path / "train.jsonl", PARAGRAPHS)
-    args = DataArguments(train_file=train, block_size=8, vocab_size=300, data_cache_dir=str(tmp_path / "cache"))
+    args = DataArguments(
+        train_file=train, block_size=8, vocab_size=300, data_cache_dir=str(tmp_path / "cache")
+    )
     raw, _ = load_raw_text(args)
     tokenizer = load_or_train_tokenizer(args, raw["train"])
     first = tokenize_and_group(raw, tokenizer, args)
@@ -146,7 +163,13 @@ def test_trained_tokenizer_reloads_with_stock_autotokenizer(tmp_path, builtin):
     tokenizer.save_pretrained(tmp_path)
     reloaded = AutoTokenizer.from_pretrained(tmp_path)
     assert len(reloaded) <= 512
-    assert reloaded.eos_token == reloaded.bos_token == reloaded.pad_token == reloaded.unk_token == EOS_TOKEN
+    assert (
+        reloaded.eos_token
+        == reloaded.bos_token
+        == reloaded.pad_token
+        == reloaded.unk_token
+        == EOS_TOKEN
+    )
     stock = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
     for text in [texts[0][:500], "def f(x):\n    return x ** 2  # naïve 変数", EOS_TOKEN + " tail"]:
         ids = reloaded(text)["input_ids"]
@@ -162,7 +185,9 @@ def test_corpus_shorter_than_one_block_is_a_clear_error(tmp_path):
     args = DataArguments(train_file=train, validation_file=valid, block_size=128, vocab_size=257)
     raw, _ = load_raw_text(args)
     tokenizer = load_or_train_tokenizer(args, raw["train"])
-    n_tokens = len(tokenizer.backend_tokenizer.encode(f"tiny corpus{EOS_TOKEN}two docs{EOS_TOKEN}").ids)
+    n_tokens = len(
+        tokenizer.backend_tokenizer.encode(f"tiny corpus{EOS_TOKEN}two docs{EOS_TOKEN}").ids
+    )
     with pytest.raises(ValueError, match=rf"train split has {n_tokens} tokens.*block_size 128"):
         tokenize_and_group(raw, tokenizer, args)
 
@@ -192,7 +217,10 @@ def test_dataset_name_path_keeps_a_given_validation_split(tmp_path):
     _write_jsonl(folder / "train.jsonl", PARAGRAPHS, key="content")
     _write_jsonl(folder / "validation.jsonl", PARAGRAPHS[:2], key="content")
     raw, info = load_raw_text(DataArguments(dataset_name=str(folder), text_column="content"))
-    assert list(raw["train"]["text"]) == PARAGRAPHS and list(raw["validation"]["text"]) == PARAGRAPHS[:2]
+    assert (
+        list(raw["train"]["text"]) == PARAGRAPHS
+        and list(raw["validation"]["text"]) == PARAGRAPHS[:2]
+    )
     assert info["source"] == "hub" and info["validation"] == "given"
     assert info["sha256"] == _sha(PARAGRAPHS + PARAGRAPHS[:2])
 
@@ -200,7 +228,9 @@ def test_dataset_name_path_keeps_a_given_validation_split(tmp_path):
 def test_hub_dataset_and_tokenizer_offline_name_the_alternatives():
     assert datasets.config.HF_HUB_OFFLINE  # tests/conftest.py sets the offline env vars
     with pytest.raises(ValueError) as err:
-        load_raw_text(DataArguments(dataset_name="wikitext", dataset_config_name="wikitext-103-raw-v1"))
+        load_raw_text(
+            DataArguments(dataset_name="wikitext", dataset_config_name="wikitext-103-raw-v1")
+        )
     message = str(err.value)
     assert "\n" not in message and "wikitext" in message
     assert "built-in corpus" in message and "--train_file" in message
@@ -213,14 +243,22 @@ def test_hub_dataset_and_tokenizer_offline_name_the_alternatives():
 def test_folder_without_a_tokenizer_is_a_one_line_error(tmp_path):
     with pytest.raises(ValueError) as err:
         load_or_train_tokenizer(DataArguments(tokenizer_name=str(tmp_path)), None)
-    assert "\n" not in str(err.value) and str(tmp_path) in str(err.value) and "save_pretrained" in str(err.value)
+    assert (
+        "\n" not in str(err.value)
+        and str(tmp_path) in str(err.value)
+        and "save_pretrained" in str(err.value)
+    )
 
 
 def test_streaming_local_file_carves_and_groups(tmp_path):
     docs = [f"document number {i}: " + PARAGRAPHS[i % len(PARAGRAPHS)] for i in range(2000)]
     train = _write_jsonl(tmp_path / "train.jsonl", docs)
     args = DataArguments(
-        train_file=train, streaming=True, block_size=32, vocab_size=300, validation_split_percentage=10,
+        train_file=train,
+        streaming=True,
+        block_size=32,
+        vocab_size=300,
+        validation_split_percentage=10,
         group_batch_size=10_000,
     )
     raw, info = load_raw_text(args)
@@ -240,14 +278,18 @@ def test_streaming_local_file_carves_and_groups(tmp_path):
 
 
 def test_builtin_pipeline_with_subset_and_workers(builtin):
-    args = DataArguments(max_train_documents=40, vocab_size=400, block_size=64, preprocessing_num_workers=2)
+    args = DataArguments(
+        max_train_documents=40, vocab_size=400, block_size=64, preprocessing_num_workers=2
+    )
     raw, info = load_raw_text(args)
     assert len(raw["train"]) == 40 and info["max_train_documents"] == 40
     assert list(raw["train"]["text"]) == list(builtin[0]["train"].select(range(40))["text"])
     tokenizer = load_or_train_tokenizer(args, raw["train"])
     grouped = tokenize_and_group(raw, tokenizer, args)
     # Two workers: each shard drops its own last partial block, so at most one block fewer.
-    stream = tokenizer.backend_tokenizer.encode(EOS_TOKEN.join(raw["train"]["text"]) + EOS_TOKEN).ids
+    stream = tokenizer.backend_tokenizer.encode(
+        EOS_TOKEN.join(raw["train"]["text"]) + EOS_TOKEN
+    ).ids
     assert len(stream) // 64 - 1 <= len(grouped["train"]) <= len(stream) // 64
     assert all(len(b) == 64 for b in grouped["train"]["input_ids"])
 
@@ -255,7 +297,9 @@ def test_builtin_pipeline_with_subset_and_workers(builtin):
 def test_builtin_corpus_streams_when_asked(builtin):
     raw, info = load_raw_text(DataArguments(streaming=True, max_train_documents=5))
     assert isinstance(raw, datasets.IterableDatasetDict) and info["sha256"] == builtin[1]["sha256"]
-    assert [row["text"] for row in raw["train"]] == list(builtin[0]["train"].select(range(5))["text"])
+    assert [row["text"] for row in raw["train"]] == list(
+        builtin[0]["train"].select(range(5))["text"]
+    )
     assert [row["text"] for row in raw["validation"]] == list(builtin[0]["validation"]["text"])
 
 
@@ -263,21 +307,29 @@ def test_builtin_corpus_streams_when_asked(builtin):
 def test_empty_train_file_is_a_one_line_error(tmp_path, name):
     (tmp_path / name).write_bytes(b"")
     with pytest.raises(ValueError, match=rf"--train_file .*{name}.* is empty; expected "):
-        load_raw_text(DataArguments(train_file=str(tmp_path / name), data_cache_dir=str(tmp_path / "cache")))
+        load_raw_text(
+            DataArguments(train_file=str(tmp_path / name), data_cache_dir=str(tmp_path / "cache"))
+        )
 
 
 def test_non_text_column_is_a_one_line_error(tmp_path):
     cache = str(tmp_path / "cache")
     numbers = tmp_path / "numbers.jsonl"
     numbers.write_text("".join(json.dumps({"text": i}) + "\n" for i in range(5)))
-    with pytest.raises(ValueError, match=r"numbers\.jsonl.*column 'text' holds int64.*expected text"):
+    with pytest.raises(
+        ValueError, match=r"numbers\.jsonl.*column 'text' holds int64.*expected text"
+    ):
         load_raw_text(DataArguments(train_file=str(numbers), data_cache_dir=cache))
     (tmp_path / "numbers.csv").write_text("body,text\na,1\nb,2\nc,3\n")
     with pytest.raises(ValueError, match=r"numbers\.csv.*column 'text' holds int64"):
         load_raw_text(DataArguments(train_file=str(tmp_path / "numbers.csv"), data_cache_dir=cache))
-    nulls = tmp_path / "nulls.jsonl"  # strings with a null among them: column type string, one row None
+    nulls = (
+        tmp_path / "nulls.jsonl"
+    )  # strings with a null among them: column type string, one row None
     nulls.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["a b", "c d", None, "e f"]))
-    with pytest.raises(ValueError, match=r"nulls\.jsonl.*document 2 .* NoneType.*expected a string"):
+    with pytest.raises(
+        ValueError, match=r"nulls\.jsonl.*document 2 .* NoneType.*expected a string"
+    ):
         load_raw_text(DataArguments(train_file=str(nulls), data_cache_dir=cache))
 
 
@@ -292,8 +344,14 @@ def test_text_column_other_than_text_trains_the_tokenizer_on_it(tmp_path):
     """--text_column body without --tokenizer_name: the BPE trains on the body column's documents
     (the same merges as training it on those strings directly) and the blocks encode them."""
     train = _write_jsonl(tmp_path / "train.jsonl", PARAGRAPHS, key="body")
-    args = DataArguments(train_file=train, text_column="body", vocab_size=300, block_size=16,
-                         validation_split_percentage=10, data_cache_dir=str(tmp_path / "cache"))
+    args = DataArguments(
+        train_file=train,
+        text_column="body",
+        vocab_size=300,
+        block_size=16,
+        validation_split_percentage=10,
+        data_cache_dir=str(tmp_path / "cache"),
+    )
     raw, _ = load_raw_text(args)
     tokenizer = load_or_train_tokenizer(args, raw["train"])
     direct = train_bpe_tokenizer(list(raw["train"]["text"]), vocab_size=300)

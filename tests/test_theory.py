@@ -2,7 +2,7 @@
 
 Independent references: closed forms written out by hand, scipy's adaptive quadrature,
 Monte Carlo with numpy samples pushed through torch's own activations (derivatives by
-autograd), and networks measured at initialization (hf_init.propagation, autograd gradients).
+autograd), and networks measured at initialization (hf_init.theory.measurement, autograd gradients).
 
 Tolerances for measurements come from the finite-width fluctuation of what is measured:
 ``theory.propagate`` returns the first-order relative variance of a one-seed, one-input
@@ -27,10 +27,17 @@ from hf_init import theory as T
 K = 4.0
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
-TORCH_ACT = {"tanh": torch.tanh, "gelu": F.gelu, "gelu_tanh": lambda z: F.gelu(z, approximate="tanh")}
+TORCH_ACT = {
+    "tanh": torch.tanh,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda z: F.gelu(z, approximate="tanh"),
+}
 SCIPY_ACT = {
     "tanh": (np.tanh, lambda z: 1 - np.tanh(z) ** 2),
-    "gelu": (lambda z: z * special.ndtr(z), lambda z: special.ndtr(z) + z * np.exp(-z * z / 2) / math.sqrt(2 * math.pi)),
+    "gelu": (
+        lambda z: z * special.ndtr(z),
+        lambda z: special.ndtr(z) + z * np.exp(-z * z / 2) / math.sqrt(2 * math.pi),
+    ),
 }
 
 
@@ -48,7 +55,9 @@ def test_relu_and_linear_closed_forms_match_quadrature(q):
     assert d2 == 0.5 and relu_d2 == pytest.approx(0.5, rel=1e-10)
     assert e4 == pytest.approx(1.5 * q * q) and relu4 == pytest.approx(e4, rel=1e-10)
     lin2 = T.gaussian_expectation(lambda z: z**2, q)
-    assert T.second_moments("linear", q)[0] == pytest.approx(q) and lin2 == pytest.approx(q, rel=1e-10)
+    assert T.second_moments("linear", q)[0] == pytest.approx(q) and lin2 == pytest.approx(
+        q, rel=1e-10
+    )
 
 
 @pytest.mark.parametrize("activation", ["tanh", "gelu", "gelu_tanh"])
@@ -64,7 +73,13 @@ def test_quadrature_matches_monte_carlo(activation):
         e2, d2 = T.second_moments(activation, q)
         for quad, samples in ((e2, (y.detach() ** 2).numpy()), (d2, (dy**2).numpy())):
             se = samples.std(ddof=1) / math.sqrt(len(samples))
-            assert abs(float(quad) - samples.mean()) <= 5 * se, (activation, q, float(quad), samples.mean(), se)
+            assert abs(float(quad) - samples.mean()) <= 5 * se, (
+                activation,
+                q,
+                float(quad),
+                samples.mean(),
+                se,
+            )
 
 
 @pytest.mark.parametrize("activation", ["tanh", "gelu"])
@@ -73,10 +88,24 @@ def test_quadrature_matches_adaptive_scipy(activation):
     for q in (1e-3, 0.5, 2.0, 50.0, 1e4):
         s = math.sqrt(q)
         pdf = lambda z: math.exp(-z * z / (2 * q)) / (s * math.sqrt(2 * math.pi))
-        ref2 = integrate.quad(lambda z: f(z) ** 2 * pdf(z), -12 * s, 12 * s, points=[0.0] if s > 1 else None,
-                              epsabs=0, epsrel=1e-12, limit=400)[0]
-        refd = integrate.quad(lambda z: df(z) ** 2 * pdf(z), -12 * s, 12 * s, points=[0.0] if s > 1 else None,
-                              epsabs=0, epsrel=1e-12, limit=400)[0]
+        ref2 = integrate.quad(
+            lambda z: f(z) ** 2 * pdf(z),
+            -12 * s,
+            12 * s,
+            points=[0.0] if s > 1 else None,
+            epsabs=0,
+            epsrel=1e-12,
+            limit=400,
+        )[0]
+        refd = integrate.quad(
+            lambda z: df(z) ** 2 * pdf(z),
+            -12 * s,
+            12 * s,
+            points=[0.0] if s > 1 else None,
+            epsabs=0,
+            epsrel=1e-12,
+            limit=400,
+        )[0]
         e2, d2 = T.second_moments(activation, q)
         assert float(e2) == pytest.approx(ref2, rel=1e-9), (activation, q)
         assert float(d2) == pytest.approx(refd, rel=1e-9), (activation, q)
@@ -108,7 +137,9 @@ def test_propagate_matches_hand_recursion_with_fan_out():
     pr = T.propagate(widths, "relu", s, bias_std=sb, input_second_moment=m0, output_grad_var=g3)
     np.testing.assert_allclose(pr.q, [q1.mean(), q2.mean(), q3.mean()], rtol=1e-13)
     np.testing.assert_allclose(pr.grad_var, [g1, g2, g3], rtol=1e-13)
-    np.testing.assert_allclose(pr.forward_efold_layers, 1 / np.abs(np.log([q2.mean() / q1.mean(), q3.mean() / q2.mean()])))
+    np.testing.assert_allclose(
+        pr.forward_efold_layers, 1 / np.abs(np.log([q2.mean() / q1.mean(), q3.mean() / q2.mean()]))
+    )
 
 
 def test_scheme_name_resolves_to_registry_stds():
@@ -128,7 +159,9 @@ def test_critical_std():
     assert T.critical_std("tanh", n) == pytest.approx(1 / math.sqrt(n))
     # gelu: the std for which q = 1 is a fixed point, E[gelu^2] by scipy at q = 1
     f, _ = SCIPY_ACT["gelu"]
-    e2 = integrate.quad(lambda z: f(z) ** 2 * math.exp(-z * z / 2) / math.sqrt(2 * math.pi), -15, 15, epsrel=1e-12)[0]
+    e2 = integrate.quad(
+        lambda z: f(z) ** 2 * math.exp(-z * z / 2) / math.sqrt(2 * math.pi), -15, 15, epsrel=1e-12
+    )[0]
     assert T.critical_std("gelu", n) == pytest.approx(math.sqrt(1 / (n * e2)), rel=1e-9)
     # limits: gelu ~ z/2 for small signals (chi_1 = 1 at q* = 0: 2/sqrt(n)), ~ relu for large ones
     assert T.critical_std("gelu", n, q=1e-8) == pytest.approx(2 / math.sqrt(n), rel=1e-3)
@@ -144,8 +177,12 @@ def test_tanh_edge_of_chaos_with_bias():
 
     def expect(fn, q):
         s = math.sqrt(q)
-        return integrate.quad(lambda z: fn(z) * math.exp(-z * z / (2 * q)) / (s * math.sqrt(2 * math.pi)),
-                              -12 * s, 12 * s, epsrel=1e-12)[0]
+        return integrate.quad(
+            lambda z: fn(z) * math.exp(-z * z / (2 * q)) / (s * math.sqrt(2 * math.pi)),
+            -12 * s,
+            12 * s,
+            epsrel=1e-12,
+        )[0]
 
     q = 1.0
     for _ in range(300):
@@ -154,16 +191,19 @@ def test_tanh_edge_of_chaos_with_bias():
     assert chi == pytest.approx(1.0, abs=1e-6)
 
 
-@pytest.mark.parametrize("call", [
-    lambda: T.critical_std("swish", 10),
-    lambda: T.critical_std("relu", 0),
-    lambda: T.critical_std("gelu", 10, sigma_b=0.1),
-    lambda: T.propagate((4, 4, 4), "relu", [0.1, 0.2, 0.3]),
-    lambda: T.propagate((4,), "relu", 0.1),
-    lambda: T.propagate((4, 4), "relu", -1.0),
-    lambda: T.propagate((4, 4), "relu", 0.1, input_second_moment=-1),
-    lambda: T.gaussian_expectation(np.square, -1.0),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: T.critical_std("swish", 10),
+        lambda: T.critical_std("relu", 0),
+        lambda: T.critical_std("gelu", 10, sigma_b=0.1),
+        lambda: T.propagate((4, 4, 4), "relu", [0.1, 0.2, 0.3]),
+        lambda: T.propagate((4,), "relu", 0.1),
+        lambda: T.propagate((4, 4), "relu", -1.0),
+        lambda: T.propagate((4, 4), "relu", 0.1, input_second_moment=-1),
+        lambda: T.gaussian_expectation(np.square, -1.0),
+    ],
+)
 def test_bad_input_raises_value_error(call):
     with pytest.raises(ValueError):
         call()
@@ -176,12 +216,16 @@ WIDTH, DEPTH, SEEDS = 1024, 10, tuple(range(8))
 
 @pytest.fixture(scope="module")
 def digits():
-    return P.digits_inputs(16, seed=0)  # the tolerance bounds one input: a larger batch only costs time
+    return P.digits_inputs(
+        16, seed=0
+    )  # the tolerance bounds one input: a larger batch only costs time
 
 
 def _net(activation, multiple, x):
     widths = [x.shape[1]] + [WIDTH] * DEPTH
-    stds = [multiple / math.sqrt(x.shape[1])] + [multiple * T.critical_std(activation, WIDTH)] * (DEPTH - 1)
+    stds = [multiple / math.sqrt(x.shape[1])] + [multiple * T.critical_std(activation, WIDTH)] * (
+        DEPTH - 1
+    )
     pred = T.propagate(widths, activation, stds, input_second_moment=(x**2).mean(dim=1).numpy())
     meas = P.measure_mlp(widths, activation, stds, x, seeds=SEEDS)
     return pred, meas
@@ -191,8 +235,10 @@ def _net(activation, multiple, x):
 def test_wide_mlp_at_critical_std_matches_theory_every_layer(activation, digits):
     pred, meas = _net(activation, 1.0, digits)
     steps = np.arange(1, DEPTH + 1)  # random layers between the input (output) and layer l
-    for name, p, m, relvar, n_steps in (("forward", pred.q, meas.q_mean, pred.q_relvar, steps),
-                                        ("gradient", pred.grad_var, meas.grad_var_mean, pred.grad_relvar, steps[::-1])):
+    for name, p, m, relvar, n_steps in (
+        ("forward", pred.q, meas.q_mean, pred.q_relvar, steps),
+        ("gradient", pred.grad_var, meas.grad_var_mean, pred.grad_relvar, steps[::-1]),
+    ):
         tol = K * np.sqrt(relvar / len(SEEDS))
         rel = m / p - 1
         assert np.all(np.abs(rel) <= tol), (activation, name, rel, tol)
@@ -200,16 +246,26 @@ def test_wide_mlp_at_critical_std_matches_theory_every_layer(activation, digits)
         assert np.all(tol < 1.1**n_steps - 1), (activation, name, tol)
 
 
-@pytest.mark.parametrize("activation,multiple", [("relu", 0.6), ("relu", 1.6), ("tanh", 0.6), ("tanh", 2.0),
-                                                 ("gelu", 0.6), ("gelu", 1.6)])
+@pytest.mark.parametrize(
+    "activation,multiple",
+    [("relu", 0.6), ("relu", 1.6), ("tanh", 0.6), ("tanh", 2.0), ("gelu", 0.6), ("gelu", 1.6)],
+)
 def test_per_layer_log_slope_below_and_above_critical(activation, multiple, digits):
     """Measured log(E[z_{l+1}^2] / E[z_l^2]) (and the same backward) against the prediction;
     tolerance: K x (sd of log at l + sd at l+1) / sqrt(S) (no cancellation assumed)."""
     pred, meas = _net(activation, multiple, digits)
-    for p, m, relvar in ((pred.q, meas.q_mean, pred.q_relvar), (pred.grad_var, meas.grad_var_mean, pred.grad_relvar)):
+    for p, m, relvar in (
+        (pred.q, meas.q_mean, pred.q_relvar),
+        (pred.grad_var, meas.grad_var_mean, pred.grad_relvar),
+    ):
         sd = np.sqrt(relvar / len(SEEDS))
         slope_p, slope_m = np.diff(np.log(p)), np.diff(np.log(m))
-        assert np.all(np.abs(slope_m - slope_p) <= K * (sd[1:] + sd[:-1])), (activation, multiple, slope_m, slope_p)
+        assert np.all(np.abs(slope_m - slope_p) <= K * (sd[1:] + sd[:-1])), (
+            activation,
+            multiple,
+            slope_m,
+            slope_p,
+        )
     if activation == "relu":  # homogeneous: the slope is exactly log(multiple^2) per layer
         np.testing.assert_allclose(np.diff(np.log(pred.q)), 2 * math.log(multiple), rtol=1e-12)
 
@@ -222,7 +278,9 @@ def test_finite_width_fluctuation_prediction():
     n, depth, seeds = 32, 4, range(400)
     x = torch.randn(1, n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     widths = [n] * (depth + 1)
-    pred = T.propagate(widths, "relu", T.critical_std("relu", n), input_second_moment=(x**2).mean().item())
+    pred = T.propagate(
+        widths, "relu", T.critical_std("relu", n), input_second_moment=(x**2).mean().item()
+    )
     meas = P.measure_mlp(widths, "relu", T.critical_std("relu", n), x, seeds=seeds)
     for samples, relvar in ((meas.q, pred.q_relvar), (meas.grad_var, pred.grad_relvar)):
         r = samples / samples.mean(axis=0)
@@ -238,7 +296,11 @@ def test_finite_width_fluctuation_prediction():
 def test_gpt2_scheme_stds_and_residual_toggle():
     L, d = 6, 64
     stds, gain = T.gpt2_scheme_stds("gpt2", L, d)
-    assert gain == 1.0 and stds["attn_proj"] == pytest.approx(0.02 / math.sqrt(2 * L)) and stds["q"] == 0.02
+    assert (
+        gain == 1.0
+        and stds["attn_proj"] == pytest.approx(0.02 / math.sqrt(2 * L))
+        and stds["q"] == 0.02
+    )
     stds, gain = T.gpt2_scheme_stds("gpt2", L, d, residual_scaling=False)
     assert gain == pytest.approx(math.sqrt(2 * L)) and stds["mlp_proj"] == pytest.approx(0.02)
     stds, gain = T.gpt2_scheme_stds("kaiming_normal", L, d, residual_scaling=True)
@@ -247,8 +309,9 @@ def test_gpt2_scheme_stds_and_residual_toggle():
     assert T.gpt2_scheme_stds("kaiming_normal", L, d, residual_scaling=False)[1] == 1.0
 
 
-@pytest.mark.parametrize("scaling, attn_out", [(None, 0.02 / math.sqrt(2)), (True, 0.02 / math.sqrt(2)),
-                                               (False, 0.02)])
+@pytest.mark.parametrize(
+    "scaling, attn_out", [(None, 0.02 / math.sqrt(2)), (True, 0.02 / math.sqrt(2)), (False, 0.02)]
+)
 def test_gpt2_residual_toggle_at_one_layer(scaling, attn_out):
     # n_layer = 1: GPT-2's factor 1/sqrt(2 L) = 1/sqrt(2) still applies, so "scaled" is the
     # scheme as defined (0.02/sqrt(2)) and "unscaled" is plain 0.02
@@ -270,7 +333,9 @@ def test_gpt2_theory_holds_where_its_assumptions_do():
     ids = torch.stack([torch.randperm(256, generator=gen)[:T_len] for _ in range(8)])
     stds, gain = T.gpt2_scheme_stds("gpt2", L, d, vocab_size=256, n_positions=T_len)
     pred = T.gpt2_residual_variance(stds, L, d, T_len)
-    meas = P.measure_gpt2("gpt2", P.GPT2Probe(ids, seeds, L, d, n_head=4, vocab_size=256), residual_gain=gain)
+    meas = P.measure_gpt2(
+        "gpt2", P.GPT2Probe(ids, seeds, L, d, n_head=4, vocab_size=256), residual_gain=gain
+    )
     tol = K * math.sqrt((4 / d) / len(seeds))
     # embeddings: 8 x 64 tokens x 256 coordinates of independent rows: far tighter than tol
     assert meas.residual[:, 0].mean() / pred.residual[0] - 1 == pytest.approx(0, abs=0.05)
@@ -290,7 +355,9 @@ def test_gpt2_position_covariance_theory_tracks_measurement():
     stds, gain = T.gpt2_scheme_stds("xavier_normal", L, d, vocab_size=256, n_positions=T_len)
     kern = T.gpt2_residual_kernel(stds, L, d, ids.numpy())
     unc = T.gpt2_residual_variance(stds, L, d, T_len)
-    meas = P.measure_gpt2("xavier_normal", P.GPT2Probe(ids, seeds, L, d, n_head=4, vocab_size=256), residual_gain=gain)
+    meas = P.measure_gpt2(
+        "xavier_normal", P.GPT2Probe(ids, seeds, L, d, n_head=4, vocab_size=256), residual_gain=gain
+    )
     tol = K * math.sqrt((4 / d) / len(seeds))
     rel = meas.residual.mean(axis=0) / kern.residual - 1
     assert np.all(np.abs(rel) <= tol), (rel, tol)
@@ -299,7 +366,7 @@ def test_gpt2_position_covariance_theory_tracks_measurement():
 
 def test_output_hidden_states_last_entry_is_layernormed():
     """The trap measure_gpt2 avoids: transformers 5.x's last hidden state has ln_f applied."""
-    from hf_init.modeling import build_model
+    from hf_init.lm.modeling import build_model
 
     torch.manual_seed(0)
     model = build_model(n_layer=2, n_embd=32, n_head=4, vocab_size=256, n_positions=16).eval()
@@ -323,11 +390,11 @@ def _digits_mean_square(n, seed=0):
     sd = x.std(axis=0)
     x = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
     x = x[np.random.default_rng(seed).choice(len(x), size=n, replace=False)]
-    return float((x ** 2).mean())
+    return float((x**2).mean())
 
 
 def _theory_rows(path):
-    from hf_init.analysis.theory_check import read_check_rows
+    from hf_init.theory.check import read_check_rows
 
     return read_check_rows(path)
 
@@ -341,9 +408,36 @@ def test_theory_check_script_small_run_and_refuses_existing_folder(tmp_path):
 
     out = tmp_path / "tc"
     depth, width, batch = 3, 256, 16
-    args = ["--output_dir", out, "--width", width, "--depth", depth, "--batch", batch, "--seeds", 2,
-            "--activations", "linear", "relu", "--std_multiples", "0.7", "1", "--gpt2_schemes", "gpt2",
-            "--gpt2_n_layer", 2, "--gpt2_n_embd", 32, "--gpt2_seq_len", 8, "--gpt2_batch", 2, "--gpt2_seeds", 1]
+    args = [
+        "--output_dir",
+        out,
+        "--width",
+        width,
+        "--depth",
+        depth,
+        "--batch",
+        batch,
+        "--seeds",
+        2,
+        "--activations",
+        "linear",
+        "relu",
+        "--std_multiples",
+        "0.7",
+        "1",
+        "--gpt2_schemes",
+        "gpt2",
+        "--gpt2_n_layer",
+        2,
+        "--gpt2_n_embd",
+        32,
+        "--gpt2_seq_len",
+        8,
+        "--gpt2_batch",
+        2,
+        "--gpt2_seeds",
+        1,
+    ]
     rc, _, err = run_main("theory_check", *args)
     assert rc == 0, err
     rows = _theory_rows(out / "theory_check.jsonl")
@@ -360,7 +454,12 @@ def test_theory_check_script_small_run_and_refuses_existing_folder(tmp_path):
         assert abs(rel) < 0.3, r  # measured really is near the exact prediction
         assert abs(rel) <= float(r["tolerance"]), r  # exact theory at width 256: inside 4 sigma
     verdict_lines = (out / "verdict.txt").read_text().splitlines()
-    for net in ("mlp-linear-0.7xcritical", "mlp-linear-1xcritical", "mlp-relu-0.7xcritical", "mlp-relu-1xcritical"):
+    for net in (
+        "mlp-linear-0.7xcritical",
+        "mlp-linear-1xcritical",
+        "mlp-relu-0.7xcritical",
+        "mlp-relu-1xcritical",
+    ):
         for q in ("forward", "gradient"):
             line = next(x for x in verdict_lines if x.startswith(net) and x.split()[1] == q)
             assert f"{depth}/{depth} layers within" in line, line
@@ -380,13 +479,25 @@ def test_theory_check_script_small_run_and_refuses_existing_folder(tmp_path):
     assert sum(f"0/{depth} layers within" in x for x in verdict_lines) == 8
 
 
-@pytest.mark.parametrize("flags, word", [(["--k_sigma", "nan"], "k_sigma"), (["--std_multiples", "1", "inf"], "inf"),
-                                         (["--width", "wide"], "--width")])
+@pytest.mark.parametrize(
+    "flags, word",
+    [
+        (["--k_sigma", "nan"], "k_sigma"),
+        (["--std_multiples", "1", "inf"], "inf"),
+        (["--width", "wide"], "--width"),
+    ],
+)
 def test_theory_check_bad_value_is_one_line(tmp_path, flags, word):
     out = tmp_path / "tc"
     env = {**__import__("os").environ, "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "scripts/theory_check.py", "--output_dir", str(out), *flags], cwd=ROOT,
-                       env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "scripts/theory_check.py", "--output_dir", str(out), *flags],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert lines[0].startswith("error: ") and word in lines[0], lines[0]
@@ -394,14 +505,33 @@ def test_theory_check_bad_value_is_one_line(tmp_path, flags, word):
 
 
 def test_theory_check_arguments_refuse_bad_values():
-    from hf_init.analysis.theory_check import TheoryCheckArguments
-    from hf_init.cli import UsageError
+    from hf_init.core.cli import UsageError
+    from hf_init.theory.check import TheoryCheckArguments
 
-    good = dict(activations=["relu"], gpt2_schemes=["gpt2"], width=8, depth=2, batch=4, seeds=1, gpt2_n_layer=1,
-                gpt2_n_embd=8, gpt2_n_head=2, gpt2_seq_len=4, gpt2_batch=1, gpt2_seeds=1, std_multiples=[1.0],
-                k_sigma=4.0)
+    good = dict(
+        activations=["relu"],
+        gpt2_schemes=["gpt2"],
+        width=8,
+        depth=2,
+        batch=4,
+        seeds=1,
+        gpt2_n_layer=1,
+        gpt2_n_embd=8,
+        gpt2_n_head=2,
+        gpt2_seq_len=4,
+        gpt2_batch=1,
+        gpt2_seeds=1,
+        std_multiples=[1.0],
+        k_sigma=4.0,
+    )
     TheoryCheckArguments(**good)
-    for key, value in (("k_sigma", math.inf), ("k_sigma", -1.0), ("std_multiples", [1.0, math.nan]),
-                       ("gpt2_n_head", 3), ("activations", ["swish"]), ("gpt2_schemes", ["normal"])):
+    for key, value in (
+        ("k_sigma", math.inf),
+        ("k_sigma", -1.0),
+        ("std_multiples", [1.0, math.nan]),
+        ("gpt2_n_head", 3),
+        ("activations", ["swish"]),
+        ("gpt2_schemes", ["normal"]),
+    ):
         with pytest.raises(UsageError):
             TheoryCheckArguments(**{**good, key: value})

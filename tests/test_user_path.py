@@ -11,50 +11,100 @@ from pathlib import Path
 
 import pytest
 
-from hf_init.cli import UsageError
+from hf_init.core.cli import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "pretrain.py"
-TINY = ["--n_layer", "2", "--n_embd", "32", "--n_head", "2", "--block_size", "32", "--vocab_size", "300",
-        "--max_train_documents", "40", "--max_eval_samples", "16", "--per_device_train_batch_size", "4",
-        "--per_device_eval_batch_size", "8", "--logging_steps", "5", "--variance_steps", "5", "--disable_tqdm", "true"]
+TINY = [
+    "--n_layer",
+    "2",
+    "--n_embd",
+    "32",
+    "--n_head",
+    "2",
+    "--block_size",
+    "32",
+    "--vocab_size",
+    "300",
+    "--max_train_documents",
+    "40",
+    "--max_eval_samples",
+    "16",
+    "--per_device_train_batch_size",
+    "4",
+    "--per_device_eval_batch_size",
+    "8",
+    "--logging_steps",
+    "5",
+    "--variance_steps",
+    "5",
+    "--disable_tqdm",
+    "true",
+]
 
 
 def run_script(*args, script=SCRIPT, timeout=300):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    return subprocess.run([sys.executable, str(script), *map(str, args)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    return subprocess.run(
+        [sys.executable, str(script), *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
 def kaiming_run(tmp_path_factory):
     """5 steps, kaiming_normal, no TensorBoard."""
     out = tmp_path_factory.mktemp("user") / "run"
-    proc = run_script(*TINY, "--max_steps", "5", "--output_dir", out, "--init_scheme", "kaiming_normal",
-                      "--report_to", "none")
+    proc = run_script(
+        *TINY,
+        "--max_steps",
+        "5",
+        "--output_dir",
+        out,
+        "--init_scheme",
+        "kaiming_normal",
+        "--report_to",
+        "none",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
 
 
 # --- 1. provenance -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("scheme, flag, value, reads", [
-    ("kaiming_normal", "init_std", 0.1, "normal"),
-    ("kaiming_normal", "init_gain", 2.0, "xavier_normal"),
-    ("deepnet", "init_std", 0.1, "normal"),
-    ("small_init", "initializer_range", 0.1, "gpt2"),
-    ("gpt2", "init_fan_mode", "fan_out", "kaiming_normal"),
-])
-def test_an_option_the_scheme_does_not_read_is_refused(scheme, flag, value, reads):
-    from hf_init.args import ModelArguments
 
-    with pytest.raises(UsageError, match=rf"init scheme '{scheme}' does not use --{flag} .*{reads}"):
+@pytest.mark.parametrize(
+    "scheme, flag, value, reads",
+    [
+        ("kaiming_normal", "init_std", 0.1, "normal"),
+        ("kaiming_normal", "init_gain", 2.0, "xavier_normal"),
+        ("deepnet", "init_std", 0.1, "normal"),
+        ("small_init", "initializer_range", 0.1, "gpt2"),
+        ("gpt2", "init_fan_mode", "fan_out", "kaiming_normal"),
+    ],
+)
+def test_an_option_the_scheme_does_not_read_is_refused(scheme, flag, value, reads):
+    from hf_init.lm.args import ModelArguments
+
+    with pytest.raises(
+        UsageError, match=rf"init scheme '{scheme}' does not use --{flag} .*{reads}"
+    ):
         ModelArguments(init_scheme=scheme, **{flag: value})
 
 
 def test_options_a_scheme_reads_are_accepted():
-    from hf_init.args import ModelArguments
+    from hf_init.lm.args import ModelArguments
 
     ModelArguments(init_scheme="normal", init_std=0.1)
     ModelArguments(init_scheme="xavier_uniform", init_gain=2.0, initializer_range=0.01)
@@ -63,10 +113,16 @@ def test_options_a_scheme_reads_are_accepted():
 
 def test_scheme_options_table_matches_the_std_rules():
     """SCHEME_OPTIONS lists exactly the options that change some weight's std under each scheme."""
-    from hf_init.schemes import ROLES, SCHEME_OPTIONS, SCHEMES, SchemeOptions, WeightSpec
+    from hf_init.core.schemes import ROLES, SCHEME_OPTIONS, SCHEMES, SchemeOptions, WeightSpec
 
     assert set(SCHEME_OPTIONS) == set(SCHEMES)
-    changed = {"std": 0.3, "initializer_range": 0.05, "fan_mode": "fan_out", "nonlinearity": "tanh", "gain": 3.0}
+    changed = {
+        "std": 0.3,
+        "initializer_range": 0.05,
+        "fan_mode": "fan_out",
+        "nonlinearity": "tanh",
+        "gain": 3.0,
+    }
     specs = [WeightSpec(role, 64, 256, n_layer=4, d_model=64) for role in sorted(ROLES)]
     for name, scheme in SCHEMES.items():
         base = SchemeOptions(std=0.1)
@@ -90,13 +146,16 @@ def test_the_summary_prints_the_std_each_weight_kind_got(kaiming_run):
 
 
 def test_unused_option_fails_the_script_in_one_line_before_writing(tmp_path):
-    proc = run_script("--init_scheme", "kaiming_normal", "--init_std", "0.1", "--output_dir", tmp_path / "run")
+    proc = run_script(
+        "--init_scheme", "kaiming_normal", "--init_std", "0.1", "--output_dir", tmp_path / "run"
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "does not use --init_std" in proc.stderr and not (tmp_path / "run").exists()
 
 
 # --- 3. the summary lists only outputs that exist -------------------------------------------------
+
 
 def test_summary_lists_only_outputs_that_exist(kaiming_run):
     out, proc = kaiming_run
@@ -111,14 +170,16 @@ def test_a_partial_yaml_keeps_the_default_configs_other_values(tmp_path):
     """The layering rule: keys a user YAML leaves out keep pretrain_tiny.yaml's values."""
     import yaml
 
-    from hf_init.args import DEFAULT_CONFIG, parse_args
+    from hf_init.lm.args import DEFAULT_CONFIG, parse_args
 
     cfg = tmp_path / "mine.yaml"
     cfg.write_text("n_layer: 2\nmax_steps: 7\noutput_dir: x\ninit_scheme: xavier_normal\n")
     model, data, run, training, _ = parse_args([str(cfg)])
     tiny = yaml.safe_load(DEFAULT_CONFIG.read_text())
     assert (model.n_layer, training.max_steps, model.init_scheme) == (2, 7, "xavier_normal")
-    assert data.block_size == tiny["block_size"] and training.learning_rate == float(tiny["learning_rate"])
+    assert data.block_size == tiny["block_size"] and training.learning_rate == float(
+        tiny["learning_rate"]
+    )
     assert training.lr_scheduler_type.value == tiny["lr_scheduler_type"]
     assert [str(r) for r in training.report_to] == [tiny["report_to"]]
     assert training.save_strategy.value == "no"
@@ -126,16 +187,19 @@ def test_a_partial_yaml_keeps_the_default_configs_other_values(tmp_path):
 
 # --- 4. output folder problems: one line, before any data -----------------------------------------
 
+
 def test_a_file_in_the_way_of_the_output_folder_is_one_line(tmp_path):
     (tmp_path / "afile").write_text("x")
     proc = run_script("--output_dir", tmp_path / "afile" / "run")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == (f"error: cannot create output folder {str(tmp_path / 'afile' / 'run')!r}: "
-                                   f"{str(tmp_path / 'afile')!r} is a file, not a folder; choose another --output_dir")
+    assert proc.stderr.strip() == (
+        f"error: cannot create output folder {str(tmp_path / 'afile' / 'run')!r}: "
+        f"{str(tmp_path / 'afile')!r} is a file, not a folder; choose another --output_dir"
+    )
 
 
 def test_an_unwritable_output_folder_is_one_line_before_any_data(tmp_path):
-    from hf_init.outputs import check_output_dir
+    from hf_init.core.outputs import check_output_dir
 
     if os.geteuid() == 0:  # root writes anywhere chmod forbids: use a read-only file system
         target = Path("/sys/hf_init_run")
@@ -146,7 +210,9 @@ def test_an_unwritable_output_folder_is_one_line_before_any_data(tmp_path):
         ro.mkdir()
         ro.chmod(0o500)
         target = ro / "run"
-    with pytest.raises(UsageError, match=r"^cannot write output folder .*; choose another --output_dir$"):
+    with pytest.raises(
+        UsageError, match=r"^cannot write output folder .*; choose another --output_dir$"
+    ):
         check_output_dir(target, overwrite=False)
     proc = run_script("--output_dir", target)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
@@ -154,6 +220,7 @@ def test_an_unwritable_output_folder_is_one_line_before_any_data(tmp_path):
 
 
 # --- 5. the saved tokenizer knows the context length ----------------------------------------------
+
 
 def test_saved_tokenizer_has_the_context_length_and_generation_past_it_works(kaiming_run):
     from transformers import AutoTokenizer, pipeline
@@ -166,7 +233,9 @@ def test_saved_tokenizer_has_the_context_length_and_generation_past_it_works(kai
     prompt = "def foo(x):\n    return x + 1\n" * 4  # longer than the context on its own
     assert len(generate.tokenizer(prompt)["input_ids"]) > n_positions
     # the README's snippet: the prompt is cut on the left so that prompt + new tokens fit the context
-    text = generate(prompt, max_new_tokens=20, handle_long_generation="hole", do_sample=False)[0]["generated_text"]
+    text = generate(prompt, max_new_tokens=20, handle_long_generation="hole", do_sample=False)[0][
+        "generated_text"
+    ]
     assert isinstance(text, str) and len(text) > 0
     # asking for more new tokens than the context holds: refused with one line, not an IndexError
     with pytest.raises(ValueError, match="exceeds the models max length") as err:
@@ -180,36 +249,46 @@ LINES = [f"line {i}: the variance of a sum of {i} independent terms adds up." fo
 
 
 def test_a_txt_file_is_one_document_per_line_by_default(tmp_path):
-    from hf_init.data.args import DataArguments
-    from hf_init.data.loaders import load_raw_text
+    from hf_init.lm.data.args import DataArguments
+    from hf_init.lm.data.loaders import load_raw_text
 
     path = tmp_path / "train.txt"
     path.write_text("\n".join(LINES[:20]) + "\n\n" + "\n".join(LINES[20:]) + "\n", encoding="utf-8")
     raw, info = load_raw_text(DataArguments(train_file=str(path), validation_split_percentage=10))
     docs = sorted(t.rstrip("\n") for split in raw.values() for t in split["text"])
     assert docs == sorted(LINES) and len(raw["validation"]) == 4 and info["n_documents"] == 40
-    para, _ = load_raw_text(DataArguments(train_file=str(path), validation_split_percentage=50,
-                                          sample_by="paragraph"))
+    para, _ = load_raw_text(
+        DataArguments(train_file=str(path), validation_split_percentage=50, sample_by="paragraph")
+    )
     assert len(para["train"]) + len(para["validation"]) == 2
-    with pytest.raises(ValueError, match=r"1 training document\(s\) \(a \.txt file holds one document per "
-                                         r"document with --sample_by document; choose line, paragraph or document\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"1 training document\(s\) \(a \.txt file holds one document per "
+        r"document with --sample_by document; choose line, paragraph or document\)",
+    ):
         load_raw_text(DataArguments(train_file=str(path), sample_by="document"))
-    with pytest.raises(UsageError, match="--sample_by must be one of line, paragraph, document, got 'lines'"):
+    with pytest.raises(
+        UsageError, match="--sample_by must be one of line, paragraph, document, got 'lines'"
+    ):
         DataArguments(sample_by="lines")
 
 
 def test_tsv_and_parquet_files_are_read(tmp_path):
     import pandas as pd
 
-    from hf_init.data.args import DataArguments
-    from hf_init.data.loaders import load_raw_text
+    from hf_init.lm.data.args import DataArguments
+    from hf_init.lm.data.loaders import load_raw_text
 
     frame = pd.DataFrame({"id": range(len(LINES)), "body": [f"{t}, with a comma" for t in LINES]})
     frame.to_csv(tmp_path / "train.tsv", sep="\t", index=False)
     frame.to_parquet(tmp_path / "train.parquet")
     for name in ("train.tsv", "train.parquet"):
-        raw, info = load_raw_text(DataArguments(train_file=str(tmp_path / name), text_column="body"))
-        assert sorted(t for split in raw.values() for t in split["text"]) == sorted(frame["body"]), name
+        raw, info = load_raw_text(
+            DataArguments(train_file=str(tmp_path / name), text_column="body")
+        )
+        assert sorted(t for split in raw.values() for t in split["text"]) == sorted(
+            frame["body"]
+        ), name
         assert info["n_documents"] == len(LINES)
 
 
@@ -221,14 +300,22 @@ HEAVY = ("torch", "transformers", "datasets", "accelerate")
 def _modules_after(*argv):
     """Run scripts/pretrain.py's main in a fresh interpreter; return (exit status, stderr, the heavy
     modules it imported)."""
-    code = ("import sys, runpy; sys.argv = ['pretrain.py', *sys.argv[1:]]\n"
-            "try:\n    runpy.run_path(%r, run_name='__main__')\n"
-            "except SystemExit as e:\n    code = e.code\n"
-            "print('HEAVY', sorted(m for m in %r if m in sys.modules), file=sys.stderr)\n"
-            "sys.exit(code)\n") % (str(SCRIPT), HEAVY)
+    code = (
+        "import sys, runpy; sys.argv = ['pretrain.py', *sys.argv[1:]]\n"
+        "try:\n    runpy.run_path(%r, run_name='__main__')\n"
+        "except SystemExit as e:\n    code = e.code\n"
+        "print('HEAVY', sorted(m for m in %r if m in sys.modules), file=sys.stderr)\n"
+        "sys.exit(code)\n"
+    ) % (str(SCRIPT), HEAVY)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     *lines, heavy = proc.stderr.strip().splitlines()
     return proc.returncode, proc.stdout, lines, heavy
 
@@ -240,22 +327,23 @@ def test_help_and_a_mistyped_flag_answer_without_importing_torch_or_transformers
     assert "--init_scheme" in out and "(default: 'gpt2')" in out and "--sample_by" in out
     rc, out, err, heavy = _modules_after("--max_stepz", "3")
     assert rc == 2 and heavy == "HEAVY []"
-    assert err == ["error: unknown argument --max_stepz (did you mean --max_steps? see --help for valid flags)"]
+    assert err == [
+        "error: unknown argument --max_stepz (did you mean --max_steps? see --help for valid flags)"
+    ]
 
 
 @pytest.mark.parametrize("flag", ["--max_step", "--learn", "--init_sch"])
 def test_abbreviations_are_refused(flag):
-    from hf_init.args import check_flags, parse_args
+    from hf_init.lm.args import check_flags
 
     with pytest.raises(UsageError, match=f"unknown argument {flag}"):
         check_flags([flag, "3"])
     # the full parser too (the quick check aside): allow_abbrev is off in the one YAML+flags parser
-    import argparse
     from dataclasses import dataclass
 
     from transformers import HfArgumentParser
 
-    from hf_init.cli import parse_yaml_and_cli
+    from hf_init.core.cli import parse_yaml_and_cli
 
     @dataclass
     class A:
@@ -269,11 +357,15 @@ def test_abbreviations_are_refused(flag):
 
 def test_quick_flag_names_are_the_full_parsers():
     """The names read from source are exactly the option strings HfArgumentParser builds."""
-    from hf_init.args import build_parser, flag_names
+    from hf_init.lm.args import build_parser, flag_names
 
     names = flag_names()
-    options = {o[2:].replace("-", "_") for a in build_parser()._actions for o in a.option_strings
-               if o.startswith("--") and o != "--help"}
+    options = {
+        o[2:].replace("-", "_")
+        for a in build_parser()._actions
+        for o in a.option_strings
+        if o.startswith("--") and o != "--help"
+    }
     assert {o for o in options if not (o.startswith("no_") and o[3:] in names)} == names
 
 
@@ -286,21 +378,27 @@ def test_an_uninstalled_report_to_integration_is_one_line(tmp_path):
     assert proc.returncode == 2 and not (tmp_path / "run").exists()
     assert proc.stderr.strip().splitlines() == [
         "error: --report_to wandb: its package is not installed (pip install wandb); installed here: "
-        "tensorboard (or --report_to none)"]
+        "tensorboard (or --report_to none)"
+    ]
 
 
 # --- 8. the studies: consistent with each other ---------------------------------------------------
 
+
 def test_heatmap_cells_are_centred_on_their_recorded_steps(tmp_path, monkeypatch):
     import numpy as np
 
-    from hf_init.analysis.variance import variance_table
-    from hf_init.plots import pretrain as plots
-    from hf_init.records import make_record, read_records, write_records
+    from hf_init.core.figures import pretrain as plots
+    from hf_init.core.records import make_record, read_records, write_records
+    from hf_init.lm.variance import variance_table
 
     steps = [0, 10, 20, 25]  # the last step off the recording grid, as a run's final step can be
-    records = [make_record(s, layer, role, {"var": 1.0 + s + layer}) for s in steps for layer in range(3)
-               for role in "qkv"]
+    records = [
+        make_record(s, layer, role, {"var": 1.0 + s + layer})
+        for s in steps
+        for layer in range(3)
+        for role in "qkv"
+    ]
     table = variance_table(read_records(write_records(tmp_path / "v.jsonl", records)))
     figures = []
     monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig) or path)
@@ -323,21 +421,37 @@ def test_a_one_std_stable_band_is_a_visible_strip(tmp_path, monkeypatch):
     import numpy as np
     from matplotlib.patches import Polygon, Rectangle
 
-    from hf_init.plots import mlp as plots
+    from hf_init.core.figures import mlp as plots
 
     stds = [1e-2, 1e-1, 1.0, 10.0]
-    rows = [{"depth": 2, "std": s, "seed": 0, "final_train_loss": 1.0, "final_test_loss": 1.0, "final_test_acc": 0.5,
-             "regime": "stable" if s == 1e-1 else "vanishing"} for s in stds]
+    rows = [
+        {
+            "depth": 2,
+            "std": s,
+            "seed": 0,
+            "final_train_loss": 1.0,
+            "final_test_loss": 1.0,
+            "final_test_acc": 0.5,
+            "regime": "stable" if s == 1e-1 else "vanishing",
+        }
+        for s in stds
+    ]
     figures = []
     monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig) or path)
     plots.sweep_metrics(rows, {"2": {"lo": 0.1, "hi": 0.1}}, tmp_path / "m.png")
     spans = [p for p in figures[0].axes[0].patches if isinstance(p, (Polygon, Rectangle))]
     assert len(spans) == 1
-    xs = spans[0].get_xy()[:, 0] if isinstance(spans[0], Polygon) else [spans[0].get_x(), spans[0].get_x() + spans[0].get_width()]
+    xs = (
+        spans[0].get_xy()[:, 0]
+        if isinstance(spans[0], Polygon)
+        else [spans[0].get_x(), spans[0].get_x() + spans[0].get_width()]
+    )
     # out to the geometric midpoints with the neighbours: sqrt(0.01 * 0.1) .. sqrt(0.1 * 1)
     assert min(xs) == pytest.approx(np.sqrt(1e-3)) and max(xs) == pytest.approx(np.sqrt(0.1))
     # at the grid's end: half a grid step (a factor sqrt(10)) beyond the last std
-    assert plots.band_span(stds, 1.0, 10.0) == pytest.approx((np.sqrt(0.1 * 1.0), 10.0 * np.sqrt(10.0)))
+    assert plots.band_span(stds, 1.0, 10.0) == pytest.approx(
+        (np.sqrt(0.1 * 1.0), 10.0 * np.sqrt(10.0))
+    )
 
 
 def test_study_summary_records_the_package_versions(tmp_path):
@@ -346,14 +460,32 @@ def test_study_summary_records_the_package_versions(tmp_path):
     import torch
     import transformers
 
-    spec = importlib.util.spec_from_file_location("mlp_init_compare", ROOT / "scripts" / "mlp_init_compare.py")
+    spec = importlib.util.spec_from_file_location(
+        "mlp_init_compare", ROOT / "scripts" / "mlp_init_compare.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     out = tmp_path / "cmp"
-    assert mod.main(["--dataset", "wine", "--seeds", "2", "--epochs", "1", "--activations", "relu",
-                     "--output_dir", str(out), "--no_progress"]) in (None, 0)
+    assert mod.main(
+        [
+            "--dataset",
+            "wine",
+            "--seeds",
+            "2",
+            "--epochs",
+            "1",
+            "--activations",
+            "relu",
+            "--output_dir",
+            str(out),
+            "--no_progress",
+        ]
+    ) in (None, 0)
     versions = json.loads((out / "summary.json").read_text())["versions"]
-    assert versions["torch"] == torch.__version__ and versions["transformers"] == transformers.__version__
+    assert (
+        versions["torch"] == torch.__version__
+        and versions["transformers"] == transformers.__version__
+    )
     assert versions["python"] == ".".join(map(str, sys.version_info[:3]))
 
 
@@ -367,23 +499,42 @@ def test_offline_push_to_hub_message_is_whole(tmp_path):
         expected = " ".join(str(err).split())
     proc = run_script("--push_to_hub", "true", "--output_dir", tmp_path / "run")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
-    assert expected in proc.stderr and proc.stderr.strip().endswith("upload the run folder later with `hf upload`")
+    assert expected in proc.stderr and proc.stderr.strip().endswith(
+        "upload the run folder later with `hf upload`"
+    )
 
 
 def test_after_the_setup_a_plain_accelerate_launch_prints_one_line(tmp_path):
-    """The README's set-up (python -m hf_init.accelerate_config) then `accelerate launch -q`: no
+    """The README's set-up (python -m hf_init.lm.accelerate_config) then `accelerate launch -q`: no
     "values were not passed" block, and a bad flag is the script's one line (no launcher traceback)."""
     import shutil
 
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
     env.pop("OMP_NUM_THREADS", None)
-    setup = subprocess.run([sys.executable, "-m", "hf_init.accelerate_config"], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=120)
-    assert setup.returncode == 0 and (tmp_path / "hf" / "accelerate" / "default_config.yaml").is_file()
-    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    proc = subprocess.run([launcher, "launch", "-q", str(SCRIPT), "--max_stepz", "1"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    setup = subprocess.run(
+        [sys.executable, "-m", "hf_init.lm.accelerate_config"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        setup.returncode == 0 and (tmp_path / "hf" / "accelerate" / "default_config.yaml").is_file()
+    )
+    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which(
+        "accelerate"
+    )
+    proc = subprocess.run(
+        [launcher, "launch", "-q", str(SCRIPT), "--max_stepz", "1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines() == [
-        "error: unknown argument --max_stepz (did you mean --max_steps? see --help for valid flags)"]
+        "error: unknown argument --max_stepz (did you mean --max_steps? see --help for valid flags)"
+    ]
     assert "were not passed" not in proc.stdout

@@ -32,14 +32,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-ANALYSIS = ["tests/test_mlp_analysis.py", "tests/test_analysis_edges.py::test_stable_band_tie_goes_to_the_lower_run",
-            "tests/test_analysis_edges.py::test_paired_counts_do_not_count_ties_as_wins",
-            "tests/test_analysis_edges.py::test_verdict_needs_both_speed_metrics_significant"]
+ANALYSIS = [
+    "tests/test_mlp_analysis.py",
+    "tests/test_analysis_edges.py::test_stable_band_tie_goes_to_the_lower_run",
+    "tests/test_analysis_edges.py::test_paired_counts_do_not_count_ties_as_wins",
+    "tests/test_analysis_edges.py::test_verdict_needs_both_speed_metrics_significant",
+]
 TOLERANCE = ["tests/test_analysis_edges.py::test_theory_check_tolerance_is_k_sigma_over_sqrt_seeds"]
 SWEEP = ["tests/test_mlp_scripts.py::test_sweep_end_to_end_and_refuses_to_overwrite"]
 COMPARE = ["tests/test_mlp_scripts.py::test_compare_end_to_end"]
-STUDY = ["tests/test_study_outputs.py::test_compare_results_from_curves",
-         "tests/test_study_outputs.py::test_compare_summary_statistics_match_scipy"]
+STUDY = [
+    "tests/test_study_outputs.py::test_compare_results_from_curves",
+    "tests/test_study_outputs.py::test_compare_summary_statistics_match_scipy",
+]
 THEORY = ["tests/test_theory.py"]
 CALLBACKS = ["tests/test_callbacks.py"]
 VARIANCE = ["tests/test_pretrain.py::test_variance_table_summary_on_hand_made_records"]
@@ -50,112 +55,358 @@ INSPECT = [f"{OUT}::test_inspect_init_table_matches_hand_computation"]
 
 # (id, file, original, replacement, tests)
 MUTANTS = [
-    # hf_init/stats.py: population moments and the fused-weight split
-    ("M01", "hf_init/stats.py", "var = ((x - mean) ** 2).mean()", "var = ((x - mean) ** 2).sum() / (n - 1)",
-     INSPECT + CALLBACKS),
-    # hf_init/distributed_stats.py: the one engine of every recorded moment
-    ("M02", "hf_init/distributed_stats.py", "mean_sq = q / n", "mean_sq = q / (n - 1)", CALLBACKS),
-    ("M03", "hf_init/distributed_stats.py", "var = (mean_sq - mean * mean).clamp(min=0.0)",
-     "var = (mean_sq + mean * mean).clamp(min=0.0)", CALLBACKS),
-    ("M04", "hf_init/gpt2_layout.py", "return dict(zip(self.parts, weight.chunk(len(self.parts), dim=1)))",
-     "return dict(zip(self.parts, weight.chunk(len(self.parts), dim=1)[::-1]))", INSPECT + CALLBACKS),
+    # hf_init/core/moments.py: population moments and the fused-weight split
+    (
+        "M01",
+        "hf_init/core/moments.py",
+        "var = ((x - mean) ** 2).mean()",
+        "var = ((x - mean) ** 2).sum() / (n - 1)",
+        INSPECT + CALLBACKS,
+    ),
+    # hf_init/core/moments.py: the one engine of every recorded moment
+    ("M02", "hf_init/core/moments.py", "mean_sq = q / n", "mean_sq = q / (n - 1)", CALLBACKS),
+    (
+        "M03",
+        "hf_init/core/moments.py",
+        "var = (mean_sq - mean * mean).clamp(min=0.0)",
+        "var = (mean_sq + mean * mean).clamp(min=0.0)",
+        CALLBACKS,
+    ),
+    (
+        "M04",
+        "hf_init/lm/families.py",
+        "return dict(zip(self.parts, weight.chunk(len(self.parts), dim=1)))",
+        "return dict(zip(self.parts, weight.chunk(len(self.parts), dim=1)[::-1]))",
+        INSPECT + CALLBACKS,
+    ),
     # hf_init/metrics: next-token accuracy
-    ("M05", "hf_init/metrics/next_token_accuracy/next_token_accuracy.py",
-     "pred, ref = np.asarray(pred[:-1]), np.asarray(ref[1:])", "pred, ref = np.asarray(pred), np.asarray(ref)",
-     METRIC),
-    ("M06", "hf_init/metrics/next_token_accuracy/next_token_accuracy.py", "keep = ref != -100", "keep = ref >= -100",
-     METRIC),
-    # hf_init/callbacks.py: what is written per record
-    ("M07", "hf_init/callbacks.py", '{"var": var, "mean": mean, "rms": rms,', '{"var": rms, "mean": mean, "rms": var,',
-     CALLBACKS),
-    ("M08", "hf_init/callbacks.py", "gvar, grms = (g[layer][i][1], g[layer][i][2])",
-     "gvar, grms = (g[layer][i][2], g[layer][i][1])", CALLBACKS),
-    # hf_init/analysis/variance.py: the pretraining summary
-    ("M09", "hf_init/analysis/variance.py", "reached = np.abs(change) >= np.abs(total) / 2",
-     "reached = np.abs(change) >= np.abs(total) / 4", VARIANCE),
-    ("M10", "hf_init/analysis/variance.py", '"ratio": end / start if start > 0', '"ratio": start / end if start > 0',
-     VARIANCE),
-    ("M11", "hf_init/analysis/variance.py", "return np.nanmax(v, axis=0) / np.nanmin(v, axis=0)",
-     "return np.nanmax(v, axis=0) / np.nanmean(v, axis=0)", VARIANCE),
-    # hf_init/analysis/mlp.py: regimes, band, paired statistics, verdict
-    ("M12", "hf_init/analysis/mlp.py", "gain = gain_per_layer(rec.preact_var[0, m])",
-     "gain = gain_per_layer(rec.preact_var[-1, m])", SWEEP),
-    ("M13", "hf_init/analysis/mlp.py", "return float(np.exp((np.log(v[-1]) - np.log(v[0])) / (v.size - 1)))",
-     "return float(np.exp((np.log(v[-1]) - np.log(v[0])) / v.size))", ANALYSIS),
-    ("M14", "hf_init/analysis/mlp.py", "if final_loss < thresholds.learned_fraction * chance and not exploded_init:",
-     "if final_loss < thresholds.learned_fraction * chance:", ANALYSIS),
-    ("M15", "hf_init/analysis/mlp.py", "(math.isfinite(gain) and gain > 1.0)", "(math.isfinite(gain) and gain < 1.0)",
-     ANALYSIS),
-    ("M16", "hf_init/analysis/mlp.py", "ok = [f > 0.5 for f in frac]", "ok = [f >= 0.5 for f in frac]", ANALYSIS),
-    ("M17", "hf_init/analysis/mlp.py", "if i - cur > best[1] - best[0]:", "if i - cur >= best[1] - best[0]:",
-     ANALYSIS),
-    ("M18", "hf_init/analysis/mlp.py", "return min(1.0, 2.0 / 2**n)", "return min(1.0, 1.0 / 2**n)", ANALYSIS),
-    ("M19", "hf_init/analysis/mlp.py", "half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)",
-     "half = float(stats.t.ppf(0.5 + confidence / 2, n)", ANALYSIS),
-    ("M20", "hf_init/analysis/mlp.py", "significant = all(m[\"wilcoxon_p\"] < alpha for m in speed)",
-     "significant = any(m[\"wilcoxon_p\"] < alpha for m in speed)", ANALYSIS),
-    ("M21", "hf_init/analysis/mlp.py", "        elif better:", "        elif not worse:", ANALYSIS + COMPARE),
-    ("M22", "hf_init/analysis/mlp.py", "return float(steps[hit[0]]) if hit.size", "return float(steps[hit[-1]]) if hit.size",
-     ANALYSIS),
-    ("M23", "hf_init/analysis/mlp.py", "return float(np.trapezoid(losses, steps) / (steps[-1] - steps[0]))",
-     "return float(np.trapezoid(losses, steps))", ANALYSIS),
-    ("M24", "hf_init/analysis/mlp.py", '"steps_to_target": s if math.isfinite(s) else last + 1,',
-     '"steps_to_target": s if math.isfinite(s) else last,', STUDY),
-    ("M25", "hf_init/analysis/mlp.py", '"a_better_count": int(np.sum(d < 0)),', '"a_better_count": int(np.sum(d <= 0)),',
-     ANALYSIS),
-    # hf_init/theory.py: the recursion
-    ("M26", "hf_init/theory.py", "return math.sqrt(2.0 / fan_in)", "return math.sqrt(1.0 / fan_in)", THEORY),
-    ("M27", "hf_init/theory.py", "return q / 2.0, np.full_like(q, 0.5)", "return q / 2.0, np.full_like(q, 1.0)", THEORY),
-    ("M28", "hf_init/theory.py", "g[:, l] = w2[l + 1] * widths[l + 2] * e_dphi2[:, l] * g[:, l + 1]",
-     "g[:, l] = w2[l + 1] * widths[l + 1] * e_dphi2[:, l] * g[:, l + 1]", THEORY),
-    ("M29", "hf_init/theory.py", "q_relvar[:, l] = (1 + 2.0 / n) * (1 + s_relvar[:, l]) - 1",
-     "q_relvar[:, l] = (1 + 1.0 / n) * (1 + s_relvar[:, l]) - 1", TOLERANCE + THEORY),
-    # hf_init/analysis/theory_check.py: the theory check's records and verdict (within tolerance:
+    (
+        "M05",
+        "hf_init/lm/metrics/next_token_accuracy/next_token_accuracy.py",
+        "pred, ref = np.asarray(pred[:-1]), np.asarray(ref[1:])",
+        "pred, ref = np.asarray(pred), np.asarray(ref)",
+        METRIC,
+    ),
+    (
+        "M06",
+        "hf_init/lm/metrics/next_token_accuracy/next_token_accuracy.py",
+        "keep = ref != -100",
+        "keep = ref >= -100",
+        METRIC,
+    ),
+    # hf_init/lm/recorders.py: what is written per record
+    (
+        "M07",
+        "hf_init/lm/recorders.py",
+        '{"var": var, "mean": mean, "rms": rms,',
+        '{"var": rms, "mean": mean, "rms": var,',
+        CALLBACKS,
+    ),
+    (
+        "M08",
+        "hf_init/lm/recorders.py",
+        "gvar, grms = (g[layer][i][1], g[layer][i][2])",
+        "gvar, grms = (g[layer][i][2], g[layer][i][1])",
+        CALLBACKS,
+    ),
+    # hf_init/lm/variance.py: the pretraining summary
+    (
+        "M09",
+        "hf_init/lm/variance.py",
+        "reached = np.abs(change) >= np.abs(total) / 2",
+        "reached = np.abs(change) >= np.abs(total) / 4",
+        VARIANCE,
+    ),
+    (
+        "M10",
+        "hf_init/lm/variance.py",
+        '"ratio": end / start if start > 0',
+        '"ratio": start / end if start > 0',
+        VARIANCE,
+    ),
+    (
+        "M11",
+        "hf_init/lm/variance.py",
+        "return np.nanmax(v, axis=0) / np.nanmin(v, axis=0)",
+        "return np.nanmax(v, axis=0) / np.nanmean(v, axis=0)",
+        VARIANCE,
+    ),
+    # hf_init/mlp/analysis.py: regimes, band, paired statistics, verdict
+    (
+        "M12",
+        "hf_init/mlp/analysis.py",
+        "gain = gain_per_layer(rec.preact_var[0, m])",
+        "gain = gain_per_layer(rec.preact_var[-1, m])",
+        SWEEP,
+    ),
+    (
+        "M13",
+        "hf_init/mlp/analysis.py",
+        "return float(np.exp((np.log(v[-1]) - np.log(v[0])) / (v.size - 1)))",
+        "return float(np.exp((np.log(v[-1]) - np.log(v[0])) / v.size))",
+        ANALYSIS,
+    ),
+    (
+        "M14",
+        "hf_init/mlp/analysis.py",
+        "if final_loss < thresholds.learned_fraction * chance and not exploded_init:",
+        "if final_loss < thresholds.learned_fraction * chance:",
+        ANALYSIS,
+    ),
+    (
+        "M15",
+        "hf_init/mlp/analysis.py",
+        "(math.isfinite(gain) and gain > 1.0)",
+        "(math.isfinite(gain) and gain < 1.0)",
+        ANALYSIS,
+    ),
+    (
+        "M16",
+        "hf_init/mlp/analysis.py",
+        "ok = [f > 0.5 for f in frac]",
+        "ok = [f >= 0.5 for f in frac]",
+        ANALYSIS,
+    ),
+    (
+        "M17",
+        "hf_init/mlp/analysis.py",
+        "if i - cur > best[1] - best[0]:",
+        "if i - cur >= best[1] - best[0]:",
+        ANALYSIS,
+    ),
+    (
+        "M18",
+        "hf_init/mlp/analysis.py",
+        "return min(1.0, 2.0 / 2**n)",
+        "return min(1.0, 1.0 / 2**n)",
+        ANALYSIS,
+    ),
+    (
+        "M19",
+        "hf_init/mlp/analysis.py",
+        "half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)",
+        "half = float(stats.t.ppf(0.5 + confidence / 2, n)",
+        ANALYSIS,
+    ),
+    (
+        "M20",
+        "hf_init/mlp/analysis.py",
+        'significant = all(m["wilcoxon_p"] < alpha for m in speed)',
+        'significant = any(m["wilcoxon_p"] < alpha for m in speed)',
+        ANALYSIS,
+    ),
+    (
+        "M21",
+        "hf_init/mlp/analysis.py",
+        "        elif better:",
+        "        elif not worse:",
+        ANALYSIS + COMPARE,
+    ),
+    (
+        "M22",
+        "hf_init/mlp/analysis.py",
+        "return float(steps[hit[0]]) if hit.size",
+        "return float(steps[hit[-1]]) if hit.size",
+        ANALYSIS,
+    ),
+    (
+        "M23",
+        "hf_init/mlp/analysis.py",
+        "return float(np.trapezoid(losses, steps) / (steps[-1] - steps[0]))",
+        "return float(np.trapezoid(losses, steps))",
+        ANALYSIS,
+    ),
+    (
+        "M24",
+        "hf_init/mlp/analysis.py",
+        '"steps_to_target": s if math.isfinite(s) else last + 1,',
+        '"steps_to_target": s if math.isfinite(s) else last,',
+        STUDY,
+    ),
+    (
+        "M25",
+        "hf_init/mlp/analysis.py",
+        '"a_better_count": int(np.sum(d < 0)),',
+        '"a_better_count": int(np.sum(d <= 0)),',
+        ANALYSIS,
+    ),
+    # hf_init/theory/recursions.py: the recursion
+    (
+        "M26",
+        "hf_init/theory/recursions.py",
+        "return math.sqrt(2.0 / fan_in)",
+        "return math.sqrt(1.0 / fan_in)",
+        THEORY,
+    ),
+    (
+        "M27",
+        "hf_init/theory/recursions.py",
+        "return q / 2.0, np.full_like(q, 0.5)",
+        "return q / 2.0, np.full_like(q, 1.0)",
+        THEORY,
+    ),
+    (
+        "M28",
+        "hf_init/theory/recursions.py",
+        "g[:, l] = w2[l + 1] * widths[l + 2] * e_dphi2[:, l] * g[:, l + 1]",
+        "g[:, l] = w2[l + 1] * widths[l + 1] * e_dphi2[:, l] * g[:, l + 1]",
+        THEORY,
+    ),
+    (
+        "M29",
+        "hf_init/theory/recursions.py",
+        "q_relvar[:, l] = (1 + 2.0 / n) * (1 + s_relvar[:, l]) - 1",
+        "q_relvar[:, l] = (1 + 1.0 / n) * (1 + s_relvar[:, l]) - 1",
+        TOLERANCE + THEORY,
+    ),
+    # hf_init/theory/check.py: the theory check's records and verdict (within tolerance:
     # |relative_error| <= tolerance, counted in the verdict)
-    ("M30", "hf_init/analysis/theory_check.py", 'ok = sum(abs(r["relative_error"]) <= r["tolerance"] for r in rs)',
-     'ok = sum(abs(r["relative_error"]) > r["tolerance"] for r in rs)', THEORY),
-    ("M31", "hf_init/analysis/theory_check.py", '"relative_error": float(m[:, l].mean() / p[l] - 1.0)',
-     '"relative_error": float(p[l] / m[:, l].mean() - 1.0)', THEORY),
-    ("M32", "hf_init/analysis/theory_check.py", "tol = k_sigma * np.sqrt(relvar / len(seeds))",
-     "tol = k_sigma * np.sqrt(relvar)", TOLERANCE + THEORY),
-    ("M33", "hf_init/analysis/theory_check.py", 'ok = sum(abs(r["relative_error"]) <= r["tolerance"] for r in rs)',
-     "ok = len(rs)", THEORY),
+    (
+        "M30",
+        "hf_init/theory/check.py",
+        'ok = sum(abs(r["relative_error"]) <= r["tolerance"] for r in rs)',
+        'ok = sum(abs(r["relative_error"]) > r["tolerance"] for r in rs)',
+        THEORY,
+    ),
+    (
+        "M31",
+        "hf_init/theory/check.py",
+        '"relative_error": float(m[:, l].mean() / p[l] - 1.0)',
+        '"relative_error": float(p[l] / m[:, l].mean() - 1.0)',
+        THEORY,
+    ),
+    (
+        "M32",
+        "hf_init/theory/check.py",
+        "tol = k_sigma * np.sqrt(relvar / len(seeds))",
+        "tol = k_sigma * np.sqrt(relvar)",
+        TOLERANCE + THEORY,
+    ),
+    (
+        "M33",
+        "hf_init/theory/check.py",
+        'ok = sum(abs(r["relative_error"]) <= r["tolerance"] for r in rs)',
+        "ok = len(rs)",
+        THEORY,
+    ),
     # hf_init/mlp/training.py: the freeze of a diverged member, the written-out backward
-    ("M34", "hf_init/mlp/training.py", '        if alive.device.type != "cpu" or bool(dead.any()):', "        if False:",
-     FREEZE),
-    ("M35", "hf_init/mlp/training.py", "dz.scatter_add_(1, target, buf.minus_one).mul_(1.0 / B)",
-     "dz.scatter_add_(1, target, buf.minus_one)", FREEZE),
-    ("M36", "hf_init/mlp/training.py", "dh = torch.bmm(Ws[l].transpose(1, 2), dz, out=buf.dh[l - 1])",
-     "dh = torch.bmm(Ws[l], dz, out=buf.dh[l - 1])", FREEZE),
+    (
+        "M34",
+        "hf_init/mlp/training.py",
+        '        if alive.device.type != "cpu" or bool(dead.any()):',
+        "        if False:",
+        FREEZE,
+    ),
+    (
+        "M35",
+        "hf_init/mlp/training.py",
+        "dz.scatter_add_(1, target, buf.minus_one).mul_(1.0 / B)",
+        "dz.scatter_add_(1, target, buf.minus_one)",
+        FREEZE,
+    ),
+    (
+        "M36",
+        "hf_init/mlp/training.py",
+        "dh = torch.bmm(Ws[l].transpose(1, 2), dz, out=buf.dh[l - 1])",
+        "dh = torch.bmm(Ws[l], dz, out=buf.dh[l - 1])",
+        FREEZE,
+    ),
     # the reused float64 workspace: bounded passes, two-pass row variances
-    ("M37", "hf_init/stats.py", "        x.sub_(x.mean(dim=1, keepdim=True))\n", "", ["tests/test_distributed_stats.py"]),
-    ("M38", "hf_init/distributed_stats.py", "blocks = x.view(len(chunk), lr, n_blocks, c)",
-     "blocks = x.view(len(chunk), n_blocks, lr, c).transpose(1, 2)", ["tests/test_distributed_stats.py"]),
+    (
+        "M37",
+        "hf_init/core/moments.py",
+        "        x.sub_(x.mean(dim=1, keepdim=True))\n",
+        "",
+        ["tests/test_distributed_stats.py"],
+    ),
+    (
+        "M38",
+        "hf_init/core/moments.py",
+        "blocks = x.view(len(chunk), lr, n_blocks, c)",
+        "blocks = x.view(len(chunk), n_blocks, lr, c).transpose(1, 2)",
+        ["tests/test_distributed_stats.py"],
+    ),
     # study outputs and figures: each break is one the tests of test_study_outputs.py / test_figures.py must see
-    ("N01", "hf_init/modeling.py", "shapes[role] = fans(part.shape, layout)", "shapes[role] = fans(part.shape[::-1], layout)",
-     [f"{OUT}::test_inspect_init_table_matches_hand_computation"]),
-    ("N02", "hf_init/mlp/study.py", "stats = {name: float(getattr(rec, name)[r, m]) for name in SPLIT_STATISTICS}",
-     'stats = {name: float(getattr(rec, name.replace("train", "test"))[r, m]) for name in SPLIT_STATISTICS}',
-     [f"{OUT}::test_sweep_loss_records"]),
-    ("N03", "hf_init/analysis/mlp.py", "{g: rr.count(g) for g in REGIMES if rr.count(g)}",
-     "{g: rr.count(g) for g in REGIMES[1:] if rr.count(g)}", [f"{OUT}::test_sweep_summary_json"]),
-    ("N04", "scripts/mlp_sweep.py", '"final_test_loss": r["final_test_loss"],', '"final_test_loss": r["final_train_loss"],',
-     [f"{OUT}::test_sweep_tensorboard_hparams"]),
-    ("N05", "hf_init/pretrain.py", "if len(set(digests)) != 1:", "if len(set(digests)) > 2:",
-     [f"{OUT}::test_tokenizer_mismatch_across_ranks_is_refused_on_every_rank"]),
-    ("N06", "hf_init/outputs.py", "        for name in found:\n            os.replace(out / name, backup / name)",
-     "        for name in [n for n in found if n != 'tb']:\n            os.replace(out / name, backup / name)",
-     [f"{OUT}::test_sweep_overwrite_replaces_the_previous_study", f"{OUT}::test_compare_overwrite_replaces_the_previous_study"]),
-    ("N07", "hf_init/analysis/mlp.py", "for x, y in zip([r[metric] for r in by[a]], [r[metric] for r in by[b]])))",
-     "for x, y in zip([r[metric] for r in by[b]], [r[metric] for r in by[a]])))",
-     [f"{OUT}::test_compare_summary_statistics_match_scipy"]),
-    ("N08", "hf_init/plots/pretrain.py", "ax.plot(table.steps[ok], values[i][ok]", "ax.plot(table.steps[ok], values[0][ok]",
-     [f"{FIG}::test_pretrain_variance_figure"]),
-    ("N09", "hf_init/plots/mlp.py", 'ys = [_nanmean([r[key] for r in sub if r["std"] == s]) for s in stds]',
-     'ys = [_nanmean([r[key] for r in rows if r["std"] == s]) for s in stds]', [f"{FIG}::test_sweep_metrics_figure"]),
-    ("N10", "hf_init/plots/mlp.py", "[c.mean for c in cis]", "[c.hi for c in cis]", [f"{FIG}::test_compare_curves_figure"]),
-    ("N11", "hf_init/plots/theory.py", 'ax.plot(x, [r["predicted"] for r in sel], "-", color=color,',
-     'ax.plot(x, [r["measured"] for r in sel], "-", color=color,', [f"{FIG}::test_theory_mlp_forward_figure"]),
+    (
+        "N01",
+        "hf_init/lm/modeling.py",
+        "shapes[role] = fans(part.shape, layout)",
+        "shapes[role] = fans(part.shape[::-1], layout)",
+        [f"{OUT}::test_inspect_init_table_matches_hand_computation"],
+    ),
+    (
+        "N02",
+        "hf_init/mlp/study.py",
+        "stats = {name: float(getattr(rec, name)[r, m]) for name in SPLIT_STATISTICS}",
+        'stats = {name: float(getattr(rec, name.replace("train", "test"))[r, m]) for name in SPLIT_STATISTICS}',
+        [f"{OUT}::test_sweep_loss_records"],
+    ),
+    (
+        "N03",
+        "hf_init/mlp/analysis.py",
+        "{g: rr.count(g) for g in REGIMES if rr.count(g)}",
+        "{g: rr.count(g) for g in REGIMES[1:] if rr.count(g)}",
+        [f"{OUT}::test_sweep_summary_json"],
+    ),
+    (
+        "N04",
+        "scripts/mlp_sweep.py",
+        '"final_test_loss": r["final_test_loss"],',
+        '"final_test_loss": r["final_train_loss"],',
+        [f"{OUT}::test_sweep_tensorboard_hparams"],
+    ),
+    (
+        "N05",
+        "hf_init/lm/pretrain.py",
+        "if len(set(digests)) != 1:",
+        "if len(set(digests)) > 2:",
+        [f"{OUT}::test_tokenizer_mismatch_across_ranks_is_refused_on_every_rank"],
+    ),
+    (
+        "N06",
+        "hf_init/core/outputs.py",
+        "        for name in found:\n            os.replace(out / name, backup / name)",
+        "        for name in [n for n in found if n != 'tb']:\n            os.replace(out / name, backup / name)",
+        [
+            f"{OUT}::test_sweep_overwrite_replaces_the_previous_study",
+            f"{OUT}::test_compare_overwrite_replaces_the_previous_study",
+        ],
+    ),
+    (
+        "N07",
+        "hf_init/mlp/analysis.py",
+        "for x, y in zip([r[metric] for r in by[a]], [r[metric] for r in by[b]])))",
+        "for x, y in zip([r[metric] for r in by[b]], [r[metric] for r in by[a]])))",
+        [f"{OUT}::test_compare_summary_statistics_match_scipy"],
+    ),
+    (
+        "N08",
+        "hf_init/lm/plots.py",
+        "ax.plot(table.steps[ok], values[i][ok]",
+        "ax.plot(table.steps[ok], values[0][ok]",
+        [f"{FIG}::test_pretrain_variance_figure"],
+    ),
+    (
+        "N09",
+        "hf_init/mlp/plots.py",
+        'ys = [_nanmean([r[key] for r in sub if r["std"] == s]) for s in stds]',
+        'ys = [_nanmean([r[key] for r in rows if r["std"] == s]) for s in stds]',
+        [f"{FIG}::test_sweep_metrics_figure"],
+    ),
+    (
+        "N10",
+        "hf_init/mlp/plots.py",
+        "[c.mean for c in cis]",
+        "[c.hi for c in cis]",
+        [f"{FIG}::test_compare_curves_figure"],
+    ),
+    (
+        "N11",
+        "hf_init/theory/plots.py",
+        'ax.plot(x, [r["predicted"] for r in sel], "-", color=color,',
+        'ax.plot(x, [r["measured"] for r in sel], "-", color=color,',
+        [f"{FIG}::test_theory_mlp_forward_figure"],
+    ),
 ]
 
 
@@ -169,7 +420,9 @@ def _locate(copy: Path, file: str, original: str) -> tuple[Path | None, str]:
     named = copy / file
     if named.is_file() and named.read_text().count(original) == 1:
         return named, file
-    hits = [p for p in sorted((copy / "hf_init").rglob("*.py")) if p.read_text().count(original) == 1]
+    hits = [
+        p for p in sorted((copy / "hf_init").rglob("*.py")) if p.read_text().count(original) == 1
+    ]
     if len(hits) == 1:
         return hits[0], str(hits[0].relative_to(copy))
     return None, file
@@ -183,40 +436,74 @@ def run_mutant(mutant, timeout: int = 900) -> dict:
         _copy_tree(copy)
         path, where = _locate(copy, file, original)
         if path is None:
-            return {"id": mid, "file": file, "status": "stale", "seconds": 0.0, "detail": "snippet not found"}
+            return {
+                "id": mid,
+                "file": file,
+                "status": "stale",
+                "seconds": 0.0,
+                "detail": "snippet not found",
+            }
         path.write_text(path.read_text().replace(original, replacement, 1))
-        env = dict(os.environ, PYTHONPATH=str(copy), MPLBACKEND="Agg", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-                   TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONDONTWRITEBYTECODE="1")
+        env = dict(
+            os.environ,
+            PYTHONPATH=str(copy),
+            MPLBACKEND="Agg",
+            HF_HUB_OFFLINE="1",
+            HF_DATASETS_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            TOKENIZERS_PARALLELISM="false",
+            PYTHONDONTWRITEBYTECODE="1",
+        )
         cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
         try:
-            proc = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+            proc = subprocess.run(
+                cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout
+            )
             rc, out = proc.returncode, proc.stdout
         except subprocess.TimeoutExpired:
             rc, out = -1, "timeout"
     status = "missed" if rc == 0 else "caught"
-    failed = [line.split(" ")[1] for line in out.splitlines() if line.startswith(("FAILED", "ERROR"))]
+    failed = [
+        line.split(" ")[1] for line in out.splitlines() if line.startswith(("FAILED", "ERROR"))
+    ]
     detail = failed[0] if failed else ("no test failed (rc %d)" % rc if rc else "")
-    return {"id": mid, "file": where, "status": status, "seconds": time.perf_counter() - t0, "detail": detail}
+    return {
+        "id": mid,
+        "file": where,
+        "status": status,
+        "seconds": time.perf_counter() - t0,
+        "detail": detail,
+    }
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--only", nargs="*", default=None, help="mutant ids to run (default: all)")
     p.add_argument("--jobs", type=int, default=2, help="mutants run at once")
     p.add_argument("--list", action="store_true", help="print the mutants and exit")
     args = p.parse_args(argv)
     chosen = [m for m in MUTANTS if args.only is None or m[0] in args.only]
     if args.only and len(chosen) != len(set(args.only)):
-        print(f"error: unknown mutant id in {args.only}; known: {', '.join(m[0] for m in MUTANTS)}", file=sys.stderr)
+        print(
+            f"error: unknown mutant id in {args.only}; known: {', '.join(m[0] for m in MUTANTS)}",
+            file=sys.stderr,
+        )
         return 2
     if args.list:
         for mid, file, original, replacement, tests in chosen:
-            print(f"{mid}  {file}\n     - {original}\n     + {replacement}\n     tests: {' '.join(tests)}")
+            print(
+                f"{mid}  {file}\n     - {original}\n     + {replacement}\n     tests: {' '.join(tests)}"
+            )
         return 0
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         results = []
         for r in pool.map(run_mutant, chosen):
-            print(f"{r['id']} {r['status']:<6} {r['seconds']:5.0f}s {r['file']}  {r['detail']}", flush=True)
+            print(
+                f"{r['id']} {r['status']:<6} {r['seconds']:5.0f}s {r['file']}  {r['detail']}",
+                flush=True,
+            )
             results.append(r)
     print("\n| mutant | file | change | result | first failing test |")
     print("|---|---|---|---|---|")

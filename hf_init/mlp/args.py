@@ -1,5 +1,5 @@
 """The arguments of the two MLP study scripts (``scripts/mlp_sweep.py``,
-``scripts/mlp_init_compare.py``), parsed the one way (:func:`hf_init.cli.parse_yaml_and_cli`:
+``scripts/mlp_init_compare.py``), parsed the one way (:func:`hf_init.core.cli.parse_yaml_and_cli`:
 a YAML config, then ``--flag`` overrides). The flags both scripts take are declared once
 (:class:`DataArguments`, :class:`ModelArguments`, :class:`RunArguments`); each script adds its own
 (:class:`SweepArguments`, :class:`CompareArguments`). Every dataclass checks its fields in
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hf_init.cli import UsageError
+from hf_init.core.cli import UsageError
 from hf_init.mlp.model import MLPShape, check_activation
 from hf_init.mlp.study import check_controlled_schemes, log_grid
 from hf_init.mlp.training import OPTIMIZERS, TrainConfig
@@ -35,15 +35,21 @@ def _as_list(value, flag: str, convert=str) -> list:
 class DataArguments:
     dataset: str = _help("wine | digits (offline stand-in for MNIST) | mnist", default="digits")
     split_seed: int = _help("train/test split (wine, digits) and MNIST subset", default=0)
-    mnist_dir: str | None = _help("folder with the MNIST IDX files (optionally .gz) or parquet", default=None)
+    mnist_dir: str | None = _help(
+        "folder with the MNIST IDX files (optionally .gz) or parquet", default=None
+    )
     mnist_train_size: int = _help("random subset of MNIST's 60k training images", default=10000)
 
     def load(self):
-        """The :class:`~hf_init.data.tabular.TabularData` these arguments name."""
-        from hf_init.data.tabular import load_tabular
+        """The :class:`~hf_init.mlp.data.TabularData` these arguments name."""
+        from hf_init.mlp.data import load_tabular
 
-        return load_tabular(self.dataset, split_seed=self.split_seed, mnist_dir=self.mnist_dir,
-                            mnist_train_size=self.mnist_train_size)
+        return load_tabular(
+            self.dataset,
+            split_seed=self.split_seed,
+            mnist_dir=self.mnist_dir,
+            mnist_train_size=self.mnist_train_size,
+        )
 
 
 @dataclass
@@ -62,28 +68,51 @@ class ModelArguments:
         MLPShape(1, self.width, self.depth, 1)  # checks depth and width
         if self.lr is None:
             self.lr = 1e-3 if self.optimizer == "adam" else 0.01
-        self.train_config(1, 1)  # checks optimizer and lr (the study's own fields are checked with it)
+        self.train_config(
+            1, 1
+        )  # checks optimizer and lr (the study's own fields are checked with it)
 
-    def train_config(self, record_every: int, probe_size: int, dtype: str = "float32") -> TrainConfig:
-        return TrainConfig(optimizer=self.optimizer, lr=self.lr, momentum=self.momentum, epochs=self.epochs,
-                           batch_size=self.batch_size, record_every=record_every, probe_size=probe_size, dtype=dtype)
+    def train_config(
+        self, record_every: int, probe_size: int, dtype: str = "float32"
+    ) -> TrainConfig:
+        return TrainConfig(
+            optimizer=self.optimizer,
+            lr=self.lr,
+            momentum=self.momentum,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            record_every=record_every,
+            probe_size=probe_size,
+            dtype=dtype,
+        )
 
     def describe(self) -> str:
         """The optimizer part of a study's one-line setup."""
-        return (f"{self.optimizer} lr {self.lr:g}" + (f" momentum {self.momentum:g}" if self.optimizer == "sgd" else "")
-                + f", batch {self.batch_size}, {self.epochs} epochs")
+        return (
+            f"{self.optimizer} lr {self.lr:g}"
+            + (f" momentum {self.momentum:g}" if self.optimizer == "sgd" else "")
+            + f", batch {self.batch_size}, {self.epochs} epochs"
+        )
 
 
 @dataclass
 class RunArguments:
     overwrite: bool = _help("replace a study already in --output_dir", default=False)
     no_progress: bool = _help("no progress bar", default=False)
-    threads: int = _help("torch CPU threads (default 0 = torch's choice, every core; pin N on a machine shared with "
-                         "other jobs, see docs/benchmarks.md)", default=0)
-    device: str = _help("auto | cpu | cuda | cuda:N | mps: where the ensemble and its data live "
-                        "(auto = the accelerator when present, else cpu)", default="auto")
-    dtype: str = _help("float32 | tf32 (CUDA) | bfloat16: matmul precision (weights, optimizer and loss stay float32)",
-                       default="float32")
+    threads: int = _help(
+        "torch CPU threads (default 0 = torch's choice, every core; pin N on a machine shared with "
+        "other jobs, see docs/benchmarks.md)",
+        default=0,
+    )
+    device: str = _help(
+        "auto | cpu | cuda | cuda:N | mps: where the ensemble and its data live "
+        "(auto = the accelerator when present, else cpu)",
+        default="auto",
+    )
+    dtype: str = _help(
+        "float32 | tf32 (CUDA) | bfloat16: matmul precision (weights, optimizer and loss stay float32)",
+        default="float32",
+    )
 
     def __post_init__(self):
         from hf_init.mlp.training import DTYPES
@@ -101,21 +130,43 @@ class RunArguments:
 
         spec = self.device.strip().lower()
         if spec == "auto":
-            spec = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+            spec = (
+                "cuda"
+                if torch.cuda.is_available()
+                else "mps"
+                if torch.backends.mps.is_available()
+                else "cpu"
+            )
         try:
             device = torch.device(spec)
         except (RuntimeError, ValueError):
-            raise UsageError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}") from None
+            raise UsageError(
+                f"--device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}"
+            ) from None
         if device.type not in ("cpu", "cuda", "mps"):
-            raise UsageError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+            raise UsageError(
+                f"--device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}"
+            )
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise UsageError(f"--device {self.device}: no CUDA device on this machine; use --device cpu or auto")
-        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {self.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise UsageError(
+                f"--device {self.device}: no CUDA device on this machine; use --device cpu or auto"
+            )
+        if (
+            device.type == "cuda"
+            and device.index is not None
+            and device.index >= torch.cuda.device_count()
+        ):
+            raise UsageError(
+                f"--device {self.device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
         if device.type == "mps" and not torch.backends.mps.is_available():
-            raise UsageError(f"--device {self.device}: MPS is not available here; use --device cpu or auto")
+            raise UsageError(
+                f"--device {self.device}: MPS is not available here; use --device cpu or auto"
+            )
         if self.dtype == "tf32" and device.type != "cuda":
-            raise UsageError(f"--dtype tf32 needs a CUDA device (the run is on {device.type}); use float32 or bfloat16")
+            raise UsageError(
+                f"--dtype tf32 needs a CUDA device (the run is on {device.type}); use float32 or bfloat16"
+            )
         return device
 
     def apply_threads(self) -> None:
@@ -124,20 +175,25 @@ class RunArguments:
         if self.threads:
             torch.set_num_threads(self.threads)
 
+
 @dataclass
 class SweepArguments:
-    stds: list[str] | None = _help("initial weight stds, space-separated (default: 1e-4..1e1, 3 per decade)",
-                                   default=None)
-    depths: list[int] | None = _help("several depths, space-separated -> the phase diagram (replaces --depth)",
-                                     default=None)
+    stds: list[str] | None = _help(
+        "initial weight stds, space-separated (default: 1e-4..1e1, 3 per decade)", default=None
+    )
+    depths: list[int] | None = _help(
+        "several depths, space-separated -> the phase diagram (replaces --depth)", default=None
+    )
     seeds: int = _help("seeds 0..N-1 per std", default=5)
     activation: str = _help("relu | linear | tanh | gelu | gelu_tanh", default="relu")
     record_every: int = _help("steps between variance/metric records", default=20)
-    probe_size: int = _help("training examples (the first ones) of the fixed probe batch", default=256)
+    probe_size: int = _help(
+        "training examples (the first ones) of the fixed probe batch", default=256
+    )
     output_dir: str = _help("where the study is written", default="runs/mlp_sweep")
 
     def __post_init__(self):
-        from hf_init.schemes import check_std
+        from hf_init.core.schemes import check_std
 
         if self.stds is None:
             self.stds = log_grid(1e-4, 10.0, 3)
@@ -153,10 +209,15 @@ class SweepArguments:
 
 @dataclass
 class CompareArguments:
-    schemes: list[str] = _help("the two registry schemes compared, space-separated (normal ones: they rescale "
-                               "one shared draw)", default_factory=lambda: ["kaiming_normal", "xavier_normal"])
-    activations: list[str] = _help("relu | linear | tanh | gelu | gelu_tanh, space-separated",
-                                   default_factory=lambda: ["relu", "tanh"])
+    schemes: list[str] = _help(
+        "the two registry schemes compared, space-separated (normal ones: they rescale "
+        "one shared draw)",
+        default_factory=lambda: ["kaiming_normal", "xavier_normal"],
+    )
+    activations: list[str] = _help(
+        "relu | linear | tanh | gelu | gelu_tanh, space-separated",
+        default_factory=lambda: ["relu", "tanh"],
+    )
     seeds: int = _help("seeds 0..N-1 (5 seeds cannot reach Wilcoxon p < 0.05)", default=10)
     record_every: int = _help("steps between loss records (steps-to-target resolution)", default=5)
     target_loss: float | None = _help("default 0.25 x ln(n_classes)", default=None)
@@ -186,10 +247,13 @@ def parse(study_class, argv: list[str], description: str | None = None, **defaul
 
     from transformers import HfArgumentParser
 
-    from hf_init.cli import parse_yaml_and_cli
+    from hf_init.core.cli import parse_yaml_and_cli
 
-    parser = HfArgumentParser((DataArguments, ModelArguments, RunArguments, study_class), description=description,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = HfArgumentParser(
+        (DataArguments, ModelArguments, RunArguments, study_class),
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.set_defaults(**defaults)
     parsed, _ = parse_yaml_and_cli(parser, argv)
     return parsed

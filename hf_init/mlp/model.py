@@ -4,7 +4,7 @@ shared standard-normal draws their initial weights are made of.
 An MLP of ``depth`` hidden layers of ``width`` units maps ``n_in`` features to ``n_out`` logits
 through ``depth + 1`` linear layers (weights (out, in) as in ``nn.Linear``, biases zero at init)
 with the activation after every hidden layer and none after the output layer. Activations are
-those of :data:`hf_init.theory.ACTIVATIONS` (what the variance theory supports), mapped to torch
+those of :data:`hf_init.theory.recursions.ACTIVATIONS` (what the variance theory supports), mapped to torch
 once, in :data:`TORCH_ACTIVATIONS`.
 
 The :class:`Ensemble` holds M such MLPs (members: every (std or scheme) x seed of a study) as
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hf_init.theory import ACTIVATIONS
+from hf_init.theory.recursions import ACTIVATIONS
 
 # theory's activation names -> torch functions (the one table; the theory module has the formulas)
 TORCH_ACTIVATIONS = {
@@ -31,7 +31,9 @@ TORCH_ACTIVATIONS = {
     "gelu": F.gelu,  # exact, erf
     "gelu_tanh": partial(F.gelu, approximate="tanh"),  # GPT-2's gelu_new
 }
-assert tuple(TORCH_ACTIVATIONS) == ACTIVATIONS, "every activation of the theory needs a torch function"
+assert tuple(TORCH_ACTIVATIONS) == ACTIVATIONS, (
+    "every activation of the theory needs a torch function"
+)
 
 
 def check_activation(name: str) -> None:
@@ -64,7 +66,7 @@ class MLPShape:
 
     def widths(self) -> list[int]:
         """Units of every layer, input to logits: [n_in, width x depth, n_out] (the ``widths``
-        of :func:`hf_init.theory.scheme_weight_stds`)."""
+        of :func:`hf_init.theory.recursions.scheme_weight_stds`)."""
         return [self.n_in] + [self.width] * self.depth + [self.n_out]
 
     def layer_fans(self) -> list[tuple[int, int]]:
@@ -107,23 +109,31 @@ def standard_normal_draws(shape: MLPShape, seeds: list[int]) -> list[torch.Tenso
     per_seed = []
     for seed in seeds:
         g = torch.Generator().manual_seed(int(seed))
-        per_seed.append([torch.randn(fan_out, fan_in, generator=g) for fan_in, fan_out in shape.layer_fans()])
+        per_seed.append(
+            [torch.randn(fan_out, fan_in, generator=g) for fan_in, fan_out in shape.layer_fans()]
+        )
     return [torch.stack([ws[layer] for ws in per_seed]) for layer in range(shape.n_layers)]
 
 
-def ensemble_weights(draws: list[torch.Tensor], seed_index: list[int], layer_stds: list[list[float]]) -> list[torch.Tensor]:
+def ensemble_weights(
+    draws: list[torch.Tensor], seed_index: list[int], layer_stds: list[list[float]]
+) -> list[torch.Tensor]:
     """Member m's layer-l weight = draws[l][seed_index[m]] * layer_stds[m][l]; returns (M, out, in) per layer."""
     idx = torch.as_tensor(seed_index, dtype=torch.long)
     stds = torch.as_tensor(layer_stds, dtype=torch.float32)  # (M, L)
     if stds.shape != (len(seed_index), len(draws)):
-        raise ValueError(f"layer_stds must be (members={len(seed_index)}, layers={len(draws)}), got {tuple(stds.shape)}")
+        raise ValueError(
+            f"layer_stds must be (members={len(seed_index)}, layers={len(draws)}), got {tuple(stds.shape)}"
+        )
     return [draws[l][idx] * stds[:, l].view(-1, 1, 1) for l in range(len(draws))]
 
 
 class Ensemble(nn.Module):
     """M MLPs of one shape as stacked parameters: ``weights[l]`` (M, out, in), ``biases[l]`` (M, out)."""
 
-    def __init__(self, shape: MLPShape, weights: list[torch.Tensor], biases: list[torch.Tensor] | None = None):
+    def __init__(
+        self, shape: MLPShape, weights: list[torch.Tensor], biases: list[torch.Tensor] | None = None
+    ):
         super().__init__()
         if len(weights) != shape.n_layers:
             raise ValueError(f"expected {shape.n_layers} weight tensors, got {len(weights)}")
@@ -131,7 +141,9 @@ class Ensemble(nn.Module):
         self.n_members = int(weights[0].shape[0])
         for w, (fan_in, fan_out) in zip(weights, shape.layer_fans()):
             if tuple(w.shape) != (self.n_members, fan_out, fan_in):
-                raise ValueError(f"weight shape {tuple(w.shape)} != {(self.n_members, fan_out, fan_in)}")
+                raise ValueError(
+                    f"weight shape {tuple(w.shape)} != {(self.n_members, fan_out, fan_in)}"
+                )
         if biases is None:
             biases = [torch.zeros(self.n_members, w.shape[1]) for w in weights]
         self.weights = nn.ParameterList([nn.Parameter(w.detach().clone().float()) for w in weights])
@@ -154,11 +166,15 @@ class Ensemble(nn.Module):
         for l, (w, b) in enumerate(zip(self.weights, self.biases)):
             out = w.shape[1]
             if l == 0:
-                z = torch.addmm(b.reshape(M * out, 1), w.reshape(M * out, -1), x.t()).view(M, out, B)
+                z = torch.addmm(b.reshape(M * out, 1), w.reshape(M * out, -1), x.t()).view(
+                    M, out, B
+                )
             else:
                 z = torch.baddbmm(b.unsqueeze(2), w, h)
             if l < self.shape.depth and not keep and self.shape.activation == "relu":
-                h = torch.relu_(z)  # addmm/baddbmm's backward needs their inputs, not z: safe in place
+                h = torch.relu_(
+                    z
+                )  # addmm/baddbmm's backward needs their inputs, not z: safe in place
             else:
                 h = self._act(z) if l < self.shape.depth else z
             if keep:
@@ -184,4 +200,6 @@ class Ensemble(nn.Module):
 def per_member_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """logits (M, B, C), y (B,) -> mean cross-entropy over the batch for each member, (M,)."""
     m, b, c = logits.shape
-    return F.cross_entropy(logits.reshape(m * b, c), y.repeat(m), reduction="none").view(m, b).mean(1)
+    return (
+        F.cross_entropy(logits.reshape(m * b, c), y.repeat(m), reduction="none").view(m, b).mean(1)
+    )

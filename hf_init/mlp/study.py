@@ -3,7 +3,7 @@ their keys, and what a study writes into its output folder.
 
 Every member of a study is keyed (sweep: ``depth``, ``std``, ``seed``; comparison:
 ``activation``, ``scheme``, ``seed``). What was measured on it is written as records
-(:mod:`hf_init.records`) into ``records.jsonl``:
+(:mod:`hf_init.core.records`) into ``records.jsonl``:
 
 - per layer and record step: ``step``, ``layer`` (0-based linear layer, the last one gives the
   logits), ``role`` ``"linear"``, statistics ``preact_var``, ``act_var``, ``grad_preact_var``,
@@ -12,22 +12,22 @@ Every member of a study is keyed (sweep: ``depth``, ``std``, ``seed``; compariso
   ``test_loss``, ``train_acc``, ``test_acc`` (full splits).
 
 ``results.csv`` (one row per member) and ``summary.json`` are the summaries; the figures read
-``records.jsonl`` back through :func:`hf_init.records.read_records`.
+``records.jsonl`` back through :func:`hf_init.core.records.read_records`.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from hf_init.mlp.model import Ensemble, MLPShape, ensemble_weights, standard_normal_draws
 from hf_init.mlp.training import EnsembleRecord, TrainConfig, train_ensemble
-from hf_init.theory import scheme_weight_stds
+from hf_init.theory.recursions import scheme_weight_stds
 
 RECORDS = "records.jsonl"
 # what every study writes into --output_dir (write_study below; the figures are named by each
@@ -59,8 +59,15 @@ def log_grid(lo: float, hi: float, per_decade: int) -> list[float]:
     return [float(v) for v in np.logspace(math.log10(lo), math.log10(hi), n)]
 
 
-def _train_shared_draws(data, shape: MLPShape, seeds: list[int], groups: list[tuple[dict, list[float]]],
-                        cfg: TrainConfig, progress: bool, desc: str) -> StudyRun:
+def _train_shared_draws(
+    data,
+    shape: MLPShape,
+    seeds: list[int],
+    groups: list[tuple[dict, list[float]]],
+    cfg: TrainConfig,
+    progress: bool,
+    desc: str,
+) -> StudyRun:
     """Train one ensemble of every (group, seed) member: ``groups`` are (key, per-layer stds);
     member (group, seed) has weights draw[seed] * stds, the same standard-normal draw of ``seed``
     for every group, and its key is ``{**key, "seed": seed}``."""
@@ -71,22 +78,36 @@ def _train_shared_draws(data, shape: MLPShape, seeds: list[int], groups: list[tu
             keys.append({**key, "seed": seed})
             seed_index.append(k)
             layer_stds.append(per_layer)
-    model = Ensemble(shape, ensemble_weights(draws, seed_index, layer_stds)).to(data.x_train.device)  # the data's device
+    model = Ensemble(shape, ensemble_weights(draws, seed_index, layer_stds)).to(
+        data.x_train.device
+    )  # the data's device
     record = train_ensemble(model, data, cfg, progress, desc=f"{desc}: {len(keys)} members")
     return StudyRun(shape, record, keys)
 
 
-def run_sweep(data, stds: list[float], seeds: list[int], depths: list[int], width: int, activation: str,
-              cfg: TrainConfig, progress: bool = True) -> list[StudyRun]:
+def run_sweep(
+    data,
+    stds: list[float],
+    seeds: list[int],
+    depths: list[int],
+    width: int,
+    activation: str,
+    cfg: TrainConfig,
+    progress: bool = True,
+) -> list[StudyRun]:
     """Train every (std, seed) member with the scheme ``normal`` (every weight matrix, the
     first layer and the output layer included, has the same std), one ensemble per depth.
     Seed s gives the same standard-normal draw to every std (only the scale differs)."""
     runs = []
     for depth in depths:
         shape = MLPShape(data.n_features, width, depth, data.n_classes, activation)
-        groups = [({"depth": depth, "std": std}, scheme_weight_stds("normal", shape.widths(), std=std))
-                  for std in stds]
-        runs.append(_train_shared_draws(data, shape, seeds, groups, cfg, progress, f"depth {depth}"))
+        groups = [
+            ({"depth": depth, "std": std}, scheme_weight_stds("normal", shape.widths(), std=std))
+            for std in stds
+        ]
+        runs.append(
+            _train_shared_draws(data, shape, seeds, groups, cfg, progress, f"depth {depth}")
+        )
     return runs
 
 
@@ -96,16 +117,26 @@ COMPARE_SCHEMES = ("kaiming_normal", "xavier_normal")
 def check_controlled_schemes(schemes: list[str]) -> None:
     """ValueError unless every scheme is registered and draws normal weights (a uniform scheme
     would need its own uniform draw, so it could not share the seed's normal draw)."""
-    from hf_init.schemes import get_scheme
+    from hf_init.core.schemes import get_scheme
 
     for name in schemes:
         if get_scheme(name).distribution != "normal":
-            raise ValueError(f"scheme {name!r} draws uniform weights; the controlled comparison rescales one "
-                             "normal draw, so use normal schemes (e.g. kaiming_normal, xavier_normal)")
+            raise ValueError(
+                f"scheme {name!r} draws uniform weights; the controlled comparison rescales one "
+                "normal draw, so use normal schemes (e.g. kaiming_normal, xavier_normal)"
+            )
 
 
-def run_compare(data, schemes: list[str], seeds: list[int], depth: int, width: int, activations: list[str],
-                cfg: TrainConfig, progress: bool = True) -> list[StudyRun]:
+def run_compare(
+    data,
+    schemes: list[str],
+    seeds: list[int],
+    depth: int,
+    width: int,
+    activations: list[str],
+    cfg: TrainConfig,
+    progress: bool = True,
+) -> list[StudyRun]:
     """For each activation, one ensemble of every (scheme, seed): member (scheme, seed) has
     weights draw[seed] * std_scheme(layer), the same standard-normal draw for every scheme,
     and every member sees the same minibatches. Kaiming uses the activation's gain
@@ -116,8 +147,13 @@ def run_compare(data, schemes: list[str], seeds: list[int], depth: int, width: i
     runs = []
     for activation in activations:
         shape = MLPShape(data.n_features, width, depth, data.n_classes, activation)
-        groups = [({"activation": activation, "scheme": name},
-                   scheme_weight_stds(name, shape.widths(), nonlinearity=activation)) for name in schemes]
+        groups = [
+            (
+                {"activation": activation, "scheme": name},
+                scheme_weight_stds(name, shape.widths(), nonlinearity=activation),
+            )
+            for name in schemes
+        ]
         runs.append(_train_shared_draws(data, shape, seeds, groups, cfg, progress, activation))
     return runs
 
@@ -128,7 +164,7 @@ def run_compare(data, schemes: list[str], seeds: list[int], depth: int, width: i
 def member_records(run: StudyRun) -> list[dict]:
     """The records of every member of ``run`` (schema in the module docstring), member by member,
     each member's layer records then its split records per step."""
-    from hf_init.records import make_record
+    from hf_init.core.records import make_record
 
     rec = run.record
     out = []
@@ -144,8 +180,9 @@ def member_records(run: StudyRun) -> list[dict]:
     return out
 
 
-def write_tensorboard(logdir, record: EnsembleRecord, run_names: list[str], hparams: list[dict],
-                      metrics: list[dict]) -> int:
+def write_tensorboard(
+    logdir, record: EnsembleRecord, run_names: list[str], hparams: list[dict], metrics: list[dict]
+) -> int:
     """One TensorBoard run per member under ``logdir``: minibatch loss every step, full-split
     loss/accuracy and per-layer variances at record steps, and its HParams entry (written into
     the same run folder, so the dashboard links hparams to the curves). Returns the run count."""
@@ -167,7 +204,9 @@ def write_tensorboard(logdir, record: EnsembleRecord, run_names: list[str], hpar
                         v = float(getattr(record, key)[r, m, l])
                         if math.isfinite(v):
                             w.add_scalar(f"{key}/layer{l + 1}", v, step)
-            w.add_hparams(hparams[m], {f"hparam/{k}": float(v) for k, v in metrics[m].items()}, run_name=".")
+            w.add_hparams(
+                hparams[m], {f"hparam/{k}": float(v) for k, v in metrics[m].items()}, run_name="."
+            )
     return len(run_names)
 
 
@@ -181,16 +220,24 @@ class TensorBoardRuns:
     metrics: Callable[[dict], dict]
 
 
-def write_study(out: Path, runs: list[StudyRun], rows: list[dict], dataset: str, figures: dict[str, Callable],
-                tb: TensorBoardRuns, summary: dict, t0: float) -> int:
+def write_study(
+    out: Path,
+    runs: list[StudyRun],
+    rows: list[dict],
+    dataset: str,
+    figures: dict[str, Callable],
+    tb: TensorBoardRuns,
+    summary: dict,
+    t0: float,
+) -> int:
     """Write a study into ``out`` (already checked, see :data:`STUDY_FILES`): results.csv (one
     row per member, ``rows`` in member order, run by run), records.jsonl, each figure
     ``figures[name](records_table, out / name)`` (the table from
-    :func:`hf_init.records.read_records`), tb/, then summary.json (``summary`` plus
+    :func:`hf_init.core.records.read_records`), tb/, then summary.json (``summary`` plus
     ``total_seconds`` since ``t0``, ``tensorboard_runs`` and the package ``versions``, as in a
     pretraining run's run_info.json). Returns the TensorBoard run count."""
-    from hf_init.outputs import write_csv, write_json
-    from hf_init.records import read_records, write_records
+    from hf_init.core.outputs import write_csv, write_json
+    from hf_init.core.records import read_records, write_records
 
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "results.csv", [{"dataset": dataset, **r} for r in rows])
@@ -200,12 +247,24 @@ def write_study(out: Path, runs: list[StudyRun], rows: list[dict], dataset: str,
         draw(table, out / name)
     n_tb, i = 0, 0
     for run in runs:
-        members = rows[i: i + len(run.member_keys)]
+        members = rows[i : i + len(run.member_keys)]
         i += len(run.member_keys)
-        n_tb += write_tensorboard(out / "tb", run.record, [tb.name(k) for k in run.member_keys],
-                                  [tb.hparams(k) for k in run.member_keys], [tb.metrics(r) for r in members])
-    from hf_init.run_report import versions
+        n_tb += write_tensorboard(
+            out / "tb",
+            run.record,
+            [tb.name(k) for k in run.member_keys],
+            [tb.hparams(k) for k in run.member_keys],
+            [tb.metrics(r) for r in members],
+        )
+    from hf_init.lm.run_folder import versions
 
-    write_json(out / "summary.json", {**summary, "total_seconds": time.perf_counter() - t0, "tensorboard_runs": n_tb,
-                                      "versions": versions()})
+    write_json(
+        out / "summary.json",
+        {
+            **summary,
+            "total_seconds": time.perf_counter() - t0,
+            "tensorboard_runs": n_tb,
+            "versions": versions(),
+        },
+    )
     return n_tb

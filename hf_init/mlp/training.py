@@ -30,11 +30,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from hf_init.core.moments import row_variances
 from hf_init.mlp.model import TORCH_ACTIVATIONS, Ensemble, per_member_ce
-from hf_init.stats import row_variances
 
 OPTIMIZERS = ("sgd", "adam")
-DTYPES = ("float32", "tf32", "bfloat16")  # the matmul precision (weights, optimizer and loss stay float32)
+DTYPES = (
+    "float32",
+    "tf32",
+    "bfloat16",
+)  # the matmul precision (weights, optimizer and loss stay float32)
 # the dtype the step's products take: tf32 is float32 with CUDA's tf32 flag set by train_ensemble
 MM_DTYPE = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -59,7 +63,9 @@ def make_optimizer(params, name: str, lr: float, momentum: float = 0.9) -> torch
     (on this 2-core CPU, for the 80-member width-64 sweep: SGD 0.13 ms instead of 0.23 ms with
     foreach, Adam 0.3 ms instead of 2.7 ms), the multi-tensor (foreach) update elsewhere."""
     params = list(params)
-    kind = {"fused": True} if params and params[0].device.type in FUSED_DEVICES else {"foreach": True}
+    kind = (
+        {"fused": True} if params and params[0].device.type in FUSED_DEVICES else {"foreach": True}
+    )
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, **kind)
     if name == "adam":
@@ -81,7 +87,9 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+            raise ValueError(
+                f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}"
+            )
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
         for name in ("lr",):
@@ -126,7 +134,7 @@ class EnsembleRecord:
 
 def _pop_var(t: torch.Tensor) -> torch.Tensor:
     """Population variance over every dim but the first (members), float64, two-pass
-    (:func:`hf_init.stats.row_variances`; on the host where the device has no float64: MPS): (M,)."""
+    (:func:`hf_init.core.moments.row_variances`; on the host where the device has no float64: MPS): (M,)."""
     t = t.detach()
     return row_variances(t.cpu() if t.device.type == "mps" else t).cpu()
 
@@ -157,7 +165,9 @@ def _layer_stats(model: Ensemble, x: torch.Tensor, y: torch.Tensor):
         loss = torch.where(torch.isfinite(loss), loss, torch.zeros_like(loss)).sum()
         grads = torch.autograd.grad(loss, pre + list(model.weights), allow_unused=True)
     L = len(pre)
-    missing = torch.full((model.n_members,), float("nan"), dtype=torch.float64)  # on the host, as _pop_var
+    missing = torch.full(
+        (model.n_members,), float("nan"), dtype=torch.float64
+    )  # on the host, as _pop_var
     return (
         torch.stack([_pop_var(z) for z in pre], 1).numpy(),
         torch.stack([_pop_var(h) for h in post], 1).numpy(),
@@ -166,8 +176,10 @@ def _layer_stats(model: Ensemble, x: torch.Tensor, y: torch.Tensor):
     )
 
 
-def train_ensemble(model: Ensemble, data, cfg: TrainConfig, progress: bool = True, desc: str = "train") -> EnsembleRecord:
-    """Train every member of ``model`` on ``data`` (a :class:`~hf_init.data.tabular.TabularData`)
+def train_ensemble(
+    model: Ensemble, data, cfg: TrainConfig, progress: bool = True, desc: str = "train"
+) -> EnsembleRecord:
+    """Train every member of ``model`` on ``data`` (a :class:`~hf_init.mlp.data.TabularData`)
     with the same minibatches; see :class:`EnsembleRecord` for what is recorded."""
     t0 = time.perf_counter()
     # Members in the vanishing regime produce subnormal floats (< 1.2e-38), which x86 CPUs
@@ -176,7 +188,9 @@ def train_ensemble(model: Ensemble, data, cfg: TrainConfig, progress: bool = Tru
     # torch has no getter for this flag; its default is off, which is restored afterwards.
     device = model.weights[0].device
     if cfg.dtype == "tf32" and device.type != "cuda":
-        raise ValueError(f"dtype tf32 needs a CUDA device, the ensemble is on {device}; use float32 or bfloat16")
+        raise ValueError(
+            f"dtype tf32 needs a CUDA device, the ensemble is on {device}; use float32 or bfloat16"
+        )
     cpu = device.type == "cpu"
     if cpu:
         torch.set_flush_denormal(True)
@@ -193,7 +207,9 @@ def train_ensemble(model: Ensemble, data, cfg: TrainConfig, progress: bool = Tru
 CHECK_EVERY = 16  # steps between reads of the on-device divergence state (and at every record)
 
 
-def _train(model: Ensemble, data, cfg: TrainConfig, progress: bool, desc: str, t0: float) -> EnsembleRecord:
+def _train(
+    model: Ensemble, data, cfg: TrainConfig, progress: bool, desc: str, t0: float
+) -> EnsembleRecord:
     from tqdm.auto import tqdm
 
     M = model.n_members
@@ -220,13 +236,19 @@ def _train(model: Ensemble, data, cfg: TrainConfig, progress: bool, desc: str, t
     buffers: dict = {}  # the step's reused tensors (_StepBuffers) by batch size, for the current `work`
     diverged_step = np.full(M, -1, dtype=np.int64)
     step_loss = np.full((T, M), np.nan)
-    rec = {k: [] for k in ("train_loss", "train_acc", "test_loss", "test_acc", "pre", "act", "gpre", "gw")}
+    rec = {
+        k: []
+        for k in ("train_loss", "train_acc", "test_loss", "test_acc", "pre", "act", "gpre", "gw")
+    }
     L = model.shape.n_layers
     mm_dtype = MM_DTYPE[cfg.dtype]
 
     def fresh_state(m_work):
-        return (torch.ones(m_work, dtype=torch.bool, device=device), torch.full((m_work,), -1, device=device),
-                torch.full((CHECK_EVERY, m_work), float("nan"), device=device))
+        return (
+            torch.ones(m_work, dtype=torch.bool, device=device),
+            torch.full((m_work,), -1, device=device),
+            torch.full((CHECK_EVERY, m_work), float("nan"), device=device),
+        )
 
     alive, bad_step, seg_loss = fresh_state(M)
     seg_start = 0
@@ -255,7 +277,10 @@ def _train(model: Ensemble, data, cfg: TrainConfig, progress: bool, desc: str, t
 
     def record():
         alive_idx = live.numpy()
-        for split, (x, y) in (("train", (data.x_train, data.y_train)), ("test", (data.x_test, data.y_test))):
+        for split, (x, y) in (
+            ("train", (data.x_train, data.y_train)),
+            ("test", (data.x_test, data.y_test)),
+        ):
             loss, acc = np.full(M, np.nan), np.full(M, np.nan)
             if alive_idx.size:
                 loss[alive_idx], acc[alive_idx] = _evaluate(work, x, y)
@@ -280,8 +305,19 @@ def _train(model: Ensemble, data, cfg: TrainConfig, progress: bool, desc: str, t
             bar.update(1)
             continue
         idx = order[ends[step] - len(batches[step]) : ends[step]]
-        _step(work, params, opt, data.x_train.index_select(0, idx), data.y_train.index_select(0, idx),
-              mm_dtype, alive, bad_step, seg_loss[step - seg_start], step, buffers)
+        _step(
+            work,
+            params,
+            opt,
+            data.x_train.index_select(0, idx),
+            data.y_train.index_select(0, idx),
+            mm_dtype,
+            alive,
+            bad_step,
+            seg_loss[step - seg_start],
+            step,
+            buffers,
+        )
         bar.update(1)
     bar.close()
     read_back(T)
@@ -308,11 +344,17 @@ def _train(model: Ensemble, data, cfg: TrainConfig, progress: bool, desc: str, t
 
 # d(loss)/dz from d(loss)/dh, in place in ``dh``: the kernels autograd runs for these activations
 _ACTIVATION_BACKWARD = {
-    "relu": lambda dh, z, h: torch.ops.aten.threshold_backward.grad_input(dh, h, 0.0, grad_input=dh),
+    "relu": lambda dh, z, h: torch.ops.aten.threshold_backward.grad_input(
+        dh, h, 0.0, grad_input=dh
+    ),
     "linear": lambda dh, z, h: dh,
     "tanh": lambda dh, z, h: torch.ops.aten.tanh_backward.grad_input(dh, h, grad_input=dh),
-    "gelu": lambda dh, z, h: torch.ops.aten.gelu_backward.grad_input(dh, z, approximate="none", grad_input=dh),
-    "gelu_tanh": lambda dh, z, h: torch.ops.aten.gelu_backward.grad_input(dh, z, approximate="tanh", grad_input=dh),
+    "gelu": lambda dh, z, h: torch.ops.aten.gelu_backward.grad_input(
+        dh, z, approximate="none", grad_input=dh
+    ),
+    "gelu_tanh": lambda dh, z, h: torch.ops.aten.gelu_backward.grad_input(
+        dh, z, approximate="tanh", grad_input=dh
+    ),
 }
 
 
@@ -344,8 +386,19 @@ def _into(out: torch.Tensor, fn, *args) -> torch.Tensor:
     return out.copy_(fn(*args))
 
 
-def _step(work: Ensemble, params, opt, x, y, mm_dtype: torch.dtype, alive, bad_step, loss_row, step: int,
-          buffers: dict | None = None) -> None:
+def _step(
+    work: Ensemble,
+    params,
+    opt,
+    x,
+    y,
+    mm_dtype: torch.dtype,
+    alive,
+    bad_step,
+    loss_row,
+    step: int,
+    buffers: dict | None = None,
+) -> None:
     """One optimizer step of every member of ``work``, with no host sync and no allocation of
     a batch-sized tensor: forward and backward written out (the products autograd would make,
     into the reused :class:`_StepBuffers` of ``buffers``), then the optimizer's one pass.
@@ -361,7 +414,9 @@ def _step(work: Ensemble, params, opt, x, y, mm_dtype: torch.dtype, alive, bad_s
     in place."""
     M, B = work.n_members, x.shape[0]
     buffers = {} if buffers is None else buffers
-    if "grads" not in buffers:  # the gradients, read by the optimizer: the same tensors at every step
+    if (
+        "grads" not in buffers
+    ):  # the gradients, read by the optimizer: the same tensors at every step
         for p in params:
             p.grad = torch.empty_like(p)
         buffers["grads"] = [p.grad for p in params]
@@ -382,7 +437,12 @@ def _step(work: Ensemble, params, opt, x, y, mm_dtype: torch.dtype, alive, bad_s
             z = buf.z[l]
             out = z.shape[1]
             if l == 0:
-                torch.addmm(bs[0].reshape(M * out, 1), Ws[0].reshape(M * out, -1), xc.t(), out=z.view(M * out, B))
+                torch.addmm(
+                    bs[0].reshape(M * out, 1),
+                    Ws[0].reshape(M * out, -1),
+                    xc.t(),
+                    out=z.view(M * out, B),
+                )
             else:
                 torch.baddbmm(bs[l].unsqueeze(2), Ws[l], h, out=z)
             if l < depth:
@@ -438,7 +498,9 @@ def _write_back(model: Ensemble, work: Ensemble, live: torch.Tensor) -> None:
     """Copy the live members' parameters from the compacted ensemble into the full one."""
     if work is model or live.numel() == 0:
         return
-    for full, part in zip(list(model.weights) + list(model.biases), list(work.weights) + list(work.biases)):
+    for full, part in zip(
+        list(model.weights) + list(model.biases), list(work.weights) + list(work.biases)
+    ):
         full[live] = part
 
 
@@ -453,8 +515,11 @@ def _compact(work: Ensemble, opt: torch.optim.Optimizer, keep: torch.Tensor, cfg
         state = opt.state.get(p_old)
         if state:
             new_opt.state[p_new] = {
-                k: (v[keep].clone() if torch.is_tensor(v) and v.shape == p_old.shape else
-                    (v.clone() if torch.is_tensor(v) else v))
+                k: (
+                    v[keep].clone()
+                    if torch.is_tensor(v) and v.shape == p_old.shape
+                    else (v.clone() if torch.is_tensor(v) else v)
+                )
                 for k, v in state.items()
             }
     return new, new_opt

@@ -1,0 +1,233 @@
+"""What every script shares: one way to parse arguments (dataclasses + a YAML config + command-line
+flags) and bad input ending in one clear line and a non-zero exit.
+
+``HfArgumentParser.parse_yaml_file`` ignores the command line, so :func:`parse_yaml_and_cli` reads the
+script's built-in YAML and then the user's (on top), rejects keys the parser does not know, uses the
+YAML values as the parser's defaults (declared-required flags become optional when a YAML sets
+them), then parses the command line on top. Values from YAML go through the same argparse ``type`` conversion as flags when they are
+strings (PyYAML reads ``3e-4`` as a string).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+
+class UsageError(ValueError):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+class RunStopped(RuntimeError):
+    """A run that stopped before the end on purpose (diverged, interrupted): its message is printed
+    as one line and the script exits with ``code`` (1 for a diverged run, 128 + signal number for
+    an interrupt), without a traceback."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+def one_line_errors(parser):
+    """Make an ``argparse`` parser raise :class:`UsageError` on a bad flag (one line via
+    :func:`fail_cleanly`) instead of printing its usage block and exiting."""
+
+    def _raise(message: str):
+        raise UsageError(f"{message} (see --help)")
+
+    parser.error = _raise
+    return parser
+
+
+def fail_cleanly(main: Callable[[], object]) -> int:
+    """Run ``main``; turn bad input (ValueError, FileNotFoundError, UsageError) into one line on
+    stderr and exit status 2 instead of a traceback. Other errors still raise (they are bugs)."""
+    try:
+        result = main()
+    except (UsageError, ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except RunStopped as err:
+        print(str(err), file=sys.stderr)
+        return err.code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of an exception's message (library errors can run to pages)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+# --- the quick path: --help and flag names answered before the heavy libraries are imported -------
+
+
+def dataclass_flags(cls) -> list[tuple[str, str, str]]:
+    """``(name, default, help)`` of every field of a dataclass that is a flag (``init=True``)."""
+    import dataclasses
+
+    out = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else f.default_factory()
+            if f.default_factory is not dataclasses.MISSING
+            else None
+        )
+        out.append((f.name, repr(default), f.metadata.get("help", "")))
+    return out
+
+
+def source_dataclass_flags(module: str, name: str) -> list[tuple[str, str, str]]:
+    """``(name, default, help)`` of the fields of dataclass ``name`` of ``module``, read from the
+    module's source with :mod:`ast`: nothing is imported (transformers' ``TrainingArguments`` costs
+    seconds to import, its source tens of milliseconds to read). Fields starting with ``_`` or
+    declared ``init=False`` are left out, as ``HfArgumentParser`` leaves them out."""
+    import ast
+    import importlib.util
+
+    top, _, rest = module.partition(".")
+    spec = importlib.util.find_spec(top)  # finds the package without running its __init__
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"package {top!r} not found")
+    path = Path(list(spec.submodule_search_locations)[0], *rest.split(".")).with_suffix(".py")
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name)
+    out = []
+    for node in cls.body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        field_name, default, help_text = node.target.id, node.value, ""
+        if field_name.startswith("_") or "ClassVar" in ast.unparse(node.annotation):
+            continue
+        if isinstance(default, ast.Call) and ast.unparse(default.func).endswith("field"):
+            kw = {k.arg: k.value for k in default.keywords}
+            if isinstance(kw.get("init"), ast.Constant) and kw["init"].value is False:
+                continue
+            meta = kw.get("metadata")
+            if isinstance(meta, ast.Dict):
+                for k, v in zip(meta.keys, meta.values):
+                    if (
+                        isinstance(k, ast.Constant)
+                        and k.value == "help"
+                        and isinstance(v, ast.Constant)
+                    ):
+                        help_text = str(v.value)
+            default = kw.get("default")
+        out.append((field_name, ast.unparse(default) if default is not None else "None", help_text))
+    return out
+
+
+def check_flag_names(argv: list[str], names: set[str]) -> None:
+    """:class:`UsageError` (one line, with the closest valid flag) for a ``--flag`` in ``argv`` whose
+    name is not in ``names`` (``-`` and ``_`` alike; ``--no_x`` for a known ``x``). Prefixes are no
+    abbreviation: ``--max_step`` is refused. Values are left to the full parser."""
+    import difflib
+
+    for token in argv:
+        if not token.startswith("--") or token == "--":
+            continue
+        name = token[2:].split("=", 1)[0].replace("-", "_")
+        if name in names or (name.startswith("no_") and name[3:] in names):
+            continue
+        close = difflib.get_close_matches(name, sorted(names), n=1)
+        hint = f"did you mean --{close[0]}? " if close else ""
+        raise UsageError(f"unknown argument --{name} ({hint}see --help for valid flags)")
+
+
+def format_flag_help(
+    groups: list[tuple[str, list[tuple[str, str, str]]]], defaults: dict | None = None
+) -> str:
+    """Help text for ``(title, flags)`` groups, each flag with its help and its default (``defaults``
+    overrides the dataclass default, e.g. with the script's built-in YAML)."""
+    import textwrap
+
+    defaults = defaults or {}
+    lines = []
+    for title, flags in groups:
+        lines += ["", f"{title}:"]
+        for name, default, help_text in flags:
+            value = repr(defaults[name]) if name in defaults else default
+            text = " ".join(f"{help_text} (default: {value})".split())
+            lines.append(f"  --{name}")
+            lines += textwrap.wrap(
+                text, width=100, initial_indent="      ", subsequent_indent="      "
+            )
+    return "\n".join(lines)
+
+
+def read_yaml_config(path: str | os.PathLike) -> dict:
+    """The mapping in a YAML file (an empty file is an empty mapping)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} not found")
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise UsageError(
+            f"config file {str(path)!r} is not valid YAML: {' '.join(str(err).split())}"
+        ) from None
+    if cfg is None:
+        return {}
+    if not isinstance(cfg, dict):
+        raise UsageError(
+            f"config file {str(path)!r} must hold a mapping of option: value, got {type(cfg).__name__}"
+        )
+    return cfg
+
+
+def parse_yaml_and_cli(parser, argv: list[str], default_config: str | os.PathLike | None = None):
+    """Parse ``[config.yaml] [--flag value ...]`` into the parser's dataclasses, in three layers:
+
+    1. ``default_config``, the script's built-in YAML (if any), always applied first;
+    2. the user's YAML, if the first argument ends in ``.yaml``/``.yml``, on top of it (keys it
+       does not set keep the built-in values);
+    3. the command-line flags, on top of both.
+
+    Returns ``(dataclasses, config_path)``: the user's YAML if given, else ``default_config``.
+    Unknown YAML keys (in either file) and bad flags raise :class:`UsageError` (one line).
+    """
+    argv = list(argv)
+    user_config = argv.pop(0) if argv and argv[0].endswith(YAML_SUFFIXES) else None
+    # argparse prints usage and exits on a bad flag; make it one clear line instead
+    one_line_errors(parser)
+    parser.allow_abbrev = False  # read at parse time: --max_step is not --max_steps
+    actions = {a.dest: a for a in parser._actions if a.dest != "help"}
+    for path in (default_config, user_config):
+        if path is None:
+            continue
+        cfg = read_yaml_config(path)
+        unknown = sorted(k for k in cfg if k not in actions)
+        if unknown:
+            raise UsageError(
+                f"unknown key(s) in {str(path)!r}: {', '.join(unknown)} "
+                f"(valid keys are the script's --flags; see --help)"
+            )
+        for key in cfg:
+            actions[key].required = False
+        # numbers as strings: argparse then applies the flag's own type (int vs float) to them
+        parser.set_defaults(
+            **{
+                k: (str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+                for k, v in cfg.items()
+            }
+        )
+    *parsed, remaining = parser.parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True
+    )
+    if remaining:
+        raise UsageError(f"unknown argument(s): {' '.join(remaining)} (see --help for valid flags)")
+    return tuple(parsed), user_config if user_config is not None else default_config

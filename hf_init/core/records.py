@@ -1,0 +1,233 @@
+"""The one record format of every study, and its one reader.
+
+A record is one flat JSON object (one line of a ``.jsonl`` file):
+
+- ``step`` (optimizer step; ``null`` where the record is not about a training step, e.g. a
+  prediction at initialization), ``layer`` (0-based block/layer index; ``null`` for a whole-model
+  quantity such as a loss) and ``role`` (what the layer's weight is: the GPT-2 vocabulary
+  ``q k v attn_proj mlp_fc mlp_proj``, ``linear`` for a plain dense layer, ``attn`` for attention
+  behaviour; ``null`` for a whole-model quantity);
+- **statistics**: fields whose name is in :data:`STATISTICS` (numbers, ``null`` when not
+  computed or not finite);
+- **keys**: every other field, naming which run or ensemble member the record belongs to
+  (``scheme``, ``seed``, ``std``, ``depth``, ``head``, ...).
+
+So ``grep '"role": "q"' variance.jsonl`` streams the query records of a run, and
+:func:`read_records` turns any number of record files into one long table
+(keys..., step, layer, role, statistic, value), the way microsoft/mup's coord-check keeps its
+records. :func:`to_wide` pivots it back to one column per statistic.
+
+Record files before this format (``variance.jsonl`` with one line per (step, layer) and fields
+``q``, ``q_mean``, ``grad_q_rms``, ...) are read by the same :func:`read_records`
+(:func:`legacy_variance_records` converts them).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO
+
+INDEX = ("step", "layer", "role")
+
+# Every statistic a study records, named once: name -> what it is (over what it is computed).
+STATISTICS: dict[str, str] = {
+    # weights of a layer (GPT-2 callback): population moments over all entries of the weight block
+    "var": "population variance of the weight block's entries",
+    "mean": "mean of the weight block's entries",
+    "rms": "root mean square of the weight block's entries",
+    "grad_var": "population variance of the gradient of the step's mean loss w.r.t. the weight block",
+    "grad_mean": "mean of that gradient's entries",
+    "grad_rms": "root mean square of that gradient's entries",
+    # signal through a layer (MLP studies): over the probe batch and the layer's units
+    "preact_var": "variance of the layer's pre-activations over the probe batch and units",
+    "act_var": "variance of the layer's activations over the probe batch and units",
+    "grad_preact_var": "variance of the loss gradient w.r.t. the pre-activations",
+    "grad_weight_var": "variance of the loss gradient w.r.t. the layer's weight",
+    # whole model
+    "train_loss": "mean cross-entropy over the full training split",
+    "test_loss": "mean cross-entropy over the full test split",
+    "train_acc": "accuracy over the full training split",
+    "test_acc": "accuracy over the full test split",
+    "loss": "training loss of the step (mean over the batch)",
+    "learning_rate": "learning rate in effect at the step",
+    # attention behaviour (GPT-2, probe batch): per layer (and head when a `head` key is present)
+    "logit_std": "std of the attention logits q.k/sqrt(d_head) over the probe batch's causal entries",
+    "entropy": "mean entropy (nats) of the attention distributions over the probe batch's queries",
+    # theory check: a quantity predicted by the variance recursion vs measured on networks
+    "predicted": "value predicted by the variance-propagation recursion",
+    "measured": "value measured on real networks (mean over seeds)",
+    "measured_sem": "standard error of the measured mean over seeds",
+    "relative_error": "measured / predicted - 1",
+    "tolerance": "allowed |relative_error|: k finite-width standard deviations of the seed mean",
+    "predicted_uncorrelated": "GPT-2 value predicted treating tokens as uncorrelated across positions",
+    "relative_error_uncorrelated": "measured / predicted_uncorrelated - 1",
+}
+
+
+def _clean(value):
+    """A statistic as JSON: floats that are not finite become null; numpy/torch scalars -> Python."""
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def make_record(step: int | None, layer: int | None, role: str | None, stats: dict, **keys) -> dict:
+    """One record: ``keys`` first, then step/layer/role, then the statistics (names checked
+    against :data:`STATISTICS`, values made strict-JSON)."""
+    unknown = [name for name in stats if name not in STATISTICS]
+    if unknown:
+        raise KeyError(
+            f"unknown statistic(s) {unknown}: declare them in hf_init.core.records.STATISTICS"
+        )
+    clash = [k for k in keys if k in STATISTICS or k in INDEX]
+    if clash:
+        raise KeyError(f"record keys {clash} collide with statistic or index names")
+    return {
+        **keys,
+        "step": step,
+        "layer": layer,
+        "role": role,
+        **{k: _clean(v) for k, v in stats.items()},
+    }
+
+
+_ENCODER = json.JSONEncoder(
+    allow_nan=False
+)  # one encoder: json.dumps with an option builds one per call
+
+
+def dump_lines(records: Iterable[dict]) -> str:
+    """Records as JSONL text (one object per line, each line ending in a newline)."""
+    return "".join(_ENCODER.encode(r) + "\n" for r in records)
+
+
+def append_records(f: IO[str], records: Iterable[dict]) -> int:
+    """Append records to an open text file and flush (a reader or a crash sees whole lines).
+    Returns the number written."""
+    records = list(records)
+    if records:
+        f.write(dump_lines(records))
+        f.flush()
+    return len(records)
+
+
+def write_records(path: str | os.PathLike, records: Iterable[dict]) -> Path:
+    """A whole record file, atomically."""
+    from hf_init.core.outputs import write_atomic
+
+    text = dump_lines(records)
+    return write_atomic(path, lambda f: f.write(text))
+
+
+def iter_records(path: str | os.PathLike) -> Iterator[dict]:
+    """The records of one file in file order, legacy variance lines converted. A torn last line
+    (a crash mid-write) is skipped; a bad line elsewhere is a ValueError naming the file and line."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            if i == len(lines) - 1:
+                return
+            raise ValueError(f"{path}:{i + 1}: not a JSON record ({err.msg})") from None
+        if "role" not in rec and "layer" in rec and "step" in rec:
+            yield from legacy_variance_records(rec)
+        else:
+            yield rec
+
+
+# legacy wide variance.jsonl: field name -> (statistic); role is the part before/after the affix
+_LEGACY_AFFIXES = (
+    ("grad_", "_rms", "grad_rms"),
+    ("grad_", "", "grad_var"),
+    ("", "_mean", "mean"),
+    ("", "_rms", "rms"),
+    ("", "", "var"),
+)
+
+
+def legacy_variance_records(line: dict) -> list[dict]:
+    """One line of the old ``variance.jsonl`` (one object per (step, layer), fields ``q``,
+    ``q_mean``, ``q_rms``, ``grad_q``, ``grad_q_rms`` for each weight name) as records."""
+    by_role: dict[str, dict] = {}
+    for field, value in line.items():
+        if field in ("step", "layer"):
+            continue
+        for prefix, suffix, stat in _LEGACY_AFFIXES:
+            if field.startswith(prefix) and field.endswith(suffix):
+                role = field[len(prefix) : len(field) - len(suffix) if suffix else None]
+                if role:
+                    by_role.setdefault(role, {})[stat] = value
+                    break
+    return [
+        make_record(line["step"], line["layer"], role, stats) for role, stats in by_role.items()
+    ]
+
+
+def read_records(paths, **keys):
+    """Records of one or many files as one long ``pandas.DataFrame``: a column per key, then
+    ``step``, ``layer``, ``role``, ``statistic``, ``value`` (one row per statistic; statistics
+    recorded as null are NaN). ``keys`` are added as constant columns (e.g. ``scheme=...``,
+    ``seed=...`` to tell runs apart when reading several)."""
+    import pandas as pd
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    rows = []
+    for path in paths:
+        for rec in iter_records(path):
+            ident = {**keys, **{k: v for k, v in rec.items() if k not in STATISTICS}}
+            for stat, value in rec.items():
+                if stat in STATISTICS:
+                    rows.append({**ident, "statistic": stat, "value": value})
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return pd.DataFrame(columns=[*keys, *INDEX, "statistic", "value"])
+    frame["value"] = pd.to_numeric(frame["value"], errors="coerce").astype("float64")
+    for col in ("step", "layer"):
+        frame[col] = frame[col].astype("Int64")  # integers, <NA> where not about a step/layer
+    front = [c for c in frame.columns if c not in (*INDEX, "statistic", "value")]
+    return frame[[*front, *INDEX, "statistic", "value"]]
+
+
+def to_wide(frame):
+    """The long table back to one row per (keys..., step, layer, role), one column per statistic."""
+    index = [c for c in frame.columns if c not in ("statistic", "value")]
+    wide = frame.set_index([*index, "statistic"])["value"].unstack("statistic").reset_index()
+    wide.columns.name = None
+    return wide
+
+
+def set_aside_after(path: str | os.PathLike, step: int, side: str | os.PathLike) -> int:
+    """Before a resumed run appends to ``path``: move its lines with a ``step`` after ``step`` (left
+    by the interrupted run after its checkpoint) and any torn line to the end of the file ``side``,
+    byte for byte, and rewrite ``path`` (atomically) with the rest. Returns the number of lines
+    moved; a missing ``path`` is 0."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept, moved = [], []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            late = rec.get("step") is not None and rec["step"] > step
+        except json.JSONDecodeError:
+            late = True  # a torn line: the crash cut it
+        (moved if late else kept).append(line if line.endswith("\n") else line + "\n")
+    if moved:
+        with open(side, "a", encoding="utf-8") as f:
+            f.write("".join(moved))
+        from hf_init.core.outputs import write_atomic
+
+        write_atomic(path, lambda f: f.write("".join(kept)))
+    return len(moved)

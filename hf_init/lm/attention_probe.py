@@ -1,0 +1,269 @@
+"""Attention behaviour of a GPT-2 during training: a probe on a fixed batch of held-out blocks.
+
+:func:`attention_statistics` runs one forward pass (no gradient, eval mode) of the model on the
+probe batch and reads each block's query and key projections at the output of its fused
+``attn.c_attn`` (a forward hook; the columns are [q | k | v], :mod:`hf_init.lm.families`). Per
+layer and head it computes, with the model's own attention scale (``1/sqrt(d_head)``, and
+``1/(layer+1)`` more with ``scale_attn_by_inverse_layer_idx``):
+
+- ``logit_std``: population std (ddof=0) of the attention logits ``q.k * scale`` over the probe
+  batch's causal entries (every block, every query position t, every key position s <= t);
+- ``entropy``: the entropy in nats, ``-sum_s p_s ln p_s``, of each query's attention distribution
+  (softmax of its causal logits), averaged over every block and query position (position 0
+  attends to itself only: entropy 0; a uniform distribution over t+1 keys has ln(t+1)).
+
+Attention logits are the product the Q and K weight variances set: the logit std grows with
+them, and the entropy falls as attention sharpens (or collapses onto one token).
+
+:class:`AttentionProbeCallback` records these at the same steps as
+:class:`~hf_init.lm.recorders.QKVVarianceCallback` (step 0, every ``every`` steps, the final step),
+as records of role ``attn`` with a ``head`` key (:mod:`hf_init.core.records`), plus one whole-model
+record per step with the ``learning_rate`` in effect (what
+:mod:`hf_init.lm.equilibration` reads as the learning rate at equilibration). It hands
+them to its sinks (the run's ``variance.jsonl`` and :class:`AttentionTensorBoardSink`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from transformers import TrainerCallback
+
+from hf_init.core.records import make_record
+from hf_init.lm.recorders import QKVVarianceCallback, _is_sharded, gpt2_blocks, unwrap_model
+from hf_init.lm.sinks import WriterSink
+
+PROBE_BLOCKS = 4
+"""Held-out blocks in the default probe batch: 16 x 64 tokens x 12 layers is one small forward
+pass, and the std/entropy over ~16 x 64 x 32 causal entries per head is far steadier than the
+changes training makes."""
+
+
+def probe_batch(dataset, n_blocks: int = PROBE_BLOCKS) -> torch.Tensor:
+    """The first ``n_blocks`` rows of a tokenized block dataset (``input_ids`` of equal length) as
+    one LongTensor (n, T): fixed, so every record step sees the same tokens."""
+    from itertools import islice
+
+    try:
+        rows = dataset[: min(n_blocks, len(dataset))]["input_ids"]
+    except TypeError:  # a streamed (iterable) dataset: its first blocks
+        rows = [row["input_ids"] for row in islice(dataset, n_blocks)]
+    if len(rows) < 1:
+        raise ValueError(
+            "the attention probe needs at least one held-out block (the validation split is empty)"
+        )
+    return torch.as_tensor(rows, dtype=torch.long)
+
+
+def _scaling(attn) -> float:
+    """The factor GPT2Attention multiplies q.k by (its ``scaling``, recomputed from the config
+    when absent)."""
+    scaling = getattr(attn, "scaling", None)
+    if scaling is not None:
+        return float(scaling)
+    scaling = attn.head_dim**-0.5 if attn.scale_attn_weights else 1.0
+    if attn.scale_attn_by_inverse_layer_idx:
+        scaling /= float(attn.layer_idx + 1)
+    return scaling
+
+
+def logit_statistics(
+    q: torch.Tensor, k: torch.Tensor, scaling: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logit_std, mean entropy), each of shape (heads,), from queries and keys of shape
+    (batch, heads, T, d_head), over the causal entries; computed in float64."""
+    q, k = q.double(), k.double()
+    logits = torch.matmul(q, k.transpose(-1, -2)) * scaling  # (B, H, T, T)
+    t = logits.shape[-1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=logits.device).tril()
+    entries = logits[..., causal]  # (B, H, n_causal)
+    std = entries.transpose(0, 1).reshape(logits.shape[1], -1).std(dim=1, correction=0)
+    masked = logits.masked_fill(~causal, float("-inf"))
+    logp = torch.log_softmax(masked, dim=-1)
+    plogp = torch.where(
+        causal, logp.exp() * logp, torch.zeros((), dtype=logp.dtype, device=logp.device)
+    )
+    entropy = -plogp.sum(-1)  # (B, H, T)
+    return std, entropy.mean(dim=(0, 2))
+
+
+@torch.no_grad()
+def attention_statistics(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """Per layer and head: [logit_std, mean entropy] of the model's attention on ``input_ids``
+    (one forward pass, no gradient, in eval mode; the training mode is restored). float64 tensor
+    of shape (n_layer, n_head, 2)."""
+    bare = unwrap_model(model)
+    blocks = list(gpt2_blocks(bare))
+    captured: dict[int, torch.Tensor] = {}
+    hooks = [
+        block.attn.c_attn.register_forward_hook(
+            lambda module, args, output, i=i: captured.__setitem__(i, output.detach())
+        )
+        for i, block in enumerate(blocks)
+    ]
+    was_training = bare.training
+    try:
+        bare.eval()
+        device = next(bare.parameters()).device
+        body = getattr(bare, "transformer", bare)  # the LM head's logits are not needed
+        body(input_ids=input_ids.to(device), use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+        bare.train(was_training)
+    out = []
+    for i, block in enumerate(blocks):
+        attn = block.attn
+        d = attn.embed_dim
+        qkv = captured[i]
+        b, t = qkv.shape[:2]
+        q, k = (
+            x.view(b, t, attn.num_heads, attn.head_dim).transpose(1, 2)
+            for x in (qkv[..., :d], qkv[..., d : 2 * d])
+        )
+        std, entropy = logit_statistics(q, k, _scaling(attn))
+        out.append(torch.stack([std, entropy], dim=-1).cpu())
+    return torch.stack(out)
+
+
+def attention_records(step: int, stats: torch.Tensor) -> list[dict]:
+    """Records (role ``attn``, key ``head``) from :func:`attention_statistics`."""
+    return [
+        make_record(step, layer, "attn", {"logit_std": std, "entropy": ent}, head=head)
+        for layer, heads in enumerate(stats.tolist())
+        for head, (std, ent) in enumerate(heads)
+    ]
+
+
+def learning_rate_record(step: int, lr: float) -> dict:
+    return make_record(step, None, None, {"learning_rate": lr})
+
+
+class AttentionTensorBoardSink(WriterSink):
+    """Attention records as TensorBoard scalars: per layer the mean over heads
+    (``attn_logit_std/layer_03``, ``attn_entropy/layer_03``) and per head
+    (``attn_logit_std_heads/layer_03_head_1``, ...); learning-rate records as ``study/learning_rate``.
+    ``writer``: see :class:`~hf_init.lm.sinks.WriterSink`. Never closes the writer (the Trainer's
+    callback owns it)."""
+
+    def write(self, records: list[dict]) -> None:
+        if not records or self.writer is None:
+            return
+        n_layer = 1 + max((r["layer"] for r in records if r.get("layer") is not None), default=0)
+        width = max(2, len(str(n_layer - 1)))
+        per_layer: dict[tuple[str, int], list[float]] = {}
+        for r in records:
+            if r.get("learning_rate") is not None:
+                self.writer.add_scalar("study/learning_rate", r["learning_rate"], r["step"])
+            if r.get("role") != "attn":
+                continue
+            for stat in ("logit_std", "entropy"):
+                value = r.get(stat)
+                if value is None or not math.isfinite(value):
+                    continue
+                self.writer.add_scalar(
+                    f"attn_{stat}_heads/layer_{r['layer']:0{width}d}_head_{r['head']}",
+                    value,
+                    r["step"],
+                )
+                per_layer.setdefault((stat, r["layer"]), []).append(value)
+        step = records[0]["step"]
+        for (stat, layer), values in per_layer.items():
+            self.writer.add_scalar(
+                f"attn_{stat}/layer_{layer:0{width}d}", sum(values) / len(values), step
+            )
+
+    def close(self) -> None:
+        pass
+
+
+class AttentionProbeCallback(TrainerCallback):
+    """Attention logit std and entropy per layer and head on a fixed probe batch
+    (:func:`attention_statistics`), and the learning rate, at the record steps of
+    :class:`~hf_init.lm.recorders.QKVVarianceCallback` (the same rule, the same ``every``).
+
+    The learning rate recorded at step ``s`` is the one update ``s`` applied (read in
+    ``on_pre_optimizer_step``, before the scheduler steps); at step 0 (no update yet) it is the
+    one the first update will apply. Only the main process measures and writes (with sharded FSDP
+    weights the probe is skipped: its forward pass would need every rank; the learning rate is
+    still recorded)."""
+
+    # the record steps, by the variance callback's own code
+    _interval = QKVVarianceCallback._interval
+    should_record = QKVVarianceCallback.should_record
+
+    def __init__(self, probe_ids: torch.Tensor | None, sinks=(), every: int | None = None):
+        if every is not None and every < 1:
+            raise ValueError(f"attention probe interval must be >= 1 step, got {every}")
+        self.probe_ids = probe_ids
+        self.sinks = list(sinks)
+        self.every = every
+        self._lr: dict[int, float] = {}
+        self._last_step = -1
+
+    @staticmethod
+    def _current_lr(optimizer) -> float | None:
+        groups = getattr(optimizer, "param_groups", None)
+        return float(groups[0]["lr"]) if groups else None
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self._every = self._interval(args, state)
+        if state.global_step > 0:  # resumed from a checkpoint: its steps are recorded already
+            self._last_step = state.global_step
+            return
+        lr = self._current_lr(optimizer)
+        if lr is not None:
+            self._lr[state.global_step] = lr
+        self._record(state, model, state.global_step)
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        step = state.global_step + 1
+        if self.should_record(step, state):
+            lr = self._current_lr(optimizer)
+            if lr is not None:
+                self._lr[step] = lr
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.should_record(state.global_step, state):
+            self._record(state, model, state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            for sink in self.sinks:
+                sink.close()
+
+    def _record(self, state, model, step: int) -> None:
+        lr = self._lr.pop(step, None)
+        if step <= self._last_step or model is None or not state.is_world_process_zero:
+            return
+        self._last_step = step
+        records = []
+        if self.probe_ids is not None and _is_sharded(model):
+            # FSDP's forward gathers weights on every rank; a probe on the main process alone would hang
+            print("attention probe skipped: not supported with sharded (FSDP) weights", flush=True)
+            self.probe_ids = None
+        if self.probe_ids is not None:
+            records += attention_records(step, attention_statistics(model, self.probe_ids))
+        if lr is not None:
+            records.append(learning_rate_record(step, lr))
+        for sink in self.sinks:
+            sink.write(records)
+
+
+def make_attention_probe(trainer, variance_callback, eval_dataset, n_blocks: int = PROBE_BLOCKS):
+    """Add an :class:`AttentionProbeCallback` to ``trainer`` next to ``variance_callback`` (from
+    :func:`hf_init.lm.pretrain.make_variance_callback`): the same record steps, the same JSONL sink
+    (``variance.jsonl``) and TensorBoard writer. ``n_blocks`` = 0 records only the learning rate."""
+    from hf_init.lm.sinks import JsonlSink, TensorBoardSink
+
+    probe = probe_batch(eval_dataset, n_blocks) if n_blocks > 0 else None
+    sinks = [s for s in variance_callback.sinks if isinstance(s, JsonlSink)]
+    sinks += [
+        AttentionTensorBoardSink(lambda s=s: s.writer)
+        for s in variance_callback.sinks
+        if isinstance(s, TensorBoardSink)
+    ]
+    callback = AttentionProbeCallback(probe, sinks, every=variance_callback.every)
+    trainer.add_callback(callback)
+    return callback

@@ -1,0 +1,1 @@
+"""Text for pretraining: arguments, the built-in corpus, loaders, the tokenizer, fixed-length blocks."""

@@ -1,0 +1,636 @@
+"""Depth-dependent equilibration of Q/K/V weight variances, and the paper's claims as checks.
+
+Input: the long record table of :func:`hf_init.core.records.read_records` (keys..., step, layer, role,
+statistic, value) over one or many pretraining runs; runs are told apart by their key columns
+(every column that is not step/layer/role/statistic/value, e.g. ``scheme``, ``seed``). The
+variance is the ``var`` statistic of roles ``q``, ``k``, ``v``; an optional ``learning_rate``
+statistic (layer and role null) per step gives the learning rate in effect.
+
+Per (run, projection, layer) -- :func:`equilibration_table`
+-----------------------------------------------------------
+- ``initial``: the variance at the first recorded step (raw).
+- ``final_level``: the median of the raw variance over the last ``smoothing`` records (robust to
+  one noisy last record; the raw last value when ``smoothing`` is 1).
+- ``relative_change`` = final_level / initial - 1.
+- ``early_growth_rate``: least-squares slope of ln(variance) vs step over the early window:
+  records with step <= first + ``early_window`` x (last - first), extended to the first
+  :data:`MIN_EARLY_RECORDS` records when fewer fall inside (``early_window_end``,
+  ``early_records`` say what was used). Units: per optimizer step.
+- ``equilibration_step``: the variance is smoothed by a centered moving median over
+  ``smoothing`` records (the window shrinks symmetrically at both ends, so the ends are not
+  pulled to one side, and a monotone curve is left unchanged); it is the first recorded step
+  from which every later smoothed value is within ``tolerance`` of the final level
+  (abs(smoothed / final_level - 1) <= tolerance). NaN ("never") when only the last record
+  qualifies: there is no evidence it stays. ``left_band`` is False when it is the first
+  recorded step: the variance never left the band around its final level, so "equilibrated at
+  init" means "did not move by more than the tolerance" (claim (b) ranks such a layer earliest).
+- ``learning_rate_at_equilibration``: the ``learning_rate`` record at that step (else the latest
+  one before it); ``lr_fraction_of_peak`` divides it by the run's largest learning rate. A
+  fraction near 0 means the "equilibration" may only be the schedule decaying to zero.
+
+A step recorded twice for the same run, projection and layer (a resumed run) counts once, with
+the value recorded last. A curve with a non-finite value (a diverged run) has NaN equilibration
+step; its growth rate uses the finite positive records of the window.
+
+Across layers, per (run, projection, step) -- :func:`spread_table`: ``n_layers``,
+``max_min_ratio`` (largest / smallest raw variance) and ``log_std`` (population std, ddof=0, of
+ln variance over layers).
+
+Claims -- :func:`check_claims`
+------------------------------
+Per run-group (every key but ``seed``, e.g. the scheme) and projection, over seeds:
+
+(a) ``shallow_grow_faster``: per seed, Spearman rho(layer, early_growth_rate); the claim says
+    rho < 0.
+(b) ``deep_equilibrate_later``: per seed, Spearman rho(layer, equilibration_step); the claim says
+    rho > 0. A layer that never equilibrates (NaN) is ranked later than every recorded step
+    (ties among such layers): "not yet" is the latest.
+    For (a) and (b) a seed with fewer than 3 usable layers, or constant values (rho undefined),
+    is dropped. Pooled over the remaining n seeds: the exact sign-flip permutation test of the
+    mean rho (all 2^n sign assignments; under the null each seed's rho is symmetric about 0).
+    One-sided p in the claimed direction <= :data:`ALPHA` -> "supported"; one-sided p in the
+    opposite direction <= ALPHA -> "contradicted"; otherwise "not supported". The smallest p
+    the test can give is 1 / 2^n: 0.25 with 2 seeds, 0.0625 with 4, so fewer than 5 seeds can
+    never give a verdict other than "not supported" (``min_p`` says so in every row).
+    ``p_layers`` in the per-seed table is scipy's two-sided p of each seed's Spearman test over
+    layers, for information only.
+(c) ``narrower_band_at_end``: per seed, ratio = log_std at the last step / its maximum over the
+    run. A seed whose maximum spread never exceeds ``tolerance`` (the layers never left one
+    band as wide as the equilibration tolerance: nothing to narrow from) neither supports nor
+    contradicts. Otherwise it supports the claim when ratio <= :data:`NARROW_RATIO` (the end
+    band is at most half as wide, in log-variance std, as the widest it passed through) and
+    contradicts it when the end is the widest (ratio = 1). Across seeds: "supported" if every
+    seed supports, "contradicted" if every seed contradicts, otherwise "not supported".
+
+Robustness: every verdict is recomputed with the early window and the tolerance both halved
+and both doubled ((a) depends only on the window, (b) and (c) only on the tolerance, so this
+varies each claim's own parameter); ``stable`` says whether all three verdicts agree.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import product
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+PROJECTIONS = ("q", "k", "v")
+SEED_KEY = "seed"
+NON_KEYS = ("step", "layer", "role", "statistic", "value")
+
+EARLY_WINDOW = 0.1
+"""Early window as a fraction of the run's recorded step range: the first 10% is where the
+paper says shallow layers 'expand rapidly' (after a typical warmup of a few % of the run)
+while the deep ones have barely moved; small enough to precede equilibration, large enough
+to hold several records."""
+
+MIN_EARLY_RECORDS = 3
+"""A slope needs at least 2 points; 3 give it one degree of freedom against one noisy record.
+When the window holds fewer, it is extended to this many records (short runs)."""
+
+TOLERANCE = 0.05
+"""Relative band around the final level: 5% is well above the step-to-step noise of a variance
+over ~0.6M weights (relative std ~ sqrt(2/N) < 0.2%) and well below the growths the paper
+describes (tens of %), so it marks 'has settled' rather than noise."""
+
+SMOOTHING = 5
+"""Centered moving median over 5 records: removes a single-record spike (a median over 5
+ignores up to 2 outliers) while shifting a monotone curve not at all."""
+
+ALPHA = 0.05
+"""Level of the pooled one-sided tests."""
+
+NARROW_RATIO = 0.5
+"""Claim (c): the end band counts as 'narrower' when its log-variance std is at most half its
+maximum over the run (a clear narrowing, not a few % of noise)."""
+
+MIN_LAYERS = 3
+"""Fewest usable layers for a per-seed Spearman rho."""
+
+CLAIMS = {
+    "shallow_grow_faster": "shallow layers grow faster early (rho(layer, early growth) < 0)",
+    "deep_equilibrate_later": "deep layers equilibrate later (rho(layer, equilibration step) > 0)",
+    "narrower_band_at_end": "variances end in a narrower band than they pass through "
+    f"(end / max log-variance spread <= {NARROW_RATIO})",
+}
+
+
+# ------------------------------------------------------------------ table helpers
+
+
+def run_keys(frame: pd.DataFrame) -> list[str]:
+    """The columns naming a run (everything but step/layer/role/statistic/value)."""
+    return [c for c in frame.columns if c not in NON_KEYS]
+
+
+def _variances(frame: pd.DataFrame, projections=PROJECTIONS) -> pd.DataFrame:
+    sel = frame[
+        (frame["statistic"] == "var")
+        & frame["role"].isin(projections)
+        & frame["layer"].notna()
+        & frame["step"].notna()
+    ]
+    sel = sel.rename(columns={"role": "projection"}).drop(columns="statistic")
+    if sel.empty:
+        raise ValueError(
+            f"no 'var' records of roles {', '.join(projections)} with a step and a layer "
+            "in the table (expected the records of a pretraining run's variance.jsonl)"
+        )
+    sel = sel.astype({"step": "int64", "layer": "int64"})
+    index = [*run_keys(frame), "projection", "layer", "step"]
+    sel = sel.drop_duplicates(index, keep="last")  # a resumed run may repeat steps: the latest wins
+    return sel.sort_values(index).reset_index(drop=True)
+
+
+def _groups(df: pd.DataFrame, by: list[str]):
+    if not by:
+        yield (), df
+        return
+    for key, sub in df.groupby(by, sort=True, dropna=False):
+        yield (key if isinstance(key, tuple) else (key,)), sub
+
+
+# ------------------------------------------------------------------ curve statistics
+
+
+def centered_median(values, window: int = SMOOTHING) -> np.ndarray:
+    """Moving median over ``window`` records centered on each record; near the ends the window
+    shrinks symmetrically (half-width min(window // 2, i, n - 1 - i))."""
+    x = np.asarray(values, dtype=float)
+    n, h = len(x), max(int(window), 1) // 2
+    out = np.empty(n)
+    if n > 2 * h:
+        out[h : n - h] = np.median(np.lib.stride_tricks.sliding_window_view(x, 2 * h + 1), axis=1)
+    for i in [*range(min(h, n)), *range(max(n - h, 0), n)]:  # the ends: shrink symmetrically
+        w = min(h, i, n - 1 - i)
+        out[i] = np.median(x[i - w : i + w + 1])
+    return out
+
+
+def final_level(values, smoothing: int = SMOOTHING) -> float:
+    """Median of the last ``smoothing`` raw values."""
+    x = np.asarray(values, dtype=float)
+    return float(np.median(x[-max(int(smoothing), 1) :]))
+
+
+def equilibration_step(
+    steps, values, tolerance: float = TOLERANCE, smoothing: int = SMOOTHING
+) -> float:
+    """First recorded step from which the smoothed curve stays within ``tolerance`` (relative)
+    of the final level; NaN when only the last record qualifies (or the curve is not finite)."""
+    steps = np.asarray(steps)
+    x = np.asarray(values, dtype=float)
+    if len(x) < 2 or not np.all(np.isfinite(x)):
+        return math.nan
+    level = final_level(x, smoothing)
+    if not level > 0:
+        return math.nan
+    inside = np.abs(centered_median(x, smoothing) / level - 1.0) <= tolerance
+    # first index i such that inside[i:] are all True
+    outside = np.flatnonzero(~inside)
+    first = 0 if len(outside) == 0 else int(outside[-1]) + 1
+    if first >= len(x) - 1:
+        return math.nan
+    return float(steps[first])
+
+
+def early_growth(
+    steps, values, early_window: float = EARLY_WINDOW, min_records: int = MIN_EARLY_RECORDS
+) -> tuple[float, float, int]:
+    """(slope of ln values vs step by least squares over the early window, last step used,
+    number of records used). NaN slope when fewer than 2 positive finite records."""
+    steps = np.asarray(steps, dtype=float)
+    x = np.asarray(values, dtype=float)
+    if len(steps) == 0:
+        return math.nan, math.nan, 0
+    end = steps[0] + early_window * (steps[-1] - steps[0])
+    n = max(int(np.sum(steps <= end)), min(min_records, len(steps)))
+    s, v = steps[:n], x[:n]
+    ok = np.isfinite(v) & (v > 0)
+    if ok.sum() < 2:
+        return math.nan, float(s[-1]), int(ok.sum())
+    slope = np.polyfit(s[ok], np.log(v[ok]), 1)[0]
+    return float(slope), float(s[-1]), int(ok.sum())
+
+
+def _learning_rates(frame: pd.DataFrame) -> pd.DataFrame:
+    lr = frame[(frame["statistic"] == "learning_rate") & frame["step"].notna()]
+    return lr.astype({"step": "int64"})
+
+
+def _lr_at(lr_run: pd.DataFrame, step: float) -> float:
+    if lr_run is None or lr_run.empty or not math.isfinite(step):
+        return math.nan
+    before = lr_run[lr_run["step"] <= step]
+    if before.empty:
+        return math.nan
+    return float(before.sort_values("step")["value"].iloc[-1])
+
+
+def equilibration_table(
+    frame: pd.DataFrame,
+    early_window: float = EARLY_WINDOW,
+    tolerance: float = TOLERANCE,
+    smoothing: int = SMOOTHING,
+    projections=PROJECTIONS,
+) -> pd.DataFrame:
+    """Per (run keys..., projection, layer): initial, final_level, relative_change,
+    early_growth_rate, early_window_end, early_records, equilibration_step, left_band,
+    learning_rate_at_equilibration, lr_fraction_of_peak. See the module docstring."""
+    keys = run_keys(frame)
+    var = _variances(frame, projections)
+    lrs = _learning_rates(frame)
+    rows = []
+    for kvals, run in _groups(var, keys):
+        ident = dict(zip(keys, kvals))
+        lr_run = lrs
+        for k, v in ident.items():
+            lr_run = lr_run[lr_run[k] == v] if not pd.isna(v) else lr_run[lr_run[k].isna()]
+        peak = float(lr_run["value"].max()) if not lr_run.empty else math.nan
+        for (proj, layer), curve in run.groupby(["projection", "layer"], sort=True):
+            steps, values = curve["step"].to_numpy(), curve["value"].to_numpy(dtype=float)
+            init = float(values[0])
+            level = final_level(values, smoothing)
+            slope, end, n_early = early_growth(steps, values, early_window)
+            eq = equilibration_step(steps, values, tolerance, smoothing)
+            lr = _lr_at(lr_run, eq)
+            rows.append(
+                {
+                    **ident,
+                    "projection": proj,
+                    "layer": int(layer),
+                    "initial": init,
+                    "final_level": level,
+                    "relative_change": level / init - 1.0,
+                    "early_growth_rate": slope,
+                    "early_window_end": end,
+                    "early_records": n_early,
+                    "equilibration_step": eq,
+                    "left_band": not eq == float(steps[0]),
+                    "learning_rate_at_equilibration": lr,
+                    "lr_fraction_of_peak": lr / peak if peak > 0 else math.nan,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def spread_table(frame: pd.DataFrame, projections=PROJECTIONS) -> pd.DataFrame:
+    """Per (run keys..., projection, step): n_layers, max_min_ratio, log_std (ddof=0) of the raw
+    variances across layers."""
+    keys = run_keys(frame)
+    var = _variances(frame, projections)
+    var = var[np.isfinite(var["value"]) & (var["value"] > 0)]
+    rows = []
+    for kvals, sub in _groups(var, [*keys, "projection", "step"]):
+        v = sub["value"].to_numpy(dtype=float)
+        rows.append(
+            {
+                **dict(zip([*keys, "projection", "step"], kvals)),
+                "n_layers": len(v),
+                "max_min_ratio": float(v.max() / v.min()),
+                "log_std": float(np.std(np.log(v))),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ claims
+
+
+def spearman(layers, values) -> tuple[float, float, int]:
+    """(rho, scipy two-sided p, n) over finite pairs; NaN when < MIN_LAYERS or constant."""
+    x, y = np.asarray(layers, float), np.asarray(values, float)
+    ok = np.isfinite(x) & ~np.isnan(y)
+    x, y = x[ok], y[ok]
+    if len(x) < MIN_LAYERS or np.all(y == y[0]) or np.all(x == x[0]):
+        return math.nan, math.nan, int(len(x))
+    res = sps.spearmanr(x, y)
+    return float(res.statistic), float(res.pvalue), int(len(x))
+
+
+def sign_flip_test(rhos) -> dict:
+    """Exact sign-flip permutation test of the mean over seeds: ``p_less`` = P(mean <= observed),
+    ``p_greater`` = P(mean >= observed) over all 2^n sign assignments; ``min_p`` = 1 / 2^n."""
+    r = np.asarray([v for v in rhos if math.isfinite(v)], dtype=float)
+    n = len(r)
+    if n == 0:
+        return {
+            "n_seeds": 0,
+            "mean": math.nan,
+            "p_less": math.nan,
+            "p_greater": math.nan,
+            "min_p": math.nan,
+        }
+    signs = np.array(list(product((1.0, -1.0), repeat=n)))
+    means = (signs * np.abs(r)).mean(axis=1)
+    obs = r.mean()
+    eps = 1e-12 * max(1.0, np.abs(r).max())
+    return {
+        "n_seeds": n,
+        "mean": float(obs),
+        "p_less": float(np.mean(means <= obs + eps)),
+        "p_greater": float(np.mean(means >= obs - eps)),
+        "min_p": 1.0 / 2**n,
+    }
+
+
+def _rank_verdict(test: dict, direction: str, alpha: float) -> str:
+    if test["n_seeds"] == 0:
+        return "not supported"
+    p_claim, p_other = (
+        (test["p_less"], test["p_greater"])
+        if direction == "less"
+        else (test["p_greater"], test["p_less"])
+    )
+    if p_claim <= alpha:
+        return "supported"
+    if p_other <= alpha:
+        return "contradicted"
+    return "not supported"
+
+
+def _group_keys(keys: list[str], seed_key: str) -> list[str]:
+    return [k for k in keys if k != seed_key]
+
+
+def seed_statistics(
+    eq: pd.DataFrame, spread: pd.DataFrame, seed_key: str = SEED_KEY, tolerance: float = TOLERANCE
+) -> pd.DataFrame:
+    """Per (group keys..., projection, claim, seed): ``statistic`` (rho for (a), (b); end/max
+    spread ratio for (c)), ``n`` (layers for rho, steps for (c)), ``p_layers`` (scipy's Spearman
+    p over layers, (a)/(b) only), ``seed_verdict`` ((c) only)."""
+    keys = [c for c in eq.columns if c not in ("projection", "layer") and c not in _EQ_COLUMNS]
+    groups = _group_keys(keys, seed_key)
+    seed_cols = [seed_key] if seed_key in keys else []
+    rows = []
+    for kvals, sub in _groups(eq, [*groups, "projection", *seed_cols]):
+        ident = dict(zip([*groups, "projection", *seed_cols], kvals))
+        sub = sub.sort_values("layer")
+        rho, p, n = spearman(
+            sub["layer"], sub["early_growth_rate"].where(np.isfinite(sub["early_growth_rate"]))
+        )
+        rows.append(
+            {**ident, "claim": "shallow_grow_faster", "statistic": rho, "n": n, "p_layers": p}
+        )
+        eqs = sub["equilibration_step"].to_numpy(dtype=float)
+        eqs = np.where(np.isnan(eqs), np.inf, eqs)  # never equilibrated = latest
+        rho, p, n = spearman(sub["layer"], eqs)
+        rows.append(
+            {**ident, "claim": "deep_equilibrate_later", "statistic": rho, "n": n, "p_layers": p}
+        )
+    for kvals, sub in _groups(spread, [*groups, "projection", *seed_cols]):
+        ident = dict(zip([*groups, "projection", *seed_cols], kvals))
+        s = sub.sort_values("step")["log_std"].to_numpy(dtype=float)
+        top = float(np.max(s)) if len(s) else math.nan
+        ratio = float(s[-1] / top) if top > 0 else math.nan
+        v = (
+            "not supported"
+            if not (math.isfinite(ratio) and top > tolerance)
+            else "supported"
+            if ratio <= NARROW_RATIO
+            else "contradicted"
+            if ratio >= 1.0
+            else "not supported"
+        )
+        rows.append(
+            {
+                **ident,
+                "claim": "narrower_band_at_end",
+                "statistic": ratio,
+                "n": len(s),
+                "p_layers": math.nan,
+                "max_spread": top,
+                "seed_verdict": v,
+            }
+        )
+    out = pd.DataFrame(rows)
+    for col in ("max_spread", "seed_verdict"):
+        if col not in out:
+            out[col] = None
+    return out
+
+
+_EQ_COLUMNS = (
+    "initial",
+    "final_level",
+    "relative_change",
+    "early_growth_rate",
+    "early_window_end",
+    "early_records",
+    "equilibration_step",
+    "left_band",
+    "learning_rate_at_equilibration",
+    "lr_fraction_of_peak",
+)
+
+
+def _verdicts(seeds: pd.DataFrame, seed_key: str, alpha: float) -> pd.DataFrame:
+    groups = [
+        c
+        for c in seeds.columns
+        if c
+        not in (
+            "projection",
+            "claim",
+            seed_key,
+            "statistic",
+            "n",
+            "p_layers",
+            "max_spread",
+            "seed_verdict",
+        )
+    ]
+    rows = []
+    for kvals, sub in _groups(seeds, [*groups, "projection", "claim"]):
+        ident = dict(zip([*groups, "projection", "claim"], kvals))
+        claim = ident["claim"]
+        if claim == "narrower_band_at_end":
+            r = sub["statistic"].to_numpy(dtype=float)
+            sv = list(sub["seed_verdict"])
+            verdict = (
+                "supported"
+                if sv and all(v == "supported" for v in sv)
+                else "contradicted"
+                if sv and all(v == "contradicted" for v in sv)
+                else "not supported"
+            )
+            rows.append(
+                {
+                    **ident,
+                    "statistic_name": "end/max log-variance spread, per seed",
+                    "statistic": float(np.nanmedian(r)) if np.isfinite(r).any() else math.nan,
+                    "per_seed": ", ".join(f"{v:.3g}" for v in r),
+                    "n_seeds": len(r),
+                    "p_value": math.nan,
+                    "min_p": math.nan,
+                    "verdict": verdict,
+                }
+            )
+        else:
+            direction = "less" if claim == "shallow_grow_faster" else "greater"
+            test = sign_flip_test(sub["statistic"])
+            rows.append(
+                {
+                    **ident,
+                    "statistic_name": "mean Spearman rho over seeds",
+                    "statistic": test["mean"],
+                    "per_seed": ", ".join(f"{v:.3g}" for v in sub["statistic"]),
+                    "n_seeds": test["n_seeds"],
+                    "p_value": test["p_less"] if direction == "less" else test["p_greater"],
+                    "min_p": test["min_p"],
+                    "verdict": _rank_verdict(test, direction, alpha),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def check_claims(
+    frame: pd.DataFrame,
+    early_window: float = EARLY_WINDOW,
+    tolerance: float = TOLERANCE,
+    smoothing: int = SMOOTHING,
+    alpha: float = ALPHA,
+    seed_key: str = SEED_KEY,
+    robustness: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The claims over a record table: (verdicts, per-seed statistics).
+
+    ``verdicts`` columns: group keys... (run keys but ``seed_key``), projection, claim,
+    statistic_name, statistic (mean rho for (a)/(b), median end/max ratio for (c)), per_seed,
+    n_seeds, p_value (one-sided, claimed direction; NaN for (c)), min_p (1/2^n_seeds), verdict,
+    and with ``robustness``: verdict_half, verdict_double (the parameter of the claim -- early
+    window for (a), tolerance for (b) -- halved / doubled), stable, sentence.
+    """
+    spread = spread_table(frame)
+    seeds = seed_statistics(
+        equilibration_table(frame, early_window, tolerance, smoothing), spread, seed_key, tolerance
+    )
+    verdicts = _verdicts(seeds, seed_key, alpha)
+    if robustness and not verdicts.empty:
+        index = [
+            c
+            for c in verdicts.columns
+            if c
+            not in (
+                "statistic_name",
+                "statistic",
+                "per_seed",
+                "n_seeds",
+                "p_value",
+                "min_p",
+                "verdict",
+            )
+        ]
+        for label, f in (("verdict_half", 0.5), ("verdict_double", 2.0)):
+            eq = equilibration_table(frame, early_window * f, tolerance * f, smoothing)
+            other = _verdicts(seed_statistics(eq, spread, seed_key, tolerance * f), seed_key, alpha)
+            other = other[index + ["verdict"]].rename(columns={"verdict": label})
+            verdicts = verdicts.merge(other, on=index, how="left")
+        stable = (verdicts["verdict"] == verdicts["verdict_half"]) & (
+            verdicts["verdict"] == verdicts["verdict_double"]
+        )
+        verdicts["stable"] = stable
+    verdicts["sentence"] = [
+        verdict_sentence(r, early_window, tolerance) for r in verdicts.to_dict("records")
+    ]
+    return verdicts, seeds
+
+
+def verdict_sentence(
+    row: dict, early_window: float = EARLY_WINDOW, tolerance: float = TOLERANCE
+) -> str:
+    """One plain-language line for a row of the verdicts table."""
+    keys = [f"{k}={row[k]}" for k in row if k not in _VERDICT_COLUMNS]
+    who = (", ".join(keys) + ", " if keys else "") + f"{str(row['projection']).upper()}"
+    claim = row["claim"]
+    if claim == "narrower_band_at_end":
+        detail = (
+            f"end/max spread ratio per seed {row['per_seed']} (a seed supports at <= {NARROW_RATIO}, "
+            f"contradicts at 1, neither when its largest log-variance spread is <= the tolerance "
+            f"{tolerance:g})"
+        )
+    else:
+        param = (
+            f"early window {early_window:g} of the run"
+            if claim == "shallow_grow_faster"
+            else f"tolerance {tolerance:g}"
+        )
+        detail = (
+            f"mean Spearman rho {row['statistic']:.3g} over {row['n_seeds']} seed(s) "
+            f"(per seed {row['per_seed']}), one-sided sign-flip p = {row['p_value']:.3g}, "
+            f"smallest attainable p = {row['min_p']:.3g}; {param}"
+        )
+        if not row["n_seeds"]:
+            detail += "; no seed had a defined rho (fewer than 3 usable layers or constant values)"
+        elif (row["statistic"] > 0) == (claim == "shallow_grow_faster") and row["statistic"] != 0:
+            detail += "; the mean rho points against the claim"
+        if row["n_seeds"] and row["min_p"] > ALPHA:
+            detail += f"; with {row['n_seeds']} seed(s) this test cannot reach p <= {ALPHA}"
+    text = f"{who}: '{CLAIMS[claim]}' is {row['verdict'].upper()} -- {detail}."
+    if "stable" in row and row["stable"] is not None and not pd.isna(row["stable"]):
+        what = "early window" if claim == "shallow_grow_faster" else "tolerance"
+        text += (
+            f" Stable when the {what} is halved and doubled."
+            if row["stable"]
+            else f" NOT stable: halved -> {row['verdict_half']}, doubled -> {row['verdict_double']}."
+        )
+    return text
+
+
+_VERDICT_COLUMNS = {
+    "projection",
+    "max_spread",
+    "claim",
+    "statistic_name",
+    "statistic",
+    "per_seed",
+    "n_seeds",
+    "p_value",
+    "min_p",
+    "verdict",
+    "verdict_half",
+    "verdict_double",
+    "stable",
+    "sentence",
+}
+
+
+def to_markdown(df: pd.DataFrame, digits: int = 4) -> str:
+    """A DataFrame as a GitHub Markdown table (floats to ``digits`` significant digits, NaN as
+    empty), without needing the ``tabulate`` package."""
+
+    def cell(v):
+        if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+            return ""
+        if isinstance(v, (float, np.floating)):
+            return f"{v:.{digits}g}"
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
+    for rec in df.itertuples(index=False):
+        lines.append("| " + " | ".join(cell(v) for v in rec) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def claims_markdown(
+    verdicts: pd.DataFrame,
+    early_window: float = EARLY_WINDOW,
+    tolerance: float = TOLERANCE,
+    smoothing: int = SMOOTHING,
+) -> str:
+    """A report section: the stated parameters and rules, the verdicts table (without the
+    sentences) and one bullet per verdict sentence."""
+    head = (
+        f"Early window: the first {early_window:g} of each run's recorded steps (at least "
+        f"{MIN_EARLY_RECORDS} records); equilibration tolerance: {tolerance:g} (relative to the final "
+        f"level, the median of the last {smoothing} records) on a centered moving median over "
+        f"{smoothing} records; pooled test: exact one-sided sign-flip test of the mean Spearman rho "
+        f"over seeds at level {ALPHA:g}; band claim: end/max log-variance spread <= {NARROW_RATIO:g}. "
+        "Robustness: every verdict re-run with the window and tolerance halved and doubled.\n\n"
+    )
+    table = to_markdown(verdicts.drop(columns=[c for c in ("sentence",) if c in verdicts]))
+    bullets = "".join(f"- {s}\n" for s in verdicts.get("sentence", []))
+    return head + table + "\n" + bullets

@@ -1,0 +1,190 @@
+"""Trainer callbacks that look after the pretraining run itself (not measurements):
+
+* :class:`DivergenceStop`: stops a run whose gradients (hence loss or gradient norm) are not
+  finite, before the bad update is applied, naming the step, layer and weight.
+* :class:`RecordsInCheckpoints`: every checkpoint folder (and so every Hub push of it) carries
+  ``variance.jsonl`` up to its step and the figures of those records.
+* :class:`NonFiniteRecords`: a sink that stops the run at the first recorded statistic that is
+  not finite (naming step, layer, weight).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from hf_init.core.cli import RunStopped
+
+LOSS = "the loss (the lm_head logits, lm_head tied to the token embedding, and their cross-entropy)"
+_BLOCK_PARAM = re.compile(r"(?:^|\.)h\.(\d+)\.(.+)$")
+
+
+def where(name: str) -> str:
+    """``transformer.h.3.attn.c_attn.weight`` -> ``layer 3 attn.c_attn.weight``; other names as they are."""
+    m = _BLOCK_PARAM.search(name)
+    return f"layer {m.group(1)} {m.group(2)}" if m else name
+
+
+def diverged(step: int, what: str) -> RunStopped:
+    return RunStopped(
+        f"error: training diverged at step {step}: {what}; stopped before that update, so the "
+        f"weights, records and checkpoints up to step {step - 1} are kept (lower --learning_rate, "
+        f"set --max_grad_norm, or change the init scheme)",
+        code=1,
+    )
+
+
+class DivergenceStop(TrainerCallback):
+    """Before every optimizer step (after clipping), on every rank: are all gradients finite? A
+    non-finite loss makes every gradient non-finite, a non-finite gradient norm means at least one
+    is. If not, raise :class:`~hf_init.core.cli.RunStopped` naming the step and where it first appeared:
+    forward hooks on each block's ``attn`` and ``mlp`` (and ``ln_f``) keep, without a device sync,
+    whether their last output was finite, so a non-finite loss is traced to the first sub-layer of
+    the forward pass whose output was not (with the weights it holds); otherwise the first weight
+    whose gradient is not finite. One device sync per step; under FSDP2 each rank checks its shards
+    and one all-reduce combines them."""
+
+    def __init__(self):
+        self._outputs: dict[str, torch.Tensor] = {}
+        self._hooks = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        from hf_init.lm.recorders import gpt2_blocks, unwrap_model
+
+        if model is None or self._hooks:
+            return
+        try:
+            blocks = gpt2_blocks(model)
+        except ValueError:
+            return
+        parts = [
+            (f"layer {i} {name} ({weights})", getattr(block, name))
+            for i, block in enumerate(blocks)
+            for name, weights in (
+                ("attn", "attn.c_attn / attn.c_proj weights"),
+                ("mlp", "mlp.c_fc / mlp.c_proj weights"),
+            )
+        ]
+        body = getattr(unwrap_model(model), "transformer", None)
+        if body is not None and hasattr(body, "ln_f"):
+            parts.append(
+                ("final layer norm ln_f / lm_head (tied to the token embedding)", body.ln_f)
+            )
+        for label, module in parts:
+            self._hooks.append(module.register_forward_hook(self._keeper(label)))
+        self._hooks.append(unwrap_model(model).register_forward_hook(self._keeper(LOSS)))
+
+    def _keeper(self, label):
+        def hook(module, inputs, output):
+            out = getattr(output, "loss", None) if label == LOSS else output
+            out = out[0] if isinstance(out, tuple) else out
+            if torch.is_tensor(out):
+                self._outputs[label] = torch.isfinite(out.detach()).all()
+
+        return hook
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    @torch.no_grad()
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if model is None:
+            return
+        named = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
+        if not named:
+            return
+        local = [g.to_local() if hasattr(g, "to_local") else g for _, g in named]
+        finite = torch.stack([torch.isfinite(g).all() for g in local])
+        ok = finite.all()
+        sharded = any(hasattr(g, "to_local") for _, g in named)
+        if sharded and torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = ok.to(torch.int32)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+            ok = flag.bool()
+        if bool(ok):
+            return
+        bad = [n for (n, _), f in zip(named, finite.tolist()) if not f]
+        step = state.global_step + 1
+        if not bad:  # another rank's shard
+            raise diverged(step, "a non-finite gradient on another rank")
+        forward = [label for label, f in self._outputs.items() if not bool(f)]
+        if forward:
+            raise diverged(
+                step,
+                f"the forward pass first became non-finite at the output of {forward[0]}, so "
+                f"the loss and {len(bad)} of {len(named)} weights' gradients are non-finite",
+            )
+        # the forward pass was finite: the backward pass overflowed, starting nearest the output
+        blocks = [n for n in bad if _BLOCK_PARAM.search(n) and n.endswith("weight")]
+        first = (blocks or bad)[-1]
+        raise diverged(
+            step,
+            f"non-finite gradient of {where(first)} (the block weight nearest the output: the "
+            f"backward pass overflowed there first), with a finite "
+            f"forward pass ({len(bad)} of {len(named)} weights' gradients non-finite)",
+        )
+
+
+class NonFiniteRecords:
+    """A sink for :class:`~hf_init.lm.recorders.QKVVarianceCallback`: raises at the first record whose
+    weight variance is not finite (recorded as null), naming step, layer and weight. Main process only."""
+
+    def write(self, records: list[dict]) -> None:
+        for r in records:
+            if r.get("var") is None or not math.isfinite(r["var"]):
+                raise diverged(
+                    r["step"], f"non-finite variance of layer {r['layer']} {r['role']} weight"
+                )
+
+    def close(self) -> None:
+        pass
+
+
+class RecordsInCheckpoints(TrainerCallback):
+    """On the main process, whenever a checkpoint is written (``on_save``) or about to be pushed to
+    the Hub (``on_push_begin``, which the Trainer calls before ``on_save``): copy the lines of the
+    run's ``variance.jsonl`` up to the checkpoint's step into ``checkpoint-<step>/variance.jsonl``
+    and draw their figures into ``checkpoint-<step>/figures/`` and the run folder's ``figures/``
+    (what the run-folder push uploads), each step once."""
+
+    def __init__(self, out: str | Path, variance_file: str):
+        self.out = Path(out)
+        self.variance_file = variance_file
+        self._done: set[int] = set()
+
+    def _snapshot(self, args, state) -> None:
+        step = state.global_step
+        ckpt = self.out / f"checkpoint-{step}"
+        if not state.is_world_process_zero or step in self._done or not ckpt.is_dir():
+            return
+        self._done.add(step)
+        src = self.out / self.variance_file
+        lines = src.read_text(encoding="utf-8").splitlines(keepends=True) if src.is_file() else []
+        import json
+
+        from hf_init.core.outputs import write_atomic
+        from hf_init.lm.plots import plot_run
+
+        kept = []
+        for line in lines:
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:
+                pass
+        write_atomic(ckpt / self.variance_file, lambda f: f.write("".join(kept)))
+        if kept:
+            plot_run(ckpt / self.variance_file, ckpt / "figures")
+            plot_run(ckpt / self.variance_file, self.out / "figures")
+
+    def on_push_begin(self, args, state, control, **kwargs):
+        self._snapshot(args, state)
+
+    def on_save(self, args, state, control, **kwargs):
+        self._snapshot(args, state)
