@@ -310,7 +310,7 @@ def test_real_fsdp2_shards_on_two_cpu_processes_equal_unsharded_without_gather()
 
 def test_layers_in_several_workspace_passes_equal_numpy(monkeypatch):
     # a workspace of one layer's part: 12 layers of (8, 3*6) in 12 passes, Q|K|V blocks cut by view
-    from hf_init import distributed_stats as D
+    from hf_init.core import moments as D
 
     monkeypatch.setattr(D, "WORKSPACE_ELEMENTS", 8 * 18)
     g = torch.Generator().manual_seed(3)
@@ -328,7 +328,7 @@ def test_layers_in_several_workspace_passes_equal_numpy(monkeypatch):
 
 
 def test_row_variances_two_pass_equal_numpy_even_far_from_zero(monkeypatch):
-    from hf_init import distributed_stats as D
+    from hf_init.core import moments as D
     from hf_init.core.moments import row_variances
 
     g = torch.Generator().manual_seed(4)

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from hf_init.analysis import equilibration as E
 from hf_init.core.records import make_record, read_records, write_records
+from hf_init.lm import equilibration as E
 
 STEPS = np.arange(0, 1001, 10)  # 101 records, T = 1000
 T = 1000.0

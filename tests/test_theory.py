@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from scipy import integrate, special
 
-from hf_init import propagation as P
-from hf_init import theory as T
+from hf_init.theory import measurement as P
+from hf_init.theory import recursions as T
 
 K = 4.0
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
