@@ -37,7 +37,7 @@ def main(argv=None):
 
     import torch
 
-    from hf_init.core.figures import mlp as plots
+    from hf_init.mlp import plots
     from hf_init.mlp.analysis import compare_rows, compare_summary, min_wilcoxon_p
     from hf_init.mlp.study import TensorBoardRuns, run_compare, write_study
 

@@ -37,7 +37,7 @@ def main(argv=None):
     import numpy as np
     import torch
 
-    from hf_init.core.figures import mlp as plots
+    from hf_init.mlp import plots
     from hf_init.mlp.analysis import sweep_rows, sweep_summary
     from hf_init.mlp.study import TensorBoardRuns, run_sweep, write_study
     from hf_init.theory.recursions import critical_std

@@ -34,11 +34,11 @@ def main(argv=None):
         sys.argv[1:] if argv is None else argv,
     )
 
-    from hf_init.core.figures import theory as plots
     from hf_init.core.outputs import check_output_dir, existing_outputs, kept_until_success
     from hf_init.core.records import write_records
     from hf_init.theory import check as C
     from hf_init.theory import measurement as P
+    from hf_init.theory import plots
 
     out = Path(args.output_dir)
     check_output_dir(out, args.overwrite)  # any entry counts: refuse a folder that is not empty

@@ -388,8 +388,8 @@ def test_an_uninstalled_report_to_integration_is_one_line(tmp_path):
 def test_heatmap_cells_are_centred_on_their_recorded_steps(tmp_path, monkeypatch):
     import numpy as np
 
-    from hf_init.core.figures import pretrain as plots
     from hf_init.core.records import make_record, read_records, write_records
+    from hf_init.lm import plots
     from hf_init.lm.variance import variance_table
 
     steps = [0, 10, 20, 25]  # the last step off the recording grid, as a run's final step can be
@@ -421,7 +421,7 @@ def test_a_one_std_stable_band_is_a_visible_strip(tmp_path, monkeypatch):
     import numpy as np
     from matplotlib.patches import Polygon, Rectangle
 
-    from hf_init.core.figures import mlp as plots
+    from hf_init.mlp import plots
 
     stds = [1e-2, 1e-1, 1.0, 10.0]
     rows = [

@@ -15,6 +15,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+# the shipped YAML configs (the repository's configs/ links here)
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+
 
 class UsageError(ValueError):
     """Bad input from the user: printed as one line, exit status 2."""

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from hf_init.core.cli import (
+    CONFIGS_DIR,
     UsageError,
     check_flag_names,
     dataclass_flags,
@@ -27,7 +27,6 @@ from hf_init.core.cli import (
 )
 from hf_init.lm.data.args import DataArguments
 
-CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIGS_DIR / "pretrain_tiny.yaml"
 
 

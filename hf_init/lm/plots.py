@@ -98,7 +98,6 @@ def plot_run(variance_jsonl, figures_dir) -> list[Path]:
                 title="gradient variance",
             )
         )
-    from hf_init.lm.plots import attention_vs_step
 
     attention = attention_vs_step(records, figures_dir / "attention_vs_step.png")
     return paths + ([attention] if attention is not None else [])

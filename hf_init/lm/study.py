@@ -19,9 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hf_init.core.cli import UsageError, parse_yaml_and_cli
+from hf_init.core.cli import CONFIGS_DIR, UsageError, parse_yaml_and_cli
 
-CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIGS_DIR / "init_study.yaml"
 STUDY_FILE = "study.json"
 TOKENIZER_DIR = "tokenizer"
