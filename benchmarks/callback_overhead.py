@@ -2,8 +2,8 @@
 
     PYTHONPATH=. python benchmarks/callback_overhead.py                          # torch's threads
     PYTHONPATH=. python benchmarks/callback_overhead.py --threads 1 --rounds 20  # a busy machine
-    PYTHONPATH=. python benchmarks/callback_overhead.py --precision              # float32 blocks vs float64
-    PYTHONPATH=. python benchmarks/callback_overhead.py --threads 1 --direct 60  # one recording vs one step
+    PYTHONPATH=. python benchmarks/callback_overhead.py --precision  # float32 blocks vs float64
+    PYTHONPATH=. python benchmarks/callback_overhead.py --threads 1 --direct 60  # recording vs step
 
 Shapes and optimizer are those of configs/pretrain_tiny.yaml (GPT-2 12 x 128, 4 heads, blocks of
 64 tokens, batch 8, vocabulary 1024, AdamW lr 1e-3 / weight decay 0.1 / beta2 0.95, cosine with 30
@@ -11,13 +11,14 @@ warm-up steps, clipping 1.0, logging every 10 steps to TensorBoard), random toke
 
 * ``plain Trainer``: stock ``GPT2LMHeadModel(GPT2Config(...))``, a torch ``Dataset`` of token
   tensors, ``Trainer`` with the same ``TrainingArguments``; no callback of ours.
-* ``project, no recording``: the project's own pieces, as ``hf_init.lm.pretrain.run`` assembles them:
+* ``project, no recording``: the project's own pieces, as ``hf_init.lm.pretrain.run`` assembles
+  them:
   the model of ``build_model`` (``SchemeGPT2LMHeadModel``, ``loss_type="ForCausalLM"``), the train
   split as a ``datasets.Dataset`` with the columns of ``tokenize_and_group`` and
   ``default_data_collator``; no variance callback. Separates costs outside the callback.
-* ``project, every 10 steps`` / ``project, every step``: the same plus the variance callback with
-  its sinks, wired by ``hf_init.lm.pretrain.make_variance_callback`` (``variance.jsonl`` and the
-  Trainer's own TensorBoard writer).
+* ``project, every 10 steps`` / ``project, every step``: the same plus the recorders of
+  ``hf_init.lm.recorders.build_recorders`` without the attention probe (Q/K/V variances and the
+  learning rate, into ``variance.jsonl`` and the Trainer's own TensorBoard writer).
 
 Each round runs a chunk of K optimizer steps of every variant (K a multiple of 10, so a chunk
 holds the share of recording steps of a long run), in an order rotated from round to round; a
@@ -53,8 +54,7 @@ from transformers import (
 )
 
 from hf_init.lm.modeling import build_model
-from hf_init.lm.pretrain import make_variance_callback
-from hf_init.lm.recorders import block_statistics
+from hf_init.lm.recorders import block_statistics, build_recorders
 
 CLOCKS = ("wall time", "process CPU time")
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain_tiny.yaml"
@@ -110,7 +110,8 @@ def precision_check():
         "124M mlp (768 x 3072)": (768, 3072),
     }
     print(
-        "relative error of the variance vs float64 torch.var(unbiased=False), N(0, 0.02^2) and N(0.02, 0.02^2):"
+        "relative error of the variance vs float64 torch.var(unbiased=False), "
+        "N(0, 0.02^2) and N(0.02, 0.02^2):"
     )
     for name, shape in shapes.items():
         worst = {}
@@ -192,8 +193,9 @@ def direct_check(n: int):
     share = sorted(r / s for r, s in zip(records, steps))
     print(
         f"direct, {n} interleaved pairs, torch threads {torch.get_num_threads()}, load average "
-        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}: training step {step * 1e3:.1f} ms CPU, one whole "
-        f"recording (statistics + records + JSONL + TensorBoard) {rec * 1e3:.2f} ms CPU = {rec / step:.2%} "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}: training step {step * 1e3:.1f} ms CPU, "
+        "one whole recording (statistics + records + JSONL + TensorBoard) "
+        f"{rec * 1e3:.2f} ms CPU = {rec / step:.2%} "
         f"(paired quartiles {share[len(share) // 4]:.2%} - {share[3 * len(share) // 4]:.2%}); "
         f"every 10 steps -> {rec / step / 10:.3%}"
     )
@@ -209,8 +211,8 @@ def main(argv=None):
         "--threads",
         type=int,
         default=None,
-        help="torch intra-op threads (default: torch's choice). On a machine shared with other jobs "
-        "use 1: two spinning OpenMP threads per process collapse under contention",
+        help="torch intra-op threads (default: torch's choice). On a machine shared with other "
+        "jobs use 1: two spinning OpenMP threads per process collapse under contention",
     )
     p.add_argument(
         "--precision", action="store_true", help="only the float32-blocks vs float64 accuracy check"
@@ -220,7 +222,8 @@ def main(argv=None):
         type=int,
         default=0,
         metavar="N",
-        help="only the direct measure: N interleaved pairs of (one training step, one whole recording)",
+        help="only the direct measure: N interleaved pairs of "
+        "(one training step, one whole recording)",
     )
     args = p.parse_args(argv)
     if args.precision:
@@ -307,7 +310,7 @@ def main(argv=None):
                     data_collator=default_data_collator,
                 )
                 if every:
-                    make_variance_callback(trainer, out, every=every)
+                    build_recorders(trainer, out, every=every)
             timer = ChunkTimer()
             trainer.add_callback(timer)
             trainer.train()
@@ -340,8 +343,9 @@ def main(argv=None):
         return q[0], q[1], q[2]
 
     print(
-        f"\nGPT-2 {shape['n_layer']} x {shape['n_embd']}, batch {batch} x {block}, {args.rounds} interleaved "
-        f"rounds of {args.steps_per_chunk} steps, torch threads {torch.get_num_threads()}, "
+        f"\nGPT-2 {shape['n_layer']} x {shape['n_embd']}, batch {batch} x {block}, "
+        f"{args.rounds} interleaved rounds of {args.steps_per_chunk} steps, "
+        f"torch threads {torch.get_num_threads()}, "
         f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
     for clock in CLOCKS:
@@ -354,8 +358,8 @@ def main(argv=None):
             )
     lo, med, hi = quartiles(record_cost)
     print(
-        f"one recording's statistics (weights + gradients, all layers, to host, CPU time): median {med:.2%} of a "
-        f"plain step's CPU time "
+        "one recording's statistics (weights + gradients, all layers, to host, CPU time): "
+        f"median {med:.2%} of a plain step's CPU time "
         f"(quartiles {lo:.2%} - {hi:.2%}); every 10 steps -> {med / 10:.3%}"
     )
     tmp.cleanup()

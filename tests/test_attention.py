@@ -11,12 +11,13 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from hf_init.core.records import read_records
 from hf_init.lm.attention_probe import (
     AttentionProbeCallback,
-    AttentionTensorBoardSink,
     attention_records,
     attention_statistics,
     logit_statistics,
     probe_batch,
 )
+from hf_init.lm.recorders import LearningRateCallback
+from hf_init.lm.sinks import AttentionTensorBoardSink, JsonlSink, WholeModelTensorBoardSink
 
 
 def stock_model(scale_by_layer=False, seed=0):
@@ -41,8 +42,9 @@ def stock_model(scale_by_layer=False, seed=0):
 
 
 def reference(model, ids):
-    """Per layer and head: (std of the causal logits, mean entropy of eager attention probabilities),
-    in numpy, from the model's hidden states, ln_1 and c_attn weights, and its output_attentions."""
+    """Per layer and head: (std of the causal logits, mean entropy of eager attention
+    probabilities), in numpy, from the model's hidden states, ln_1 and c_attn weights, and its
+    output_attentions."""
     model.eval()
     with torch.no_grad():
         out = model(ids, output_hidden_states=True, output_attentions=True)
@@ -131,10 +133,8 @@ class Writer:
         self.scalars.append((tag, value, step))
 
 
-def test_callback_in_a_trainer_records_lr_and_attention_at_the_record_steps(tmp_path):
+def test_probe_and_lr_recorders_in_a_trainer_record_at_the_record_steps(tmp_path):
     from transformers import Trainer, TrainingArguments
-
-    from hf_init.lm.sinks import JsonlSink
 
     model = stock_model()
     data = [
@@ -144,9 +144,14 @@ def test_callback_in_a_trainer_records_lr_and_attention_at_the_record_steps(tmp_
     for row in data:
         row["labels"] = row["input_ids"]
     probe = torch.stack([r["input_ids"] for r in data[:4]])
-    sink, writer = ListSink(), Writer()
+    sink, lr_sink, writer = ListSink(), ListSink(), Writer()
     jsonl = JsonlSink(tmp_path / "variance.jsonl")
-    cb = AttentionProbeCallback(probe, [sink, jsonl, AttentionTensorBoardSink(writer)], every=3)
+    probe_sinks = [sink, jsonl, AttentionTensorBoardSink(writer, owns_writer=False)]
+    lr_sinks = [lr_sink, jsonl, WholeModelTensorBoardSink(writer, owns_writer=False)]
+    callbacks = [
+        AttentionProbeCallback(probe, probe_sinks, every=3),
+        LearningRateCallback(lr_sinks, every=3),
+    ]
     lr, warmup, steps = 1e-2, 4, 7
     args = TrainingArguments(
         output_dir=str(tmp_path),
@@ -160,15 +165,15 @@ def test_callback_in_a_trainer_records_lr_and_attention_at_the_record_steps(tmp_
         save_strategy="no",
         disable_tqdm=True,
     )
-    Trainer(model=model, args=args, train_dataset=data, callbacks=[cb]).train()
-    steps_seen = [recs[0]["step"] for recs in sink.steps]
-    assert steps_seen == [0, 3, 6, 7]
+    Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks).train()
+    assert [recs[0]["step"] for recs in sink.steps] == [0, 3, 6, 7]
+    assert [recs[0]["step"] for recs in lr_sink.steps] == [0, 3, 6, 7]
 
     # HF linear schedule with warmup, by hand: update s (1-based) uses the lr of scheduler step s-1
     def sched(i):
         return lr * (i / warmup if i < warmup else max(0.0, (steps - i) / (steps - warmup)))
 
-    lrs = {recs[-1]["step"]: recs[-1]["learning_rate"] for recs in sink.steps}
+    lrs = {r["step"]: r["learning_rate"] for recs in lr_sink.steps for r in recs}
     assert lrs == pytest.approx({0: sched(0), 3: sched(2), 6: sched(5), 7: sched(6)})
     # the last step's attention records are the model's attention on the probe batch, now
     final = [r for r in sink.steps[-1] if r["role"] == "attn"]

@@ -1,4 +1,5 @@
-"""QKVVarianceCallback: numbers against manual numpy computations, JSONL records, TensorBoard sink."""
+"""The recorders: the record steps of the protocol (hand-listed), QKVVarianceCallback's numbers
+against manual numpy computations, the learning-rate records, JSONL and TensorBoard sinks."""
 
 import json
 from pathlib import Path
@@ -8,8 +9,15 @@ import pytest
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from hf_init.core.records import make_record
 from hf_init.lm.modeling import build_model
-from hf_init.lm.recorders import QKVVarianceCallback, block_statistics, unwrap_model
+from hf_init.lm.recorders import (
+    QKVVarianceCallback,
+    StepRecorder,
+    block_statistics,
+    build_recorders,
+    unwrap_model,
+)
 from hf_init.lm.sinks import JsonlSink, TensorBoardSink
 
 N_LAYER, D, VOCAB, T = 3, 24, 40, 12
@@ -187,9 +195,7 @@ def test_accumulated_gradient_is_the_mean_over_micro_batches_not_the_sum(
 ):
     # One step of 2 micro-batches of 4 covers the whole 8-block set: whatever the order, the
     # gradient applied is that of the mean token loss over all 8 blocks (stock forward, by hand),
-    # not the sum (which would give 4x the variance). Trap: a class named *LMHeadModel gets
-    # loss_type None, and the Trainer then divides by all T labels per block instead of the T - 1
-    # targets: the gradient is (T-1)/T of the mean's (SchemeGPT2LMHeadModel sets "ForCausalLM").
+    # not the sum (4x the variance); loss_type None gives (T-1)/T of it (docs/traps.md).
     data = Blocks(n=8)
     records, _, _ = train(
         tmp_path,
@@ -288,7 +294,7 @@ def test_statistics_of_bf16_weights_are_exact_float64_moments():
     stats = block_statistics(model)
     for layer, block in enumerate(model.transformer.h):
         w = block.attn.c_attn.weight.detach().double().numpy()  # bf16 values, exactly representable
-        for i, name in enumerate("qkv"):
+        for i in range(3):  # q, k, v
             assert stats[layer, i, 1].item() == pytest.approx(
                 np.var(w[:, i * D : (i + 1) * D]), rel=1e-12
             )
@@ -356,3 +362,162 @@ def test_no_host_sync_until_the_record_is_read_once(monkeypatch):
     assert records[0]["role"] == "q" and records[0]["grad_var"] == pytest.approx(
         torch.var(q, unbiased=False).item(), rel=1e-12
     )
+
+
+class StepsSeen(StepRecorder):
+    """A recorder that measures nothing but the steps it is asked for."""
+
+    def __init__(self, every, sinks):
+        super().__init__(sinks, every)
+        self.updates = []
+
+    def before_update(self, step, state, **kwargs):
+        self.updates.append(step)
+
+    def measure(self, step, state, **kwargs):
+        return [make_record(step, None, None, {"loss": float(step)})]
+
+
+class ListSink:
+    def __init__(self):
+        self.steps, self.closed = [], False
+
+    def write(self, records):
+        self.steps += [r["step"] for r in records]
+
+    def flush(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.mark.parametrize(
+    "every, logging_steps, max_steps, resumed_at, expected",
+    [
+        (3, 100, 7, 0, [0, 3, 6, 7]),
+        (3, 100, 9, 0, [0, 3, 6, 9]),
+        (1, 100, 3, 0, [0, 1, 2, 3]),
+        (5, 100, 3, 0, [0, 3]),
+        (None, 2, 5, 0, [0, 2, 4, 5]),  # default: the logging interval
+        (3, 100, 7, 4, [6, 7]),  # resumed from checkpoint-4: steps up to 4 are recorded already
+        (3, 100, 7, 3, [6, 7]),  # resumed at a record step: not recorded twice
+        (3, 100, 7, 7, []),  # resumed at the end: nothing left to record
+    ],
+)
+def test_record_steps_of_the_protocol(every, logging_steps, max_steps, resumed_at, expected):
+    # the Trainer's event order (Trainer._inner_training_loop): on_train_begin at the resumed
+    # step, then per update on_pre_optimizer_step, global_step += 1, on_step_end
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl, TrainerState
+
+    sink = ListSink()
+    recorder = StepsSeen(every, [sink])
+    args = SimpleNamespace(logging_steps=logging_steps)
+    state = TrainerState(max_steps=max_steps, logging_steps=logging_steps, global_step=resumed_at)
+    control = TrainerControl()
+    recorder.on_train_begin(args, state, control)
+    while state.global_step < max_steps:
+        recorder.on_pre_optimizer_step(args, state, control)
+        state.global_step += 1
+        recorder.on_step_end(args, state, control)
+    recorder.on_train_end(args, state, control)
+    assert sink.steps == expected
+    assert recorder.updates == [s for s in expected if s > 0]  # no update before step 0
+    assert sink.closed
+
+
+def test_not_the_main_process_measures_but_writes_nothing():
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl, TrainerState
+
+    sink = ListSink()
+    recorder = StepsSeen(2, [sink])
+    state = TrainerState(max_steps=4, is_world_process_zero=False)
+    args, control = SimpleNamespace(logging_steps=100), TrainerControl()
+    recorder.on_train_begin(args, state, control)
+    for _ in range(4):
+        recorder.on_pre_optimizer_step(args, state, control)
+        state.global_step += 1
+        recorder.on_step_end(args, state, control)
+    recorder.on_train_end(args, state, control)
+    assert recorder.updates == [2, 4] and sink.steps == [] and not sink.closed
+
+
+def run_with_recorders(out, probe_blocks, resume=None, report_to="tensorboard"):
+    """A linear-warmup run of 7 steps, checkpoint at step 4, recorders of build_recorders every 3
+    steps; ``resume``: from that checkpoint step. Returns the trainer and the records written."""
+    from hf_init.core.records import iter_records
+
+    data = Blocks()
+    args = TrainingArguments(
+        output_dir=str(out),
+        max_steps=7,
+        per_device_train_batch_size=4,
+        learning_rate=LR,
+        warmup_steps=WARMUP,
+        lr_scheduler_type="linear",
+        logging_steps=100,
+        save_strategy="steps",
+        save_steps=4,
+        report_to=report_to,
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+    )
+    trainer = Trainer(model=tiny_model(), args=args, train_dataset=data)
+    eval_blocks = [{"input_ids": row} for row in data.ids[:4].tolist()]
+    recorders = build_recorders(
+        trainer,
+        out,
+        every=3,
+        resumed_step=resume,
+        eval_dataset=eval_blocks,
+        probe_blocks=probe_blocks,
+    )
+    trainer.train(resume_from_checkpoint=str(out / f"checkpoint-{resume}") if resume else None)
+    return trainer, recorders, list(iter_records(out / "variance.jsonl"))
+
+
+LR, WARMUP = 1e-2, 4
+
+
+def linear_warmup_lr(update):
+    """The lr the HF linear schedule with warmup gives update ``update`` (1-based; 0: the first
+    update's): that of scheduler step update - 1, by hand."""
+    i = max(update - 1, 0)
+    return LR * (i / WARMUP if i < WARMUP else max(0.0, (7 - i) / (7 - WARMUP)))
+
+
+@pytest.mark.parametrize("probe_blocks", [0, 2])
+def test_learning_rate_is_recorded_with_or_without_the_probe(tmp_path, probe_blocks):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, recorders, records = run_with_recorders(tmp_path, probe_blocks)
+    names = [type(r).__name__ for r in recorders]
+    probe = ["AttentionProbeCallback"] if probe_blocks else []
+    assert names == ["QKVVarianceCallback", *probe, "LearningRateCallback"]
+    lrs = {r["step"]: r["learning_rate"] for r in records if "learning_rate" in r}
+    assert lrs == pytest.approx({s: linear_warmup_lr(s) for s in (0, 3, 6, 7)})
+    attn_steps = sorted({r["step"] for r in records if r["role"] == "attn"})
+    assert attn_steps == ([0, 3, 6, 7] if probe_blocks else [])
+    assert sorted({r["step"] for r in records if r["role"] == "q"}) == [0, 3, 6, 7]
+    # the learning rate in the Trainer's own TensorBoard stream, at the same steps
+    (events,) = {p.parent for p in tmp_path.rglob("events.out.tfevents.*")}
+    acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+    acc.Reload()
+    scalars = {e.step: e.value for e in acc.Scalars("study/learning_rate")}
+    assert scalars == pytest.approx({s: linear_warmup_lr(s) for s in (0, 3, 6, 7)}, rel=1e-6)
+
+
+def test_a_resumed_run_records_only_the_steps_after_its_checkpoint(tmp_path):
+    run_with_recorders(tmp_path, probe_blocks=0, report_to="none")
+    (tmp_path / "variance.jsonl").unlink()  # what the resumed run writes, alone
+    trainer, _, records = run_with_recorders(tmp_path, probe_blocks=0, resume=4, report_to="none")
+    assert trainer.state.global_step == 7
+    assert sorted({r["step"] for r in records}) == [6, 7]
+    lrs = {r["step"]: r["learning_rate"] for r in records if "learning_rate" in r}
+    assert lrs == pytest.approx({6: linear_warmup_lr(6), 7: linear_warmup_lr(7)})

@@ -14,30 +14,21 @@ layer and head it computes, with the model's own attention scale (``1/sqrt(d_hea
 
 Attention logits are the product the Q and K weight variances set: the logit std grows with
 them, and the entropy falls as attention sharpens (or collapses onto one token).
-
-:class:`AttentionProbeCallback` records these at the same steps as
-:class:`~hf_init.lm.recorders.QKVVarianceCallback` (step 0, every ``every`` steps, the final step),
-as records of role ``attn`` with a ``head`` key (:mod:`hf_init.core.records`), plus one whole-model
-record per step with the ``learning_rate`` in effect (what
-:mod:`hf_init.lm.equilibration` reads as the learning rate at equilibration). It hands
-them to its sinks (the run's ``variance.jsonl`` and :class:`AttentionTensorBoardSink`).
+:class:`AttentionProbeCallback` records them at the record steps of
+:class:`~hf_init.lm.recorders.StepRecorder`, as records of role ``attn`` with a ``head`` key
+(:mod:`hf_init.core.records`).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
-from transformers import TrainerCallback
 
 from hf_init.core.records import make_record
-from hf_init.lm.recorders import QKVVarianceCallback, _is_sharded, gpt2_blocks, unwrap_model
-from hf_init.lm.sinks import WriterSink
+from hf_init.lm.recorders import StepRecorder, _is_sharded, gpt2_blocks, unwrap_model
 
 PROBE_BLOCKS = 4
-"""Held-out blocks in the default probe batch: 16 x 64 tokens x 12 layers is one small forward
-pass, and the std/entropy over ~16 x 64 x 32 causal entries per head is far steadier than the
-changes training makes."""
+"""Held-out blocks in the default probe batch: one small forward pass per record step (its cost:
+docs/benchmarks.md, "Attention probe")."""
 
 
 def probe_batch(dataset, n_blocks: int = PROBE_BLOCKS) -> torch.Tensor:
@@ -136,134 +127,22 @@ def attention_records(step: int, stats: torch.Tensor) -> list[dict]:
     ]
 
 
-def learning_rate_record(step: int, lr: float) -> dict:
-    return make_record(step, None, None, {"learning_rate": lr})
-
-
-class AttentionTensorBoardSink(WriterSink):
-    """Attention records as TensorBoard scalars: per layer the mean over heads
-    (``attn_logit_std/layer_03``, ``attn_entropy/layer_03``) and per head
-    (``attn_logit_std_heads/layer_03_head_1``, ...); learning-rate records as ``study/learning_rate``.
-    ``writer``: see :class:`~hf_init.lm.sinks.WriterSink`. Never closes the writer (the Trainer's
-    callback owns it)."""
-
-    def write(self, records: list[dict]) -> None:
-        if not records or self.writer is None:
-            return
-        n_layer = 1 + max((r["layer"] for r in records if r.get("layer") is not None), default=0)
-        width = max(2, len(str(n_layer - 1)))
-        per_layer: dict[tuple[str, int], list[float]] = {}
-        for r in records:
-            if r.get("learning_rate") is not None:
-                self.writer.add_scalar("study/learning_rate", r["learning_rate"], r["step"])
-            if r.get("role") != "attn":
-                continue
-            for stat in ("logit_std", "entropy"):
-                value = r.get(stat)
-                if value is None or not math.isfinite(value):
-                    continue
-                self.writer.add_scalar(
-                    f"attn_{stat}_heads/layer_{r['layer']:0{width}d}_head_{r['head']}",
-                    value,
-                    r["step"],
-                )
-                per_layer.setdefault((stat, r["layer"]), []).append(value)
-        step = records[0]["step"]
-        for (stat, layer), values in per_layer.items():
-            self.writer.add_scalar(
-                f"attn_{stat}/layer_{layer:0{width}d}", sum(values) / len(values), step
-            )
-
-    def close(self) -> None:
-        pass
-
-
-class AttentionProbeCallback(TrainerCallback):
+class AttentionProbeCallback(StepRecorder):
     """Attention logit std and entropy per layer and head on a fixed probe batch
-    (:func:`attention_statistics`), and the learning rate, at the record steps of
-    :class:`~hf_init.lm.recorders.QKVVarianceCallback` (the same rule, the same ``every``).
+    (:func:`attention_statistics`), measured on the main process only; with sharded FSDP weights
+    the probe turns itself off (its forward pass would need every rank)."""
 
-    The learning rate recorded at step ``s`` is the one update ``s`` applied (read in
-    ``on_pre_optimizer_step``, before the scheduler steps); at step 0 (no update yet) it is the
-    one the first update will apply. Only the main process measures and writes (with sharded FSDP
-    weights the probe is skipped: its forward pass would need every rank; the learning rate is
-    still recorded)."""
-
-    # the record steps, by the variance callback's own code
-    _interval = QKVVarianceCallback._interval
-    should_record = QKVVarianceCallback.should_record
+    what = "attention probe"
 
     def __init__(self, probe_ids: torch.Tensor | None, sinks=(), every: int | None = None):
-        if every is not None and every < 1:
-            raise ValueError(f"attention probe interval must be >= 1 step, got {every}")
+        super().__init__(sinks, every)
         self.probe_ids = probe_ids
-        self.sinks = list(sinks)
-        self.every = every
-        self._lr: dict[int, float] = {}
-        self._last_step = -1
 
-    @staticmethod
-    def _current_lr(optimizer) -> float | None:
-        groups = getattr(optimizer, "param_groups", None)
-        return float(groups[0]["lr"]) if groups else None
-
-    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
-        self._every = self._interval(args, state)
-        if state.global_step > 0:  # resumed from a checkpoint: its steps are recorded already
-            self._last_step = state.global_step
-            return
-        lr = self._current_lr(optimizer)
-        if lr is not None:
-            self._lr[state.global_step] = lr
-        self._record(state, model, state.global_step)
-
-    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
-        step = state.global_step + 1
-        if self.should_record(step, state):
-            lr = self._current_lr(optimizer)
-            if lr is not None:
-                self._lr[step] = lr
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        if self.should_record(state.global_step, state):
-            self._record(state, model, state.global_step)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            for sink in self.sinks:
-                sink.close()
-
-    def _record(self, state, model, step: int) -> None:
-        lr = self._lr.pop(step, None)
-        if step <= self._last_step or model is None or not state.is_world_process_zero:
-            return
-        self._last_step = step
-        records = []
-        if self.probe_ids is not None and _is_sharded(model):
-            # FSDP's forward gathers weights on every rank; a probe on the main process alone would hang
+    def measure(self, step, state, model=None, **kwargs):
+        if self.probe_ids is None or model is None or not state.is_world_process_zero:
+            return []
+        if _is_sharded(model):
             print("attention probe skipped: not supported with sharded (FSDP) weights", flush=True)
             self.probe_ids = None
-        if self.probe_ids is not None:
-            records += attention_records(step, attention_statistics(model, self.probe_ids))
-        if lr is not None:
-            records.append(learning_rate_record(step, lr))
-        for sink in self.sinks:
-            sink.write(records)
-
-
-def make_attention_probe(trainer, variance_callback, eval_dataset, n_blocks: int = PROBE_BLOCKS):
-    """Add an :class:`AttentionProbeCallback` to ``trainer`` next to ``variance_callback`` (from
-    :func:`hf_init.lm.pretrain.make_variance_callback`): the same record steps, the same JSONL sink
-    (``variance.jsonl``) and TensorBoard writer. ``n_blocks`` = 0 records only the learning rate."""
-    from hf_init.lm.sinks import JsonlSink, TensorBoardSink
-
-    probe = probe_batch(eval_dataset, n_blocks) if n_blocks > 0 else None
-    sinks = [s for s in variance_callback.sinks if isinstance(s, JsonlSink)]
-    sinks += [
-        AttentionTensorBoardSink(lambda s=s: s.writer)
-        for s in variance_callback.sinks
-        if isinstance(s, TensorBoardSink)
-    ]
-    callback = AttentionProbeCallback(probe, sinks, every=variance_callback.every)
-    trainer.add_callback(callback)
-    return callback
+            return []
+        return attention_records(step, attention_statistics(model, self.probe_ids))

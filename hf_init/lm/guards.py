@@ -4,13 +4,13 @@
   finite, before the bad update is applied, naming the step, layer and weight.
 * :class:`RecordsInCheckpoints`: every checkpoint folder (and so every Hub push of it) carries
   ``variance.jsonl`` up to its step and the figures of those records.
-* :class:`NonFiniteRecords`: a sink that stops the run at the first recorded statistic that is
-  not finite (naming step, layer, weight).
+
+:func:`divergence_error` is the one message of a diverged run (also raised by the sink
+:class:`~hf_init.lm.sinks.NonFiniteRecords`).
 """
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 
@@ -23,13 +23,16 @@ LOSS = "the loss (the lm_head logits, lm_head tied to the token embedding, and t
 _BLOCK_PARAM = re.compile(r"(?:^|\.)h\.(\d+)\.(.+)$")
 
 
-def where(name: str) -> str:
-    """``transformer.h.3.attn.c_attn.weight`` -> ``layer 3 attn.c_attn.weight``; other names as they are."""
+def describe_parameter(name: str) -> str:
+    """``transformer.h.3.attn.c_attn.weight`` -> ``layer 3 attn.c_attn.weight``; other parameter
+    names as they are."""
     m = _BLOCK_PARAM.search(name)
     return f"layer {m.group(1)} {m.group(2)}" if m else name
 
 
-def diverged(step: int, what: str) -> RunStopped:
+def divergence_error(step: int, what: str) -> RunStopped:
+    """The error that stops a run diverged at ``step`` (``what`` says where), for the caller to
+    raise: one line, exit code 1."""
     return RunStopped(
         f"error: training diverged at step {step}: {what}; stopped before that update, so the "
         f"weights, records and checkpoints up to step {step - 1} are kept (lower --learning_rate, "
@@ -39,14 +42,12 @@ def diverged(step: int, what: str) -> RunStopped:
 
 
 class DivergenceStop(TrainerCallback):
-    """Before every optimizer step (after clipping), on every rank: are all gradients finite? A
-    non-finite loss makes every gradient non-finite, a non-finite gradient norm means at least one
-    is. If not, raise :class:`~hf_init.core.cli.RunStopped` naming the step and where it first appeared:
-    forward hooks on each block's ``attn`` and ``mlp`` (and ``ln_f``) keep, without a device sync,
-    whether their last output was finite, so a non-finite loss is traced to the first sub-layer of
-    the forward pass whose output was not (with the weights it holds); otherwise the first weight
-    whose gradient is not finite. One device sync per step; under FSDP2 each rank checks its shards
-    and one all-reduce combines them."""
+    """Before every optimizer step (after clipping), on every rank: are all gradients finite? If
+    not, raise :func:`divergence_error` naming the step and where it first appeared: the first
+    sub-layer (block ``attn``, ``mlp``, ``ln_f``) of the forward pass whose output was not finite
+    (forward hooks keep that flag without a device sync), else the block weight nearest the output
+    whose gradient is not. One device sync per step; under FSDP2 each rank checks its shards and
+    one all-reduce combines them."""
 
     def __init__(self):
         self._outputs: dict[str, torch.Tensor] = {}
@@ -75,10 +76,13 @@ class DivergenceStop(TrainerCallback):
                 ("final layer norm ln_f / lm_head (tied to the token embedding)", body.ln_f)
             )
         for label, module in parts:
-            self._hooks.append(module.register_forward_hook(self._keeper(label)))
-        self._hooks.append(unwrap_model(model).register_forward_hook(self._keeper(LOSS)))
+            self._hooks.append(module.register_forward_hook(self._finite_flag_hook(label)))
+        self._hooks.append(unwrap_model(model).register_forward_hook(self._finite_flag_hook(LOSS)))
 
-    def _keeper(self, label):
+    def _finite_flag_hook(self, label):
+        """A forward hook keeping, as a device tensor (no sync), whether the module's output (the
+        model's loss for ``LOSS``) was finite."""
+
         def hook(module, inputs, output):
             out = getattr(output, "loss", None) if label == LOSS else output
             out = out[0] if isinstance(out, tuple) else out
@@ -112,10 +116,10 @@ class DivergenceStop(TrainerCallback):
         bad = [n for (n, _), f in zip(named, finite.tolist()) if not f]
         step = state.global_step + 1
         if not bad:  # another rank's shard
-            raise diverged(step, "a non-finite gradient on another rank")
+            raise divergence_error(step, "a non-finite gradient on another rank")
         forward = [label for label, f in self._outputs.items() if not bool(f)]
         if forward:
-            raise diverged(
+            raise divergence_error(
                 step,
                 f"the forward pass first became non-finite at the output of {forward[0]}, so "
                 f"the loss and {len(bad)} of {len(named)} weights' gradients are non-finite",
@@ -123,27 +127,12 @@ class DivergenceStop(TrainerCallback):
         # the forward pass was finite: the backward pass overflowed, starting nearest the output
         blocks = [n for n in bad if _BLOCK_PARAM.search(n) and n.endswith("weight")]
         first = (blocks or bad)[-1]
-        raise diverged(
+        raise divergence_error(
             step,
-            f"non-finite gradient of {where(first)} (the block weight nearest the output: the "
-            f"backward pass overflowed there first), with a finite "
-            f"forward pass ({len(bad)} of {len(named)} weights' gradients non-finite)",
+            f"non-finite gradient of {describe_parameter(first)} (the block weight nearest the "
+            f"output: the backward pass overflowed there first), with a finite forward pass "
+            f"({len(bad)} of {len(named)} weights' gradients non-finite)",
         )
-
-
-class NonFiniteRecords:
-    """A sink for :class:`~hf_init.lm.recorders.QKVVarianceCallback`: raises at the first record whose
-    weight variance is not finite (recorded as null), naming step, layer and weight. Main process only."""
-
-    def write(self, records: list[dict]) -> None:
-        for r in records:
-            if r.get("var") is None or not math.isfinite(r["var"]):
-                raise diverged(
-                    r["step"], f"non-finite variance of layer {r['layer']} {r['role']} weight"
-                )
-
-    def close(self) -> None:
-        pass
 
 
 class RecordsInCheckpoints(TrainerCallback):

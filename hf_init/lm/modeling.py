@@ -178,11 +178,7 @@ class SchemeGPT2LMHeadModel(SchemeInitMixin, GPT2LMHeadModel):
     def __init__(self, config: GPT2Config):
         validate_init_config(config)
         GPT2PreTrainedModel.__init__(self, config)
-        # transformers derives loss_type from the class name and "GPT2LMHeadModel" matches none
-        # of its loss names: the Trainer then counts all T labels of a block (not the T - 1
-        # targets of the shifted causal loss) when it scales the loss, so losses and gradients
-        # come out (T-1)/T too small. Stock GPT2LMHeadModel has the same trap.
-        self.loss_type = "ForCausalLM"
+        self.loss_type = "ForCausalLM"  # not derived from the class name: docs/traps.md
         self.transformer = SchemeGPT2Model(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.post_init()
@@ -206,9 +202,9 @@ def build_model(config: GPT2Config | None = None, **config_kwargs) -> SchemeGPT2
 
 
 def iter_weights(model: nn.Module):
-    """Yield ``(role, layer index or None, weight part, storage layout)`` for every part of every GPT-2 weight
-    listed in :mod:`hf_init.lm.families` (stock model or ours, wrapped or not); fused weights
-    yield one view per part (q, k, v of ``c_attn``)."""
+    """Yield ``(role, layer index or None, weight part, storage layout)`` for every part of every
+    GPT-2 weight listed in :mod:`hf_init.lm.families` (stock model or ours, wrapped or not); fused
+    weights yield one view per part (q, k, v of ``c_attn``)."""
     for name, module in model.named_modules():
         found = weight_of_name(name)
         if found and hasattr(module, "weight"):
@@ -221,8 +217,8 @@ def init_report(model: nn.Module) -> list[dict]:
     """Measured vs. scheme std of every weight kind, aggregated over layers.
 
     One row per role (Q, K, V reported separately; cross-attention parts, if any, pooled
-    with their self-attention twins, which have the same fans): the population std over all entries of
-    that role in all layers, and the std the config's scheme prescribes for it.
+    with their self-attention twins, which have the same fans): the population std over all
+    entries of that role in all layers, and the std the config's scheme prescribes for it.
     """
     config = model.config
     scheme = get_scheme(getattr(config, "init_scheme", DEFAULT_SCHEME))

@@ -20,7 +20,6 @@ from hf_init.lm.run_folder import (
     RUN_INFO,
     checkpoint_step,
     interrupted,
-    latest_events_dir,
     resolve_resume,
     unfinished_run_message,
 )
@@ -99,14 +98,13 @@ def run(argv: list[str], started: float | None = None) -> dict:
 
     from hf_init.core.outputs import kept_until_success, write_json
     from hf_init.core.records import read_records, set_aside_after
-    from hf_init.lm.attention_probe import make_attention_probe
     from hf_init.lm.data.blocks import tokenize_and_group
     from hf_init.lm.data.loaders import load_raw_text
     from hf_init.lm.data.tokenizer import load_or_train_tokenizer
     from hf_init.lm.guards import DivergenceStop, RecordsInCheckpoints
     from hf_init.lm.modeling import build_model, init_report
     from hf_init.lm.plots import plot_run
-    from hf_init.lm.recorders import VARIANCE_FILE
+    from hf_init.lm.recorders import VARIANCE_FILE, build_recorders
     from hf_init.lm.run_folder import model_card_fields, model_card_section, print_summary, run_info
     from hf_init.lm.variance import format_summary, variance_table
 
@@ -158,23 +156,22 @@ def run(argv: list[str], started: float | None = None) -> dict:
             preprocess_logits_for_metrics=preprocess_logits,
         )
         trainer.add_callback(DivergenceStop())
-        variance = make_variance_callback(
+        recorders = build_recorders(
             trainer,
             out,
             every=run_args.variance_steps,
             resumed_step=resumed["step"] if resumed else None,
+            eval_dataset=eval_data,
+            probe_blocks=run_args.attention_probe_blocks,
         )
         trainer.add_callback(RecordsInCheckpoints(out, VARIANCE_FILE))
-        make_attention_probe(trainer, variance, eval_data, run_args.attention_probe_blocks)
 
         first_step = resumed["step"] if resumed else 0
         try:
             train_result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         except (KeyboardInterrupt, RunStopped) as err:
-            for (
-                sink
-            ) in variance.sinks:  # whole lines and TensorBoard events up to the last step on disk
-                getattr(sink, "flush", lambda: None)()
+            for recorder in recorders:  # whole lines and TensorBoard events up to the last step
+                recorder.flush()
             if isinstance(err, RunStopped):
                 raise
             raise interrupted(out, trainer.state.global_step, argv) from None
@@ -226,48 +223,6 @@ def run(argv: list[str], started: float | None = None) -> dict:
             )
     torch_dist_barrier(torch)
     return info
-
-
-def make_variance_callback(trainer, out: Path, every: int | None, resumed_step: int | None = None):
-    """Add the Q/K/V variance callback to ``trainer`` with its sinks: ``variance.jsonl`` in the run
-    folder and, when the run reports to TensorBoard, the Q/K/V curves through the Trainer's own
-    ``TensorBoardCallback`` writer (one TensorBoard stream per run). That callback is taken with the
-    public ``pop_callback`` and put back just before the variance callback, so that its writer
-    exists when step 0 is recorded. Sinks are only made on the main process (the one that writes).
-
-    ``resumed_step`` (a run resumed from the checkpoint of that step): ``variance.jsonl`` is appended
-    to, and TensorBoard continues in the interrupted run's latest events folder with a writer whose
-    ``purge_step`` hides the points the interrupted run wrote after the checkpoint (TensorBoard's own
-    mechanism for restarts: no duplicated points)."""
-    from transformers.integrations import TensorBoardCallback
-
-    from hf_init.lm.guards import NonFiniteRecords
-    from hf_init.lm.recorders import VARIANCE_FILE, QKVVarianceCallback
-    from hf_init.lm.sinks import JsonlSink, TensorBoardSink
-
-    tensorboard = trainer.pop_callback(TensorBoardCallback)
-    if tensorboard is not None:
-        trainer.add_callback(tensorboard)
-        previous = latest_events_dir(out)
-        if resumed_step is not None and previous is not None and trainer.args.process_index == 0:
-            from torch.utils.tensorboard import SummaryWriter
-
-            tensorboard.logging_dir = str(previous)
-            tensorboard.tb_writer = SummaryWriter(
-                log_dir=str(previous), purge_step=resumed_step + 1
-            )
-    sinks = []
-    if trainer.args.process_index == 0:
-        # first: a step with a non-finite variance stops the run before it is written (records end at the
-        # last good step). Main process only: a non-finite gradient, caught on every rank by
-        # DivergenceStop, comes first in practice
-        sinks.append(NonFiniteRecords())
-        sinks.append(JsonlSink(out / VARIANCE_FILE, append=resumed_step is not None))
-        if tensorboard is not None:
-            sinks.append(TensorBoardSink(lambda: tensorboard.tb_writer, owns_writer=False))
-    callback = QKVVarianceCallback(sinks, every=every)
-    trainer.add_callback(callback)
-    return callback
 
 
 def take_hub_token(training_args) -> str | None:

@@ -1,17 +1,19 @@
-"""Trainer callbacks that measure weight statistics during training and hand them to sinks.
+"""Recorders: Trainer callbacks that measure at the record steps and hand records to sinks.
 
-:class:`QKVVarianceCallback` measures, for every transformer block of a GPT-2 model, the
-population variance (plus mean and RMS) of each block weight of :mod:`hf_init.lm.families`
-(q, k, v parts of ``c_attn``, ``attn_proj``, ``mlp_fc``, ``mlp_proj``) and of its gradient, at
-step 0 (the initialization), every ``every`` optimizer steps and at the final step, and gives
-the records (:mod:`hf_init.core.records`, one per (step, layer, role)) to the sinks it was handed
-(:mod:`hf_init.lm.sinks`: a JSONL file, TensorBoard, ...).
+:class:`StepRecorder` is the one protocol (OLMo-core's: a monitor measures and hands numbers on,
+sinks own the writers): it decides when (step 0, every ``every`` optimizer steps, the last step,
+each once, and not again on resume) and gives what a recorder measures to its sinks
+(:mod:`hf_init.lm.sinks`). The recorders: :class:`QKVVarianceCallback` (block weights and
+gradients), :class:`LearningRateCallback` and
+:class:`~hf_init.lm.attention_probe.AttentionProbeCallback`; :func:`build_recorders` makes those
+a run uses.
 """
 
 from __future__ import annotations
 
 import math
 from operator import attrgetter
+from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
@@ -19,12 +21,21 @@ from transformers import TrainerCallback
 from hf_init.core.moments import sharded_block_moments
 from hf_init.core.records import make_record
 from hf_init.lm.families import BLOCK_ROLES, BLOCK_WEIGHTS
+from hf_init.lm.run_folder import latest_events_dir
+from hf_init.lm.sinks import (
+    AttentionTensorBoardSink,
+    JsonlSink,
+    NonFiniteRecords,
+    TensorBoardSink,
+    WholeModelTensorBoardSink,
+)
 
 VARIANCE_FILE = "variance.jsonl"
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The bare model under DDP/FSDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    """The bare model under DDP/FSDP (``.module``) and ``torch.compile`` (``._orig_mod``)
+    wrappers."""
     while True:
         for attr in ("module", "_orig_mod"):
             inner = getattr(model, attr, None)
@@ -98,55 +109,39 @@ def variance_records(step: int, weights: torch.Tensor, grads: torch.Tensor | Non
     return records
 
 
-class QKVVarianceCallback(TrainerCallback):
-    """Records per-layer Q/K/V (and attn c_proj, MLP) weight and gradient statistics.
+def learning_rate_record(step: int, lr: float) -> dict:
+    """The whole-model record of the learning rate in effect at ``step``."""
+    return make_record(step, None, None, {"learning_rate": lr})
 
-    When: step 0 (``on_train_begin``: the initialization, before any update), every ``every``
-    optimizer steps (default: the Trainer's logging interval, ``state.logging_steps``; a
-    fractional ``logging_steps`` is a share of the total steps) and at the final step
-    (``state.max_steps``), each step once.
 
-    What (:func:`variance_records`, handed to every sink on the main process): one record per
-    (step, layer, role) for each role in ``q, k, v, attn_proj, mlp_fc, mlp_proj``: ``var`` =
-    population variance over all entries of that weight part (divide by N, float64
-    accumulation), ``mean``, ``rms``; ``grad_var`` and ``grad_rms`` = the same for its gradient.
+class StepRecorder(TrainerCallback):
+    """Records at step 0 (``on_train_begin``: before any update), every ``every`` optimizer steps
+    (default: the Trainer's logging interval) and at the last step (``state.max_steps``), each
+    step once; a run resumed from the checkpoint of step s records from step s + 1 on (its records
+    up to s are kept). A recorder says what in :meth:`measure` (called on every rank: a sharded
+    measurement needs them all) and may read what an update applies in :meth:`before_update`; the
+    main process hands the records to every sink and closes them at the end of training."""
 
-    Which gradient: the records of step ``s`` hold the weights *after* update ``s`` and the
-    gradient that update ``s`` applied, read in ``on_pre_optimizer_step`` (there
-    ``state.global_step == s - 1``: the step about to complete). That gradient was computed
-    at the weights of step ``s - 1`` and is the gradient of the *mean* loss of that step, not
-    a sum over its ``gradient_accumulation_steps`` micro-batches: the Trainer scales each
-    micro-batch loss before ``backward`` (GPT-2 takes loss kwargs, so each micro-batch's summed
-    token loss is divided by ``num_items_in_batch``, the step's target-token count over all
-    micro-batches and, with ``average_tokens_across_devices``, all ranks; a model without loss
-    kwargs has its micro-batch mean divided by the number of micro-batches). Trap: with the
-    model's ``loss_type`` unset (any ``*LMHeadModel`` class) the Trainer counts all T labels of
-    a block instead of its T - 1 targets, so the gradient is (T-1)/T of the mean's;
-    ``hf_init.lm.modeling.SchemeGPT2LMHeadModel`` sets ``loss_type = "ForCausalLM"``. It is then
-    averaged across data-parallel ranks (the loss is multiplied back by the rank count when
-    tokens are averaged across devices) and already clipped to ``max_grad_norm`` (clipping
-    scales every gradient entry by one factor c, so variances by c^2). Step 0 has no update
-    yet: its gradient fields are ``null``.
-
-    Where: ``sinks`` (:mod:`hf_init.lm.sinks`), each given the records of a step as they are made
-    and closed at the end of training.
-
-    Works with the model the Trainer passes (unwrapped) and with DDP/compiled wrappers.
-    Under FSDP2 (DTensor weights) every rank reduces its own shards (no gather) and joins one
-    all-reduce per measurement; otherwise only the main process computes anything.
-    """
+    what = "recording"  # named in the error on a bad interval
 
     def __init__(self, sinks=(), every: int | None = None):
         if every is not None and every < 1:
-            raise ValueError(f"variance recording interval must be >= 1 step, got {every}")
+            raise ValueError(f"{self.what} interval must be >= 1 step, got {every}")
         self.sinks = list(sinks)
         self.every = every
-        self._grads: tuple[int, torch.Tensor] | None = None
+        self._every = every
         self._last_step = -1
-        self._sharded: bool | None = None  # FSDP2 DTensor weights: every rank joins the all-reduce
 
-    # -- when ------------------------------------------------------------------------------
-    def _interval(self, args, state) -> int:
+    def measure(self, step: int, state, **kwargs) -> list[dict]:
+        """The records of ``step`` (empty: nothing to write); ``kwargs`` are the event's
+        (``model``, ``optimizer``, ...)."""
+        raise NotImplementedError
+
+    def before_update(self, step: int, state, **kwargs) -> None:
+        """Called before the optimizer applies update ``step`` of a record step (the gradients
+        are clipped and not yet zeroed, the scheduler has not stepped)."""
+
+    def interval(self, args, state) -> int:
         """``every``, else the logging interval in optimizer steps: ``state.logging_steps``, which
         the Trainer sets (``TrainerState.compute_steps``, before ``on_train_begin``) from
         ``args.logging_steps``, turning a fraction < 1 into ``ceil(fraction * max_steps)``."""
@@ -160,46 +155,163 @@ class QKVVarianceCallback(TrainerCallback):
     def should_record(self, step: int, state) -> bool:
         return step == 0 or step % self._every == 0 or step == state.max_steps
 
-    # -- events ----------------------------------------------------------------------------
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self._every = self._interval(args, state)
+    def flush(self) -> None:
+        """Every sink's writes on disk (whole lines, TensorBoard events), e.g. before a stop."""
+        for sink in self.sinks:
+            sink.flush()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._every = self.interval(args, state)
         if state.global_step > 0:  # resumed from a checkpoint: its steps are recorded already
             self._last_step = state.global_step
             return
-        self._record(state, model, state.global_step, grads=None)
+        self._record(state, state.global_step, kwargs)
 
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
         step = state.global_step + 1  # the step this update completes
-        if self.should_record(step, state) and self._computes(state, model):
-            self._grads = (step, block_statistics(model, grads=True))
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        step = state.global_step
         if self.should_record(step, state):
-            grads = None
-            if self._grads is not None and self._grads[0] == step:
-                grads = self._grads[1]
-            self._grads = None
-            self._record(state, model, step, grads)
+            self.before_update(step, state, **kwargs)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.should_record(state.global_step, state):
+            self._record(state, state.global_step, kwargs)
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             for sink in self.sinks:
                 sink.close()
 
-    # -- what ------------------------------------------------------------------------------
-    def _computes(self, state, model) -> bool:
-        if self._sharded is None:
-            self._sharded = model is not None and _is_sharded(model)
-        return state.is_world_process_zero or self._sharded
-
-    def _record(self, state, model, step: int, grads: torch.Tensor | None) -> None:
-        if step <= self._last_step or model is None or not self._computes(state, model):
+    def _record(self, state, step: int, kwargs: dict) -> None:
+        if step <= self._last_step:
             return
         self._last_step = step
+        records = self.measure(step, state, **kwargs)
+        if records and state.is_world_process_zero:
+            for sink in self.sinks:
+                sink.write(records)
+
+
+class QKVVarianceCallback(StepRecorder):
+    """Per layer, the ``var``, ``mean`` and ``rms`` of every block weight (q, k, v parts of
+    ``c_attn``, ``attn_proj``, ``mlp_fc``, ``mlp_proj``) and ``grad_var``, ``grad_rms`` of the
+    gradient that step's update applied (:func:`variance_records`; null at step 0). That gradient
+    is read before the optimizer step: clipped, of the step's mean loss (docs/traps.md says how
+    the Trainer scales it). Under FSDP2 every rank reduces its own shards and joins one
+    all-reduce; otherwise only the main process computes."""
+
+    what = "variance recording"
+
+    def __init__(self, sinks=(), every: int | None = None):
+        super().__init__(sinks, every)
+        self._grads: tuple[int, torch.Tensor] | None = None
+        self._sharded: bool | None = None  # FSDP2 DTensor weights: every rank joins the all-reduce
+
+    def before_update(self, step, state, model=None, **kwargs):
+        if self._computes(state, model):
+            self._grads = (step, block_statistics(model, grads=True))
+
+    def measure(self, step, state, model=None, **kwargs):
+        grads = self._grads[1] if self._grads is not None and self._grads[0] == step else None
+        self._grads = None
+        if not self._computes(state, model):
+            return []
         weights = block_statistics(model)
-        if not state.is_world_process_zero:
-            return
-        records = variance_records(step, weights, grads)
-        for sink in self.sinks:
-            sink.write(records)
+        return variance_records(step, weights, grads) if state.is_world_process_zero else []
+
+    def _computes(self, state, model) -> bool:
+        if model is None:
+            return False
+        if self._sharded is None:
+            self._sharded = _is_sharded(model)
+        return state.is_world_process_zero or self._sharded
+
+
+def current_learning_rate(optimizer) -> float | None:
+    """The learning rate of the optimizer's first parameter group (None without an optimizer)."""
+    groups = getattr(optimizer, "param_groups", None)
+    return float(groups[0]["lr"]) if groups else None
+
+
+class LearningRateCallback(StepRecorder):
+    """The learning rate at the record steps, one whole-model record each (what
+    :mod:`hf_init.lm.equilibration` reads): at step s the one update s applied (read before the
+    scheduler steps), at step 0 the one the first update will apply. Main process only."""
+
+    what = "learning-rate recording"
+
+    def __init__(self, sinks=(), every: int | None = None):
+        super().__init__(sinks, every)
+        self._lr: dict[int, float] = {}
+
+    def before_update(self, step, state, optimizer=None, **kwargs):
+        lr = current_learning_rate(optimizer)
+        if lr is not None:
+            self._lr[step] = lr
+
+    def measure(self, step, state, optimizer=None, **kwargs):
+        lr = current_learning_rate(optimizer) if step == 0 else self._lr.pop(step, None)
+        if lr is None or not state.is_world_process_zero:
+            return []
+        return [learning_rate_record(step, lr)]
+
+
+def build_recorders(
+    trainer,
+    out: Path,
+    every: int | None = None,
+    resumed_step: int | None = None,
+    eval_dataset=None,
+    probe_blocks: int = 0,
+) -> list[StepRecorder]:
+    """Add to ``trainer`` every recorder a run uses, with their sinks, and return them: the Q/K/V
+    variances, the attention probe on the first ``probe_blocks`` blocks of ``eval_dataset`` (none
+    when 0) and the learning rate, at the same steps (``every``, default the logging interval),
+    into ``out/variance.jsonl`` and, when the run reports to TensorBoard, the Trainer's own writer
+    (:func:`tensorboard_before_recorders`). Sinks exist on the main process only (the one that
+    writes). ``resumed_step``: a run resumed from that step's checkpoint appends to the JSONL."""
+    from hf_init.lm.attention_probe import AttentionProbeCallback, probe_batch  # builds on this
+
+    tensorboard = tensorboard_before_recorders(trainer, out, resumed_step)
+    main = trainer.args.process_index == 0
+    jsonl = [JsonlSink(out / VARIANCE_FILE, append=resumed_step is not None)] if main else []
+
+    def tensorboard_sink(sink_class) -> list:
+        if not main or tensorboard is None:
+            return []
+        return [sink_class(lambda: tensorboard.tb_writer, owns_writer=False)]
+
+    # first: a non-finite variance stops the run before its step is written (a non-finite
+    # gradient, caught on every rank by guards.DivergenceStop, comes first in practice)
+    stop = [NonFiniteRecords()] if main else []
+    recorders = [QKVVarianceCallback(stop + jsonl + tensorboard_sink(TensorBoardSink), every)]
+    if probe_blocks > 0:
+        probe = probe_batch(eval_dataset, probe_blocks)
+        sinks = jsonl + tensorboard_sink(AttentionTensorBoardSink)
+        recorders.append(AttentionProbeCallback(probe, sinks, every))
+    recorders.append(
+        LearningRateCallback(jsonl + tensorboard_sink(WholeModelTensorBoardSink), every)
+    )
+    for recorder in recorders:
+        trainer.add_callback(recorder)
+    return recorders
+
+
+def tensorboard_before_recorders(trainer, out: Path, resumed_step: int | None):
+    """The Trainer's ``TensorBoardCallback`` (None when the run does not report to TensorBoard),
+    taken with the public ``pop_callback`` and put back before the recorders are added, so that
+    its writer exists when step 0 is recorded. A resumed run continues in the interrupted run's
+    latest events folder with a writer whose ``purge_step`` hides the points written after the
+    checkpoint (TensorBoard's own mechanism for restarts: no duplicated points)."""
+    from transformers.integrations import TensorBoardCallback
+
+    tensorboard = trainer.pop_callback(TensorBoardCallback)
+    if tensorboard is None:
+        return None
+    trainer.add_callback(tensorboard)
+    previous = latest_events_dir(out)
+    if resumed_step is not None and previous is not None and trainer.args.process_index == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        tensorboard.logging_dir = str(previous)
+        tensorboard.tb_writer = SummaryWriter(log_dir=str(previous), purge_step=resumed_step + 1)
+    return tensorboard

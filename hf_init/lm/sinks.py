@@ -1,12 +1,14 @@
-"""Where measured records go: sinks handed to a measuring callback (the callback never knows which).
+"""Where records go: the sinks a recorder (:mod:`hf_init.lm.recorders`) hands its records to.
 
-A sink has ``write(records)`` (a list of records of :mod:`hf_init.core.records`, all of one step)
-and ``close()``. The callback calls them on the main process only.
+A sink has ``write(records)`` (records of :mod:`hf_init.core.records`, all of one step),
+``flush()`` and ``close()``; a recorder calls them on the main process only and never knows
+which sinks it has. The sinks own their files and writers:
 
-* :class:`JsonlSink`: appends the records to a JSONL file, one line each, flushed per step (a
-  reader or a crash sees whole lines). The file is opened, fresh, at the first write.
-* :class:`TensorBoardSink`: the q, k, v weight and gradient variances of each layer as
-  TensorBoard scalars at their exact step, with a custom-scalars layout overlaying all layers.
+* :class:`JsonlSink`: the records as lines of a JSONL file, flushed per step.
+* :class:`TensorBoardSink`: q, k, v weight and gradient variances per layer.
+* :class:`AttentionTensorBoardSink`: attention logit std and entropy per layer and head.
+* :class:`WholeModelTensorBoardSink`: whole-model statistics (the learning rate).
+* :class:`NonFiniteRecords`: stops the run at the first weight variance that is not finite.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import math
 import os
 from pathlib import Path
 
-from hf_init.core.records import append_records
+from hf_init.core.records import STATISTICS, append_records
 from hf_init.lm.families import QKV
+from hf_init.lm.guards import divergence_error
 
 
 class JsonlSink:
@@ -68,12 +71,13 @@ def custom_scalars_layout(roles=QKV) -> dict:
 
 
 class WriterSink:
-    """A sink writing to a TensorBoard ``writer``: a ``torch.utils.tensorboard.SummaryWriter``, or
-    a function returning one, called at the first write (the Trainer's writer exists only once
-    training begins)."""
+    """A sink writing scalars to a TensorBoard ``writer``: a ``SummaryWriter``, or a function
+    returning one, called at the first write (the Trainer's writer exists only once training
+    begins). ``close`` closes the writer only if the sink ``owns_writer``."""
 
-    def __init__(self, writer):
+    def __init__(self, writer, owns_writer: bool = True):
         self._writer = writer
+        self.owns_writer = owns_writer
 
     @property
     def writer(self):
@@ -81,16 +85,22 @@ class WriterSink:
             self._writer = self._writer()
         return self._writer
 
+    def flush(self) -> None:
+        if self._writer is not None and hasattr(self._writer, "add_scalar"):  # one that exists
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self.owns_writer and self.writer is not None:
+            self.writer.close()
+
 
 class TensorBoardSink(WriterSink):
-    """The ``var`` and ``grad_var`` of the records whose role is in ``roles`` (q, k, v), written
-    to ``writer`` (see :class:`WriterSink`) with tags from :func:`tensorboard_tag`. ``close``
-    closes the writer only if the sink ``owns_writer``."""
+    """The ``var`` and ``grad_var`` of the records whose role is in ``roles`` (q, k, v), tagged by
+    :func:`tensorboard_tag`, with a custom-scalars layout overlaying all layers."""
 
     def __init__(self, writer, roles=QKV, owns_writer: bool = True):
-        super().__init__(writer)
+        super().__init__(writer, owns_writer)
         self.roles = tuple(roles)
-        self.owns_writer = owns_writer
         self._layout_written = False
 
     def write(self, records: list[dict]) -> None:
@@ -99,46 +109,75 @@ class TensorBoardSink(WriterSink):
         if not self._layout_written:
             self.writer.add_custom_scalars(custom_scalars_layout(self.roles))
             self._layout_written = True
-        n_layer = 1 + max((r["layer"] for r in records), default=0)
-        scalars, steps = {}, {r["step"] for r in records}
+        n_layer = 1 + max(r["layer"] for r in records)
         for r in records:
             if r["role"] not in self.roles:
                 continue
             for stat, grad in (("var", False), ("grad_var", True)):
                 value = r.get(stat)
                 if value is not None and math.isfinite(value):
-                    scalars[tensorboard_tag(r["role"], r["layer"], n_layer, grad)] = value
-        if len(steps) != 1:
-            raise ValueError(
-                f"TensorBoardSink.write takes the records of one step, got steps {sorted(steps)}"
+                    tag = tensorboard_tag(r["role"], r["layer"], n_layer, grad)
+                    self.writer.add_scalar(tag, value, r["step"])
+
+
+class AttentionTensorBoardSink(WriterSink):
+    """Attention records (role ``attn``) as scalars: per layer the mean over heads
+    (``attn_logit_std/layer_03``, ``attn_entropy/layer_03``) and per head
+    (``attn_logit_std_heads/layer_03_head_1``, ...)."""
+
+    def write(self, records: list[dict]) -> None:
+        records = [r for r in records if r.get("role") == "attn"]
+        if not records or self.writer is None:
+            return
+        width = max(2, len(str(max(r["layer"] for r in records))))
+        per_layer: dict[tuple[str, int], list[float]] = {}
+        for r in records:
+            for stat in ("logit_std", "entropy"):
+                value = r.get(stat)
+                if value is None or not math.isfinite(value):
+                    continue
+                self.writer.add_scalar(
+                    f"attn_{stat}_heads/layer_{r['layer']:0{width}d}_head_{r['head']}",
+                    value,
+                    r["step"],
+                )
+                per_layer.setdefault((stat, r["layer"]), []).append(value)
+        step = records[0]["step"]
+        for (stat, layer), values in per_layer.items():
+            self.writer.add_scalar(
+                f"attn_{stat}/layer_{layer:0{width}d}", sum(values) / len(values), step
             )
-        _add_scalars_one_event(self.writer, scalars, steps.pop())
+
+
+class WholeModelTensorBoardSink(WriterSink):
+    """The statistics of whole-model records (no layer) as scalars ``study/<statistic>``
+    (``study/learning_rate``)."""
+
+    def write(self, records: list[dict]) -> None:
+        if self.writer is None:
+            return
+        for r in records:
+            if r.get("layer") is not None:
+                continue
+            for stat, value in r.items():
+                if stat in STATISTICS and value is not None and math.isfinite(value):
+                    self.writer.add_scalar(f"study/{stat}", value, r["step"])
+
+
+class NonFiniteRecords:
+    """Raises :func:`~hf_init.lm.guards.divergence_error` at the first record whose weight
+    variance is not finite (recorded as null), naming step, layer and weight; put it before the
+    sinks that write, so the records end at the last good step."""
+
+    def write(self, records: list[dict]) -> None:
+        for r in records:
+            if r.get("var") is None or not math.isfinite(r["var"]):
+                raise divergence_error(
+                    r["step"], f"non-finite variance of layer {r['layer']} {r['role']} weight"
+                )
 
     def flush(self) -> None:
-        if not callable(self._writer) or hasattr(
-            self._writer, "add_scalar"
-        ):  # only a writer that exists
-            if self._writer is not None:
-                self._writer.flush()
+        pass
 
     def close(self) -> None:
-        if self.owns_writer and self.writer is not None:
-            self.writer.close()
-
-
-def _add_scalars_one_event(writer, scalars: dict[str, float], step: int) -> None:
-    """Write many scalars at one step as a single event (one queue hand-off instead of one per
-    tag; TensorBoard reads each value as its own scalar series). Falls back to add_scalar."""
-    get_file_writer = getattr(writer, "_get_file_writer", None)
-    if get_file_writer is None:
-        for tag, value in scalars.items():
-            writer.add_scalar(tag, value, step)
-        return
-    from tensorboard.compat.proto.summary_pb2 import Summary
-
-    # the Summary.Value that torch.utils.tensorboard.summary.scalar makes (its old style, simple_value),
-    # built directly: scalar() converts each Python float through numpy first
-    summary = Summary(
-        value=[Summary.Value(tag=tag, simple_value=float(value)) for tag, value in scalars.items()]
-    )
-    get_file_writer().add_summary(summary, step)
+        pass
