@@ -28,6 +28,9 @@ from hf_init.core.cli import (
 from hf_init.lm.data.args import DataArguments
 
 DEFAULT_CONFIG = CONFIGS_DIR / "pretrain_tiny.yaml"
+# the spike monitor's defaults, OLMo-core's (why: hf_init.lm.spikes); here, where no torch is loaded
+SPIKE_WINDOW = 128
+SPIKE_THRESHOLD = 6.0
 
 
 @dataclass
@@ -98,6 +101,18 @@ class RunArguments:
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "replace a run already in output_dir (otherwise refuse)"}
     )
+    spike_window: int = field(
+        default=SPIKE_WINDOW,
+        metadata={"help": "spike monitor: z-scores over the last N steps' loss and grad norm"},
+    )
+    spike_threshold: float = field(
+        default=SPIKE_THRESHOLD,
+        metadata={"help": "spike monitor: a step is a spike above this z-score"},
+    )
+    skip_spike_updates: bool = field(
+        default=False,
+        metadata={"help": "do not apply the update of a step whose gradient norm is a spike"},
+    )
 
     def __post_init__(self):
         if self.variance_steps is not None and self.variance_steps < 1:
@@ -106,6 +121,20 @@ class RunArguments:
             raise UsageError(
                 f"attention_probe_blocks must be >= 0, got {self.attention_probe_blocks}"
             )
+        if self.spike_window < 2:
+            raise UsageError(f"spike_window must be >= 2 steps, got {self.spike_window}")
+        if not (math.isfinite(self.spike_threshold) and self.spike_threshold > 0):
+            raise UsageError(
+                f"spike_threshold must be a finite number > 0, got {self.spike_threshold}"
+            )
+
+    def spikes(self) -> dict:
+        """The spike monitor's settings (:class:`hf_init.lm.spikes.SpikeMonitor`)."""
+        return {
+            "window": self.spike_window,
+            "threshold": self.spike_threshold,
+            "skip_updates": self.skip_spike_updates,
+        }
 
 
 def _training_arguments_class():
@@ -256,6 +285,11 @@ def parse_args(argv: list[str]):
     (model_args, data_args, run_args, training_args), config_path = parse_yaml_and_cli(
         parser, argv, default_config=DEFAULT_CONFIG
     )
+    if run_args.skip_spike_updates and training_args.fp16:
+        raise UsageError(
+            "--skip_spike_updates cannot skip an update under --fp16 (its loss scaler steps the "
+            "optimizer itself); use --bf16, or drop --skip_spike_updates"
+        )
     return model_args, data_args, run_args, training_args, config_path
 
 

@@ -163,6 +163,7 @@ def run(argv: list[str], started: float | None = None) -> dict:
             resumed_step=resumed["step"] if resumed else None,
             eval_dataset=eval_data,
             probe_blocks=run_args.attention_probe_blocks,
+            spikes=run_args.spikes(),
         )
         trainer.add_callback(RecordsInCheckpoints(out, VARIANCE_FILE))
 
