@@ -122,7 +122,7 @@ def _llama_kwargs(size_kwargs: dict) -> dict:
     gpt2_only = sorted(_GPT2_ONLY & set(kwargs))
     if gpt2_only:
         raise ValueError(f"{gpt2_only[0]} is a GPT-2 setting; a Llama model has none")
-    if kwargs.get("initializer_range", 0.02) > 1:  # LlamaConfig's own limit
+    if (kwargs.get("initializer_range") or 0) > 1:  # LlamaConfig's own limit
         raise ValueError(f"initializer_range must be <= 1, got {kwargs['initializer_range']}")
     gpt2_defaults = GPT2Config()
     for name in ("n_layer", "n_embd", "n_head", "n_positions"):
@@ -148,7 +148,7 @@ def make_config(
     """A ``GPT2Config`` or ``LlamaConfig`` carrying an init scheme. ``size_kwargs`` use GPT-2's
     names for either family (``n_layer``, ``n_embd``, ``n_head``, ``n_inner``, ``vocab_size``,
     ``n_positions``...); ``n_kv_head`` (Llama) sets the key/value heads. Llama's embeddings are
-    untied unless ``tie_word_embeddings=True`` (``LlamaConfig``'s default)."""
+    untied, as ``LlamaConfig``'s default, unless ``tie_word_embeddings=True``."""
     if init_std is not None:
         init_std = check_std(init_std, "init_std")
     family = get_family(model_type)
