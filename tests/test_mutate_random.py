@@ -93,8 +93,8 @@ def test_triage_entries_mark_survivors_equivalent(tmp_path):
     survived = {"status": "survived", "first_failing_test": ""}
     assert mr._triaged(survived, m, [entry])["status"] == "equivalent"
     caught = {"status": "caught", "first_failing_test": "tests/test_x.py::t"}
-    assert mr._triaged(caught, m, [entry])["status"] == "caught"
-    assert "triage" in mr._triaged(caught, m, [entry])
+    wrong = mr._triaged(caught, m, [entry])
+    assert wrong["status"] == "caught" and "fix the entry" in wrong["first_failing_test"]
 
 
 def test_test_order_importers_then_reachers(tmp_path):

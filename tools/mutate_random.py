@@ -37,7 +37,7 @@ Catch rate = caught / (caught + survived). Exit status 1 when a mutant survived.
 
     python tools/mutate_random.py --seed 1 --sample 20 --list   # the drawn mutants, nothing run
     python tools/mutate_random.py --seed 1 --sample 20          # run them: table, JSON in runs/
-    python tools/mutate_random.py --only 3f2a91c 0b7d2e4        # some again, by id
+    python tools/mutate_random.py --only 90cecc0 581f8dd        # some again, by id
 """
 
 from __future__ import annotations
@@ -419,6 +419,7 @@ def run_mutant(m: Mutant, tests: list[str], timeout: float, confirm: bool) -> di
         "id": m.id,
         "file": m.file,
         "line": m.line,
+        "col": m.col,
         "change": m.change,
         "line_text": m.line_text.strip(),
         "status": status,
@@ -435,15 +436,18 @@ def _triaged(result: dict, m: Mutant, triage: list[Equivalent]) -> dict:
         return result
     if result["status"] == "survived":
         return {**result, "status": "equivalent", "first_failing_test": entry.why}
-    return {**result, "triage": f"listed as equivalent but {result['status']}: fix the entry"}
+    note = f"{result['first_failing_test']} (listed as equivalent: fix the entry)"
+    return {**result, "first_failing_test": note.strip()}
 
 
 def _cell(text: str) -> str:
     return " ".join(text.replace("|", "\\|").split())
 
 
-def markdown(results: list[dict], counts: dict) -> str:
+def markdown(results: list[dict], counts: dict, context: str) -> str:
     rows = [
+        context,
+        "",
         "| id | file:line | change | result | first failing test |",
         "|---|---|---|---|---|",
     ]
@@ -487,7 +491,9 @@ def _test_files(args, order: TestOrder, m: Mutant) -> list[str]:
 def _print_list(chosen: list[Mutant], order: TestOrder, triage: list[Equivalent]) -> None:
     for m in chosen:
         listed = next((e for e in triage if e.matches(m)), None)
-        print(f"{m.id}  {m.file}:{m.line}  {m.change}" + ("  (equivalent)" if listed else ""))
+        print(
+            f"{m.id}  {m.file}:{m.line}:{m.col}  {m.change}" + ("  (equivalent)" if listed else "")
+        )
         print(f"         {m.line_text.strip()}")
         print(f"         tests first: {' '.join(order.tiers(m.file)[0]) or '-'}")
 
@@ -517,29 +523,27 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
+def _write_reports(out: Path, table: str, report: dict) -> None:
+    """The table as Markdown and the same results as JSON, ``out`` with .md and .json."""
     from hf_init.core.outputs import write_atomic, write_json
 
-    args = _parser().parse_args(argv)
-    sites, triage, order = all_sites(), read_triage(), TestOrder()
-    unknown = sorted(set(args.tests or ()) - set(order.tests))
-    if unknown:
-        raise SystemExit(f"error: not a test file of tests/: {', '.join(unknown)}")
-    chosen = _choose(args, sites)
-    unused = [e for e in triage if not any(e.matches(m) for m in sites)]
-    for e in unused:
-        print(f"triage entry matches no mutant (code changed?): {e.file}: {e.line}: {e.change}")
-    print(f"{len(chosen)} of {len(sites)} sites (seed {args.seed})")
-    if args.list:
-        _print_list(chosen, order, triage)
-        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out.with_suffix(".md"), lambda f: f.write(table))
+    write_json(out.with_suffix(".json"), report)
+    print(f"\n{table}\nwritten: {out.with_suffix('.md')}, {out.with_suffix('.json')}")
+
+
+def _run_all(args, chosen: list[Mutant], order: TestOrder, triage: list[Equivalent]) -> list:
+    """Every chosen mutant, --jobs at a time, a line printed as each ends; on an interrupt the
+    mutants not started are dropped (each running one removes its own copy)."""
 
     def one(m: Mutant) -> dict:
         tests = _test_files(args, order, m)
         return _triaged(run_mutant(m, tests, args.timeout, not args.no_confirm), m, triage)
 
     results = []
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, args.jobs))
+    try:
         for r in pool.map(one, chosen):
             print(
                 f"{r['id']} {r['status']:<11} {r['seconds']:6.0f}s {r['file']}:{r['line']} "
@@ -547,25 +551,41 @@ def main(argv=None) -> int:
                 flush=True,
             )
             results.append(r)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return results
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    sites, triage, order = all_sites(), read_triage(), TestOrder()
+    unknown = sorted(set(args.tests or ()) - set(order.tests))
+    if unknown:
+        raise SystemExit(f"error: not a test file of tests/: {', '.join(unknown)}")
+    chosen = _choose(args, sites)
+    for e in triage:
+        if not any(e.matches(m) for m in sites):
+            print(f"triage entry matches no mutant (code changed?): {e.file}: {e.line}: {e.change}")
+    drawn = f"{len(chosen)} given by id" if args.only else f"seed {args.seed}, {len(chosen)} drawn"
+    print(f"{drawn} of {len(sites)} sites")
+    if args.list:
+        _print_list(chosen, order, triage)
+        return 0
+    results = _run_all(args, chosen, order, triage)
     kinds = ("caught", "survived", "equivalent", "timeout", "unconfirmed", "error")
     counts = {k: sum(r["status"] == k for r in results) for k in kinds}
+    tests = "only " + " ".join(args.tests) if args.tests else "all"
+    table = markdown(results, counts, f"{drawn} of {len(sites)} sites; test files: {tests}")
+    report = {
+        "seed": None if args.only else args.seed,
+        "sample": len(chosen),
+        "sites": len(sites),
+        "tests": args.tests or "all",
+        "counts": counts,
+        "mutants": results,
+    }
     name = "only" if args.only else f"seed{args.seed}"
-    out = Path(args.out or ROOT / "runs" / "mutate_random" / name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table = markdown(results, counts)
-    write_atomic(out.with_suffix(".md"), lambda f: f.write(table))
-    write_json(
-        out.with_suffix(".json"),
-        {
-            "seed": None if args.only else args.seed,
-            "sample": len(chosen),
-            "sites": len(sites),
-            "tests": args.tests or "all",
-            "counts": counts,
-            "mutants": results,
-        },
-    )
-    print("\n" + table + f"\nwritten: {out.with_suffix('.md')}, {out.with_suffix('.json')}")
+    _write_reports(Path(args.out or ROOT / "runs" / "mutate_random" / name), table, report)
     return 1 if counts["survived"] else 0
 
 
