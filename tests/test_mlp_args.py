@@ -73,7 +73,7 @@ def test_every_theory_activation_is_accepted():
         (SweepArguments, ["--activation", "swish"], "unknown activation 'swish'"),
         (SweepArguments, ["--lr", "0"], "lr must be a finite number > 0"),
         (SweepArguments, ["--width", "0"], "width must be >= 1, got 0"),
-        (SweepArguments, ["--bogus", "1"], "unknown argument(s): --bogus"),
+        (SweepArguments, ["--bogus", "1"], "unknown argument --bogus"),
         (
             CompareArguments,
             ["--schemes", "kaiming_normal", "xavier_normal", "normal"],
