@@ -1,11 +1,6 @@
-"""What every script shares: one way to parse arguments (dataclasses + a YAML config + command-line
-flags) and bad input ending in one clear line and a non-zero exit.
-
-``HfArgumentParser.parse_yaml_file`` ignores the command line, so :func:`parse_yaml_and_cli` reads the
-script's built-in YAML and then the user's (on top), rejects keys the parser does not know, uses the
-YAML values as the parser's defaults (declared-required flags become optional when a YAML sets
-them), then parses the command line on top. Values from YAML go through the same argparse ``type`` conversion as flags when they are
-strings (PyYAML reads ``3e-4`` as a string).
+"""What every script shares: arguments parsed one way (a script's dataclasses filled from its
+built-in YAML, the user's YAML, then the flags: :func:`parse_yaml_and_cli`) and bad input ending
+in one ``error:`` line and a non-zero exit (:func:`fail_cleanly`).
 """
 
 from __future__ import annotations
@@ -47,8 +42,9 @@ def one_line_errors(parser):
 
 
 def fail_cleanly(main: Callable[[], object]) -> int:
-    """Run ``main``; turn bad input (ValueError, FileNotFoundError, UsageError) into one line on
-    stderr and exit status 2 instead of a traceback. Other errors still raise (they are bugs)."""
+    """Run ``main`` and return its exit status: bad input (a ValueError such as UsageError, a
+    missing or existing file) becomes one ``error:`` line and status 2, a stopped run its line and
+    code, Ctrl-C status 130. Other errors still raise (they are bugs)."""
     try:
         result = main()
     except (UsageError, ValueError, FileNotFoundError, FileExistsError) as err:
@@ -112,7 +108,8 @@ def read_yaml_config(path: str | os.PathLike) -> dict:
         return {}
     if not isinstance(cfg, dict):
         raise UsageError(
-            f"config file {str(path)!r} must hold a mapping of option: value, got {type(cfg).__name__}"
+            f"config file {str(path)!r} must hold a mapping of option: value, "
+            f"got {type(cfg).__name__}"
         )
     return cfg
 
@@ -146,7 +143,8 @@ def parse_yaml_and_cli(parser, argv: list[str], default_config: str | os.PathLik
             )
         for key in cfg:
             actions[key].required = False
-        # numbers as strings: argparse then applies the flag's own type (int vs float) to them
+        # numbers as strings: argparse then applies the flag's own type (int vs float) to them, as
+        # it does to strings (PyYAML reads 3e-4 as one)
         parser.set_defaults(
             **{
                 k: (str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)

@@ -39,7 +39,9 @@ STATISTICS: dict[str, str] = {
     "var": "population variance of the weight block's entries",
     "mean": "mean of the weight block's entries",
     "rms": "root mean square of the weight block's entries",
-    "grad_var": "population variance of the gradient of the step's mean loss w.r.t. the weight block",
+    "grad_var": (
+        "population variance of the gradient of the step's mean loss w.r.t. the weight block"
+    ),
     "grad_mean": "mean of that gradient's entries",
     "grad_rms": "root mean square of that gradient's entries",
     # signal through a layer (MLP studies): over the probe batch and the layer's units
@@ -55,21 +57,27 @@ STATISTICS: dict[str, str] = {
     "loss": "training loss of the step (mean over the batch)",
     "learning_rate": "learning rate in effect at the step",
     # attention behaviour (GPT-2, probe batch): per layer (and head when a `head` key is present)
-    "logit_std": "std of the attention logits q.k/sqrt(d_head) over the probe batch's causal entries",
-    "entropy": "mean entropy (nats) of the attention distributions over the probe batch's queries",
+    "logit_std": (
+        "std of the attention logits q.k/sqrt(d_head) over the probe batch's causal entries"
+    ),
+    "entropy": (
+        "mean entropy (nats) of the attention distributions over the probe batch's queries"
+    ),
     # theory check: a quantity predicted by the variance recursion vs measured on networks
     "predicted": "value predicted by the variance-propagation recursion",
     "measured": "value measured on real networks (mean over seeds)",
     "measured_sem": "standard error of the measured mean over seeds",
     "relative_error": "measured / predicted - 1",
     "tolerance": "allowed |relative_error|: k finite-width standard deviations of the seed mean",
-    "predicted_uncorrelated": "GPT-2 value predicted treating tokens as uncorrelated across positions",
+    "predicted_uncorrelated": (
+        "GPT-2 value predicted treating tokens as uncorrelated across positions"
+    ),
     "relative_error_uncorrelated": "measured / predicted_uncorrelated - 1",
 }
 
 
 def _clean(value):
-    """A statistic as JSON: floats that are not finite become null; numpy/torch scalars -> Python."""
+    """A statistic as JSON: non-finite floats become null, numpy/torch scalars Python numbers."""
     if hasattr(value, "item") and getattr(value, "shape", None) == ():
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -127,7 +135,7 @@ def write_records(path: str | os.PathLike, records: Iterable[dict]) -> Path:
 
 def iter_records(path: str | os.PathLike) -> Iterator[dict]:
     """The records of one file in file order, legacy variance lines converted. A torn last line
-    (a crash mid-write) is skipped; a bad line elsewhere is a ValueError naming the file and line."""
+    (a crash mid-write) is skipped; a bad line elsewhere is a ValueError naming file and line."""
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     for i, line in enumerate(lines):
         if not line.strip():

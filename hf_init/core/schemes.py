@@ -1,17 +1,10 @@
 """Initialization schemes: one registry name -> one rule for the std of a weight tensor.
 
-A scheme is a small function of one weight tensor plus a :class:`WeightSpec` (the tensor's
-role in the network and its fans). Every scheme draws i.i.d. zero-mean entries, normal or
-uniform, so a scheme is fully described by the *standard deviation* it gives each weight;
-:meth:`Scheme.std` returns that number (the theory module and the tests use it) and
-:meth:`Scheme.init_` fills a tensor with it.
-
-Fans are always *logical*: ``fan_in`` is the number of inputs each output unit sums over.
-They never depend on the storage layout. ``torch.nn.init.kaiming_*`` reads fan_in from
-``tensor.shape[1]``, which is right for ``nn.Linear`` (out, in) and backwards for GPT-2's
-``Conv1D`` (in, out); use :func:`fans` with the right ``layout`` instead.
-
-Biases are zero and LayerNorm gain/bias are 1/0 under every scheme (see ``modeling.py``).
+Every scheme draws i.i.d. zero-mean entries (normal or uniform), so the std it gives a weight of a
+:class:`WeightSpec` (its role and logical fans) describes it fully: :meth:`Scheme.std` returns it,
+:meth:`Scheme.init_` draws with it. Fans are logical (:func:`fans`), never the storage layout:
+``torch.nn.init.kaiming_*`` reads storage and gets GPT-2's ``Conv1D`` backwards. Biases are 0 and
+LayerNorm 1/0 under every scheme (``hf_init.lm.modeling``).
 """
 
 from __future__ import annotations
@@ -83,7 +76,8 @@ class SchemeOptions:
             )
         if self.nonlinearity not in NONLINEARITY_GAINS:
             raise ValueError(
-                f"unknown init_nonlinearity {self.nonlinearity!r}; valid choices: {', '.join(NONLINEARITY_GAINS)}"
+                f"unknown init_nonlinearity {self.nonlinearity!r}; "
+                f"valid choices: {', '.join(NONLINEARITY_GAINS)}"
             )
 
 
@@ -197,7 +191,8 @@ SCHEMES: dict[str, Scheme] = {
             "gpt2",
             _gpt2,
             "normal",
-            "Var = r^2 (r = initializer_range); residual projections (attn/mlp c_proj) r^2 / (2 n_layer)",
+            "Var = r^2 (r = initializer_range); "
+            "residual projections (attn/mlp c_proj) r^2 / (2 n_layer)",
             "Radford et al. 2019, GPT-2; transformers GPT2PreTrainedModel._init_weights",
         ),
         Scheme(
@@ -246,8 +241,8 @@ SCHEMES: dict[str, Scheme] = {
             "deepnet",
             _deepnet,
             "normal",
-            "Var = b^2 * 2 / (fan_in + fan_out), b = (8 n_layer)^(-1/4) for V, attn/mlp out, mlp in; "
-            "b = 1 for Q, K; embeddings 1/d",
+            "Var = b^2 * 2 / (fan_in + fan_out), "
+            "b = (8 n_layer)^(-1/4) for V, attn/mlp out, mlp in; b = 1 for Q, K; embeddings 1/d",
             "Wang et al. 2022, DeepNet: Scaling Transformers to 1,000 Layers, arXiv:2203.00555 "
             "(decoder-only beta; DeepNorm's residual alpha is not applied: GPT-2 is pre-LN)",
         ),
@@ -270,9 +265,8 @@ def scheme_std(name: str, spec: WeightSpec, options: SchemeOptions | None = None
     return get_scheme(name).std(spec, options)
 
 
-#: The options (``SchemeOptions`` fields) each scheme's std rule reads; any other option has no
-#: effect on that scheme, so setting it is refused (:func:`unused_options`) instead of being recorded
-#: as if it had been used.
+#: The options (``SchemeOptions`` fields) each scheme's std rule reads; setting any other has no
+#: effect on that scheme, so it is refused (:func:`unused_options`), not recorded as if used.
 SCHEME_OPTIONS: dict[str, tuple[str, ...]] = {
     "gpt2": ("initializer_range",),
     "normal": ("std",),
@@ -286,7 +280,7 @@ SCHEME_OPTIONS: dict[str, tuple[str, ...]] = {
 
 
 def unused_options(name: str, options: SchemeOptions) -> list[str]:
-    """The ``SchemeOptions`` fields set away from their defaults that scheme ``name`` does not read."""
+    """The ``SchemeOptions`` fields set away from their defaults that scheme ``name`` ignores."""
     used = SCHEME_OPTIONS[get_scheme(name).name]
     default = SchemeOptions()
     return [

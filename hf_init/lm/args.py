@@ -49,7 +49,7 @@ class ModelArguments:
     dropout: float = field(default=0.0, metadata={"help": "resid/embd/attn dropout"})
 
     def __post_init__(self):
-        # the same checks make_config applies, on these fields directly (they carry the config's names)
+        # make_config's checks, on these fields directly (they carry the config's names)
         from hf_init.lm.modeling import _check_shape, validate_init_config
 
         if not 0 <= self.dropout < 1:
@@ -64,17 +64,16 @@ class ModelArguments:
         from hf_init.core.schemes import SCHEME_OPTIONS, unused_options
         from hf_init.lm.modeling import _OPTION_ATTRS, scheme_options
 
-        flag = {
-            opt: attr for attr, opt in _OPTION_ATTRS.items()
-        }  # SchemeOptions field -> flag name
+        flag = {opt: "--" + attr for attr, opt in _OPTION_ATTRS.items()}  # SchemeOptions field
         unused = unused_options(self.init_scheme, scheme_options(self))
         if unused:
             used = [flag[o] for o in SCHEME_OPTIONS[self.init_scheme]]
             readers = sorted(n for n, opts in SCHEME_OPTIONS.items() if unused[0] in opts)
+            unused_flags = ", ".join(flag[o] for o in unused)
             raise UsageError(
-                f"init scheme {self.init_scheme!r} does not use {', '.join('--' + flag[o] for o in unused)} "
-                f"(it reads {', '.join('--' + u for u in used) or 'no option'}); drop it, or pick a scheme "
-                f"that reads --{flag[unused[0]]}: {', '.join(readers)}"
+                f"init scheme {self.init_scheme!r} does not use {unused_flags} "
+                f"(it reads {', '.join(used) or 'no option'}); drop it, "
+                f"or pick a scheme that reads {flag[unused[0]]}: {', '.join(readers)}"
             )
 
 
@@ -220,7 +219,8 @@ def parse_args(argv: list[str]):
 
 
 def model_config(model_args: ModelArguments, vocab_size: int, n_positions: int, tokenizer=None):
-    """The GPT2Config (init scheme validated by ``make_config``), special token ids from the tokenizer."""
+    """The GPT2Config (init scheme validated by ``make_config``), special token ids from the
+    tokenizer."""
     from hf_init.lm.modeling import make_config
 
     kwargs = {}
