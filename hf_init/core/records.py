@@ -1,25 +1,10 @@
 """The one record format of every study, and its one reader.
 
-A record is one flat JSON object (one line of a ``.jsonl`` file):
-
-- ``step`` (optimizer step; ``null`` where the record is not about a training step, e.g. a
-  prediction at initialization), ``layer`` (0-based block/layer index; ``null`` for a whole-model
-  quantity such as a loss) and ``role`` (what the layer's weight is: the GPT-2 vocabulary
-  ``q k v attn_proj mlp_fc mlp_proj``, ``linear`` for a plain dense layer, ``attn`` for attention
-  behaviour; ``null`` for a whole-model quantity);
-- **statistics**: fields whose name is in :data:`STATISTICS` (numbers, ``null`` when not
-  computed or not finite);
-- **keys**: every other field, naming which run or ensemble member the record belongs to
-  (``scheme``, ``seed``, ``std``, ``depth``, ``head``, ...).
-
-So ``grep '"role": "q"' variance.jsonl`` streams the query records of a run, and
-:func:`read_records` turns any number of record files into one long table
-(keys..., step, layer, role, statistic, value), the way microsoft/mup's coord-check keeps its
-records. :func:`to_wide` pivots it back to one column per statistic.
-
-Record files before this format (``variance.jsonl`` with one line per (step, layer) and fields
-``q``, ``q_mean``, ``grad_q_rms``, ...) are read by the same :func:`read_records`
-(:func:`legacy_variance_records` converts them).
+A record is one flat JSON object, one line of a ``.jsonl`` file: ``step``, ``layer``, ``role``,
+statistics (the names in :data:`STATISTICS`) and keys (every other field: ``scheme``, ``seed``,
+...). :func:`read_records` turns any number of record files, the old ``variance.jsonl`` lines
+included, into one long table; :func:`to_wide` pivots it to a column per statistic. The format
+and which file holds what: ``docs/records.md``.
 """
 
 from __future__ import annotations
