@@ -298,8 +298,8 @@ def run_study(argv: list[str]) -> Path:
         args = run.argv(study, passthrough, out)
         if run_dir.exists():  # an interrupted run: start it again
             args.append("--overwrite_output_dir")
-        command = " ".join(map(shlex.quote, args))
-        print(f"[{i}/{len(runs)}] {run.name}: python scripts/pretrain.py {command}", flush=True)
+        quoted = " ".join(map(shlex.quote, args))
+        print(f"[{i}/{len(runs)}] {run.name}: python scripts/pretrain.py {quoted}", flush=True)
         info = pretrain_run(args, started=started)
         write_hparams(run_dir, run, info)
         print(
