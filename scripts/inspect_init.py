@@ -1,7 +1,7 @@
 """Build a GPT-2 with an init scheme and print the measured std of each weight kind next to
 the scheme's formula.
 
-    python scripts/inspect_init.py [config.yaml] --init_scheme kaiming_normal --n_layer 12 --n_embd 128
+    python scripts/inspect_init.py [config.yaml] --init_scheme kaiming_normal --n_layer 12
 """
 
 import sys
@@ -45,7 +45,8 @@ def main(argv=None):
     )
     print(f"scheme {args.init_scheme}: {args.n_layer} layers x {args.n_embd}, seed {args.seed}")
     print(
-        f"{'weight':<10} {'fan_in':>7} {'fan_out':>7} {'measured std':>13} {'scheme std':>11} {'ratio':>7}"
+        f"{'weight':<10} {'fan_in':>7} {'fan_out':>7} "
+        f"{'measured std':>13} {'scheme std':>11} {'ratio':>7}"
     )
     for r in init_report(model):
         print(

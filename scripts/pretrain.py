@@ -1,6 +1,6 @@
 """Pretrain a GPT-2 from scratch and record every layer's Q/K/V weight variance.
 
-    accelerate launch scripts/pretrain.py                       # configs/pretrain_tiny.yaml (2-core CPU, minutes)
+    accelerate launch scripts/pretrain.py              # configs/pretrain_tiny.yaml (CPU, minutes)
     accelerate launch scripts/pretrain.py configs/gpt2_small.yaml --init_scheme xavier_normal
     python scripts/pretrain.py configs/pretrain_tiny.yaml --max_steps 50 --output_dir outputs/try
 
