@@ -41,8 +41,9 @@ def stock_model(scale_by_layer=False, seed=0):
 
 
 def reference(model, ids):
-    """Per layer and head: (std of the causal logits, mean entropy of eager attention probabilities),
-    in numpy, from the model's hidden states, ln_1 and c_attn weights, and its output_attentions."""
+    """Per layer and head: (std of the causal logits, mean entropy of eager attention
+    probabilities), in numpy, from the model's hidden states, ln_1 and c_attn weights, and its
+    output_attentions."""
     model.eval()
     with torch.no_grad():
         out = model(ids, output_hidden_states=True, output_attentions=True)

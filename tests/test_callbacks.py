@@ -1,4 +1,5 @@
-"""QKVVarianceCallback: numbers against manual numpy computations, JSONL records, TensorBoard sink."""
+"""QKVVarianceCallback: numbers against manual numpy computations, JSONL records, TensorBoard
+sink."""
 
 import json
 from pathlib import Path
@@ -288,7 +289,7 @@ def test_statistics_of_bf16_weights_are_exact_float64_moments():
     stats = block_statistics(model)
     for layer, block in enumerate(model.transformer.h):
         w = block.attn.c_attn.weight.detach().double().numpy()  # bf16 values, exactly representable
-        for i, name in enumerate("qkv"):
+        for i in range(3):  # q, k, v
             assert stats[layer, i, 1].item() == pytest.approx(
                 np.var(w[:, i * D : (i + 1) * D]), rel=1e-12
             )

@@ -239,7 +239,8 @@ DIVERGE = [
 
 def check_diverged_run(proc, out):
     """A run at learning rate 100 without clipping really diverges (no patched NaN): one line naming
-    the step, the layer and the weight; non-zero exit; records and checkpoints up to the step before."""
+    the step, the layer and the weight; non-zero exit; records and checkpoints up to the step
+    before."""
     import re
 
     import torch
@@ -360,12 +361,15 @@ class Repo:
 class FakeApi:
     def create_repo(self, *a, **k):
         return Repo()
-    def upload_folder(self, *, folder_path, path_in_repo=None, ignore_patterns=None, run_as_future=False, **k):
+    def upload_folder(self, *, folder_path, path_in_repo=None, ignore_patterns=None,
+                      run_as_future=False, **k):
         root = Path(folder_path)
-        files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()
-                       and not any(fnmatch.fnmatch(str(p.relative_to(root)), pat) for pat in ignore_patterns or []))
+        names = [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()]
+        files = sorted(n for n in names
+                       if not any(fnmatch.fnmatch(n, pat) for pat in ignore_patterns or []))
         var = root / "variance.jsonl"
-        steps = [json.loads(x)["step"] for x in var.read_text().splitlines()] if var.is_file() else []
+        lines = var.read_text().splitlines() if var.is_file() else []
+        steps = [json.loads(x)["step"] for x in lines]
         readme = (root / "README.md").read_text() if (root / "README.md").is_file() else None
         pushes.append({"path_in_repo": path_in_repo, "folder": str(root), "files": files,
                        "max_step": max(steps, default=None), "readme": readme,
@@ -490,8 +494,8 @@ def test_set_aside_moves_later_and_torn_lines_byte_for_byte(tmp_path):
 def test_interrupted_run_without_checkpoint_is_refused_with_the_restart_command(
     tmp_path, monkeypatch
 ):
-    """Issue 13: what SIGINT at step 10 leaves (variance.jsonl and runs/ only) blocks the same command,
-    which then names what the folder holds and the exact command that restarts it."""
+    """What SIGINT at step 10 leaves (variance.jsonl and runs/ only) blocks the same command, which
+    then names what the folder holds and the exact command that restarts it."""
     from hf_init.core.cli import UsageError
     from hf_init.lm.pretrain import check_output_dir
 
