@@ -1,17 +1,12 @@
 """Initialization schemes: one registry name -> one rule for the std of a weight tensor.
 
-A scheme is a small function of one weight tensor plus a :class:`WeightSpec` (the tensor's
-role in the network and its fans). Every scheme draws i.i.d. zero-mean entries, normal or
-uniform, so a scheme is fully described by the *standard deviation* it gives each weight;
-:meth:`Scheme.std` returns that number (the theory module and the tests use it) and
-:meth:`Scheme.init_` fills a tensor with it.
-
-Fans are always *logical*: ``fan_in`` is the number of inputs each output unit sums over.
-They never depend on the storage layout. ``torch.nn.init.kaiming_*`` reads fan_in from
-``tensor.shape[1]``, which is right for ``nn.Linear`` (out, in) and backwards for GPT-2's
-``Conv1D`` (in, out); use :func:`fans` with the right ``layout`` instead.
-
-Biases are zero and LayerNorm gain/bias are 1/0 under every scheme (see ``modeling.py``).
+Every scheme draws i.i.d. zero-mean entries (normal or uniform), so the std it gives a weight of a
+:class:`WeightSpec` (its role and logical fans) describes it fully: :meth:`Scheme.std` returns it,
+:meth:`Scheme.init_` draws with it. Fans are logical (:func:`fans`), never the storage layout:
+``torch.nn.init.kaiming_*`` reads storage and gets GPT-2's ``Conv1D`` backwards. Biases are 0 and
+LayerNorm/RMSNorm gains 1 under every scheme (``hf_init.lm.modeling``). Roles come from
+:mod:`hf_init.lm.families`: embeddings and the residual-stream writers (GPT-2's
+``attn_proj``/``mlp_proj``, Llama's ``o``/``down``) may get their own std.
 """
 
 from __future__ import annotations
@@ -22,12 +17,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from hf_init.lm.families import EMBEDDING_ROLES, RESIDUAL_ROLES
-from hf_init.lm.families import ROLES as GPT2_ROLES
+from hf_init.lm.families import FAMILIES
 
-# Roles a weight can play: GPT-2's (hf_init.lm.families), and "linear" for any plain dense layer
-# (MLP studies, unknown layers).
-ROLES = frozenset({*GPT2_ROLES, "linear"})
+# Roles a weight can play: every model family's (hf_init.lm.families; a role name means one thing
+# in every family), and "linear" for any plain dense layer (MLP studies, unknown layers).
+ROLES = frozenset({*(r for f in FAMILIES.values() for r in f.roles), "linear"})
+EMBEDDING_ROLES = frozenset(r for f in FAMILIES.values() for r in f.embedding_roles)
+RESIDUAL_ROLES = frozenset(r for f in FAMILIES.values() for r in f.residual_roles)
 
 NONLINEARITY_GAINS = {"relu": math.sqrt(2.0), "linear": 1.0, "tanh": 5.0 / 3.0, "sigmoid": 1.0}
 FAN_MODES = ("fan_in", "fan_out")
@@ -38,8 +34,9 @@ DISTRIBUTIONS = ("normal", "uniform")
 class WeightSpec:
     """What a weight tensor is: its role, logical fans and the network it sits in.
 
-    ``d_model`` is the residual width (GPT-2's ``n_embd``); for plain MLP layers it defaults
-    to ``fan_in``. ``n_layer`` is the number of transformer blocks (depth-aware schemes).
+    ``d_model`` is the residual width (``n_embd``, Llama's ``hidden_size``); for plain MLP layers
+    it defaults to ``fan_in``. ``n_layer`` is the number of transformer blocks (depth-aware
+    schemes).
     """
 
     role: str
@@ -63,7 +60,7 @@ class WeightSpec:
 
 @dataclass(frozen=True)
 class SchemeOptions:
-    """Knobs a scheme may read. On a GPT2Config they are the attributes ``init_std``,
+    """Knobs a scheme may read. On a model config they are the attributes ``init_std``,
     ``initializer_range``, ``init_fan_mode``, ``init_nonlinearity`` and ``init_gain``."""
 
     std: float | None = None  # `normal` scheme: the std of every weight matrix
@@ -83,7 +80,8 @@ class SchemeOptions:
             )
         if self.nonlinearity not in NONLINEARITY_GAINS:
             raise ValueError(
-                f"unknown init_nonlinearity {self.nonlinearity!r}; valid choices: {', '.join(NONLINEARITY_GAINS)}"
+                f"unknown init_nonlinearity {self.nonlinearity!r}; "
+                f"valid choices: {', '.join(NONLINEARITY_GAINS)}"
             )
 
 
@@ -128,6 +126,7 @@ class Scheme:
     formula: str  # the variance formula, one line
     reference: str = ""
     needs_std: bool = False  # True when `init_std` must be given
+    model_types: tuple[str, ...] = ()  # the model families it is defined for; () = every family
 
     def std(self, spec: WeightSpec, options: SchemeOptions | None = None) -> float:
         """The std this scheme gives a weight of this spec (the exact, not sampled, value)."""
@@ -197,7 +196,8 @@ SCHEMES: dict[str, Scheme] = {
             "gpt2",
             _gpt2,
             "normal",
-            "Var = r^2 (r = initializer_range); residual projections (attn/mlp c_proj) r^2 / (2 n_layer)",
+            "Var = r^2 (r = initializer_range); residual writers (GPT-2 attn/mlp c_proj, "
+            "Llama o/down) r^2 / (2 n_layer)",
             "Radford et al. 2019, GPT-2; transformers GPT2PreTrainedModel._init_weights",
         ),
         Scheme(
@@ -246,10 +246,11 @@ SCHEMES: dict[str, Scheme] = {
             "deepnet",
             _deepnet,
             "normal",
-            "Var = b^2 * 2 / (fan_in + fan_out), b = (8 n_layer)^(-1/4) for V, attn/mlp out, mlp in; "
-            "b = 1 for Q, K; embeddings 1/d",
+            "Var = b^2 * 2 / (fan_in + fan_out), "
+            "b = (8 n_layer)^(-1/4) for V, attn/mlp out, mlp in; b = 1 for Q, K; embeddings 1/d",
             "Wang et al. 2022, DeepNet: Scaling Transformers to 1,000 Layers, arXiv:2203.00555 "
-            "(decoder-only beta; DeepNorm's residual alpha is not applied: GPT-2 is pre-LN)",
+            "(decoder-only beta; DeepNorm's residual alpha is not applied: GPT-2 and Llama "
+            "are pre-norm)",
         ),
     ]
 }
@@ -265,14 +266,25 @@ def get_scheme(name: str) -> Scheme:
         ) from None
 
 
+def check_applies(name: str, model_type: str) -> None:
+    """ValueError in one line when scheme ``name`` is not defined for the family ``model_type``,
+    naming the schemes that are."""
+    scheme = get_scheme(name)
+    if scheme.model_types and model_type not in scheme.model_types:
+        fits = [n for n, s in SCHEMES.items() if not s.model_types or model_type in s.model_types]
+        raise ValueError(
+            f"init scheme {name!r} does not apply to model_type {model_type!r} (it is defined "
+            f"for {', '.join(scheme.model_types)}); schemes for {model_type}: {', '.join(fits)}"
+        )
+
+
 def scheme_std(name: str, spec: WeightSpec, options: SchemeOptions | None = None) -> float:
     """Shortcut: the std the scheme ``name`` gives a weight of ``spec``."""
     return get_scheme(name).std(spec, options)
 
 
-#: The options (``SchemeOptions`` fields) each scheme's std rule reads; any other option has no
-#: effect on that scheme, so setting it is refused (:func:`unused_options`) instead of being recorded
-#: as if it had been used.
+#: The options (``SchemeOptions`` fields) each scheme's std rule reads; setting any other has no
+#: effect on that scheme, so it is refused (:func:`unused_options`), not recorded as if used.
 SCHEME_OPTIONS: dict[str, tuple[str, ...]] = {
     "gpt2": ("initializer_range",),
     "normal": ("std",),
@@ -286,7 +298,7 @@ SCHEME_OPTIONS: dict[str, tuple[str, ...]] = {
 
 
 def unused_options(name: str, options: SchemeOptions) -> list[str]:
-    """The ``SchemeOptions`` fields set away from their defaults that scheme ``name`` does not read."""
+    """The ``SchemeOptions`` fields set away from their defaults that scheme ``name`` ignores."""
     used = SCHEME_OPTIONS[get_scheme(name).name]
     default = SchemeOptions()
     return [

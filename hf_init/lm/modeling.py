@@ -1,39 +1,50 @@
-"""GPT-2 whose weights follow an init scheme named on its ``GPT2Config``.
+"""GPT-2 and Llama models whose weights follow an init scheme named on their config.
 
-The config stays a plain ``GPT2Config`` (``model_type: gpt2``) with extra attributes:
-``init_scheme``, ``init_std``, ``init_fan_mode``, ``init_nonlinearity``, ``init_gain``. The
-model is a ``GPT2LMHeadModel`` subclass whose ``_init_weights`` applies that scheme; saved
-checkpoints declare ``architectures: ["GPT2LMHeadModel"]`` and load with stock
-``AutoModelForCausalLM.from_pretrained`` (the scheme only matters at construction).
+The config stays a stock ``GPT2Config``/``LlamaConfig`` with extra attributes ``init_scheme``,
+``init_std``, ``init_fan_mode``, ``init_nonlinearity``, ``init_gain``; the model subclasses the
+stock causal LM, overrides only ``_init_weights`` and saves as the stock class, so stock
+``AutoModelForCausalLM`` loads a checkpoint without ``trust_remote_code``.
 
-How this fits transformers 5.x's init machinery (see FIELD_NOTES.md):
-
-* The body ``GPT2Model`` is a ``PreTrainedModel`` of its own and is initialized by *its own*
-  ``_init_weights``, so the body is built as :class:`SchemeGPT2Model`, which carries the same
-  override.
-* Every weight is initialized at its *leaf* module (Conv1D, Embedding, Linear, LayerNorm),
-  whose direct parameters are what the "custom code" skip test looks at; no rule lives on a
-  parameter-less parent (GPT2Attention/GPT2MLP), which that test would skip. The leaf's
-  roles (q/k/v parts of ``c_attn``, residual ``c_proj``...) are read from its name in the
-  model through :mod:`hf_init.lm.families`.
-* Writes go through ``transformers.initialization`` semantics: a parameter flagged
-  ``_is_hf_initialized`` (loaded by ``from_pretrained``) is never overwritten.
+transformers 5.x initializes a fresh model leaf module by leaf module, each ``PreTrainedModel``
+(the body too) by its own ``_init_weights``, and skips a parameter flagged ``_is_hf_initialized``
+(loaded by ``from_pretrained``). So the body is built as a scheme class too, every rule lives on
+a leaf (``Conv1D``, ``Linear``, ``Embedding``, norms), and a leaf's role (q, k, v part of GPT-2's
+fused ``c_attn``, residual projection...) is read from its name through
+:mod:`hf_init.lm.families`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
-from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPT2Model,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaModel,
+    PreTrainedModel,
+)
 from transformers import initialization as hf_init_fns
 from transformers.models.gpt2.modeling_gpt2 import GPT2PreTrainedModel
+from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from hf_init.core.moments import moments
-from hf_init.core.schemes import SchemeOptions, WeightSpec, check_std, fans, get_scheme
-from hf_init.lm.families import BY_ROLE, Weight, weight_of_name
+from hf_init.core.schemes import (
+    SchemeOptions,
+    WeightSpec,
+    check_applies,
+    check_std,
+    fans,
+    get_scheme,
+)
+from hf_init.lm.families import GPT2, LLAMA, Weight, family_of, get_family, llama_mlp_width
 
-STOCK_ARCHITECTURE = "GPT2LMHeadModel"
+STOCK_ARCHITECTURE = GPT2.stock_architecture
 DEFAULT_SCHEME = "gpt2"
 # config attribute -> SchemeOptions field
 _OPTION_ATTRS = {
@@ -43,9 +54,25 @@ _OPTION_ATTRS = {
     "init_nonlinearity": "nonlinearity",
     "init_gain": "gain",
 }
+# the shared size names (GPT-2's) -> LlamaConfig's
+_LLAMA_NAMES = {
+    "n_layer": "num_hidden_layers",
+    "n_embd": "hidden_size",
+    "n_head": "num_attention_heads",
+    "n_kv_head": "num_key_value_heads",
+    "n_inner": "intermediate_size",
+    "n_positions": "max_position_embeddings",
+    "attn_pdrop": "attention_dropout",
+}
+# GPT2Config settings a Llama model has no counterpart for (refused, not silently ignored)
+_GPT2_ONLY = (
+    {f.name for f in dataclasses.fields(GPT2Config)}
+    - {f.name for f in dataclasses.fields(LlamaConfig)}
+    - set(_LLAMA_NAMES)
+)
 
 
-def scheme_options(config: GPT2Config) -> SchemeOptions:
+def scheme_options(config) -> SchemeOptions:
     """The scheme options recorded on ``config`` (validated)."""
     kwargs = {}
     for attr, field_name in _OPTION_ATTRS.items():
@@ -55,25 +82,58 @@ def scheme_options(config: GPT2Config) -> SchemeOptions:
     return SchemeOptions(**kwargs)
 
 
-def validate_init_config(config: GPT2Config) -> None:
-    """Raise ValueError if the config names an unknown scheme or a bad option."""
+def validate_init_config(config) -> None:
+    """Raise ValueError if the config names an unknown scheme, one that does not apply to its
+    model family, or a bad option."""
     scheme = get_scheme(getattr(config, "init_scheme", DEFAULT_SCHEME))
+    check_applies(scheme.name, family_of(config).model_type)
     options = scheme_options(config)
     if scheme.needs_std and options.std is None:
         raise ValueError(f"init scheme {scheme.name!r} needs init_std (a finite number > 0)")
 
 
-def _check_shape(gpt2_kwargs: dict) -> None:
-    """One clear ValueError for GPT-2 shapes transformers would reject obscurely (or not at all)."""
-    for key in ("n_layer", "n_embd", "n_head", "vocab_size", "n_positions"):
-        value = gpt2_kwargs.get(key)
+def _check_shape(size_kwargs: dict) -> None:
+    """One clear ValueError for sizes (GPT-2's names) transformers would reject obscurely (or
+    not at all)."""
+    for key in ("n_layer", "n_embd", "n_head", "n_kv_head", "n_inner", "vocab_size", "n_positions"):
+        value = size_kwargs.get(key)
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, int) or value < 1
         ):
             raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
-    n_embd, n_head = gpt2_kwargs.get("n_embd", 768), gpt2_kwargs.get("n_head", 12)
+    n_embd, n_head = size_kwargs.get("n_embd", 768), size_kwargs.get("n_head", 12)
     if n_embd % n_head:
         raise ValueError(f"n_head ({n_head}) must divide n_embd ({n_embd})")
+    n_kv_head = size_kwargs.get("n_kv_head")
+    if n_kv_head is not None and n_head % n_kv_head:
+        raise ValueError(f"n_kv_head ({n_kv_head}) must divide n_head ({n_head})")
+
+
+def _llama_kwargs(size_kwargs: dict) -> dict:
+    """``LlamaConfig`` keyword arguments from GPT-2's names: the sizes GPT2Config would default
+    to, key/value heads = heads, the MLP width by Llama's convention (:func:`llama_mlp_width`)."""
+    kwargs = dict(size_kwargs)
+    for name in ("resid_pdrop", "embd_pdrop"):
+        if kwargs.pop(name, 0.0):
+            raise ValueError(
+                f"{name}: a Llama model has no residual or embedding dropout "
+                "(attention dropout only: attn_pdrop)"
+            )
+    gpt2_only = sorted(_GPT2_ONLY & set(kwargs))
+    if gpt2_only:
+        raise ValueError(f"{gpt2_only[0]} is a GPT-2 setting; a Llama model has none")
+    if (kwargs.get("initializer_range") or 0) > 1:  # LlamaConfig's own limit
+        raise ValueError(f"initializer_range must be <= 1, got {kwargs['initializer_range']}")
+    gpt2_defaults = GPT2Config()
+    for name in ("n_layer", "n_embd", "n_head", "n_positions"):
+        kwargs.setdefault(name, getattr(gpt2_defaults, name))
+    for ours, theirs in _LLAMA_NAMES.items():
+        value = kwargs.pop(ours, None)
+        if value is not None:
+            kwargs[theirs] = value
+    kwargs.setdefault("num_key_value_heads", kwargs["num_attention_heads"])
+    kwargs.setdefault("intermediate_size", llama_mlp_width(kwargs["hidden_size"]))
+    return kwargs
 
 
 def make_config(
@@ -82,37 +142,51 @@ def make_config(
     init_fan_mode: str = "fan_in",
     init_nonlinearity: str = "relu",
     init_gain: float = 1.0,
-    **gpt2_kwargs,
-) -> GPT2Config:
-    """A ``GPT2Config`` carrying an init scheme. ``gpt2_kwargs`` go to ``GPT2Config``
-    (``n_layer``, ``n_embd``, ``n_head``, ``vocab_size``, ``n_positions``...)."""
+    model_type: str = "gpt2",
+    **size_kwargs,
+) -> GPT2Config | LlamaConfig:
+    """A ``GPT2Config`` or ``LlamaConfig`` carrying an init scheme. ``size_kwargs`` use GPT-2's
+    names for either family (``n_layer``, ``n_embd``, ``n_head``, ``n_inner``, ``vocab_size``,
+    ``n_positions``...); ``n_kv_head`` (Llama) sets the key/value heads. Llama's embeddings are
+    untied, as ``LlamaConfig``'s default, unless ``tie_word_embeddings=True``."""
     if init_std is not None:
         init_std = check_std(init_std, "init_std")
-    _check_shape(gpt2_kwargs)
-    vocab_size = gpt2_kwargs.get("vocab_size", 50257)
-    for special in (
-        "bos_token_id",
-        "eos_token_id",
-    ):  # GPT-2's default 50256 only fits its own vocab
-        gpt2_kwargs.setdefault(special, vocab_size - 1)
-    config = GPT2Config(
+    family = get_family(model_type)
+    _check_shape(size_kwargs)
+    vocab_size = size_kwargs.get("vocab_size", 50257)
+    for special in ("bos_token_id", "eos_token_id"):  # GPT-2's default 50256 fits its vocab only
+        size_kwargs.setdefault(special, vocab_size - 1)
+    init_kwargs = dict(
         init_scheme=init_scheme,
         init_std=init_std,
         init_fan_mode=init_fan_mode,
         init_nonlinearity=init_nonlinearity,
         init_gain=init_gain,
-        **gpt2_kwargs,
     )
+    if family is LLAMA:
+        config = LlamaConfig(**init_kwargs, **_llama_kwargs(size_kwargs))
+    else:
+        n_kv_head = size_kwargs.pop("n_kv_head", None)
+        if n_kv_head is not None and n_kv_head != size_kwargs.get("n_head", GPT2Config().n_head):
+            raise ValueError(f"n_kv_head ({n_kv_head}): GPT-2 has no grouped-query attention")
+        config = GPT2Config(**init_kwargs, **size_kwargs)
     validate_init_config(config)
     return config
+
+
+def _leaf_layout(module: nn.Module) -> str:
+    if isinstance(module, Conv1D):
+        return "conv1d"
+    return "embedding" if isinstance(module, nn.Embedding) else "linear"
 
 
 class SchemeInitMixin:
     """``_init_weights`` that applies ``config.init_scheme`` to every leaf module."""
 
-    config: GPT2Config
+    config: GPT2Config | LlamaConfig
 
     def _weight_of(self, module: nn.Module) -> Weight | None:
+        family = family_of(self.config)
         # Looked up afresh each call (a few hundred modules: cheap), so a module replaced
         # since construction is never matched by a stale name.
         name = next((n for n, m in self.named_modules() if m is module), None)
@@ -120,11 +194,11 @@ class SchemeInitMixin:
             # Not attached yet: resize_token_embeddings initializes the new table/head
             # before swapping it in.
             if isinstance(module, nn.Embedding):
-                return BY_ROLE["wte"]
+                return family.by_role[family.embedding_roles[0]]
             if isinstance(module, nn.Linear) and module.out_features == self.config.vocab_size:
-                return BY_ROLE["lm_head"]
+                return family.by_role["lm_head"]
             return None
-        found = weight_of_name(name)
+        found = family.weight_of_name(name)
         return found[0] if found else None
 
     @torch.no_grad()
@@ -136,6 +210,10 @@ class SchemeInitMixin:
             if module.bias is not None:
                 hf_init_fns.zeros_(module.bias)
             return
+        if type(module).__name__.endswith(("RMSNorm", "RotaryEmbedding")):
+            # gains 1 and RoPE frequencies: transformers' own rule (it honours loaded weights)
+            PreTrainedModel._init_weights(self, module)
+            return
         if not isinstance(module, (Conv1D, nn.Linear, nn.Embedding)):
             return
         if getattr(module, "bias", None) is not None:
@@ -145,34 +223,38 @@ class SchemeInitMixin:
             return
         scheme = get_scheme(getattr(config, "init_scheme", DEFAULT_SCHEME))
         options = scheme_options(config)
-        entry = self._weight_of(module)
-        if entry is None:
-            layout = (
-                "conv1d"
-                if isinstance(module, Conv1D)
-                else "embedding"
-                if isinstance(module, nn.Embedding)
-                else "linear"
-            )
-            entry = Weight("", ("linear",), layout)
+        dims = family_of(config).dims(config)
+        entry = self._weight_of(module) or Weight("", ("linear",), _leaf_layout(module))
         if entry.parts == ("lm_head",) and getattr(config, "tie_word_embeddings", True):
-            return  # tied to wte: initialized there
+            return  # tied to the token embedding: initialized there
         # a fused weight (c_attn: d -> 3d as [q | k | v]) is initialized part by part, each
         # part as a separate d -> d projection, exactly as an unfused model would be
         for role, part in entry.split(weight).items():
             fan_in, fan_out = fans(part.shape, entry.layout)
             scheme.init_(
-                part, WeightSpec(role, fan_in, fan_out, config.n_layer, config.n_embd), options
+                part, WeightSpec(role, fan_in, fan_out, dims.n_layer, dims.n_embd), options
             )
         if isinstance(module, nn.Embedding) and module.padding_idx is not None:
             weight[module.padding_idx].zero_()
+
+
+class SavesAsStockMixin:
+    """``save_pretrained`` that records the family's stock class in ``architectures``, so stock
+    ``AutoModelForCausalLM`` loads the checkpoint without ``trust_remote_code``."""
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # PreTrainedModel.save_pretrained records this class's name: overwrite it
+        super().save_pretrained(save_directory, *args, **kwargs)
+        self.config.architectures = [family_of(self.config).stock_architecture]
+        if kwargs.get("is_main_process", True):
+            self.config.save_pretrained(save_directory)
 
 
 class SchemeGPT2Model(SchemeInitMixin, GPT2Model):
     """GPT-2 body whose weights follow ``config.init_scheme``."""
 
 
-class SchemeGPT2LMHeadModel(SchemeInitMixin, GPT2LMHeadModel):
+class SchemeGPT2LMHeadModel(SavesAsStockMixin, SchemeInitMixin, GPT2LMHeadModel):
     """GPT-2 causal LM whose weights follow ``config.init_scheme``; saves as plain GPT-2."""
 
     def __init__(self, config: GPT2Config):
@@ -183,30 +265,50 @@ class SchemeGPT2LMHeadModel(SchemeInitMixin, GPT2LMHeadModel):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.post_init()
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        # PreTrainedModel.save_pretrained records the class name; checkpoints must stay plain
-        # GPT-2 so that stock AutoModelForCausalLM loads them without trust_remote_code.
-        super().save_pretrained(save_directory, *args, **kwargs)
-        self.config.architectures = [STOCK_ARCHITECTURE]
-        if kwargs.get("is_main_process", True):
-            self.config.save_pretrained(save_directory)
+
+class SchemeLlamaModel(SchemeInitMixin, LlamaModel):
+    """Llama body whose weights follow ``config.init_scheme``."""
 
 
-def build_model(config: GPT2Config | None = None, **config_kwargs) -> SchemeGPT2LMHeadModel:
-    """Build a freshly initialized GPT-2 LM. Pass a config, or ``make_config`` keyword arguments."""
+class SchemeLlamaForCausalLM(SavesAsStockMixin, SchemeInitMixin, LlamaForCausalLM):
+    """Llama causal LM whose weights follow ``config.init_scheme``; saves as plain Llama."""
+
+    def __init__(self, config: LlamaConfig):
+        validate_init_config(config)
+        LlamaPreTrainedModel.__init__(self, config)
+        self.model = SchemeLlamaModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+
+_LM_CLASSES = {GPT2.model_type: SchemeGPT2LMHeadModel, LLAMA.model_type: SchemeLlamaForCausalLM}
+
+
+def build_model(
+    config: GPT2Config | LlamaConfig | None = None, **config_kwargs
+) -> SchemeGPT2LMHeadModel | SchemeLlamaForCausalLM:
+    """Build a freshly initialized causal LM of the config's family. Pass a config, or
+    ``make_config`` keyword arguments."""
     if config is None:
         config = make_config(**config_kwargs)
     elif config_kwargs:
         raise ValueError("pass either a config or config keyword arguments, not both")
-    return SchemeGPT2LMHeadModel(config)
+    return _LM_CLASSES[family_of(config).model_type](config)
+
+
+def _config_of(model: nn.Module):
+    """The config of a model, wrapped (DDP, FSDP, compiled) or not."""
+    return next((m.config for m in model.modules() if hasattr(m, "config")), None)
 
 
 def iter_weights(model: nn.Module):
-    """Yield ``(role, layer index or None, weight part, storage layout)`` for every part of every
-    GPT-2 weight listed in :mod:`hf_init.lm.families` (stock model or ours, wrapped or not); fused
-    weights yield one view per part (q, k, v of ``c_attn``)."""
+    """Yield ``(role, layer index or None, weight part, storage layout)`` for every part of
+    every weight :mod:`hf_init.lm.families` lists for the model's family (stock model or ours,
+    wrapped or not); fused weights yield one view per part (q, k, v of GPT-2's ``c_attn``)."""
+    family = family_of(_config_of(model))
     for name, module in model.named_modules():
-        found = weight_of_name(name)
+        found = family.weight_of_name(name)
         if found and hasattr(module, "weight"):
             entry, layer = found
             for role, part in entry.split(module.weight).items():
@@ -216,13 +318,14 @@ def iter_weights(model: nn.Module):
 def init_report(model: nn.Module) -> list[dict]:
     """Measured vs. scheme std of every weight kind, aggregated over layers.
 
-    One row per role (Q, K, V reported separately; cross-attention parts, if any, pooled
+    One row per role (Q, K, V reported separately; GPT-2 cross-attention parts, if any, pooled
     with their self-attention twins, which have the same fans): the population std over all
     entries of that role in all layers, and the std the config's scheme prescribes for it.
     """
     config = model.config
     scheme = get_scheme(getattr(config, "init_scheme", DEFAULT_SCHEME))
     options = scheme_options(config)
+    dims = family_of(config).dims(config)
     pieces: dict[str, list[torch.Tensor]] = {}
     shapes: dict[str, tuple[int, int]] = {}
     for role, _, part, layout in iter_weights(model):
@@ -233,7 +336,7 @@ def init_report(model: nn.Module) -> list[dict]:
     rows = []
     for role, parts in pieces.items():
         fan_in, fan_out = shapes[role]
-        spec = WeightSpec(role, fan_in, fan_out, config.n_layer, config.n_embd)
+        spec = WeightSpec(role, fan_in, fan_out, dims.n_layer, dims.n_embd)
         measured = moments(torch.cat(parts)).var ** 0.5
         rows.append(
             {

@@ -2,12 +2,13 @@
 
 A step's value is a **spike** when it exceeds the mean of the last ``window`` values before it by
 more than ``threshold`` standard deviations (population std of those values): OLMo-core's
-stability monitor, whose defaults are kept here. ``window`` = 128 values (:data:`SPIKE_WINDOW`):
-enough for the std to be known to about 6% (1 / sqrt(2 x 128)) while still following the trend of
-a loss that falls over hundreds of steps. ``threshold`` = 6 (:data:`SPIKE_THRESHOLD`): under
-Gaussian step-to-step noise a z-score above 6 happens about once in 10^9 steps, so a flagged step
-is not noise, while the spikes that precede divergence are tens of sigmas. Nothing is flagged
-before the window is full; a spike's value enters the window like any other (as in OLMo-core).
+stability monitor, whose defaults ``scripts/pretrain.py`` keeps (``--spike_window 128
+--spike_threshold 6``). 128 values: enough for the std to be known to about 6% (1 / sqrt(2 x 127))
+while still following the trend of a loss that falls over hundreds of steps. 6: for Gaussian
+step-to-step noise, judged against 128 earlier values, a z-score above 6 happens about once in
+10^8 steps (Student's t with 127 degrees of freedom), so a flagged step is not noise, while the
+spikes that precede divergence are tens of sigmas. Nothing is flagged before the window is full;
+a spike's value enters the window like any other (as in OLMo-core).
 
 * :class:`SpikeDetector`: the z-scores, flags and counts of a series of steps (pure Python, its
   state a JSON dict).
@@ -29,7 +30,6 @@ from dataclasses import dataclass
 import torch
 
 from hf_init.core.records import make_record
-from hf_init.lm.args import SPIKE_THRESHOLD, SPIKE_WINDOW
 from hf_init.lm.recorders import StepRecorder
 
 ROLE = "stability"  # the role of the monitor's records
@@ -76,7 +76,7 @@ class SpikeDetector:
     step order), and the counts a run reports. Non-finite values get no z-score and stay out of
     the windows."""
 
-    def __init__(self, window: int = SPIKE_WINDOW, threshold: float = SPIKE_THRESHOLD):
+    def __init__(self, window: int, threshold: float):
         if window < 2:
             raise ValueError(f"spike window must be >= 2 values, got {window}")
         if not (math.isfinite(threshold) and threshold > 0):
@@ -265,8 +265,8 @@ class SpikeMonitor(StepRecorder):
         values: StepValues,
         sinks=(),
         every: int | None = None,
-        window: int = SPIKE_WINDOW,
-        threshold: float = SPIKE_THRESHOLD,
+        window: int,
+        threshold: float,
         skip_updates: bool = False,
     ):
         super().__init__(sinks, every)
