@@ -267,13 +267,13 @@ def build_recorders(
     """Add to ``trainer`` every recorder a run uses, with their sinks, and return them: the Q/K/V
     variances, the attention probe on the first ``probe_blocks`` blocks of ``eval_dataset`` (none
     when 0), the learning rate and the spike monitor (``spikes``: its ``window``, ``threshold``,
-    ``skip_updates``; when None, those of :class:`~hf_init.lm.args.RunArguments`), at the same steps (``every``, default the logging
-    interval), into ``out/variance.jsonl`` and, when the run reports to TensorBoard, the Trainer's
-    own writer (:func:`tensorboard_before_recorders`). Sinks exist on the main process only (the
-    one that writes). ``resumed_step``: a run resumed from that step's checkpoint appends to the
-    JSONL."""
-    from hf_init.lm.attention_probe import AttentionProbeCallback, probe_batch  # builds on this
+    ``skip_updates``; when None, the defaults of :class:`~hf_init.lm.args.RunArguments`), at the
+    same steps (``every``, default the logging interval), into ``out/variance.jsonl`` and, when
+    the run reports to TensorBoard, the Trainer's own writer (:func:`tensorboard_before_recorders`).
+    Sinks exist on the main process only (the one that writes). ``resumed_step``: a run resumed
+    from that step's checkpoint appends to the JSONL."""
     from hf_init.lm.args import RunArguments
+    from hf_init.lm.attention_probe import AttentionProbeCallback, probe_batch  # builds on this
     from hf_init.lm.spikes import SpikeMonitor, StepValues
 
     tensorboard = tensorboard_before_recorders(trainer, out, resumed_step)

@@ -265,6 +265,7 @@ class SpikeMonitor(StepRecorder):
         values: StepValues,
         sinks=(),
         every: int | None = None,
+        *,
         window: int,
         threshold: float,
         skip_updates: bool = False,
