@@ -20,6 +20,8 @@ from hf_init.lm.run_folder import (
     RUN_INFO,
     checkpoint_step,
     interrupted,
+    lost_peer,
+    lost_peer_error,
     resolve_resume,
     unfinished_run_message,
 )
@@ -176,6 +178,13 @@ def run(argv: list[str], started: float | None = None) -> dict:
             if isinstance(err, RunStopped):
                 raise
             raise interrupted(out, trainer.state.global_step, argv) from None
+        except RuntimeError as err:
+            if not lost_peer(err, training_args.world_size):
+                raise
+            for recorder in recorders:  # no collective: the other ranks are gone
+                recorder.flush()
+            step, rank = trainer.state.global_step, training_args.process_index
+            raise lost_peer_error(out, step, rank, argv, err) from None
         eval_metrics = trainer.evaluate()
 
         trainer.save_model(str(out))  # main process only; plain GPT-2 config
