@@ -7,8 +7,8 @@ of the embeddings and the output logits); then fits ln RMS against ln width: fla
     python scripts/coord_check.py                          # every shipped scheme, widths 64..512
     python scripts/coord_check.py --schemes gpt2 xavier_normal --widths 64 128 256 --steps 10
 
-The first argument may be a YAML config (keys = the flags below). Writes to OUTPUT_DIR the files
-of OUTPUTS below; docs/coord_check.md says how to read them.
+The first argument may be a YAML config (keys = the flags below). Writes to --output_dir
+records.jsonl, slopes.csv, slopes.md and figures/; docs/coord_check.md says how to read them.
 """
 
 import sys

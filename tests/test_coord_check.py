@@ -288,6 +288,7 @@ def test_script_writes_records_slopes_and_figures_and_refuses_its_folder(tmp_pat
         (["--widths", "32", "40", "--head_dim", "16"], "multiples of --head_dim"),
         (["--schemes", "nope"], "unknown init scheme"),
         (["--schemes", "normal"], "needs its std"),
+        (["--schemes", "gpt2", "deepnet", "gpt2"], "names a scheme twice"),
         (["--steps", "-1"], "--steps must be >= 0"),
         (["--learning_rate", "nan"], "--learning_rate must be finite"),
         (["--model_type", "llama"], "unknown model_type"),

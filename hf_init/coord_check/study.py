@@ -37,12 +37,10 @@ from hf_init.core.moments import moments
 from hf_init.core.records import make_record
 
 ROLES = ("embeddings", "residual", "attn_logits", "mlp_out", "output_logits")
-LAYER_ROLES = ("residual", "attn_logits", "mlp_out")
 
 # A slope below this (in absolute value) is "flat": over the default 8x range of widths the RMS then
-# moves by less than 8^0.1 = 1.23x, while the exponents a parametrization gives a width are
-# multiples of 1/4 or 1/2 (mup: Theta(1), sqrt(width), width); the seed spread of a slope is far
-# smaller (docs/coord_check.md).
+# moves by less than 8^0.1 = 1.23x, while the exponents of width theory gives at step 0 are 0, 1/2
+# and 1; the seed standard error of a slope is far smaller (docs/coord_check.md).
 SLOPE_THRESHOLD = 0.1
 ADAM_BETAS = (0.9, 0.95)  # pretrain_tiny.yaml's adam_beta2; transformers' default beta1
 
@@ -313,7 +311,7 @@ def summary_lines(rows: list[dict]) -> list[str]:
     for scheme, quantities in _by_scheme(rows).items():
         steps = sorted({step for by_step in quantities.values() for step in by_step})
         parts = []
-        for step in (steps[0], steps[-1]):
+        for step in dict.fromkeys((steps[0], steps[-1])):
             at = [by_step[step] for by_step in quantities.values()]
             flat = sum(r["verdict"] == "flat" for r in at)
             parts.append(f"step {step}: {flat}/{len(at)} flat")
@@ -380,6 +378,8 @@ class CoordCheckArguments:
             )
         if not self.schemes:
             raise UsageError("schemes must name at least one init scheme")
+        if len(set(self.schemes)) < len(self.schemes):
+            raise UsageError(f"--schemes names a scheme twice: {' '.join(self.schemes)}")
         for spec in self.schemes:
             get_scheme(parse_scheme(spec)[0])  # one line listing the valid names
         for name in ("n_layer", "head_dim", "seeds", "batch_size", "seq_len"):
