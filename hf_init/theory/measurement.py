@@ -1,4 +1,5 @@
-"""Measured signal propagation at initialization, the counterpart of :mod:`hf_init.theory.recursions`.
+"""Measured signal propagation at initialization, the counterpart of
+:mod:`hf_init.theory.recursions`.
 
 * :func:`measure_mlp`: a plain fully connected net (same conventions as ``theory``: z_1 = W_1 x
   + b_1, z_l = W_l phi(z_{l-1}) + b_l, no activation after z_L), built fresh for each seed,
@@ -105,7 +106,7 @@ def measure_mlp(
         v = torch.randn(x.shape[0], widths[-1], dtype=torch.float64, generator=gen)
         zs = []
         h = x
-        for l, (w, b) in enumerate(zip(weights, biases)):
+        for w, b in zip(weights, biases):
             z = h @ w.T + b
             zs.append(z)
             h = act(z)
@@ -185,9 +186,9 @@ def measure_gpt2(
 ) -> GPT2Measurement:
     """Build GPT-2 with ``scheme`` (``build_model``) in ``probe``'s shape once per seed (seeding
     torch's global RNG with ``torch.manual_seed(seed)``, as ``build_model`` draws from it),
-    multiply the residual projections (``gpt2_layout.RESIDUAL_ROLES``) by ``residual_gain`` (to toggle
-    GPT-2's 1/sqrt(2 n_layer) scaling, see ``theory.gpt2_scheme_stds``) and measure on
-    ``probe.input_ids``."""
+    multiply the residual projections (``hf_init.lm.families.RESIDUAL_ROLES``) by
+    ``residual_gain`` (to toggle GPT-2's 1/sqrt(2 n_layer) scaling, see
+    :func:`~hf_init.theory.recursions.gpt2_scheme_stds`) and measure on ``probe.input_ids``."""
     from hf_init.lm.modeling import build_model
 
     rows = ([], [], [])
