@@ -11,15 +11,11 @@
 * :func:`measure_gpt2`: a GPT-2 built by :func:`hf_init.lm.modeling.build_model`, in eval mode (no
   dropout). Forward hooks record, per block, the residual stream after the block and what the
   attention and MLP branches add, each the population second moment over batch x positions x
-  coordinates, in float64. (In transformers 5.x ``output_hidden_states=True`` returns the
-  embeddings and the block outputs, but its *last* entry has the final LayerNorm applied, so
-  the hooks are used for every block instead.)
+  coordinates, in float64 (hooks, because the last of transformers' ``hidden_states`` has the
+  final LayerNorm applied).
 * Real inputs, offline: :func:`digits_inputs` (scikit-learn's 8x8 digits, standardized) and
   :func:`byte_token_batch` (UTF-8 bytes of the Python documentation shipped with the standard
   library, as token ids 0..255).
-
-Predictions next to these measurements, verdicts and the check's arguments live in
-:mod:`hf_init.theory.check`.
 """
 
 from __future__ import annotations

@@ -26,12 +26,9 @@ assumption"; ``phi'(z)`` independent of ``W^T g``):
 random cotangent ``v ~ N(0, output_grad_var)`` at the output (``Loss = <z_L, v>``), which is
 independent of the network; a real loss's output gradient depends on z_L and is not modelled.
 
-All "variances" are second moments ``E[z^2]`` over the weight distribution; with zero-mean
-weights they equal variances. Expectations are exact for relu and linear (closed forms), by
-Gauss-Hermite quadrature for tanh, gelu (exact erf form) and gelu_tanh (GPT-2's tanh form) when
-``q <= 0.5``, and by composite Gauss-Legendre on a grid refined near 0 when ``q > 0.5`` (there
-Gauss-Hermite cannot resolve the unit-scale bend of tanh/gelu under a wide Gaussian; see
-:func:`gaussian_expectation`). Both agree with adaptive quadrature to ~1e-12 relative.
+All "variances" are second moments ``E[z^2]`` over the weight distribution (zero-mean weights:
+the variances). Expectations are closed forms for relu and linear, quadrature otherwise
+(:func:`gaussian_expectation`).
 
 Inputs may be given per example (an array of ``mean_i(x_i^2)``): the recursion is then run per
 input and the prediction is the *mean over inputs* of the per-input values, which is what a
@@ -42,9 +39,9 @@ GPT-2 at initialization: :func:`gpt2_residual_variance` (uncorrelated tokens) an
 :func:`gpt2_residual_kernel` (covariance across positions); their docstrings list the
 approximations.
 
-Weight stds may come from a scheme name of :mod:`hf_init.core.schemes`; that module imports torch,
-so it is imported lazily inside :func:`scheme_weight_stds` / :func:`gpt2_scheme_stds` only, and
-this module stays importable with numpy alone.
+Weight stds may come from a scheme name of :mod:`hf_init.core.schemes`, imported (with torch)
+only inside :func:`scheme_weight_stds` / :func:`gpt2_scheme_stds`: this module needs numpy
+alone.
 """
 
 from __future__ import annotations
