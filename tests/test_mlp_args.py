@@ -41,7 +41,8 @@ def test_shipped_config_states_the_defaults(study, config):
 def test_flags_override_the_yaml(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
-        "dataset: digits\nstds: [1.0e-3, 0.1, 1.0e-3]\ndepths: [1, 2]\noptimizer: adam\nthreads: 2\n"
+        "dataset: digits\nstds: [1.0e-3, 0.1, 1.0e-3]\ndepths: [1, 2]\noptimizer: adam\n"
+        "threads: 2\n"
     )
     data, model, run, sweep = parse(
         SweepArguments, [str(cfg), "--dataset", "wine", "--depths", "3", "5"]

@@ -87,9 +87,12 @@ def test_quadrature_matches_adaptive_scipy(activation):
     f, df = SCIPY_ACT[activation]
     for q in (1e-3, 0.5, 2.0, 50.0, 1e4):
         s = math.sqrt(q)
-        pdf = lambda z: math.exp(-z * z / (2 * q)) / (s * math.sqrt(2 * math.pi))
+
+        def pdf(z, q=q, s=s):
+            return math.exp(-z * z / (2 * q)) / (s * math.sqrt(2 * math.pi))
+
         ref2 = integrate.quad(
-            lambda z: f(z) ** 2 * pdf(z),
+            lambda z, pdf=pdf: f(z) ** 2 * pdf(z),
             -12 * s,
             12 * s,
             points=[0.0] if s > 1 else None,
@@ -98,7 +101,7 @@ def test_quadrature_matches_adaptive_scipy(activation):
             limit=400,
         )[0]
         refd = integrate.quad(
-            lambda z: df(z) ** 2 * pdf(z),
+            lambda z, pdf=pdf: df(z) ** 2 * pdf(z),
             -12 * s,
             12 * s,
             points=[0.0] if s > 1 else None,
