@@ -95,6 +95,25 @@ def test_state_round_trips_through_json_and_continues_exactly():
     assert rest == whole[20:]
 
 
+def test_the_summary_line_says_what_run_info_holds():
+    from hf_init.lm.run_folder import describe_spikes
+
+    detector = SpikeDetector(8, 6.0)
+    loss, norm = series()
+    outcome = run_detector(detector, loss, norm)[30]  # step 31: the gradient-norm spike
+    detector.mark_skipped(outcome)
+    line = describe_spikes({**detector.summary(), "skip_spike_updates": True})
+    assert line == (
+        "spikes: 2 in 32 monitored steps (score 0.0625; z > 6 against the previous 8 steps): "
+        "loss 1, gradient norm 1, at steps 26, 31; skipped updates: 1 (--skip_spike_updates)"
+    )
+    empty = describe_spikes({**SpikeDetector(128, 6.0).summary(), "skip_spike_updates": False})
+    assert empty == (
+        "spikes: none monitored (z > 6 against the previous 128 steps: no step had that many "
+        "before it)"
+    )
+
+
 @pytest.mark.parametrize("window, threshold", [(1, 6.0), (8, 0.0), (8, float("nan"))])
 def test_bad_window_or_threshold_is_refused(window, threshold):
     with pytest.raises(ValueError, match="spike"):
@@ -160,7 +179,16 @@ class Snapshot(TrainerCallback):
             self.after[state.global_step] = self._copy(model, optimizer)
 
 
-def spike_run(out, spikes, max_steps=12, spike_at=9, factor=1e3, save_steps=None, resume=None):
+def spike_run(
+    out,
+    spikes,
+    max_steps=12,
+    spike_at=9,
+    factor=1e3,
+    save_steps=None,
+    resume=None,
+    report_to="none",
+):
     """A tiny AdamW run (weight decay, no clipping) with the recorders of build_recorders every 3
     steps, the loss scaled at ``spike_at``; logging every step. Returns the trainer, the monitor,
     the stability records and the test callbacks."""
@@ -178,7 +206,7 @@ def spike_run(out, spikes, max_steps=12, spike_at=9, factor=1e3, save_steps=None
         logging_steps=1,
         save_strategy="steps" if save_steps else "no",
         save_steps=save_steps or 500,
-        report_to="none",
+        report_to=report_to,
         use_cpu=True,
         disable_tqdm=True,
         dataloader_num_workers=0,
@@ -203,7 +231,9 @@ def logged(trainer, name):
 
 
 def test_monitor_reads_the_trainers_loss_and_norm_and_flags_the_forced_spike(tmp_path):
-    trainer, monitor, records, hand, _ = spike_run(tmp_path, {"window": 4, "threshold": 6.0})
+    trainer, monitor, records, hand, _ = spike_run(
+        tmp_path, {"window": 4, "threshold": 6.0}, report_to="tensorboard"
+    )
     loss, norm = logged(trainer, "loss"), logged(trainer, "grad_norm")
     steps = sorted(loss)
     assert steps == list(range(1, 13))
@@ -227,6 +257,18 @@ def test_monitor_reads_the_trainers_loss_and_norm_and_flags_the_forced_spike(tmp
     assert summary["steps_monitored"] == 12 - 4
     assert summary["score"] == pytest.approx(len(spikes) / 8)
     assert by_step[12]["spike_count"] == len(spikes)
+    # TensorBoard: the same z-scores, as scalars of the Trainer's own events file
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = {p.parent for p in tmp_path.rglob("events.out.tfevents.*")}
+    acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+    acc.Reload()
+    scalars = {e.step: e.value for e in acc.Scalars("stability/grad_norm_zscore")}
+    expected = {s: z_norm[s] for s in by_step if z_norm[s] is not None}
+    assert scalars == pytest.approx(expected, rel=1e-4)
+    assert {e.step: e.value for e in acc.Scalars("stability/spike_count")} == {
+        s: r["spike_count"] for s, r in by_step.items()
+    }
 
 
 def same_tensors(a, b):
@@ -276,3 +318,84 @@ def test_a_resumed_run_has_the_same_spikes_as_the_uninterrupted_one(tmp_path):
     _, mon_b, rec_b, _, _ = spike_run(resumed, spikes, save_steps=5, resume=5)
     assert rec_b == rec_a
     assert mon_b.summary() == mon_a.summary() and 9 in mon_a.summary()["skipped_steps"]
+
+
+# --- two ranks: every rank skips the same updates ------------------------------------------------
+
+# scripts/pretrain.py with the loss scaled on rank 1 only at update SPIKE_AT, and each rank writing
+# the steps it skipped and a digest of its weights at the end of training
+RANKS_WRAPPER = """
+import hashlib, json, os, runpy, sys
+from transformers import Trainer, TrainerCallback
+
+class ScaleOnRank1(TrainerCallback):
+    active = False
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        def hook(module, inputs, output):
+            if self.active:
+                output["loss"] = output["loss"] * 1e3
+        model.register_forward_hook(hook)
+    def on_step_begin(self, args, state, control, **kw):
+        self.active = args.process_index == 1 and state.global_step + 1 == {spike_at}
+
+class Report(TrainerCallback):
+    def __init__(self, trainer):
+        self.trainer = trainer
+    def on_train_end(self, args, state, control, model=None, **kw):
+        (monitor,) = [c for c in self.trainer.callback_handler.callbacks
+                      if type(c).__name__ == "SpikeMonitor"]
+        digest = hashlib.sha256()
+        for p in model.parameters():
+            digest.update(p.detach().cpu().numpy().tobytes())
+        path = os.path.join(args.output_dir, f"rank{{args.process_index}}.json")
+        with open(path, "w") as f:
+            json.dump({{"skipped": monitor.detector.skipped_steps,
+                       "weights": digest.hexdigest()}}, f)
+
+init = Trainer.__init__
+def patched(self, *a, **k):
+    init(self, *a, **k)
+    self.add_callback(ScaleOnRank1())
+    self.add_callback(Report(self))
+Trainer.__init__ = patched
+sys.argv[0] = {script!r}
+runpy.run_path({script!r}, run_name="__main__")
+"""
+
+
+def test_two_ranks_skip_the_same_updates_when_one_ranks_loss_spikes(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_run_lifecycle import ENV, ROOT, TINY
+
+    script = tmp_path / "wrapper.py"
+    pretrain = str(Path(ROOT) / "scripts" / "pretrain.py")
+    script.write_text(RANKS_WRAPPER.format(spike_at=9, script=pretrain))
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(Path(ROOT) / "accelerate_configs" / "cpu_ddp.yaml"),
+        str(script),
+        *TINY,
+        "--max_steps",
+        "12",
+        "--spike_window",
+        "4",
+        "--skip_spike_updates",
+        "true",
+        "--output_dir",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert 9 in ranks[0]["skipped"]  # rank 1's loss alone made the (all-reduced) norm a spike
+    assert ranks[0] == ranks[1]  # same skipped steps, bit-identical weights on both ranks
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["world_size"] == 2
+    assert info["spikes"]["skipped_steps"] == ranks[0]["skipped"]

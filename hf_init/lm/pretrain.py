@@ -108,6 +108,7 @@ def run(argv: list[str], started: float | None = None) -> dict:
     from hf_init.lm.plots import plot_run
     from hf_init.lm.recorders import VARIANCE_FILE, build_recorders
     from hf_init.lm.run_folder import model_card_fields, model_card_section, print_summary, run_info
+    from hf_init.lm.spikes import spike_summary
     from hf_init.lm.variance import format_summary, variance_table
 
     out = Path(training_args.output_dir)
@@ -219,6 +220,7 @@ def run(argv: list[str], started: float | None = None) -> dict:
                 init_rows=init_rows,
                 resumed=resumed,
                 first_step=first_step,
+                spikes=spike_summary(recorders),
             )
             write_json(out / RUN_INFO, info)
             trainer.card_section = model_card_section(info)

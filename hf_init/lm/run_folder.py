@@ -275,6 +275,7 @@ def run_info(
     init_rows: list[dict] | None = None,
     resumed: dict | None = None,
     first_step: int = 0,
+    spikes: dict | None = None,
 ) -> dict:
     """The ``run_info.json`` dict. ``args`` = (model, data, run) argument dataclasses; ``table`` the
     variance table of the run's records; ``figures`` the paths written under ``out``."""
@@ -331,6 +332,7 @@ def run_info(
             bf16=bool(training_args.bf16 or training_args.fp16),
         ),
         "resumed_from": resumed,
+        "spikes": spikes,
         "train_loss": train_result.training_loss,
         "eval_loss": eval_loss,
         "perplexity": math.exp(eval_loss) if eval_loss < 700 else float("inf"),
@@ -435,11 +437,36 @@ def print_summary(info: dict, table_text: str, out: Path) -> None:
                 else ""
             )
         )
+    if info.get("spikes"):
+        print(describe_spikes(info["spikes"]))
     print(
         f"eval loss {info['eval_loss']:.4f}, perplexity {info['perplexity']:.2f}, "
         f"next-token accuracy {info['next_token_accuracy']:.4f} ({info['eval_tokens']} tokens)"
     )
     print(f"run folder {out}: {', '.join(outputs_present(out))}")
+
+
+def describe_spikes(spikes: dict, listed: int = 10) -> str:
+    """``run_info.json``'s ``spikes`` (:meth:`hf_init.lm.spikes.SpikeMonitor.summary`) in one
+    line: how many steps were spikes among those monitored, the score, which steps (the first
+    ``listed``) and the updates skipped."""
+    rule = f"z > {spikes['threshold']:g} against the previous {spikes['window']} steps"
+    if not spikes["steps_monitored"]:
+        return f"spikes: none monitored ({rule}: no step had that many before it)"
+    steps = spikes["spike_steps"]
+    text = (
+        f"spikes: {spikes['count']} in {spikes['steps_monitored']} monitored steps "
+        f"(score {spikes['score']:.4f}; {rule})"
+    )
+    if steps:
+        more = ", ..." if len(steps) > listed else ""
+        text += (
+            f": loss {spikes['loss_spikes']}, gradient norm {spikes['grad_norm_spikes']}, at "
+            f"steps {', '.join(map(str, steps[:listed]))}{more}"
+        )
+    if spikes["skip_spike_updates"]:
+        text += f"; skipped updates: {spikes['skipped_updates']} (--skip_spike_updates)"
+    return text
 
 
 def model_card_section(info: dict) -> str:
@@ -456,6 +483,7 @@ def model_card_section(info: dict) -> str:
         f"- data: {corpus.get('name')}",
         f"- optimizer steps: {info['optimizer_steps']}",
         f"- final perplexity: {info['perplexity']:.2f}",
+        *([f"- {describe_spikes(info['spikes'])}"] if info.get("spikes") else []),
         "",
     ]
     if fig:

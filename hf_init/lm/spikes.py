@@ -386,3 +386,9 @@ class SpikeMonitor(StepRecorder):
 
         step._skips_spikes = True
         inner.step = step
+
+
+def spike_summary(recorders) -> dict | None:
+    """The :meth:`SpikeMonitor.summary` of the run's monitor among ``recorders`` (None if none)."""
+    monitor = next((r for r in recorders if isinstance(r, SpikeMonitor)), None)
+    return monitor.summary() if monitor is not None else None
