@@ -120,6 +120,37 @@ def test_bad_window_or_threshold_is_refused(window, threshold):
         SpikeDetector(window, threshold)
 
 
+def test_values_are_read_to_the_host_once_per_record_step(monkeypatch):
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl, TrainerState
+
+    values = SimpleNamespace(step_values=None)
+    sink = []
+    monitor = SpikeMonitor(values, [SimpleNamespace(write=sink.extend)], 5, window=2, threshold=6)
+    state, control = TrainerState(max_steps=10), TrainerControl()
+    monitor.on_train_begin(None, state, control)
+    reads = []
+    for name in ("item", "tolist", "cpu", "numpy", "__float__", "__bool__"):
+        real = getattr(torch.Tensor, name)
+
+        def spy(self, *a, _name=name, _real=real, **k):
+            reads.append((state.global_step, _name))
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    for step in range(1, 6):
+        values.step_values = torch.tensor([3.0 - 0.1 * step, 1.0 + 0.01 * step])
+        state.global_step = step
+        monitor.on_step_end(None, state, control)
+    assert reads == [(5, "tolist")]  # steps 1-4 kept on the device, step 5 reads all five
+    monkeypatch.undo()
+    assert [r["step"] for r in sink] == [5]
+    assert sink[0]["loss"] == pytest.approx(2.5) and sink[0]["grad_norm"] == pytest.approx(1.05)
+    z = (1.05 - np.mean([1.03, 1.04])) / np.std([1.03, 1.04])
+    assert sink[0]["grad_norm_zscore"] == pytest.approx(z, rel=1e-5)
+
+
 # --- real tiny runs -------------------------------------------------------------------------------
 
 

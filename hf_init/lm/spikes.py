@@ -281,6 +281,7 @@ class SpikeMonitor(StepRecorder):
     # --- the steps' values: taken on the device, read in one transfer ------------------------
 
     def _take(self, step: int) -> None:
+        """Keep the values of the update that completed ``step`` (once per step)."""
         if self.values.step_values is None or (self._pending and self._pending[-1][0] >= step):
             return
         if self._outcomes and self._outcomes[-1].step >= step:
@@ -376,10 +377,11 @@ class SpikeMonitor(StepRecorder):
 
         @functools.wraps(original)
         def step(*args, **kwargs):
-            self._take(self._state.global_step + 1)  # the step this update completes
+            update = self._state.global_step + 1  # the step this update completes
+            self._take(update)
             self._read()
             outcome = self._outcomes[-1] if self._outcomes else None
-            if outcome is not None and outcome.grad_norm_spike:
+            if outcome is not None and outcome.step == update and outcome.grad_norm_spike:
                 self.detector.mark_skipped(outcome)
                 return None
             return original(*args, **kwargs)
