@@ -60,7 +60,8 @@ def test_ten_step_run_leaves_a_complete_run_folder(tiny_run):
         for layer in range(2)
         for role in ("q", "k", "v", "attn_proj", "mlp_fc", "mlp_proj")
     )
-    # next to them: attention per (step, layer, head) and the learning rate per step (hf_init.lm.attention_probe)
+    # next to them: attention per (step, layer, head) and the learning rate per step
+    # (hf_init.lm.attention_probe)
     attn = sorted((r["step"], r["layer"], r["head"]) for r in records if r["role"] == "attn")
     assert attn == sorted(
         (s, layer, head) for s in (0, 5, 10) for layer in range(2) for head in range(2)
@@ -317,26 +318,15 @@ def test_two_process_ddp_on_cpu(tmp_path):
         for layer in range(2)
         for role in ("q", "k", "v", "attn_proj", "mlp_fc", "mlp_proj")
     )
-    # one TensorBoard stream: one events folder, written by rank 0 only (the final evaluation's metrics
-    # come after the Trainer closed its training writer, so it opens a second file in the same folder)
+    # one TensorBoard stream: one events folder, written by rank 0 only (the final evaluation's
+    # metrics come after the Trainer closed its training writer, so it opens a second file in the
+    # same folder)
     events = list((out / "runs").rglob("events.out.tfevents.*"))
     assert (
         len({p.parent for p in events}) == 1
         and len({p.name.rsplit(".", 2)[-2] for p in events}) == 1
     )
     assert len(list(out.rglob("*.safetensors"))) == 1  # one saved model
-
-
-@pytest.mark.parametrize(
-    "name", ["generation_config.json", "tokenizer_config.json", "training_args.bin"]
-)
-def test_folder_with_only_a_saved_side_file_counts_as_a_run(tmp_path, name):
-    from hf_init.lm.pretrain import check_output_dir
-
-    (tmp_path / name).write_bytes(b"x")
-    with pytest.raises(UsageError, match=name):
-        check_output_dir(tmp_path, overwrite=False)
-    assert check_output_dir(tmp_path, overwrite=True) == [name]
 
 
 def snapshot(folder: Path) -> dict:
@@ -487,7 +477,8 @@ def test_push_to_hub_offline_fails_before_anything_is_written(tmp_path):
 
 
 def test_user_yaml_goes_on_top_of_the_default_yaml(tmp_path):
-    """Built-in YAML first, the user's on top (keys it leaves out keep the built-in values), flags last."""
+    """Built-in YAML first, the user's on top (keys it leaves out keep the built-in values), flags
+    last."""
     import yaml
     from transformers import HfArgumentParser, TrainingArguments
 
@@ -540,7 +531,8 @@ def test_user_yaml_goes_on_top_of_the_default_yaml(tmp_path):
 
 def test_text_column_other_than_text_end_to_end(tmp_path):
     """--text_column body, no --tokenizer_name, on a file whose `text` column is a decoy: trains,
-    saves, and the tokenizer was trained on `body` (its words are in the vocabulary, the decoy's not)."""
+    saves, and the tokenizer was trained on `body` (its words are in the vocabulary, the decoy's
+    not)."""
     import random
 
     rng = random.Random(0)

@@ -238,8 +238,9 @@ DIVERGE = [
 
 
 def check_diverged_run(proc, out):
-    """A run at learning rate 100 without clipping really diverges (no patched NaN): one line naming
-    the step, the layer and the weight; non-zero exit; records and checkpoints up to the step before."""
+    """A run at learning rate 100 without clipping really diverges (no patched NaN): one line
+    naming the step, the layer and the weight; non-zero exit; records and checkpoints up to the
+    step before."""
     import re
 
     import torch
@@ -360,12 +361,15 @@ class Repo:
 class FakeApi:
     def create_repo(self, *a, **k):
         return Repo()
-    def upload_folder(self, *, folder_path, path_in_repo=None, ignore_patterns=None, run_as_future=False, **k):
+    def upload_folder(self, *, folder_path, path_in_repo=None, ignore_patterns=None,
+                      run_as_future=False, **k):
         root = Path(folder_path)
-        files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()
-                       and not any(fnmatch.fnmatch(str(p.relative_to(root)), pat) for pat in ignore_patterns or []))
+        names = [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()]
+        files = sorted(n for n in names
+                       if not any(fnmatch.fnmatch(n, pat) for pat in ignore_patterns or []))
         var = root / "variance.jsonl"
-        steps = [json.loads(x)["step"] for x in var.read_text().splitlines()] if var.is_file() else []
+        lines = var.read_text().splitlines() if var.is_file() else []
+        steps = [json.loads(x)["step"] for x in lines]
         readme = (root / "README.md").read_text() if (root / "README.md").is_file() else None
         pushes.append({"path_in_repo": path_in_repo, "folder": str(root), "files": files,
                        "max_step": max(steps, default=None), "readme": readme,
@@ -468,52 +472,3 @@ def test_non_finite_recorded_variance_stops_naming_step_layer_weight():
         sink.write(
             [make_record(3, 0, "q", {"var": 1.0}), make_record(3, 1, "k", {"var": float("inf")})]
         )
-
-
-def test_set_aside_moves_later_and_torn_lines_byte_for_byte(tmp_path):
-    from hf_init.core.records import set_aside_after
-
-    path, side = tmp_path / "v.jsonl", tmp_path / "side.jsonl"
-    lines = [
-        '{"step": 0, "layer": 0, "var": 1.0}\n',
-        '{"step": 4, "layer": 0, "var": 2.0}\n',
-        '{"step": 6, "layer": 0, "var": 3.0}\n',
-        '{"step": 8, "lay',
-    ]
-    path.write_text("".join(lines))
-    assert set_aside_after(path, 4, side) == 2
-    assert path.read_text() == "".join(lines[:2])
-    assert side.read_text() == lines[2] + lines[3] + "\n"
-    assert set_aside_after(tmp_path / "missing.jsonl", 4, side) == 0
-
-
-def test_interrupted_run_without_checkpoint_is_refused_with_the_restart_command(
-    tmp_path, monkeypatch
-):
-    """Issue 13: what SIGINT at step 10 leaves (variance.jsonl and runs/ only) blocks the same command,
-    which then names what the folder holds and the exact command that restarts it."""
-    from hf_init.core.cli import UsageError
-    from hf_init.lm.pretrain import check_output_dir
-
-    monkeypatch.setattr(sys, "argv", ["scripts/pretrain.py"])
-    (tmp_path / "variance.jsonl").write_text('{"step": 10}\n')
-    (tmp_path / "runs").mkdir()
-    argv = [
-        "configs/x.yaml",
-        "--max_steps",
-        "50",
-        "--overwrite_output_dir=false",
-        "--output_dir",
-        str(tmp_path),
-    ]
-    with pytest.raises(UsageError) as err:
-        check_output_dir(tmp_path, False, argv)
-    msg = str(err.value)
-    assert "did not finish and has no checkpoint (variance.jsonl, runs; no run_info.json)" in msg
-    assert msg.endswith(
-        f"restart it with: python scripts/pretrain.py configs/x.yaml --max_steps 50 "
-        f"--output_dir {tmp_path} --overwrite_output_dir true"
-    )
-    (tmp_path / "run_info.json").write_text("{}")  # a finished run: the plain refusal
-    with pytest.raises(UsageError, match="pass --overwrite_output_dir to replace it"):
-        check_output_dir(tmp_path, False, argv)

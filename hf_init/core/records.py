@@ -29,7 +29,7 @@ import math
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 INDEX = ("step", "layer", "role")
 
@@ -39,7 +39,7 @@ STATISTICS: dict[str, str] = {
     "var": "population variance of the weight block's entries",
     "mean": "mean of the weight block's entries",
     "rms": "root mean square of the weight block's entries",
-    "grad_var": "population variance of the gradient of the step's mean loss w.r.t. the weight block",
+    "grad_var": "population variance of the gradient of the step's mean loss w.r.t. the block",
     "grad_mean": "mean of that gradient's entries",
     "grad_rms": "root mean square of that gradient's entries",
     # signal through a layer (MLP studies): over the probe batch and the layer's units
@@ -55,7 +55,7 @@ STATISTICS: dict[str, str] = {
     "loss": "training loss of the step (mean over the batch)",
     "learning_rate": "learning rate in effect at the step",
     # attention behaviour (GPT-2, probe batch): per layer (and head when a `head` key is present)
-    "logit_std": "std of the attention logits q.k/sqrt(d_head) over the probe batch's causal entries",
+    "logit_std": "std of the attention logits q.k/sqrt(d_head) over the probe's causal entries",
     "entropy": "mean entropy (nats) of the attention distributions over the probe batch's queries",
     # theory check: a quantity predicted by the variance recursion vs measured on networks
     "predicted": "value predicted by the variance-propagation recursion",
@@ -63,13 +63,13 @@ STATISTICS: dict[str, str] = {
     "measured_sem": "standard error of the measured mean over seeds",
     "relative_error": "measured / predicted - 1",
     "tolerance": "allowed |relative_error|: k finite-width standard deviations of the seed mean",
-    "predicted_uncorrelated": "GPT-2 value predicted treating tokens as uncorrelated across positions",
+    "predicted_uncorrelated": "GPT-2 value predicted with tokens uncorrelated across positions",
     "relative_error_uncorrelated": "measured / predicted_uncorrelated - 1",
 }
 
 
 def _clean(value):
-    """A statistic as JSON: floats that are not finite become null; numpy/torch scalars -> Python."""
+    """A statistic as JSON: non-finite floats become null; numpy/torch scalars -> Python."""
     if hasattr(value, "item") and getattr(value, "shape", None) == ():
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -125,23 +125,60 @@ def write_records(path: str | os.PathLike, records: Iterable[dict]) -> Path:
     return write_atomic(path, lambda f: f.write(text))
 
 
-def iter_records(path: str | os.PathLike) -> Iterator[dict]:
-    """The records of one file in file order, legacy variance lines converted. A torn last line
-    (a crash mid-write) is skipped; a bad line elsewhere is a ValueError naming the file and line."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    for i, line in enumerate(lines):
+class RecordLine(NamedTuple):
+    """One non-blank line of a record file: its 1-based number, its text as in the file (newline
+    included, added where the file's last line has none), its JSON object, or ``None`` with the
+    parser's ``problem`` where the line is not JSON (a line a crash cut)."""
+
+    number: int
+    text: str
+    record: dict | None
+    problem: str | None
+
+
+def record_lines(path: str | os.PathLike) -> Iterator[RecordLine]:
+    """Every non-blank line of a record file, parsed: the one place a record file is read line
+    by line (:func:`iter_records`, :func:`split_at_step`)."""
+    text = Path(path).read_text(encoding="utf-8")
+    for number, line in enumerate(text.splitlines(keepends=True), 1):
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            record, problem = json.loads(line), None
         except json.JSONDecodeError as err:
+            record, problem = None, err.msg
+        yield RecordLine(number, line if line.endswith("\n") else line + "\n", record, problem)
+
+
+def iter_records(path: str | os.PathLike) -> Iterator[dict]:
+    """The records of one file in file order, legacy variance lines converted. A torn last line
+    (a crash mid-write) is skipped; a bad line elsewhere is a ValueError naming file and line."""
+    lines = list(record_lines(path))
+    for i, line in enumerate(lines):
+        rec = line.record
+        if rec is None:
             if i == len(lines) - 1:
                 return
-            raise ValueError(f"{path}:{i + 1}: not a JSON record ({err.msg})") from None
+            raise ValueError(f"{path}:{line.number}: not a JSON record ({line.problem})")
         if "role" not in rec and "layer" in rec and "step" in rec:
             yield from legacy_variance_records(rec)
         else:
             yield rec
+
+
+def split_at_step(path: str | os.PathLike, step: int) -> tuple[list[str], list[str]]:
+    """(the lines of a record file up to ``step``, the others: those after it and any line that
+    is not JSON), each as in the file. A record without a step counts as up to it; a missing file
+    gives two empty lists."""
+    up_to: list[str] = []
+    after: list[str] = []
+    if not Path(path).is_file():
+        return up_to, after
+    for line in record_lines(path):
+        rec = line.record
+        late = rec is None or (rec.get("step") is not None and rec["step"] > step)
+        (after if late else up_to).append(line.text)
+    return up_to, after
 
 
 # legacy wide variance.jsonl: field name -> (statistic); role is the part before/after the affix
@@ -204,30 +241,3 @@ def to_wide(frame):
     wide = frame.set_index([*index, "statistic"])["value"].unstack("statistic").reset_index()
     wide.columns.name = None
     return wide
-
-
-def set_aside_after(path: str | os.PathLike, step: int, side: str | os.PathLike) -> int:
-    """Before a resumed run appends to ``path``: move its lines with a ``step`` after ``step`` (left
-    by the interrupted run after its checkpoint) and any torn line to the end of the file ``side``,
-    byte for byte, and rewrite ``path`` (atomically) with the rest. Returns the number of lines
-    moved; a missing ``path`` is 0."""
-    path = Path(path)
-    if not path.is_file():
-        return 0
-    kept, moved = [], []
-    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            late = rec.get("step") is not None and rec["step"] > step
-        except json.JSONDecodeError:
-            late = True  # a torn line: the crash cut it
-        (moved if late else kept).append(line if line.endswith("\n") else line + "\n")
-    if moved:
-        with open(side, "a", encoding="utf-8") as f:
-            f.write("".join(moved))
-        from hf_init.core.outputs import write_atomic
-
-        write_atomic(path, lambda f: f.write("".join(kept)))
-    return len(moved)

@@ -19,8 +19,7 @@ from transformers import TrainerCallback
 from hf_init.core.moments import sharded_block_moments
 from hf_init.core.records import make_record
 from hf_init.lm.families import BLOCK_ROLES, BLOCK_WEIGHTS
-
-VARIANCE_FILE = "variance.jsonl"
+from hf_init.lm.run_folder import VARIANCE_FILE  # noqa: F401 (the recorder builders read it here)
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:

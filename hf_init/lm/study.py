@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hf_init.core.cli import CONFIGS_DIR, UsageError, parse_yaml_and_cli
+from hf_init.lm.run_folder import TENSORBOARD_DIR, RunFolder
 
 DEFAULT_CONFIG = CONFIGS_DIR / "init_study.yaml"
 STUDY_FILE = "study.json"
@@ -50,27 +51,30 @@ class StudyArguments:
     schemes: list[str] = field(
         default_factory=lambda: list(DEFAULT_SCHEMES),
         metadata={
-            "help": "init schemes (hf_init.core.schemes); `normal:STD` is scheme normal with that std for every "
-            "weight (no residual scaling)"
+            "help": "init schemes (hf_init.core.schemes); `normal:STD` is scheme normal with that "
+            "std for every weight (no residual scaling)"
         },
     )
     seeds: int = field(default=2, metadata={"help": "seeds 0..N-1, the same for every scheme"})
     learning_rates: list[float] | None = field(
         default=None,
         metadata={
-            "help": "cross every scheme and seed with these learning rates (default: the config's one)"
+            "help": "cross every scheme and seed with these learning rates (default: the "
+            "config's one)"
         },
     )
     lr_scheduler_types: list[str] | None = field(
         default=None,
         metadata={
-            "help": "cross with these schedules, e.g. cosine constant_with_warmup (constant LR after warmup)"
+            "help": "cross with these schedules, e.g. cosine constant_with_warmup (constant LR "
+            "after warmup)"
         },
     )
     pretrain_config: str = field(
         default=str(CONFIGS_DIR / "init_study_pretrain.yaml"),
         metadata={
-            "help": "YAML config of scripts/pretrain.py used for every run (flags not listed here override it)"
+            "help": "YAML config of scripts/pretrain.py used for every run (flags not listed "
+            "here override it)"
         },
     )
     output_dir: str = field(default="outputs/init_study", metadata={"help": "the study folder"})
@@ -80,8 +84,8 @@ class StudyArguments:
     threads: int = field(
         default=1,
         metadata={
-            "help": "torch CPU threads (default 1: 2 threads were 3-10x slower per step on a busy 2-core machine; "
-            "0 = torch's choice)"
+            "help": "torch CPU threads (default 1: 2 threads were 3-10x slower per step on a "
+            "busy 2-core machine; 0 = torch's choice)"
         },
     )
 
@@ -239,7 +243,7 @@ def write_hparams(run_dir: Path, run: PlannedRun, info: dict) -> None:
     the dashboard links the run's hyperparameters to its curves."""
     from torch.utils.tensorboard import SummaryWriter
 
-    logging_dir = info["config"]["training"].get("logging_dir") or str(run_dir / "runs")
+    logging_dir = info["config"]["training"].get("logging_dir") or str(run_dir / TENSORBOARD_DIR)
     training = info["config"]["training"]
     hparams = {
         "scheme": run.scheme,
@@ -288,22 +292,20 @@ def run_study(argv: list[str]) -> Path:
 
     for i, run in enumerate(runs, 1):
         run_dir = out / run.name
-        if (run_dir / "run_info.json").exists():
+        if RunFolder(run_dir).is_finished():
             print(f"[{i}/{len(runs)}] {run.name}: finished earlier, skipped", flush=True)
             continue
         started = time.time()
         args = run.argv(study, passthrough, out)
         if run_dir.exists():  # an interrupted run: start it again
             args.append("--overwrite_output_dir")
-        print(
-            f"[{i}/{len(runs)}] {run.name}: python scripts/pretrain.py {' '.join(map(shlex.quote, args))}",
-            flush=True,
-        )
+        command = shlex.join(["python", "scripts/pretrain.py", *args])
+        print(f"[{i}/{len(runs)}] {run.name}: {command}", flush=True)
         info = pretrain_run(args, started=started)
         write_hparams(run_dir, run, info)
         print(
-            f"[{i}/{len(runs)}] {run.name}: eval loss {info['eval_loss']:.4f} in {time.time() - started:.0f} s "
-            f"(study {time.time() - t0:.0f} s)",
+            f"[{i}/{len(runs)}] {run.name}: eval loss {info['eval_loss']:.4f} in "
+            f"{time.time() - started:.0f} s (study {time.time() - t0:.0f} s)",
             flush=True,
         )
     if study.report:
