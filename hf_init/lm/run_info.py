@@ -84,7 +84,7 @@ def run_info(
         "vocab_size": len(trainer.processing_class),
         "world_size": args.world_size,
         "device": str(args.device),
-        **speed(setup, model, trainer.state.global_step, train_result),
+        **size_and_speed(setup, model, trainer.state.global_step, train_result),
         "resumed_from": setup.resumed,
         "train_loss": train_result.training_loss,
         "eval_loss": eval_loss,
@@ -101,7 +101,7 @@ def run_info(
     }
 
 
-def speed(setup: RunSetup, model, steps: int, train_result) -> dict:
+def size_and_speed(setup: RunSetup, model, steps: int, train_result) -> dict:
     """``run_info.json``'s size and speed entries: parameters, steps, tokens seen, runtime, tokens
     per second of the steps this process trained (a resumed run: only those) and MFU."""
     args = setup.training_args
