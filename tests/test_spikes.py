@@ -96,7 +96,7 @@ def test_state_round_trips_through_json_and_continues_exactly():
 
 
 def test_the_summary_line_says_what_run_info_holds():
-    from hf_init.lm.run_folder import describe_spikes
+    from hf_init.lm.run_info import describe_spikes
 
     detector = SpikeDetector(8, 6.0)
     loss, norm = series()
