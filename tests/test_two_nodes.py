@@ -1,8 +1,8 @@
 """Two nodes, simulated on one machine: two ``accelerate launch`` processes with ``--num_machines 2
 --machine_rank 0|1`` on localhost (gloo, CPU). Rank 1 is killed (SIGKILL) after step 6; rank 0
 stops with one line naming the step and the resume command; both nodes resumed from checkpoint-4
-end with the records and weights of an uninterrupted two-node run. Three two-node runs: about two
-minutes on an idle 2-core machine.
+end with the records and weights of an uninterrupted two-node run (three two-node runs of the tiny
+model).
 
     PYTHONPATH=$PWD python -m pytest -q -m slow tests/test_two_nodes.py
 """
