@@ -252,9 +252,10 @@ class SpikeMonitor(StepRecorder):
     save and evaluation steps, the end of training), so monitoring adds no host sync per step. The
     loss is averaged over the ranks and the gradient norm taken from rank 0 in that one gather, so
     every rank's detector holds the same numbers. ``skip_updates``: before each optimizer step
-    (one host sync per step) a gradient-norm spike makes the optimizer's ``step`` return without
-    touching weights or optimizer state, on every rank; the batch is still consumed and the
-    learning-rate schedule still advances, as in OLMo-core and llm.c. The detector's state goes
+    (one host sync, and one all-gather across ranks, per step) a gradient-norm spike makes the
+    optimizer's ``step`` return without touching weights or optimizer state, on every rank; the
+    batch is still consumed and the learning-rate schedule still advances, as in OLMo-core and
+    llm.c. The detector's state goes
     into every checkpoint's ``trainer_state.json`` (:data:`STATE_KEY`) and a resumed run
     continues from it."""
 
