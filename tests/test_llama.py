@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import run_main
@@ -295,42 +296,165 @@ def rope_by_hand(x: torch.Tensor, theta: float = 10000.0) -> torch.Tensor:
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
-def test_attention_statistics_after_rope_with_shared_kv_heads():
-    """Logits built here from the weights (RMSNorm, projections, RoPE, query head h reading key
-    head h // (H / KV)) reproduce stock eager attention weights; their std and entropy per head
-    are what llama_attention_statistics reports."""
-    from hf_init.lm.llama_attention import llama_attention_statistics
-
-    torch.manual_seed(0)
-    model = llama("normal", init_std=0.2, n_layer=2, n_embd=64, attn_implementation="eager")
+def attention_by_hand(model, ids) -> torch.Tensor:
+    """Per layer and head (std of the causal logits, mean entropy) of an eager-attention Llama on
+    ``ids``, from its hidden states and weights by hand (RMSNorm, projections, RoPE, query head h
+    reading key head h // (H / KV)); the probabilities are checked against the stock model's
+    eager attention weights on the way. float64, shape (n_layer, n_head, 2)."""
+    cfg = model.config
+    h, kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    hd = cfg.hidden_size // h
+    (b, t), causal = ids.shape, torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool).tril()
+    was_training = model.training
     model.eval()
-    b, t, h, kv, hd = 3, 10, 4, 2, 16
-    ids = torch.randint(0, V, (b, t), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         out = model(ids, output_attentions=True, output_hidden_states=True)
-    got = llama_attention_statistics(model, ids)
-    assert got.shape == (2, h, 2)
-    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    model.train(was_training)
+    rows = []
     for i, layer in enumerate(model.model.layers):
         x = out.hidden_states[i].double()
-        eps = model.config.rms_norm_eps
-        x = x / torch.sqrt((x**2).mean(-1, keepdim=True) + eps) * layer.input_layernorm.weight
+        x = x / torch.sqrt((x**2).mean(-1, keepdim=True) + cfg.rms_norm_eps)
+        x = x * layer.input_layernorm.weight.detach().double()
         attn = layer.self_attn
-        q = (x @ attn.q_proj.weight.double().T).view(b, t, h, hd).transpose(1, 2)
-        k = (x @ attn.k_proj.weight.double().T).view(b, t, kv, hd).transpose(1, 2)
+        q = (x @ attn.q_proj.weight.detach().double().T).view(b, t, h, hd).transpose(1, 2)
+        k = (x @ attn.k_proj.weight.detach().double().T).view(b, t, kv, hd).transpose(1, 2)
         q, k = rope_by_hand(q), rope_by_hand(k)
         logits = torch.stack(
             [q[:, j] @ k[:, j // (h // kv)].transpose(-1, -2) for j in range(h)], dim=1
         ) / math.sqrt(hd)
         probs = torch.softmax(logits.masked_fill(~causal, float("-inf")), dim=-1)
         assert torch.allclose(probs, out.attentions[i].double(), atol=2e-5), i
+        heads = []
         for j in range(h):
             entries = logits[:, j][:, causal]
             std = math.sqrt(((entries - entries.mean()) ** 2).mean().item())
             p = probs[:, j]
             entropy = -(p * torch.log(p.where(causal, torch.ones(()))))[:, causal].sum() / (b * t)
-            assert got[i, j, 0].item() == pytest.approx(std, rel=1e-4), (i, j)
-            assert got[i, j, 1].item() == pytest.approx(entropy.item(), rel=1e-4), (i, j)
+            heads.append((std, entropy.item()))
+        rows.append(heads)
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def test_attention_statistics_after_rope_with_shared_kv_heads():
+    """Logits built here from the weights reproduce stock eager attention weights; their std and
+    entropy per head are what llama_attention_statistics reports, and what the probe's
+    attention_statistics reports for a Llama."""
+    from hf_init.lm.attention_probe import attention_statistics
+    from hf_init.lm.llama_attention import llama_attention_statistics
+
+    torch.manual_seed(0)
+    model = llama("normal", init_std=0.2, n_layer=2, n_embd=64, attn_implementation="eager")
+    model.eval()
+    ids = torch.randint(0, V, (3, 10), generator=torch.Generator().manual_seed(2))
+    want = attention_by_hand(model, ids)
+    got = llama_attention_statistics(model, ids)
+    assert got.shape == (2, H, 2)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=0)
+    torch.testing.assert_close(attention_statistics(model, ids), want, rtol=1e-4, atol=0)
+
+
+class Blocks(torch.utils.data.Dataset):
+    def __init__(self, n=16, t=12, seed=1):
+        self.ids = torch.randint(0, V, (n, t), generator=torch.Generator().manual_seed(seed))
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+def test_block_statistics_of_a_llama_are_each_weights_float64_moments():
+    """Every q k v o gate up down weight and gradient of every layer, against numpy's population
+    moments of that nn.Linear weight read from the stock module names."""
+    from hf_init.lm.recorders import block_statistics, variance_records
+
+    torch.manual_seed(0)
+    model = llama("kaiming_normal", n_layer=2, n_embd=64)
+    ids = Blocks(n=2).ids
+    model(input_ids=ids, labels=ids).loss.backward()
+    records = variance_records(
+        3, block_statistics(model), block_statistics(model, grads=True), roles=LLAMA.block_roles
+    )
+    by_key = {(r["layer"], r["role"]): r for r in records}
+    assert len(records) == len(by_key) == 2 * 7
+    for role, layer, w in weights_by_hand(model):
+        if layer is None:
+            continue
+        rec, x, g = by_key[layer, role], w.detach().double().numpy(), w.grad.double().numpy()
+        assert rec["step"] == 3
+        assert rec["var"] == pytest.approx(np.var(x), rel=1e-12), (layer, role)
+        assert rec["mean"] == pytest.approx(np.mean(x), rel=1e-9, abs=1e-15), (layer, role)
+        assert rec["rms"] == pytest.approx(np.sqrt(np.mean(x**2)), rel=1e-12), (layer, role)
+        assert rec["grad_var"] == pytest.approx(np.var(g), rel=1e-12), (layer, role)
+        assert rec["grad_rms"] == pytest.approx(np.sqrt(np.mean(g**2)), rel=1e-12), (layer, role)
+
+
+def test_probe_in_a_trainer_records_a_llamas_attention_at_the_last_step(tmp_path):
+    """The attention probe inside the Trainer on a Llama: the last step's records are the
+    by-hand statistics of the trained model on the probe batch, one per layer and query head."""
+    from transformers import Trainer, TrainingArguments
+
+    from hf_init.lm.attention_probe import AttentionProbeCallback
+
+    class ListSink:
+        records: list = []
+
+        def write(self, records):
+            self.records = records
+
+        def close(self):
+            pass
+
+    torch.manual_seed(0)
+    model = llama("normal", init_std=0.2, n_layer=2, n_embd=64, attn_implementation="eager")
+    data = Blocks()
+    probe, sink = data.ids[:3], ListSink()
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    callback = AttentionProbeCallback(probe, [sink], every=2)
+    Trainer(model=model, args=args, train_dataset=data, callbacks=[callback]).train()
+    assert {r["step"] for r in sink.records} == {3}
+    assert [(r["layer"], r["head"]) for r in sink.records] == [
+        (layer, head) for layer in range(2) for head in range(H)
+    ]
+    want = attention_by_hand(model, probe).numpy()
+    got = np.array([[r["logit_std"], r["entropy"]] for r in sink.records]).reshape(want.shape)
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+def test_divergence_stop_names_the_llama_sublayer_that_first_overflowed():
+    """An infinite weight in layer 1's o_proj: the forward pass first becomes non-finite at the
+    output of layer 1's attention, and the stop names that sub-layer with its Llama weights."""
+    from types import SimpleNamespace
+
+    from hf_init.core.cli import RunStopped
+    from hf_init.lm.guards import DivergenceStop
+
+    torch.manual_seed(0)
+    model = llama("gpt2", n_layer=3, n_embd=64)
+    stop = DivergenceStop()
+    stop.on_train_begin(None, None, None, model=model)
+    with torch.no_grad():
+        model.model.layers[1].self_attn.o_proj.weight[0, 0] = float("inf")
+    ids = Blocks(n=2).ids
+    model(input_ids=ids, labels=ids).loss.backward()
+    with pytest.raises(RunStopped) as err:
+        stop.on_pre_optimizer_step(None, SimpleNamespace(global_step=6), None, model=model)
+    stop.on_train_end(None, None, None)
+    msg = str(err.value)
+    assert msg.startswith("error: training diverged at step 7: the forward pass first became ")
+    paths = " / ".join(f"self_attn.{r}_proj" for r in "qkvo")
+    assert f"at the output of layer 1 self_attn ({paths} weights)" in msg, msg
+    assert "\n" not in msg
 
 
 def test_flops_per_token_with_gqa_and_gated_mlp_match_torchs_flop_counter():
@@ -388,3 +512,45 @@ def test_families_table_keeps_gpt2_entry():
     assert families.RESIDUAL_ROLES == ("attn_proj", "mlp_proj")
     assert families.weight_of_name("transformer.h.3.attn.c_attn")[1] == 3
     assert families.weight_of_name("model.layers.3.self_attn.q_proj") is None
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--model_type", "bert"], "unknown model_type 'bert'; valid model types: gpt2, llama"),
+        (["--model_type", "llama", "--n_kv_head", "3"], "n_kv_head (3) must divide n_head (4)"),
+        (["--model_type", "llama", "--n_inner", "0"], "n_inner must be an integer >= 1, got 0"),
+        (["--n_kv_head", "2"], "--n_kv_head 2: GPT-2 has no grouped-query attention"),
+    ],
+)
+def test_bad_model_flags_are_one_line_before_anything_is_written(tmp_path, flags, needle):
+    out = tmp_path / "run"
+    rc, _, stderr = run_main("pretrain", *flags, "--output_dir", out)
+    assert rc == 2 and stderr.count("\n") == 1 and stderr.startswith("error: "), stderr
+    assert needle in stderr and not out.exists()
+
+
+def test_model_flags_make_the_config_of_their_family():
+    """--model_type, --n_kv_head, --n_inner and --dropout as each family's config reads them:
+    Llama's MLP width by its convention unless given, attention dropout only; GPT-2's dropout on
+    residual, embeddings and attention. The shipped llama_tiny.yaml sets the Llama flags."""
+    from transformers import GPT2Config
+
+    from hf_init.core.cli import CONFIGS_DIR
+    from hf_init.lm.args import ModelArguments, model_config, parse_args
+
+    sizes = dict(n_layer=2, n_embd=64, n_head=4, dropout=0.1)
+    llama_args = ModelArguments(model_type="llama", n_kv_head=2, **sizes)
+    cfg = model_config(llama_args, vocab_size=100, n_positions=32)
+    assert type(cfg) is LlamaConfig
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads) == (2, 64, 4)
+    assert (cfg.num_key_value_heads, cfg.max_position_embeddings, cfg.vocab_size) == (2, 32, 100)
+    assert cfg.intermediate_size == 256  # 8/3 x 64 = 170.7, up to a multiple of 256
+    assert cfg.attention_dropout == 0.1
+    wide = model_config(ModelArguments(model_type="llama", n_inner=96, **sizes), 100, 32)
+    assert (wide.intermediate_size, wide.num_key_value_heads) == (96, 4)
+    gpt2 = model_config(ModelArguments(**sizes), vocab_size=100, n_positions=32)
+    assert type(gpt2) is GPT2Config and gpt2.n_inner is None
+    assert (gpt2.resid_pdrop, gpt2.embd_pdrop, gpt2.attn_pdrop) == (0.1, 0.1, 0.1)
+    model_args = parse_args([str(CONFIGS_DIR / "llama_tiny.yaml")])[0]
+    assert (model_args.model_type, model_args.n_head, model_args.n_kv_head) == ("llama", 4, 2)

@@ -18,9 +18,13 @@ import torch
 from transformers import TrainerCallback
 
 from hf_init.core.cli import RunStopped
+from hf_init.lm.families import FAMILIES
 
-LOSS = "the loss (the lm_head logits, lm_head tied to the token embedding, and their cross-entropy)"
-_BLOCK_PARAM = re.compile(r"(?:^|\.)h\.(\d+)\.(.+)$")
+LOSS = "the loss (the lm_head logits and their cross-entropy)"
+# a block parameter of any family: transformer.h.<i>. (GPT-2), model.layers.<i>. (Llama)
+_BLOCK_PARAM = re.compile(
+    rf"(?:^|\.)(?:{'|'.join(f.blocks_attr for f in FAMILIES.values())})\.(\d+)\.(.+)$"
+)
 
 
 def describe_parameter(name: str) -> str:
@@ -44,37 +48,38 @@ def divergence_error(step: int, what: str) -> RunStopped:
 class DivergenceStop(TrainerCallback):
     """Before every optimizer step (after clipping), on every rank: are all gradients finite? If
     not, raise :func:`divergence_error` naming the step and where it first appeared: the first
-    sub-layer (block ``attn``, ``mlp``, ``ln_f``) of the forward pass whose output was not finite
-    (forward hooks keep that flag without a device sync), else the block weight nearest the output
-    whose gradient is not. One device sync per step; under FSDP2 each rank checks its shards and
-    one all-reduce combines them."""
+    sub-layer (a block's attention or MLP, the final norm) of the forward pass whose output was
+    not finite (forward hooks keep that flag without a device sync), else the block weight nearest
+    the output whose gradient is not. One device sync per step; under FSDP2 each rank checks its
+    shards and one all-reduce combines them."""
 
     def __init__(self):
         self._outputs: dict[str, torch.Tensor] = {}
         self._hooks = []
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        from hf_init.lm.recorders import gpt2_blocks, unwrap_model
+        from hf_init.lm.recorders import model_blocks, unwrap_model
 
         if model is None or self._hooks:
             return
         try:
-            blocks = gpt2_blocks(model)
+            family, blocks = model_blocks(model)
         except ValueError:
             return
+        sublayers: dict[str, list[str]] = {}  # attn / self_attn, mlp -> their weights' paths
+        for w in family.block_weights:
+            sublayers.setdefault(w.path.split(".")[0], []).append(w.path)
         parts = [
-            (f"layer {i} {name} ({weights})", getattr(block, name))
+            (f"layer {i} {name} ({' / '.join(paths)} weights)", getattr(block, name))
             for i, block in enumerate(blocks)
-            for name, weights in (
-                ("attn", "attn.c_attn / attn.c_proj weights"),
-                ("mlp", "mlp.c_fc / mlp.c_proj weights"),
-            )
+            for name, paths in sublayers.items()
         ]
-        body = getattr(unwrap_model(model), "transformer", None)
-        if body is not None and hasattr(body, "ln_f"):
-            parts.append(
-                ("final layer norm ln_f / lm_head (tied to the token embedding)", body.ln_f)
-            )
+        bare = unwrap_model(model)
+        norm = getattr(getattr(bare, family.body, None), family.final_norm, None)
+        if norm is not None:
+            tied = getattr(getattr(bare, "config", None), "tie_word_embeddings", False)
+            also = " (tied to the token embedding)" if tied else ""
+            parts.append((f"final norm {family.final_norm} / lm_head{also}", norm))
         for label, module in parts:
             self._hooks.append(module.register_forward_hook(self._finite_flag_hook(label)))
         self._hooks.append(unwrap_model(model).register_forward_hook(self._finite_flag_hook(LOSS)))
