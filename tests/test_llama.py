@@ -554,3 +554,31 @@ def test_model_flags_make_the_config_of_their_family():
     assert (gpt2.resid_pdrop, gpt2.embd_pdrop, gpt2.attn_pdrop) == (0.1, 0.1, 0.1)
     model_args = parse_args([str(CONFIGS_DIR / "llama_tiny.yaml")])[0]
     assert (model_args.model_type, model_args.n_head, model_args.n_kv_head) == ("llama", 4, 2)
+
+
+def test_the_study_passes_model_type_to_every_run(tmp_path):
+    """--model_type llama and --n_kv_head are flags of the runs: every planned run's arguments
+    parse to a Llama with those key/value heads, whatever its scheme and seed."""
+    from hf_init.lm.args import parse_args
+    from hf_init.lm.study import parse_study_args, plan
+
+    study, passthrough = parse_study_args(
+        [
+            "--model_type",
+            "llama",
+            "--n_kv_head",
+            "2",
+            "--seeds",
+            "2",
+            "--schemes",
+            "gpt2",
+            "deepnet",
+        ]
+    )
+    assert passthrough == ["--model_type", "llama", "--n_kv_head", "2"]
+    runs = plan(study)
+    assert len(runs) == 4
+    for run in runs:
+        model_args = parse_args(run.argv(study, passthrough, tmp_path))[0]
+        assert (model_args.model_type, model_args.n_kv_head) == ("llama", 2)
+        assert model_args.init_scheme == run.scheme

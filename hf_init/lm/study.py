@@ -7,7 +7,8 @@ into ``<study>/tokenizer`` and passed to every run as ``--tokenizer_name``) and 
 ``i`` of every scheme uses the same ``--seed i``: the same data order). A run whose folder holds
 ``run_info.json`` is finished and skipped, so re-running the study command continues it; a run
 folder without it (an interrupted run) is replaced. Runs go one after the other in this process
-(no repeated start-up).
+(no repeated start-up). Every flag that is not the study's goes to every run: ``--model_type
+llama`` (with ``--n_kv_head``, ``--n_inner``) makes it a study of Llamas.
 """
 
 from __future__ import annotations
@@ -245,6 +246,7 @@ def write_hparams(run_dir: Path, run: PlannedRun, info: dict) -> None:
     logging_dir = info["config"]["training"].get("logging_dir") or str(run_dir / "runs")
     training = info["config"]["training"]
     hparams = {
+        "model_type": info["config"]["model"].get("model_type", "gpt2"),
         "scheme": run.scheme,
         "init_std": run.init_std if run.init_std is not None else float("nan"),
         "seed": run.seed,
