@@ -431,6 +431,31 @@ def test_probe_in_a_trainer_records_a_llamas_attention_at_the_last_step(tmp_path
     np.testing.assert_allclose(got, want, rtol=1e-4)
 
 
+def test_divergence_stop_watches_each_familys_sublayers_in_forward_order():
+    from hf_init.lm.guards import watched_sublayers
+
+    gpt2 = build_model(n_layer=2, n_embd=32, n_head=2, vocab_size=V)
+    h = gpt2.transformer.h
+    assert watched_sublayers(gpt2) == [
+        ("layer 0 attn (attn.c_attn / attn.c_proj weights)", h[0].attn),
+        ("layer 0 mlp (mlp.c_fc / mlp.c_proj weights)", h[0].mlp),
+        ("layer 1 attn (attn.c_attn / attn.c_proj weights)", h[1].attn),
+        ("layer 1 mlp (mlp.c_fc / mlp.c_proj weights)", h[1].mlp),
+        ("final norm ln_f / lm_head (tied to the token embedding)", gpt2.transformer.ln_f),
+    ]
+    model = llama(n_layer=2)
+    attn = "self_attn.q_proj / self_attn.k_proj / self_attn.v_proj / self_attn.o_proj"
+    mlp = "mlp.gate_proj / mlp.up_proj / mlp.down_proj"
+    layers = model.model.layers
+    assert watched_sublayers(model) == [
+        (f"layer 0 self_attn ({attn} weights)", layers[0].self_attn),
+        (f"layer 0 mlp ({mlp} weights)", layers[0].mlp),
+        (f"layer 1 self_attn ({attn} weights)", layers[1].self_attn),
+        (f"layer 1 mlp ({mlp} weights)", layers[1].mlp),
+        ("final norm norm / lm_head", model.model.norm),
+    ]
+
+
 def test_divergence_stop_names_the_llama_sublayer_that_first_overflowed():
     """An infinite weight in layer 1's o_proj: the forward pass first becomes non-finite at the
     output of layer 1's attention, and the stop names that sub-layer with its Llama weights."""

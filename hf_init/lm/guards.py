@@ -45,6 +45,31 @@ def divergence_error(step: int, what: str) -> RunStopped:
     )
 
 
+def watched_sublayers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """``(label, module)`` in forward order of each block's attention and MLP and of the final
+    norm of a causal LM of any family (wrapped or not): where :class:`DivergenceStop` looks for
+    the first non-finite output. A label names the sub-layer's weights, e.g. ``layer 3 attn
+    (attn.c_attn / attn.c_proj weights)``. ValueError for a model with no blocks of its family."""
+    from hf_init.lm.recorders import model_blocks, unwrap_model
+
+    family, blocks = model_blocks(model)
+    sublayers: dict[str, list[str]] = {}  # attn / self_attn, mlp -> their weights' paths
+    for w in family.block_weights:
+        sublayers.setdefault(w.path.split(".")[0], []).append(w.path)
+    parts = [
+        (f"layer {i} {name} ({' / '.join(paths)} weights)", getattr(block, name))
+        for i, block in enumerate(blocks)
+        for name, paths in sublayers.items()
+    ]
+    bare = unwrap_model(model)
+    norm = getattr(getattr(bare, family.body, None), family.final_norm, None)
+    if norm is not None:
+        tied = getattr(getattr(bare, "config", None), "tie_word_embeddings", False)
+        also = " (tied to the token embedding)" if tied else ""
+        parts.append((f"final norm {family.final_norm} / lm_head{also}", norm))
+    return parts
+
+
 class DivergenceStop(TrainerCallback):
     """Before every optimizer step (after clipping), on every rank: are all gradients finite? If
     not, raise :func:`divergence_error` naming the step and where it first appeared: the first
@@ -58,28 +83,14 @@ class DivergenceStop(TrainerCallback):
         self._hooks = []
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        from hf_init.lm.recorders import model_blocks, unwrap_model
+        from hf_init.lm.recorders import unwrap_model
 
         if model is None or self._hooks:
             return
         try:
-            family, blocks = model_blocks(model)
+            parts = watched_sublayers(model)
         except ValueError:
             return
-        sublayers: dict[str, list[str]] = {}  # attn / self_attn, mlp -> their weights' paths
-        for w in family.block_weights:
-            sublayers.setdefault(w.path.split(".")[0], []).append(w.path)
-        parts = [
-            (f"layer {i} {name} ({' / '.join(paths)} weights)", getattr(block, name))
-            for i, block in enumerate(blocks)
-            for name, paths in sublayers.items()
-        ]
-        bare = unwrap_model(model)
-        norm = getattr(getattr(bare, family.body, None), family.final_norm, None)
-        if norm is not None:
-            tied = getattr(getattr(bare, "config", None), "tie_word_embeddings", False)
-            also = " (tied to the token embedding)" if tied else ""
-            parts.append((f"final norm {family.final_norm} / lm_head{also}", norm))
         for label, module in parts:
             self._hooks.append(module.register_forward_hook(self._finite_flag_hook(label)))
         self._hooks.append(unwrap_model(model).register_forward_hook(self._finite_flag_hook(LOSS)))
