@@ -607,3 +607,78 @@ def test_the_study_passes_model_type_to_every_run(tmp_path):
         model_args = parse_args(run.argv(study, passthrough, tmp_path))[0]
         assert (model_args.model_type, model_args.n_kv_head) == ("llama", 2)
         assert model_args.init_scheme == run.scheme
+
+
+def _llama_fsdp_worker(rank: int, world: int, port: int):
+    """One rank of the FSDP2 check: each decoder layer and the model fully_shard-ed (gloo, CPU),
+    block_statistics of weights and gradients against numpy on an unsharded copy, with every
+    gather forbidden (one all_reduce per call)."""
+    import os
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    from hf_init.lm.recorders import block_statistics
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world)
+    )
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = llama("xavier_normal", n_layer=2, n_embd=32, n_kv_head=1, n_inner=48)
+        ref = llama("xavier_normal", n_layer=2, n_embd=32, n_kv_head=1, n_inner=48)
+        ref.load_state_dict(model.state_dict())
+        ids = torch.randint(0, V, (2, 8), generator=torch.Generator().manual_seed(1))
+        ref(input_ids=ids, labels=ids).loss.backward()
+        mesh = init_device_mesh("cpu", (world,))
+        for layer in model.model.layers:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        model(input_ids=ids, labels=ids).loss.backward()
+        k = model.model.layers[0].self_attn.k_proj.weight
+        assert isinstance(k, DTensor) and k.to_local().numel() < k.numel()
+        calls, real_all_reduce = [], dist.all_reduce
+
+        def forbidden(*a, **kw):
+            raise AssertionError("a gather was called")
+
+        saved = {
+            (DTensor, "full_tensor"): DTensor.full_tensor,
+            (dist, "all_gather"): dist.all_gather,
+        }
+        for owner, name in saved:
+            setattr(owner, name, forbidden)
+        dist.all_reduce = lambda *a, **kw: calls.append(1) or real_all_reduce(*a, **kw)
+        try:
+            w, g = block_statistics(model), block_statistics(model, grads=True)
+        finally:
+            for (owner, name), fn in saved.items():
+                setattr(owner, name, fn)
+            dist.all_reduce = real_all_reduce
+        assert len(calls) == 2 and w.shape == (2, 7, 3)
+        for role, layer, p in weights_by_hand(ref):
+            if layer is None:
+                continue
+            i = LLAMA.block_roles.index(role)
+            x, dx = p.detach().double().numpy(), p.grad.double().numpy()
+            assert w[layer, i, 1].item() == pytest.approx(np.var(x), rel=1e-12), (role, layer)
+            assert w[layer, i, 2].item() == pytest.approx(np.sqrt((x**2).mean()), rel=1e-12)
+            # float32 backward in another reduction order: float32 tolerance
+            assert g[layer, i, 1].item() == pytest.approx(np.var(dx), rel=1e-4), (role, layer)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_llama_records_under_real_fsdp2_shards_equal_numpy_without_gather():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_llama_fsdp_worker, args=(2, port), nprocs=2, join=True)
