@@ -22,6 +22,12 @@ LOSS = "the loss (the lm_head logits and their cross-entropy)"
 _BLOCK_PARAM = re.compile(
     rf"(?:^|\.)(?:{'|'.join(f.blocks_attr for f in FAMILIES.values())})\.(\d+)\.(.+)$"
 )
+# the weight parameters the family table lists inside a block (attn.c_attn.weight, mlp.down_proj...)
+_BLOCK_WEIGHTS = {
+    f"{w.path}.weight"
+    for f in FAMILIES.values()
+    for w in (*f.block_weights, *f.other_block_weights)
+}
 
 
 def describe_parameter(name: str) -> str:
@@ -138,7 +144,8 @@ class DivergenceStop(TrainerCallback):
                 f"the loss and {len(bad)} of {len(named)} weights' gradients are non-finite",
             )
         # the forward pass was finite: the backward pass overflowed, starting nearest the output
-        blocks = [n for n in bad if _BLOCK_PARAM.search(n) and n.endswith("weight")]
+        # (the last block weight of the family's table: a Llama registers its norms after its MLP)
+        blocks = [n for n in bad if (m := _BLOCK_PARAM.search(n)) and m[2] in _BLOCK_WEIGHTS]
         first = (blocks or bad)[-1]
         raise divergence_error(
             step,

@@ -1,10 +1,10 @@
-"""GPT-2 pretraining from scratch with per-layer Q/K/V variance tracking: the job behind
+"""GPT-2 (or Llama) pretraining from scratch with per-layer Q/K/V variance tracking: the job behind
 ``scripts/pretrain.py`` and each run of the init-scheme study (its arguments are in
 :mod:`hf_init.lm.args`, its folder and life in :mod:`hf_init.lm.run_folder`, what it reports in
 :mod:`hf_init.lm.run_info`).
 
 Flow: YAML + flags -> (ModelArguments, DataArguments, RunArguments, TrainingArguments) ->
-raw text -> tokenizer -> blocks -> GPT-2 with the init scheme -> Trainer with
+raw text -> tokenizer -> blocks -> GPT-2 or Llama with the init scheme -> Trainer with
 :class:`~hf_init.lm.recorders.QKVVarianceCallback` -> eval (loss, perplexity, next-token
 accuracy) -> model + tokenizer, figures, ``run_info.json``, printed summary.
 """
@@ -27,6 +27,7 @@ from hf_init.lm.args import model_config, parse_args
 from hf_init.lm.data.blocks import tokenize_and_group
 from hf_init.lm.data.loaders import load_raw_text
 from hf_init.lm.data.tokenizer import load_or_train_tokenizer
+from hf_init.lm.families import family_of
 from hf_init.lm.guards import DivergenceStop
 from hf_init.lm.metrics import metric_path
 from hf_init.lm.modeling import build_model, init_report
@@ -109,7 +110,8 @@ def load_blocks(setup: RunSetup):
 
 
 def build_initialized_model(setup: RunSetup, tokenizer):
-    """GPT-2 with the init scheme, seeded; the std each weight kind got goes to ``setup``."""
+    """The model (GPT-2 or Llama, ``--model_type``) with the init scheme, seeded; the std each
+    weight kind got goes to ``setup``."""
     block_size = setup.data_args.block_size  # tokenize_and_group makes blocks of this length
     config = model_config(
         setup.model_args, vocab_size=len(tokenizer), n_positions=block_size, tokenizer=tokenizer
@@ -117,7 +119,8 @@ def build_initialized_model(setup: RunSetup, tokenizer):
     set_seed(setup.training_args.seed)
     model = build_model(config)
     setup.init_rows = init_report(model)  # before training moves the weights
-    tokenizer.model_max_length = config.n_positions  # saved with it: pipelines truncate to it
+    # saved with it: pipelines truncate to the context
+    tokenizer.model_max_length = family_of(config).dims(config).n_positions
     return model
 
 
@@ -167,7 +170,7 @@ def save_run(setup: RunSetup, model, trainer, train_result, eval_metrics: dict) 
     ``run_info.json`` and model card too, and print the summary. Returns the run_info dict
     (empty elsewhere)."""
     folder = setup.folder
-    trainer.save_model(str(folder.path))  # main process only; plain GPT-2 config
+    trainer.save_model(str(folder.path))  # main process only; the stock class's config
     # The Trainer's model card calls a model "fine-tuned from config._name_or_path" unless
     # that is a local folder; ours was built from scratch, so point it at the run folder.
     model.config._name_or_path = str(folder.path)
@@ -189,7 +192,14 @@ def push(trainer, model, setup: RunSetup, info: dict) -> None:
     scheme = model.config.init_scheme
     trainer.push_to_hub(
         commit_message=f"hf-init pretraining run, init scheme {scheme}",
-        **model_card_fields(info or {"init": {"scheme": scheme}, "corpus": setup.corpus}),
+        **model_card_fields(
+            info
+            or {
+                "model_type": family_of(model.config).model_type,
+                "init": {"scheme": scheme},
+                "corpus": setup.corpus,
+            }
+        ),
     )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hf_init.core.outputs import package_versions
+from hf_init.lm.families import family_of
 from hf_init.lm.run_folder import VARIANCE_FILE, RunFolder
 from hf_init.lm.throughput import mfu, model_flops_per_token
 
@@ -73,6 +74,7 @@ def run_info(
             "run": asdict(run_args),
             "training": args.to_dict(),
         },
+        "model_type": family_of(model.config).model_type,
         "init": init_info(model.config, setup.init_rows),
         "seed": args.seed,
         "corpus": setup.corpus,
@@ -118,9 +120,9 @@ def size_and_speed(setup: RunSetup, model, steps: int, train_result) -> dict:
     first_step = setup.resumed["step"] if setup.resumed else 0
     tokens_this_run = tokens_seen * (steps - first_step) // steps if steps else 0
     tokens_per_second = tokens_this_run / runtime if runtime and math.isfinite(runtime) else None
-    cfg = model.config
+    dims = family_of(model.config).dims(model.config)  # GPT-2's or Llama's sizes
     flops_per_token = model_flops_per_token(
-        n_parameters, cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, block_size
+        n_parameters, dims.n_layer, dims.n_head, dims.head_dim, block_size
     )
     half = bool(args.bf16 or args.fp16)
     return {
@@ -135,9 +137,10 @@ def size_and_speed(setup: RunSetup, model, steps: int, train_result) -> dict:
 
 
 def init_info(config, init_rows: list[dict] | None = None) -> dict:
-    """The init scheme and its options, as recorded on the GPT2Config, and (``init_rows``, the rows
-    of :func:`hf_init.lm.modeling.init_report` taken at initialization) the std each weight kind
-    got: the scheme's value and the one measured on the freshly initialized weights."""
+    """The init scheme and its options, as recorded on the model's config (GPT2Config or
+    LlamaConfig), and (``init_rows``, the rows of :func:`hf_init.lm.modeling.init_report` taken at
+    initialization) the std each weight kind got: the scheme's value and the one measured on the
+    freshly initialized weights."""
     info = {
         "scheme": config.init_scheme,
         "std": config.init_std,
@@ -205,10 +208,12 @@ def print_summary(info: dict, table_text: str, folder: RunFolder) -> None:
 
 def model_card_fields(info: dict) -> dict:
     """Keyword arguments for ``Trainer.create_model_card`` / ``push_to_hub``: tags that say
-    which init scheme the run started from and which corpus it saw."""
+    which model family (``gpt2``, ``llama``) and init scheme the run started from and which
+    corpus it saw."""
     corpus = info.get("corpus") or {}
+    model_type = info.get("model_type", "gpt2")  # run folders written before Llama support
     return {
-        "tags": ["hf-init", "gpt2", f"init-{info['init']['scheme']}"],
+        "tags": ["hf-init", model_type, f"init-{info['init']['scheme']}"],
         "tasks": "text-generation",
         "dataset": corpus.get("name"),
     }
@@ -223,6 +228,7 @@ def model_card_section(info: dict) -> str:
         "",
         "## hf-init run",
         "",
+        f"- model: {info.get('model_type', 'gpt2')} (stock `AutoModelForCausalLM` loads it)",
         f"- init scheme: `{info['init']['scheme']}`",
         f"- model size: {info['n_parameters']:,} parameters",
         f"- data: {corpus.get('name')}",
