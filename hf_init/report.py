@@ -6,7 +6,9 @@ Folders it understands (each given folder, or its subfolders one level down):
 
 - a pretraining run (``scripts/pretrain.py``: ``variance.jsonl`` + ``run_info.json``); a study
   (``scripts/init_study.py``) is a folder of such runs. Runs are labelled by scheme (``normal``
-  with its std), seed and, when they differ between runs, learning rate and schedule.
+  with its std), seed and, when they differ between runs, model family (``model``: gpt2, llama;
+  a GPT-2 study and a Llama study given together compare the families), learning rate and
+  schedule.
   Sections: configs side by side, loss and perplexity, Q/K/V variance and attention figures per
   scheme (the run with the lowest seed of each), the equilibration table and the paper's claims
   (:mod:`hf_init.lm.equilibration`).
@@ -93,20 +95,33 @@ def scheme_label(info: dict) -> str:
     )
 
 
+def model_type(info: dict) -> str:
+    """The model family of a run (``gpt2``, ``llama``); ``gpt2`` for runs that predate Llama."""
+    return info.get("model_type") or info["config"]["model"].get("model_type") or "gpt2"
+
+
 def load_runs(paths: list[Path]) -> list[Run]:
+    """The runs, labelled by scheme and seed and, when they differ between runs, model family
+    (first), learning rate and schedule."""
     infos = [RunFolder(p).read_info() for p in paths]
     tr = [i["config"]["training"] for i in infos]
     lrs = {t["learning_rate"] for t in tr}
     scheds = {str(t["lr_scheduler_type"]) for t in tr}
+    families = {model_type(i) for i in infos}
     runs = []
     for p, info, t in zip(paths, infos, tr):
-        keys = {"scheme": scheme_label(info), "seed": info["seed"]}
+        keys = {"model": model_type(info)} if len(families) > 1 else {}
+        keys.update(scheme=scheme_label(info), seed=info["seed"])
         if len(lrs) > 1:
             keys["lr"] = t["learning_rate"]
         if len(scheds) > 1:
             keys["schedule"] = str(t["lr_scheduler_type"])
         runs.append(Run(p, info, keys))
     return sorted(runs, key=lambda r: tuple(str(v) for v in r.keys.values()))
+
+
+# the run keys a group of seeds shares
+GROUP_KEYS = ("model", "scheme", "lr", "schedule")
 
 
 def records_table(runs: list[Run]) -> pd.DataFrame:
@@ -124,9 +139,12 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 CONFIG_KEYS = (
+    "model.model_type",
     "model.n_layer",
     "model.n_embd",
     "model.n_head",
+    "model.n_kv_head",
+    "model.n_inner",
     "data.dataset_name",
     "data.block_size",
     "data.vocab_size",
@@ -184,8 +202,9 @@ def results_table(runs: list[Run]) -> pd.DataFrame:
 
 
 def scheme_summary(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds of eval loss and perplexity per scheme (and lr/schedule)."""
-    group = [c for c in results.columns if c in ("scheme", "lr", "schedule")]
+    """Mean and std over seeds of eval loss and perplexity per scheme (and model, lr,
+    schedule)."""
+    group = [c for c in results.columns if c in GROUP_KEYS]
     agg = results.groupby(group, sort=True).agg(
         seeds=("seed", "count"),
         eval_loss_mean=("eval_loss", "mean"),
@@ -225,17 +244,26 @@ def loss_figure(runs: list[Run], path: Path):
     plt = pyplot()
     schemes = sorted({r.keys["scheme"] for r, _ in curves})
     colors = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(schemes)}
+    families = sorted({r.keys.get("model", "") for r, _ in curves})  # one line style each
     fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
     seen = set()
     for r, c in curves:
-        s = r.keys["scheme"]
+        s, family = r.keys["scheme"], r.keys.get("model", "")
+        label = f"{family} {s}".strip()
+        style = ("-", "--", ":")[families.index(family) % 3]
         ax.plot(
-            c["step"], c["loss"], color=colors[s], lw=1.2, alpha=0.8, label=None if s in seen else s
+            c["step"],
+            c["loss"],
+            style,
+            color=colors[s],
+            lw=1.2,
+            alpha=0.8,
+            label=None if label in seen else label,
         )
-        seen.add(s)
+        seen.add(label)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (logged mean)")
-    ax.set_title("training loss, every run (one colour per scheme)")
+    ax.set_title("training loss, every run (one colour per scheme, one line style per model)")
     ax.grid(alpha=0.3)
     ax.legend()
     return save_figure(fig, path)
@@ -264,7 +292,7 @@ def equilibration_summary(eq: pd.DataFrame) -> pd.DataFrame:
     the median early growth rate of the shallow and the deep third of the layers, the median
     equilibration step of each third, the share of curves that never equilibrated, and the median
     learning rate at equilibration as a fraction of the peak."""
-    group = [c for c in eq.columns if c in ("scheme", "lr", "schedule")] + ["projection"]
+    group = [c for c in eq.columns if c in GROUP_KEYS] + ["projection"]
     n_layer = int(eq["layer"].max()) + 1
     third = max(1, n_layer // 3)
     eq = eq.assign(

@@ -682,3 +682,68 @@ def test_llama_records_under_real_fsdp2_shards_equal_numpy_without_gather():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.spawn(_llama_fsdp_worker, args=(2, port), nprocs=2, join=True)
+
+
+def _fake_run(folder: Path, model_type: str, seed: int, eval_loss: float, rates) -> None:
+    """A finished run folder written by hand: run_info.json and Q/K/V variances growing as
+    exp(rate of the layer x step) up to step 40, then flat, every 10 of 100 steps."""
+    from hf_init.core.records import make_record, write_records
+
+    folder.mkdir(parents=True)
+    info = {
+        "model_type": model_type,
+        "config": {
+            "model": {"model_type": model_type, "n_layer": len(rates)},
+            "data": {},
+            "run": {},
+            "training": {"learning_rate": 1e-3, "lr_scheduler_type": "cosine"},
+        },
+        "init": {"scheme": "gpt2", "std": None},
+        "seed": seed,
+        "n_parameters": 1000,
+        "optimizer_steps": 100,
+        "train_loss": eval_loss,
+        "eval_loss": eval_loss,
+        "perplexity": math.exp(eval_loss),
+        "next_token_accuracy": 0.1,
+        "train_runtime_s": 1.0,
+    }
+    (folder / "run_info.json").write_text(json.dumps(info))
+    recs = []
+    for step in range(0, 101, 10):
+        recs.append(make_record(step, None, None, {"learning_rate": 1e-3}))
+        for layer, rate in enumerate(rates):
+            var = 1e-3 * math.exp(rate * min(step, 40) * (1 + 0.01 * seed))
+            recs += [make_record(step, layer, role, {"var": var}) for role in "qkv"]
+    write_records(folder / "variance.jsonl", recs)
+
+
+def test_report_on_a_gpt2_and_a_llama_study_compares_the_families(tmp_path):
+    """Two studies given together: runs are labelled by model family, the loss summary and the
+    claims are per family and scheme. By construction GPT-2's shallow layers grow faster (claim
+    (a)'s direction) and the Llama's deep ones, in each of 5 seeds: per family the sign-flip test
+    reaches p = 1/32 on opposite sides; pooled, the families would cancel."""
+    import pandas as pd
+
+    from hf_init.report import load_runs, results_table, scheme_summary, write_report
+
+    falling, rising = [0.05, 0.04, 0.03, 0.02], [0.02, 0.03, 0.04, 0.05]
+    for seed in range(5):
+        _fake_run(tmp_path / "gpt2" / f"s{seed}", "gpt2", seed, 5.0 + seed / 10, falling)
+        _fake_run(tmp_path / "llama" / f"s{seed}", "llama", seed, 4.0 + seed / 10, rising)
+    runs = load_runs(sorted((tmp_path / "gpt2").iterdir()) + sorted((tmp_path / "llama").iterdir()))
+    assert [list(r.keys) for r in runs[:1]] == [["model", "scheme", "seed"]]
+    summary = scheme_summary(results_table(runs)).set_index("model")
+    assert summary.loc["gpt2", "eval_loss_mean"] == pytest.approx(5.2)
+    assert summary.loc["llama", "eval_loss_mean"] == pytest.approx(4.2)
+    assert (summary["seeds"] == 5).all()
+    write_report([tmp_path / "gpt2", tmp_path / "llama"], tmp_path / "report")
+    per_seed = pd.read_csv(tmp_path / "report" / "report_files" / "claims_per_seed.csv")
+    growth = per_seed[(per_seed["claim"].str.contains("shallow")) & (per_seed["projection"] == "q")]
+    rho = growth.groupby("model")["statistic"].agg(["min", "max", "count"])
+    assert rho.loc["gpt2", "max"] == pytest.approx(-1.0) and rho.loc["gpt2", "count"] == 5
+    assert rho.loc["llama", "min"] == pytest.approx(1.0) and rho.loc["llama", "count"] == 5
+    lines = (tmp_path / "report" / "report.md").read_text().splitlines()
+    for family, verdict in (("gpt2", "supported"), ("llama", "contradicted")):
+        row = next(x for x in lines if x.startswith(f"| {family} | gpt2 | q | shallow_grow_faster"))
+        assert f"| {verdict} |" in row and "not supported" not in row, row
