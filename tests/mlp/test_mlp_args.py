@@ -17,7 +17,7 @@ from hf_init.mlp.args import (
     parse,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import pytest
 from hf_init.core.cli import fail_cleanly
 from hf_init.core.records import read_records
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _script(name):

@@ -25,7 +25,7 @@ from hf_init.theory import measurement as P
 from hf_init.theory import recursions as T
 
 K = 4.0
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 TORCH_ACT = {
     "tanh": torch.tanh,

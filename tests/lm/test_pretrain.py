@@ -13,7 +13,7 @@ from conftest import (
 
 from hf_init.core.cli import UsageError, parse_yaml_and_cli
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "pretrain.py"
 
 

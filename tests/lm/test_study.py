@@ -16,7 +16,7 @@ import pytest
 from hf_init.core.cli import UsageError
 from hf_init.core.records import read_records, to_wide
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TINY = [
     "--n_layer",
     "3",
