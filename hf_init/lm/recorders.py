@@ -73,7 +73,7 @@ def block_statistics(model: torch.nn.Module, grads: bool = False) -> torch.Tenso
     """
     family, blocks = model_blocks(model)
     kinds = []
-    for entry in family.block_weights:  # the column blocks cut here are the parts split cuts
+    for entry in family.block_weights:  # column blocks here = the parts Weight.split cuts
         # attrgetter: get_submodule's checks cost more than the sums
         weight = attrgetter(f"{entry.path}.weight")
         params = [weight(block) for block in blocks]
@@ -195,11 +195,10 @@ class StepRecorder(TrainerCallback):
 class QKVVarianceCallback(StepRecorder):
     """Per layer, the ``var``, ``mean`` and ``rms`` of every block weight (GPT-2: q, k, v parts of
     ``c_attn``, ``attn_proj``, ``mlp_fc``, ``mlp_proj``; Llama: q k v o gate up down) and
-    ``grad_var``, ``grad_rms`` of the
-    gradient that step's update applied (:func:`variance_records`; null at step 0). That gradient
-    is read before the optimizer step: clipped, of the step's mean loss (docs/traps.md says how
-    the Trainer scales it). Under FSDP2 every rank reduces its own shards and joins one
-    all-reduce; otherwise only the main process computes."""
+    ``grad_var``, ``grad_rms`` of the gradient that step's update applied (:func:`variance_records`;
+    null at step 0). That gradient is read before the optimizer step: clipped, of the step's mean
+    loss (docs/traps.md says how the Trainer scales it). Under FSDP2 every rank reduces its own
+    shards and joins one all-reduce; otherwise only the main process computes."""
 
     what = "variance recording"
 
