@@ -195,10 +195,22 @@ def results_table(runs: list[Run]) -> pd.DataFrame:
                 "eval_loss": i["eval_loss"],
                 "perplexity": i["perplexity"],
                 "next_token_accuracy": i.get("next_token_accuracy"),
+                **spike_columns(i.get("spikes")),
                 "train_runtime_s": i["train_runtime_s"],
             }
         )
     return pd.DataFrame(rows)
+
+
+def spike_columns(spikes: dict | None) -> dict:
+    """A run's spikes for the results table: how many, the score, the updates skipped (None in a
+    run from before the spike monitor; the score None when no step was monitored)."""
+    spikes = spikes or {}
+    return {
+        "spikes": spikes.get("count"),
+        "spike_score": spikes.get("score"),
+        "skipped_updates": spikes.get("skipped_updates"),
+    }
 
 
 def scheme_summary(results: pd.DataFrame) -> pd.DataFrame:
@@ -479,7 +491,11 @@ def results_section(doc: Document, runs: list[Run]) -> None:
     results = results_table(runs)
     doc.text(
         "Final evaluation on the held-out split (eval loss = mean next-token cross-entropy, "
-        "perplexity = exp(eval loss)); train_loss = mean logged training loss over the run."
+        "perplexity = exp(eval loss)); train_loss = mean logged training loss over the run; "
+        "spikes = steps whose training loss or gradient norm was more than the run's threshold "
+        "(default 6) standard deviations above the mean of its previous window (default 128) of "
+        "steps; spike_score = spikes / steps with a full window (empty: the run was shorter than "
+        "its window); skipped_updates: with --skip_spike_updates."
     )
     doc.table(results)
     if len(runs) > 1:

@@ -119,6 +119,19 @@ class RunArguments:
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "replace a run already in output_dir (otherwise refuse)"}
     )
+    # the spike monitor's defaults: OLMo-core's (hf_init.lm.spikes says why)
+    spike_window: int = field(
+        default=128,
+        metadata={"help": "spike monitor: z-scores over the last N steps' loss and grad norm"},
+    )
+    spike_threshold: float = field(
+        default=6.0,
+        metadata={"help": "spike monitor: a step is a spike above this z-score"},
+    )
+    skip_spike_updates: bool = field(
+        default=False,
+        metadata={"help": "do not apply the update of a step whose gradient norm is a spike"},
+    )
 
     def __post_init__(self):
         if self.variance_steps is not None and self.variance_steps < 1:
@@ -127,6 +140,20 @@ class RunArguments:
             raise UsageError(
                 f"attention_probe_blocks must be >= 0, got {self.attention_probe_blocks}"
             )
+        if self.spike_window < 2:
+            raise UsageError(f"spike_window must be >= 2 steps, got {self.spike_window}")
+        if not (math.isfinite(self.spike_threshold) and self.spike_threshold > 0):
+            raise UsageError(
+                f"spike_threshold must be a finite number > 0, got {self.spike_threshold}"
+            )
+
+    def spikes(self) -> dict:
+        """The spike monitor's settings (:class:`hf_init.lm.spikes.SpikeMonitor`)."""
+        return {
+            "window": self.spike_window,
+            "threshold": self.spike_threshold,
+            "skip_updates": self.skip_spike_updates,
+        }
 
 
 def check_training_arguments(args) -> None:
@@ -242,6 +269,11 @@ def parse_args(argv: list[str]):
         parser, argv, default_config=DEFAULT_CONFIG
     )
     check_training_arguments(training_args)
+    if run_args.skip_spike_updates and training_args.fp16:
+        raise UsageError(
+            "--skip_spike_updates cannot skip an update under --fp16 (its loss scaler steps the "
+            "optimizer itself); use --bf16, or drop --skip_spike_updates"
+        )
     return model_args, data_args, run_args, training_args, config_path
 
 

@@ -37,6 +37,8 @@ from hf_init.lm.run_folder import (
     MODEL_CARD,
     RecordsInCheckpoints,
     interrupted,
+    lost_peer,
+    lost_peer_error,
     resolve_resume,
     resume_from,
     sigterm_as_interrupt,
@@ -145,16 +147,19 @@ def make_trainer(setup: RunSetup, model, tokenizer, blocks):
         resumed_step=setup.resumed["step"] if setup.resumed else None,
         eval_dataset=blocks["validation"],
         probe_blocks=setup.run_args.attention_probe_blocks,
+        spikes=setup.run_args.spikes(),
     )
     trainer.add_callback(RecordsInCheckpoints(setup.folder))
     return trainer, recorders
 
 
 def train(trainer, recorders, setup: RunSetup):
-    """``trainer.train`` (from the checkpoint when resuming). Stopped or interrupted: the records
-    and TensorBoard events up to the last step are flushed to disk first; an interrupt becomes
-    one line naming the command that continues the run."""
+    """``trainer.train`` (from the checkpoint when resuming). Stopped, interrupted or left alone
+    by a rank that died: the records and TensorBoard events up to the last step are flushed to
+    disk first; an interrupt or a lost rank becomes one line naming the command that continues
+    the run."""
     checkpoint = setup.checkpoint
+    args = setup.training_args
     try:
         return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except (KeyboardInterrupt, RunStopped) as err:
@@ -163,6 +168,13 @@ def train(trainer, recorders, setup: RunSetup):
         if isinstance(err, RunStopped):
             raise
         raise interrupted(setup.folder, trainer.state.global_step, setup.argv, err) from None
+    except RuntimeError as err:
+        if not lost_peer(err, args.world_size):
+            raise
+        for recorder in recorders:  # no collective: the other ranks are gone
+            recorder.flush()
+        step, rank = trainer.state.global_step, args.process_index
+        raise lost_peer_error(setup.folder, step, rank, setup.argv, err) from None
 
 
 def save_run(setup: RunSetup, model, trainer, train_result, eval_metrics: dict) -> dict:

@@ -4,9 +4,9 @@
 sinks own the writers): it decides when (step 0, every ``every`` optimizer steps, the last step,
 each once, and not again on resume) and gives what a recorder measures to its sinks
 (:mod:`hf_init.lm.sinks`). The recorders: :class:`QKVVarianceCallback` (block weights and
-gradients), :class:`LearningRateCallback` and
-:class:`~hf_init.lm.attention_probe.AttentionProbeCallback`; :func:`build_recorders` makes those
-a run uses.
+gradients), :class:`LearningRateCallback`,
+:class:`~hf_init.lm.attention_probe.AttentionProbeCallback` and
+:class:`~hf_init.lm.spikes.SpikeMonitor`; :func:`build_recorders` makes those a run uses.
 """
 
 from __future__ import annotations
@@ -265,23 +265,28 @@ def build_recorders(
     resumed_step: int | None = None,
     eval_dataset=None,
     probe_blocks: int = 0,
+    spikes: dict | None = None,
 ) -> list[StepRecorder]:
     """Add to ``trainer`` every recorder a run uses, with their sinks, and return them: the Q/K/V
     variances, the attention probe on the first ``probe_blocks`` blocks of ``eval_dataset`` (none
-    when 0) and the learning rate, at the same steps (``every``, default the logging interval),
-    into ``out/variance.jsonl`` and, when the run reports to TensorBoard, the Trainer's own writer
-    (:func:`tensorboard_before_recorders`). Sinks exist on the main process only (the one that
-    writes). ``resumed_step``: a run resumed from that step's checkpoint appends to the JSONL."""
+    when 0), the learning rate and the spike monitor (``spikes``: its ``window``, ``threshold``,
+    ``skip_updates``; when None, the defaults of :class:`~hf_init.lm.args.RunArguments`), at the
+    same steps (``every``, default the logging interval), into ``out/variance.jsonl`` and, when
+    the run reports to TensorBoard, the Trainer's own writer (:func:`tensorboard_before_recorders`).
+    Sinks exist on the main process only (the one that writes). ``resumed_step``: a run resumed
+    from that step's checkpoint appends to the JSONL."""
+    from hf_init.lm.args import RunArguments
     from hf_init.lm.attention_probe import AttentionProbeCallback, probe_batch  # builds on this
+    from hf_init.lm.spikes import SpikeMonitor, StepValues
 
     tensorboard = tensorboard_before_recorders(trainer, out, resumed_step)
     main = trainer.args.process_index == 0
     jsonl = [JsonlSink(out / VARIANCE_FILE, append=resumed_step is not None)] if main else []
 
-    def tensorboard_sink(sink_class) -> list:
+    def tensorboard_sink(sink_class, **options) -> list:
         if not main or tensorboard is None:
             return []
-        return [sink_class(lambda: tensorboard.tb_writer, owns_writer=False)]
+        return [sink_class(lambda: tensorboard.tb_writer, owns_writer=False, **options)]
 
     # first: a non-finite variance stops the run before its step is written (a non-finite
     # gradient, caught on every rank by guards.DivergenceStop, comes first in practice)
@@ -294,6 +299,9 @@ def build_recorders(
     recorders.append(
         LearningRateCallback(jsonl + tensorboard_sink(WholeModelTensorBoardSink), every)
     )
+    spike_sinks = jsonl + tensorboard_sink(WholeModelTensorBoardSink, prefix="stability")
+    spikes = spikes or RunArguments().spikes()  # the defaults of scripts/pretrain.py
+    recorders.append(SpikeMonitor(StepValues(trainer), spike_sinks, every, **spikes))
     for recorder in recorders:
         trainer.add_callback(recorder)
     return recorders

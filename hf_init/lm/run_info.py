@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from hf_init.core.outputs import package_versions
 from hf_init.lm.families import family_of
 from hf_init.lm.run_folder import VARIANCE_FILE, RunFolder
+from hf_init.lm.spikes import spike_summary
 from hf_init.lm.throughput import mfu, model_flops_per_token
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ def run_info(
         "device": str(args.device),
         **size_and_speed(setup, model, trainer.state.global_step, train_result),
         "resumed_from": setup.resumed,
+        "spikes": spike_summary(trainer.callback_handler.callbacks),
         "train_loss": train_result.training_loss,
         "eval_loss": eval_loss,
         "perplexity": math.exp(eval_loss) if eval_loss < 700 else float("inf"),
@@ -199,6 +201,8 @@ def print_summary(info: dict, table_text: str, folder: RunFolder) -> None:
             else ""
         )
         print(f"resumed from {resumed['checkpoint']} (step {resumed['step']}){side}")
+    if info.get("spikes"):
+        print(describe_spikes(info["spikes"]))
     print(
         f"eval loss {info['eval_loss']:.4f}, perplexity {info['perplexity']:.2f}, "
         f"next-token accuracy {info['next_token_accuracy']:.4f} ({info['eval_tokens']} tokens)"
@@ -219,6 +223,29 @@ def model_card_fields(info: dict) -> dict:
     }
 
 
+def describe_spikes(spikes: dict, listed: int = 10) -> str:
+    """``run_info.json``'s ``spikes`` (:meth:`hf_init.lm.spikes.SpikeMonitor.summary`) in one
+    line: how many steps were spikes among those monitored, the score, which steps (the first
+    ``listed``) and the updates skipped."""
+    rule = f"z > {spikes['threshold']:g} against the previous {spikes['window']} steps"
+    if not spikes["steps_monitored"]:
+        return f"spikes: none monitored ({rule}: no step had that many before it)"
+    steps = spikes["spike_steps"]
+    text = (
+        f"spikes: {spikes['count']} in {spikes['steps_monitored']} monitored steps "
+        f"(score {spikes['score']:.4f}; {rule})"
+    )
+    if steps:
+        more = ", ..." if len(steps) > listed else ""
+        text += (
+            f": loss {spikes['loss_spikes']}, gradient norm {spikes['grad_norm_spikes']}, at "
+            f"steps {', '.join(map(str, steps[:listed]))}{more}"
+        )
+    if spikes["skip_spike_updates"]:
+        text += f"; skipped updates: {spikes['skipped_updates']} (--skip_spike_updates)"
+    return text
+
+
 def model_card_section(info: dict) -> str:
     """The model card's hf-init section: init scheme, size, data, steps, final perplexity and the
     Q/K/V variance figure embedded (a path inside the run folder, uploaded with it)."""
@@ -234,6 +261,7 @@ def model_card_section(info: dict) -> str:
         f"- data: {corpus.get('name')}",
         f"- optimizer steps: {info['optimizer_steps']}",
         f"- final perplexity: {info['perplexity']:.2f}",
+        *([f"- {describe_spikes(info['spikes'])}"] if info.get("spikes") else []),
         "",
     ]
     if fig:

@@ -500,7 +500,7 @@ def test_learning_rate_is_recorded_with_or_without_the_probe(tmp_path, probe_blo
     _, recorders, records = run_with_recorders(tmp_path, probe_blocks)
     names = [type(r).__name__ for r in recorders]
     probe = ["AttentionProbeCallback"] if probe_blocks else []
-    assert names == ["QKVVarianceCallback", *probe, "LearningRateCallback"]
+    assert names == ["QKVVarianceCallback", *probe, "LearningRateCallback", "SpikeMonitor"]
     lrs = {r["step"]: r["learning_rate"] for r in records if "learning_rate" in r}
     assert lrs == pytest.approx({s: linear_warmup_lr(s) for s in (0, 3, 6, 7)})
     attn_steps = sorted({r["step"] for r in records if r["role"] == "attn"})
