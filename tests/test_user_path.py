@@ -123,7 +123,7 @@ def test_scheme_options_table_matches_the_std_rules():
         "nonlinearity": "tanh",
         "gain": 3.0,
     }
-    specs = [WeightSpec(role, 64, 256, n_layer=4, d_model=64) for role in sorted(ROLES)]
+    specs = [WeightSpec(role, 64, 256, n_layer=4, d_model=64, layer=1) for role in sorted(ROLES)]
     for name, scheme in SCHEMES.items():
         base = SchemeOptions(std=0.1)
         for option, value in changed.items():

@@ -166,7 +166,8 @@ def init_info(config, init_rows: list[dict] | None = None) -> dict:
     }
     if init_rows is not None:
         info["std_by_weight"] = {
-            r["role"]: {"scheme": r["scheme_std"], "measured": r["measured_std"]} for r in init_rows
+            r["weight"]: {"scheme": r["scheme_std"], "measured": r["measured_std"]}
+            for r in init_rows
         }
     return info
 
