@@ -62,7 +62,8 @@ def test_diverged_member_frozen_bit_for_bit_at_its_weights_before_the_bad_step(d
     rec = train_ensemble(long, data, TrainConfig(epochs=40, **cfg), progress=False)
     d = int(rec.diverged_step[1])
     assert rec.diverged_step[0] == -1 and rec.diverged_step[2] == -1
-    # diverged between two host reads: it stayed in the batched compute, masked, until step CHECK_EVERY
+    # diverged between two host reads: it stayed in the batched compute, masked, until step
+    # CHECK_EVERY
     assert 0 < d < CHECK_EVERY, f"the test needs a divergence between host reads, got step {d}"
     assert math.isnan(rec.step_loss[d, 1]) and np.isfinite(rec.step_loss[:d, 1]).all()
     short = _diverging_pair(shape, device)
@@ -81,7 +82,8 @@ def test_diverged_member_frozen_bit_for_bit_at_its_weights_before_the_bad_step(d
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_ensemble_on_device_equals_plain_torch_on_cpu(device):
-    """Trained on the device, each member equals an nn.Sequential + torch.optim.SGD trained on the CPU."""
+    """Trained on the device, each member equals an nn.Sequential + torch.optim.SGD trained on the
+    CPU."""
     shape = MLPShape(5, 8, 2, 3)
     data = _toy_data()
     g = torch.Generator().manual_seed(1)

@@ -12,10 +12,12 @@ runs the mutant's tests there with PYTHONPATH pointing at the copy, and records
     python tools/mutate.py                 # every mutant, 2 at a time; prints a markdown table
     python tools/mutate.py --only M05 M12  # some of them
     python tools/mutate.py --list          # the table, nothing run
+    python tools/mutate.py --check         # each snippet once in its named file, each test there
 
-Exit status 0 when every non-stale mutant is caught, 1 otherwise. mutmut / cosmic-ray were not
-used: each mutant runs its named test files (seconds to a minute), where those tools run the
-whole suite (minutes here) per mutant over hundreds of generated mutants.
+Exit status 0 when every non-stale mutant is caught (with --check: when all match), 1 otherwise.
+mutmut / cosmic-ray were not used: each mutant runs its named test files (seconds to a minute),
+where those tools run the whole suite (minutes here) per mutant over hundreds of generated
+mutants; tools/mutate_random.py draws mutants at random over all of hf_init/ instead.
 """
 
 from __future__ import annotations
@@ -322,11 +324,12 @@ MUTANTS = [
     (
         "M38",
         "hf_init/core/moments.py",
-        "blocks = x.view(len(chunk), lr, n_blocks, c)",
-        "blocks = x.view(len(chunk), n_blocks, lr, c).transpose(1, 2)",
+        "len(chunk), lr, n_blocks, c\n                )",
+        "len(chunk), n_blocks, lr, c\n                ).transpose(1, 2)",
         ["tests/test_distributed_stats.py"],
     ),
-    # study outputs and figures: each break is one the tests of test_study_outputs.py / test_figures.py must see
+    # study outputs and figures: each break is one that test_study_outputs.py / test_figures.py
+    # must see
     (
         "N01",
         "hf_init/lm/modeling.py",
@@ -338,7 +341,8 @@ MUTANTS = [
         "N02",
         "hf_init/mlp/study.py",
         "stats = {name: float(getattr(rec, name)[r, m]) for name in SPLIT_STATISTICS}",
-        'stats = {name: float(getattr(rec, name.replace("train", "test"))[r, m]) for name in SPLIT_STATISTICS}',
+        "stats = {name: float(getattr(rec, name.replace('train', 'test'))[r, m])"
+        " for name in SPLIT_STATISTICS}",
         [f"{OUT}::test_sweep_loss_records"],
     ),
     (
@@ -366,7 +370,8 @@ MUTANTS = [
         "N06",
         "hf_init/core/outputs.py",
         "        for name in found:\n            os.replace(out / name, backup / name)",
-        "        for name in [n for n in found if n != 'tb']:\n            os.replace(out / name, backup / name)",
+        "        for name in [n for n in found if n != 'tb']:\n"
+        "            os.replace(out / name, backup / name)",
         [
             f"{OUT}::test_sweep_overwrite_replaces_the_previous_study",
             f"{OUT}::test_compare_overwrite_replaces_the_previous_study",
@@ -375,8 +380,8 @@ MUTANTS = [
     (
         "N07",
         "hf_init/mlp/analysis.py",
-        "for x, y in zip([r[metric] for r in by[a]], [r[metric] for r in by[b]])))",
-        "for x, y in zip([r[metric] for r in by[b]], [r[metric] for r in by[a]])))",
+        "for x, y in zip([r[metric] for r in by[a]], [r[metric] for r in by[b]])",
+        "for x, y in zip([r[metric] for r in by[b]], [r[metric] for r in by[a]])",
         [f"{OUT}::test_compare_summary_statistics_match_scipy"],
     ),
     (
@@ -403,16 +408,46 @@ MUTANTS = [
     (
         "N11",
         "hf_init/theory/plots.py",
-        'ax.plot(x, [r["predicted"] for r in sel], "-", color=color,',
-        'ax.plot(x, [r["measured"] for r in sel], "-", color=color,',
+        '[r["predicted"] for r in sel],\n                "-",\n                color=color,',
+        '[r["measured"] for r in sel],\n                "-",\n                color=color,',
         [f"{FIG}::test_theory_mlp_forward_figure"],
     ),
 ]
 
 
-def _copy_tree(dst: Path) -> None:
+TEST_ENV = {
+    "MPLBACKEND": "Agg",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONDONTWRITEBYTECODE": "1",
+}
+
+
+def copy_tree(dst: Path) -> None:
+    """The repository without .git, caches and run outputs, copied to ``dst`` (a mutant's tree)."""
     ignore = shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "runs", "*.egg-info")
     shutil.copytree(ROOT, dst, ignore=ignore, dirs_exist_ok=True)
+
+
+def pytest_in_copy(copy: Path, tests: list[str], timeout: float) -> tuple[int | None, str]:
+    """``pytest -x`` on ``tests`` inside the copied tree, importing the copy's hf_init:
+    (exit code, or None on timeout; the first failing or erroring test, "" when none)."""
+    env = dict(os.environ, PYTHONPATH=str(copy), **TEST_ENV)
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-rfE", "-p", "no:cacheprovider", *tests]
+    try:
+        proc = subprocess.run(
+            cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return None, ""
+    failed = [
+        line.split(" ")[1]
+        for line in proc.stdout.splitlines()
+        if line.startswith(("FAILED", "ERROR"))
+    ]
+    return proc.returncode, failed[0] if failed else ""
 
 
 def _locate(copy: Path, file: str, original: str) -> tuple[Path | None, str]:
@@ -428,12 +463,31 @@ def _locate(copy: Path, file: str, original: str) -> tuple[Path | None, str]:
     return None, file
 
 
+def check(mutants) -> list[str]:
+    """What no longer matches the tree, one line each: a snippet not found exactly once in its
+    named file, a test file or test function that does not exist."""
+    problems = []
+    for mid, file, original, _, tests in mutants:
+        path = ROOT / file
+        n = path.read_text().count(original) if path.is_file() else 0
+        if n != 1:
+            problems.append(f"{mid}: snippet found {n} times in {file}")
+        for test in tests:
+            test_file, _, name = test.partition("::")
+            source = (ROOT / test_file).read_text() if (ROOT / test_file).is_file() else None
+            if source is None:
+                problems.append(f"{mid}: no test file {test_file}")
+            elif name and f"def {name.split('[')[0]}(" not in source:
+                problems.append(f"{mid}: no test {name} in {test_file}")
+    return problems
+
+
 def run_mutant(mutant, timeout: int = 900) -> dict:
     mid, file, original, replacement, tests = mutant
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"mutant-{mid}-") as tmp:
         copy = Path(tmp) / "repo"
-        _copy_tree(copy)
+        copy_tree(copy)
         path, where = _locate(copy, file, original)
         if path is None:
             return {
@@ -444,29 +498,12 @@ def run_mutant(mutant, timeout: int = 900) -> dict:
                 "detail": "snippet not found",
             }
         path.write_text(path.read_text().replace(original, replacement, 1))
-        env = dict(
-            os.environ,
-            PYTHONPATH=str(copy),
-            MPLBACKEND="Agg",
-            HF_HUB_OFFLINE="1",
-            HF_DATASETS_OFFLINE="1",
-            TRANSFORMERS_OFFLINE="1",
-            TOKENIZERS_PARALLELISM="false",
-            PYTHONDONTWRITEBYTECODE="1",
-        )
-        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
-        try:
-            proc = subprocess.run(
-                cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout
-            )
-            rc, out = proc.returncode, proc.stdout
-        except subprocess.TimeoutExpired:
-            rc, out = -1, "timeout"
+        rc, failed = pytest_in_copy(copy, tests, timeout)
     status = "missed" if rc == 0 else "caught"
-    failed = [
-        line.split(" ")[1] for line in out.splitlines() if line.startswith(("FAILED", "ERROR"))
-    ]
-    detail = failed[0] if failed else ("no test failed (rc %d)" % rc if rc else "")
+    if rc is None:
+        detail = "timeout"
+    else:
+        detail = failed or (f"no test failed (rc {rc})" if rc else "")
     return {
         "id": mid,
         "file": where,
@@ -483,6 +520,11 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="*", default=None, help="mutant ids to run (default: all)")
     p.add_argument("--jobs", type=int, default=2, help="mutants run at once")
     p.add_argument("--list", action="store_true", help="print the mutants and exit")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="check that every snippet occurs once in its file and every test exists; run nothing",
+    )
     args = p.parse_args(argv)
     chosen = [m for m in MUTANTS if args.only is None or m[0] in args.only]
     if args.only and len(chosen) != len(set(args.only)):
@@ -491,11 +533,14 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.check:
+        problems = check(chosen)
+        print("\n".join(problems) or f"all {len(chosen)} mutants match the tree")
+        return 1 if problems else 0
     if args.list:
         for mid, file, original, replacement, tests in chosen:
-            print(
-                f"{mid}  {file}\n     - {original}\n     + {replacement}\n     tests: {' '.join(tests)}"
-            )
+            print(f"{mid}  {file}\n     - {original}\n     + {replacement}")
+            print(f"     tests: {' '.join(tests)}")
         return 0
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         results = []
