@@ -23,10 +23,8 @@ STATISTICS: dict[str, str] = {
     # weights of a layer (GPT-2 callback): population moments over all entries of the weight block
     "var": "population variance of the weight block's entries",
     "mean": "mean of the weight block's entries",
-    "rms": "root mean square of the weight block's entries",
-    "grad_var": (
-        "population variance of the gradient of the step's mean loss w.r.t. the weight block"
-    ),
+    "rms": "root mean square of the weight block's entries (coord check: of the activation's)",
+    "grad_var": "population variance of the gradient of the step's mean loss wrt the weight block",
     "grad_mean": "mean of that gradient's entries",
     "grad_rms": "root mean square of that gradient's entries",
     # signal through a layer (MLP studies): over the probe batch and the layer's units

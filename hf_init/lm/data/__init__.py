@@ -1,1 +1,2 @@
-"""Text for pretraining: arguments, the built-in corpus, loaders, the tokenizer, fixed-length blocks."""
+"""Text for pretraining: arguments, the built-in corpus, loaders, the tokenizer, fixed-length
+blocks."""
