@@ -386,3 +386,41 @@ def test_claims_markdown_states_the_parameters(tmp_path):
     text = E.claims_markdown(v, early_window=0.2, tolerance=0.1)
     assert "first 0.2 of each run" in text and "tolerance: 0.1" in text
     assert text.count("\n- ") == len(v) == 9 and "| scheme | projection | claim |" in text
+
+
+# ------------------------------------------------------------------ power
+
+
+def power_by_hand(n, q, alpha=0.05):
+    """Sign test power with math.comb: reject when k >= c, c the smallest count whose
+    Bin(n, 1/2) upper tail is <= alpha (found with scipy's binomtest)."""
+    c = next(
+        k
+        for k in range(n + 2)
+        if k > n or sps.binomtest(k, n, 0.5, alternative="greater").pvalue <= alpha
+    )
+    return sum(math.comb(n, k) * q**k * (1 - q) ** (n - k) for k in range(c, n + 1))
+
+
+@pytest.mark.parametrize("n, q", [(5, 1.0), (5, 0.8), (10, 0.8), (20, 0.8), (13, 0.7), (4, 1.0)])
+def test_sign_test_power_is_the_binomial_sum(n, q):
+    assert E.sign_test_power(n, q) == pytest.approx(power_by_hand(n, q), abs=1e-12)
+
+
+def test_seeds_needed_is_the_first_n_with_80_percent_power():
+    # every seed agreeing: 5 seeds (1/2^5 = 0.031 <= 0.05; 4 seeds give at best 0.0625)
+    assert E.seeds_needed(1.0) == 5
+    for q in (0.8, 0.7, 0.9):
+        n = int(E.seeds_needed(q))
+        assert power_by_hand(n, q) >= 0.8
+        assert all(power_by_hand(m, q) < 0.8 for m in range(1, n))
+    assert E.seeds_needed(0.5) == math.inf and E.seeds_needed(0.51) == math.inf
+
+
+def test_verdicts_state_the_seeds_agreeing_and_needed(tmp_path):
+    v, _ = E.check_claims(study(tmp_path, growth_curves(-1), range(5)))
+    row = verdict(v, "shallow_grow_faster")
+    assert (row.seeds_agreeing, row.seeds_needed) == (5, 5)
+    assert "5 of 5 seeds share the mean's sign" in row.sentence
+    band = verdict(v, "narrower_band_at_end")
+    assert math.isnan(band.seeds_needed)

@@ -49,6 +49,12 @@ maximum over the run (a clear narrowing, not a few % of noise)."""
 MIN_LAYERS = 3
 """Fewest usable layers for a per-seed Spearman rho."""
 
+POWER = 0.8
+"""Power the report's "seeds needed" aims at: the conventional 80%."""
+
+MAX_SEEDS = 200
+"""Largest number of seeds "seeds needed" searches; beyond it the report says "> 200"."""
+
 CLAIMS = {
     "shallow_grow_faster": "shallow layers grow faster early (rho(layer, early growth) < 0)",
     "deep_equilibrate_later": "deep layers equilibrate later (rho(layer, equilibration step) > 0)",
@@ -276,6 +282,38 @@ def sign_flip_test(rhos) -> dict:
     }
 
 
+def sign_test_power(n: int, agree: float, alpha: float = ALPHA) -> float:
+    """Probability that the one-sided sign test at level ``alpha`` rejects with ``n`` seeds when
+    each seed independently points the tested way with probability ``agree``."""
+    k = np.arange(n + 2)  # P(X >= n + 1) = 0: some k always qualifies
+    critical = int(k[sps.binom.sf(k - 1, n, 0.5) <= alpha][0])  # X ~ Bin(n, 1/2) under the null
+    return float(sps.binom.sf(critical - 1, n, agree))
+
+
+def seeds_needed(
+    agree: float, alpha: float = ALPHA, power: float = POWER, max_seeds: int = MAX_SEEDS
+) -> float:
+    """Fewest seeds giving the one-sided sign test at level ``alpha`` the ``power`` to detect an
+    effect whose seeds each point its way with probability ``agree``; inf when none up to
+    ``max_seeds`` does (and for ``agree`` <= 1/2, no effect)."""
+    if not agree > 0.5:
+        return math.inf
+    for n in range(1, max_seeds + 1):
+        if sign_test_power(n, agree, alpha) >= power:
+            return float(n)
+    return math.inf
+
+
+def _power_columns(rhos, alpha: float) -> dict:
+    """``seeds_agreeing`` (finite rhos with the sign of their mean) and ``seeds_needed`` for an
+    effect that consistent (:func:`seeds_needed`, agree = seeds_agreeing / n)."""
+    r = np.asarray([v for v in rhos if math.isfinite(v)], dtype=float)
+    if len(r) == 0 or r.mean() == 0:
+        return {"seeds_agreeing": 0, "seeds_needed": math.inf}
+    agreeing = int(np.sum(np.sign(r) == np.sign(r.mean())))
+    return {"seeds_agreeing": agreeing, "seeds_needed": seeds_needed(agreeing / len(r), alpha)}
+
+
 def _rank_verdict(test: dict, direction: str, alpha: float) -> str:
     if test["n_seeds"] == 0:
         return "not supported"
@@ -405,6 +443,8 @@ def _verdicts(seeds: pd.DataFrame, seed_key: str, alpha: float) -> pd.DataFrame:
                     "n_seeds": len(r),
                     "p_value": math.nan,
                     "min_p": math.nan,
+                    "seeds_agreeing": math.nan,
+                    "seeds_needed": math.nan,
                     "verdict": verdict,
                 }
             )
@@ -420,6 +460,7 @@ def _verdicts(seeds: pd.DataFrame, seed_key: str, alpha: float) -> pd.DataFrame:
                     "n_seeds": test["n_seeds"],
                     "p_value": test["p_less"] if direction == "less" else test["p_greater"],
                     "min_p": test["min_p"],
+                    **_power_columns(sub["statistic"], alpha),
                     "verdict": _rank_verdict(test, direction, alpha),
                 }
             )
@@ -439,7 +480,8 @@ def check_claims(
 
     ``verdicts`` columns: group keys... (run keys but ``seed_key``), projection, claim,
     statistic_name, statistic (mean rho for (a)/(b), median end/max ratio for (c)), per_seed,
-    n_seeds, p_value (one-sided, claimed direction; NaN for (c)), min_p (1/2^n_seeds), verdict,
+    n_seeds, p_value (one-sided, claimed direction; NaN for (c)), min_p (1/2^n_seeds),
+    seeds_agreeing and seeds_needed (the power, :func:`power_phrase`; NaN for (c)), verdict,
     and with ``robustness``: verdict_half, verdict_double (the parameter of the claim -- early
     window for (a), tolerance for (b) -- halved / doubled), stable, sentence.
     """
@@ -460,6 +502,8 @@ def check_claims(
                 "n_seeds",
                 "p_value",
                 "min_p",
+                "seeds_agreeing",
+                "seeds_needed",
                 "verdict",
             )
         ]
@@ -508,6 +552,10 @@ def verdict_sentence(
             detail += "; the mean rho points against the claim"
         if row["n_seeds"] and row["min_p"] > ALPHA:
             detail += f"; with {row['n_seeds']} seed(s) this test cannot reach p <= {ALPHA}"
+        if row["n_seeds"]:
+            detail += "; " + power_phrase(
+                row["seeds_agreeing"], row["n_seeds"], row["seeds_needed"]
+            )
     text = f"{who}: '{CLAIMS[claim]}' is {row['verdict'].upper()} -- {detail}."
     if "stable" in row and row["stable"] is not None and not pd.isna(row["stable"]):
         what = "early window" if claim == "shallow_grow_faster" else "tolerance"
@@ -521,6 +569,18 @@ def verdict_sentence(
     return text
 
 
+def power_phrase(agreeing: int, n: int, needed: float) -> str:
+    """How many seeds an effect as consistent as the observed one needs (the report's power)."""
+    share = f"{agreeing:.0f} of {n:.0f} seeds share the mean's sign"
+    if not math.isfinite(needed):
+        how = f"more than {MAX_SEEDS}" if agreeing * 2 > n else "no number of"
+        return f"{share}: at that consistency {how} seeds give a sign test {POWER:.0%} power"
+    return (
+        f"{share}: at that consistency {needed:.0f} seeds give a one-sided sign test at level "
+        f"{ALPHA:g} a power of {POWER:.0%}"
+    )
+
+
 _VERDICT_COLUMNS = {
     "projection",
     "max_spread",
@@ -531,6 +591,8 @@ _VERDICT_COLUMNS = {
     "n_seeds",
     "p_value",
     "min_p",
+    "seeds_agreeing",
+    "seeds_needed",
     "verdict",
     "verdict_half",
     "verdict_double",
@@ -570,8 +632,13 @@ def claims_markdown(
         f"{MIN_EARLY_RECORDS} records); equilibration tolerance: {tolerance:g} (relative to the "
         f"final level, the median of the last {smoothing} records) on a centered moving median "
         f"over {smoothing} records; pooled test: exact one-sided sign-flip test of the mean "
-        f"Spearman rho over seeds at level {ALPHA:g}; band claim: end/max log-variance spread "
-        f"<= {NARROW_RATIO:g}. "
+        f"Spearman rho over seeds at level {ALPHA:g}, whose smallest attainable p with n seeds is "
+        f"1/2^n (`min_p`); power: `seeds_needed` is the fewest seeds with which a one-sided sign "
+        f"test at {ALPHA:g} has {POWER:.0%} power for an effect as consistent as the observed one "
+        "(each seed independently shares the mean's sign with probability seeds_agreeing / "
+        "n_seeds; signs only, an approximation of the sign-flip test of the mean); band claim: "
+        f"end/max log-variance spread <= {NARROW_RATIO:g} in every seed (a unanimity rule, no "
+        "p-value). "
         "Robustness: every verdict re-run with the window and tolerance halved and doubled.\n\n"
     )
     table = to_markdown(verdicts.drop(columns=[c for c in ("sentence",) if c in verdicts]))
