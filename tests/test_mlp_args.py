@@ -10,10 +10,10 @@ import yaml
 from hf_init.core.cli import UsageError
 from hf_init.mlp.args import (
     CompareArguments,
-    DataArguments,
-    ModelArguments,
-    RunArguments,
+    MLPModelArguments,
+    MLPRunArguments,
     SweepArguments,
+    TabularDataArguments,
     parse,
 )
 
@@ -31,7 +31,9 @@ def test_shipped_config_states_the_defaults(study, config):
     assert from_yaml == defaults
     written = yaml.safe_load(path.read_text())
     declared = {
-        f.name for cls in (DataArguments, ModelArguments, RunArguments, study) for f in fields(cls)
+        f.name
+        for cls in (TabularDataArguments, MLPModelArguments, MLPRunArguments, study)
+        for f in fields(cls)
     }
     assert set(written) <= declared
 
