@@ -335,8 +335,11 @@ def test_groups_by_scheme(tmp_path):
 
 
 def test_markdown_table():
-    df = pd.DataFrame({"a": [1.0, math.nan], "b": ["x|y", "z"]})
-    assert E.to_markdown(df, digits=3) == "| a | b |\n|---|---|\n| 1 | x\\|y |\n|  | z |\n"
+    # numbers right-aligned, text (and booleans) left-aligned
+    df = pd.DataFrame({"a": [1.0, math.nan], "b": ["x|y", "z"], "c": [True, False]})
+    assert E.to_markdown(df, digits=3) == (
+        "| a | b | c |\n|---:|:---|:---|\n| 1 | x\\|y | True |\n|  | z | False |\n"
+    )
 
 
 def test_centered_median_is_pandas_rolling_inside_and_symmetric_at_the_ends():

@@ -603,7 +603,7 @@ _VERDICT_COLUMNS = {
 
 def to_markdown(df: pd.DataFrame, digits: int = 4) -> str:
     """A DataFrame as a GitHub Markdown table (floats to ``digits`` significant digits, NaN as
-    empty), without needing the ``tabulate`` package."""
+    empty; number columns right-aligned, the others left), without needing ``tabulate``."""
 
     def cell(v):
         if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
@@ -612,8 +612,16 @@ def to_markdown(df: pd.DataFrame, digits: int = 4) -> str:
             return f"{v:.{digits}g}"
         return str(v).replace("|", "\\|").replace("\n", " ")
 
+    def is_number(column) -> bool:
+        values = [v for v in df[column] if v is not None and not pd.isna(v)]
+        return bool(values) and all(
+            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+            for v in values
+        )
+
     cols = list(df.columns)
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
+    rule = "|" + "".join("---:|" if is_number(c) else ":---|" for c in cols)
+    lines = ["| " + " | ".join(map(str, cols)) + " |", rule]
     for rec in df.itertuples(index=False):
         lines.append("| " + " | ".join(cell(v) for v in rec) + " |")
     return "\n".join(lines) + "\n"
@@ -641,6 +649,7 @@ def claims_markdown(
         "p-value). "
         "Robustness: every verdict re-run with the window and tolerance halved and doubled.\n\n"
     )
-    table = to_markdown(verdicts.drop(columns=[c for c in ("sentence",) if c in verdicts]))
+    shown = verdicts.drop(columns=[c for c in ("sentence", "statistic_name") if c in verdicts])
+    table = to_markdown(shown)
     bullets = "".join(f"- {s}\n" for s in verdicts.get("sentence", []))
     return head + table + "\n" + bullets
