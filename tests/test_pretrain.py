@@ -328,18 +328,6 @@ def test_two_process_ddp_on_cpu(tmp_path):
     assert len(list(out.rglob("*.safetensors"))) == 1  # one saved model
 
 
-@pytest.mark.parametrize(
-    "name", ["generation_config.json", "tokenizer_config.json", "training_args.bin"]
-)
-def test_folder_with_only_a_saved_side_file_counts_as_a_run(tmp_path, name):
-    from hf_init.lm.pretrain import check_output_dir
-
-    (tmp_path / name).write_bytes(b"x")
-    with pytest.raises(UsageError, match=name):
-        check_output_dir(tmp_path, overwrite=False)
-    assert check_output_dir(tmp_path, overwrite=True) == [name]
-
-
 def snapshot(folder: Path) -> dict:
     return {
         str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()

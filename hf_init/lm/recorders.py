@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 from hf_init.core.moments import sharded_block_moments
 from hf_init.core.records import make_record
 from hf_init.lm.families import BLOCK_ROLES, BLOCK_WEIGHTS
-from hf_init.lm.run_folder import latest_events_dir
+from hf_init.lm.run_folder import VARIANCE_FILE, latest_events_dir
 from hf_init.lm.sinks import (
     AttentionTensorBoardSink,
     JsonlSink,
@@ -29,8 +29,6 @@ from hf_init.lm.sinks import (
     TensorBoardSink,
     WholeModelTensorBoardSink,
 )
-
-VARIANCE_FILE = "variance.jsonl"
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
