@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as sps
+from scipy.optimize import brentq
 
 from hf_init.core.records import make_record, read_records, write_records
 from hf_init.lm import equilibration as E
@@ -427,3 +428,67 @@ def test_verdicts_state_the_seeds_agreeing_and_needed(tmp_path):
     assert "5 of 5 seeds share the mean's sign" in row.sentence
     band = verdict(v, "narrower_band_at_end")
     assert math.isnan(band.seeds_needed)
+
+
+# ------------------------------------------------------------------ schedule coupling
+
+
+def coupling_frame(tmp_path, curve_of, lr_of, schedule):
+    """One run of 4 layers x Q/K/V whose curves are curve_of(steps), learning rate lr_of(steps)."""
+    curves = {(p, l): curve_of(STEPS) * (1 + 0.01 * l) for p in E.PROJECTIONS for l in range(4)}
+    frame = run_frame(tmp_path, curves, scheme=f"s_{schedule}", lr=lr_of(STEPS))
+    return frame.assign(scheme="s", schedule=schedule)
+
+
+def cosine(t):
+    return 1e-3 * 0.5 * (1 + np.cos(np.pi * np.asarray(t, float) / T))
+
+
+def constant(t):
+    return np.full(len(t), 1e-3)
+
+
+def test_coupling_follows_the_weights_when_constant_lr_settles_at_the_same_step(tmp_path):
+    def curve(t):
+        return saturating(t, 4e-4, 1e-3, 80.0)
+
+    frame = pd.concat(
+        [
+            coupling_frame(tmp_path, curve, lr, s)
+            for lr, s in ((constant, "constant"), (cosine, "cosine"))
+        ]
+    )
+    table = E.coupling_table(frame, smoothing=1).set_index("schedule")
+    eq = expected_eq_step(4e-4, 1e-3, 80.0, E.TOLERANCE, saturating(T, 4e-4, 1e-3, 80.0))
+    assert table.loc["constant", "settled"] == 1.0 and table.loc["constant", "eq_step"] == eq
+    assert table.loc["cosine", "lr_fraction"] == pytest.approx(
+        0.5 * (1 + math.cos(math.pi * eq / T))
+    )
+    verdict = E.coupling_verdicts(table.reset_index()).iloc[0]
+    assert (verdict.decaying, verdict.follows) == ("cosine", "weights")
+
+
+def test_coupling_follows_the_schedule_when_variance_tracks_the_integrated_lr(tmp_path):
+    # variance = 1e-3 (1 + 2 G(t)), G the learning rate integrated up to t, normalized to G(T) = 1:
+    # under a constant rate a steady ramp (within 5% of its end only over the last 7.5% of the run)
+    def integrated(lr_of):
+        def curve(t):
+            g = np.concatenate([[0.0], np.cumsum(lr_of(t)[:-1] * np.diff(t))])
+            return 1e-3 * (1 + 2 * g / g[-1])
+
+        return curve
+
+    frame = pd.concat(
+        [
+            coupling_frame(tmp_path, integrated(lr), lr, s)
+            for lr, s in ((constant, "constant_with_warmup"), (cosine, "cosine"))
+        ]
+    )
+    table = E.coupling_table(frame, smoothing=1).set_index("schedule")
+    assert table.loc["constant_with_warmup", "settled"] == 0.0
+    # under cosine G(t) ~ x + sin(pi x) / pi (x = t / T): within 5% of the end from x* on
+    x_star = brentq(lambda x: 1 + 2 * (x + math.sin(math.pi * x) / math.pi) - 0.95 * 3, 0.3, 0.99)
+    assert table.loc["cosine", "settled"] == 1.0
+    assert abs(table.loc["cosine", "eq_step"] - x_star * T) <= 20  # records every 10 steps
+    verdict = E.coupling_verdicts(table.reset_index()).iloc[0]
+    assert verdict.follows == "schedule" and verdict.lr_fraction_decaying < 0.5

@@ -653,3 +653,105 @@ def claims_markdown(
     table = to_markdown(shown)
     bullets = "".join(f"- {s}\n" for s in verdicts.get("sentence", []))
     return head + table + "\n" + bullets
+
+
+# ------------------------------------------------------------------ schedule coupling
+
+CONSTANT_SCHEDULES = ("constant", "constant_with_warmup")
+"""Schedules whose learning rate stays at its peak after warm-up: under them the schedule
+cannot be what settles the weights."""
+
+STAY = 0.2
+"""A curve has settled when it left the band and then stayed in it for at least the last 20% of
+the run: a curve that keeps drifting reaches the band around its own final value only near the
+end (a steady ramp of +50% spends its last 15% there), which is the run ending, not settling."""
+
+SETTLED_SHARE = 0.5
+"""Coupling verdict: the weights settle on their own when at least half the curves settle
+under a constant learning rate."""
+
+SAME_STEP = 0.1
+"""Coupling verdict: equilibration steps within 10% of the run length count as the same step."""
+
+DECAYED_LR = 0.5
+"""Coupling verdict: an equilibration at less than half the peak learning rate is one the decay
+may have made."""
+
+
+def coupling_table(
+    frame: pd.DataFrame,
+    tolerance: float = TOLERANCE,
+    smoothing: int = SMOOTHING,
+    seed_key: str = SEED_KEY,
+) -> pd.DataFrame:
+    """Per run group (every key but ``seed_key``), over seeds, layers and projections: curves,
+    ``settled`` (share that left the band and then stayed within ``tolerance`` of the final level
+    for at least the last :data:`STAY` of the run), ``never`` (share with no equilibration step),
+    ``eq_step`` and ``lr_fraction`` (medians over the settled curves of the equilibration step
+    and the learning rate there / its peak) and ``run_steps`` (the last recorded step)."""
+    keys = run_keys(frame)
+    eq = equilibration_table(frame, tolerance=tolerance, smoothing=smoothing)
+    recorded = frame.dropna(subset=["step"])
+    span = recorded.groupby(keys, dropna=False)["step"].agg(["min", "max"]).reset_index()
+    eq = eq.merge(span, on=keys, how="left")
+    latest = eq["min"] + (1 - STAY) * (eq["max"] - eq["min"])
+    eq["settled"] = eq["equilibration_step"].notna() & eq["left_band"]
+    eq["settled"] &= eq["equilibration_step"] <= latest
+    groups = [k for k in keys if k != seed_key]
+    rows = []
+    for kvals, sub in _groups(eq, groups):
+        ok = sub[sub["settled"]]
+        rows.append(
+            {
+                **dict(zip(groups, kvals)),
+                "curves": len(sub),
+                "settled": float(sub["settled"].mean()),
+                "never": float(sub["equilibration_step"].isna().mean()),
+                "eq_step": ok["equilibration_step"].median(),
+                "lr_fraction": ok["lr_fraction_of_peak"].median(),
+                "run_steps": float(sub["max"].max()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def coupling_verdicts(table: pd.DataFrame, schedule_key: str = "schedule") -> pd.DataFrame:
+    """Pair each constant-schedule group of :func:`coupling_table` with the groups that differ from
+    it only in a decaying schedule: does equilibration follow the weights or the schedule?
+
+    "weights": at least :data:`SETTLED_SHARE` of the curves settle under the constant schedule and
+    the decaying schedule's median equilibration step is within :data:`SAME_STEP` of the run
+    length of the constant one's. "schedule": fewer settle under the constant schedule and under
+    the decaying one they settle at a median learning rate below :data:`DECAYED_LR` of its peak.
+    Otherwise "mixed"."""
+    if schedule_key not in table:
+        return pd.DataFrame()
+    others = [c for c in table.columns if c not in _COUPLING_COLUMNS and c != schedule_key]
+    constant = table[table[schedule_key].isin(CONSTANT_SCHEDULES)]
+    decaying = table[~table[schedule_key].isin(CONSTANT_SCHEDULES)]
+    pairs = constant.merge(decaying, on=others, suffixes=("_constant", "_decaying"))
+    rows = []
+    for r in pairs.to_dict("records"):
+        gap = abs(r["eq_step_decaying"] - r["eq_step_constant"]) / r["run_steps_constant"]
+        if r["settled_constant"] >= SETTLED_SHARE and gap <= SAME_STEP:
+            verdict = "weights"
+        elif r["settled_constant"] < SETTLED_SHARE and r["lr_fraction_decaying"] < DECAYED_LR:
+            verdict = "schedule"
+        else:
+            verdict = "mixed"
+        rows.append(
+            {
+                **{k: r[k] for k in others},
+                "decaying": r[f"{schedule_key}_decaying"],
+                "settled_constant": r["settled_constant"],
+                "settled_decaying": r["settled_decaying"],
+                "eq_step_constant": r["eq_step_constant"],
+                "eq_step_decaying": r["eq_step_decaying"],
+                "lr_fraction_decaying": r["lr_fraction_decaying"],
+                "follows": verdict,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+_COUPLING_COLUMNS = ("curves", "settled", "never", "eq_step", "lr_fraction", "run_steps")

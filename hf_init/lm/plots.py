@@ -150,3 +150,26 @@ def attention_vs_step(table, path, title: str = ""):
     if title:
         fig.suptitle(title)
     return save_figure(fig, path)
+
+
+def loss_vs_learning_rate(results, path, chance: float):
+    """Final loss against learning rate (log x), one line per run group (mean over seeds of the
+    loss capped at ``chance``, the uniform prediction's; a cross marks a run group that diverged
+    at that rate in some seed), the dotted line at ``chance``. ``results``: columns ``group``
+    (label), ``lr``, ``capped``, ``diverged``."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
+    for i, (label, sub) in enumerate(results.groupby("group", sort=True)):
+        by_lr = sub.groupby("lr", sort=True).agg(loss=("capped", "mean"), div=("diverged", "any"))
+        color = f"C{i % 10}"
+        ax.plot(by_lr.index, by_lr["loss"], "o-", color=color, label=label)
+        bad = by_lr[by_lr["div"]]
+        ax.plot(bad.index, bad["loss"], "x", color=color, ms=11, mew=2)
+    ax.axhline(chance, color="0.4", ls=":", lw=1, label=f"chance ln V = {chance:.2f}")
+    ax.set_xscale("log")
+    ax.set_xlabel("peak learning rate")
+    ax.set_ylabel("final eval loss (capped at chance)")
+    ax.set_title("final loss against learning rate (x: diverged)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
