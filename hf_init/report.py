@@ -231,6 +231,8 @@ def train_loss_curves(run: Run) -> pd.DataFrame | None:
 
 
 def loss_figure(runs: list[Run], path: Path):
+    """The logged training loss of every run, one colour per run group (scheme and settings); a
+    log y axis when the losses span more than 20x (a diverged run)."""
     from hf_init.core.figures import pyplot, save_figure
 
     curves = [(r, train_loss_curves(r)) for r in runs]
@@ -238,21 +240,31 @@ def loss_figure(runs: list[Run], path: Path):
     if not curves:
         return None
     plt = pyplot()
-    schemes = sorted({r.keys["scheme"] for r, _ in curves})
-    colors = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(schemes)}
-    fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
+
+    def group(r):
+        return ", ".join(f"{k} {v}" for k, v in r.keys.items() if k != "seed")
+
+    groups = sorted({group(r) for r, _ in curves})
+    colors = {g: plt.get_cmap("tab20")(i % 20) for i, g in enumerate(groups)}
+    fig, ax = plt.subplots(figsize=(9, 5), constrained_layout=True)
     seen = set()
     for r, c in curves:
-        s = r.keys["scheme"]
+        g = group(r)
+        marker = "o" if len(c) < 3 else None  # a run that stopped early: its few points
+        label = g * (g not in seen)
         ax.plot(
-            c["step"], c["loss"], color=colors[s], lw=1.2, alpha=0.8, label=None if s in seen else s
+            c["step"], c["loss"], color=colors[g], lw=1.2, alpha=0.8, marker=marker, label=label
         )
-        seen.add(s)
+        seen.add(g)
+    losses = pd.concat([c["loss"] for _, c in curves])
+    losses = losses[np.isfinite(losses) & (losses > 0)]
+    if len(losses) and losses.max() > 20 * losses.min():
+        ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (logged mean)")
-    ax.set_title("training loss, every run (one colour per scheme)")
+    ax.set_title("training loss, every run (one colour per scheme and setting)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7, ncol=1 + len(groups) // 12)
     return save_figure(fig, path)
 
 
@@ -460,7 +472,7 @@ def configs_section(doc: Document, runs: list[Run]) -> None:
     doc.text(f"{len(runs)} pretraining runs. Settings shared by every run:")
     doc.table(shared)
     if len(runs) > 1:
-        doc.text("Settings that differ (one column per run):")
+        doc.text("Settings that differ (one row per run):")
         doc.table(differ)
 
 

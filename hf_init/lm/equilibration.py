@@ -547,7 +547,7 @@ def verdict_sentence(
             f"smallest attainable p = {row['min_p']:.3g}; {param}"
         )
         if not row["n_seeds"]:
-            detail += "; no seed had a defined rho (fewer than 3 usable layers or constant values)"
+            detail = f"no seed had a defined rho (< 3 usable layers, or constant values); {param}"
         elif (row["statistic"] > 0) == (claim == "shallow_grow_faster") and row["statistic"] != 0:
             detail += "; the mean rho points against the claim"
         if row["n_seeds"] and row["min_p"] > ALPHA:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from hf_init.core.figures import pyplot, save_figure
 from hf_init.core.records import read_records
@@ -33,7 +34,7 @@ def variance_vs_step(
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("population variance")
     sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(table.layers[0], table.layers[-1]))
-    fig.colorbar(sm, ax=axes, label="layer (shallow -> deep)")
+    fig.colorbar(sm, ax=axes, label="layer (shallow -> deep)", ticks=MaxNLocator(integer=True))
     return save_figure(fig, path)
 
 
@@ -145,8 +146,10 @@ def attention_vs_step(table, path, title: str = ""):
         ax.set_title(label)
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")
+    axes[1].ticklabel_format(axis="y", useOffset=False)  # an offset label collides with titles
     sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(layers[0], layers[-1]))
-    fig.colorbar(sm, ax=axes, label="layer (shallow -> deep), mean over heads")
+    label = "layer (shallow -> deep), mean over heads"
+    fig.colorbar(sm, ax=axes, label=label, ticks=MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
     return save_figure(fig, path)

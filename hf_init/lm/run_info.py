@@ -113,6 +113,8 @@ def diverged_info(setup: RunSetup, model, trainer, step: int, message: str) -> d
     """The ``diverged.json`` dict of a run stopped at ``step`` because training diverged."""
     return {
         **run_description(setup, model, trainer),
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "optimizer_steps": step - 1,  # the updates applied: the one of ``step`` was not
         "diverged_at_step": step,
         "message": message,
         "wall_time_s": time.time() - setup.started,
