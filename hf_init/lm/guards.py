@@ -37,14 +37,22 @@ def describe_parameter(name: str) -> str:
     return f"layer {m.group(1)} {m.group(2)}" if m else name
 
 
-def divergence_error(step: int, what: str) -> RunStopped:
+class Diverged(RunStopped):
+    """A run stopped because its training diverged at optimizer step ``step``."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message, code=1)
+        self.step = step
+
+
+def divergence_error(step: int, what: str) -> Diverged:
     """The error that stops a run diverged at ``step`` (``what`` says where), for the caller to
     raise: one line, exit code 1."""
-    return RunStopped(
+    return Diverged(
         f"error: training diverged at step {step}: {what}; stopped before that update, so the "
         f"weights, records and checkpoints up to step {step - 1} are kept (lower --learning_rate, "
         f"set --max_grad_norm, or change the init scheme)",
-        code=1,
+        step,
     )
 
 

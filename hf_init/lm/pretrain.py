@@ -28,11 +28,11 @@ from hf_init.lm.data.blocks import tokenize_and_group
 from hf_init.lm.data.loaders import load_raw_text
 from hf_init.lm.data.tokenizer import load_or_train_tokenizer
 from hf_init.lm.families import family_of
-from hf_init.lm.guards import DivergenceStop
+from hf_init.lm.guards import Diverged, DivergenceStop
 from hf_init.lm.metrics import metric_path
 from hf_init.lm.modeling import build_model, init_report
 from hf_init.lm.plots import plot_run
-from hf_init.lm.recorders import build_recorders
+from hf_init.lm.recorders import build_recorders, unwrap_model
 from hf_init.lm.run_folder import (
     MODEL_CARD,
     RecordsInCheckpoints,
@@ -45,6 +45,7 @@ from hf_init.lm.run_folder import (
 )
 from hf_init.lm.run_info import (
     RunSetup,
+    diverged_info,
     model_card_fields,
     model_card_section,
     print_summary,
@@ -156,8 +157,8 @@ def make_trainer(setup: RunSetup, model, tokenizer, blocks):
 def train(trainer, recorders, setup: RunSetup):
     """``trainer.train`` (from the checkpoint when resuming). Stopped, interrupted or left alone
     by a rank that died: the records and TensorBoard events up to the last step are flushed to
-    disk first; an interrupt or a lost rank becomes one line naming the command that continues
-    the run."""
+    disk first; a diverged run writes ``diverged.json``; an interrupt or a lost rank becomes one
+    line naming the command that continues the run."""
     checkpoint = setup.checkpoint
     args = setup.training_args
     try:
@@ -165,6 +166,9 @@ def train(trainer, recorders, setup: RunSetup):
     except (KeyboardInterrupt, RunStopped) as err:
         for recorder in recorders:
             recorder.flush()
+        if isinstance(err, Diverged) and setup.is_main:
+            info = diverged_info(setup, unwrap_model(trainer.model), trainer, err.step, str(err))
+            write_json(setup.folder.diverged, info)
         if isinstance(err, RunStopped):
             raise
         raise interrupted(setup.folder, trainer.state.global_step, setup.argv, err) from None

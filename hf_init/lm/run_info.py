@@ -63,28 +63,9 @@ def run_info(
     wrapper), the ``trainer`` (its data, steps and tokenizer), the results of ``train`` and
     ``evaluate``, the variance ``table`` of the run's records and the ``figures`` drawn."""
     args = setup.training_args
-    model_args, data_args, run_args = setup.model_args, setup.data_args, setup.run_args
     eval_loss = eval_metrics.get("eval_loss", float("nan"))
     return {
-        "versions": package_versions(),
-        "command": [sys.argv[0], *setup.argv],
-        "config_file": str(setup.config_path) if setup.config_path else None,
-        "config": {
-            "model": asdict(model_args),
-            "data": asdict(data_args),
-            "run": asdict(run_args),
-            "training": args.to_dict(),
-        },
-        "model_type": family_of(model.config).model_type,
-        "init": init_info(model.config, setup.init_rows),
-        "seed": args.seed,
-        "corpus": setup.corpus,
-        "blocks": {
-            "train": n_rows(trainer.train_dataset),
-            "validation": n_rows(trainer.eval_dataset),
-            "block_size": data_args.block_size,
-        },
-        "vocab_size": len(trainer.processing_class),
+        **run_description(setup, model, trainer),
         "world_size": args.world_size,
         "device": str(args.device),
         **size_and_speed(setup, model, trainer.state.global_step, train_result),
@@ -101,6 +82,45 @@ def run_info(
             "layers": len(table.layers),
         },
         "figures": [str(Path(p).relative_to(setup.folder.path)) for p in figures],
+        "wall_time_s": time.time() - setup.started,
+    }
+
+
+def run_description(setup: RunSetup, model, trainer) -> dict:
+    """What a run was (command, config, init, seed, data), the part of ``run_info.json`` that a
+    run that diverged writes too (``diverged.json``)."""
+    data_args = setup.data_args
+    return {
+        "versions": package_versions(),
+        "command": [sys.argv[0], *setup.argv],
+        "config_file": str(setup.config_path) if setup.config_path else None,
+        "config": {
+            "model": asdict(setup.model_args),
+            "data": asdict(data_args),
+            "run": asdict(setup.run_args),
+            "training": setup.training_args.to_dict(),
+        },
+        "model_type": family_of(model.config).model_type,
+        "init": init_info(model.config, setup.init_rows),
+        "seed": setup.training_args.seed,
+        "corpus": setup.corpus,
+        "blocks": {
+            "train": n_rows(trainer.train_dataset),
+            "validation": n_rows(trainer.eval_dataset),
+            "block_size": data_args.block_size,
+        },
+        "vocab_size": len(trainer.processing_class),
+    }
+
+
+def diverged_info(setup: RunSetup, model, trainer, step: int, message: str) -> dict:
+    """The ``diverged.json`` dict of a run stopped at ``step`` because training diverged."""
+    return {
+        **run_description(setup, model, trainer),
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "optimizer_steps": step - 1,  # the updates applied: the one of ``step`` was not
+        "diverged_at_step": step,
+        "message": message,
         "wall_time_s": time.time() - setup.started,
     }
 
@@ -153,7 +173,8 @@ def init_info(config, init_rows: list[dict] | None = None) -> dict:
     }
     if init_rows is not None:
         info["std_by_weight"] = {
-            r["role"]: {"scheme": r["scheme_std"], "measured": r["measured_std"]} for r in init_rows
+            r["weight"]: {"scheme": r["scheme_std"], "measured": r["measured_std"]}
+            for r in init_rows
         }
     return info
 

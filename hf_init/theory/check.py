@@ -287,7 +287,8 @@ VERDICT_NOTES = [
 def _scheme_names(needs_std: bool = False) -> list[str]:
     from hf_init.core.schemes import SCHEMES
 
-    return [n for n, s in SCHEMES.items() if s.needs_std == needs_std]
+    # the GPT-2 theory takes one std per weight kind: per-layer schemes are left out
+    return [n for n, s in SCHEMES.items() if s.needs_std == needs_std and not s.per_layer]
 
 
 @dataclass
@@ -356,7 +357,9 @@ class TheoryCheckArguments:
         valid = _scheme_names()
         for s in (*self.gpt2_schemes, *self.llama_schemes):
             if s not in valid:
-                raise UsageError(f"unknown or std-needing scheme {s!r}; valid: {', '.join(valid)}")
+                raise UsageError(
+                    f"unknown, std-needing or per-layer scheme {s!r}; valid: {', '.join(valid)}"
+                )
         for name in (
             "width",
             "depth",

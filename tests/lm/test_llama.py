@@ -41,8 +41,9 @@ def llama(scheme="gpt2", **kw):
     return build_model(model_type="llama", init_scheme=scheme, **{**size, **kw})
 
 
-def expected_std(scheme: str, role: str, init_std=0.05) -> float:
-    """Each scheme's std written out by hand for a Llama of L layers of width D."""
+def expected_std(scheme: str, role: str, layer=None, init_std=0.05) -> float:
+    """Each scheme's std written out by hand for a Llama of L layers of width D (``layer``: the
+    0-based block of a block weight)."""
     r = 0.02
     if role == "embed":
         return {"small_init": math.sqrt(2 / (5 * D)), "deepnet": D**-0.5, "normal": init_std}.get(
@@ -51,6 +52,8 @@ def expected_std(scheme: str, role: str, init_std=0.05) -> float:
     fan_in, fan_out = FANS[role]
     if scheme == "gpt2":
         return r / math.sqrt(2 * L) if role in ("o", "down") else r
+    if scheme == "depth_scaled":
+        return r / math.sqrt(2 * (layer + 1)) if role in ("o", "down") else r
     if scheme == "normal":
         return init_std
     if scheme.startswith("xavier"):
@@ -96,7 +99,7 @@ def test_every_llama_weight_kind_matches_formula(scheme):
     for role, layer, w in weights_by_hand(model):
         if role in FANS:
             assert tuple(w.shape) == FANS[role][::-1], role  # (out, in)
-        want = expected_std(scheme, role)
+        want = expected_std(scheme, role, layer)
         got, n = population_std(w), w.numel()
         assert abs(got / want - 1) < sampling_tolerance(n, uniform), (scheme, role, layer, got)
         assert abs(w.double().mean().item()) < 6 * want / math.sqrt(n)
