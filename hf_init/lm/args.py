@@ -27,8 +27,10 @@ DEFAULT_CONFIG = CONFIGS_DIR / "pretrain_tiny.yaml"
 
 @dataclass
 class ModelArguments:
-    """The GPT-2 architecture and its init scheme (recorded in the saved config.json)."""
+    """The model (a GPT-2 or a Llama, sized by the same flags) and its init scheme (recorded in
+    the saved config.json)."""
 
+    model_type: str = field(default="gpt2", metadata={"help": "model family: gpt2 or llama"})
     init_scheme: str = field(
         default="gpt2", metadata={"help": "init scheme (see hf_init.core.schemes.SCHEMES)"}
     )
@@ -46,17 +48,42 @@ class ModelArguments:
     n_layer: int = field(default=12, metadata={"help": "number of transformer blocks"})
     n_embd: int = field(default=128, metadata={"help": "residual width"})
     n_head: int = field(default=4, metadata={"help": "attention heads (must divide n_embd)"})
-    dropout: float = field(default=0.0, metadata={"help": "resid/embd/attn dropout"})
+    n_kv_head: int | None = field(
+        default=None,
+        metadata={"help": "llama: key/value heads (grouped-query attention; default n_head)"},
+    )
+    n_inner: int | None = field(
+        default=None,
+        metadata={"help": "MLP width (default: gpt2 4 n_embd, llama 8/3 n_embd up to 256s)"},
+    )
+    dropout: float = field(
+        default=0.0, metadata={"help": "gpt2: resid/embd/attn dropout; llama: attention dropout"}
+    )
 
     def __post_init__(self):
         # make_config's checks, on these fields directly (they carry the config's names)
+        from hf_init.lm.families import get_family
         from hf_init.lm.modeling import _check_shape, validate_init_config
 
+        family = get_family(self.model_type)
         if not 0 <= self.dropout < 1:
             raise UsageError(f"dropout must be in [0, 1), got {self.dropout}")
-        _check_shape({"n_layer": self.n_layer, "n_embd": self.n_embd, "n_head": self.n_head})
+        sizes = ("n_layer", "n_embd", "n_head", "n_kv_head", "n_inner")
+        _check_shape({name: getattr(self, name) for name in sizes})
+        if family.model_type == "gpt2" and self.n_kv_head not in (None, self.n_head):
+            raise UsageError(
+                f"--n_kv_head {self.n_kv_head}: GPT-2 has no grouped-query attention "
+                f"(drop it, or --model_type llama)"
+            )
         validate_init_config(self)
         self._refuse_unused_options()
+
+    def dropouts(self) -> dict:
+        """``make_config``'s dropout settings for ``--dropout``: GPT-2's residual, embedding and
+        attention dropout, a Llama's attention dropout (the only one it has)."""
+        if self.model_type == "llama":
+            return {"attn_pdrop": self.dropout}
+        return {name: self.dropout for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop")}
 
     def _refuse_unused_options(self) -> None:
         """An option the scheme does not read would be recorded (config.json, run_info.json) as if
@@ -251,8 +278,8 @@ def parse_args(argv: list[str]):
 
 
 def model_config(model_args: ModelArguments, vocab_size: int, n_positions: int, tokenizer=None):
-    """The GPT2Config (init scheme validated by ``make_config``), special token ids from the
-    tokenizer."""
+    """The GPT2Config or LlamaConfig (init scheme validated by ``make_config``), special token ids
+    from the tokenizer."""
     from hf_init.lm.modeling import make_config
 
     kwargs = {}
@@ -260,6 +287,7 @@ def model_config(model_args: ModelArguments, vocab_size: int, n_positions: int, 
         if getattr(tokenizer, name, None) is not None:
             kwargs[name] = getattr(tokenizer, name)
     return make_config(
+        model_type=model_args.model_type,
         init_scheme=model_args.init_scheme,
         init_std=model_args.init_std,
         init_fan_mode=model_args.init_fan_mode,
@@ -269,10 +297,10 @@ def model_config(model_args: ModelArguments, vocab_size: int, n_positions: int, 
         n_layer=model_args.n_layer,
         n_embd=model_args.n_embd,
         n_head=model_args.n_head,
+        n_kv_head=model_args.n_kv_head,
+        n_inner=model_args.n_inner,
         vocab_size=vocab_size,
         n_positions=n_positions,
-        resid_pdrop=model_args.dropout,
-        embd_pdrop=model_args.dropout,
-        attn_pdrop=model_args.dropout,
+        **model_args.dropouts(),
         **kwargs,
     )

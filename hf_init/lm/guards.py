@@ -15,9 +15,19 @@ import torch
 from transformers import TrainerCallback
 
 from hf_init.core.cli import RunStopped
+from hf_init.lm.families import FAMILIES
 
-LOSS = "the loss (the lm_head logits, lm_head tied to the token embedding, and their cross-entropy)"
-_BLOCK_PARAM = re.compile(r"(?:^|\.)h\.(\d+)\.(.+)$")
+LOSS = "the loss (the lm_head logits and their cross-entropy)"
+# a block parameter of any family: transformer.h.<i>. (GPT-2), model.layers.<i>. (Llama)
+_BLOCK_PARAM = re.compile(
+    rf"(?:^|\.)(?:{'|'.join(f.blocks_attr for f in FAMILIES.values())})\.(\d+)\.(.+)$"
+)
+# the weight parameters the family table lists inside a block (attn.c_attn.weight, mlp.down_proj...)
+_BLOCK_WEIGHTS = {
+    f"{w.path}.weight"
+    for f in FAMILIES.values()
+    for w in (*f.block_weights, *f.other_block_weights)
+}
 
 
 def describe_parameter(name: str) -> str:
@@ -27,51 +37,71 @@ def describe_parameter(name: str) -> str:
     return f"layer {m.group(1)} {m.group(2)}" if m else name
 
 
-def divergence_error(step: int, what: str) -> RunStopped:
+class Diverged(RunStopped):
+    """A run stopped because its training diverged at optimizer step ``step``."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message, code=1)
+        self.step = step
+
+
+def divergence_error(step: int, what: str) -> Diverged:
     """The error that stops a run diverged at ``step`` (``what`` says where), for the caller to
     raise: one line, exit code 1."""
-    return RunStopped(
+    return Diverged(
         f"error: training diverged at step {step}: {what}; stopped before that update, so the "
         f"weights, records and checkpoints up to step {step - 1} are kept (lower --learning_rate, "
         f"set --max_grad_norm, or change the init scheme)",
-        code=1,
+        step,
     )
+
+
+def watched_sublayers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """``(label, module)`` in forward order of each block's attention and MLP and of the final
+    norm of a causal LM of any family (wrapped or not): where :class:`DivergenceStop` looks for
+    the first non-finite output. A label names the sub-layer's weights, e.g. ``layer 3 attn
+    (attn.c_attn / attn.c_proj weights)``. ValueError for a model with no blocks of its family."""
+    from hf_init.lm.recorders import model_blocks, unwrap_model
+
+    family, blocks = model_blocks(model)
+    sublayers: dict[str, list[str]] = {}  # attn / self_attn, mlp -> their weights' paths
+    for w in family.block_weights:
+        sublayers.setdefault(w.path.split(".")[0], []).append(w.path)
+    parts = [
+        (f"layer {i} {name} ({' / '.join(paths)} weights)", getattr(block, name))
+        for i, block in enumerate(blocks)
+        for name, paths in sublayers.items()
+    ]
+    bare = unwrap_model(model)
+    norm = getattr(getattr(bare, family.body, None), family.final_norm, None)
+    if norm is not None:
+        tied = getattr(getattr(bare, "config", None), "tie_word_embeddings", False)
+        also = " (tied to the token embedding)" if tied else ""
+        parts.append((f"final norm {family.final_norm} / lm_head{also}", norm))
+    return parts
 
 
 class DivergenceStop(TrainerCallback):
     """Before every optimizer step (after clipping), on every rank: are all gradients finite? If
     not, raise :func:`divergence_error` naming the step and where it first appeared: the first
-    sub-layer (block ``attn``, ``mlp``, ``ln_f``) of the forward pass whose output was not finite
-    (forward hooks keep that flag without a device sync), else the block weight nearest the output
-    whose gradient is not. One device sync per step; under FSDP2 each rank checks its shards and
-    one all-reduce combines them."""
+    sub-layer (a block's attention or MLP, the final norm) of the forward pass whose output was
+    not finite (forward hooks keep that flag without a device sync), else the block weight nearest
+    the output whose gradient is not. One device sync per step; under FSDP2 each rank checks its
+    shards and one all-reduce combines them."""
 
     def __init__(self):
         self._outputs: dict[str, torch.Tensor] = {}
         self._hooks = []
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        from hf_init.lm.recorders import gpt2_blocks, unwrap_model
+        from hf_init.lm.recorders import unwrap_model
 
         if model is None or self._hooks:
             return
         try:
-            blocks = gpt2_blocks(model)
+            parts = watched_sublayers(model)
         except ValueError:
             return
-        parts = [
-            (f"layer {i} {name} ({weights})", getattr(block, name))
-            for i, block in enumerate(blocks)
-            for name, weights in (
-                ("attn", "attn.c_attn / attn.c_proj weights"),
-                ("mlp", "mlp.c_fc / mlp.c_proj weights"),
-            )
-        ]
-        body = getattr(unwrap_model(model), "transformer", None)
-        if body is not None and hasattr(body, "ln_f"):
-            parts.append(
-                ("final layer norm ln_f / lm_head (tied to the token embedding)", body.ln_f)
-            )
         for label, module in parts:
             self._hooks.append(module.register_forward_hook(self._finite_flag_hook(label)))
         self._hooks.append(unwrap_model(model).register_forward_hook(self._finite_flag_hook(LOSS)))
@@ -122,7 +152,8 @@ class DivergenceStop(TrainerCallback):
                 f"the loss and {len(bad)} of {len(named)} weights' gradients are non-finite",
             )
         # the forward pass was finite: the backward pass overflowed, starting nearest the output
-        blocks = [n for n in bad if _BLOCK_PARAM.search(n) and n.endswith("weight")]
+        # (the last block weight of the family's table: a Llama registers its norms after its MLP)
+        blocks = [n for n in bad if (m := _BLOCK_PARAM.search(n)) and m[2] in _BLOCK_WEIGHTS]
         first = (blocks or bad)[-1]
         raise divergence_error(
             step,

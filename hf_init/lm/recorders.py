@@ -20,7 +20,7 @@ from transformers import TrainerCallback
 
 from hf_init.core.moments import sharded_block_moments
 from hf_init.core.records import make_record
-from hf_init.lm.families import BLOCK_ROLES, BLOCK_WEIGHTS
+from hf_init.lm.families import Family, family_of
 from hf_init.lm.run_folder import VARIANCE_FILE, latest_events_dir
 from hf_init.lm.sinks import (
     AttentionTensorBoardSink,
@@ -44,14 +44,12 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
             return model
 
 
-def gpt2_blocks(model: torch.nn.Module):
-    """The list of transformer blocks (``transformer.h``) of a GPT-2 LM, wrapped or not."""
-    model = unwrap_model(model)
-    body = getattr(model, "transformer", model)
-    blocks = getattr(body, "h", None)
-    if blocks is None:
-        raise ValueError(f"{type(model).__name__} has no GPT-2 blocks (transformer.h)")
-    return blocks
+def model_blocks(model: torch.nn.Module) -> tuple[Family, torch.nn.ModuleList]:
+    """The family (:mod:`hf_init.lm.families`) of a causal LM or body, wrapped or not, and its list
+    of transformer blocks; ValueError when the model has none of that family."""
+    bare = unwrap_model(model)
+    family = family_of(getattr(bare, "config", None))
+    return family, family.blocks(bare)
 
 
 def _is_sharded(model: torch.nn.Module) -> bool:
@@ -62,38 +60,43 @@ def _is_sharded(model: torch.nn.Module) -> bool:
 def block_statistics(model: torch.nn.Module, grads: bool = False) -> torch.Tensor:
     """Population moments of every block weight (or its ``.grad``) in every block.
 
-    Returns float64 of shape (n_layer, len(BLOCK_ROLES), 3): per layer, per role in
-    :data:`hf_init.lm.families.BLOCK_ROLES` (q, k, v, attn_proj, mlp_fc, mlp_proj), the mean,
-    population variance (divide by N, over all entries of that weight part) and RMS,
-    accumulated in float64 whatever the training dtype. A missing gradient gives NaN.
+    Returns float64 of shape (n_layer, len(block_roles), 3): per layer, per role of the model's
+    family's ``block_roles`` (GPT-2: q, k, v, attn_proj, mlp_fc, mlp_proj; Llama: q, k, v, o,
+    gate, up, down), the mean, population variance (divide by N, over all entries of that weight
+    part) and RMS, accumulated in float64 whatever the training dtype. A missing gradient gives
+    NaN.
 
     The result stays on the weights' device (no host synchronisation: read it once per record).
     One pass of :func:`hf_init.core.moments.stacked_block_sums` per weight kind over all
     layers. Sharded (FSDP2 DTensor) weights are never gathered: each rank reduces its own
     shards and one all-reduce makes the totals, so every rank must call this.
     """
-    blocks = list(gpt2_blocks(model))
+    family, blocks = model_blocks(model)
     kinds = []
-    for entry in BLOCK_WEIGHTS:  # the column blocks cut here are the parts Weight.split cuts
-        weight = attrgetter(
-            f"{entry.path}.weight"
-        )  # get_submodule's checks cost more than the sums
+    for entry in family.block_weights:  # column blocks here = the parts Weight.split cuts
+        # attrgetter: get_submodule's checks cost more than the sums
+        weight = attrgetter(f"{entry.path}.weight")
         params = [weight(block) for block in blocks]
         kinds.append(([p.grad if grads else p for p in params], len(entry.parts)))
     return sharded_block_moments(kinds)
 
 
-def variance_records(step: int, weights: torch.Tensor, grads: torch.Tensor | None) -> list[dict]:
+def variance_records(
+    step: int, weights: torch.Tensor, grads: torch.Tensor | None, *, roles: tuple[str, ...]
+) -> list[dict]:
     """The records of one step from :func:`block_statistics` of the weights and (or ``None``)
-    of the gradients: one per (layer, role) with ``var``, ``mean``, ``rms``, ``grad_var``,
-    ``grad_rms`` (null where not finite or not measured). Both are read to the host at once."""
+    of the gradients, whose columns are ``roles`` (the family's ``block_roles``): one per (layer,
+    role) with ``var``, ``mean``, ``rms``, ``grad_var``, ``grad_rms`` (null where not finite or
+    not measured). Both are read to the host at once."""
+    if weights.shape[1] != len(roles):
+        raise ValueError(f"{weights.shape[1]} weight kinds per layer, {len(roles)} roles given")
     if grads is not None:
         w, g = torch.stack([weights, grads.to(weights.device)]).tolist()
     else:
         w, g = weights.tolist(), None
     records = []
     for layer, rows in enumerate(w):
-        for i, role in enumerate(BLOCK_ROLES):
+        for i, role in enumerate(roles):
             mean, var, rms = rows[i]
             gvar, grms = (g[layer][i][1], g[layer][i][2]) if g is not None else (None, None)
             records.append(
@@ -190,12 +193,12 @@ class StepRecorder(TrainerCallback):
 
 
 class QKVVarianceCallback(StepRecorder):
-    """Per layer, the ``var``, ``mean`` and ``rms`` of every block weight (q, k, v parts of
-    ``c_attn``, ``attn_proj``, ``mlp_fc``, ``mlp_proj``) and ``grad_var``, ``grad_rms`` of the
-    gradient that step's update applied (:func:`variance_records`; null at step 0). That gradient
-    is read before the optimizer step: clipped, of the step's mean loss (docs/traps.md says how
-    the Trainer scales it). Under FSDP2 every rank reduces its own shards and joins one
-    all-reduce; otherwise only the main process computes."""
+    """Per layer, the ``var``, ``mean`` and ``rms`` of every block weight (GPT-2: q, k, v parts of
+    ``c_attn``, ``attn_proj``, ``mlp_fc``, ``mlp_proj``; Llama: q k v o gate up down) and
+    ``grad_var``, ``grad_rms`` of the gradient that step's update applied (:func:`variance_records`;
+    null at step 0). That gradient is read before the optimizer step: clipped, of the step's mean
+    loss (docs/traps.md says how the Trainer scales it). Under FSDP2 every rank reduces its own
+    shards and joins one all-reduce; otherwise only the main process computes."""
 
     what = "variance recording"
 
@@ -214,7 +217,9 @@ class QKVVarianceCallback(StepRecorder):
         if not self._computes(state, model):
             return []
         weights = block_statistics(model)
-        return variance_records(step, weights, grads) if state.is_world_process_zero else []
+        if not state.is_world_process_zero:
+            return []
+        return variance_records(step, weights, grads, roles=model_blocks(model)[0].block_roles)
 
     def _computes(self, state, model) -> bool:
         if model is None:

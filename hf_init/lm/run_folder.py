@@ -30,6 +30,7 @@ from hf_init.lm.plots import plot_run
 
 VARIANCE_FILE = "variance.jsonl"
 RUN_INFO = "run_info.json"
+DIVERGED = "diverged.json"  # written instead of run_info.json by a run that diverged
 FIGURES_DIR = "figures"
 TENSORBOARD_DIR = "runs"
 MODEL_CARD = "README.md"
@@ -69,6 +70,7 @@ PARTS = (
     Part(f"{CHECKPOINT_PREFIX}*/", (f"{CHECKPOINT_PREFIX}*",)),
     Part("records set aside by a resume", (SET_ASIDE_FILES,)),
     Part(RUN_INFO, (RUN_INFO,)),
+    Part(DIVERGED, (DIVERGED,)),
     Part(f"{MODEL_CARD} (model card)", (MODEL_CARD,), marks_a_run=False),
 )
 #: Entries that mean "this folder already holds a run": everything a run writes but the card.
@@ -96,12 +98,24 @@ class RunFolder:
     def checkpoint(self, step: int) -> Path:
         return self.path / f"{CHECKPOINT_PREFIX}{step}"
 
+    @property
+    def diverged(self) -> Path:
+        return self.path / DIVERGED
+
     def is_finished(self) -> bool:
         """A run writes ``run_info.json`` last: without it the run did not finish."""
         return self.info.is_file()
 
+    def has_ended(self) -> bool:
+        """Finished, or stopped on divergence (``diverged.json``): running it again would end the
+        same way, so a study does not."""
+        return self.is_finished() or self.diverged.is_file()
+
     def read_info(self) -> dict:
-        return json.loads(self.info.read_text(encoding="utf-8"))
+        """``run_info.json``; for a run that diverged, ``diverged.json`` (the same description of
+        the run, no results, and the step it diverged at)."""
+        path = self.info if self.is_finished() else self.diverged
+        return json.loads(path.read_text(encoding="utf-8"))
 
     def parts(self) -> list[str]:
         """The labels of the :data:`PARTS` the folder holds (a run reporting to no TensorBoard has

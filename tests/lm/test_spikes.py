@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_callbacks import Blocks, tiny_model
+from test_recorders import Blocks, tiny_model
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from hf_init.lm.recorders import build_recorders

@@ -21,7 +21,7 @@ from test_run_lifecycle import ENV, TINY, messages, records, weights
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RUN = [*TINY, "--max_steps", "12", "--save_strategy", "steps", "--save_steps", "4"]
 KILL_AT = 6
 

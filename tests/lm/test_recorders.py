@@ -10,6 +10,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from hf_init.core.records import make_record
+from hf_init.lm.families import GPT2
 from hf_init.lm.modeling import build_model
 from hf_init.lm.recorders import (
     QKVVarianceCallback,
@@ -354,7 +355,7 @@ def test_no_host_sync_until_the_record_is_read_once(monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, spy)
     w, g = block_statistics(model), block_statistics(model, grads=True)
     assert reads == [], reads
-    records = variance_records(5, w, g)
+    records = variance_records(5, w, g, roles=GPT2.block_roles)
     assert reads == ["tolist"], reads
     monkeypatch.undo()
     assert len(records) == N_LAYER * 6
