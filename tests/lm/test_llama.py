@@ -688,8 +688,9 @@ def test_llama_records_under_real_fsdp2_shards_equal_numpy_without_gather():
 
 
 def _fake_run(folder: Path, model_type: str, seed: int, eval_loss: float, rates) -> None:
-    """A finished run folder written by hand: run_info.json and Q/K/V variances growing as
-    exp(rate of the layer x step) up to step 40, then flat, every 10 of 100 steps."""
+    """A finished run folder written by hand: run_info.json, Q/K/V variances growing as
+    exp(rate of the layer x step) up to step 40, then flat, and constant attention records,
+    every 10 of 100 steps."""
     from hf_init.core.records import make_record, write_records
 
     folder.mkdir(parents=True)
@@ -699,8 +700,15 @@ def _fake_run(folder: Path, model_type: str, seed: int, eval_loss: float, rates)
             "model": {"model_type": model_type, "n_layer": len(rates)},
             "data": {},
             "run": {},
-            "training": {"learning_rate": 1e-3, "lr_scheduler_type": "cosine"},
+            "training": {
+                "learning_rate": 1e-3,
+                "lr_scheduler_type": "cosine",
+                "warmup_steps": 0,
+                "optim": "adamw_torch",
+            },
         },
+        "vocab_size": 300,
+        "blocks": {"block_size": 32},
         "init": {"scheme": "gpt2", "std": None},
         "seed": seed,
         "n_parameters": 1000,
@@ -718,6 +726,8 @@ def _fake_run(folder: Path, model_type: str, seed: int, eval_loss: float, rates)
         for layer, rate in enumerate(rates):
             var = 1e-3 * math.exp(rate * min(step, 40) * (1 + 0.01 * seed))
             recs += [make_record(step, layer, role, {"var": var}) for role in "qkv"]
+            attention = {"logit_std": 0.1, "entropy": 2.0}
+            recs += [make_record(step, layer, "attn", attention, head=h) for h in range(2)]
     write_records(folder / "variance.jsonl", recs)
 
 
