@@ -617,6 +617,14 @@ def stability_section(doc: Document, runs: list[Run], table: pd.DataFrame) -> No
     stability = S.run_stability(endings, heads, S.logit_growth(table, keys), keys)
     doc.table(stability)
     doc.text(collapse_sentence(stability) + f" Every head: `{FILES_DIR}/attention_heads.csv`.")
+    collapsed = heads[heads["collapse_step"].notna()] if len(heads) else heads
+    if len(collapsed):
+        shown = collapsed.sort_values("collapse_step").head(COLLAPSED_SHOWN)
+        doc.text(f"Collapsed heads, earliest first ({len(shown)} of {len(collapsed)}):")
+        doc.table(shown)
+
+
+COLLAPSED_SHOWN = 40  # collapsed heads listed in the report (all of them: attention_heads.csv)
 
 
 def lr_sensitivity_part(doc: Document, endings: pd.DataFrame, keys: list[str], chance: float):
