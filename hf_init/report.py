@@ -614,8 +614,14 @@ def stability_section(doc: Document, runs: list[Run], table: pd.DataFrame) -> No
         lr_sensitivity_part(doc, endings, keys, chance)
     heads = S.head_collapse(table, keys, block)
     heads.to_csv(doc.files / "attention_heads.csv", index=False)
-    stability = S.run_stability(endings, heads, S.logit_growth(table, keys), keys)
+    growth = S.logit_growth(table, keys)
+    stability = S.run_stability(endings, heads, growth, keys)
     doc.table(stability)
+    if len(growth):
+        doc.text("Attention-logit growth (last / first record) per layer:")
+        wide = growth.pivot_table(index=keys, columns="layer", values="growth")
+        wide.columns = [f"layer {c}" for c in wide.columns]
+        doc.table(wide.reset_index(), digits=3)
     doc.text(collapse_sentence(stability) + f" Every head: `{FILES_DIR}/attention_heads.csv`.")
     collapsed = heads[heads["collapse_step"].notna()] if len(heads) else heads
     if len(collapsed):
