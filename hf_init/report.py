@@ -271,7 +271,8 @@ def loss_figure(runs: list[Run], path: Path):
         return ", ".join(f"{k} {v}" for k, v in r.keys.items() if k != "seed")
 
     groups = sorted({group(r) for r, _ in curves})
-    colors = {g: plt.get_cmap("tab20")(i % 20) for i, g in enumerate(groups)}
+    cmap = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")  # tab20 pairs pale shades
+    colors = {g: cmap(i % cmap.N) for i, g in enumerate(groups)}
     fig, ax = plt.subplots(figsize=(9, 5), constrained_layout=True)
     seen = set()
     for r, c in curves:
