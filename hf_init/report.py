@@ -271,7 +271,8 @@ def loss_figure(runs: list[Run], path: Path):
         return ", ".join(f"{k} {v}" for k, v in r.keys.items() if k != "seed")
 
     groups = sorted({group(r) for r, _ in curves})
-    colors = {g: plt.get_cmap("tab20")(i % 20) for i, g in enumerate(groups)}
+    cmap = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")  # tab20 pairs pale shades
+    colors = {g: cmap(i % cmap.N) for i, g in enumerate(groups)}
     fig, ax = plt.subplots(figsize=(9, 5), constrained_layout=True)
     seen = set()
     for r, c in curves:
@@ -614,9 +615,23 @@ def stability_section(doc: Document, runs: list[Run], table: pd.DataFrame) -> No
         lr_sensitivity_part(doc, endings, keys, chance)
     heads = S.head_collapse(table, keys, block)
     heads.to_csv(doc.files / "attention_heads.csv", index=False)
-    stability = S.run_stability(endings, heads, S.logit_growth(table, keys), keys)
+    growth = S.logit_growth(table, keys)
+    stability = S.run_stability(endings, heads, growth, keys)
     doc.table(stability)
+    if len(growth):
+        doc.text("Attention-logit growth (last / first record) per layer:")
+        wide = growth.pivot_table(index=keys, columns="layer", values="growth")
+        wide.columns = [f"layer {c}" for c in wide.columns]
+        doc.table(wide.reset_index(), digits=3)
     doc.text(collapse_sentence(stability) + f" Every head: `{FILES_DIR}/attention_heads.csv`.")
+    collapsed = heads[heads["collapse_step"].notna()] if len(heads) else heads
+    if len(collapsed):
+        shown = collapsed.sort_values("collapse_step").head(COLLAPSED_SHOWN)
+        doc.text(f"Collapsed heads, earliest first ({len(shown)} of {len(collapsed)}):")
+        doc.table(shown)
+
+
+COLLAPSED_SHOWN = 40  # collapsed heads listed in the report (all of them: attention_heads.csv)
 
 
 def lr_sensitivity_part(doc: Document, endings: pd.DataFrame, keys: list[str], chance: float):

@@ -573,8 +573,10 @@ def power_phrase(agreeing: int, n: int, needed: float) -> str:
     """How many seeds an effect as consistent as the observed one needs (the report's power)."""
     share = f"{agreeing:.0f} of {n:.0f} seeds share the mean's sign"
     if not math.isfinite(needed):
-        how = f"more than {MAX_SEEDS}" if agreeing * 2 > n else "no number of"
-        return f"{share}: at that consistency {how} seeds give a sign test {POWER:.0%} power"
+        how = (
+            f"more than {MAX_SEEDS} seeds give" if agreeing * 2 > n else "no number of seeds gives"
+        )
+        return f"{share}: at that consistency {how} a sign test {POWER:.0%} power"
     return (
         f"{share}: at that consistency {needed:.0f} seeds give a one-sided sign test at level "
         f"{ALPHA:g} a power of {POWER:.0%}"
