@@ -1,6 +1,11 @@
-"""The divergence stop under FSDP2 on two CPU processes (gloo, plain ``fully_shard``: accelerate
-does not shard on CPU): each rank checks only its own gradient shards, one all-reduce combines
-them, so a non-finite entry in one rank's shard stops both ranks at the same step."""
+"""Every guard stops every rank at the same step, on two CPU processes (gloo) with the fault on
+one rank only:
+
+* the divergence stop under FSDP2 (plain ``fully_shard``: accelerate does not shard on CPU): a
+  non-finite entry in one rank's gradient shard makes the global gradient norm non-finite on
+  both ranks; each names what its own shards hold;
+* a non-finite recorded weight variance, measured and checked by the main process alone: the
+  other rank raises the same line instead of going on to its next collective."""
 
 import socket
 
@@ -53,11 +58,39 @@ def _worker(rank, world, port, results):
             results[rank] = "not stopped"
         except RunStopped as err:
             results[rank] = str(err)
+        results["records", rank] = _records_guard(rank)
     finally:
         dist.destroy_process_group()
 
 
-def test_nan_in_one_ranks_shard_stops_both_ranks():
+def _records_guard(rank) -> str:
+    """The Q/K/V recorder with its guard at a record step, a non-finite k weight in the main
+    process's model only (the one that measures): what each rank raises."""
+    from hf_init.core.cli import RunStopped
+    from hf_init.lm.modeling import build_model
+    from hf_init.lm.recorders import QKVVarianceCallback
+    from hf_init.lm.sinks import NonFiniteRecords
+
+    class RecordState:
+        global_step = 10
+        max_steps = 100
+        is_world_process_zero = rank == 0
+
+    model = build_model(n_layer=2, n_embd=16, n_head=2, vocab_size=32, n_positions=8)
+    recorder = QKVVarianceCallback(every=10, guards=[NonFiniteRecords()])
+    recorder.on_step_end(None, RecordState(), None, model=model)  # healthy: nobody stops
+    if rank == 0:
+        with torch.no_grad():
+            model.transformer.h[1].attn.c_attn.weight[0, 16] = float("inf")  # a k column
+    RecordState.global_step = 20
+    try:
+        recorder.on_step_end(None, RecordState(), None, model=model)
+        return "not stopped"
+    except RunStopped as err:
+        return str(err)
+
+
+def test_every_guard_stops_both_ranks_when_the_fault_is_on_one():
     with mp.Manager() as manager:
         results = manager.dict()
         mp.spawn(_worker, args=(2, _free_port(), results), nprocs=2, join=True)
@@ -68,3 +101,6 @@ def test_nan_in_one_ranks_shard_stops_both_ranks():
     assert results[0].startswith(
         "error: training diverged at step 7: a non-finite gradient on another rank"
     )
+    want = "error: training diverged at step 20: non-finite variance of layer 1 k weight"
+    assert results["records", 0].startswith(want)
+    assert results["records", 1] == results["records", 0]
