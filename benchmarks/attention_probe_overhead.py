@@ -1,16 +1,14 @@
-"""Cost of the attention probe (hf_init.lm.attention_probe.attention_statistics on a fixed batch of held-out
-blocks): the same GPT-2 training steps without it, with it every 10 steps (the default record
-interval) and with it every step, interleaved.
+"""Cost of the attention probe (``hf_init.lm.attention_probe.attention_statistics`` on a fixed
+batch of held-out blocks): the same GPT-2 training steps without it, with it every 10 steps (the
+default record interval) and with it every step, interleaved.
 
-    PYTHONPATH=. python benchmarks/attention_probe_overhead.py                  # the init-study model: 12 x 64
+    PYTHONPATH=. python benchmarks/attention_probe_overhead.py       # the init-study model, 12 x 64
     PYTHONPATH=. python benchmarks/attention_probe_overhead.py --n_embd 128 --rounds 7
 
-A plain training loop (forward, backward, AdamW step; no Trainer, so nothing else is timed) on
-random token blocks. Each round runs a chunk of K optimizer steps of each variant in turn (K a
-multiple of 10); a chunk's time / K is its step time. Reported: the median step time over rounds
-per variant and its ratio to the no-probe median (the first round is a warm-up, dropped), and the
-median time of one probe call, timed directly, as a fraction of the no-probe step time (less
-sensitive to other load on the machine).
+A plain training loop (forward, backward, AdamW step; no Trainer) on random token blocks. Each
+round runs a chunk of K optimizer steps of each variant in turn; reported: each variant's median
+step time over rounds (round 0 dropped) and its ratio to no probe, and one probe call timed on its
+own as a share of a step. Figures: docs/benchmarks.md ("Attention probe").
 """
 
 import argparse
@@ -77,8 +75,9 @@ def main(argv=None):
             probe_times.append(time.perf_counter() - t0)
     base = statistics.median(times["no probe"])
     print(
-        f"GPT-2 {a.n_layer} x {a.n_embd}, {a.n_head} heads, batch {a.batch_size} x {a.block_size}, probe "
-        f"{a.probe_blocks} blocks, {a.threads} thread(s), {a.rounds} rounds of {a.chunk} steps per variant"
+        f"GPT-2 {a.n_layer} x {a.n_embd}, {a.n_head} heads, batch {a.batch_size} x {a.block_size}, "
+        f"probe {a.probe_blocks} blocks, {a.threads} thread(s), "
+        f"{a.rounds} rounds of {a.chunk} steps per variant"
     )
     for name in variants:
         med = statistics.median(times[name])

@@ -1,37 +1,18 @@
-"""Cost of the project's pretraining job against a plain Trainer on a stock GPT2LMHeadModel.
+"""Cost of the project's pretraining job against a plain Trainer on a stock GPT2LMHeadModel, at the
+shapes and optimizer of configs/pretrain_tiny.yaml on random tokens.
 
     PYTHONPATH=. python benchmarks/callback_overhead.py                          # torch's threads
     PYTHONPATH=. python benchmarks/callback_overhead.py --threads 1 --rounds 20  # a busy machine
-    PYTHONPATH=. python benchmarks/callback_overhead.py --precision  # float32 blocks vs float64
+    PYTHONPATH=. python benchmarks/callback_overhead.py --precision    # float32 blocks vs float64
     PYTHONPATH=. python benchmarks/callback_overhead.py --threads 1 --direct 60  # recording vs step
 
-Shapes and optimizer are those of configs/pretrain_tiny.yaml (GPT-2 12 x 128, 4 heads, blocks of
-64 tokens, batch 8, vocabulary 1024, AdamW lr 1e-3 / weight decay 0.1 / beta2 0.95, cosine with 30
-warm-up steps, clipping 1.0, logging every 10 steps to TensorBoard), random tokens. Variants:
-
-* ``plain Trainer``: stock ``GPT2LMHeadModel(GPT2Config(...))``, a torch ``Dataset`` of token
-  tensors, ``Trainer`` with the same ``TrainingArguments``; no callback of ours.
-* ``project, no recording``: the project's own pieces, as ``hf_init.lm.pretrain.run`` assembles
-  them:
-  the model of ``build_model`` (``SchemeGPT2LMHeadModel``, ``loss_type="ForCausalLM"``), the train
-  split as a ``datasets.Dataset`` with the columns of ``tokenize_and_group`` and
-  ``default_data_collator``; no variance callback. Separates costs outside the callback.
-* ``project, every 10 steps`` / ``project, every step``: the same plus the recorders of
-  ``hf_init.lm.recorders.build_recorders`` without the attention probe (Q/K/V variances and the
-  learning rate, into ``variance.jsonl`` and the Trainer's own TensorBoard writer).
-
-Each round runs a chunk of K optimizer steps of every variant (K a multiple of 10, so a chunk
-holds the share of recording steps of a long run), in an order rotated from round to round; a
-chunk's step time is its wall time / K from the first step's start to the last step's end (the
-Trainer's setup and the step-0 record are not counted). Round 0 warms up and is dropped. Reported
-per variant: the median step time and, the figure that matters, the median over rounds of its
-ratio to the plain Trainer's chunk in the same round (paired: slow drifts of the machine's load
-cancel), with the quartiles of that ratio as its spread. Both clocks are reported: wall time, and
-this process's CPU time (``time.process_time``), which does not count the time the process waits
-for a core, so it resolves small differences on a machine shared with other jobs (with one torch
-thread; with several, spinning threads add CPU time of their own). A second, direct measure: one
-recording's statistics (weights + gradients, all layers, read to the host) timed on its own (CPU
-time), as a share of the plain step's CPU time.
+Variants: plain Trainer; the project without recording; the project recording every 10 steps and
+every step. Each round runs a chunk of K optimizer steps of every variant in a rotated order
+(round 0 warms up and is dropped); reported per variant: the median step time and the median
+over rounds of its ratio to the plain Trainer's chunk of the same round, in wall time and in this
+process's CPU time (which does not count waiting for a core on a shared machine). ``--direct``
+times one whole recording against one training step instead. What each variant holds, and the
+figures: docs/benchmarks.md ("Pretraining: recording cost").
 """
 
 import argparse
@@ -191,11 +172,11 @@ def direct_check(n: int):
             sink.close()
     step, rec = statistics.median(steps), statistics.median(records)
     share = sorted(r / s for r, s in zip(records, steps))
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
-        f"direct, {n} interleaved pairs, torch threads {torch.get_num_threads()}, load average "
-        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}: training step {step * 1e3:.1f} ms CPU, "
-        "one whole recording (statistics + records + JSONL + TensorBoard) "
-        f"{rec * 1e3:.2f} ms CPU = {rec / step:.2%} "
+        f"direct, {n} interleaved pairs, torch threads {torch.get_num_threads()}, "
+        f"load average {load}: training step {step * 1e3:.1f} ms CPU, one whole recording "
+        f"(statistics + records + JSONL + TensorBoard) {rec * 1e3:.2f} ms CPU = {rec / step:.2%} "
         f"(paired quartiles {share[len(share) // 4]:.2%} - {share[3 * len(share) // 4]:.2%}); "
         f"every 10 steps -> {rec / step / 10:.3%}"
     )
@@ -342,11 +323,11 @@ def main(argv=None):
         q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
         return q[0], q[1], q[2]
 
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
         f"\nGPT-2 {shape['n_layer']} x {shape['n_embd']}, batch {batch} x {block}, "
         f"{args.rounds} interleaved rounds of {args.steps_per_chunk} steps, "
-        f"torch threads {torch.get_num_threads()}, "
-        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+        f"torch threads {torch.get_num_threads()}, load average {load}"
     )
     for clock in CLOCKS:
         print(f"{clock}:")

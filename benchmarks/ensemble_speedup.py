@@ -1,27 +1,14 @@
-"""The std sweep's vectorised ensemble against the plain way, side by side in one run, interleaved.
-
-For each width (default 64, 256, 512; digits, depth 4, the sweep's 16 stds x --seeds seeds,
-SGD lr 0.01 momentum 0.9, batch 64, --epochs, default 30) and each repeat:
-
-- ensemble: ``train_ensemble`` on every member at once (what ``scripts/mlp_sweep.py`` runs,
-  divergence checks included, with its two records: at init and at the end);
-- one at a time: each member as a plain ``nn.Sequential`` with its own ``torch.optim.SGD``,
-  the same initial weights, minibatches and steps, torch's default threads;
-- batched matmul: the products one ensemble step makes (forward, weight and input gradients),
-  alone, back to back: the rate this machine reaches at these shapes (the physical limit).
-
-The two sides alternate (which goes first flips every repeat), so a load change on a shared
-machine hits both. Prints per width: median seconds and [min, max] over repeats, the speedup,
-the ensemble's achieved GFLOP/s (matmul FLOPs of the member-steps it trained, a diverged member
-counted up to its divergence step, / its wall time) next to the batched-matmul
-GFLOP/s, and the load average before and after.
+"""The std sweep's vectorised ensemble against the plain way (each member its own
+``nn.Sequential`` and ``torch.optim.SGD``), interleaved in one run, next to the batched-matmul
+rate this machine reaches at the same shapes.
 
     python benchmarks/ensemble_speedup.py                          # widths 64 256 512, 30 epochs
     python benchmarks/ensemble_speedup.py --epochs 2 --repeats 2   # a quick check
     python benchmarks/ensemble_speedup.py --widths 64 --threads 1  # pinned threads, both sides
 
 Arguments as the studies take them (hf_init.mlp.args: optional YAML config, then --flags);
---threads pins both sides (default: torch's choice); --device runs both sides there.
+--threads pins both sides (default: torch's choice); --device runs both sides there. What each
+side runs, and the figures: docs/benchmarks.md ("Ensemble vs one model at a time").
 """
 
 import dataclasses
@@ -90,7 +77,8 @@ def batched_matmul_rate(shape, batch: int, members: int, device, seconds: float 
 
 
 def one_at_a_time(shape, weights, data, batches, lr, momentum, device) -> float:
-    """Seconds to train every member alone on ``device``: nn.Sequential + torch.optim.SGD, torch's defaults."""
+    """Seconds to train every member alone on ``device``: nn.Sequential + torch.optim.SGD,
+    torch's defaults."""
     from hf_init.mlp.model import build_mlp
 
     data = data.to(device)
@@ -124,7 +112,8 @@ def main(argv=None):
     )
     if model_args.optimizer != "sgd":
         raise UsageError(
-            f"--optimizer must be sgd (the one-at-a-time side is plain SGD), got {model_args.optimizer}"
+            "--optimizer must be sgd (the one-at-a-time side is plain SGD), "
+            f"got {model_args.optimizer}"
         )
     if bench.repeats < 1 or bench.seeds < 1 or any(w < 1 for w in bench.widths):
         raise UsageError("--repeats, --seeds and every --widths value must be >= 1")
@@ -139,14 +128,15 @@ def main(argv=None):
     batches = minibatch_order(len(data.y_train), cfg.batch_size, cfg.epochs, cfg.data_seed)
     load0 = os.getloadavg()
     print(
-        f"{data.description}; {M} members ({len(stds)} stds x {len(seeds)} seeds), depth {model_args.depth}; "
-        f"{len(batches)} steps each ({cfg.epochs} epochs); torch {torch.__version__}, {torch.get_num_threads()} "
-        f"CPU threads ({os.cpu_count()} CPUs); ensemble on {device} ({run_args.dtype})"
+        f"{data.description}; {M} members ({len(stds)} stds x {len(seeds)} seeds), "
+        f"depth {model_args.depth}; {len(batches)} steps each ({cfg.epochs} epochs); "
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads "
+        f"({os.cpu_count()} CPUs); ensemble on {device} ({run_args.dtype})"
     )
     print(f"load average before: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
     print(
-        f"{'width':>5} {'ensemble s':>20} {'one at a time s':>20} {'speedup':>16} {'ens GFLOP/s':>11} "
-        f"{'bmm GFLOP/s':>11} {'of bmm':>6} {'diverged':>8}"
+        f"{'width':>5} {'ensemble s':>20} {'one at a time s':>20} {'speedup':>16} "
+        f"{'ens GFLOP/s':>11} {'bmm GFLOP/s':>11} {'of bmm':>6} {'diverged':>8}"
     )
     for width in bench.widths:
         shape = MLPShape(data.n_features, width, model_args.depth, data.n_classes)
@@ -185,8 +175,9 @@ def main(argv=None):
                     )  # ends with a host read
                     t_ens.append(time.perf_counter() - t0)
                     diverged = int((rec.diverged_step >= 0).sum())
-                    # member-steps the ensemble computed: a diverged member counted up to its divergence
-                    # step (it is dropped at the next host read, at most CHECK_EVERY - 1 steps later)
+                    # member-steps the ensemble computed: a diverged member counted up to its
+                    # divergence step (dropped at the next host read, at most CHECK_EVERY - 1
+                    # steps later)
                     member_steps = int(
                         sum(len(batches) if d < 0 else d + 1 for d in rec.diverged_step)
                     )
@@ -198,19 +189,25 @@ def main(argv=None):
         ens_rate = flops / statistics.median(t_ens) / 1e9
         bmm_rate = batched_matmul_rate(shape, cfg.batch_size, M, device)
         ratios = [o / e for o, e in zip(t_one, t_ens)]
-        span = lambda v, f: f"{statistics.median(v):{f}} [{min(v):{f}}, {max(v):{f}}]"  # noqa: E731
         print(
-            f"{width:>5} {span(t_ens, '.2f'):>20} {span(t_one, '.2f'):>20} {span(ratios, '.1f'):>16} "
-            f"{ens_rate:>11.1f} {bmm_rate:>11.1f} {ens_rate / bmm_rate:>6.0%} {diverged:>8}",
+            f"{width:>5} {_span(t_ens, '.2f'):>20} {_span(t_one, '.2f'):>20} "
+            f"{_span(ratios, '.1f'):>16} {ens_rate:>11.1f} {bmm_rate:>11.1f} "
+            f"{ens_rate / bmm_rate:>6.0%} {diverged:>8}",
             flush=True,
         )
     load1 = os.getloadavg()
     print(f"load average after: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
     print(
-        "speedup = one at a time / ensemble per repeat (median [min, max]); targets: >= 7x at width 64, >= 2x at 256; "
-        "ensemble GFLOP/s: matmul FLOPs of the member-steps it trained (a diverged member up to its divergence) / "
-        "wall time (its two records included)"
+        "speedup = one at a time / ensemble per repeat (median [min, max]); "
+        "targets: >= 7x at width 64, >= 2x at 256; "
+        "ensemble GFLOP/s: matmul FLOPs of the member-steps it trained "
+        "(a diverged member up to its divergence) / wall time (its two records included)"
     )
+
+
+def _span(values, fmt: str) -> str:
+    """Median [min, max] of ``values`` in format ``fmt``."""
+    return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}, {max(values):{fmt}}]"
 
 
 if __name__ == "__main__":

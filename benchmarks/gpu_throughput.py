@@ -1,14 +1,15 @@
 """Training throughput (tokens/s) and model FLOPs utilisation of GPT-2 with and without the Q/K/V
-variance callback, on synthetic tokens (no data, no Hub). Default: GPT-2 small (124M, context 1024,
-batch 16, bf16, fused AdamW, TF32), a few minutes on one H100/H200:
+variance callback, on synthetic tokens (no data, no Hub). Default: GPT-2 small (124M, context
+1024, batch 16, bf16, fused AdamW, TF32), meant for one GPU:
 
     python benchmarks/gpu_throughput.py                       # 124M on the GPU
-    python benchmarks/gpu_throughput.py --n_layer 2 --n_embd 32 --n_head 2 --seq_len 16 --batch_size 2 \\
-        --vocab_size 64 --steps 6 --warmup_steps 2 --every 2   # tiny shape: runs on a CPU (the test does)
+    python benchmarks/gpu_throughput.py --n_layer 2 --n_embd 32 --n_head 2 --seq_len 16 \\
+        --batch_size 2 --vocab_size 64 --steps 6 --warmup_steps 2 --every 2   # tiny, on a CPU
 
-Prints one line per variant and, with --out, writes them as JSON. MFU = tokens/s x (6 N + 12 L H Q T)
-/ peak FLOP/s of the device (hf_init.lm.run_folder: a small table of known accelerators by name;
-null on a CPU or an unknown device). Timing starts after --warmup_steps (compilation, allocator).
+Prints one line per variant and, with --out, writes them as JSON. MFU = tokens/s x
+(6 N + 12 L H Q T) / peak FLOP/s of the device (hf_init.lm.run_folder: a small table of known
+accelerators by name; null on a CPU or an unknown device). Timing starts after --warmup_steps
+(compilation, allocator).
 """
 
 from __future__ import annotations
@@ -161,9 +162,10 @@ def main(argv=None):
     results = [run_variant(a, with_callback=False), run_variant(a, with_callback=True)]
     for r in results:
         mfu_text = "n/a (unknown peak)" if r["mfu"] is None else f"{r['mfu']:.1%}"
+        variant = "with" if r["callback"] else "without"
         print(
-            f"{'with' if r['callback'] else 'without':7s} callback: {r['tokens_per_second']:,.0f} tokens/s, "
-            f"MFU {mfu_text}, {r['device']}, {r['n_parameters']:,} parameters, {r['timed_steps']} timed steps"
+            f"{variant:7s} callback: {r['tokens_per_second']:,.0f} tokens/s, MFU {mfu_text}, "
+            f"{r['device']}, {r['n_parameters']:,} parameters, {r['timed_steps']} timed steps"
         )
     if a.out:
         a.out.write_text(json.dumps(results, indent=2) + "\n")

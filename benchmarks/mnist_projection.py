@@ -2,23 +2,15 @@
 16 stds x 5 seeds = 80 members per depth, 4 depths, 30 epochs, batch 64) on this machine's
 device, from a short run of each depth's ensemble.
 
-    python benchmarks/mnist_projection.py                    # synthetic MNIST-shaped data, auto device
+    python benchmarks/mnist_projection.py               # synthetic MNIST-shaped data, auto device
     python benchmarks/mnist_projection.py --mnist_dir ~/data/mnist --device cuda --dtype tf32
 
-Without --mnist_dir the data are synthetic and MNIST-shaped (60,000 + 10,000 examples of 784
-standardised features, 10 classes): MNIST itself cannot be downloaded offline, and the time of a
-step does not depend on the pixel values (the sweep flushes subnormal floats on the CPU). With
---mnist_dir the real MNIST (--mnist_train_size of it) is used.
-
-Per depth it measures (all members at once, on --device, --dtype):
-- a training step: the step ``train_ensemble`` runs (``hf_init.mlp.training._step``: every member
-  at once, random minibatches of the training split), timed over --steps steps after one warm-up
-  step (members that diverge stay in the compute, masked: an upper bound);
-- a record at full scale: loss/accuracy of every member on the train and test splits (timed on
-  --eval_examples of them and scaled linearly to both full splits, 70,000 examples) and the
-  per-layer statistics on the probe batch (what every --record_every steps costs).
-Projection = steps x step time + records x record time, for one record per epoch and for the
-sweep's default --record_every 20. The data live once on the device, shared by every member.
+Per depth it times the training step ``train_ensemble`` runs (members that diverge stay in,
+masked: an upper bound) and one record at full scale (evaluation timed on --eval_examples and
+scaled to the 70,000 examples, plus the probe statistics); projection = steps x step time +
+records x record time. Without --mnist_dir the data are synthetic and MNIST-shaped (MNIST cannot
+be downloaded offline; a step's time does not depend on the pixel values). Figures:
+docs/benchmarks.md ("MNIST at full scale").
 """
 
 import math
@@ -103,11 +95,13 @@ def main(argv=None):
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     load0 = os.getloadavg()
     print(
-        f"{data.description}; width {model_args.width}, {M} members per depth ({len(stds)} stds x {len(seeds)} seeds), "
-        f"depths {proj.depths}; {cfg.epochs} epochs x {steps_per_epoch} steps, batch {cfg.batch_size}"
+        f"{data.description}; width {model_args.width}, {M} members per depth "
+        f"({len(stds)} stds x {len(seeds)} seeds), depths {proj.depths}; "
+        f"{cfg.epochs} epochs x {steps_per_epoch} steps, batch {cfg.batch_size}"
     )
     print(
-        f"device {device} ({run_args.dtype}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
+        f"device {device} ({run_args.dtype}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} CPU threads; "
         f"load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}"
     )
     print(f"{'depth':>5} {'step s':>9} {'record s':>9} {'GFLOP/step':>10} {'GFLOP/s':>8}")
@@ -134,9 +128,11 @@ def main(argv=None):
             torch.randint(0, len(data.y_train), (cfg.batch_size,), generator=g).to(device)
             for _ in range(1 + proj.steps)
         ]
-
-        def step(i):  # what train_ensemble runs per step (members that diverge stay in, masked)
-            idx = batches[i]
+        for i, idx in enumerate(batches):
+            if i == 1:  # step 0 warmed up: the step's buffers are made, kernels chosen
+                sync()
+                t0 = time.perf_counter()
+            # what train_ensemble runs per step (members that diverge stay in, masked)
             _step(
                 model,
                 params,
@@ -150,12 +146,6 @@ def main(argv=None):
                 i,
                 buffers,
             )
-
-        step(0)  # warm-up: the step's buffers are made, kernels chosen
-        sync()
-        t0 = time.perf_counter()
-        for i in range(1, 1 + proj.steps):
-            step(i)
         sync()
         step_s = (time.perf_counter() - t0) / proj.steps
         sync()
@@ -173,20 +163,25 @@ def main(argv=None):
         flops = M * sum(
             2 * cfg.batch_size * fi * fo * (3 if l else 2) for l, (fi, fo) in enumerate(fans)
         )
+        rate = flops / step_s / 1e9 if step_s else 0
         print(
-            f"{depth:>5} {step_s:>9.4f} {record_s:>9.3f} {flops / 1e9:>10.1f} {flops / step_s / 1e9 if step_s else 0:>8.1f}",
+            f"{depth:>5} {step_s:>9.4f} {record_s:>9.3f} {flops / 1e9:>10.1f} {rate:>8.1f}",
             flush=True,
         )
         train_s += total_steps * step_s
         per_epoch_s += total_steps * step_s + (cfg.epochs + 1) * record_s
         every20_s += total_steps * step_s + (total_steps // 20 + 2) * record_s
-    hours = lambda s: f"{s:,.0f} s = {s / 3600:.2f} h"  # noqa: E731
     load1 = os.getloadavg()
     print(
-        f"projected full-scale sweep on {device}: training alone {hours(train_s)}; with a record every epoch "
-        f"(--record_every {steps_per_epoch}) {hours(per_epoch_s)}; with the default --record_every 20 {hours(every20_s)}"
+        f"projected full-scale sweep on {device}: training alone {_hours(train_s)}; "
+        f"with a record every epoch (--record_every {steps_per_epoch}) {_hours(per_epoch_s)}; "
+        f"with the default --record_every 20 {_hours(every20_s)}"
     )
     print(f"load average after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds:,.0f} s = {seconds / 3600:.2f} h"
 
 
 if __name__ == "__main__":

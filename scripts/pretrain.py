@@ -1,6 +1,6 @@
 """Pretrain a GPT-2 from scratch and record every layer's Q/K/V weight variance.
 
-    accelerate launch scripts/pretrain.py                       # configs/pretrain_tiny.yaml (2-core CPU, minutes)
+    accelerate launch scripts/pretrain.py              # configs/pretrain_tiny.yaml (CPU, minutes)
     accelerate launch scripts/pretrain.py configs/gpt2_small.yaml --init_scheme xavier_normal
     python scripts/pretrain.py configs/pretrain_tiny.yaml --max_steps 50 --output_dir outputs/try
 
@@ -32,16 +32,11 @@ def main(argv=None):
 
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     argv = sys.argv[1:] if argv is None else argv
-    if (
-        "-h" in argv or "--help" in argv
-    ):  # answered from the dataclasses' source: no torch, no transformers
+    if "-h" in argv or "--help" in argv:
         from hf_init.lm.args import help_text
 
         print(__doc__.strip() + "\n\n" + help_text())
         return 0
-    from hf_init.lm.args import check_flags
-
-    check_flags(argv)  # a mistyped flag: one line before the heavy imports
     from hf_init.lm.pretrain import run
 
     run(argv, started=_STARTED)

@@ -1,9 +1,10 @@
 """One shareable report from result folders: report.html (self-contained: figures embedded, opens
 with no server and no network) and report.md (figures in report_files/ next to it).
 
-    python scripts/report.py outputs/init_study                       # a whole study (into the study folder)
-    python scripts/report.py outputs/pretrain_tiny --output_dir /tmp/rep        # one pretraining run
-    python scripts/report.py outputs/init_study outputs/mlp_sweep outputs/mlp_init_compare --output_dir rep
+    python scripts/report.py outputs/init_study            # a whole study (into the study folder)
+    python scripts/report.py outputs/pretrain_tiny --output_dir /tmp/rep   # one pretraining run
+    python scripts/report.py outputs/init_study outputs/mlp_sweep outputs/mlp_init_compare \\
+        --output_dir rep
 
 Each RUN_OR_STUDY_DIR is a scripts/pretrain.py run folder, a folder of such runs
 (scripts/init_study.py), or an MLP study folder (scripts/mlp_sweep.py, scripts/mlp_init_compare.py).

@@ -8,7 +8,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-# --- study runs shared by test_study_outputs.py and test_figures.py (scripts as subprocesses, tiny sizes)
+# --- study runs shared by test_study_outputs.py and test_figures.py (scripts as subprocesses,
+# tiny sizes)
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -120,7 +121,8 @@ def run_script(name, *args, timeout=300):
 
 def run_main(name, *args):
     """scripts/<name>.py's main(argv) in this process (no interpreter start and torch import per
-    call), through hf_init.core.cli.fail_cleanly as the script's __main__ does: (exit code, stdout, stderr)."""
+    call), through hf_init.core.cli.fail_cleanly as the script's __main__ does: (exit code,
+    stdout, stderr)."""
     import contextlib
     import importlib.util
     import io

@@ -1,6 +1,7 @@
 """The restructure changed no numbers: the default pretraining config (a few steps) and a small
-default sweep, re-run now, give the records saved from main before it (tests/fixtures/behaviour_kept,
-whose README has the commands and the commit). Values to float tolerance: thread counts may differ."""
+default sweep, re-run now, give the records saved from main before it
+(tests/fixtures/behaviour_kept, whose README has the commands and the commit). Values to float
+tolerance: thread counts may differ."""
 
 import csv
 import json
@@ -141,11 +142,14 @@ def test_sweep_records_unchanged(tmp_path_factory, name, role, layer_offset):
         {k: ("" if v is None else str(v)) for k, v in rec.items()}
         for rec in wide.to_dict("records")
     ]
-    order = lambda r: (
-        float(r["depth"]),
-        float(r["std"]),
-        int(r["seed"]),
-        int(r["step"]),
-        int(r.get("layer") or 0),
-    )  # noqa: E731
+
+    def order(r):
+        return (
+            float(r["depth"]),
+            float(r["std"]),
+            int(r["seed"]),
+            int(r["step"]),
+            int(r.get("layer") or 0),
+        )
+
     _same_rows(sorted(got, key=order), sorted(expected, key=order))

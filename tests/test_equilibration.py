@@ -48,7 +48,7 @@ TAUS = {0: 30.0, 1: 80.0, 2: 150.0, 3: 260.0}
 
 
 def expected_eq_step(v0, vinf, tau, tol, level):
-    """Increasing saturating curve: |v/level - 1| <= tol  <=>  t >= t*, first recorded step >= t*."""
+    """Increasing saturating curve: |v/level - 1| <= tol <=> t >= t*, first recorded step >= t*."""
     t_star = -tau * math.log((vinf - (1 - tol) * level) / (vinf - v0))
     return float(STEPS[np.searchsorted(STEPS, t_star - 1e-9)])
 
@@ -182,7 +182,7 @@ def test_spearman_per_seed_is_scipys(tmp_path):
 
 
 def growth_curves(sign):
-    """Layer l grows at rate (1 + sign * l) e-3 / step (+ a per-seed wiggle that keeps the order)."""
+    """Layer l grows at rate (1 + sign * l) e-3 / step (+ a per-seed wiggle keeping the order)."""
 
     def make(seed):
         return {
@@ -299,7 +299,8 @@ def test_claim_c_needs_a_spread_wider_than_the_tolerance(tmp_path):
 
 
 def test_verdict_unstable_when_the_early_window_matters(tmp_path):
-    # log v = a_l min(t, 50) + b_l max(t - 50, 0): shallow faster before step 50 (a decreasing in l),
+    # log v = a_l min(t, 50) + b_l max(t - 50, 0): shallow faster before step 50 (a decreasing
+    # in l),
     # deep faster after (b increasing). Window 0.05 sees only a; window 0.2 mostly b.
     def make(seed):
         return {

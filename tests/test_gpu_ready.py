@@ -1,5 +1,5 @@
-"""GPU readiness without a GPU: the MFU arithmetic, the peak table, the GPU config's settings and the
-throughput benchmark on a tiny shape on the CPU."""
+"""GPU readiness without a GPU: the MFU arithmetic, the peak table, the GPU config's settings and
+the throughput benchmark on a tiny shape on the CPU."""
 
 import json
 import subprocess

@@ -72,7 +72,8 @@ def test_member_forward_loss_grad_equal_sequential(activation):
 )
 def test_member_trained_in_ensemble_equals_trained_alone(optimizer, activation):
     """Stacked elementwise optimizer == per-member optimizer, and the ensemble's written-out
-    backward == autograd through nn.Sequential, for every activation: a few steps, same minibatches."""
+    backward == autograd through nn.Sequential, for every activation: a few steps, same
+    minibatches."""
     shape = MLPShape(5, 8, 2, 3, activation)
     data = _toy_data()
     ens = _random_ensemble(shape, m=4, seed=1)
@@ -137,7 +138,8 @@ def test_diverged_member_is_frozen_and_others_unaffected():
 
 def test_diverged_member_weights_stop_changing():
     """A member whose step s is non-finite keeps, bit for bit, the weights it had before step s
-    (the weights of the same ensemble trained for exactly s steps), however long training goes on."""
+    (the weights of the same ensemble trained for exactly s steps), however long training goes
+    on."""
     shape = MLPShape(5, 8, 3, 3)
     data = _toy_data()
     draws = standard_normal_draws(shape, [0])
@@ -250,7 +252,8 @@ def test_every_member_diverging_ends_cleanly():
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_compaction_keeps_optimizer_state(optimizer):
-    """Dropping a member mid-training (what divergence does) leaves the others' trajectory unchanged."""
+    """Dropping a member mid-training (what divergence does) leaves the others' trajectory
+    unchanged."""
     from hf_init.mlp.training import _compact, make_optimizer
 
     shape = MLPShape(5, 8, 2, 3)

@@ -10,10 +10,10 @@ import yaml
 from hf_init.core.cli import UsageError
 from hf_init.mlp.args import (
     CompareArguments,
-    DataArguments,
-    ModelArguments,
-    RunArguments,
+    MLPModelArguments,
+    MLPRunArguments,
     SweepArguments,
+    TabularDataArguments,
     parse,
 )
 
@@ -31,7 +31,9 @@ def test_shipped_config_states_the_defaults(study, config):
     assert from_yaml == defaults
     written = yaml.safe_load(path.read_text())
     declared = {
-        f.name for cls in (DataArguments, ModelArguments, RunArguments, study) for f in fields(cls)
+        f.name
+        for cls in (TabularDataArguments, MLPModelArguments, MLPRunArguments, study)
+        for f in fields(cls)
     }
     assert set(written) <= declared
 
@@ -39,7 +41,8 @@ def test_shipped_config_states_the_defaults(study, config):
 def test_flags_override_the_yaml(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
-        "dataset: digits\nstds: [1.0e-3, 0.1, 1.0e-3]\ndepths: [1, 2]\noptimizer: adam\nthreads: 2\n"
+        "dataset: digits\nstds: [1.0e-3, 0.1, 1.0e-3]\ndepths: [1, 2]\n"
+        "optimizer: adam\nthreads: 2\n"
     )
     data, model, run, sweep = parse(
         SweepArguments, [str(cfg), "--dataset", "wine", "--depths", "3", "5"]
@@ -73,7 +76,7 @@ def test_every_theory_activation_is_accepted():
         (SweepArguments, ["--activation", "swish"], "unknown activation 'swish'"),
         (SweepArguments, ["--lr", "0"], "lr must be a finite number > 0"),
         (SweepArguments, ["--width", "0"], "width must be >= 1, got 0"),
-        (SweepArguments, ["--bogus", "1"], "unknown argument(s): --bogus"),
+        (SweepArguments, ["--bogus", "1"], "unknown argument --bogus"),
         (
             CompareArguments,
             ["--schemes", "kaiming_normal", "xavier_normal", "normal"],

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from hf_init.core.cli import UsageError, fail_cleanly
 from hf_init.mlp import training
-from hf_init.mlp.args import RunArguments
+from hf_init.mlp.args import MLPRunArguments
 from hf_init.mlp.data import TabularData
 from hf_init.mlp.model import Ensemble, MLPShape, build_mlp, ensemble_weights, standard_normal_draws
 from hf_init.mlp.training import CHECK_EVERY, TrainConfig, train_ensemble
@@ -62,7 +62,8 @@ def test_diverged_member_frozen_bit_for_bit_at_its_weights_before_the_bad_step(d
     rec = train_ensemble(long, data, TrainConfig(epochs=40, **cfg), progress=False)
     d = int(rec.diverged_step[1])
     assert rec.diverged_step[0] == -1 and rec.diverged_step[2] == -1
-    # diverged between two host reads: it stayed in the batched compute, masked, until step CHECK_EVERY
+    # diverged between two host reads: it stayed in the batched compute, masked, until step
+    # CHECK_EVERY
     assert 0 < d < CHECK_EVERY, f"the test needs a divergence between host reads, got step {d}"
     assert math.isnan(rec.step_loss[d, 1]) and np.isfinite(rec.step_loss[:d, 1]).all()
     short = _diverging_pair(shape, device)
@@ -81,7 +82,8 @@ def test_diverged_member_frozen_bit_for_bit_at_its_weights_before_the_bad_step(d
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_ensemble_on_device_equals_plain_torch_on_cpu(device):
-    """Trained on the device, each member equals an nn.Sequential + torch.optim.SGD trained on the CPU."""
+    """Trained on the device, each member equals an nn.Sequential + torch.optim.SGD trained on the
+    CPU."""
     shape = MLPShape(5, 8, 2, 3)
     data = _toy_data()
     g = torch.Generator().manual_seed(1)
@@ -175,7 +177,7 @@ def test_evaluation_in_chunks_equals_plain_torch(monkeypatch):
 
 
 def test_run_arguments_device_dtype_threads():
-    run = RunArguments()
+    run = MLPRunArguments()
     assert (
         run.threads == 0 and run.device == "auto" and run.dtype == "float32"
     )  # torch's threads by default
@@ -187,17 +189,17 @@ def test_run_arguments_device_dtype_threads():
         else "cpu"
     )
     assert run.torch_device().type == expected
-    assert RunArguments(device="cpu").torch_device() == torch.device("cpu")
+    assert MLPRunArguments(device="cpu").torch_device() == torch.device("cpu")
     for kw, message in (
         ({"device": "tpu"}, "--device must be auto, cpu, cuda, cuda:N or mps"),
         ({"dtype": "float16"}, "--dtype must be one of float32, tf32, bfloat16"),
         ({"device": "cpu", "dtype": "tf32"}, "--dtype tf32 needs a CUDA device"),
     ):
         with pytest.raises(UsageError, match=message):
-            RunArguments(**kw)
+            MLPRunArguments(**kw)
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="no CUDA device on this machine"):
-            RunArguments(device="cuda:1")
+            MLPRunArguments(device="cuda:1")
 
 
 def test_tabular_to_device_shares_one_copy():

@@ -39,8 +39,8 @@ def test_sweep_end_to_end_and_refuses_to_overwrite(sweep_out, capsys):
     out = sweep_out
     rows = _rows(out / "results.csv")
     assert len(rows) == 3 * 2 * 2
-    # regimes known by construction (width 64 ReLU, critical std sqrt(2/64) = 0.18): std 1e-4 shrinks
-    # the signal ~3e-7x per layer and cannot learn; 0.1 learns; 50 grows it ~8e4x per layer
+    # regimes known by construction (width 64 ReLU, critical std sqrt(2/64) = 0.18): std 1e-4
+    # shrinks the signal ~3e-7x per layer and cannot learn; 0.1 learns; 50 grows it ~8e4x per layer
     chance = math.log(3)
     for r in rows:
         std, gain = float(r["std"]), float(r["gain_per_layer_init"])
@@ -119,7 +119,8 @@ def test_sweep_bad_input_one_line(tmp_path, capsys, argv, message):
 
 
 def test_compare_end_to_end(compare_out):
-    """The shared tiny comparison (tests/conftest.py COMPARE_ARGS: wine, 3 seeds, 4 epochs, relu and tanh)."""
+    """The shared tiny comparison (tests/conftest.py COMPARE_ARGS: wine, 3 seeds, 4 epochs, relu
+    and tanh)."""
     out = compare_out
     printed = (out.parent / "stdout.txt").read_text()
     assert "converges faster than xavier_normal under relu" in printed

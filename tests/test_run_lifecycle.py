@@ -494,8 +494,8 @@ def test_set_aside_moves_later_and_torn_lines_byte_for_byte(tmp_path):
 def test_interrupted_run_without_checkpoint_is_refused_with_the_restart_command(
     tmp_path, monkeypatch
 ):
-    """Issue 13: what SIGINT at step 10 leaves (variance.jsonl and runs/ only) blocks the same
-    command, which then names what the folder holds and the exact command that restarts it."""
+    """What SIGINT at step 10 leaves (variance.jsonl and runs/ only) blocks the same command, which
+    then names what the folder holds and the exact command that restarts it."""
     from hf_init.core.cli import UsageError
     from hf_init.lm.pretrain import check_output_dir
 

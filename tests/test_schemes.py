@@ -103,7 +103,8 @@ def test_stock_gpt2_scheme_matches_stock_transformers_statistics():
     for (role, _, ws, *_), (_, _, wo, *_) in zip(weight_blocks(stock), weight_blocks(ours)):
         n = ws.numel()
         assert abs(wo.std().item() / ws.std().item() - 1) < 2 * sampling_tolerance(n, False), role
-    # the residual scaling really ran (the trap in FIELD_NOTES)
+    # GPT-2's 1/sqrt(2 n_layer) scaling of c_proj really ran (transformers skips it when it is
+    # attached to a module with no direct parameters: docs/traps.md)
     cproj = torch.cat([b.attn.c_proj.weight.flatten() for b in ours.transformer.h])
     assert abs(cproj.std().item() / (0.02 / math.sqrt(2 * L)) - 1) < 0.01
 

@@ -1,7 +1,7 @@
 """What the study scripts write, checked against numbers computed here: scripts/inspect_init.py,
-the loss records (records.jsonl) and summary.json of both MLP scripts, the HParams of the sweep's TensorBoard runs, a
-successful --overwrite of each study script, the tokenizer check across ranks, and --text_column
-through scripts/pretrain.py.
+the loss records (records.jsonl) and summary.json of both MLP scripts, the HParams of the sweep's
+TensorBoard runs, a successful --overwrite of each study script, the tokenizer check across ranks,
+and --text_column through scripts/pretrain.py.
 
 The scripts run as subprocesses (tests/conftest.py: run_script and the session fixtures
 sweep_out, compare_out), so these tests import as little of hf_init as possible."""
@@ -117,7 +117,8 @@ SWEEP_KEYS = ("depth", "std", "seed")
 
 def test_sweep_loss_records(sweep_out):
     curves, results = _curves(sweep_out), _rows(sweep_out / "results.csv")
-    # 12 members x records at steps 0, 5, ..., 30 (wine: 133 train rows / batch 64 -> 3 steps per epoch)
+    # 12 members x records at steps 0, 5, ..., 30 (wine: 133 train rows / batch 64 -> 3 steps per
+    # epoch)
     assert len(curves) == 12 * 7
     by = {}
     for c in curves:

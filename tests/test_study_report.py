@@ -100,8 +100,9 @@ def test_every_run_in_its_folder_sharing_tokenizer_and_seeds(study):
 
 
 def test_schemes_start_from_their_hand_formula_variances(study):
-    # normal:0.05 is N(0, 0.05^2) for every weight, residual projections included; gpt2 scales those
-    # by 1/sqrt(2 n_layer) (n_layer = 3). Population variance over 32 x 32 = 1024 entries: within 15%.
+    # normal:0.05 is N(0, 0.05^2) for every weight, residual projections included; gpt2 scales
+    # those by 1/sqrt(2 n_layer) (n_layer = 3). Population variance over 32 x 32 = 1024 entries:
+    # within 15%.
     for name, proj_std in (("normal_std0.05_seed0", 0.05), ("gpt2_seed0", 0.02 / np.sqrt(6))):
         wide = to_wide(read_records(study / name / "variance.jsonl"))
         init = wide[(wide["step"] == 0) & (wide["role"] == "attn_proj")]["var"]
@@ -214,6 +215,7 @@ def test_bad_input_one_line_nothing_written(tmp_path, capsys):
     assert (
         proc.returncode == 2 and proc.stderr.count("\n") == 1 and "set by the study" in proc.stderr
     )
+    out = str(tmp_path / "s")
     for args, message in (
         (["--schemes", "bogus"], "unknown init scheme"),
         (["--schemes", "normal"], "normal:STD"),
@@ -221,7 +223,7 @@ def test_bad_input_one_line_nothing_written(tmp_path, capsys):
         (["--lr_scheduler_types", "wavy"], "unknown lr_scheduler_types"),
         (["--max_steps", "-5"], "max_steps"),
     ):
-        assert fail_cleanly(lambda: run_study([*args, "--output_dir", str(tmp_path / "s")])) == 2
+        assert fail_cleanly(lambda args=args: run_study([*args, "--output_dir", out])) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, (args, err)
     assert not (tmp_path / "s").exists()

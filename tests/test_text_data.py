@@ -24,7 +24,8 @@ datasets.disable_progress_bars()
 
 PARAGRAPHS = [
     "Weights drawn too small make the signal vanish layer after layer.",
-    "Weights drawn too large make it explode: a stability band lies between.\nKaiming scales by fan in.",
+    "Weights drawn too large make it explode: a stability band lies between.\n"
+    "Kaiming scales by fan in.",
     "Xavier averages fan in and fan out. GPT-2 scales residual projections by 1/sqrt(2 n_layer).",
     "Unicode survives byte-level BPE: naïve café, 変数, Ελληνικά.",
 ] * 6
@@ -211,7 +212,8 @@ def test_bad_files_and_arguments(tmp_path):
 
 
 def test_dataset_name_path_keeps_a_given_validation_split(tmp_path):
-    # datasets.load_dataset(name) is the Hub path; a local folder with split-named files goes through it offline.
+    # datasets.load_dataset(name) is the Hub path; a local folder with split-named files goes
+    # through it offline.
     folder = tmp_path / "my_corpus"
     folder.mkdir()
     _write_jsonl(folder / "train.jsonl", PARAGRAPHS, key="content")
@@ -266,8 +268,8 @@ def test_streaming_local_file_carves_and_groups(tmp_path):
     train_docs = [row["text"] for row in raw["train"]]
     valid_docs = [row["text"] for row in raw["validation"]]
     assert Counter(train_docs) + Counter(valid_docs) == Counter(docs)
-    # Each document is held out with probability 10% (a seeded hash of its index): Binomial(2000, 0.1)
-    # has mean 200 and sd 13.4; the bounds are 3 sd.
+    # Each document is held out with probability 10% (a seeded hash of its index):
+    # Binomial(2000, 0.1) has mean 200 and sd 13.4; the bounds are 3 sd.
     assert 160 <= len(valid_docs) <= 240
     tokenizer = load_or_train_tokenizer(args, raw["train"])
     grouped = tokenize_and_group(raw, tokenizer, args)

@@ -134,7 +134,8 @@ def test_scheme_options_table_matches_the_std_rules():
 
 def test_the_summary_prints_the_std_each_weight_kind_got(kaiming_run):
     out, proc = kaiming_run
-    # kaiming_normal, fan_in, relu: sqrt(2 / fan_in); n_embd 32, MLP 4 * 32 = 128 wide; embeddings r = 0.02
+    # kaiming_normal, fan_in, relu: sqrt(2 / fan_in); n_embd 32, MLP 4 * 32 = 128 wide;
+    # embeddings r = 0.02
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("init kaiming_normal"))
     assert f"{math.sqrt(2 / 32):.4g} (" in line and f"{math.sqrt(2 / 128):.4g} (mlp_proj)" in line
     assert "0.02 (" in line and "None" not in line
@@ -232,7 +233,7 @@ def test_saved_tokenizer_has_the_context_length_and_generation_past_it_works(kai
     generate = pipeline("text-generation", model=str(out))
     prompt = "def foo(x):\n    return x + 1\n" * 4  # longer than the context on its own
     assert len(generate.tokenizer(prompt)["input_ids"]) > n_positions
-    # the README's snippet: the prompt is cut on the left so that prompt + new tokens fit the context
+    # the README's snippet: the prompt is cut on the left so prompt + new tokens fit the context
     text = generate(prompt, max_new_tokens=20, handle_long_generation="hole", do_sample=False)[0][
         "generated_text"
     ]
@@ -292,7 +293,7 @@ def test_tsv_and_parquet_files_are_read(tmp_path):
         assert info["n_documents"] == len(LINES)
 
 
-# --- 7. a quick, strict command line ---------------------------------------------------------------
+# --- 7. a quick, strict command line --------------------------------------------------------------
 
 HEAVY = ("torch", "transformers", "datasets", "accelerate")
 
@@ -302,11 +303,11 @@ def _modules_after(*argv):
     modules it imported)."""
     code = (
         "import sys, runpy; sys.argv = ['pretrain.py', *sys.argv[1:]]\n"
-        "try:\n    runpy.run_path(%r, run_name='__main__')\n"
+        f"try:\n    runpy.run_path({str(SCRIPT)!r}, run_name='__main__')\n"
         "except SystemExit as e:\n    code = e.code\n"
-        "print('HEAVY', sorted(m for m in %r if m in sys.modules), file=sys.stderr)\n"
+        f"print('HEAVY', sorted(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)\n"
         "sys.exit(code)\n"
-    ) % (str(SCRIPT), HEAVY)
+    )
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run(
         [sys.executable, "-c", code, *argv],
@@ -320,53 +321,43 @@ def _modules_after(*argv):
     return proc.returncode, proc.stdout, lines, heavy
 
 
-def test_help_and_a_mistyped_flag_answer_without_importing_torch_or_transformers():
+def test_help_answers_without_importing_torch_or_transformers():
     rc, out, err, heavy = _modules_after("--help")
     assert rc == 0 and heavy == "HEAVY []", (err, heavy)
-    assert "--learning_rate" in out and "(default: 0.001)" in out  # the built-in YAML's 1.0e-3
+    out = " ".join(out.split())  # argparse wraps the help to the terminal's width
+    assert "--learning_rate LEARNING_RATE" in out and "(default: 0.001)" in out  # built-in YAML
     assert "--init_scheme" in out and "(default: 'gpt2')" in out and "--sample_by" in out
+
+
+def test_a_mistyped_flag_is_one_line_naming_the_closest_flag():
     rc, out, err, heavy = _modules_after("--max_stepz", "3")
-    assert rc == 2 and heavy == "HEAVY []"
-    assert err == [
+    assert rc == 2 and err == [
         "error: unknown argument --max_stepz (did you mean --max_steps? see --help for valid flags)"
     ]
 
 
 @pytest.mark.parametrize("flag", ["--max_step", "--learn", "--init_sch"])
 def test_abbreviations_are_refused(flag):
-    from hf_init.lm.args import check_flags
+    from hf_init.lm.args import parse_args
 
-    with pytest.raises(UsageError, match=f"unknown argument {flag}"):
-        check_flags([flag, "3"])
-    # the full parser too (the quick check aside): allow_abbrev is off in the one YAML+flags parser
-    from dataclasses import dataclass
-
-    from transformers import HfArgumentParser
-
-    from hf_init.core.cli import parse_yaml_and_cli
-
-    @dataclass
-    class A:
-        max_steps: int = 1
-        learning_rate: float = 0.1
-        init_scheme: str = "x"
-
-    with pytest.raises(UsageError, match=f"unknown argument.*{flag}"):
-        parse_yaml_and_cli(HfArgumentParser(A), [flag, "3"])
+    with pytest.raises(UsageError, match=f"unknown argument {flag} "):
+        parse_args([flag, "3"])
 
 
-def test_quick_flag_names_are_the_full_parsers():
-    """The names read from source are exactly the option strings HfArgumentParser builds."""
-    from hf_init.lm.args import build_parser, flag_names
+def test_help_lists_the_full_parsers_flags():
+    """The flags --help reads from source are exactly the option strings HfArgumentParser builds."""
+    import re
 
-    names = flag_names()
+    from hf_init.lm.args import build_parser, help_text
+
+    listed = set(re.findall(r"^  --(\w+)", help_text(), flags=re.M))
     options = {
         o[2:].replace("-", "_")
         for a in build_parser()._actions
         for o in a.option_strings
         if o.startswith("--") and o != "--help"
     }
-    assert {o for o in options if not (o.startswith("no_") and o[3:] in names)} == names
+    assert {o for o in options if not (o.startswith("no_") and o[3:] in listed)} == listed
 
 
 def test_an_uninstalled_report_to_integration_is_one_line(tmp_path):
@@ -377,8 +368,8 @@ def test_an_uninstalled_report_to_integration_is_one_line(tmp_path):
     proc = run_script("--report_to", "wandb", "--output_dir", tmp_path / "run")
     assert proc.returncode == 2 and not (tmp_path / "run").exists()
     assert proc.stderr.strip().splitlines() == [
-        "error: --report_to wandb: its package is not installed (pip install wandb); installed here: "
-        "tensorboard (or --report_to none)"
+        "error: --report_to wandb: its package is not installed (pip install wandb); "
+        "installed here: tensorboard (or --report_to none)"
     ]
 
 
@@ -406,8 +397,8 @@ def test_heatmap_cells_are_centred_on_their_recorded_steps(tmp_path, monkeypatch
     mesh = figures[0].axes[0].collections[0]
     xy = np.asarray(mesh.get_coordinates())  # (layers + 1, steps + 1, 2) cell corners
     x_edges, y_edges = xy[0, :, 0], xy[:, 0, 1]
-    # each cell spans half the smaller gap to its neighbours on each side: 20 has neighbours 10 and 25,
-    # so [17.5, 22.5], and the strip 15 .. 17.5 is left empty
+    # each cell spans half the smaller gap to its neighbours on each side: 20 has neighbours 10
+    # and 25, so [17.5, 22.5], and the strip 15 .. 17.5 is left empty
     assert x_edges.tolist() == [-5, 5, 15, 17.5, 22.5, 27.5]
     z = np.ma.getdata(mesh.get_array()).reshape(3, 5)
     mask = np.ma.getmaskarray(mesh.get_array()).reshape(3, 5)
@@ -506,7 +497,8 @@ def test_offline_push_to_hub_message_is_whole(tmp_path):
 
 def test_after_the_setup_a_plain_accelerate_launch_prints_one_line(tmp_path):
     """The README's set-up (python -m hf_init.lm.accelerate_config) then `accelerate launch -q`: no
-    "values were not passed" block, and a bad flag is the script's one line (no launcher traceback)."""
+    "values were not passed" block, and a bad flag is the script's one line (no launcher
+    traceback)."""
     import shutil
 
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")

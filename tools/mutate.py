@@ -295,8 +295,8 @@ MUTANTS = [
     (
         "M34",
         "hf_init/mlp/training.py",
-        '        if alive.device.type != "cpu" or bool(dead.any()):',
-        "        if False:",
+        '    if alive.device.type != "cpu" or bool(dead.any()):',
+        "    if False:",
         FREEZE,
     ),
     (
@@ -324,8 +324,8 @@ MUTANTS = [
     (
         "M38",
         "hf_init/core/moments.py",
-        "len(chunk), lr, n_blocks, c\n                )",
-        "len(chunk), n_blocks, lr, c\n                ).transpose(1, 2)",
+        "x.view(len(chunk), lr, n_blocks, c)",
+        "x.view(len(chunk), n_blocks, lr, c).transpose(1, 2)",
         ["tests/test_distributed_stats.py"],
     ),
     # study outputs and figures: each break is one that test_study_outputs.py / test_figures.py
@@ -354,7 +354,7 @@ MUTANTS = [
     ),
     (
         "N04",
-        "scripts/mlp_sweep.py",
+        "hf_init/mlp/job.py",
         '"final_test_loss": r["final_test_loss"],',
         '"final_test_loss": r["final_train_loss"],',
         [f"{OUT}::test_sweep_tensorboard_hparams"],

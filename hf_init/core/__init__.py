@@ -1,1 +1,2 @@
-"""The shared core every study uses: init schemes, exact moments, the record format and its reader, output folders, the CLI parser, figures."""
+"""The shared core every study uses: init schemes, exact moments, the record format and its reader,
+output folders, the CLI parser, figures."""

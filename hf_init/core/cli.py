@@ -1,15 +1,12 @@
-"""What every script shares: one way to parse arguments (dataclasses + a YAML config + command-line
-flags) and bad input ending in one clear line and a non-zero exit.
-
-``HfArgumentParser.parse_yaml_file`` ignores the command line, so :func:`parse_yaml_and_cli` reads the
-script's built-in YAML and then the user's (on top), rejects keys the parser does not know, uses the
-YAML values as the parser's defaults (declared-required flags become optional when a YAML sets
-them), then parses the command line on top. Values from YAML go through the same argparse ``type`` conversion as flags when they are
-strings (PyYAML reads ``3e-4`` as a string).
+"""What every script shares: arguments parsed one way (a script's dataclasses filled from its
+built-in YAML, the user's YAML, then the flags: :func:`parse_yaml_and_cli`) and bad input ending
+in one ``error:`` line and a non-zero exit (:func:`fail_cleanly`).
 """
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import os
 import sys
 from collections.abc import Callable
@@ -45,8 +42,9 @@ def one_line_errors(parser):
 
 
 def fail_cleanly(main: Callable[[], object]) -> int:
-    """Run ``main``; turn bad input (ValueError, FileNotFoundError, UsageError) into one line on
-    stderr and exit status 2 instead of a traceback. Other errors still raise (they are bugs)."""
+    """Run ``main`` and return its exit status: bad input (a ValueError such as UsageError, a
+    missing or existing file) becomes one ``error:`` line and status 2, a stopped run its line and
+    code, Ctrl-C status 130. Other errors still raise (they are bugs)."""
     try:
         result = main()
     except (UsageError, ValueError, FileNotFoundError, FileExistsError) as err:
@@ -70,104 +68,27 @@ def first_line(err: BaseException) -> str:
 YAML_SUFFIXES = (".yaml", ".yml")
 
 
-# --- the quick path: --help and flag names answered before the heavy libraries are imported -------
-
-
-def dataclass_flags(cls) -> list[tuple[str, str, str]]:
-    """``(name, default, help)`` of every field of a dataclass that is a flag (``init=True``)."""
-    import dataclasses
-
-    out = []
-    for f in dataclasses.fields(cls):
-        if not f.init:
-            continue
-        default = (
-            f.default
-            if f.default is not dataclasses.MISSING
-            else f.default_factory()
-            if f.default_factory is not dataclasses.MISSING
-            else None
-        )
-        out.append((f.name, repr(default), f.metadata.get("help", "")))
-    return out
-
-
-def source_dataclass_flags(module: str, name: str) -> list[tuple[str, str, str]]:
-    """``(name, default, help)`` of the fields of dataclass ``name`` of ``module``, read from the
-    module's source with :mod:`ast`: nothing is imported (transformers' ``TrainingArguments`` costs
-    seconds to import, its source tens of milliseconds to read). Fields starting with ``_`` or
-    declared ``init=False`` are left out, as ``HfArgumentParser`` leaves them out."""
-    import ast
-    import importlib.util
-
+def source_fields(module: str, name: str) -> list[tuple[str, str, str]]:
+    """``(name, default, help)`` of the fields of dataclass ``name`` in ``module``, read from its
+    source with :mod:`ast`, so that ``--help`` imports nothing (transformers' ``TrainingArguments``
+    takes seconds to import). ``_`` names are left out, as ``HfArgumentParser`` leaves them out."""
     top, _, rest = module.partition(".")
-    spec = importlib.util.find_spec(top)  # finds the package without running its __init__
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(f"package {top!r} not found")
-    path = Path(list(spec.submodule_search_locations)[0], *rest.split(".")).with_suffix(".py")
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name)
+    folder = importlib.util.find_spec(top).submodule_search_locations[0]  # runs no __init__
+    source = Path(folder, *rest.split(".")).with_suffix(".py").read_text(encoding="utf-8")
+    cls = next(n for n in ast.parse(source).body if getattr(n, "name", None) == name)
     out = []
     for node in cls.body:
-        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+        if not isinstance(node, ast.AnnAssign) or node.target.id.startswith("_"):
             continue
-        field_name, default, help_text = node.target.id, node.value, ""
-        if field_name.startswith("_") or "ClassVar" in ast.unparse(node.annotation):
-            continue
-        if isinstance(default, ast.Call) and ast.unparse(default.func).endswith("field"):
-            kw = {k.arg: k.value for k in default.keywords}
-            if isinstance(kw.get("init"), ast.Constant) and kw["init"].value is False:
-                continue
-            meta = kw.get("metadata")
-            if isinstance(meta, ast.Dict):
-                for k, v in zip(meta.keys, meta.values):
-                    if (
-                        isinstance(k, ast.Constant)
-                        and k.value == "help"
-                        and isinstance(v, ast.Constant)
-                    ):
-                        help_text = str(v.value)
-            default = kw.get("default")
-        out.append((field_name, ast.unparse(default) if default is not None else "None", help_text))
+        kw = {"default": node.value}
+        if isinstance(node.value, ast.Call) and ast.unparse(node.value.func).endswith("field"):
+            kw = {k.arg: k.value for k in node.value.keywords}  # field(default=, metadata=)
+        meta = kw.get("metadata", ast.Dict([], []))
+        helps = [v for k, v in zip(meta.keys, meta.values) if getattr(k, "value", None) == "help"]
+        text = getattr(helps[0], "value", "") if helps else ""
+        default = kw.get("default")
+        out.append((node.target.id, "None" if default is None else ast.unparse(default), text))
     return out
-
-
-def check_flag_names(argv: list[str], names: set[str]) -> None:
-    """:class:`UsageError` (one line, with the closest valid flag) for a ``--flag`` in ``argv`` whose
-    name is not in ``names`` (``-`` and ``_`` alike; ``--no_x`` for a known ``x``). Prefixes are no
-    abbreviation: ``--max_step`` is refused. Values are left to the full parser."""
-    import difflib
-
-    for token in argv:
-        if not token.startswith("--") or token == "--":
-            continue
-        name = token[2:].split("=", 1)[0].replace("-", "_")
-        if name in names or (name.startswith("no_") and name[3:] in names):
-            continue
-        close = difflib.get_close_matches(name, sorted(names), n=1)
-        hint = f"did you mean --{close[0]}? " if close else ""
-        raise UsageError(f"unknown argument --{name} ({hint}see --help for valid flags)")
-
-
-def format_flag_help(
-    groups: list[tuple[str, list[tuple[str, str, str]]]], defaults: dict | None = None
-) -> str:
-    """Help text for ``(title, flags)`` groups, each flag with its help and its default (``defaults``
-    overrides the dataclass default, e.g. with the script's built-in YAML)."""
-    import textwrap
-
-    defaults = defaults or {}
-    lines = []
-    for title, flags in groups:
-        lines += ["", f"{title}:"]
-        for name, default, help_text in flags:
-            value = repr(defaults[name]) if name in defaults else default
-            text = " ".join(f"{help_text} (default: {value})".split())
-            lines.append(f"  --{name}")
-            lines += textwrap.wrap(
-                text, width=100, initial_indent="      ", subsequent_indent="      "
-            )
-    return "\n".join(lines)
 
 
 def read_yaml_config(path: str | os.PathLike) -> dict:
@@ -187,7 +108,8 @@ def read_yaml_config(path: str | os.PathLike) -> dict:
         return {}
     if not isinstance(cfg, dict):
         raise UsageError(
-            f"config file {str(path)!r} must hold a mapping of option: value, got {type(cfg).__name__}"
+            f"config file {str(path)!r} must hold a mapping of option: value, "
+            f"got {type(cfg).__name__}"
         )
     return cfg
 
@@ -221,16 +143,33 @@ def parse_yaml_and_cli(parser, argv: list[str], default_config: str | os.PathLik
             )
         for key in cfg:
             actions[key].required = False
-        # numbers as strings: argparse then applies the flag's own type (int vs float) to them
+        # numbers as strings: argparse then applies the flag's own type (int vs float) to them, as
+        # it does to strings (PyYAML reads 3e-4 as one)
         parser.set_defaults(
             **{
                 k: (str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
                 for k, v in cfg.items()
             }
         )
-    *parsed, remaining = parser.parse_args_into_dataclasses(
-        args=argv, return_remaining_strings=True
-    )
+    _, remaining = parser.parse_known_args(argv)  # refused before any dataclass is built
     if remaining:
-        raise UsageError(f"unknown argument(s): {' '.join(remaining)} (see --help for valid flags)")
+        raise UsageError(unknown_argument(remaining, parser))
+    parsed = parser.parse_args_into_dataclasses(args=argv)
     return tuple(parsed), user_config if user_config is not None else default_config
+
+
+def unknown_argument(remaining: list[str], parser) -> str:
+    """The one line for arguments ``parser`` does not know: the first ``--flag`` among them with
+    the closest flag it does know, or all of them if none is a flag."""
+    import difflib
+
+    def spelled(flag: str) -> str:  # --max-steps and --max_steps are one flag
+        return "--" + flag[2:].split("=", 1)[0].replace("-", "_")
+
+    flags = {spelled(o) for a in parser._actions for o in a.option_strings if o.startswith("--")}
+    names = [spelled(t) for t in remaining if t.startswith("--")]
+    if not names:
+        return f"unknown argument(s): {' '.join(remaining)} (see --help for valid flags)"
+    close = difflib.get_close_matches(names[0], sorted(flags), n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return f"unknown argument {names[0]} ({hint}see --help for valid flags)"

@@ -1,8 +1,5 @@
-"""Matplotlib figures from recorded runs (files in, PNG out), one module per study:
-`pretrain` (Q/K/V variance), `mlp` (sweeps, comparisons), `theory` (prediction vs measurement).
-
-Import matplotlib through :func:`pyplot` so every figure renders headless (Agg backend).
-"""
+"""What every study's figures share: matplotlib on the headless Agg backend (:func:`pyplot`) and
+the atomic PNG writer (:func:`save_figure`); each study draws its own figures in its ``plots``."""
 
 from __future__ import annotations
 

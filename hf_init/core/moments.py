@@ -1,37 +1,17 @@
-"""Exact column-block moments of weights, sharded (FSDP2 / DTensor) or not, without gathering.
+"""Exact float64 moments of tensors: of a whole tensor (:func:`moments`), per row
+(:func:`row_variances`), and per column block of 2-D weights, sharded (FSDP2 / DTensor) or not,
+without gathering (:func:`sharded_block_moments`, the recorders' engine).
 
-The one statistics engine of the training callback (``hf_init.lm.recorders.block_statistics``):
-:func:`stacked_block_sums` reduces one weight kind of every layer in one pass of float64 sums,
-on the weights' device, with no host synchronisation; plain tensors take the same path as
-shards.
+Each rank reduces the part of every weight it holds to (count, sum, sum of squares) per column
+block (Q | K | V of GPT-2's fused ``c_attn``, one block for the other weights); one
+``all_reduce(SUM)`` of one stacked tensor then gives the totals, from which mean, population
+variance and RMS follow. Row shards (FSDP2's ``Shard(0)``, even, uneven or empty) hold every
+block; a column shard (``Shard(1)``) may start or end inside a block and is cut at the global
+block boundaries; a replica (``Replicate``) counts once.
 
-Each rank reduces the part of every recorded weight it holds to float64 (count, sum, sum of
-squares) per column block (Q | K | V of GPT-2's fused ``c_attn``, one block for the other
-weights); one ``all_reduce(SUM)`` of one stacked float64 tensor then gives the totals of all
-layers and projections, from which mean, population variance (divide by N) and RMS follow.
-No rank ever holds more than its own shard: no ``full_tensor()``, no all-gather.
-
-Layouts. GPT-2 stores its projections as ``Conv1D`` weights of shape (in, out); ``c_attn``'s
-output columns are Q, then K, then V (see :meth:`hf_init.lm.families.Weight.split`). FSDP2
-(``fully_shard``) shards dim 0, the *rows*: every shard then holds all three column blocks
-(its rows of Q, of K and of V), and only the row count differs between ranks (uneven when the
-row count is not a multiple of the world size: torch.chunk sizes, possibly an empty shard). A
-shard on dim 1 (``Shard(1)``, e.g. tensor parallelism) holds a range of *columns* that may start
-or end inside a block: the local columns are cut at the global block boundaries, so each part
-is added to the block it belongs to. Both are exact; the tests cover rows, columns with the
-boundary inside a block, uneven and empty shards, and replicated mesh dimensions (a replica
-adds nothing, so nothing is counted twice).
-
-Numerical stability. The variance is ``sumsq/n - (sum/n)^2``; in float64 its relative rounding
-error is about ``eps * (1 + mean^2/var)`` (eps = 1.1e-16) times the growth of the summation
-error, which torch's pairwise ``sum`` keeps near 1 (``vector_norm().square()`` does not: ~1e-13
-on 2.4M entries, so it is not used). For GPT-2 weights and gradients |mean| is far below the
-std (init N(0, 0.02^2)), so nothing cancels. Measured on a 768 x 3072 block of N(mu, 0.02^2)
-in 8 row shards against a two-pass float64 (numpy) variance, relative error: 1e-16 for
-|mu| <= std (float32 and bf16 entries), 3e-14 at mu = 10 std, 2e-12 at mu = 100 std, 2e-8 at
-mu = 1e4 std. Pairwise merging of (count, mean, M2) (Chan et al.) would only matter far beyond
-what a weight or gradient block shows, so it is not used; the test
-``test_sum_of_squares_does_not_cancel_at_gpt2_scale`` holds the realistic cases to 1e-13.
+The variance is ``sumsq/n - (sum/n)^2`` with torch's pairwise float64 sums: its rounding error
+grows with mean^2/var, and weights and gradients have |mean| far below their std, so nothing
+cancels (``test_sum_of_squares_does_not_cancel_at_gpt2_scale`` holds such cases to 1e-13).
 """
 
 from __future__ import annotations
@@ -95,7 +75,8 @@ def local_part(t: torch.Tensor) -> LocalPart:
             counted = counted and coord[mesh_dim] == 0
         elif not isinstance(p, Shard):
             raise ValueError(
-                f"placement {p} is not supported: reduce Partial tensors first (only Shard and Replicate)"
+                f"placement {p} is not supported: reduce Partial tensors first "
+                "(only Shard and Replicate)"
             )
     shape, offset = compute_local_shape_and_global_offset(t.shape, mesh, placements)
     if tuple(local.shape) != tuple(shape):
@@ -105,20 +86,18 @@ def local_part(t: torch.Tensor) -> LocalPart:
     return LocalPart(local, tuple(t.shape), tuple(int(o) for o in offset), counted)
 
 
-WORKSPACE_ELEMENTS = (
-    1 << 22
-)  # float64 entries (32 MiB) converted per pass, unless one part alone is larger
+# float64 entries (32 MiB) converted per pass, unless one part alone is larger
+WORKSPACE_ELEMENTS = 1 << 22
 _WORKSPACES: dict[torch.device, torch.Tensor] = {}
 
 
 def workspace(device: torch.device, n: int) -> torch.Tensor:
     """A float64 buffer of ``n`` entries on ``device``, reused from call to call (grown when a
-    larger one is asked for). Reuse is what makes a recording cheap on the CPU: a fresh buffer of
-    megabytes is new memory from the operating system each time, and filling it costs page faults
-    several times the sums themselves (10 ms instead of 0.4 ms to convert the 4.7M weight and
-    gradient entries of the 12 x 128 default model). Held: at most :data:`WORKSPACE_ELEMENTS`
-    entries, or one weight part where a single part is larger (column shards, which straddle
-    block boundaries, take all layers' piece of one block at once)."""
+    larger one is asked for): on the CPU a fresh buffer of megabytes is new memory from the
+    operating system each time, whose page faults cost more than the sums themselves. Held: at
+    most :data:`WORKSPACE_ELEMENTS` entries, or one weight part where a single part is larger
+    (column shards, which straddle block boundaries, take all layers' piece of one block at
+    once)."""
     device = torch.device(device)
     buf = _WORKSPACES.get(device)
     if buf is None or buf.numel() < n:
@@ -150,18 +129,14 @@ def block_sums(part: LocalPart, n_blocks: int = 1) -> torch.Tensor:
 def stacked_block_sums(parts: Sequence[LocalPart], n_blocks: int = 1) -> torch.Tensor:
     """:func:`block_sums` of many parts of the same global shape (one weight kind in every
     layer) at once: float64 of shape (len(parts), n_blocks, 3), on the parts' device, with no
-    host synchronisation (nothing is read back; the caller reads all records at once).
+    host synchronisation (the caller reads all records at once).
 
     The engine of every recorded statistic. Parts that share a local shape, offset and
     ``counted`` (every layer of an unsharded or FSDP2 row-sharded model) are copied whole, in one
-    multi-tensor copy, into one float64 buffer (the reused :func:`workspace`, as many parts per
-    pass as it holds), then reduced per part and column block (a strided view: Q, K, V are not
-    copied apart): ``sum`` and ``(x * x).sum()`` (squared in place), both torch's pairwise
-    (cascade) float64 sums. Float64 throughout: float32
-    accumulation, even in small blocks merged in float64, misses the 1e-12 relative agreement
-    with a float64 reference by orders of magnitude (a float32 product ``x * x`` alone is rounded
-    to 6e-8), see ``benchmarks/callback_overhead.py --precision``; ``vector_norm().square()`` is
-    ~1000x less exact than the pairwise sum of squares.
+    multi-tensor copy, into the reused float64 :func:`workspace`, then reduced per part and
+    column block (a strided view: Q, K, V are not copied apart) with torch's pairwise float64
+    sums. Float64 because float32 accumulation misses the 1e-12 relative agreement with a float64
+    reference by orders of magnitude (``benchmarks/callback_overhead.py --precision``).
     """
     if not parts:
         raise ValueError("no parts given")
@@ -172,46 +147,53 @@ def stacked_block_sums(parts: Sequence[LocalPart], n_blocks: int = 1) -> torch.T
         )
     if cols % n_blocks:
         raise ValueError(f"{cols} columns do not split into {n_blocks} equal blocks")
-    device = parts[0].local.device
-    out = torch.zeros((len(parts), n_blocks, 3), dtype=torch.float64, device=device)
+    out = torch.zeros((len(parts), n_blocks, 3), dtype=torch.float64, device=parts[0].local.device)
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(parts):
         if p.counted and p.local.numel():
             groups.setdefault((tuple(p.local.shape), p.offset), []).append(i)
-    c = cols // n_blocks
-    for ((lr, lc), (_, lo)), index in groups.items():
-        if lo == 0 and lc == cols:  # whole rows (unsharded or row shards): equal blocks, one buffer
-            per_part = lr * cols
-            step = max(
-                1, WORKSPACE_ELEMENTS // per_part
-            )  # parts per pass: the buffer stays bounded
-            for start in range(0, len(index), step):
-                chunk = index[start : start + step]
-                x = workspace(device, len(chunk) * per_part).view(len(chunk), lr, cols)
-                _copy_all(x.unbind(0), [parts[i].local.detach() for i in chunk])
-                blocks = x.view(
-                    len(chunk), lr, n_blocks, c
-                )  # block b: columns b*c .. (b+1)*c of every row
-                total = blocks.sum(dim=(1, 3))
-                squares = (
-                    x.mul_(x).view_as(blocks).sum(dim=(1, 3))
-                )  # squared in place: no second buffer
-                out[chunk] = torch.stack(
-                    [torch.full_like(total, float(lr * c)), total, squares], dim=2
-                )
-            continue
-        hi = lo + lc  # a column range that may start or end inside a block: cut at the boundaries
-        for b in range(n_blocks):
-            a, e = max(lo, b * c), min(hi, (b + 1) * c)
-            if a >= e:
-                continue
-            x = workspace(device, len(index) * lr * (e - a)).view(len(index), lr * (e - a))
-            for j, i in enumerate(index):
-                x[j].view(lr, e - a).copy_(parts[i].local.detach()[:, a - lo : e - lo])
-            out[index, b, 0] = float(lr * (e - a))
-            out[index, b, 1] = x.sum(dim=1)
-            out[index, b, 2] = x.mul_(x).sum(dim=1)
+    for ((_, lc), (_, lo)), index in groups.items():
+        group = [parts[i] for i in index]
+        if lo == 0 and lc == cols:  # whole rows (unsharded or row shards): equal blocks
+            _whole_row_sums(group, index, n_blocks, out)
+        else:
+            _column_range_sums(group, index, n_blocks, out)
     return out
+
+
+def _whole_row_sums(group: list[LocalPart], index: list[int], n_blocks: int, out) -> None:
+    """(count, sum, sumsq) per block of parts holding whole rows, into ``out[index]``: as many
+    parts per pass through the workspace as it holds."""
+    lr, cols = group[0].local.shape
+    c = cols // n_blocks
+    per_part = lr * cols
+    step = max(1, WORKSPACE_ELEMENTS // per_part)  # parts per pass: the buffer stays bounded
+    for start in range(0, len(group), step):
+        chunk = index[start : start + step]
+        x = workspace(out.device, len(chunk) * per_part).view(len(chunk), lr, cols)
+        _copy_all(x.unbind(0), [p.local.detach() for p in group[start : start + step]])
+        blocks = x.view(len(chunk), lr, n_blocks, c)  # block b: columns b*c .. (b+1)*c
+        total = blocks.sum(dim=(1, 3))
+        squares = x.mul_(x).view_as(blocks).sum(dim=(1, 3))  # in place: no second buffer
+        out[chunk] = torch.stack([torch.full_like(total, float(lr * c)), total, squares], dim=2)
+
+
+def _column_range_sums(group: list[LocalPart], index: list[int], n_blocks: int, out) -> None:
+    """(count, sum, sumsq) per block of parts holding a column range that may start or end
+    inside a block, into ``out[index]``: the columns are cut at the global block boundaries."""
+    lr, lc = group[0].local.shape
+    lo, hi = group[0].offset[1], group[0].offset[1] + lc
+    c = group[0].global_shape[1] // n_blocks
+    for b in range(n_blocks):
+        a, e = max(lo, b * c), min(hi, (b + 1) * c)
+        if a >= e:
+            continue
+        x = workspace(out.device, len(group) * lr * (e - a)).view(len(group), lr * (e - a))
+        for j, part in enumerate(group):
+            x[j].view(lr, e - a).copy_(part.local.detach()[:, a - lo : e - lo])
+        out[index, b, 0] = float(lr * (e - a))
+        out[index, b, 1] = x.sum(dim=1)
+        out[index, b, 2] = x.mul_(x).sum(dim=1)
 
 
 def moments_from_sums(sums: torch.Tensor) -> torch.Tensor:
@@ -304,18 +286,6 @@ def _collective_device(group) -> torch.device:
     return torch.device("cpu")
 
 
-__all__ = [
-    "LocalPart",
-    "local_part",
-    "block_sums",
-    "stacked_block_sums",
-    "moments_from_sums",
-    "sharded_block_sums",
-    "sharded_block_moments",
-    "workspace",
-]
-
-
 @dataclass(frozen=True)
 class Moments:
     """Population moments of all entries of a tensor: mean, variance (divide by N), RMS."""
@@ -342,12 +312,9 @@ def row_variances(t: torch.Tensor) -> torch.Tensor:
     """Population variance (divide by N) of each ``t[i]`` over all its entries, float64, two-pass
     (exact even when |mean| >> std): shape (t.shape[0],), on ``t``'s device.
 
-    The rows go through the reused float64 buffer of :func:`hf_init.core.moments.workspace`
-    (as many rows per pass as :data:`~hf_init.core.moments.WORKSPACE_ELEMENTS` holds),
-    centred and squared in place: a fresh float64 copy and torch's one-pass (Welford) ``var``
-    cost 8x more at the MLP studies' sizes (80 x 256 x 256: 23 ms against 2.6 ms here)."""
-    from hf_init.core.moments import WORKSPACE_ELEMENTS, workspace
-
+    The rows go through the reused float64 :func:`workspace` (as many rows per pass as
+    :data:`WORKSPACE_ELEMENTS` holds), centred and squared in place, rather than a fresh float64
+    copy and torch's one-pass (Welford) ``var``."""
     rows = t.detach().reshape(t.shape[0], -1)
     n = rows.shape[1]
     out = torch.empty(rows.shape[0], dtype=torch.float64, device=t.device)
@@ -358,3 +325,19 @@ def row_variances(t: torch.Tensor) -> torch.Tensor:
         x.sub_(x.mean(dim=1, keepdim=True))
         out[i : i + x.shape[0]] = x.mul_(x).sum(dim=1) / n
     return out
+
+
+__all__ = [
+    "LocalPart",
+    "Moments",
+    "WORKSPACE_ELEMENTS",
+    "block_sums",
+    "local_part",
+    "moments",
+    "moments_from_sums",
+    "row_variances",
+    "sharded_block_moments",
+    "sharded_block_sums",
+    "stacked_block_sums",
+    "workspace",
+]

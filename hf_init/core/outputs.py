@@ -85,7 +85,8 @@ def check_writable(path: str | os.PathLike) -> None:
 def move_aside(path: str | os.PathLike, found: list[str]) -> Path:
     """Move the earlier outputs ``found`` (from :func:`check_output_dir`) into a new hidden sibling
     folder ``.<name>.previous-XXXX`` and return it, so the new run starts clean (TensorBoard and the
-    figures never mix two runs) but nothing is lost until it succeeds: see :func:`kept_until_success`."""
+    figures never mix two runs) but nothing is lost until it succeeds: see
+    :func:`kept_until_success`."""
     import tempfile
 
     out = Path(path).resolve()
@@ -124,8 +125,8 @@ def kept_until_success(
     ``keep_failed=True`` (a training run: its checkpoints may be hours of work): a failed run that
     wrote something is never deleted. It stays in ``path`` (where ``--resume_from_checkpoint``
     continues it) and the earlier outputs go to the visible sibling ``<name>.previous-XXXX``; the
-    error says which is which (appended to a :class:`~hf_init.core.cli.RunStopped` message, else a line
-    on stderr). A failed run that wrote nothing puts the earlier outputs back as above."""
+    error says which is which (appended to a :class:`~hf_init.core.cli.RunStopped` message, else a
+    line on stderr). A failed run that wrote nothing puts the earlier outputs back as above."""
     out = Path(path)
     backup = move_aside(out, found) if found and active else None
     keep = {p.name for p in out.iterdir()} if backup is not None else set()
@@ -136,8 +137,9 @@ def kept_until_success(
             written = sorted(p.name for p in out.iterdir() if p.name not in keep)
             if keep_failed and written:
                 earlier = keep_beside(out, backup)
+                more = ", ..." if len(written) > 3 else ""
                 note = (
-                    f"the failed run's outputs ({', '.join(written[:3])}{', ...' if len(written) > 3 else ''}) "
+                    f"the failed run's outputs ({', '.join(written[:3])}{more}) "
                     f"stay in {str(out)!r}; the earlier run it was replacing is in {str(earlier)!r}"
                 )
                 from hf_init.core.cli import RunStopped
@@ -188,7 +190,8 @@ def _strict_json(x):
 
 def write_atomic(path: str | os.PathLike, write) -> Path:
     """The one atomic writer: ``write(f)`` fills a hidden temp file beside ``path`` (text mode,
-    UTF-8), which then replaces ``path`` in one rename, so a reader or a crash never sees half a file."""
+    UTF-8), which then replaces ``path`` in one rename: a reader or a crash never sees half a
+    file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8", newline="") as f:

@@ -1,25 +1,10 @@
 """The one record format of every study, and its one reader.
 
-A record is one flat JSON object (one line of a ``.jsonl`` file):
-
-- ``step`` (optimizer step; ``null`` where the record is not about a training step, e.g. a
-  prediction at initialization), ``layer`` (0-based block/layer index; ``null`` for a whole-model
-  quantity such as a loss) and ``role`` (what the layer's weight is: the GPT-2 vocabulary
-  ``q k v attn_proj mlp_fc mlp_proj``, ``linear`` for a plain dense layer, ``attn`` for attention
-  behaviour; ``null`` for a whole-model quantity);
-- **statistics**: fields whose name is in :data:`STATISTICS` (numbers, ``null`` when not
-  computed or not finite);
-- **keys**: every other field, naming which run or ensemble member the record belongs to
-  (``scheme``, ``seed``, ``std``, ``depth``, ``head``, ...).
-
-So ``grep '"role": "q"' variance.jsonl`` streams the query records of a run, and
-:func:`read_records` turns any number of record files into one long table
-(keys..., step, layer, role, statistic, value), the way microsoft/mup's coord-check keeps its
-records. :func:`to_wide` pivots it back to one column per statistic.
-
-Record files before this format (``variance.jsonl`` with one line per (step, layer) and fields
-``q``, ``q_mean``, ``grad_q_rms``, ...) are read by the same :func:`read_records`
-(:func:`legacy_variance_records` converts them).
+A record is one flat JSON object, one line of a ``.jsonl`` file: ``step``, ``layer``, ``role``,
+statistics (the names in :data:`STATISTICS`) and keys (every other field: ``scheme``, ``seed``,
+...). :func:`read_records` turns any number of record files, the old ``variance.jsonl`` lines
+included, into one long table; :func:`to_wide` pivots it to a column per statistic. The format
+and which file holds what: ``docs/records.md``.
 """
 
 from __future__ import annotations
@@ -38,8 +23,8 @@ STATISTICS: dict[str, str] = {
     # weights of a layer (GPT-2 callback): population moments over all entries of the weight block
     "var": "population variance of the weight block's entries",
     "mean": "mean of the weight block's entries",
-    "rms": "root mean square of the weight block's entries",
-    "grad_var": "population variance of the gradient of the step's mean loss w.r.t. the weight block",
+    "rms": "root mean square of the weight block's entries (coord check: of the activation's)",
+    "grad_var": "population variance of the gradient of the step's mean loss wrt the weight block",
     "grad_mean": "mean of that gradient's entries",
     "grad_rms": "root mean square of that gradient's entries",
     # signal through a layer (MLP studies): over the probe batch and the layer's units
@@ -55,21 +40,27 @@ STATISTICS: dict[str, str] = {
     "loss": "training loss of the step (mean over the batch)",
     "learning_rate": "learning rate in effect at the step",
     # attention behaviour (GPT-2, probe batch): per layer (and head when a `head` key is present)
-    "logit_std": "std of the attention logits q.k/sqrt(d_head) over the probe batch's causal entries",
-    "entropy": "mean entropy (nats) of the attention distributions over the probe batch's queries",
+    "logit_std": (
+        "std of the attention logits q.k/sqrt(d_head) over the probe batch's causal entries"
+    ),
+    "entropy": (
+        "mean entropy (nats) of the attention distributions over the probe batch's queries"
+    ),
     # theory check: a quantity predicted by the variance recursion vs measured on networks
     "predicted": "value predicted by the variance-propagation recursion",
     "measured": "value measured on real networks (mean over seeds)",
     "measured_sem": "standard error of the measured mean over seeds",
     "relative_error": "measured / predicted - 1",
     "tolerance": "allowed |relative_error|: k finite-width standard deviations of the seed mean",
-    "predicted_uncorrelated": "GPT-2 value predicted treating tokens as uncorrelated across positions",
+    "predicted_uncorrelated": (
+        "GPT-2 value predicted treating tokens as uncorrelated across positions"
+    ),
     "relative_error_uncorrelated": "measured / predicted_uncorrelated - 1",
 }
 
 
 def _clean(value):
-    """A statistic as JSON: floats that are not finite become null; numpy/torch scalars -> Python."""
+    """A statistic as JSON: non-finite floats become null, numpy/torch scalars Python numbers."""
     if hasattr(value, "item") and getattr(value, "shape", None) == ():
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -127,7 +118,7 @@ def write_records(path: str | os.PathLike, records: Iterable[dict]) -> Path:
 
 def iter_records(path: str | os.PathLike) -> Iterator[dict]:
     """The records of one file in file order, legacy variance lines converted. A torn last line
-    (a crash mid-write) is skipped; a bad line elsewhere is a ValueError naming the file and line."""
+    (a crash mid-write) is skipped; a bad line elsewhere is a ValueError naming file and line."""
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     for i, line in enumerate(lines):
         if not line.strip():

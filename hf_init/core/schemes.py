@@ -1,19 +1,12 @@
 """Initialization schemes: one registry name -> one rule for the std of a weight tensor.
 
-A scheme is a small function of one weight tensor plus a :class:`WeightSpec` (the tensor's
-role in the network and its fans). Every scheme draws i.i.d. zero-mean entries, normal or
-uniform, so a scheme is fully described by the *standard deviation* it gives each weight;
-:meth:`Scheme.std` returns that number (the theory module and the tests use it) and
-:meth:`Scheme.init_` fills a tensor with it.
-
-Fans are always *logical*: ``fan_in`` is the number of inputs each output unit sums over.
-They never depend on the storage layout. ``torch.nn.init.kaiming_*`` reads fan_in from
-``tensor.shape[1]``, which is right for ``nn.Linear`` (out, in) and backwards for GPT-2's
-``Conv1D`` (in, out); use :func:`fans` with the right ``layout`` instead.
-
-Rules read a weight's role (:mod:`hf_init.lm.families`): embeddings and the residual-stream
-writers (GPT-2's ``attn_proj``/``mlp_proj``, Llama's ``o``/``down``) may get their own std.
-Biases are zero and LayerNorm/RMSNorm gains 1 under every scheme (see ``modeling.py``).
+Every scheme draws i.i.d. zero-mean entries (normal or uniform), so the std it gives a weight of a
+:class:`WeightSpec` (its role and logical fans) describes it fully: :meth:`Scheme.std` returns it,
+:meth:`Scheme.init_` draws with it. Fans are logical (:func:`fans`), never the storage layout:
+``torch.nn.init.kaiming_*`` reads storage and gets GPT-2's ``Conv1D`` backwards. Biases are 0 and
+LayerNorm/RMSNorm gains 1 under every scheme (``hf_init.lm.modeling``). Roles come from
+:mod:`hf_init.lm.families`: embeddings and the residual-stream writers (GPT-2's
+``attn_proj``/``mlp_proj``, Llama's ``o``/``down``) may get their own std.
 """
 
 from __future__ import annotations
@@ -253,8 +246,8 @@ SCHEMES: dict[str, Scheme] = {
             "deepnet",
             _deepnet,
             "normal",
-            "Var = b^2 * 2 / (fan_in + fan_out), b = (8 n_layer)^(-1/4) for V, attn/mlp out, "
-            "mlp in; b = 1 for Q, K; embeddings 1/d",
+            "Var = b^2 * 2 / (fan_in + fan_out), "
+            "b = (8 n_layer)^(-1/4) for V, attn/mlp out, mlp in; b = 1 for Q, K; embeddings 1/d",
             "Wang et al. 2022, DeepNet: Scaling Transformers to 1,000 Layers, arXiv:2203.00555 "
             "(decoder-only beta; DeepNorm's residual alpha is not applied: GPT-2 and Llama "
             "are pre-norm)",
@@ -290,9 +283,8 @@ def scheme_std(name: str, spec: WeightSpec, options: SchemeOptions | None = None
     return get_scheme(name).std(spec, options)
 
 
-#: The options (``SchemeOptions`` fields) each scheme's std rule reads; any other option has no
-#: effect on that scheme, so setting it is refused (:func:`unused_options`) instead of being
-#: recorded as if it had been used.
+#: The options (``SchemeOptions`` fields) each scheme's std rule reads; setting any other has no
+#: effect on that scheme, so it is refused (:func:`unused_options`), not recorded as if used.
 SCHEME_OPTIONS: dict[str, tuple[str, ...]] = {
     "gpt2": ("initializer_range",),
     "normal": ("std",),
@@ -306,8 +298,7 @@ SCHEME_OPTIONS: dict[str, tuple[str, ...]] = {
 
 
 def unused_options(name: str, options: SchemeOptions) -> list[str]:
-    """The ``SchemeOptions`` fields set away from their defaults that scheme ``name`` does not
-    read."""
+    """The ``SchemeOptions`` fields set away from their defaults that scheme ``name`` ignores."""
     used = SCHEME_OPTIONS[get_scheme(name).name]
     default = SchemeOptions()
     return [

@@ -1,11 +1,11 @@
-"""``python -m hf_init.lm.accelerate_config``: the set-up step that writes accelerate's default config
-(``accelerate config default``, in accelerate's cache folder, which follows ``HF_HOME``), so that a
-plain ``accelerate launch scripts/pretrain.py`` prints no "values were not passed" block.
+"""``python -m hf_init.lm.accelerate_config``: the set-up step that writes accelerate's default
+config (``accelerate config default``, in accelerate's cache folder, which follows ``HF_HOME``),
+so that a plain ``accelerate launch scripts/pretrain.py`` prints no "values were not passed" block.
 
-On a machine without a GPU the config says ``use_cpu: false``: accelerate would otherwise pick a
-CPU thread count itself and print that block; the scripts choose the CPU themselves there
-(:func:`hf_init.lm.args.parse_args`). On a GPU machine it is exactly ``accelerate config default``'s.
-An existing default config is left as it is.
+Without a GPU the config says ``use_cpu: false`` (accelerate would otherwise pick a CPU thread
+count itself and print that block; the scripts choose the CPU there, in
+:func:`hf_init.lm.args.parse_args`); with one it is exactly ``accelerate config default``'s. An
+existing default config is left as it is.
 """
 
 from __future__ import annotations

@@ -1,29 +1,24 @@
 """The pretraining job's arguments: the dataclasses behind ``scripts/pretrain.py``'s YAML keys and
-flags, each with its checks in ``__post_init__`` (bad input is refused while parsing, before
-anything is read or written), and :func:`parse_args`.
+flags and transformers' ``TrainingArguments``, all checked while parsing (:func:`parse_args`),
+before anything is read or written.
 
-The built-in default config, ``hf_init/configs/pretrain_tiny.yaml``, ships inside the package
-(package data), so it is found from an installed copy too; a user YAML is applied on top of it
-(see :func:`hf_init.core.cli.parse_yaml_and_cli`).
-
-transformers is imported only once the flag names have been checked (:func:`check_flags`) and
-``--help`` answered (:func:`help_text`): both read ``TrainingArguments``' fields from its source,
-so they answer in a fraction of a second; :class:`PretrainTrainingArguments` is made on first use.
+The built-in config, ``hf_init/configs/pretrain_tiny.yaml``, ships in the package; a user YAML goes
+on top of it. ``--help`` reads the dataclasses' source (:func:`help_text`): it imports no
+transformers, so it answers at once.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass, field
 
 from hf_init.core.cli import (
     CONFIGS_DIR,
     UsageError,
-    check_flag_names,
-    dataclass_flags,
-    format_flag_help,
     parse_yaml_and_cli,
     read_yaml_config,
+    source_fields,
 )
 from hf_init.lm.data.args import DataArguments
 
@@ -54,7 +49,7 @@ class ModelArguments:
     dropout: float = field(default=0.0, metadata={"help": "resid/embd/attn dropout"})
 
     def __post_init__(self):
-        # the same checks make_config applies, on these fields directly (they carry the config's names)
+        # make_config's checks, on these fields directly (they carry the config's names)
         from hf_init.lm.modeling import _check_shape, validate_init_config
 
         if not 0 <= self.dropout < 1:
@@ -69,17 +64,16 @@ class ModelArguments:
         from hf_init.core.schemes import SCHEME_OPTIONS, unused_options
         from hf_init.lm.modeling import _OPTION_ATTRS, scheme_options
 
-        flag = {
-            opt: attr for attr, opt in _OPTION_ATTRS.items()
-        }  # SchemeOptions field -> flag name
+        flag = {opt: "--" + attr for attr, opt in _OPTION_ATTRS.items()}  # SchemeOptions field
         unused = unused_options(self.init_scheme, scheme_options(self))
         if unused:
             used = [flag[o] for o in SCHEME_OPTIONS[self.init_scheme]]
             readers = sorted(n for n, opts in SCHEME_OPTIONS.items() if unused[0] in opts)
+            unused_flags = ", ".join(flag[o] for o in unused)
             raise UsageError(
-                f"init scheme {self.init_scheme!r} does not use {', '.join('--' + flag[o] for o in unused)} "
-                f"(it reads {', '.join('--' + u for u in used) or 'no option'}); drop it, or pick a scheme "
-                f"that reads --{flag[unused[0]]}: {', '.join(readers)}"
+                f"init scheme {self.init_scheme!r} does not use {unused_flags} "
+                f"(it reads {', '.join(used) or 'no option'}); drop it, "
+                f"or pick a scheme that reads {flag[unused[0]]}: {', '.join(readers)}"
             )
 
 
@@ -108,126 +102,91 @@ class RunArguments:
             )
 
 
-def _training_arguments_class():
-    """:class:`PretrainTrainingArguments`, defined on first use (it subclasses transformers'
-    ``TrainingArguments``, whose import takes seconds) as ``hf_init.lm.args.PretrainTrainingArguments``
-    (so ``training_args.bin`` unpickles)."""
-    if "PretrainTrainingArguments" in globals():
-        return globals()["PretrainTrainingArguments"]
-    from transformers import TrainingArguments
-
-    @dataclass
-    class PretrainTrainingArguments(TrainingArguments):
-        """``TrainingArguments`` whose optimizer, schedule and batch values are checked when parsed:
-        torch or the Trainer would only reject them once training (or the final evaluation) is under way."""
-
-        def __post_init__(self):
-            super().__post_init__()
-            for name in (
-                "per_device_train_batch_size",
-                "per_device_eval_batch_size",
-                "gradient_accumulation_steps",
-            ):
-                if getattr(self, name) < 1:
-                    raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
-            self._finite("learning_rate", 0)
-            self._finite("weight_decay", 0)
-            self._finite("adam_beta1", 0, high=1)
-            self._finite("adam_beta2", 0, high=1)
-            self._finite("adam_epsilon", 0)
-            self._finite("max_grad_norm", 0)
-            if self.warmup_steps < 0:
-                raise UsageError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-            if self.max_steps <= 0:
-                if self.max_steps != -1:
-                    raise UsageError(
-                        f"max_steps must be >= 1 (or -1: train for num_train_epochs), got {self.max_steps}"
-                    )
-                self._finite("num_train_epochs", 0, strict=True)
-            self._check_report_to()
-            # --resume_from_checkpoint (true or a checkpoint folder) is checked against the output folder
-            # before anything is written: hf_init.lm.run_folder.resolve_resume
-
-        def _check_report_to(self) -> None:
-            """An integration whose package is missing: one line now, not the Trainer's traceback later."""
-            from transformers.integrations import get_available_reporting_integrations
-
-            available = get_available_reporting_integrations()
-            missing = [r for r in (self.report_to or []) if r not in available]
-            if missing:
-                raise UsageError(
-                    f"--report_to {missing[0]}: its package is not installed (pip install {missing[0]}); "
-                    f"installed here: {', '.join(available) or 'none'} (or --report_to none)"
-                )
-
-        def _finite(
-            self, name: str, low: float, strict: bool = False, high: float | None = None
-        ) -> None:
-            v = getattr(self, name)
-            ok = (
-                v is not None
-                and math.isfinite(v)
-                and (v > low if strict else v >= low)
-                and (high is None or v < high)
+def check_training_arguments(args) -> None:
+    """Refuse optimizer, schedule and batch values that torch or the Trainer would only reject once
+    training (or the final evaluation) is under way."""
+    for name in (
+        "per_device_train_batch_size",
+        "per_device_eval_batch_size",
+        "gradient_accumulation_steps",
+    ):
+        if getattr(args, name) < 1:
+            raise UsageError(f"{name} must be >= 1, got {getattr(args, name)}")
+    _check_finite(args, "learning_rate", 0)
+    _check_finite(args, "weight_decay", 0)
+    _check_finite(args, "adam_beta1", 0, high=1)
+    _check_finite(args, "adam_beta2", 0, high=1)
+    _check_finite(args, "adam_epsilon", 0)
+    _check_finite(args, "max_grad_norm", 0)
+    if args.warmup_steps < 0:
+        raise UsageError(f"warmup_steps must be >= 0, got {args.warmup_steps}")
+    if args.max_steps <= 0:
+        if args.max_steps != -1:
+            raise UsageError(
+                f"max_steps must be >= 1 (or -1: train for num_train_epochs), got {args.max_steps}"
             )
-            if not ok:
-                allowed = f"{'>' if strict else '>='} {low}" + (
-                    f" and < {high}" if high is not None else ""
-                )
-                raise UsageError(f"{name} must be a finite number {allowed}, got {v}")
-
-    PretrainTrainingArguments.__qualname__ = "PretrainTrainingArguments"  # pickled by this name
-    globals()["PretrainTrainingArguments"] = PretrainTrainingArguments
-    return PretrainTrainingArguments
+        _check_finite(args, "num_train_epochs", 0, strict=True)
+    _check_report_to(args.report_to)
+    # --resume_from_checkpoint is checked against the output folder before anything is written:
+    # hf_init.lm.run_folder.resolve_resume
 
 
-def __getattr__(name: str):
-    if name == "PretrainTrainingArguments":
-        return _training_arguments_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def _check_finite(args, name: str, low: float, strict: bool = False, high: float | None = None):
+    v = getattr(args, name)
+    ok = (
+        v is not None
+        and math.isfinite(v)
+        and (v > low if strict else v >= low)
+        and (high is None or v < high)
+    )
+    if not ok:
+        allowed = f"{'>' if strict else '>='} {low}" + (
+            f" and < {high}" if high is not None else ""
+        )
+        raise UsageError(f"{name} must be a finite number {allowed}, got {v}")
 
 
-#: Where the Trainer's flags come from (read from source by the quick path, never imported there).
-TRAINING_ARGUMENTS_SOURCE = ("transformers.training_args", "TrainingArguments")
+def _check_report_to(report_to: list[str] | None) -> None:
+    """An integration whose package is missing: one line now, not the Trainer's traceback later."""
+    from transformers.integrations import get_available_reporting_integrations
+
+    available = get_available_reporting_integrations()
+    missing = [r for r in (report_to or []) if r not in available]
+    if missing:
+        raise UsageError(
+            f"--report_to {missing[0]}: its package is not installed (pip install {missing[0]}); "
+            f"installed here: {', '.join(available) or 'none'} (or --report_to none)"
+        )
 
 
-def _flag_groups():
-    from hf_init.core.cli import source_dataclass_flags
-
-    return [
-        ("model", dataclass_flags(ModelArguments)),
-        ("data", dataclass_flags(DataArguments)),
-        ("run", dataclass_flags(RunArguments)),
-        (
-            "training (transformers TrainingArguments)",
-            source_dataclass_flags(*TRAINING_ARGUMENTS_SOURCE),
-        ),
-    ]
-
-
-def flag_names() -> set[str]:
-    """Every flag name of the script (without ``--``), from the dataclasses, importing nothing heavy."""
-    return {name for _, flags in _flag_groups() for name, _, _ in flags}
+#: What ``--help`` lists: (title, module, dataclass), read from source.
+FLAG_SOURCES = (
+    ("model", "hf_init.lm.args", "ModelArguments"),
+    ("data", "hf_init.lm.data.args", "DataArguments"),
+    ("run", "hf_init.lm.args", "RunArguments"),
+    ("training (TrainingArguments)", "transformers.training_args", "TrainingArguments"),
+)
 
 
 def help_text() -> str:
-    """The flags, each with its help and its default (the built-in YAML's value where it sets one)."""
-    return "usage: scripts/pretrain.py [config.yaml] [--flag value ...]" + format_flag_help(
-        _flag_groups(), read_yaml_config(DEFAULT_CONFIG)
-    )
-
-
-def check_flags(argv: list[str]) -> None:
-    """One line for a flag no dataclass declares, before transformers is imported."""
-    check_flag_names(argv, flag_names())
+    """Every flag with its help and its default (the built-in YAML's value where it sets one)."""
+    usage = "%(prog)s [config.yaml] [--flag value ...]"
+    parser = argparse.ArgumentParser("scripts/pretrain.py", usage, add_help=False)
+    defaults = read_yaml_config(DEFAULT_CONFIG)
+    for title, module, name in FLAG_SOURCES:
+        group = parser.add_argument_group(title)
+        for flag, default, text in source_fields(module, name):
+            value = repr(defaults[flag]) if flag in defaults else default
+            group.add_argument(f"--{flag}", help=f"{text} (default: {value})".replace("%", "%%"))
+    return parser.format_help()
 
 
 def build_parser():
-    from transformers import HfArgumentParser
+    """The full parser: the three dataclasses above and transformers' ``TrainingArguments``."""
+    from transformers import HfArgumentParser, TrainingArguments
 
     return HfArgumentParser(
-        (ModelArguments, DataArguments, RunArguments, _training_arguments_class()),
-        allow_abbrev=False,
+        (ModelArguments, DataArguments, RunArguments, TrainingArguments), allow_abbrev=False
     )
 
 
@@ -246,7 +205,6 @@ def parse_args(argv: list[str]):
     """``[config.yaml] [--flag value ...]`` on top of :data:`DEFAULT_CONFIG`. Returns
     ``(model_args, data_args, run_args, training_args, config_path)``; bad values raise
     :class:`~hf_init.core.cli.UsageError` (one line)."""
-    check_flags(argv)
     parser = build_parser()
     if not accelerator_available():
         # Without use_cpu, TrainingArguments under `accelerate launch --multi_gpu` on a machine with
@@ -256,11 +214,13 @@ def parse_args(argv: list[str]):
     (model_args, data_args, run_args, training_args), config_path = parse_yaml_and_cli(
         parser, argv, default_config=DEFAULT_CONFIG
     )
+    check_training_arguments(training_args)
     return model_args, data_args, run_args, training_args, config_path
 
 
 def model_config(model_args: ModelArguments, vocab_size: int, n_positions: int, tokenizer=None):
-    """The GPT2Config (init scheme validated by ``make_config``), special token ids from the tokenizer."""
+    """The GPT2Config (init scheme validated by ``make_config``), special token ids from the
+    tokenizer."""
     from hf_init.lm.modeling import make_config
 
     kwargs = {}

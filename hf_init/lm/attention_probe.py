@@ -47,7 +47,7 @@ def probe_batch(dataset, n_blocks: int = PROBE_BLOCKS) -> torch.Tensor:
     return torch.as_tensor(rows, dtype=torch.long)
 
 
-def _scaling(attn) -> float:
+def attention_scaling(attn) -> float:
     """The factor GPT2Attention multiplies q.k by (its ``scaling``, recomputed from the config
     when absent)."""
     scaling = getattr(attn, "scaling", None)
@@ -59,15 +59,34 @@ def _scaling(attn) -> float:
     return scaling
 
 
+def query_key_heads(attn, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Queries and keys, each (batch, heads, T, d_head), from the output (batch, T, 3d) of a
+    ``GPT2Attention``'s fused ``c_attn`` (columns [q | k | v])."""
+    d = attn.embed_dim
+    b, t = qkv.shape[:2]
+    q, k = (
+        x.reshape(b, t, attn.num_heads, attn.head_dim).transpose(1, 2)
+        for x in (qkv[..., :d], qkv[..., d : 2 * d])
+    )
+    return q, k
+
+
+def causal_logits(
+    q: torch.Tensor, k: torch.Tensor, scaling: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(all logits (B, H, T, T), causal mask (T, T)) of ``q.k * scaling`` in float64, from
+    queries and keys of shape (batch, heads, T, d_head)."""
+    logits = torch.matmul(q.double(), k.double().transpose(-1, -2)) * scaling
+    t = logits.shape[-1]
+    return logits, torch.ones(t, t, dtype=torch.bool, device=logits.device).tril()
+
+
 def logit_statistics(
     q: torch.Tensor, k: torch.Tensor, scaling: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(logit_std, mean entropy), each of shape (heads,), from queries and keys of shape
     (batch, heads, T, d_head), over the causal entries; computed in float64."""
-    q, k = q.double(), k.double()
-    logits = torch.matmul(q, k.transpose(-1, -2)) * scaling  # (B, H, T, T)
-    t = logits.shape[-1]
-    causal = torch.ones(t, t, dtype=torch.bool, device=logits.device).tril()
+    logits, causal = causal_logits(q, k, scaling)  # (B, H, T, T)
     entries = logits[..., causal]  # (B, H, n_causal)
     std = entries.transpose(0, 1).reshape(logits.shape[1], -1).std(dim=1, correction=0)
     masked = logits.masked_fill(~causal, float("-inf"))
@@ -105,15 +124,8 @@ def attention_statistics(model: torch.nn.Module, input_ids: torch.Tensor) -> tor
         bare.train(was_training)
     out = []
     for i, block in enumerate(blocks):
-        attn = block.attn
-        d = attn.embed_dim
-        qkv = captured[i]
-        b, t = qkv.shape[:2]
-        q, k = (
-            x.view(b, t, attn.num_heads, attn.head_dim).transpose(1, 2)
-            for x in (qkv[..., :d], qkv[..., d : 2 * d])
-        )
-        std, entropy = logit_statistics(q, k, _scaling(attn))
+        q, k = query_key_heads(block.attn, captured[i])
+        std, entropy = logit_statistics(q, k, attention_scaling(block.attn))
         out.append(torch.stack([std, entropy], dim=-1).cpu())
     return torch.stack(out)
 

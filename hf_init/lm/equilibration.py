@@ -1,70 +1,10 @@
 """Depth-dependent equilibration of Q/K/V weight variances, and the paper's claims as checks.
 
-Input: the long record table of :func:`hf_init.core.records.read_records` (keys..., step, layer, role,
-statistic, value) over one or many pretraining runs; runs are told apart by their key columns
-(every column that is not step/layer/role/statistic/value, e.g. ``scheme``, ``seed``). The
-variance is the ``var`` statistic of roles ``q``, ``k``, ``v``; an optional ``learning_rate``
-statistic (layer and role null) per step gives the learning rate in effect.
-
-Per (run, projection, layer) -- :func:`equilibration_table`
------------------------------------------------------------
-- ``initial``: the variance at the first recorded step (raw).
-- ``final_level``: the median of the raw variance over the last ``smoothing`` records (robust to
-  one noisy last record; the raw last value when ``smoothing`` is 1).
-- ``relative_change`` = final_level / initial - 1.
-- ``early_growth_rate``: least-squares slope of ln(variance) vs step over the early window:
-  records with step <= first + ``early_window`` x (last - first), extended to the first
-  :data:`MIN_EARLY_RECORDS` records when fewer fall inside (``early_window_end``,
-  ``early_records`` say what was used). Units: per optimizer step.
-- ``equilibration_step``: the variance is smoothed by a centered moving median over
-  ``smoothing`` records (the window shrinks symmetrically at both ends, so the ends are not
-  pulled to one side, and a monotone curve is left unchanged); it is the first recorded step
-  from which every later smoothed value is within ``tolerance`` of the final level
-  (abs(smoothed / final_level - 1) <= tolerance). NaN ("never") when only the last record
-  qualifies: there is no evidence it stays. ``left_band`` is False when it is the first
-  recorded step: the variance never left the band around its final level, so "equilibrated at
-  init" means "did not move by more than the tolerance" (claim (b) ranks such a layer earliest).
-- ``learning_rate_at_equilibration``: the ``learning_rate`` record at that step (else the latest
-  one before it); ``lr_fraction_of_peak`` divides it by the run's largest learning rate. A
-  fraction near 0 means the "equilibration" may only be the schedule decaying to zero.
-
-A step recorded twice for the same run, projection and layer (a resumed run) counts once, with
-the value recorded last. A curve with a non-finite value (a diverged run) has NaN equilibration
-step; its growth rate uses the finite positive records of the window.
-
-Across layers, per (run, projection, step) -- :func:`spread_table`: ``n_layers``,
-``max_min_ratio`` (largest / smallest raw variance) and ``log_std`` (population std, ddof=0, of
-ln variance over layers).
-
-Claims -- :func:`check_claims`
-------------------------------
-Per run-group (every key but ``seed``, e.g. the scheme) and projection, over seeds:
-
-(a) ``shallow_grow_faster``: per seed, Spearman rho(layer, early_growth_rate); the claim says
-    rho < 0.
-(b) ``deep_equilibrate_later``: per seed, Spearman rho(layer, equilibration_step); the claim says
-    rho > 0. A layer that never equilibrates (NaN) is ranked later than every recorded step
-    (ties among such layers): "not yet" is the latest.
-    For (a) and (b) a seed with fewer than 3 usable layers, or constant values (rho undefined),
-    is dropped. Pooled over the remaining n seeds: the exact sign-flip permutation test of the
-    mean rho (all 2^n sign assignments; under the null each seed's rho is symmetric about 0).
-    One-sided p in the claimed direction <= :data:`ALPHA` -> "supported"; one-sided p in the
-    opposite direction <= ALPHA -> "contradicted"; otherwise "not supported". The smallest p
-    the test can give is 1 / 2^n: 0.25 with 2 seeds, 0.0625 with 4, so fewer than 5 seeds can
-    never give a verdict other than "not supported" (``min_p`` says so in every row).
-    ``p_layers`` in the per-seed table is scipy's two-sided p of each seed's Spearman test over
-    layers, for information only.
-(c) ``narrower_band_at_end``: per seed, ratio = log_std at the last step / its maximum over the
-    run. A seed whose maximum spread never exceeds ``tolerance`` (the layers never left one
-    band as wide as the equilibration tolerance: nothing to narrow from) neither supports nor
-    contradicts. Otherwise it supports the claim when ratio <= :data:`NARROW_RATIO` (the end
-    band is at most half as wide, in log-variance std, as the widest it passed through) and
-    contradicts it when the end is the widest (ratio = 1). Across seeds: "supported" if every
-    seed supports, "contradicted" if every seed contradicts, otherwise "not supported".
-
-Robustness: every verdict is recomputed with the early window and the tolerance both halved
-and both doubled ((a) depends only on the window, (b) and (c) only on the tolerance, so this
-varies each claim's own parameter); ``stable`` says whether all three verdicts agree.
+Reads the long record table of :func:`hf_init.core.records.read_records` over one or many
+pretraining runs (told apart by their key columns, e.g. ``scheme``, ``seed``): the ``var`` of
+roles q, k, v and the ``learning_rate``. Per layer :func:`equilibration_table`, across layers
+:func:`spread_table`, and over seeds :func:`check_claims`. Every statistic and test is defined in
+``docs/findings.md`` ("How the statistics and verdicts are defined").
 """
 
 from __future__ import annotations
@@ -238,7 +178,7 @@ def equilibration_table(
 ) -> pd.DataFrame:
     """Per (run keys..., projection, layer): initial, final_level, relative_change,
     early_growth_rate, early_window_end, early_records, equilibration_step, left_band,
-    learning_rate_at_equilibration, lr_fraction_of_peak. See the module docstring."""
+    learning_rate_at_equilibration, lr_fraction_of_peak (defined in docs/findings.md)."""
     keys = run_keys(frame)
     var = _variances(frame, projections)
     lrs = _learning_rates(frame)
@@ -547,9 +487,9 @@ def verdict_sentence(
     claim = row["claim"]
     if claim == "narrower_band_at_end":
         detail = (
-            f"end/max spread ratio per seed {row['per_seed']} (a seed supports at <= {NARROW_RATIO}, "
-            f"contradicts at 1, neither when its largest log-variance spread is <= the tolerance "
-            f"{tolerance:g})"
+            f"end/max spread ratio per seed {row['per_seed']} "
+            f"(a seed supports at <= {NARROW_RATIO}, contradicts at 1, "
+            f"neither when its largest log-variance spread is <= the tolerance {tolerance:g})"
         )
     else:
         param = (
@@ -574,7 +514,9 @@ def verdict_sentence(
         text += (
             f" Stable when the {what} is halved and doubled."
             if row["stable"]
-            else f" NOT stable: halved -> {row['verdict_half']}, doubled -> {row['verdict_double']}."
+            else (
+                f" NOT stable: halved -> {row['verdict_half']}, doubled -> {row['verdict_double']}."
+            )
         )
     return text
 
@@ -625,10 +567,11 @@ def claims_markdown(
     sentences) and one bullet per verdict sentence."""
     head = (
         f"Early window: the first {early_window:g} of each run's recorded steps (at least "
-        f"{MIN_EARLY_RECORDS} records); equilibration tolerance: {tolerance:g} (relative to the final "
-        f"level, the median of the last {smoothing} records) on a centered moving median over "
-        f"{smoothing} records; pooled test: exact one-sided sign-flip test of the mean Spearman rho "
-        f"over seeds at level {ALPHA:g}; band claim: end/max log-variance spread <= {NARROW_RATIO:g}. "
+        f"{MIN_EARLY_RECORDS} records); equilibration tolerance: {tolerance:g} (relative to the "
+        f"final level, the median of the last {smoothing} records) on a centered moving median "
+        f"over {smoothing} records; pooled test: exact one-sided sign-flip test of the mean "
+        f"Spearman rho over seeds at level {ALPHA:g}; band claim: end/max log-variance spread "
+        f"<= {NARROW_RATIO:g}. "
         "Robustness: every verdict re-run with the window and tolerance halved and doubled.\n\n"
     )
     table = to_markdown(verdicts.drop(columns=[c for c in ("sentence",) if c in verdicts]))

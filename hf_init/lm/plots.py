@@ -24,7 +24,7 @@ def variance_vs_step(
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True, constrained_layout=True)
     for ax, name in zip(axes, QKV):
         values = table[name, statistic]
-        for i, layer in enumerate(table.layers):
+        for i in range(n):
             ok = np.isfinite(values[i]) & (values[i] > 0)
             ax.plot(table.steps[ok], values[i][ok], color=cmap(i / max(1, n - 1)), lw=1.3)
         ax.set_yscale("log")

@@ -50,27 +50,30 @@ class StudyArguments:
     schemes: list[str] = field(
         default_factory=lambda: list(DEFAULT_SCHEMES),
         metadata={
-            "help": "init schemes (hf_init.core.schemes); `normal:STD` is scheme normal with that std for every "
-            "weight (no residual scaling)"
+            "help": "init schemes (hf_init.core.schemes); `normal:STD` is scheme normal with that "
+            "std for every weight (no residual scaling)"
         },
     )
     seeds: int = field(default=2, metadata={"help": "seeds 0..N-1, the same for every scheme"})
     learning_rates: list[float] | None = field(
         default=None,
         metadata={
-            "help": "cross every scheme and seed with these learning rates (default: the config's one)"
+            "help": "cross every scheme and seed with these learning rates "
+            "(default: the config's one)"
         },
     )
     lr_scheduler_types: list[str] | None = field(
         default=None,
         metadata={
-            "help": "cross with these schedules, e.g. cosine constant_with_warmup (constant LR after warmup)"
+            "help": "cross with these schedules, e.g. cosine constant_with_warmup "
+            "(constant LR after warmup)"
         },
     )
     pretrain_config: str = field(
         default=str(CONFIGS_DIR / "init_study_pretrain.yaml"),
         metadata={
-            "help": "YAML config of scripts/pretrain.py used for every run (flags not listed here override it)"
+            "help": "YAML config of scripts/pretrain.py used for every run "
+            "(flags not listed here override it)"
         },
     )
     output_dir: str = field(default="outputs/init_study", metadata={"help": "the study folder"})
@@ -80,8 +83,8 @@ class StudyArguments:
     threads: int = field(
         default=1,
         metadata={
-            "help": "torch CPU threads (default 1: 2 threads were 3-10x slower per step on a busy 2-core machine; "
-            "0 = torch's choice)"
+            "help": "torch CPU threads (default 1: 2 threads were 3-10x slower per step on a busy "
+            "2-core machine; 0 = torch's choice)"
         },
     )
 
@@ -295,15 +298,13 @@ def run_study(argv: list[str]) -> Path:
         args = run.argv(study, passthrough, out)
         if run_dir.exists():  # an interrupted run: start it again
             args.append("--overwrite_output_dir")
-        print(
-            f"[{i}/{len(runs)}] {run.name}: python scripts/pretrain.py {' '.join(map(shlex.quote, args))}",
-            flush=True,
-        )
+        quoted = " ".join(map(shlex.quote, args))
+        print(f"[{i}/{len(runs)}] {run.name}: python scripts/pretrain.py {quoted}", flush=True)
         info = pretrain_run(args, started=started)
         write_hparams(run_dir, run, info)
         print(
-            f"[{i}/{len(runs)}] {run.name}: eval loss {info['eval_loss']:.4f} in {time.time() - started:.0f} s "
-            f"(study {time.time() - t0:.0f} s)",
+            f"[{i}/{len(runs)}] {run.name}: eval loss {info['eval_loss']:.4f} "
+            f"in {time.time() - started:.0f} s (study {time.time() - t0:.0f} s)",
             flush=True,
         )
     if study.report:

@@ -203,7 +203,8 @@ def curve_area(steps: np.ndarray, losses: np.ndarray) -> float:
 def sweep_rows(
     run, n_classes: int, thresholds: RegimeThresholds = RegimeThresholds()
 ) -> list[dict]:
-    """One row per sweep member of a :class:`hf_init.mlp.study.StudyRun`: measurements and regime."""
+    """One row per sweep member of a :class:`~hf_init.mlp.study.StudyRun`: measurements and
+    regime."""
     rec = run.record
     rows = []
     for m, keys in enumerate(run.member_keys):

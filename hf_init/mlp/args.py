@@ -1,9 +1,9 @@
 """The arguments of the two MLP study scripts (``scripts/mlp_sweep.py``,
 ``scripts/mlp_init_compare.py``), parsed the one way (:func:`hf_init.core.cli.parse_yaml_and_cli`:
 a YAML config, then ``--flag`` overrides). The flags both scripts take are declared once
-(:class:`DataArguments`, :class:`ModelArguments`, :class:`RunArguments`); each script adds its own
-(:class:`SweepArguments`, :class:`CompareArguments`). Every dataclass checks its fields in
-``__post_init__``, so bad input stops before any data is read or anything written.
+(:class:`TabularDataArguments`, :class:`MLPModelArguments`, :class:`MLPRunArguments`); each script
+adds its own (:class:`SweepArguments`, :class:`CompareArguments`). Every dataclass checks its
+fields in ``__post_init__``, so bad input stops before any data is read or anything written.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _as_list(value, flag: str, convert=str) -> list:
 
 
 @dataclass
-class DataArguments:
+class TabularDataArguments:
     dataset: str = _help("wine | digits (offline stand-in for MNIST) | mnist", default="digits")
     split_seed: int = _help("train/test split (wine, digits) and MNIST subset", default=0)
     mnist_dir: str | None = _help(
@@ -53,7 +53,7 @@ class DataArguments:
 
 
 @dataclass
-class ModelArguments:
+class MLPModelArguments:
     """The MLP and how it is trained (shared by both studies)."""
 
     depth: int = _help("hidden layers", default=4)
@@ -68,13 +68,11 @@ class ModelArguments:
         MLPShape(1, self.width, self.depth, 1)  # checks depth and width
         if self.lr is None:
             self.lr = 1e-3 if self.optimizer == "adam" else 0.01
-        self.train_config(
-            1, 1
-        )  # checks optimizer and lr (the study's own fields are checked with it)
+        # checks optimizer and lr (the study's own fields are checked with it)
+        self.train_config(1, 1)
 
-    def train_config(
-        self, record_every: int, probe_size: int, dtype: str = "float32"
-    ) -> TrainConfig:
+    def train_config(self, record_every: int, probe_size: int, dtype="float32") -> TrainConfig:
+        """The :class:`~hf_init.mlp.training.TrainConfig` of these arguments."""
         return TrainConfig(
             optimizer=self.optimizer,
             lr=self.lr,
@@ -96,7 +94,7 @@ class ModelArguments:
 
 
 @dataclass
-class RunArguments:
+class MLPRunArguments:
     overwrite: bool = _help("replace a study already in --output_dir", default=False)
     no_progress: bool = _help("no progress bar", default=False)
     threads: int = _help(
@@ -110,7 +108,8 @@ class RunArguments:
         default="auto",
     )
     dtype: str = _help(
-        "float32 | tf32 (CUDA) | bfloat16: matmul precision (weights, optimizer and loss stay float32)",
+        "float32 | tf32 (CUDA) | bfloat16: matmul precision (weights, optimizer and loss stay "
+        "float32)",
         default="float32",
     )
 
@@ -157,7 +156,8 @@ class RunArguments:
             and device.index >= torch.cuda.device_count()
         ):
             raise UsageError(
-                f"--device {self.device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+                f"--device {self.device}: this machine has {torch.cuda.device_count()} "
+                "CUDA device(s)"
             )
         if device.type == "mps" and not torch.backends.mps.is_available():
             raise UsageError(
@@ -165,7 +165,8 @@ class RunArguments:
             )
         if self.dtype == "tf32" and device.type != "cuda":
             raise UsageError(
-                f"--dtype tf32 needs a CUDA device (the run is on {device.type}); use float32 or bfloat16"
+                f"--dtype tf32 needs a CUDA device (the run is on {device.type}); "
+                "use float32 or bfloat16"
             )
         return device
 
@@ -250,7 +251,7 @@ def parse(study_class, argv: list[str], description: str | None = None, **defaul
     from hf_init.core.cli import parse_yaml_and_cli
 
     parser = HfArgumentParser(
-        (DataArguments, ModelArguments, RunArguments, study_class),
+        (TabularDataArguments, MLPModelArguments, MLPRunArguments, study_class),
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -12,8 +12,9 @@ train/test split.
   (``ylecun/mnist`` through ``datasets``) or from local files (``mnist_dir``: the four IDX
   files ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
   ``t10k-labels-idx1-ubyte``, each optionally ``.gz``; or parquet files ``train*.parquet`` and
-  ``test*.parquet`` with columns ``image`` and ``label`` as the Hub ships them). ``mnist_train_size``
-  keeps a random subset of the training split (drawn with ``split_seed``) to fit a CPU budget.
+  ``test*.parquet`` with columns ``image`` and ``label`` as the Hub ships them).
+  ``mnist_train_size`` keeps a random subset of the training split (drawn with
+  ``split_seed``) to fit a CPU budget.
 
 Features whose training std is 0 (digits and MNIST border pixels) are centred and left unscaled.
 """
@@ -204,8 +205,8 @@ def _mnist_local(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
         )
     missing = [stem for key, stem in _IDX_NAMES.items() if not found[key]]
     raise FileNotFoundError(
-        f"--mnist_dir {folder} holds neither the four MNIST IDX files (missing: {', '.join(missing)}; "
-        "optionally .gz) nor train*.parquet + test*.parquet"
+        f"--mnist_dir {folder} holds neither the four MNIST IDX files (missing: "
+        f"{', '.join(missing)}; optionally .gz) nor train*.parquet + test*.parquet"
     )
 
 
@@ -222,8 +223,9 @@ def _mnist_hub() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     except Exception as err:  # offline, no cache, Hub down: all end the same way for the user
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise FileNotFoundError(
-            f"could not load MNIST from the Hub ({MNIST_HUB_ID}: {first[:120]}); use --dataset digits "
-            "(offline stand-in) or --mnist_dir DIR with the MNIST IDX files or parquet files"
+            f"could not load MNIST from the Hub ({MNIST_HUB_ID}: {first[:120]}); use --dataset "
+            "digits (offline stand-in) or --mnist_dir DIR with the MNIST IDX files or parquet "
+            "files"
         ) from None
     finally:
         hub_log.setLevel(level)

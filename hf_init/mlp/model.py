@@ -4,8 +4,8 @@ shared standard-normal draws their initial weights are made of.
 An MLP of ``depth`` hidden layers of ``width`` units maps ``n_in`` features to ``n_out`` logits
 through ``depth + 1`` linear layers (weights (out, in) as in ``nn.Linear``, biases zero at init)
 with the activation after every hidden layer and none after the output layer. Activations are
-those of :data:`hf_init.theory.recursions.ACTIVATIONS` (what the variance theory supports), mapped to torch
-once, in :data:`TORCH_ACTIVATIONS`.
+those of :data:`hf_init.theory.recursions.ACTIVATIONS` (what the variance theory supports),
+mapped to torch once, in :data:`TORCH_ACTIVATIONS`.
 
 The :class:`Ensemble` holds M such MLPs (members: every (std or scheme) x seed of a study) as
 stacked tensors, weights (M, out, in) and biases (M, out), and runs them all with batched
@@ -118,18 +118,21 @@ def standard_normal_draws(shape: MLPShape, seeds: list[int]) -> list[torch.Tenso
 def ensemble_weights(
     draws: list[torch.Tensor], seed_index: list[int], layer_stds: list[list[float]]
 ) -> list[torch.Tensor]:
-    """Member m's layer-l weight = draws[l][seed_index[m]] * layer_stds[m][l]; returns (M, out, in) per layer."""
+    """Member m's layer-l weight = draws[l][seed_index[m]] * layer_stds[m][l]: one (M, out, in)
+    tensor per layer."""
     idx = torch.as_tensor(seed_index, dtype=torch.long)
     stds = torch.as_tensor(layer_stds, dtype=torch.float32)  # (M, L)
     if stds.shape != (len(seed_index), len(draws)):
         raise ValueError(
-            f"layer_stds must be (members={len(seed_index)}, layers={len(draws)}), got {tuple(stds.shape)}"
+            f"layer_stds must be (members={len(seed_index)}, layers={len(draws)}), got "
+            f"{tuple(stds.shape)}"
         )
     return [draws[l][idx] * stds[:, l].view(-1, 1, 1) for l in range(len(draws))]
 
 
 class Ensemble(nn.Module):
-    """M MLPs of one shape as stacked parameters: ``weights[l]`` (M, out, in), ``biases[l]`` (M, out)."""
+    """M MLPs of one shape as stacked parameters: ``weights[l]`` (M, out, in), ``biases[l]``
+    (M, out)."""
 
     def __init__(
         self, shape: MLPShape, weights: list[torch.Tensor], biases: list[torch.Tensor] | None = None
@@ -189,7 +192,8 @@ class Ensemble(nn.Module):
         return per_member_ce(logits, y)
 
     def member_state(self, m: int) -> dict[str, torch.Tensor]:
-        """Member m as an ``nn.Sequential`` state dict (keys "0.weight", "0.bias", "2.weight", ...)."""
+        """Member m as an ``nn.Sequential`` state dict (keys "0.weight", "0.bias", "2.weight",
+        ...)."""
         out = {}
         for l, (w, b) in enumerate(zip(self.weights, self.biases)):
             out[f"{2 * l}.weight"] = w[m].detach().clone()

@@ -106,7 +106,8 @@ def layer_variance(table, depth: int, path, title: str = ""):
         ax.set_yscale("log")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(
-            f"{'activation' if key == 'act_var' else 'dLoss/d(pre-activation)'} variance, step {step}",
+            f"{'activation' if key == 'act_var' else 'dLoss/d(pre-activation)'} variance, step "
+            f"{step}",
             fontsize=9,
         )
         ax.grid(alpha=0.3)
@@ -114,8 +115,8 @@ def layer_variance(table, depth: int, path, title: str = ""):
             ax.set_xlabel("layer (0 = first hidden, last = logits)")
     axes[0, 1].legend(fontsize=6, ncol=2, title="std", title_fontsize=7)
     fig.suptitle(
-        f"{title}\ndepth {depth}: population variance over (probe examples, units), median over seeds; "
-        "diverged members omitted",
+        f"{title}\ndepth {depth}: population variance over (probe examples, units), median over "
+        "seeds; diverged members omitted",
         fontsize=9,
     )
     return save_figure(fig, path)
@@ -184,7 +185,8 @@ def phase_diagram(rows: list[dict], critical_std: float, path, title: str = ""):
 
 def compare_curves(table, target_loss: float, path, title: str = ""):
     """Mean full-train loss vs step per scheme with a 95% t-band over seeds, one panel per
-    activation. ``table``: the comparison's records as read by :func:`hf_init.core.records.read_records`."""
+    activation. ``table``: the comparison's records as
+    :func:`~hf_init.core.records.read_records` reads them."""
     from hf_init.mlp.analysis import mean_ci
 
     plt = pyplot()

@@ -31,9 +31,9 @@ from hf_init.theory.recursions import scheme_weight_stds
 
 RECORDS = "records.jsonl"
 # what every study writes into --output_dir (write_study below; the figures are named by each
-# script): any of them means the folder already holds a study. layer_stats.csv and curves.csv
-# were written by earlier versions (now records.jsonl): an old study folder is refused and, with
-# --overwrite, moved aside whole.
+# job): any of them means the folder already holds a study. layer_stats.csv and curves.csv are
+# files of older study folders: such a folder is refused too and, with --overwrite, moved aside
+# whole.
 STUDY_FILES = ("summary.json", "results.csv", RECORDS, "tb", "layer_stats.csv", "curves.csv")
 LAYER_STATISTICS = ("preact_var", "act_var", "grad_preact_var", "grad_weight_var")
 SPLIT_STATISTICS = ("train_loss", "test_loss", "train_acc", "test_acc")

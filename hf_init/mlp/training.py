@@ -1,24 +1,17 @@
 """Training an :class:`~hf_init.mlp.model.Ensemble`: every member sees the same minibatches in
 the same order, under one optimizer over the stacked tensors, with per-layer statistics recorded.
 
-Why one optimizer over the stacked tensors is exactly M independent optimizers: SGD (with or
-without momentum) and Adam update every parameter entry from that entry's own gradient and
-state only (no global norm, no clipping, nothing shared across entries except the step count,
-which is the same for every member). The loss is the *sum over members* of each member's mean
-cross-entropy, so the gradient w.r.t. member m's weights is exactly member m's own gradient.
-``tests/test_mlp.py`` trains one member inside an ensemble and the same member alone as a
-plain ``nn.Sequential`` with ``torch.optim`` and checks the weights agree.
+One optimizer over the stacked tensors is exactly M independent ones: SGD (with or without
+momentum) and Adam update each entry from that entry's own gradient and state, and the loss is
+the sum over members of each member's mean cross-entropy, so member m's gradient is its own
+(``tests/test_mlp.py`` checks a member trained inside an ensemble against the same member
+trained alone with ``torch.optim``).
 
-A member whose loss or gradient becomes non-finite (or whose gradient entries sum past float32's
-range) is *diverged*: its step is recorded, its gradients and optimizer state are zeroed so that
-step leaves it unchanged, its frozen weights are written back to the full ensemble and it is
-dropped from the batched compute (the others, with their optimizer state, train on). Its later
-metrics are reported as NaN. The checks run on the device with no host sync per step; the host
-reads them every :data:`CHECK_EVERY` steps (a member diverged in between is already frozen: its
-gradients and optimizer state are zeroed from its divergence step on, see :func:`_step`).
-
-The ensemble and the data live on one device (the model's: CPU, CUDA or MPS); ``dtype``
-chooses the matmul precision (:data:`DTYPES`).
+A member whose loss or gradient becomes non-finite (or whose gradient entries sum past
+float32's range) is *diverged*: frozen from that step on, its later metrics NaN, and dropped
+from the batched compute at the next host read (every :data:`CHECK_EVERY` steps: no host sync
+per step). The ensemble and the data live on one device (the model's: CPU, CUDA or MPS);
+``dtype`` chooses the matmul precision (:data:`DTYPES`).
 """
 
 from __future__ import annotations
@@ -34,18 +27,16 @@ from hf_init.core.moments import row_variances
 from hf_init.mlp.model import TORCH_ACTIVATIONS, Ensemble, per_member_ce
 
 OPTIMIZERS = ("sgd", "adam")
-DTYPES = (
-    "float32",
-    "tf32",
-    "bfloat16",
-)  # the matmul precision (weights, optimizer and loss stay float32)
+# the matmul precision (weights, optimizer and loss stay float32)
+DTYPES = ("float32", "tf32", "bfloat16")
 # the dtype the step's products take: tf32 is float32 with CUDA's tf32 flag set by train_ensemble
 MM_DTYPE = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def minibatch_order(n: int, batch_size: int, epochs: int, seed: int) -> list[torch.Tensor]:
     """Index tensors of every minibatch: a fresh permutation of range(n) per epoch (torch
-    generator seeded with ``seed``), cut into batches of ``batch_size`` (the last may be smaller)."""
+    generator seeded with ``seed``), cut into batches of ``batch_size`` (the last may be
+    smaller)."""
     g = torch.Generator().manual_seed(int(seed))
     batches = []
     for _ in range(epochs):
@@ -59,9 +50,8 @@ FUSED_DEVICES = ("cpu", "cuda")  # where torch.optim's fused SGD and Adam kernel
 
 def make_optimizer(params, name: str, lr: float, momentum: float = 0.9) -> torch.optim.Optimizer:
     """SGD with momentum (``sgd``) or Adam (``adam``): both elementwise, see the module docstring.
-    One update pass over the stacked tensors per step: torch's fused kernel on the CPU and CUDA
-    (on this 2-core CPU, for the 80-member width-64 sweep: SGD 0.13 ms instead of 0.23 ms with
-    foreach, Adam 0.3 ms instead of 2.7 ms), the multi-tensor (foreach) update elsewhere."""
+    One update pass over the stacked tensors per step: torch's fused kernel on the CPU and CUDA,
+    the multi-tensor (foreach) update elsewhere."""
     params = list(params)
     kind = (
         {"fused": True} if params and params[0].device.type in FUSED_DEVICES else {"foreach": True}
@@ -75,6 +65,8 @@ def make_optimizer(params, name: str, lr: float, momentum: float = 0.9) -> torch
 
 @dataclass
 class TrainConfig:
+    """How an ensemble is trained and recorded; checked when made (ValueError)."""
+
     optimizer: str = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
@@ -134,7 +126,8 @@ class EnsembleRecord:
 
 def _pop_var(t: torch.Tensor) -> torch.Tensor:
     """Population variance over every dim but the first (members), float64, two-pass
-    (:func:`hf_init.core.moments.row_variances`; on the host where the device has no float64: MPS): (M,)."""
+    (:func:`~hf_init.core.moments.row_variances`), on the host where the device has no float64
+    (MPS): shape (M,)."""
     t = t.detach()
     return row_variances(t.cpu() if t.device.type == "mps" else t).cpu()
 
@@ -159,15 +152,16 @@ def _evaluate(model: Ensemble, x: torch.Tensor, y: torch.Tensor):
 
 
 def _layer_stats(model: Ensemble, x: torch.Tensor, y: torch.Tensor):
+    """Per member and layer on the probe batch (x, y): the variances of z_l, h_l, dLoss/dz_l and
+    dLoss/dW_l (:class:`EnsembleRecord`), each an (M, L) array; NaN where a gradient is absent."""
     with torch.enable_grad():
         logits, pre, post = model(x, keep=True)
         loss = per_member_ce(logits, y)
         loss = torch.where(torch.isfinite(loss), loss, torch.zeros_like(loss)).sum()
         grads = torch.autograd.grad(loss, pre + list(model.weights), allow_unused=True)
     L = len(pre)
-    missing = torch.full(
-        (model.n_members,), float("nan"), dtype=torch.float64
-    )  # on the host, as _pop_var
+    # on the host, as _pop_var
+    missing = torch.full((model.n_members,), float("nan"), dtype=torch.float64)
     return (
         torch.stack([_pop_var(z) for z in pre], 1).numpy(),
         torch.stack([_pop_var(h) for h in post], 1).numpy(),
@@ -183,9 +177,9 @@ def train_ensemble(
     with the same minibatches; see :class:`EnsembleRecord` for what is recorded."""
     t0 = time.perf_counter()
     # Members in the vanishing regime produce subnormal floats (< 1.2e-38), which x86 CPUs
-    # process ~100x slower; flushing them to zero made the default sweep ~1.6x faster here and
-    # changes nothing measurable (such values are zero at every recorded precision).
-    # torch has no getter for this flag; its default is off, which is restored afterwards.
+    # process far slower; flushed to zero they change nothing measurable (such values are zero
+    # at every recorded precision). torch has no getter for this flag; its default is off,
+    # which is restored afterwards.
     device = model.weights[0].device
     if cfg.dtype == "tf32" and device.type != "cuda":
         raise ValueError(
@@ -210,136 +204,162 @@ CHECK_EVERY = 16  # steps between reads of the on-device divergence state (and a
 def _train(
     model: Ensemble, data, cfg: TrainConfig, progress: bool, desc: str, t0: float
 ) -> EnsembleRecord:
+    """The training loop of :func:`train_ensemble`: a host read every :data:`CHECK_EVERY` steps
+    and at every record step, a record at each record step, then the last ones."""
     from tqdm.auto import tqdm
 
-    M = model.n_members
-    device = model.weights[0].device
-    data = data.to(device)
+    data = data.to(model.weights[0].device)
     batches = minibatch_order(len(data.y_train), cfg.batch_size, cfg.epochs, cfg.data_seed)
     T = len(batches)
-    # every minibatch's indices as one tensor on the device, sliced per step (no transfer per step)
-    order = torch.cat(batches).to(device) if T else torch.zeros(0, dtype=torch.long, device=device)
-    ends = np.cumsum([len(b) for b in batches]).tolist()
     record_at = sorted(set(range(0, T + 1, cfg.record_every)) | {T})
     record_set = set(record_at)
-    probe_x, probe_y = data.x_train[: cfg.probe_size], data.y_train[: cfg.probe_size]
+    run = _TrainingState(model, data, cfg, batches)
+    bar = tqdm(total=T, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    for step in range(T):
+        if step in record_set or step - run.seg_start == CHECK_EVERY:
+            run.read_back(step)
+            if step in record_set:
+                run.record()
+            if progress:
+                bar.set_postfix(active=f"{run.live.numel()}/{model.n_members}")
+        if run.live.numel():  # else every member diverged: nothing left to train
+            run.step(step)
+        bar.update(1)
+    bar.close()
+    run.read_back(T)
+    run.record()
+    if run.work is not model:
+        _write_back(model, run.work, run.live)
+    return run.result(np.asarray(record_at), time.perf_counter() - t0)
 
-    # `work` computes only the live members (`live`: their indices in `model`, on the host); a
-    # member that diverges is written back to `model` frozen and dropped from `work`. Between
-    # host reads (every CHECK_EVERY steps and at records) divergence is tracked on the device:
-    # `alive` (members of `work` with no non-finite step yet), `bad_step` (its first such step)
-    # and `seg_loss` (the step losses since the last read).
-    live = torch.arange(M)
-    work = model
-    params = list(work.weights) + list(work.biases)
-    opt = make_optimizer(params, cfg.optimizer, cfg.lr, cfg.momentum)
-    buffers: dict = {}  # the step's reused tensors (_StepBuffers) by batch size, for the current `work`
-    diverged_step = np.full(M, -1, dtype=np.int64)
-    step_loss = np.full((T, M), np.nan)
-    rec = {
-        k: []
-        for k in ("train_loss", "train_acc", "test_loss", "test_acc", "pre", "act", "gpre", "gw")
-    }
-    L = model.shape.n_layers
-    mm_dtype = MM_DTYPE[cfg.dtype]
 
-    def fresh_state(m_work):
-        return (
-            torch.ones(m_work, dtype=torch.bool, device=device),
-            torch.full((m_work,), -1, device=device),
-            torch.full((CHECK_EVERY, m_work), float("nan"), device=device),
+RECORDED = ("train_loss", "train_acc", "test_loss", "test_acc", "pre", "act", "gpre", "gw")
+
+
+class _TrainingState:
+    """The state of one :func:`_train` loop.
+
+    ``work`` computes only the live members (``live``: their indices in ``model``, on the host);
+    a member that diverges is written back to ``model`` frozen and dropped from ``work``. Between
+    host reads divergence is tracked on the device: ``alive`` (members of ``work`` with no
+    non-finite step yet), ``bad_step`` (its first such step) and ``seg_loss`` (the step losses
+    since the last read, at ``seg_start``)."""
+
+    def __init__(self, model: Ensemble, data, cfg: TrainConfig, batches: list[torch.Tensor]):
+        M, device = model.n_members, model.weights[0].device
+        self.model, self.data, self.cfg, self.device = model, data, cfg, device
+        self.batches = batches
+        # every minibatch's indices as one tensor on the device, sliced per step (no transfer)
+        self.order = (
+            torch.cat(batches).to(device)
+            if batches
+            else torch.zeros(0, dtype=torch.long, device=device)
+        )
+        self.ends = np.cumsum([len(b) for b in batches]).tolist()
+        self.probe = data.x_train[: cfg.probe_size], data.y_train[: cfg.probe_size]
+        self.mm_dtype = MM_DTYPE[cfg.dtype]
+        self.live = torch.arange(M)
+        self._use(model, make_optimizer(_parameters(model), cfg.optimizer, cfg.lr, cfg.momentum))
+        self.diverged_step = np.full(M, -1, dtype=np.int64)
+        self.step_loss = np.full((len(batches), M), np.nan)
+        self.rec = {k: [] for k in RECORDED}
+        self._fresh_state(M)
+        self.seg_start = 0
+
+    def _use(self, work: Ensemble, opt: torch.optim.Optimizer) -> None:
+        """Train ``work`` with ``opt`` from now on (the step's reused tensors start afresh)."""
+        self.work, self.opt, self.params = work, opt, _parameters(work)
+        self.buffers: dict = {}  # the step's reused tensors (_StepBuffers) by batch size
+
+    def _fresh_state(self, m_work: int) -> None:
+        """The on-device divergence state of a segment of steps, for ``m_work`` members."""
+        self.alive = torch.ones(m_work, dtype=torch.bool, device=self.device)
+        self.bad_step = torch.full((m_work,), -1, device=self.device)
+        self.seg_loss = torch.full((CHECK_EVERY, m_work), float("nan"), device=self.device)
+
+    def step(self, step: int) -> None:
+        """One optimizer step of the live members on minibatch ``step``."""
+        end = self.ends[step]
+        idx = self.order[end - len(self.batches[step]) : end]
+        x, y = self.data.x_train.index_select(0, idx), self.data.y_train.index_select(0, idx)
+        loss_row = self.seg_loss[step - self.seg_start]
+        _step(
+            self.work,
+            self.params,
+            self.opt,
+            x,
+            y,
+            self.mm_dtype,
+            self.alive,
+            self.bad_step,
+            loss_row,
+            step,
+            self.buffers,
         )
 
-    alive, bad_step, seg_loss = fresh_state(M)
-    seg_start = 0
-
-    def read_back(step):
+    def read_back(self, step: int) -> None:
         """Host read of the device state for steps seg_start..step-1: losses, new divergences,
-        and the diverged members dropped from `work` (written back to `model` first)."""
-        nonlocal live, work, opt, params, alive, bad_step, seg_loss, seg_start, buffers
-        n = step - seg_start
-        if n == 0 or live.numel() == 0:
-            seg_start = step
+        and the diverged members dropped from ``work`` (written back to ``model`` first)."""
+        n = step - self.seg_start
+        if n == 0 or self.live.numel() == 0:
+            self.seg_start = step
             return
-        ok = alive.cpu()
-        step_loss[seg_start:step, live.numpy()] = seg_loss[:n].double().cpu().numpy()
+        ok = self.alive.cpu()
+        live = self.live.numpy()
+        self.step_loss[self.seg_start : step, live] = self.seg_loss[:n].double().cpu().numpy()
         if not ok.all():
             dead = (~ok).numpy()
-            diverged_step[live.numpy()[dead]] = bad_step.cpu().numpy()[dead]
-            _write_back(model, work, live)
-            live = live[ok]
-            if live.numel():
-                work, opt = _compact(work, opt, ok.to(device), cfg)
-                params = list(work.weights) + list(work.biases)
-                buffers = {}
-        alive, bad_step, seg_loss = fresh_state(live.numel())
-        seg_start = step
+            self.diverged_step[live[dead]] = self.bad_step.cpu().numpy()[dead]
+            _write_back(self.model, self.work, self.live)
+            self.live = self.live[ok]
+            if self.live.numel():
+                self._use(*_compact(self.work, self.opt, ok.to(self.device), self.cfg))
+        self._fresh_state(self.live.numel())
+        self.seg_start = step
 
-    def record():
-        alive_idx = live.numpy()
+    def record(self) -> None:
+        """Full-split loss and accuracy and the probe batch's layer statistics of every member
+        (NaN for the diverged ones)."""
+        M, L = self.model.n_members, self.model.shape.n_layers
+        alive_idx = self.live.numpy()
+        data = self.data
         for split, (x, y) in (
             ("train", (data.x_train, data.y_train)),
             ("test", (data.x_test, data.y_test)),
         ):
             loss, acc = np.full(M, np.nan), np.full(M, np.nan)
             if alive_idx.size:
-                loss[alive_idx], acc[alive_idx] = _evaluate(work, x, y)
-            rec[f"{split}_loss"].append(loss)
-            rec[f"{split}_acc"].append(acc)
-        stats = _layer_stats(work, probe_x, probe_y) if alive_idx.size else [None] * 4
+                loss[alive_idx], acc[alive_idx] = _evaluate(self.work, x, y)
+            self.rec[f"{split}_loss"].append(loss)
+            self.rec[f"{split}_acc"].append(acc)
+        stats = _layer_stats(self.work, *self.probe) if alive_idx.size else [None] * 4
         for key, value in zip(("pre", "act", "gpre", "gw"), stats):
             full = np.full((M, L), np.nan)
             if value is not None:
                 full[alive_idx] = value
-            rec[key].append(full)
+            self.rec[key].append(full)
 
-    bar = tqdm(total=T, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
-    for step in range(T):
-        if step in record_set or step - seg_start == CHECK_EVERY:
-            read_back(step)
-            if step in record_set:
-                record()
-            if progress:
-                bar.set_postfix(active=f"{live.numel()}/{M}")
-        if live.numel() == 0:  # every member diverged: nothing left to train
-            bar.update(1)
-            continue
-        idx = order[ends[step] - len(batches[step]) : ends[step]]
-        _step(
-            work,
-            params,
-            opt,
-            data.x_train.index_select(0, idx),
-            data.y_train.index_select(0, idx),
-            mm_dtype,
-            alive,
-            bad_step,
-            seg_loss[step - seg_start],
-            step,
-            buffers,
+    def result(self, record_steps: np.ndarray, seconds: float) -> EnsembleRecord:
+        rec = {k: np.stack(v) for k, v in self.rec.items()}
+        return EnsembleRecord(
+            step_loss=self.step_loss,
+            record_steps=record_steps,
+            train_loss=rec["train_loss"],
+            train_acc=rec["train_acc"],
+            test_loss=rec["test_loss"],
+            test_acc=rec["test_acc"],
+            preact_var=rec["pre"],
+            act_var=rec["act"],
+            grad_preact_var=rec["gpre"],
+            grad_weight_var=rec["gw"],
+            diverged_step=self.diverged_step,
+            seconds=seconds,
         )
-        bar.update(1)
-    bar.close()
-    read_back(T)
-    record()
-    if work is not model:
-        _write_back(model, work, live)
 
-    as_arr = lambda k: np.stack(rec[k])  # noqa: E731
-    return EnsembleRecord(
-        step_loss=step_loss,
-        record_steps=np.asarray(record_at),
-        train_loss=as_arr("train_loss"),
-        train_acc=as_arr("train_acc"),
-        test_loss=as_arr("test_loss"),
-        test_acc=as_arr("test_acc"),
-        preact_var=as_arr("pre"),
-        act_var=as_arr("act"),
-        grad_preact_var=as_arr("gpre"),
-        grad_weight_var=as_arr("gw"),
-        diverged_step=diverged_step,
-        seconds=time.perf_counter() - t0,
-    )
+
+def _parameters(work: Ensemble) -> list[torch.nn.Parameter]:
+    """The stacked parameters in the optimizer's order: every weight, then every bias."""
+    return list(work.weights) + list(work.biases)
 
 
 # d(loss)/dz from d(loss)/dh, in place in ``dh``: the kernels autograd runs for these activations
@@ -360,19 +380,20 @@ _ACTIVATION_BACKWARD = {
 
 class _StepBuffers:
     """Every tensor a training step of ``work`` on batches of ``B`` writes, made once and reused
-    (the parameters' ``.grad`` too, made once per ``work`` by :func:`_step`): no allocation per
-    step. On the CPU a fresh tensor of a megabyte or more is new memory from the operating
-    system, and its page faults cost more than the elementwise work on it (the 80-member
-    width-64 step: ~500 faults, ~0.8 ms of 6).
-
-    Products and activations are in ``mm_dtype``: float32, or bfloat16 as CPU/CUDA autocast
-    makes them (inputs cast to bf16, products and activations bf16, the loss in float32)."""
+    (the parameters' ``.grad`` too, see :func:`_step`): on the CPU a fresh tensor of a megabyte
+    or more is new memory from the operating system, whose page faults cost more than the
+    elementwise work on it. Products and activations are in ``mm_dtype``: float32, or bfloat16
+    as CPU/CUDA autocast makes them (inputs, products and activations bf16, the loss float32)."""
 
     def __init__(self, work: Ensemble, B: int, mm_dtype: torch.dtype):
         M, dims, device = work.n_members, work.shape.widths(), work.weights[0].device
-        empty = lambda *size, dtype=mm_dtype: torch.empty(*size, dtype=dtype, device=device)  # noqa: E731
+
+        def empty(*size):
+            return torch.empty(*size, dtype=mm_dtype, device=device)
+
         relu_like = work.shape.activation in ("relu", "linear")  # h needs no buffer of its own
-        self.z = [empty(M, d, B) for d in dims[1:]]  # z_l (feature-major); the logits at the output
+        # z_l (feature-major); the logits at the output
+        self.z = [empty(M, d, B) for d in dims[1:]]
         self.h = [z if relu_like else empty(*z.shape) for z in self.z[:-1]]
         self.dh = [empty(M, d, B) for d in dims[1:-1]]  # dLoss/dh_l, then dLoss/dz_l in place
         self.minus_one = torch.full((1, 1, 1), -1.0, device=device).expand(M, 1, B)
@@ -402,95 +423,112 @@ def _step(
     """One optimizer step of every member of ``work``, with no host sync and no allocation of
     a batch-sized tensor: forward and backward written out (the products autograd would make,
     into the reused :class:`_StepBuffers` of ``buffers``), then the optimizer's one pass.
-    Products in ``mm_dtype`` (:data:`MM_DTYPE`; a bf16 product is cast into the float32 gradient).
-
-    Loss: the sum over members of each member's mean cross-entropy on (x, y), so member m's
-    gradient is its own. Its gradient w.r.t. the logits is (softmax - onehot) / B.
-
-    A member whose loss or gradient is non-finite now (or was at an earlier step since the last
-    host read) is frozen: its gradients and per-entry optimizer state are zeroed, so the update
-    leaves its weights as they were before this step, bit for bit. Updates ``alive``,
-    ``bad_step`` (this step for members diverging now) and ``loss_row`` (NaN for frozen members)
-    in place."""
-    M, B = work.n_members, x.shape[0]
+    Products in ``mm_dtype`` (:data:`MM_DTYPE`). The loss is the sum over members of each
+    member's mean cross-entropy on (x, y). A member whose loss or gradient is non-finite now, or
+    was since the last host read, is frozen (:func:`_freeze_diverged`); ``alive``, ``bad_step``
+    and ``loss_row`` are updated in place."""
     buffers = {} if buffers is None else buffers
-    if (
-        "grads" not in buffers
-    ):  # the gradients, read by the optimizer: the same tensors at every step
+    if "grads" not in buffers:  # the gradients the optimizer reads: the same tensors every step
         for p in params:
             p.grad = torch.empty_like(p)
         buffers["grads"] = [p.grad for p in params]
-    grads = buffers["grads"]
+    B = x.shape[0]
     buf = buffers.get(B)
     if buf is None:
         buf = buffers[B] = _StepBuffers(work, B, mm_dtype)
-    shape, depth = work.shape, work.shape.depth
-    act, act_backward = TORCH_ACTIVATIONS[shape.activation], _ACTIVATION_BACKWARD[shape.activation]
-    cast = (lambda t: t) if mm_dtype == torch.float32 else (lambda t: t.to(mm_dtype))  # noqa: E731
-    Ws = [cast(w.detach()) for w in work.weights]
-    bs = [cast(b.detach()) for b in work.biases]
-    xc = cast(x)
+    Ws = [w.detach().to(mm_dtype) for w in work.weights]
+    bs = [b.detach().to(mm_dtype) for b in work.biases]
+    xc = x.to(mm_dtype)
     with torch.no_grad():
-        # forward, feature-major (see Ensemble.forward): z_l = W_l h_{l-1} + b_l, (M, out, B)
-        h = None
-        for l in range(depth + 1):
-            z = buf.z[l]
-            out = z.shape[1]
-            if l == 0:
-                torch.addmm(
-                    bs[0].reshape(M * out, 1),
-                    Ws[0].reshape(M * out, -1),
-                    xc.t(),
-                    out=z.view(M * out, B),
-                )
-            else:
-                torch.baddbmm(bs[l].unsqueeze(2), Ws[l], h, out=z)
-            if l < depth:
-                h = buf.h[l]
-                if shape.activation == "relu":
-                    z.relu_()
-                elif h is not z:
-                    h.copy_(act(z))
-        logits = buf.z[-1]
-        logits32 = logits if logits.dtype == torch.float32 else logits.float()
-        lse = torch.logsumexp(logits32, 1)  # (M, B)
-        target = y.view(1, 1, B).expand(M, 1, B)
-        losses = (lse - logits32.gather(1, target).squeeze(1)).mean(1)
-        finite = torch.isfinite(losses)
-        # dLoss/dlogits = (softmax - onehot) / B, in place over the logits
-        dz = logits32.sub_(lse.unsqueeze(1)).exp_()
-        dz.scatter_add_(1, target, buf.minus_one).mul_(1.0 / B)
-        dz = cast(dz)
-        L = depth + 1
-        for l in range(depth, -1, -1):
-            gw, gb = grads[l], grads[L + l]
-            _into(gb, torch.sum, dz, 2)
-            if l == 0:  # the shared input: one product for every member
-                out = dz.shape[1]
-                _into(gw.view(M * out, -1), torch.mm, dz.view(M * out, B), xc)
-                break
-            h_prev = buf.h[l - 1]
-            _into(gw, torch.bmm, dz, h_prev.transpose(1, 2))
-            dh = torch.bmm(Ws[l].transpose(1, 2), dz, out=buf.dh[l - 1])
-            dz = act_backward(dh, buf.z[l - 1], h_prev)
-        # one reduction pass: a NaN/inf entry makes its member's sum non-finite (so does a sum that
-        # overflows float32, ~3e38: such a gradient counts as diverged too)
-        gsum = torch.stack([g.reshape(M, -1).sum(1) for g in grads]).sum(0)
-        ok = finite & torch.isfinite(gsum)
-        bad_step.masked_fill_(alive & ~ok, step)
-        alive &= ok
-        loss_row.copy_(torch.where(alive, losses, float("nan")))
-        dead = ~alive
-        # on the CPU reading the flag costs nothing (no queue to drain), so the masking pass is
-        # skipped while every member is alive; on an accelerator it always runs (no sync)
-        if alive.device.type != "cpu" or bool(dead.any()):
-            for p, g in zip(params, grads):
-                d = dead.view(-1, *([1] * (g.dim() - 1)))
-                g.masked_fill_(d, 0.0)
-                for value in opt.state.get(p, {}).values():
-                    if torch.is_tensor(value) and value.shape == p.shape:
-                        value.masked_fill_(d, 0.0)
+        _forward(work.shape, buf, Ws, bs, xc)
+        losses, dz = _loss_and_logit_grad(buf, y)
+        _backward(work.shape, buf, buffers["grads"], Ws, dz.to(mm_dtype), xc)
+        _freeze_diverged(params, buffers["grads"], opt, losses, alive, bad_step, loss_row, step)
     opt.step()
+
+
+def _forward(shape, buf: _StepBuffers, Ws, bs, xc) -> None:
+    """z_l = W_l h_{l-1} + b_l and h_l = phi(z_l) of every member into ``buf``, feature-major
+    (M, out, B) as :meth:`~hf_init.mlp.model.Ensemble.forward`; the first layer is one product
+    for every member (the input is shared)."""
+    act = TORCH_ACTIVATIONS[shape.activation]
+    M, B = buf.z[0].shape[0], buf.z[0].shape[2]
+    h = None
+    for l in range(shape.depth + 1):
+        z = buf.z[l]
+        out = z.shape[1]
+        if l == 0:
+            torch.addmm(
+                bs[0].reshape(M * out, 1),
+                Ws[0].reshape(M * out, -1),
+                xc.t(),
+                out=z.view(M * out, B),
+            )
+        else:
+            torch.baddbmm(bs[l].unsqueeze(2), Ws[l], h, out=z)
+        if l < shape.depth:
+            h = buf.h[l]
+            if shape.activation == "relu":
+                z.relu_()
+            elif h is not z:
+                h.copy_(act(z))
+
+
+def _loss_and_logit_grad(buf: _StepBuffers, y) -> tuple[torch.Tensor, torch.Tensor]:
+    """(each member's mean cross-entropy, dLoss/dlogits = (softmax - onehot) / B), the gradient
+    in float32, in place over the logits."""
+    logits = buf.z[-1]
+    M, B = logits.shape[0], logits.shape[2]
+    logits32 = logits if logits.dtype == torch.float32 else logits.float()
+    lse = torch.logsumexp(logits32, 1)  # (M, B)
+    target = y.view(1, 1, B).expand(M, 1, B)
+    losses = (lse - logits32.gather(1, target).squeeze(1)).mean(1)
+    dz = logits32.sub_(lse.unsqueeze(1)).exp_()
+    dz.scatter_add_(1, target, buf.minus_one).mul_(1.0 / B)
+    return losses, dz
+
+
+def _backward(shape, buf: _StepBuffers, grads, Ws, dz, xc) -> None:
+    """Every weight and bias gradient into ``grads`` (weights first, then biases), from the
+    logits' gradient ``dz`` down: the products autograd makes, dLoss/dz_l in place of dh_l."""
+    act_backward = _ACTIVATION_BACKWARD[shape.activation]
+    M, B = dz.shape[0], dz.shape[2]
+    L = shape.depth + 1
+    for l in range(shape.depth, -1, -1):
+        gw, gb = grads[l], grads[L + l]
+        _into(gb, torch.sum, dz, 2)
+        if l == 0:  # the shared input: one product for every member
+            out = dz.shape[1]
+            _into(gw.view(M * out, -1), torch.mm, dz.view(M * out, B), xc)
+            break
+        h_prev = buf.h[l - 1]
+        _into(gw, torch.bmm, dz, h_prev.transpose(1, 2))
+        dh = torch.bmm(Ws[l].transpose(1, 2), dz, out=buf.dh[l - 1])
+        dz = act_backward(dh, buf.z[l - 1], h_prev)
+
+
+def _freeze_diverged(params, grads, opt, losses, alive, bad_step, loss_row, step: int) -> None:
+    """Mark the members whose loss or gradient is non-finite at ``step`` (their first such step
+    into ``bad_step``) and zero the gradients and per-entry optimizer state of every member not
+    ``alive``, so the update leaves its weights as they were, bit for bit."""
+    M = alive.shape[0]
+    # one reduction pass: a NaN/inf entry makes its member's sum non-finite (so does a sum that
+    # overflows float32, ~3e38: such a gradient counts as diverged too)
+    gsum = torch.stack([g.reshape(M, -1).sum(1) for g in grads]).sum(0)
+    ok = torch.isfinite(losses) & torch.isfinite(gsum)
+    bad_step.masked_fill_(alive & ~ok, step)
+    alive &= ok
+    loss_row.copy_(torch.where(alive, losses, float("nan")))
+    dead = ~alive
+    # on the CPU reading the flag costs nothing (no queue to drain), so the masking pass is
+    # skipped while every member is alive; on an accelerator it always runs (no sync)
+    if alive.device.type != "cpu" or bool(dead.any()):
+        for p, g in zip(params, grads):
+            d = dead.view(-1, *([1] * (g.dim() - 1)))
+            g.masked_fill_(d, 0.0)
+            for value in opt.state.get(p, {}).values():
+                if torch.is_tensor(value) and value.shape == p.shape:
+                    value.masked_fill_(d, 0.0)
 
 
 @torch.no_grad()
@@ -498,18 +536,16 @@ def _write_back(model: Ensemble, work: Ensemble, live: torch.Tensor) -> None:
     """Copy the live members' parameters from the compacted ensemble into the full one."""
     if work is model or live.numel() == 0:
         return
-    for full, part in zip(
-        list(model.weights) + list(model.biases), list(work.weights) + list(work.biases)
-    ):
+    for full, part in zip(_parameters(model), _parameters(work)):
         full[live] = part
 
 
 def _compact(work: Ensemble, opt: torch.optim.Optimizer, keep: torch.Tensor, cfg: TrainConfig):
     """A new ensemble and optimizer holding only the ``keep`` members, optimizer state included
     (per-entry tensors sliced, scalar state such as Adam's step count copied)."""
-    old = list(work.weights) + list(work.biases)
+    old = _parameters(work)
     new = Ensemble(work.shape, [w[keep] for w in work.weights], [b[keep] for b in work.biases])
-    new_params = list(new.weights) + list(new.biases)
+    new_params = _parameters(new)
     new_opt = make_optimizer(new_params, cfg.optimizer, cfg.lr, cfg.momentum)
     for p_old, p_new in zip(old, new_params):
         state = opt.state.get(p_old)

@@ -1,1 +1,1 @@
-"""Variance-propagation theory: the recursions, measurement on real networks at init, the check of one against the other, its figures."""
+"""Variance-propagation theory: the recursions, measurement at init, the check, its figures."""

@@ -1,6 +1,7 @@
-"""The theory check: variance-propagation predictions (:mod:`hf_init.theory.recursions`) next to what
-networks built at initialization measure (:mod:`hf_init.theory.measurement`), as records of
-:mod:`hf_init.core.records`; verdicts on them; and the check's arguments.
+"""The theory check: variance-propagation predictions (:mod:`hf_init.theory.recursions`) next
+to what networks built at initialization measure (:mod:`hf_init.theory.measurement`), as
+records of :mod:`hf_init.core.records`; verdicts on them; the check's arguments and its job
+(:func:`run_theory_check`, behind ``scripts/theory_check.py``).
 
 Records (one per network, quantity and layer; ``step`` is null: everything is at init):
 
@@ -16,15 +17,25 @@ Records (one per network, quantity and layer; ``step`` is null: everything is at
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from hf_init.core.cli import UsageError
-from hf_init.core.records import make_record, read_records, to_wide
-from hf_init.theory.measurement import GPT2Probe, measure_gpt2, measure_mlp
+from hf_init.core.outputs import check_output_dir, existing_outputs, kept_until_success
+from hf_init.core.records import make_record, read_records, to_wide, write_records
+from hf_init.theory import plots
+from hf_init.theory.measurement import (
+    GPT2Probe,
+    byte_token_batch,
+    digits_inputs,
+    measure_gpt2,
+    measure_mlp,
+)
 from hf_init.theory.recursions import (
     ACTIVATIONS,
     critical_std,
@@ -37,7 +48,7 @@ from hf_init.theory.recursions import (
 
 def read_check_rows(path) -> list[dict]:
     """The records of a theory-check file as one dict per (network, quantity, layer), every
-    statistic a field (NaN where not recorded), through :func:`hf_init.core.records.read_records`."""
+    statistic a field (NaN where not recorded); read by the one reader of records."""
     return to_wide(read_records(path)).to_dict("records")
 
 
@@ -167,6 +178,9 @@ def _carries_scaling(scheme, n_layer, n_embd, vocab_size, seq_len) -> bool:
     return gain_off != 1.0
 
 
+GPT2_QUANTITIES = ("residual", "attn_add", "mlp_add")
+
+
 def _efold(slope: float) -> str:
     return f"{1 / abs(slope):.3g}" if abs(slope) > 1e-12 else "inf"
 
@@ -174,45 +188,57 @@ def _efold(slope: float) -> str:
 def verdict(rows: list[dict]) -> list[str]:
     """Short lines saying where theory and measurement agree and where/why they part. ``rows``:
     one dict per record with every statistic (:func:`read_check_rows`)."""
-    lines = []
     mlp = [r for r in rows if r["network"].startswith("mlp-")]
-    for net in dict.fromkeys(r["network"] for r in mlp):
-        for quantity in ("forward", "gradient"):
-            rs = [r for r in mlp if r["network"] == net and r["quantity"] == quantity]
-            ok = sum(abs(r["relative_error"]) <= r["tolerance"] for r in rs)
-            worst = max(rs, key=lambda r: abs(r["relative_error"]))
-            p = np.array([r["predicted"] for r in rs])
-            m = np.array([r["measured"] for r in rs])
-            slope_p = np.mean(np.diff(np.log(p))) if len(p) > 1 else 0.0
-            slope_m = np.mean(np.diff(np.log(m))) if len(m) > 1 else 0.0
-            lines.append(
-                f"{net:<28} {quantity:<8} {ok}/{len(rs)} layers within finite-width tolerance; "
-                f"worst {worst['relative_error']:+.1%} at layer {worst['layer']} "
-                f"(tol {worst['tolerance']:.1%}); mean log-slope/layer predicted {slope_p:+.3f}, "
-                f"measured {slope_m:+.3f} (an e-fold every {_efold(slope_p)} / {_efold(slope_m)} layers)"
-            )
     gpt = [r for r in rows if r["network"].startswith("gpt2-")]
+    lines = [
+        _mlp_verdict(net, quantity, [r for r in mlp if r["network"] == net])
+        for net in dict.fromkeys(r["network"] for r in mlp)
+        for quantity in ("forward", "gradient")
+    ]
     for net in dict.fromkeys(r["network"] for r in gpt):
-        sel = {
-            q: [r for r in gpt if r["network"] == net and r["quantity"] == q]
-            for q in ("residual", "attn_add", "mlp_add")
-        }
-        res, att = sel["residual"], sel["attn_add"]
-
-        def worst(rs, key="relative_error"):
-            return max(abs(r[key]) for r in rs)
-
-        growth = lambda key: res[-1][key] / res[0][key]
-        lines.append(
-            f"{net:<28} residual x{growth('measured'):.3g} over {len(res) - 1} blocks measured; predicted "
-            f"x{growth('predicted'):.3g} (position covariance, worst |rel err| {worst(res):.0%}), "
-            f"x{growth('predicted_uncorrelated'):.3g} (uncorrelated tokens, worst "
-            f"{worst(res, 'relative_error_uncorrelated'):.0%}); attention branch block 1 / last "
-            f"{att[0]['relative_error']:+.0%} / {att[-1]['relative_error']:+.0%} "
-            f"(uncorrelated {att[0]['relative_error_uncorrelated']:+.0%} / {att[-1]['relative_error_uncorrelated']:+.0%}); "
-            f"MLP branch worst {worst(sel['mlp_add']):.0%}"
-        )
+        lines.append(_gpt2_verdict(net, [r for r in gpt if r["network"] == net]))
     return lines
+
+
+def _mlp_verdict(net: str, quantity: str, rows: list[dict]) -> str:
+    """One MLP quantity: layers within tolerance, the worst layer, the mean log-slopes."""
+    rs = [r for r in rows if r["quantity"] == quantity]
+    ok = sum(abs(r["relative_error"]) <= r["tolerance"] for r in rs)
+    worst = max(rs, key=lambda r: abs(r["relative_error"]))
+    p = np.array([r["predicted"] for r in rs])
+    m = np.array([r["measured"] for r in rs])
+    slope_p = np.mean(np.diff(np.log(p))) if len(p) > 1 else 0.0
+    slope_m = np.mean(np.diff(np.log(m))) if len(m) > 1 else 0.0
+    return (
+        f"{net:<28} {quantity:<8} {ok}/{len(rs)} layers within finite-width tolerance; "
+        f"worst {worst['relative_error']:+.1%} at layer {worst['layer']} "
+        f"(tol {worst['tolerance']:.1%}); mean log-slope/layer predicted {slope_p:+.3f}, "
+        f"measured {slope_m:+.3f} "
+        f"(an e-fold every {_efold(slope_p)} / {_efold(slope_m)} layers)"
+    )
+
+
+def _worst(rows: list[dict], key: str = "relative_error") -> float:
+    return max(abs(r[key]) for r in rows)
+
+
+def _gpt2_verdict(net: str, rows: list[dict]) -> str:
+    """One GPT-2: residual growth measured and predicted both ways, the branches' errors."""
+    res, att, mlp = ([r for r in rows if r["quantity"] == q] for q in GPT2_QUANTITIES)
+
+    def growth(key):
+        return res[-1][key] / res[0][key]
+
+    return (
+        f"{net:<28} residual x{growth('measured'):.3g} over {len(res) - 1} blocks measured; "
+        f"predicted x{growth('predicted'):.3g} (position covariance, worst |rel err| "
+        f"{_worst(res):.0%}), x{growth('predicted_uncorrelated'):.3g} (uncorrelated tokens, "
+        f"worst {_worst(res, 'relative_error_uncorrelated'):.0%}); attention branch block 1 / "
+        f"last {att[0]['relative_error']:+.0%} / {att[-1]['relative_error']:+.0%} "
+        f"(uncorrelated {att[0]['relative_error_uncorrelated']:+.0%} / "
+        f"{att[-1]['relative_error_uncorrelated']:+.0%}); "
+        f"MLP branch worst {_worst(mlp):.0%}"
+    )
 
 
 VERDICT_NOTES = [
@@ -308,3 +334,68 @@ class TheoryCheckArguments:
             bad = [v for v in values if not (math.isfinite(v) and v > 0)]
             if bad:
                 raise UsageError(f"--{name} must be finite and > 0, got {bad[0]}")
+
+
+# what the check writes into its output folder (with --overwrite these are kept until the new
+# files are written)
+OUTPUTS = {
+    "theory_check.jsonl": "records: predicted vs measured per network, quantity and layer",
+    "mlp_forward.png": "pre-activation variance per layer, theory line vs measured points",
+    "mlp_gradient.png": "gradient variance per layer",
+    "gpt2_residual.png": "residual-stream growth per scheme",
+    "gpt2_branches.png": "measured/predicted of the attention and MLP branches",
+    "verdict.txt": "the verdict printed at the end",
+}
+
+
+def run_theory_check(args: TheoryCheckArguments) -> None:
+    """Measure every MLP and GPT-2 of ``args`` at init next to the theory, write :data:`OUTPUTS`
+    into ``args.output_dir`` (refused when it holds anything, unless ``args.overwrite``) and
+    print the verdict."""
+    out = Path(args.output_dir)
+    check_output_dir(out, args.overwrite)  # any entry counts: refuse a folder that is not empty
+    t0 = time.time()
+    records = _check_records(args, t0)
+    with kept_until_success(out, existing_outputs(out, tuple(OUTPUTS))):
+        lines = _write_check(out, records, args)
+    print("\n".join(lines))
+    print(f"wrote {out} in {time.time() - t0:.0f}s")
+
+
+def _check_records(args: TheoryCheckArguments, t0: float) -> list[dict]:
+    """The records of every MLP (activation x std multiple) and GPT-2 (scheme x residual
+    scaling on/off) of ``args``, with a progress line per activation and per scheme."""
+    records = []
+    x = digits_inputs(args.batch if args.batch < 1797 else None)
+    seeds = list(range(args.seeds))
+    for act in args.activations:
+        for mult in args.std_multiples:
+            records += mlp_check_records(act, mult, x, args.width, args.depth, seeds, args.k_sigma)
+        print(f"mlp {act}: done ({time.time() - t0:.0f}s)", flush=True)
+    probe = GPT2Probe(
+        byte_token_batch(args.gpt2_batch, args.gpt2_seq_len),
+        list(range(args.gpt2_seeds)),
+        args.gpt2_n_layer,
+        args.gpt2_n_embd,
+        args.gpt2_n_head,
+    )
+    for scheme in args.gpt2_schemes:
+        for scaling in (True, False):
+            records += gpt2_check_records(scheme, scaling, probe)
+        print(f"gpt2 {scheme}: done ({time.time() - t0:.0f}s)", flush=True)
+    return records
+
+
+def _write_check(out: Path, records: list[dict], args: TheoryCheckArguments) -> list[str]:
+    """Write the records, the figures and verdict.txt into ``out``; the verdict's lines."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = read_check_rows(write_records(out / "theory_check.jsonl", records))
+    if args.activations:
+        plots.plot_mlp(rows, "forward", out / "mlp_forward.png")
+        plots.plot_mlp(rows, "gradient", out / "mlp_gradient.png")
+    if args.gpt2_schemes:
+        plots.plot_gpt2(rows, out / "gpt2_residual.png")
+        plots.plot_gpt2_branches(rows, out / "gpt2_branches.png")
+    lines = verdict(rows) + VERDICT_NOTES
+    (out / "verdict.txt").write_text("\n".join(lines) + "\n")
+    return lines

@@ -1,4 +1,5 @@
-"""Measured signal propagation at initialization, the counterpart of :mod:`hf_init.theory.recursions`.
+"""Measured signal propagation at initialization, the counterpart of
+:mod:`hf_init.theory.recursions`.
 
 * :func:`measure_mlp`: a plain fully connected net (same conventions as ``theory``: z_1 = W_1 x
   + b_1, z_l = W_l phi(z_{l-1}) + b_l, no activation after z_L), built fresh for each seed,
@@ -10,15 +11,11 @@
 * :func:`measure_gpt2`: a GPT-2 built by :func:`hf_init.lm.modeling.build_model`, in eval mode (no
   dropout). Forward hooks record, per block, the residual stream after the block and what the
   attention and MLP branches add, each the population second moment over batch x positions x
-  coordinates, in float64. (In transformers 5.x ``output_hidden_states=True`` returns the
-  embeddings and the block outputs, but its *last* entry has the final LayerNorm applied, so
-  the hooks are used for every block instead.)
+  coordinates, in float64 (hooks, because the last of transformers' ``hidden_states`` has the
+  final LayerNorm applied).
 * Real inputs, offline: :func:`digits_inputs` (scikit-learn's 8x8 digits, standardized) and
   :func:`byte_token_batch` (UTF-8 bytes of the Python documentation shipped with the standard
   library, as token ids 0..255).
-
-Predictions next to these measurements, verdicts and the check's arguments live in
-:mod:`hf_init.theory.check`.
 """
 
 from __future__ import annotations
@@ -105,7 +102,7 @@ def measure_mlp(
         v = torch.randn(x.shape[0], widths[-1], dtype=torch.float64, generator=gen)
         zs = []
         h = x
-        for l, (w, b) in enumerate(zip(weights, biases)):
+        for w, b in zip(weights, biases):
             z = h @ w.T + b
             zs.append(z)
             h = act(z)
@@ -185,9 +182,9 @@ def measure_gpt2(
 ) -> GPT2Measurement:
     """Build GPT-2 with ``scheme`` (``build_model``) in ``probe``'s shape once per seed (seeding
     torch's global RNG with ``torch.manual_seed(seed)``, as ``build_model`` draws from it),
-    multiply the residual projections (``gpt2_layout.RESIDUAL_ROLES``) by ``residual_gain`` (to toggle
-    GPT-2's 1/sqrt(2 n_layer) scaling, see ``theory.gpt2_scheme_stds``) and measure on
-    ``probe.input_ids``."""
+    multiply the residual projections (``hf_init.lm.families.RESIDUAL_ROLES``) by
+    ``residual_gain`` (to toggle GPT-2's 1/sqrt(2 n_layer) scaling, see
+    :func:`~hf_init.theory.recursions.gpt2_scheme_stds`) and measure on ``probe.input_ids``."""
     from hf_init.lm.modeling import build_model
 
     rows = ([], [], [])

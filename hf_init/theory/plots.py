@@ -40,7 +40,7 @@ def plot_mlp(rows: list[dict], quantity: str, path: str | Path) -> Path:
     acts = list(dict.fromkeys(r["activation"] for r in rs))
     fig, axes = _panel_grid(max(len(acts), 1))
     for ax, act in zip(axes, acts):
-        for i, (net, sel, x) in enumerate(_networks(rs, "activation", act)):
+        for i, (_, sel, x) in enumerate(_networks(rs, "activation", act)):
             color = f"C{i}"
             ax.plot(
                 x,
@@ -64,7 +64,8 @@ def plot_mlp(rows: list[dict], quantity: str, path: str | Path) -> Path:
         ax.set_ylabel("E[z_l^2]" if quantity == "forward" else "E[(dL/dz_l)^2]")
         ax.legend(fontsize=7, title="line: theory, dots: measured", title_fontsize=7)
     fig.suptitle(
-        f"MLP at init: {'pre-activation' if quantity == 'forward' else 'gradient'} variance per layer"
+        f"MLP at init: {'pre-activation' if quantity == 'forward' else 'gradient'} variance per "
+        "layer"
     )
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     return save_figure(fig, path)

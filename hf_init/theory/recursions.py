@@ -26,12 +26,9 @@ assumption"; ``phi'(z)`` independent of ``W^T g``):
 random cotangent ``v ~ N(0, output_grad_var)`` at the output (``Loss = <z_L, v>``), which is
 independent of the network; a real loss's output gradient depends on z_L and is not modelled.
 
-All "variances" are second moments ``E[z^2]`` over the weight distribution; with zero-mean
-weights they equal variances. Expectations are exact for relu and linear (closed forms), by
-Gauss-Hermite quadrature for tanh, gelu (exact erf form) and gelu_tanh (GPT-2's tanh form) when
-``q <= 0.5``, and by composite Gauss-Legendre on a grid refined near 0 when ``q > 0.5`` (there
-Gauss-Hermite cannot resolve the unit-scale bend of tanh/gelu under a wide Gaussian; see
-:func:`gaussian_expectation`). Both agree with adaptive quadrature to ~1e-12 relative.
+All "variances" are second moments ``E[z^2]`` over the weight distribution (zero-mean weights:
+the variances). Expectations are closed forms for relu and linear, quadrature otherwise
+(:func:`gaussian_expectation`).
 
 Inputs may be given per example (an array of ``mean_i(x_i^2)``): the recursion is then run per
 input and the prediction is the *mean over inputs* of the per-input values, which is what a
@@ -39,11 +36,12 @@ measurement that averages over a batch sees (for relu/linear the map is linear i
 equals the recursion on the mean; for tanh/gelu it does not).
 
 GPT-2 at initialization: :func:`gpt2_residual_variance` (uncorrelated tokens) and
-:func:`gpt2_residual_kernel` (covariance across positions); their docstrings list the approximations.
+:func:`gpt2_residual_kernel` (covariance across positions); their docstrings list the
+approximations.
 
-Weight stds may come from a scheme name of :mod:`hf_init.core.schemes`; that module imports torch,
-so it is imported lazily inside :func:`scheme_weight_stds` / :func:`gpt2_scheme_stds` only, and
-this module stays importable with numpy alone.
+Weight stds may come from a scheme name of :mod:`hf_init.core.schemes`, imported (with torch)
+only inside :func:`scheme_weight_stds` / :func:`gpt2_scheme_stds`: this module needs numpy
+alone.
 """
 
 from __future__ import annotations
@@ -131,9 +129,10 @@ def gaussian_expectation(f: Callable[[np.ndarray], np.ndarray], q) -> np.ndarray
 
     ``f`` must act elementwise on arrays. For ``q <= 0.5`` (``_GH_MAX_Q``): Gauss-Hermite
     quadrature (probabilists' Hermite, 100 nodes), exact for polynomials of degree <= 199 and
-    accurate to ~1e-12 for tanh/gelu. For ``q > 0.5`` the integrand f(sqrt(q) x) bends on the scale 1/sqrt(q) in x, which
-    a global rule resolves poorly, so x in [-10, 10] is cut into 0.5-wide panels plus panels
-    with boundaries at +-{0.25..8}/sqrt(q) around 0, each integrated by 16-point Gauss-Legendre.
+    accurate to ~1e-12 for tanh/gelu. For ``q > 0.5`` the integrand f(sqrt(q) x) bends on the
+    scale 1/sqrt(q) in x, which a global rule resolves poorly, so x in [-10, 10] is cut into
+    0.5-wide panels plus panels with boundaries at +-{0.25..8}/sqrt(q) around 0, each integrated
+    by 16-point Gauss-Legendre.
     """
     q = np.asarray(q, dtype=float)
     if np.any(q < 0) or not np.all(np.isfinite(q)):
@@ -382,8 +381,7 @@ def propagate(
     widths = tuple(int(n) for n in widths)
     if len(widths) < 2 or min(widths) < 1:
         raise ValueError(f"widths must list n_0..n_L (at least 2 entries, all >= 1), got {widths}")
-    n_layers = len(widths) - 1
-    stds = _as_stds(weight_std, n_layers, widths, scheme_options)
+    stds = _as_stds(weight_std, len(widths) - 1, widths, scheme_options)
     if not (math.isfinite(bias_std) and bias_std >= 0):
         raise ValueError(f"bias_std must be a finite number >= 0, got {bias_std!r}")
     m0 = np.atleast_1d(np.asarray(input_second_moment, dtype=float))
@@ -391,59 +389,87 @@ def propagate(
         raise ValueError(
             "input_second_moment must be finite and >= 0 (a number or one per example)"
         )
-    sb2 = bias_std * bias_std
-    w2 = stds**2
+    fw = _forward_pass(widths, activation, stds**2, bias_std * bias_std, m0)
+    g, g_relvar = _backward_pass(widths, stds**2, fw, output_grad_var)
+    return Propagation(
+        widths=widths,
+        activation=activation,
+        weight_std=stds,
+        bias_std=float(bias_std),
+        q=fw.q.mean(axis=0),
+        grad_var=g.mean(axis=0),
+        q_relvar=_batch_relvar(fw.q, fw.q_relvar),
+        grad_relvar=_batch_relvar(g, g_relvar),
+        q_per_input=fw.q,
+        grad_var_per_input=g,
+    )
+
+
+@dataclass(frozen=True)
+class _ForwardPass:
+    """Per input and layer (B, L): what the backward pass and the fluctuations need."""
+
+    q: np.ndarray  # E[z_l^2]
+    q_relvar: np.ndarray  # relative variance of the measured mean of z_l^2
+    s_relvar: np.ndarray  # relative variance of s_l (the conditional variance)
+    e_dphi2: np.ndarray  # E[phi'(z_l)^2]
+    dphi_elast: np.ndarray  # d log E[phi'^2] / d log q
+    kappa_g: np.ndarray  # 3 E[phi'^4] / E[phi'^2]^2 - 1
+
+
+def _forward_pass(widths, activation: str, w2, sb2: float, m0) -> _ForwardPass:
+    """The length map q_l and its finite-width fluctuations, layer by layer, for each input
+    (``w2``: the weight variances, ``sb2``: the bias variance, ``m0``: mean_i(x_i^2) per input)."""
+    n_layers = len(widths) - 1
     B = len(m0)
     q = np.empty((B, n_layers))
-    s_relvar = np.zeros((B, n_layers))  # relative variance of s_l (the conditional variance)
+    s_relvar = np.zeros((B, n_layers))
     q_relvar = np.empty((B, n_layers))
     e_dphi2 = np.empty((B, n_layers))
     dphi_elast = np.zeros((B, n_layers))
     kappa_g = np.zeros((B, n_layers))
-    prev = w2[0] * widths[0] * m0  # s_1 without bias; the input is fixed: no fluctuation
-    q[:, 0] = prev + sb2
+    q[:, 0] = w2[0] * widths[0] * m0 + sb2  # the input is fixed: no fluctuation
     for l in range(n_layers):
         n = widths[l + 1]
         q_relvar[:, l] = (1 + 2.0 / n) * (1 + s_relvar[:, l]) - 1
         e2, d2 = second_moments(activation, q[:, l])
         e4, d4 = fourth_moments(activation, q[:, l])
         e_dphi2[:, l] = d2
-        with np.errstate(invalid="ignore", divide="ignore"):
-            kappa_g[:, l] = np.where(d2 > 0, 3 * d4 / d2**2 - 1, 0.0)
+        kappa_g[:, l] = _excess(3 * d4, d2)
         if l + 1 < n_layers:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                kappa = np.where(e2 > 0, e4 / e2**2 - 1, 0.0)
             elast = _log_elasticity(activation, q[:, l], 0)
             dphi_elast[:, l] = _log_elasticity(activation, q[:, l], 1)
-            h_relvar = (1 + kappa / n) * (1 + elast**2 * s_relvar[:, l]) - 1
+            h_relvar = (1 + _excess(e4, e2) / n) * (1 + elast**2 * s_relvar[:, l]) - 1
             signal = w2[l + 1] * n * e2
             q[:, l + 1] = signal + sb2
             frac = np.where(
                 q[:, l + 1] > 0, signal / np.where(q[:, l + 1] > 0, q[:, l + 1], 1), 0.0
             )
             s_relvar[:, l + 1] = frac**2 * h_relvar
-    g = np.empty((B, n_layers))
-    g_relvar = np.empty((B, n_layers))
+    return _ForwardPass(q, q_relvar, s_relvar, e_dphi2, dphi_elast, kappa_g)
+
+
+def _excess(fourth: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """fourth / second^2 - 1 where ``second`` > 0, else 0."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(second > 0, fourth / second**2 - 1, 0.0)
+
+
+def _backward_pass(widths, w2, fw: _ForwardPass, output_grad_var: float):
+    """(Var(g_l), its relative variance) per input and layer: g_l from g_{l+1} through
+    W_{l+1}'s fan-out, from ``output_grad_var`` at the output."""
+    g = np.empty_like(fw.q)
+    g_relvar = np.empty_like(fw.q)
     g[:, -1] = output_grad_var
     g_relvar[:, -1] = 2.0 / widths[-1]
-    for l in range(n_layers - 2, -1, -1):  # g_l from g_{l+1} through W_{l+2} (0-based l)
+    e_dphi2, s_relvar = fw.e_dphi2, fw.s_relvar
+    for l in range(len(widths) - 3, -1, -1):  # g_l from g_{l+1} through W_{l+2} (0-based l)
         n = widths[l + 1]
         g[:, l] = w2[l + 1] * widths[l + 2] * e_dphi2[:, l] * g[:, l + 1]
-        g_relvar[:, l] = (1 + kappa_g[:, l] / n) * (1 + g_relvar[:, l + 1]) * (
-            1 + dphi_elast[:, l] ** 2 * s_relvar[:, l]
+        g_relvar[:, l] = (1 + fw.kappa_g[:, l] / n) * (1 + g_relvar[:, l + 1]) * (
+            1 + fw.dphi_elast[:, l] ** 2 * s_relvar[:, l]
         ) - 1
-    return Propagation(
-        widths=widths,
-        activation=activation,
-        weight_std=stds,
-        bias_std=float(bias_std),
-        q=q.mean(axis=0),
-        grad_var=g.mean(axis=0),
-        q_relvar=_batch_relvar(q, q_relvar),
-        grad_relvar=_batch_relvar(g, g_relvar),
-        q_per_input=q,
-        grad_var_per_input=g,
-    )
+    return g, g_relvar
 
 
 def _batch_relvar(values: np.ndarray, relvar: np.ndarray) -> np.ndarray:
@@ -562,41 +588,42 @@ def gpt2_residual_variance(
     underestimates the attention branch); logits of one query share q_t and are not i.i.d.;
     finite d.
     """
-    missing = [r for r in GPT2_STD_ROLES if r not in stds]
-    if missing:
-        raise ValueError(f"stds missing roles: {', '.join(missing)}")
+    s2 = _gpt2_variances(stds)
     if n_layer < 1 or n_embd < 1 or seq_len < 1:
         raise ValueError("n_layer, n_embd and seq_len must be >= 1")
     d = int(n_embd)
     inner = int(n_inner or 4 * d)
-    s2 = {k: float(stds[k]) ** 2 for k in GPT2_STD_ROLES}
-    t = np.arange(seq_len, dtype=float)
     v = np.full(seq_len, s2["wte"] + s2["wpe"])
-    residual, attn_add, mlp_add, positions, score_var = [v.mean()], [], [], [], []
-    for _ in range(n_layer):
-        m = v / (v + layer_norm_eps)
-        # values at s <= t: mean of m over the prefix (uncorrelated tokens)
-        m_prefix = np.cumsum(m) / (t + 1)
-        tau2 = (d * s2["q"] * m) * (d * s2["k"] * m_prefix)
-        sum_a2 = 1.0 / (1.0 + t * np.exp(-tau2))  # = e^tau2 / (e^tau2 + t), overflow-safe
-        attn = d * s2["attn_proj"] * d * s2["v"] * m_prefix * sum_a2
-        v = v + attn
-        m2 = v / (v + layer_norm_eps)
-        e_phi2, _ = second_moments(activation, d * s2["mlp_fc"] * m2)
-        mlp = inner * s2["mlp_proj"] * e_phi2
-        v = v + mlp
-        residual.append(v.mean())
-        attn_add.append(attn.mean())
-        mlp_add.append(mlp.mean())
-        positions.append((1.0 / sum_a2).mean())
-        score_var.append(tau2.mean())
-    return GPT2Prediction(
-        np.array(residual),
-        np.array(attn_add),
-        np.array(mlp_add),
-        np.array(positions),
-        np.array(score_var),
-    )
+    out = np.zeros((5, n_layer + 1))  # residual, attn_add, mlp_add, positions, score_var
+    out[0, 0] = v.mean()
+    for layer in range(1, n_layer + 1):
+        attn, mlp, sum_a2, tau2 = _uncorrelated_block(v, s2, d, inner, layer_norm_eps, activation)
+        v = v + attn + mlp
+        out[:, layer] = [v.mean(), attn.mean(), mlp.mean(), (1.0 / sum_a2).mean(), tau2.mean()]
+    return GPT2Prediction(out[0], out[1, 1:], out[2, 1:], out[3, 1:], out[4, 1:])
+
+
+def _gpt2_variances(stds: Mapping[str, float]) -> dict[str, float]:
+    """The squared std of every role of :data:`GPT2_STD_ROLES`; ValueError naming any missing."""
+    missing = [r for r in GPT2_STD_ROLES if r not in stds]
+    if missing:
+        raise ValueError(f"stds missing roles: {', '.join(missing)}")
+    return {k: float(stds[k]) ** 2 for k in GPT2_STD_ROLES}
+
+
+def _uncorrelated_block(v, s2, d: int, inner: int, eps: float, activation: str):
+    """What one block adds to the per-position second moments ``v`` with uncorrelated tokens:
+    (attention branch, MLP branch, E[sum_s a_ts^2], logit variance tau^2), each per position."""
+    t = np.arange(len(v), dtype=float)
+    m = v / (v + eps)
+    # values at s <= t: mean of m over the prefix (uncorrelated tokens)
+    m_prefix = np.cumsum(m) / (t + 1)
+    tau2 = (d * s2["q"] * m) * (d * s2["k"] * m_prefix)
+    sum_a2 = 1.0 / (1.0 + t * np.exp(-tau2))  # = e^tau2 / (e^tau2 + t), overflow-safe
+    attn = d * s2["attn_proj"] * d * s2["v"] * m_prefix * sum_a2
+    m2 = (v + attn) / (v + attn + eps)
+    e_phi2, _ = second_moments(activation, d * s2["mlp_fc"] * m2)
+    return attn, inner * s2["mlp_proj"] * e_phi2, sum_a2, tau2
 
 
 def gpt2_residual_kernel(
@@ -632,43 +659,25 @@ def gpt2_residual_kernel(
     Still approximate: logits of one query share q_t and are not exchangeable Gaussians;
     per-token LayerNorm centering is ignored (exact as d -> inf); finite d.
     """
-    missing = [r for r in GPT2_STD_ROLES if r not in stds]
-    if missing:
-        raise ValueError(f"stds missing roles: {', '.join(missing)}")
+    s2 = _gpt2_variances(stds)
     ids = np.atleast_2d(np.asarray(token_ids))
     if ids.ndim != 2 or ids.shape[1] < 1:
         raise ValueError("token_ids must be (batch, seq_len)")
     d = int(n_embd)
     inner = int(n_inner or 4 * d)
-    s2 = {k: float(stds[k]) ** 2 for k in GPT2_STD_ROLES}
     T_len = ids.shape[1]
-    t = np.arange(T_len, dtype=float)
-    abar = np.tril(np.ones((T_len, T_len))) / (t + 1)[:, None]
-    iu = np.triu_indices(T_len, 1)
     gx, gw = hermegauss(quad_nodes)
-    gw = gw / _SQRT_2PI
+    quad = (np.triu_indices(T_len, 1), gx, gw / _SQRT_2PI)
     out = np.zeros((4, n_layer + 1))
     tau_sum = np.zeros(n_layer)
     for seq in ids:
         K = s2["wte"] * (seq[:, None] == seq[None, :]) + s2["wpe"] * np.eye(T_len)
         out[0, 0] += np.diag(K).mean()
         for layer in range(n_layer):
-            U = _layer_norm_kernel(K, layer_norm_eps)
-            V = d * s2["v"] * U
-            diag_u = np.diag(U)
-            mean_diag = np.cumsum(diag_u) / (t + 1)
-            mean_all = np.diag(np.cumsum(np.cumsum(U, 0), 1)) / (t + 1) ** 2
-            tau2 = (d * s2["q"] * diag_u) * (d * s2["k"]) * np.maximum(mean_diag - mean_all, 0.0)
-            sum_a2 = 1.0 / (1.0 + t * np.exp(-tau2))
-            O = abar @ V @ abar.T
-            v_diag_mean = np.cumsum(np.diag(V)) / (t + 1)
-            v_sum = np.diag(np.cumsum(np.cumsum(V, 0), 1))
-            off = np.where(t > 0, (v_sum - v_diag_mean * (t + 1)) / np.maximum(t * (t + 1), 1), 0.0)
-            np.fill_diagonal(O, sum_a2 * v_diag_mean + (1 - sum_a2) * off)
-            attn = d * s2["attn_proj"] * O
+            attn, sum_a2, tau2 = _attention_kernel(K, s2, d, layer_norm_eps)
             K = K + attn
             C = d * s2["mlp_fc"] * _layer_norm_kernel(K, layer_norm_eps)
-            M = inner * s2["mlp_proj"] * _gaussian_kernel(activation, C, iu, gx, gw)
+            M = inner * s2["mlp_proj"] * _gaussian_kernel(activation, C, *quad)
             K = K + M
             out[0, layer + 1] += np.diag(K).mean()
             out[1, layer + 1] += np.diag(attn).mean()
@@ -677,6 +686,27 @@ def gpt2_residual_kernel(
             tau_sum[layer] += tau2.mean()
     out /= len(ids)
     return GPT2Prediction(out[0], out[1, 1:], out[2, 1:], out[3, 1:], tau_sum / len(ids))
+
+
+def _attention_kernel(K: np.ndarray, s2: dict[str, float], d: int, eps: float):
+    """What one attention branch adds to the position covariance ``K`` (T x T), with the
+    exchangeable softmax weights of :func:`gpt2_residual_kernel`: (the branch's covariance,
+    E[sum_s a_ts^2] and the logit variance tau_t^2 per position)."""
+    t = np.arange(K.shape[0], dtype=float)
+    abar = np.tril(np.ones(K.shape)) / (t + 1)[:, None]
+    U = _layer_norm_kernel(K, eps)
+    V = d * s2["v"] * U
+    diag_u = np.diag(U)
+    mean_diag = np.cumsum(diag_u) / (t + 1)
+    mean_all = np.diag(np.cumsum(np.cumsum(U, 0), 1)) / (t + 1) ** 2
+    tau2 = (d * s2["q"] * diag_u) * (d * s2["k"]) * np.maximum(mean_diag - mean_all, 0.0)
+    sum_a2 = 1.0 / (1.0 + t * np.exp(-tau2))
+    O = abar @ V @ abar.T
+    v_diag_mean = np.cumsum(np.diag(V)) / (t + 1)
+    v_sum = np.diag(np.cumsum(np.cumsum(V, 0), 1))
+    off = np.where(t > 0, (v_sum - v_diag_mean * (t + 1)) / np.maximum(t * (t + 1), 1), 0.0)
+    np.fill_diagonal(O, sum_a2 * v_diag_mean + (1 - sum_a2) * off)
+    return d * s2["attn_proj"] * O, sum_a2, tau2
 
 
 def _layer_norm_kernel(K: np.ndarray, eps: float) -> np.ndarray:

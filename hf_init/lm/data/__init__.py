@@ -1,1 +1,1 @@
-"""Text for pretraining: arguments, the built-in corpus, loaders, the tokenizer, fixed-length blocks."""
+"""Text for pretraining: arguments, built-in corpus, loaders, tokenizer, fixed-length blocks."""

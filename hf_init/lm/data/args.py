@@ -37,22 +37,23 @@ class DataArguments:
     train_file: str | None = field(
         default=None,
         metadata={
-            "help": "Local training text: .txt (one document per line; see --sample_by), .json/.jsonl, "
-            ".csv, .tsv or .parquet (a text column, see --text_column)."
+            "help": "Local training text: .txt (one document per line; see --sample_by), "
+            ".json/.jsonl, .csv, .tsv or .parquet (a text column, see --text_column)."
         },
     )
     validation_file: str | None = field(
         default=None,
         metadata={
-            "help": "Local validation text (same format as --train_file). Default: carved from train."
+            "help": "Local validation text (same format as --train_file). Default: carved from "
+            "train."
         },
     )
     text_column: str = field(default="text", metadata={"help": "Column that holds the text."})
     sample_by: str = field(
         default="line",
         metadata={
-            "help": "What one document of a .txt file is: line (every non-empty line, as in run_clm.py), "
-            "paragraph (text between blank lines) or document (the whole file)."
+            "help": "What one document of a .txt file is: line (every non-empty line, as in "
+            "run_clm.py), paragraph (text between blank lines) or document (the whole file)."
         },
     )
     validation_split_percentage: int = field(
@@ -65,16 +66,16 @@ class DataArguments:
     validation_split_seed: int = field(
         default=42,
         metadata={
-            "help": "Seed of the train/validation carve. Separate from --seed so that runs comparing "
-            "init schemes or seeds see the same split."
+            "help": "Seed of the train/validation carve. Separate from --seed so that runs "
+            "comparing init schemes or seeds see the same split."
         },
     )
     block_size: int = field(default=128, metadata={"help": "Tokens per training sequence."})
     add_eos_token: bool = field(
         default=True,
         metadata={
-            "help": "Append the eos token after every non-empty document. Turn off for datasets whose "
-            "rows are lines of longer documents (e.g. wikitext)."
+            "help": "Append the eos token after every non-empty document. Turn off for datasets "
+            "whose rows are lines of longer documents (e.g. wikitext)."
         },
     )
     preprocessing_num_workers: int | None = field(
@@ -90,8 +91,8 @@ class DataArguments:
     max_train_documents: int | None = field(
         default=None,
         metadata={
-            "help": "Keep only the first N training documents after the validation carve (for quick runs "
-            "and tests: the tokenizer then trains on less text)."
+            "help": "Keep only the first N training documents after the validation carve (for "
+            "quick runs and tests: the tokenizer then trains on less text)."
         },
     )
     max_train_samples: int | None = field(
@@ -110,7 +111,8 @@ class DataArguments:
     tokenizer_name: str | None = field(
         default=None,
         metadata={
-            "help": "Tokenizer: a local folder or Hub id. Default: train a ByteLevel BPE on the train split."
+            "help": "Tokenizer: a local folder or Hub id. Default: train a ByteLevel BPE on the "
+            "train split."
         },
     )
     vocab_size: int = field(

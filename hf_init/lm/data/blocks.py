@@ -60,28 +60,11 @@ def tokenize_and_group(
     Raises ValueError when a split has fewer tokens than one block (stating both numbers).
     Streaming data is mapped lazily, without that check (nothing is read here).
     """
-    eos_id = None
-    if args.add_eos_token:
-        eos_id = tokenizer.eos_token_id
-        if eos_id is None:
-            raise ValueError(
-                "the tokenizer has no eos token to separate documents; pass --add_eos_token false"
-            )
+    eos_id = _separator_id(tokenizer, args)
     streaming = isinstance(raw, datasets.IterableDatasetDict)
 
     def guard(desc: str) -> contextlib.AbstractContextManager:
         return main_process_first(desc=desc) if main_process_first else contextlib.nullcontext()
-
-    def cached(
-        desc: str,
-    ) -> dict[str, Any]:  # IterableDataset.map has no cache, workers or progress bar
-        if streaming:
-            return {}
-        return {
-            "num_proc": args.preprocessing_num_workers,
-            "load_from_cache_file": not args.overwrite_cache,
-            "desc": desc,
-        }
 
     with guard("tokenizing"):
         tokenized = raw.map(
@@ -89,7 +72,7 @@ def tokenize_and_group(
             batched=True,
             remove_columns=[TEXT_COLUMN],
             fn_kwargs={"tokenizer": tokenizer, "eos_id": eos_id},
-            **cached("Tokenizing"),
+            **_map_options(args, streaming, "Tokenizing"),
         )
     with guard("grouping"):
         grouped = tokenized.map(
@@ -97,24 +80,54 @@ def tokenize_and_group(
             batched=True,
             batch_size=args.group_batch_size,
             fn_kwargs={"block_size": args.block_size},
-            **cached(f"Grouping into blocks of {args.block_size}"),
+            **_map_options(args, streaming, f"Grouping into blocks of {args.block_size}"),
         )
     if streaming:
-        if args.max_train_samples is not None:
-            grouped["train"] = grouped["train"].take(args.max_train_samples)
-        if args.max_eval_samples is not None:
-            grouped["validation"] = grouped["validation"].take(args.max_eval_samples)
-        return grouped
-
+        return _first_blocks(grouped, args, lambda ds, n: ds.take(n))
     for split, ds in grouped.items():
         if len(ds) == 0:
-            batches = tokenized[split].iter(batch_size=10_000)
-            n_tokens = sum(len(ids) for batch in batches for ids in batch["input_ids"])
-            raise ValueError(
-                f"the {split} split has {n_tokens} tokens, fewer than one block of --block_size "
-                f"{args.block_size}; use more text or a smaller --block_size"
-            )
+            raise ValueError(_too_short(split, tokenized[split], args.block_size))
+    return _first_blocks(grouped, args, lambda ds, n: ds.select(range(n)) if n < len(ds) else ds)
+
+
+def _separator_id(tokenizer, args: DataArguments) -> int | None:
+    """The eos id appended to every non-empty document, None without ``args.add_eos_token``;
+    ValueError when the tokenizer has none."""
+    if not args.add_eos_token:
+        return None
+    if tokenizer.eos_token_id is None:
+        raise ValueError(
+            "the tokenizer has no eos token to separate documents; pass --add_eos_token false"
+        )
+    return tokenizer.eos_token_id
+
+
+def _map_options(args: DataArguments, streaming: bool, desc: str) -> dict[str, Any]:
+    """``datasets.map``'s cache, worker and progress-bar options (none for streaming data:
+    ``IterableDataset.map`` has no cache, workers or progress bar)."""
+    if streaming:
+        return {}
+    return {
+        "num_proc": args.preprocessing_num_workers,
+        "load_from_cache_file": not args.overwrite_cache,
+        "desc": desc,
+    }
+
+
+def _first_blocks(grouped, args: DataArguments, first):
+    """``grouped`` with its train and validation splits cut to ``max_train_samples`` and
+    ``max_eval_samples`` blocks by ``first(split, n)`` (where a limit is set)."""
     for split, limit in (("train", args.max_train_samples), ("validation", args.max_eval_samples)):
-        if limit is not None and limit < len(grouped[split]):
-            grouped[split] = grouped[split].select(range(limit))
+        if limit is not None:
+            grouped[split] = first(grouped[split], limit)
     return grouped
+
+
+def _too_short(split: str, tokenized, block_size: int) -> str:
+    """The error of a split with fewer tokens than one block, stating both numbers."""
+    batches = tokenized.iter(batch_size=10_000)
+    n_tokens = sum(len(ids) for batch in batches for ids in batch["input_ids"])
+    return (
+        f"the {split} split has {n_tokens} tokens, fewer than one block of --block_size "
+        f"{block_size}; use more text or a smaller --block_size"
+    )

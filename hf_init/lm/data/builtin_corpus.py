@@ -42,7 +42,8 @@ _SKIP_DIRS = {
 
 
 def _stdlib_sources() -> list[Path]:
-    """Standard-library ``.py`` files in a fixed (sorted) order, without tests and third-party code."""
+    """Standard-library ``.py`` files in a fixed (sorted) order, without tests and third-party
+    code."""
     root = Path(sysconfig.get_paths()["stdlib"])
     found: list[Path] = []
     for folder, dirs, files in os.walk(root):
@@ -100,10 +101,8 @@ def _cache_root(cache_dir: str | None) -> Path:
 
 
 def builtin_dataset(cache_dir: str | None = None) -> datasets.Dataset:
-    """The built-in corpus as a disk-backed Dataset (column ``TEXT_COLUMN``), extracted once and cached.
-
-    Disk-backed matters: ``datasets.map`` caches results only for datasets that live in files.
-    """
+    """The built-in corpus as a disk-backed Dataset (column ``TEXT_COLUMN``), extracted once and
+    cached: ``datasets.map`` caches results only for datasets that live in files."""
     folder = _cache_root(cache_dir) / "hf_init" / "builtin_corpus" / _builtin_cache_key()
     if not (folder / "dataset_info.json").exists():
         folder.parent.mkdir(parents=True, exist_ok=True)

@@ -5,12 +5,14 @@ transformers' ``run_clm.py``):
 
 * the built-in offline corpus (the default, :mod:`hf_init.lm.data.builtin_corpus`);
 * a Hub dataset by name/config (``datasets.load_dataset``; ``streaming`` for large ones);
-* local files (``.txt``, ``.json``, ``.jsonl``, ``.csv``, ``.tsv``, ``.parquet``) with a text column.
+* local files (``.txt``, ``.json``, ``.jsonl``, ``.csv``, ``.tsv``, ``.parquet``) with a text
+  column.
 
 A *document* is one row of the text column: one help topic or one module's docstrings for the
-built-in corpus; one non-empty line of a ``.txt`` file (``--sample_by``: or a paragraph, or the whole file); one record of a JSON/CSV file;
-one row of a Hub dataset. Whatever ``--text_column`` names, the loaded splits hold one column,
-``TEXT_COLUMN`` (``"text"``), which the tokenizer trainer and :mod:`hf_init.lm.data.blocks` read.
+built-in corpus; one non-empty line of a ``.txt`` file (``--sample_by``: or a paragraph, or the
+whole file); one record of a JSON/CSV file; one row of a Hub dataset. Whatever
+``--text_column`` names, the loaded splits hold one column, ``TEXT_COLUMN`` (``"text"``), which
+the tokenizer trainer and :mod:`hf_init.lm.data.blocks` read.
 
 Every ``datasets.map`` result is cached next to the data it was computed from, under a
 deterministic fingerprint, so a second run reuses it.
@@ -44,8 +46,10 @@ FILE_BUILDERS = {
 #: What each builder expects a local file to hold (for error messages).
 _FILE_CONTENT = {
     "text": "UTF-8 text (one document per line, or per paragraph with --sample_by paragraph)",
-    "json": "one JSON object per line (or a JSON list of objects) with a string text column (--text_column)",
-    "csv": "a header row and a string text column (--text_column), comma-separated (.csv) or tab-separated (.tsv)",
+    "json": "one JSON object per line (or a JSON list of objects) with a string text column "
+    "(--text_column)",
+    "csv": "a header row and a string text column (--text_column), comma-separated (.csv) or "
+    "tab-separated (.tsv)",
     "parquet": "a Parquet table with a string text column (--text_column)",
 }
 _OFFLINE_HINT = (
@@ -77,12 +81,14 @@ def _carve_validation(train, args: DataArguments):
     if len(train) < 2:
         rule = ""
         if args.train_file and FILE_BUILDERS.get(Path(args.train_file).suffix.lower()) == "text":
+            unit = "non-empty line" if args.sample_by == "line" else args.sample_by
             rule = (
-                f" (a .txt file holds one document per {'non-empty line' if args.sample_by == 'line' else args.sample_by}"
-                f" with --sample_by {args.sample_by}; choose line, paragraph or document)"
+                f" (a .txt file holds one document per {unit} with --sample_by {args.sample_by}; "
+                "choose line, paragraph or document)"
             )
         raise ValueError(
-            f"cannot carve a validation split from {len(train)} training document(s){rule}: pass --validation_file"
+            f"cannot carve a validation split from {len(train)} training document(s){rule}: "
+            "pass --validation_file"
         )
     split = train.train_test_split(test_size=fraction, seed=seed)
     return split["train"], split["test"]
@@ -120,10 +126,10 @@ def load_raw_text(args: DataArguments) -> tuple[datasets.DatasetDict, dict[str, 
     (an ``IterableDatasetDict`` when ``args.streaming``), and the corpus info.
 
     Info: ``name``, ``source`` (builtin | hub | files), ``n_documents``, ``n_chars`` (Unicode code
-    points) and ``sha256`` (``corpus_sha256``) of the corpus *as loaded*, before the validation carve
-    and before ``max_train_documents``: the built-in corpus in ``builtin_corpus()`` order; a Hub
-    dataset or local files: the train split then the validation split (if one was given), in
-    dataset order. ``train_documents``/``validation_documents`` count what each split holds after
+    points) and ``sha256`` (``corpus_sha256``) of the corpus *as loaded*, before the validation
+    carve and before ``max_train_documents``: the built-in corpus in ``builtin_corpus()`` order;
+    a Hub dataset or local files: the train split then the validation split (if one was given),
+    in dataset order. ``train_documents``/``validation_documents`` count what each split holds after
     the carve and subsetting. Streaming: counts and hash are None (unknown without reading it all).
     """
     if args.dataset_name:
@@ -132,8 +138,9 @@ def load_raw_text(args: DataArguments) -> tuple[datasets.DatasetDict, dict[str, 
         raw, info = _load_files(args)
     else:
         corpus = builtin_dataset(args.data_cache_dir)
+        python = sys.version.split()[0]
         info = _info_for(
-            f"{BUILTIN_CORPUS_NAME} (pydoc_data.topics + stdlib docstrings, Python {sys.version.split()[0]})",
+            f"{BUILTIN_CORPUS_NAME} (pydoc_data.topics + stdlib docstrings, Python {python})",
             "builtin",
             [corpus],
         )
@@ -158,7 +165,7 @@ def load_raw_text(args: DataArguments) -> tuple[datasets.DatasetDict, dict[str, 
         info["train_documents"] = len(raw["train"])
         info["validation_documents"] = len(raw["validation"])
     if args.streaming:
-        # The built-in corpus is map-style even when streaming is asked for: stream it as promised.
+        # The built-in corpus is map-style even when streaming is asked for: streamed as promised
         splits = {
             k: ds if isinstance(ds, datasets.IterableDataset) else ds.to_iterable_dataset()
             for k, ds in ((k, raw[k]) for k in ("train", "validation"))
@@ -173,8 +180,8 @@ def _only_text_column(raw, column: str, what: str):
         names = ds.column_names
         if names is not None and column not in names:
             raise ValueError(
-                f"{what} split {split!r} has no column {column!r}; its columns: {', '.join(names)} "
-                f"(set --text_column)"
+                f"{what} split {split!r} has no column {column!r}; "
+                f"its columns: {', '.join(names)} (set --text_column)"
             )
         feature = (ds.features or {}).get(column)
         if isinstance(feature, datasets.Value) and feature.dtype not in ("string", "large_string"):
@@ -214,24 +221,26 @@ def _load_hub(args: DataArguments):
     raw = (datasets.IterableDatasetDict if args.streaming else datasets.DatasetDict)(keep)
     raw = _only_text_column(raw, args.text_column, f"dataset {what!r}")
     if args.streaming:
-        info = {
-            "name": what,
-            "source": "hub",
-            "n_documents": None,
-            "n_chars": None,
-            "sha256": None,
-            "streaming": True,
-            "note": "streaming: size and hash unknown without reading the whole dataset",
-        }
-    else:
-        info = _info_for(what, "hub", list(raw.values()))
-    return raw, info
+        return raw, _streaming_info(what, "hub")
+    return raw, _info_for(what, "hub", list(raw.values()))
 
 
-def _load_files(args: DataArguments):
-    files = {"train": args.train_file}
-    if args.validation_file:
-        files["validation"] = args.validation_file
+def _streaming_info(name: str, source: str) -> dict[str, Any]:
+    """The corpus info of streamed data: no size or hash (unknown without reading it all)."""
+    return {
+        "name": name,
+        "source": source,
+        "n_documents": None,
+        "n_chars": None,
+        "sha256": None,
+        "streaming": True,
+        "note": "streaming: size and hash unknown without reading the whole dataset",
+    }
+
+
+def _file_builder(files: dict[str, str]) -> str:
+    """The ``datasets`` builder that reads every file of ``files`` (split -> path); ValueError
+    (FileNotFoundError) naming the flag for a missing, empty, unknown or mixed file."""
     builders = set()
     for split, path in files.items():
         if not os.path.isfile(path):
@@ -239,7 +248,8 @@ def _load_files(args: DataArguments):
         ext = Path(path).suffix.lower()
         if ext not in FILE_BUILDERS:
             raise ValueError(
-                f"--{split}_file {path!r} has extension {ext or '(none)'!r}; allowed: {', '.join(FILE_BUILDERS)}"
+                f"--{split}_file {path!r} has extension {ext or '(none)'!r}; "
+                f"allowed: {', '.join(FILE_BUILDERS)}"
             )
         if os.path.getsize(path) == 0:
             raise ValueError(
@@ -248,48 +258,46 @@ def _load_files(args: DataArguments):
         builders.add(FILE_BUILDERS[ext])
     if len(builders) > 1:
         raise ValueError(
-            f"--train_file and --validation_file must be the same kind of file, got {sorted(builders)}"
+            "--train_file and --validation_file must be the same kind of file, "
+            f"got {sorted(builders)}"
         )
-    builder = builders.pop()
-    kwargs: dict[str, Any] = {}
+    return builders.pop()
+
+
+def _builder_options(builder: str, args: DataArguments) -> dict[str, Any]:
+    """The builder's options: a text file is one example per line (keeping its line break, like
+    run_clm.py) unless --sample_by says otherwise; a .tsv file is tab-separated."""
     if builder == "text":
-        # like run_clm.py: one example per line (keeping its line break), unless --sample_by says otherwise
-        kwargs = {"sample_by": args.sample_by, "keep_linebreaks": args.sample_by == "line"}
-    elif builder == "csv" and Path(args.train_file).suffix.lower() == ".tsv":
-        kwargs = {"sep": "\t"}
+        return {"sample_by": args.sample_by, "keep_linebreaks": args.sample_by == "line"}
+    if builder == "csv" and Path(args.train_file).suffix.lower() == ".tsv":
+        return {"sep": "\t"}
+    return {}
+
+
+def _load_files(args: DataArguments):
+    files = {"train": args.train_file}
+    if args.validation_file:
+        files["validation"] = args.validation_file
+    builder = _file_builder(files)
     try:
         raw = datasets.load_dataset(
             builder,
             data_files={k: os.path.abspath(v) for k, v in files.items()},
             streaming=args.streaming,
             cache_dir=args.data_cache_dir,
-            **kwargs,
+            **_builder_options(builder, args),
         )
-    except (
-        datasets.exceptions.DatasetGenerationError
-    ) as err:  # unreadable file: name it, no traceback
+    except datasets.exceptions.DatasetGenerationError as err:  # unreadable: name it, no traceback
         cause = first_line(err.__cause__) if err.__cause__ is not None else first_line(err)
         raise ValueError(
             f"cannot read {', '.join(map(repr, files.values()))} as {builder} ({cause}); "
             f"expected {_FILE_CONTENT[builder]}"
         ) from None
-    column = (
-        "text" if builder == "text" else args.text_column
-    )  # the text builder names its column "text"
+    column = "text" if builder == "text" else args.text_column  # the text builder's column name
     raw = _only_text_column(raw, column, f"file {args.train_file!r}")
     if builder == "text" and args.sample_by == "line":  # a blank line is no example
         raw = raw.filter(lambda row: bool(row[TEXT_COLUMN].strip()))
     names = ", ".join(os.path.basename(p) for p in files.values())
     if args.streaming:
-        info = {
-            "name": names,
-            "source": "files",
-            "n_documents": None,
-            "n_chars": None,
-            "sha256": None,
-            "streaming": True,
-            "note": "streaming: size and hash unknown without reading the whole dataset",
-        }
-    else:
-        info = _info_for(names, "files", [raw[k] for k in files])
-    return raw, info
+        return raw, _streaming_info(names, "files")
+    return raw, _info_for(names, "files", [raw[k] for k in files])

@@ -76,13 +76,14 @@ def _batches(texts: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
 
 def load_or_train_tokenizer(args: DataArguments, raw_train) -> PreTrainedTokenizerFast:
     """``args.tokenizer_name`` (a local folder, or a Hub id) if given, else a ByteLevel BPE of
-    ``args.vocab_size`` trained on the training split ``raw_train`` (never on validation text), as
-    ``load_raw_text`` returns it: its text is in column ``TEXT_COLUMN`` whatever ``--text_column`` was.
+    ``args.vocab_size`` trained on the training split ``raw_train`` (never on validation text),
+    as ``load_raw_text`` returns it (text in column ``TEXT_COLUMN``).
 
-    With a map-style ``raw_train`` every document trains the BPE (``args.max_train_documents``, applied
-    by ``load_raw_text``, is the knob that makes this fast); with a streaming one, the first
-    ``args.tokenizer_train_documents`` documents (default ``STREAMING_TOKENIZER_DOCUMENTS``).
-    A Hub id that cannot be fetched raises ValueError naming the offline alternatives.
+    With a map-style ``raw_train`` every document trains the BPE (``args.max_train_documents``,
+    applied by ``load_raw_text``, is the knob that makes this fast); with a streaming one, the
+    first ``args.tokenizer_train_documents`` documents (default
+    ``STREAMING_TOKENIZER_DOCUMENTS``). A Hub id that cannot be fetched raises ValueError naming
+    the offline alternatives.
     """
     if args.tokenizer_name:
         return _load_tokenizer(args.tokenizer_name)
@@ -111,8 +112,9 @@ def _load_tokenizer(name: str) -> PreTrainedTokenizerFast:
             return AutoTokenizer.from_pretrained(name)
         except (OSError, ValueError) as err:
             raise ValueError(
-                f"folder {name!r} holds no loadable tokenizer ({first_line(err)}); pass a folder written by "
-                f"save_pretrained (with tokenizer.json), or omit --tokenizer_name to train a ByteLevel BPE"
+                f"folder {name!r} holds no loadable tokenizer ({first_line(err)}); pass a folder "
+                "written by save_pretrained (with tokenizer.json), or omit --tokenizer_name to "
+                "train a ByteLevel BPE"
             ) from None
     if os.path.exists(name):
         raise ValueError(
@@ -123,6 +125,6 @@ def _load_tokenizer(name: str) -> PreTrainedTokenizerFast:
     except OSError as err:  # offline, unreachable, or no such repo; ConnectionError is an OSError
         raise ValueError(
             f"cannot load tokenizer {name!r}: it is no local folder and the Hub did not provide it "
-            f"({first_line(err)}); offline, omit --tokenizer_name to train a ByteLevel BPE on the training text "
-            f"(--vocab_size), or pass a local folder saved with save_pretrained"
+            f"({first_line(err)}); offline, omit --tokenizer_name to train a ByteLevel BPE on the "
+            "training text (--vocab_size), or pass a local folder saved with save_pretrained"
         ) from None

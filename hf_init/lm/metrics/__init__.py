@@ -12,7 +12,7 @@ METRICS_DIR = Path(__file__).resolve().parent
 
 
 def metric_path(name: str) -> str:
-    """Folder of the local metric module ``name`` (the folder name equals the module's file stem)."""
+    """Folder of the local metric module ``name`` (the folder name is the module file's stem)."""
     path = METRICS_DIR / name
     if not (path / f"{name}.py").is_file():
         available = sorted(p.name for p in METRICS_DIR.iterdir() if (p / f"{p.name}.py").is_file())

@@ -1,0 +1,1 @@
+"""The coord check (microsoft/mup's): activation sizes per layer and step across model widths."""
