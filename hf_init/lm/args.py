@@ -86,7 +86,7 @@ class RunArguments:
         metadata={"help": "record Q/K/V variance every N optimizer steps (default: logging_steps)"},
     )
     attention_probe_blocks: int = field(
-        default=4,
+        default=1,  # attention_probe.PROBE_BLOCKS (that module imports torch)
         metadata={"help": "held-out blocks in the attention probe batch (0: no attention records)"},
     )
     overwrite_output_dir: bool = field(

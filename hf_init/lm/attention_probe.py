@@ -26,9 +26,10 @@ import torch
 from hf_init.core.records import make_record
 from hf_init.lm.recorders import StepRecorder, _is_sharded, gpt2_blocks, unwrap_model
 
-PROBE_BLOCKS = 4
-"""Held-out blocks in the default probe batch: one small forward pass per record step (its cost:
-docs/benchmarks.md, "Attention probe")."""
+PROBE_BLOCKS = 1
+"""Held-out blocks in the default probe batch: its forward pass is the probe's cost, so one block
+keeps a record step's probe within 1% of the default run (docs/benchmarks.md, "Attention
+probe"); a study that wants more tokens per record asks for them (init_study_pretrain.yaml)."""
 
 
 def probe_batch(dataset, n_blocks: int = PROBE_BLOCKS) -> torch.Tensor:
