@@ -4,10 +4,11 @@ variance callback, on synthetic tokens (no data, no Hub). Default: GPT-2 small (
 
     python benchmarks/gpu_throughput.py                       # 124M on the GPU
     python benchmarks/gpu_throughput.py --n_layer 2 --n_embd 32 --n_head 2 --seq_len 16 \\
-        --batch_size 2 --vocab_size 64 --steps 6 --warmup_steps 2 --every 2   # tiny, on a CPU
+        --batch_size 2 --vocab_size 64 --steps 6 --warmup_steps 2 --every 2
+                                          # tiny shape: runs on a CPU (the test does)
 
 Prints one line per variant and, with --out, writes them as JSON. MFU = tokens/s x
-(6 N + 12 L H Q T) / peak FLOP/s of the device (hf_init.lm.run_folder: a small table of known
+(6 N + 12 L H Q T) / peak FLOP/s of the device (hf_init.lm.throughput: a small table of known
 accelerators by name; null on a CPU or an unknown device). Timing starts after --warmup_steps
 (compilation, allocator).
 """
@@ -95,7 +96,7 @@ def run_variant(a, with_callback: bool) -> dict:
 
     from hf_init.lm.modeling import build_model
     from hf_init.lm.recorders import QKVVarianceCallback
-    from hf_init.lm.run_folder import device_name, mfu, model_flops_per_token
+    from hf_init.lm.throughput import device_name, mfu, model_flops_per_token
 
     cuda = torch.cuda.is_available()
     torch.manual_seed(0)
@@ -164,8 +165,9 @@ def main(argv=None):
         mfu_text = "n/a (unknown peak)" if r["mfu"] is None else f"{r['mfu']:.1%}"
         variant = "with" if r["callback"] else "without"
         print(
-            f"{variant:7s} callback: {r['tokens_per_second']:,.0f} tokens/s, MFU {mfu_text}, "
-            f"{r['device']}, {r['n_parameters']:,} parameters, {r['timed_steps']} timed steps"
+            f"{variant:7s} callback: "
+            f"{r['tokens_per_second']:,.0f} tokens/s, MFU {mfu_text}, {r['device']}, "
+            f"{r['n_parameters']:,} parameters, {r['timed_steps']} timed steps"
         )
     if a.out:
         a.out.write_text(json.dumps(results, indent=2) + "\n")

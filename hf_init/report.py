@@ -27,7 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hf_init.core.outputs import write_atomic
 from hf_init.core.records import read_records
+from hf_init.lm.run_folder import RUN_INFO, TENSORBOARD_DIR, VARIANCE_FILE, RunFolder
+from hf_init.lm.study import STUDY_FILE
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -44,9 +47,15 @@ class Run:
     def label(self) -> str:
         return ", ".join(f"{k} {v}" for k, v in self.keys.items())
 
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.path)
+
 
 def is_run(path: Path) -> bool:
-    return (path / "variance.jsonl").is_file() and (path / "run_info.json").is_file()
+    """A finished pretraining run with its records."""
+    folder = RunFolder(path)
+    return folder.is_finished() and folder.records.is_file()
 
 
 def is_mlp_study(path: Path) -> bool:
@@ -69,7 +78,7 @@ def discover(paths) -> tuple[list[Path], list[Path]]:
                 found = True
         if not found:
             raise ValueError(
-                f"{str(p)!r} holds no finished pretraining run (variance.jsonl + run_info.json), "
+                f"{str(p)!r} holds no finished pretraining run ({VARIANCE_FILE} + {RUN_INFO}), "
                 f"study of runs, or MLP study (summary.json + results.csv)"
             )
     return runs, mlp
@@ -85,7 +94,7 @@ def scheme_label(info: dict) -> str:
 
 
 def load_runs(paths: list[Path]) -> list[Run]:
-    infos = [json.loads((p / "run_info.json").read_text()) for p in paths]
+    infos = [RunFolder(p).read_info() for p in paths]
     tr = [i["config"]["training"] for i in infos]
     lrs = {t["learning_rate"] for t in tr}
     scheds = {str(t["lr_scheduler_type"]) for t in tr}
@@ -101,9 +110,7 @@ def load_runs(paths: list[Path]) -> list[Run]:
 
 
 def records_table(runs: list[Run]) -> pd.DataFrame:
-    return pd.concat(
-        [read_records(r.path / "variance.jsonl", **r.keys) for r in runs], ignore_index=True
-    )
+    return pd.concat([read_records(r.folder.records, **r.keys) for r in runs], ignore_index=True)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -196,7 +203,7 @@ def train_loss_curves(run: Run) -> pd.DataFrame | None:
     except ImportError:
         return None
     rows = []
-    for events in sorted((run.path / "runs").rglob("events.out.tfevents.*")):
+    for events in sorted((run.path / TENSORBOARD_DIR).rglob("events.out.tfevents.*")):
         acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
         acc.Reload()
         if "train/loss" in acc.Tags().get("scalars", []):
@@ -317,7 +324,7 @@ def attention_summary(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 # ---------------------------------------------------------------- MLP studies
 
 
-def mlp_section(folder: Path) -> tuple[dict, pd.DataFrame, list[Path]]:
+def mlp_study_contents(folder: Path) -> tuple[dict, pd.DataFrame, list[Path]]:
     """(summary.json, per-configuration means of results.csv's numeric columns, PNG figures)."""
     summary = json.loads((folder / "summary.json").read_text())
     results = pd.read_csv(folder / "results.csv")
@@ -372,6 +379,18 @@ class Document:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         )
 
+    def write(self, md_path: Path, html_path: Path) -> list[Path]:
+        """The markdown file and the self-contained HTML page, each written atomically."""
+        md = "\n".join(self.md)
+        page = (
+            '<!DOCTYPE html><html><head><meta charset="utf-8"><title>hf-init report</title>'
+            f"<style>{STYLE}</style></head><body>" + "\n".join(self.html) + "</body></html>"
+        )
+        return [
+            write_atomic(md_path, lambda f: f.write(md)),
+            write_atomic(html_path, lambda f: f.write(page)),
+        ]
+
 
 def _md_to_html(text: str) -> str:
     from markdown_it import MarkdownIt
@@ -381,17 +400,15 @@ def _md_to_html(text: str) -> str:
 
 STYLE = (
     "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
-    "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;"
-    "text-align:right}th{background:#f3f3f3}img{max-width:100%}figure{margin:1em 0}"
+    "table{border-collapse:collapse;font-size:13px;margin:1em 0}"
+    "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
+    "th{background:#f3f3f3}img{max-width:100%}figure{margin:1em 0}"
     "figcaption{font-size:13px;color:#555}code{background:#f3f3f3}"
 )
 
 
 def write_report(paths, output_dir) -> list[Path]:
     """Build report.md (+ report_files/) and report.html in ``output_dir`` from the folders."""
-    from hf_init.core.outputs import write_atomic
-    from hf_init.lm.equilibration import check_claims, claims_markdown, equilibration_table
-
     run_dirs, mlp_dirs = discover(paths)  # bad folders are refused before anything is written
     out = Path(output_dir)
     files = out / FILES_DIR
@@ -399,97 +416,112 @@ def write_report(paths, output_dir) -> list[Path]:
     doc = Document(files, out)
     doc.heading("hf-init report", 1)
     doc.text("Sources: " + ", ".join(f"`{p}`" for p in map(str, paths)) + ".")
-
     if run_dirs:
-        runs = load_runs(run_dirs)
-        keys = list(runs[0].keys)
-        for study in (Path(p) / "study.json" for p in paths):
-            if study.is_file():
-                doc.text(f"Study command: `{json.loads(study.read_text())['command']}`")
-        doc.heading("Configurations")
-        shared, differ = configs_tables(runs)
-        doc.text(f"{len(runs)} pretraining runs. Settings shared by every run:")
-        doc.table(shared)
-        if len(runs) > 1:
-            doc.text("Settings that differ (one column per run):")
-            doc.table(differ)
-
-        doc.heading("Loss and perplexity")
-        results = results_table(runs)
-        doc.text(
-            "Final evaluation on the held-out split (eval loss = mean next-token cross-entropy, "
-            "perplexity = exp(eval loss)); train_loss = mean logged training loss over the run."
-        )
-        doc.table(results)
-        if len(runs) > 1:
-            doc.text("Per scheme, over seeds (std with ddof=1; NaN with one seed):")
-            doc.table(scheme_summary(results))
-        doc.figure("training loss of every run", loss_figure(runs, files / "training_loss.png"))
-
-        table = records_table(runs)
-        doc.heading("Q/K/V variance and attention, per scheme")
-        doc.text(
-            "One run per scheme (its lowest seed): weight variance of Q, K, V per layer (shallow dark, "
-            "deep yellow), and on a fixed probe batch of held-out blocks the std of the attention "
-            "logits q.k/sqrt(d_head) and the mean attention entropy, per layer (mean over heads)."
-        )
-        shown = set()
-        for r in runs:
-            group = tuple(v for k, v in r.keys.items() if k != "seed")
-            if group in shown:
-                continue
-            shown.add(group)
-            sub = table
-            for k, v in r.keys.items():
-                sub = sub[sub[k] == v]
-            for caption, path in run_figures(r, files, sub):
-                doc.figure(caption, path)
-        att = attention_summary(table, keys)
-        if not att.empty:
-            doc.text(
-                "Attention, mean over layers and heads, at the first and the last record step:"
-            )
-            doc.table(att)
-
-        variances = table[
-            ((table["statistic"] == "var") & table["role"].isin(["q", "k", "v"]))
-            | (table["statistic"] == "learning_rate")
-        ]
-        variances = variances.drop(columns=[c for c in ("head",) if c in variances])
-        eq = equilibration_table(variances)
-        eq.to_csv(files / "equilibration.csv", index=False)
-        doc.heading("Equilibration")
-        doc.text(
-            "Per scheme and projection, medians over seeds and layers (shallow / deep = first / last "
-            "third of the layers). growth = early growth rate of ln variance per step; eq_step = "
-            "equilibration step (NaN: never within the tolerance); lr_fraction_at_eq = learning rate "
-            "at the equilibration step / its peak (near 0: the schedule, not the weights, settled). "
-            f"Every (run, projection, layer): `{FILES_DIR}/equilibration.csv`."
-        )
-        doc.table(equilibration_summary(eq))
-        doc.heading("The paper's claims")
-        verdicts, per_seed = check_claims(variances)
-        per_seed.to_csv(files / "claims_per_seed.csv", index=False)
-        doc.text(claims_markdown(verdicts))
-        doc.text(f"Per-seed statistics: `{FILES_DIR}/claims_per_seed.csv`.")
-
+        pretraining_sections(doc, load_runs(run_dirs), paths)
     for folder in mlp_dirs:
-        summary, means, figures = mlp_section(folder)
-        doc.heading(f"MLP study: {folder.name}")
-        for k in ("command", "setup"):
-            if k in summary:
-                doc.text(f"{k}: `{summary[k]}`" if k == "command" else f"{k}: {summary[k]}")
-        doc.text("Means over seeds of `results.csv`:")
-        doc.table(means)
-        for fig in figures:
-            doc.figure(f"{folder.name}: {fig.name}", fig)
+        mlp_study_section(doc, folder)
+    return doc.write(out / REPORT_MD, out / REPORT_HTML)
 
-    md = "\n".join(doc.md)
-    page = (
-        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>hf-init report</title>'
-        f"<style>{STYLE}</style></head><body>" + "\n".join(doc.html) + "</body></html>"
+
+def pretraining_sections(doc: Document, runs: list[Run], paths) -> None:
+    """The sections on pretraining runs: the study command (when a folder is a study), configs,
+    loss and perplexity, figures per scheme, equilibration and the paper's claims."""
+    for study in (Path(p) / STUDY_FILE for p in paths):
+        if study.is_file():
+            doc.text(f"Study command: `{json.loads(study.read_text())['command']}`")
+    configs_section(doc, runs)
+    results_section(doc, runs)
+    table = records_table(runs)
+    figures_section(doc, runs, table)
+    equilibration_section(doc, table)
+
+
+def configs_section(doc: Document, runs: list[Run]) -> None:
+    doc.heading("Configurations")
+    shared, differ = configs_tables(runs)
+    doc.text(f"{len(runs)} pretraining runs. Settings shared by every run:")
+    doc.table(shared)
+    if len(runs) > 1:
+        doc.text("Settings that differ (one column per run):")
+        doc.table(differ)
+
+
+def results_section(doc: Document, runs: list[Run]) -> None:
+    doc.heading("Loss and perplexity")
+    results = results_table(runs)
+    doc.text(
+        "Final evaluation on the held-out split (eval loss = mean next-token cross-entropy, "
+        "perplexity = exp(eval loss)); train_loss = mean logged training loss over the run."
     )
-    return [
-        write_atomic(out / REPORT_MD, lambda f: f.write(md)),
-        write_atomic(out / REPORT_HTML, lambda f: f.write(page)),
+    doc.table(results)
+    if len(runs) > 1:
+        doc.text("Per scheme, over seeds (std with ddof=1; NaN with one seed):")
+        doc.table(scheme_summary(results))
+    doc.figure("training loss of every run", loss_figure(runs, doc.files / "training_loss.png"))
+
+
+def figures_section(doc: Document, runs: list[Run], table: pd.DataFrame) -> None:
+    """Q/K/V variance and attention figures of one run per scheme (its lowest seed), and the
+    attention summary of every run."""
+    doc.heading("Q/K/V variance and attention, per scheme")
+    doc.text(
+        "One run per scheme (its lowest seed): weight variance of Q, K, V per layer (shallow "
+        "dark, deep yellow), and on a fixed probe batch of held-out blocks the std of the "
+        "attention logits q.k/sqrt(d_head) and the mean attention entropy, per layer (mean over "
+        "heads)."
+    )
+    shown = set()
+    for r in runs:
+        group = tuple(v for k, v in r.keys.items() if k != "seed")
+        if group in shown:
+            continue
+        shown.add(group)
+        sub = table
+        for k, v in r.keys.items():
+            sub = sub[sub[k] == v]
+        for caption, path in run_figures(r, doc.files, sub):
+            doc.figure(caption, path)
+    att = attention_summary(table, list(runs[0].keys))
+    if not att.empty:
+        doc.text("Attention, mean over layers and heads, at the first and the last record step:")
+        doc.table(att)
+
+
+def equilibration_section(doc: Document, table: pd.DataFrame) -> None:
+    """The equilibration table and the paper's claims, from the Q/K/V variances and learning
+    rates of every run (each also written as CSV next to the report)."""
+    from hf_init.lm.equilibration import check_claims, claims_markdown, equilibration_table
+
+    variances = table[
+        ((table["statistic"] == "var") & table["role"].isin(["q", "k", "v"]))
+        | (table["statistic"] == "learning_rate")
     ]
+    variances = variances.drop(columns=[c for c in ("head",) if c in variances])
+    eq = equilibration_table(variances)
+    eq.to_csv(doc.files / "equilibration.csv", index=False)
+    doc.heading("Equilibration")
+    doc.text(
+        "Per scheme and projection, medians over seeds and layers (shallow / deep = first / last "
+        "third of the layers). growth = early growth rate of ln variance per step; eq_step = "
+        "equilibration step (NaN: never within the tolerance); lr_fraction_at_eq = learning rate "
+        "at the equilibration step / its peak (near 0: the schedule, not the weights, settled). "
+        f"Every (run, projection, layer): `{FILES_DIR}/equilibration.csv`."
+    )
+    doc.table(equilibration_summary(eq))
+    doc.heading("The paper's claims")
+    verdicts, per_seed = check_claims(variances)
+    per_seed.to_csv(doc.files / "claims_per_seed.csv", index=False)
+    doc.text(claims_markdown(verdicts))
+    doc.text(f"Per-seed statistics: `{FILES_DIR}/claims_per_seed.csv`.")
+
+
+def mlp_study_section(doc: Document, folder: Path) -> None:
+    summary, means, figures = mlp_study_contents(folder)
+    doc.heading(f"MLP study: {folder.name}")
+    for k in ("command", "setup"):
+        if k in summary:
+            doc.text(f"{k}: `{summary[k]}`" if k == "command" else f"{k}: {summary[k]}")
+    doc.text("Means over seeds of `results.csv`:")
+    doc.table(means)
+    for fig in figures:
+        doc.figure(f"{folder.name}: {fig.name}", fig)

@@ -18,19 +18,7 @@ _STARTED = time.time()
 from hf_init.core.cli import fail_cleanly  # noqa: E402
 
 
-def _sigterm_as_interrupt(signum, frame):
-    # a cluster's time limit (or `kill`) sends SIGTERM: stop like Ctrl-C (records flushed, one line,
-    # exit status 128 + 15, the command that continues the run)
-    import os
-
-    os.environ["HF_INIT_SIGNAL"] = str(signum)
-    raise KeyboardInterrupt
-
-
 def main(argv=None):
-    import signal
-
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     argv = sys.argv[1:] if argv is None else argv
     if "-h" in argv or "--help" in argv:
         from hf_init.lm.args import help_text

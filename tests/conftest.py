@@ -8,7 +8,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-# --- study runs shared by test_study_outputs.py and test_figures.py (scripts as subprocesses,
+# --- study runs shared by the test files of several folders (mlp/, theory/, core/test_figures.py,
 # tiny sizes)
 
 import subprocess  # noqa: E402
@@ -76,7 +76,7 @@ THEORY_ARGS = [
     "--gpt2_seeds",
     "1",
 ]
-# tiny model and data so a pretraining run takes seconds on a CPU (tests/test_pretrain.py)
+# tiny model and data so a pretraining run takes seconds on a CPU (tests/lm/test_pretrain.py)
 PRETRAIN_TINY = [
     "--n_layer",
     "2",
@@ -169,7 +169,8 @@ def theory_out(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """One 10-step pretraining run (subprocess: the Trainer's process state stays out of pytest),
-    shared by tests/test_pretrain.py and tests/test_figures.py: (run folder, CompletedProcess)."""
+    shared by tests/lm/test_pretrain.py and tests/core/test_figures.py: (run folder,
+    CompletedProcess)."""
     out = tmp_path_factory.mktemp("pretrain") / "run"
     proc = run_script("pretrain", *PRETRAIN_ARGS, "--output_dir", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -179,3 +180,69 @@ def tiny_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def pretrain_out(tiny_run):
     return tiny_run[0]
+
+
+# a tiny 2 schemes x 2 seeds init study (tests/lm/test_study.py, tests/test_report.py)
+STUDY_TINY = [
+    "--n_layer",
+    "3",
+    "--n_embd",
+    "32",
+    "--n_head",
+    "2",
+    "--block_size",
+    "32",
+    "--vocab_size",
+    "300",
+    "--max_train_documents",
+    "40",
+    "--max_eval_samples",
+    "16",
+    "--per_device_train_batch_size",
+    "4",
+    "--per_device_eval_batch_size",
+    "8",
+    "--logging_steps",
+    "3",
+    "--variance_steps",
+    "3",
+    "--warmup_steps",
+    "2",
+    "--max_steps",
+    "6",
+    "--attention_probe_blocks",
+    "4",
+]
+STUDY_SCHEMES = ["--schemes", "gpt2", "normal:0.05"]
+
+
+@pytest.fixture(scope="session")
+def study(tmp_path_factory):
+    """The study's folder, shared by the init-study and report tests."""
+    from hf_init.lm.study import run_study
+
+    out = tmp_path_factory.mktemp("study") / "s"
+    run_study([*STUDY_SCHEMES, "--seeds", "2", "--output_dir", str(out), *STUDY_TINY])
+    return out
+
+
+def study_script(name, *args):
+    """scripts/<name> (file name with .py) in a subprocess, offline; CompletedProcess."""
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / name), *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+STUDY_RUNS = ["gpt2_seed0", "gpt2_seed1", "normal_std0.05_seed0", "normal_std0.05_seed1"]

@@ -35,25 +35,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 ANALYSIS = [
-    "tests/test_mlp_analysis.py",
-    "tests/test_analysis_edges.py::test_stable_band_tie_goes_to_the_lower_run",
-    "tests/test_analysis_edges.py::test_paired_counts_do_not_count_ties_as_wins",
-    "tests/test_analysis_edges.py::test_verdict_needs_both_speed_metrics_significant",
+    "tests/mlp/test_mlp_analysis.py",
+    "tests/mlp/test_mlp_analysis.py::test_stable_band_tie_goes_to_the_lower_run",
+    "tests/mlp/test_mlp_analysis.py::test_paired_counts_do_not_count_ties_as_wins",
+    "tests/mlp/test_mlp_analysis.py::test_verdict_needs_both_speed_metrics_significant",
 ]
-TOLERANCE = ["tests/test_analysis_edges.py::test_theory_check_tolerance_is_k_sigma_over_sqrt_seeds"]
-SWEEP = ["tests/test_mlp_scripts.py::test_sweep_end_to_end_and_refuses_to_overwrite"]
-COMPARE = ["tests/test_mlp_scripts.py::test_compare_end_to_end"]
+TOLERANCE = ["tests/theory/test_theory.py::test_theory_check_tolerance_is_k_sigma_over_sqrt_seeds"]
+SWEEP = ["tests/mlp/test_mlp_scripts.py::test_sweep_end_to_end_and_refuses_to_overwrite"]
+COMPARE = ["tests/mlp/test_mlp_scripts.py::test_compare_end_to_end"]
 STUDY = [
-    "tests/test_study_outputs.py::test_compare_results_from_curves",
-    "tests/test_study_outputs.py::test_compare_summary_statistics_match_scipy",
+    "tests/mlp/test_mlp_study.py::test_compare_results_from_curves",
+    "tests/mlp/test_mlp_study.py::test_compare_summary_statistics_match_scipy",
 ]
-THEORY = ["tests/test_theory.py"]
-CALLBACKS = ["tests/test_callbacks.py"]
-VARIANCE = ["tests/test_pretrain.py::test_variance_table_summary_on_hand_made_records"]
-METRIC = ["tests/test_pretrain.py::test_next_token_accuracy_on_hand_made_logits"]
-FREEZE = ["tests/test_mlp.py"]
-OUT, FIG = "tests/test_study_outputs.py", "tests/test_figures.py"
-INSPECT = [f"{OUT}::test_inspect_init_table_matches_hand_computation"]
+THEORY = ["tests/theory/test_theory.py"]
+CALLBACKS = ["tests/lm/test_recorders.py"]
+VARIANCE = ["tests/lm/test_pretrain.py::test_variance_table_summary_on_hand_made_records"]
+METRIC = ["tests/lm/test_pretrain.py::test_next_token_accuracy_on_hand_made_logits"]
+FREEZE = ["tests/mlp/test_mlp.py"]
+MLP_STUDY, FIG = "tests/mlp/test_mlp_study.py", "tests/core/test_figures.py"
+PRETRAIN = "tests/lm/test_pretrain.py"
+INSPECT = ["tests/lm/test_modeling.py::test_inspect_init_table_matches_hand_computation"]
 
 # (id, file, original, replacement, tests)
 MUTANTS = [
@@ -319,23 +320,23 @@ MUTANTS = [
         "hf_init/core/moments.py",
         "        x.sub_(x.mean(dim=1, keepdim=True))\n",
         "",
-        ["tests/test_distributed_stats.py"],
+        ["tests/core/test_moments.py"],
     ),
     (
         "M38",
         "hf_init/core/moments.py",
         "x.view(len(chunk), lr, n_blocks, c)",
         "x.view(len(chunk), n_blocks, lr, c).transpose(1, 2)",
-        ["tests/test_distributed_stats.py"],
+        ["tests/core/test_moments.py"],
     ),
-    # study outputs and figures: each break is one that test_study_outputs.py / test_figures.py
-    # must see
+    # study outputs and figures: each break is one that the tests of what the scripts write and of
+    # the figures must see
     (
         "N01",
         "hf_init/lm/modeling.py",
         "shapes[role] = fans(part.shape, layout)",
         "shapes[role] = fans(part.shape[::-1], layout)",
-        [f"{OUT}::test_inspect_init_table_matches_hand_computation"],
+        INSPECT,
     ),
     (
         "N02",
@@ -343,28 +344,28 @@ MUTANTS = [
         "stats = {name: float(getattr(rec, name)[r, m]) for name in SPLIT_STATISTICS}",
         "stats = {name: float(getattr(rec, name.replace('train', 'test'))[r, m])"
         " for name in SPLIT_STATISTICS}",
-        [f"{OUT}::test_sweep_loss_records"],
+        [f"{MLP_STUDY}::test_sweep_loss_records"],
     ),
     (
         "N03",
         "hf_init/mlp/analysis.py",
         "{g: rr.count(g) for g in REGIMES if rr.count(g)}",
         "{g: rr.count(g) for g in REGIMES[1:] if rr.count(g)}",
-        [f"{OUT}::test_sweep_summary_json"],
+        [f"{MLP_STUDY}::test_sweep_summary_json"],
     ),
     (
         "N04",
         "hf_init/mlp/job.py",
         '"final_test_loss": r["final_test_loss"],',
         '"final_test_loss": r["final_train_loss"],',
-        [f"{OUT}::test_sweep_tensorboard_hparams"],
+        [f"{MLP_STUDY}::test_sweep_tensorboard_hparams"],
     ),
     (
         "N05",
         "hf_init/lm/pretrain.py",
         "if len(set(digests)) != 1:",
         "if len(set(digests)) > 2:",
-        [f"{OUT}::test_tokenizer_mismatch_across_ranks_is_refused_on_every_rank"],
+        [f"{PRETRAIN}::test_tokenizer_mismatch_across_ranks_is_refused_on_every_rank"],
     ),
     (
         "N06",
@@ -373,8 +374,8 @@ MUTANTS = [
         "        for name in [n for n in found if n != 'tb']:\n"
         "            os.replace(out / name, backup / name)",
         [
-            f"{OUT}::test_sweep_overwrite_replaces_the_previous_study",
-            f"{OUT}::test_compare_overwrite_replaces_the_previous_study",
+            f"{MLP_STUDY}::test_sweep_overwrite_replaces_the_previous_study",
+            f"{MLP_STUDY}::test_compare_overwrite_replaces_the_previous_study",
         ],
     ),
     (
@@ -382,7 +383,7 @@ MUTANTS = [
         "hf_init/mlp/analysis.py",
         "for x, y in zip([r[metric] for r in by[a]], [r[metric] for r in by[b]])",
         "for x, y in zip([r[metric] for r in by[b]], [r[metric] for r in by[a]])",
-        [f"{OUT}::test_compare_summary_statistics_match_scipy"],
+        [f"{MLP_STUDY}::test_compare_summary_statistics_match_scipy"],
     ),
     (
         "N08",

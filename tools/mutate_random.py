@@ -334,7 +334,7 @@ class TestOrder:
         for rel in [*self.modules.values(), *self.by_path.values(), *self.scripts.values()]:
             self.edges[rel] = self._refs(ast.parse((root / rel).read_text()))
         self.tests = {}
-        for path in sorted((root / "tests").glob("test_*.py")):
+        for path in sorted((root / "tests").rglob("test_*.py")):
             tree = ast.parse(path.read_text())
             self.tests[self._rel(path)] = (self._direct(tree), self._reach(self._refs(tree)))
 

@@ -1,7 +1,8 @@
 """Output folders, one way for every script: refuse a folder that already holds outputs unless
 the user passes the overwrite flag, and with it keep the earlier outputs until the new run
 succeeds (moved aside, put back exactly as they were if the run fails; a failed training run's
-own outputs are kept too, see :func:`kept_until_success`)."""
+own outputs are kept too, see :func:`kept_until_success`); write files atomically; record the
+package versions that produced them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import contextlib
 import json
 import math
 import os
+import platform
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -217,3 +219,25 @@ def write_csv(path: str | os.PathLike, rows: list[dict]) -> Path:
         w.writerows(rows)
 
     return write_atomic(path, write)
+
+
+def package_versions() -> dict:
+    """Python, the libraries a study's numbers depend on and the platform, recorded with its outputs
+    (a pretraining run's ``run_info.json``, an MLP study's ``summary.json``)."""
+    import accelerate
+    import datasets
+    import evaluate
+    import tokenizers
+    import torch
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+        "datasets": datasets.__version__,
+        "evaluate": evaluate.__version__,
+        "tokenizers": tokenizers.__version__,
+        "platform": platform.platform(),
+    }

@@ -14,7 +14,7 @@ import math
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 INDEX = ("step", "layer", "role")
 
@@ -116,23 +116,60 @@ def write_records(path: str | os.PathLike, records: Iterable[dict]) -> Path:
     return write_atomic(path, lambda f: f.write(text))
 
 
-def iter_records(path: str | os.PathLike) -> Iterator[dict]:
-    """The records of one file in file order, legacy variance lines converted. A torn last line
-    (a crash mid-write) is skipped; a bad line elsewhere is a ValueError naming file and line."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    for i, line in enumerate(lines):
+class RecordLine(NamedTuple):
+    """One non-blank line of a record file: its 1-based number, its text as in the file (newline
+    included, added where the file's last line has none), its JSON object, or ``None`` with the
+    parser's ``problem`` where the line is not JSON (a line a crash cut)."""
+
+    number: int
+    text: str
+    record: dict | None
+    problem: str | None
+
+
+def record_lines(path: str | os.PathLike) -> Iterator[RecordLine]:
+    """Every non-blank line of a record file, parsed: the one place a record file is read line
+    by line (:func:`iter_records`, :func:`split_at_step`)."""
+    text = Path(path).read_text(encoding="utf-8")
+    for number, line in enumerate(text.splitlines(keepends=True), 1):
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            record, problem = json.loads(line), None
         except json.JSONDecodeError as err:
+            record, problem = None, err.msg
+        yield RecordLine(number, line if line.endswith("\n") else line + "\n", record, problem)
+
+
+def iter_records(path: str | os.PathLike) -> Iterator[dict]:
+    """The records of one file in file order, legacy variance lines converted. A torn last line
+    (a crash mid-write) is skipped; a bad line elsewhere is a ValueError naming file and line."""
+    lines = list(record_lines(path))
+    for i, line in enumerate(lines):
+        rec = line.record
+        if rec is None:
             if i == len(lines) - 1:
                 return
-            raise ValueError(f"{path}:{i + 1}: not a JSON record ({err.msg})") from None
+            raise ValueError(f"{path}:{line.number}: not a JSON record ({line.problem})")
         if "role" not in rec and "layer" in rec and "step" in rec:
             yield from legacy_variance_records(rec)
         else:
             yield rec
+
+
+def split_at_step(path: str | os.PathLike, step: int) -> tuple[list[str], list[str]]:
+    """(the lines of a record file up to ``step``, the others: those after it and any line that
+    is not JSON), each as in the file. A record without a step counts as up to it; a missing file
+    gives two empty lists."""
+    up_to: list[str] = []
+    after: list[str] = []
+    if not Path(path).is_file():
+        return up_to, after
+    for line in record_lines(path):
+        rec = line.record
+        late = rec is None or (rec.get("step") is not None and rec["step"] > step)
+        (after if late else up_to).append(line.text)
+    return up_to, after
 
 
 # legacy wide variance.jsonl: field name -> (statistic); role is the part before/after the affix
@@ -195,30 +232,3 @@ def to_wide(frame):
     wide = frame.set_index([*index, "statistic"])["value"].unstack("statistic").reset_index()
     wide.columns.name = None
     return wide
-
-
-def set_aside_after(path: str | os.PathLike, step: int, side: str | os.PathLike) -> int:
-    """Before a resumed run appends to ``path``: move its lines with a ``step`` after ``step`` (left
-    by the interrupted run after its checkpoint) and any torn line to the end of the file ``side``,
-    byte for byte, and rewrite ``path`` (atomically) with the rest. Returns the number of lines
-    moved; a missing ``path`` is 0."""
-    path = Path(path)
-    if not path.is_file():
-        return 0
-    kept, moved = [], []
-    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            late = rec.get("step") is not None and rec["step"] > step
-        except json.JSONDecodeError:
-            late = True  # a torn line: the crash cut it
-        (moved if late else kept).append(line if line.endswith("\n") else line + "\n")
-    if moved:
-        with open(side, "a", encoding="utf-8") as f:
-            f.write("".join(moved))
-        from hf_init.core.outputs import write_atomic
-
-        write_atomic(path, lambda f: f.write("".join(kept)))
-    return len(moved)

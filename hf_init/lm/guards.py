@@ -1,10 +1,8 @@
-"""Trainer callbacks that look after the pretraining run itself (not measurements):
+"""The guards of a pretraining run: what stops it (not what measures it).
 
 * :class:`DivergenceStop`: stops a run whose gradient norm is not finite, before the bad update
   is applied, naming the step, layer and weight; :func:`keeps_grad_norm` hands it the norm the
   Trainer computed anyway, so a healthy step costs it one scalar read.
-* :class:`RecordsInCheckpoints`: every checkpoint folder (and so every Hub push of it) carries
-  ``variance.jsonl`` up to its step and the figures of those records.
 
 :func:`divergence_error` is the one message of a diverged run (also raised by the guard
 :class:`~hf_init.lm.sinks.NonFiniteRecords`); :func:`stop_on_every_rank` makes a stop decided on
@@ -15,7 +13,6 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
@@ -229,47 +226,3 @@ def keeps_grad_norm(trainer_class):
             return grad_norm
 
     return GradNormTrainer
-
-
-class RecordsInCheckpoints(TrainerCallback):
-    """On the main process, whenever a checkpoint is written (``on_save``) or about to be pushed to
-    the Hub (``on_push_begin``, which the Trainer calls before ``on_save``): copy the lines of the
-    run's ``variance.jsonl`` up to the checkpoint's step into ``checkpoint-<step>/variance.jsonl``
-    and draw their figures into ``checkpoint-<step>/figures/`` and the run folder's ``figures/``
-    (what the run-folder push uploads), each step once."""
-
-    def __init__(self, out: str | Path, variance_file: str):
-        self.out = Path(out)
-        self.variance_file = variance_file
-        self._done: set[int] = set()
-
-    def _snapshot(self, args, state) -> None:
-        step = state.global_step
-        ckpt = self.out / f"checkpoint-{step}"
-        if not state.is_world_process_zero or step in self._done or not ckpt.is_dir():
-            return
-        self._done.add(step)
-        src = self.out / self.variance_file
-        lines = src.read_text(encoding="utf-8").splitlines(keepends=True) if src.is_file() else []
-        import json
-
-        from hf_init.core.outputs import write_atomic
-        from hf_init.lm.plots import plot_run
-
-        kept = []
-        for line in lines:
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    kept.append(line)
-            except json.JSONDecodeError:
-                pass
-        write_atomic(ckpt / self.variance_file, lambda f: f.write("".join(kept)))
-        if kept:
-            plot_run(ckpt / self.variance_file, ckpt / "figures")
-            plot_run(ckpt / self.variance_file, self.out / "figures")
-
-    def on_push_begin(self, args, state, control, **kwargs):
-        self._snapshot(args, state)
-
-    def on_save(self, args, state, control, **kwargs):
-        self._snapshot(args, state)

@@ -23,7 +23,7 @@ from hf_init.core.moments import sharded_block_moments
 from hf_init.core.records import make_record
 from hf_init.lm.families import BLOCK_ROLES, BLOCK_WEIGHTS
 from hf_init.lm.guards import stop_on_every_rank
-from hf_init.lm.run_folder import latest_events_dir
+from hf_init.lm.run_folder import VARIANCE_FILE, latest_events_dir
 from hf_init.lm.sinks import (
     AttentionTensorBoardSink,
     JsonlSink,
@@ -31,8 +31,6 @@ from hf_init.lm.sinks import (
     TensorBoardSink,
     WholeModelTensorBoardSink,
 )
-
-VARIANCE_FILE = "variance.jsonl"
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -1,48 +1,224 @@
-"""Where a pretraining run stands on disk: its checkpoints, resuming from one, and what an
-unfinished or interrupted run tells the user (the exact command that continues or restarts it)."""
+"""A pretraining run's folder (``--output_dir``) and its life: the names of its files, what it
+holds, the check before a run writes into it, what a resume sets aside, what each checkpoint
+carries, and what an unfinished or interrupted run tells the user (the exact command that
+continues or restarts it). What ``run_info.json`` says is in :mod:`hf_init.lm.run_info`."""
 
 from __future__ import annotations
 
-import math
+import contextlib
+import json
 import os
-import platform
+import shlex
+import signal
 import sys
-import time
-from dataclasses import asdict
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
+from transformers import TrainerCallback
+
 from hf_init.core.cli import RunStopped, UsageError
+from hf_init.core.outputs import (
+    check_output_dir,
+    existing_outputs,
+    kept_until_success,
+    write_atomic,
+)
+from hf_init.core.records import split_at_step
+from hf_init.lm.plots import plot_run
+
+VARIANCE_FILE = "variance.jsonl"
+RUN_INFO = "run_info.json"
+FIGURES_DIR = "figures"
+TENSORBOARD_DIR = "runs"
+MODEL_CARD = "README.md"
+CHECKPOINT_PREFIX = "checkpoint-"
+TRAINER_STATE = "trainer_state.json"  # the Trainer's file in every checkpoint
+# the records an interrupted run wrote after the checkpoint a resume continues from (* = its step)
+SET_ASIDE_FILES = "variance.after-step-*.interrupted.jsonl"
 
 
-def last_checkpoint(folder: str | os.PathLike) -> Path | None:
-    """The ``checkpoint-<step>`` folder with the highest step that has a ``trainer_state.json``."""
-    folder = Path(folder)
-    best = None
-    for p in folder.glob("checkpoint-*") if folder.is_dir() else []:
-        tail = p.name.rsplit("-", 1)[-1]
-        if (
-            tail.isdigit()
-            and (p / "trainer_state.json").is_file()
-            and (best is None or int(tail) > best[0])
-        ):
-            best = (int(tail), p)
-    return best[1] if best else None
+@dataclass(frozen=True)
+class Part:
+    """One thing a run folder can hold: its name in the printed summary, the entries it is made of
+    (``*``: a glob), and whether finding it means the folder holds a run (a model card alone does
+    not: it stays in place when a run is replaced)."""
+
+    label: str
+    entries: tuple[str, ...]
+    marks_a_run: bool = True
+
+
+#: What a run folder holds, in the order the summary prints it.
+PARTS = (
+    Part(
+        "model",
+        (
+            "config.json",
+            "generation_config.json",
+            "model.safetensors",
+            "training_args.bin",
+            TRAINER_STATE,
+        ),
+    ),
+    Part("tokenizer", ("tokenizer.json", "tokenizer_config.json")),
+    Part(VARIANCE_FILE, (VARIANCE_FILE,)),
+    Part(f"{FIGURES_DIR}/", (FIGURES_DIR,)),
+    Part(f"{TENSORBOARD_DIR}/ (TensorBoard)", (TENSORBOARD_DIR,)),
+    Part(f"{CHECKPOINT_PREFIX}*/", (f"{CHECKPOINT_PREFIX}*",)),
+    Part("records set aside by a resume", (SET_ASIDE_FILES,)),
+    Part(RUN_INFO, (RUN_INFO,)),
+    Part(f"{MODEL_CARD} (model card)", (MODEL_CARD,), marks_a_run=False),
+)
+#: Entries that mean "this folder already holds a run": everything a run writes but the card.
+RUN_MARKERS = tuple(entry for part in PARTS if part.marks_a_run for entry in part.entries)
+
+
+class RunFolder:
+    """The folder of one pretraining run: where each file is and the steps of its life."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    @property
+    def records(self) -> Path:
+        return self.path / VARIANCE_FILE
+
+    @property
+    def info(self) -> Path:
+        return self.path / RUN_INFO
+
+    @property
+    def figures(self) -> Path:
+        return self.path / FIGURES_DIR
+
+    def checkpoint(self, step: int) -> Path:
+        return self.path / f"{CHECKPOINT_PREFIX}{step}"
+
+    def is_finished(self) -> bool:
+        """A run writes ``run_info.json`` last: without it the run did not finish."""
+        return self.info.is_file()
+
+    def read_info(self) -> dict:
+        return json.loads(self.info.read_text(encoding="utf-8"))
+
+    def parts(self) -> list[str]:
+        """The labels of the :data:`PARTS` the folder holds (a run reporting to no TensorBoard has
+        no ``runs/``, one that saved no checkpoint no ``checkpoint-*/``)."""
+        return [part.label for part in PARTS if existing_outputs(self.path, part.entries)]
+
+    def last_checkpoint(self) -> Path | None:
+        """The ``checkpoint-<step>`` folder with the highest step that has a trainer state."""
+        best = None
+        for p in self.path.glob(f"{CHECKPOINT_PREFIX}*") if self.path.is_dir() else []:
+            tail = p.name[len(CHECKPOINT_PREFIX) :]
+            if (
+                tail.isdigit()
+                and (p / TRAINER_STATE).is_file()
+                and (best is None or int(tail) > best[0])
+            ):
+                best = (int(tail), p)
+        return best[1] if best else None
+
+    def check_new_run(self, overwrite: bool, argv: list[str]) -> list[str]:
+        """Before a new run writes here: refuse a folder that already holds a run (any of
+        :data:`RUN_MARKERS`) unless ``overwrite``, and one that cannot be written; returns what it
+        holds. A run without ``run_info.json`` did not finish (interrupted, failed): the refusal
+        says so and gives the command that continues or restarts it, built from ``argv``."""
+        found = existing_outputs(self.path, RUN_MARKERS)
+        if found and not overwrite and RUN_INFO not in found:
+            raise UsageError(unfinished_run_message(self, found, argv))
+        return check_output_dir(self.path, overwrite, RUN_MARKERS, flag="--overwrite_output_dir")
+
+    def replacing(self, found: list[str], active: bool):
+        """Context of a run that replaces the earlier run ``found`` here: that one is kept until
+        the new run succeeds; a failed new run is kept too (its checkpoints may be hours of work).
+        ``active``: the main process only. See :func:`hf_init.core.outputs.kept_until_success`."""
+        return kept_until_success(self.path, found, active=active, keep_failed=True)
+
+    def set_aside_records_after(self, step: int) -> tuple[str | None, int]:
+        """Before a run resumed from the checkpoint of ``step`` appends to the records: move the
+        lines the interrupted run wrote after that step (and any torn line) to the end of the
+        side file, byte for byte, and rewrite the records (atomically) with the rest. Returns (the
+        side file's name, or None when nothing was moved; the number of lines moved)."""
+        up_to, after = split_at_step(self.records, step)
+        if not after:
+            return None, 0
+        side = SET_ASIDE_FILES.replace("*", str(step))
+        with open(self.path / side, "a", encoding="utf-8") as f:
+            f.write("".join(after))
+        write_atomic(self.records, lambda f: f.write("".join(up_to)))
+        return side, len(after)
+
+    def copy_records_to(self, checkpoint: Path, step: int) -> int:
+        """Write the run's records up to ``step`` into ``checkpoint`` (whole lines, atomically);
+        returns how many lines it holds."""
+        up_to, _ = split_at_step(self.records, step)
+        write_atomic(checkpoint / VARIANCE_FILE, lambda f: f.write("".join(up_to)))
+        return len(up_to)
 
 
 def checkpoint_step(checkpoint: Path) -> int:
-    import json
+    state = json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
+    return int(state["global_step"])
 
-    return int(
-        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
+
+def latest_events_dir(out: Path) -> Path | None:
+    """The folder of the most recently written TensorBoard events file under ``out/runs``."""
+    events = sorted(
+        (Path(out) / TENSORBOARD_DIR).rglob("events.out.tfevents.*"),
+        key=lambda p: p.stat().st_mtime,
     )
+    return events[-1].parent if events else None
+
+
+def resolve_resume(training_args, overwrite: bool) -> Path | None:
+    """``--resume_from_checkpoint``: ``true`` = the last checkpoint in --output_dir, else a
+    checkpoint folder. One line if there is none or it is not a Trainer checkpoint."""
+    value = training_args.resume_from_checkpoint
+    if not value or str(value).lower() == "false":
+        return None
+    if overwrite:
+        raise UsageError(
+            "--resume_from_checkpoint continues the run in --output_dir; it cannot be combined "
+            "with --overwrite_output_dir"
+        )
+    folder = RunFolder(training_args.output_dir)
+    if str(value).lower() == "true":
+        ckpt = folder.last_checkpoint()
+        if ckpt is None:
+            raise UsageError(
+                f"--resume_from_checkpoint true: no {CHECKPOINT_PREFIX}<step> folder with a "
+                f"{TRAINER_STATE} in {str(folder.path)!r}; save checkpoints with "
+                f"--save_strategy steps --save_steps N"
+            )
+        return ckpt
+    ckpt = Path(value)
+    if not (ckpt / TRAINER_STATE).is_file():
+        raise UsageError(
+            f"--resume_from_checkpoint {str(value)!r} is not a Trainer checkpoint folder (no "
+            f"{TRAINER_STATE}); pass a {CHECKPOINT_PREFIX}<step> folder or true (the last one "
+            f"in --output_dir)"
+        )
+    return ckpt
+
+
+def resume_from(folder: RunFolder, checkpoint: Path, main_process: bool) -> dict:
+    """Start a run resumed from ``checkpoint``: on the main process, set aside the records the
+    interrupted run wrote after it. Returns ``run_info.json``'s ``resumed_from``."""
+    step = checkpoint_step(checkpoint)
+    side, moved = folder.set_aside_records_after(step) if main_process else (None, 0)
+    return {
+        "checkpoint": str(checkpoint),
+        "step": step,
+        "set_aside_file": side,
+        "set_aside_records": moved,
+    }
 
 
 def rerun_command(argv: list[str], extra: list[str]) -> str:
-    """The command that ran ``argv``, without its --overwrite_output_dir / --resume_from_checkpoint
-    (and their values), plus ``extra``: copy-pasteable."""
-    import shlex
-    import sys
-
+    """The command that ran ``argv``, without its --overwrite_output_dir /
+    --resume_from_checkpoint (and their values), plus ``extra``: copy-pasteable."""
     args, skip = [], False
     for a in argv:
         if skip:
@@ -59,370 +235,95 @@ def rerun_command(argv: list[str], extra: list[str]) -> str:
     return f"{launcher} {shlex.join([script, *args, *extra])}"
 
 
-def unfinished_run_message(out: Path, found: list[str], argv: list[str]) -> str:
+def unfinished_run_message(folder: RunFolder, found: list[str], argv: list[str]) -> str:
     held = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
-    ckpt = last_checkpoint(out)
+    where = str(folder.path)
+    ckpt = folder.last_checkpoint()
     if ckpt is not None:
+        resume = rerun_command(argv, ["--resume_from_checkpoint", "true"])
         return (
-            f"output folder {str(out)!r} holds a run that did not finish ({held}; no {RUN_INFO}), last "
-            f"checkpoint {ckpt.name}; continue it with: {rerun_command(argv, ['--resume_from_checkpoint', 'true'])}"
+            f"output folder {where!r} holds a run that did not finish ({held}; no {RUN_INFO}), "
+            f"last checkpoint {ckpt.name}; continue it with: {resume}"
             f"  (or replace it: add --overwrite_output_dir true)"
         )
+    restart = rerun_command(argv, ["--overwrite_output_dir", "true"])
     return (
-        f"output folder {str(out)!r} holds a run that did not finish and has no checkpoint ({held}; no "
-        f"{RUN_INFO}); restart it with: {rerun_command(argv, ['--overwrite_output_dir', 'true'])}"
+        f"output folder {where!r} holds a run that did not finish and has no checkpoint ({held}; "
+        f"no {RUN_INFO}); restart it with: {restart}"
     )
 
 
-def resolve_resume(training_args, overwrite: bool) -> Path | None:
-    """``--resume_from_checkpoint``: ``true`` = the last checkpoint in --output_dir, else a checkpoint
-    folder. One line if there is none or it is not a Trainer checkpoint."""
-    value = training_args.resume_from_checkpoint
-    if not value or str(value).lower() == "false":
-        return None
-    if overwrite:
-        raise UsageError(
-            "--resume_from_checkpoint continues the run in --output_dir; it cannot be combined "
-            "with --overwrite_output_dir"
-        )
-    out = Path(training_args.output_dir)
-    if str(value).lower() == "true":
-        ckpt = last_checkpoint(out)
-        if ckpt is None:
-            raise UsageError(
-                f"--resume_from_checkpoint true: no checkpoint-<step> folder with a trainer_state.json "
-                f"in {str(out)!r}; save checkpoints with --save_strategy steps --save_steps N"
-            )
-        return ckpt
-    ckpt = Path(value)
-    if not (ckpt / "trainer_state.json").is_file():
-        raise UsageError(
-            f"--resume_from_checkpoint {str(value)!r} is not a Trainer checkpoint folder (no "
-            f"trainer_state.json); pass a checkpoint-<step> folder or true (the last one in --output_dir)"
-        )
-    return ckpt
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (a cluster's time limit, ``kill``) arriving during a run, raised where the run is,
+    as Ctrl-C raises KeyboardInterrupt."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
-def interrupted(out: Path, step: int, argv: list[str]) -> RunStopped:
-    """SIGINT or SIGTERM (see scripts/pretrain.py) during training: one line saying what is kept
-    and how to continue; exit status 128 + the signal number."""
-    import signal
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While the body runs, SIGTERM stops the run like Ctrl-C (records flushed, one line, exit
+    status 128 + 15, the command that continues it: see :func:`interrupted`). Python delivers
+    signals to the main thread only; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
-    signum = int(os.environ.get("HF_INIT_SIGNAL", signal.SIGINT))
-    ckpt = last_checkpoint(out)
-    how = (
-        f"continue from {ckpt.name} with: {rerun_command(argv, ['--resume_from_checkpoint', 'true'])}"
-        if ckpt is not None
-        else f"no checkpoint to resume from; restart with: "
-        f"{rerun_command(argv, ['--overwrite_output_dir', 'true'])}"
-    )
+    def raise_interrupted(signum, frame):
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, raise_interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def interrupted(
+    folder: RunFolder, step: int, argv: list[str], err: KeyboardInterrupt
+) -> RunStopped:
+    """A run interrupted during training (``err``: Ctrl-C, or :class:`Interrupted` by SIGTERM):
+    one line saying what is kept and how to continue; exit status 128 + the signal number."""
+    signum = getattr(err, "signum", signal.SIGINT)
+    ckpt = folder.last_checkpoint()
+    if ckpt is not None:
+        resume = rerun_command(argv, ["--resume_from_checkpoint", "true"])
+        how = f"continue from {ckpt.name} with: {resume}"
+    else:
+        restart = rerun_command(argv, ["--overwrite_output_dir", "true"])
+        how = f"no checkpoint to resume from; restart with: {restart}"
     return RunStopped(
-        f"interrupted ({signal.Signals(signum).name}) at step {step}: records up to step {step} are "
-        f"in {str(out / 'variance.jsonl')!r}; {how}",
+        f"interrupted ({signal.Signals(signum).name}) at step {step}: records up to step {step} "
+        f"are in {str(folder.records)!r}; {how}",
         code=128 + signum,
     )
 
 
-def latest_events_dir(out: Path) -> Path | None:
-    """The folder of the most recently written TensorBoard events file under ``out/runs``."""
-    events = sorted((out / "runs").rglob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
-    return events[-1].parent if events else None
+class RecordsInCheckpoints(TrainerCallback):
+    """What a checkpoint carries besides the Trainer's files: on the main process, whenever a
+    checkpoint is written (``on_save``) or about to be pushed to the Hub (``on_push_begin``, which
+    the Trainer calls before ``on_save``), the run's records up to its step and their figures,
+    drawn into the checkpoint and into the run folder's ``figures/`` (what the run-folder push
+    uploads), each step once."""
 
+    def __init__(self, folder: RunFolder):
+        self.folder = folder
+        self._done: set[int] = set()
 
-RUN_INFO = "run_info.json"
+    def _snapshot(self, state) -> None:
+        step = state.global_step
+        ckpt = self.folder.checkpoint(step)
+        if not state.is_world_process_zero or step in self._done or not ckpt.is_dir():
+            return
+        self._done.add(step)
+        if self.folder.copy_records_to(ckpt, step):
+            plot_run(ckpt / VARIANCE_FILE, ckpt / FIGURES_DIR)
+            plot_run(ckpt / VARIANCE_FILE, self.folder.figures)
 
+    def on_push_begin(self, args, state, control, **kwargs):
+        self._snapshot(state)
 
-def versions() -> dict:
-    import accelerate
-    import datasets
-    import evaluate
-    import tokenizers
-    import torch
-    import transformers
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "accelerate": accelerate.__version__,
-        "datasets": datasets.__version__,
-        "evaluate": evaluate.__version__,
-        "tokenizers": tokenizers.__version__,
-        "platform": platform.platform(),
-    }
-
-
-def init_info(config, init_rows: list[dict] | None = None) -> dict:
-    """The init scheme and its options, as recorded on the GPT2Config, and (``init_rows``, the rows of
-    :func:`hf_init.lm.modeling.init_report` taken at initialization) the std each weight kind got: the
-    scheme's value and the one measured on the freshly initialized weights."""
-    info = {
-        "scheme": config.init_scheme,
-        "std": config.init_std,
-        "fan_mode": config.init_fan_mode,
-        "nonlinearity": config.init_nonlinearity,
-        "gain": config.init_gain,
-        "initializer_range": config.initializer_range,
-    }
-    if init_rows is not None:
-        info["std_by_weight"] = {
-            r["role"]: {"scheme": r["scheme_std"], "measured": r["measured_std"]} for r in init_rows
-        }
-    return info
-
-
-def format_init_stds(init: dict) -> str:
-    """``init kaiming_normal: std 0.25 (query, key, ...), 0.02 (wte, wpe)``: the std each weight kind
-    got from the scheme, weight kinds with the same std together (not the --init_std flag, which
-    only the `normal` scheme reads)."""
-    groups: dict[float, list[str]] = {}
-    for role, stds in (init.get("std_by_weight") or {}).items():
-        groups.setdefault(round(stds["scheme"], 12), []).append(role)
-    parts = [
-        f"{std:.4g} ({', '.join(roles)})" for std, roles in sorted(groups.items(), reverse=True)
-    ]
-    return f"init {init['scheme']}: std " + ", ".join(parts) if parts else f"init {init['scheme']}"
-
-
-#: What a run folder can hold, each with the entries that show it is there, in the printed order.
-_OUTPUTS = (
-    ("model", ("model.safetensors", "config.json")),
-    ("tokenizer", ("tokenizer.json",)),
-    ("variance.jsonl", ("variance.jsonl",)),
-    ("figures/", ("figures",)),
-    ("runs/ (TensorBoard)", ("runs",)),
-    ("checkpoint-*/", ("checkpoint-*",)),
-    (RUN_INFO, (RUN_INFO,)),
-    ("README.md (model card)", ("README.md",)),
-)
-
-
-def outputs_present(out: Path) -> list[str]:
-    """The names of :data:`_OUTPUTS` that ``out`` holds (only those: a run reporting to no TensorBoard
-    has no ``runs/``, one that saved no checkpoint has no ``checkpoint-*/``)."""
-    out = Path(out)
-    return [
-        label
-        for label, names in _OUTPUTS
-        if any((list(out.glob(n)) if "*" in n else (out / n).exists()) for n in names)
-    ]
-
-
-def n_rows(dataset) -> int | None:
-    """Number of rows, or None for a streamed (iterable) dataset."""
-    try:
-        return len(dataset)
-    except TypeError:
-        return None
-
-
-def run_info(
-    *,
-    argv,
-    config_path,
-    args,
-    config,
-    corpus,
-    train_data,
-    eval_data,
-    block_size: int,
-    vocab_size: int,
-    training_args,
-    n_parameters: int,
-    steps: int,
-    train_result,
-    eval_metrics: dict,
-    variance_file: str,
-    table,
-    figures,
-    out: Path,
-    started: float,
-    init_rows: list[dict] | None = None,
-    resumed: dict | None = None,
-    first_step: int = 0,
-) -> dict:
-    """The ``run_info.json`` dict. ``args`` = (model, data, run) argument dataclasses; ``table`` the
-    variance table of the run's records; ``figures`` the paths written under ``out``."""
-    model_args, data_args, run_args = args
-    world_size = training_args.world_size
-    tokens_seen = (
-        steps
-        * training_args.per_device_train_batch_size
-        * training_args.gradient_accumulation_steps
-        * world_size
-        * block_size
-    )
-    runtime = train_result.metrics.get("train_runtime", float("nan"))
-    # this process trained steps first_step+1 .. steps in `runtime` seconds (a resumed run: only those)
-    tokens_this_run = tokens_seen * (steps - first_step) // steps if steps else 0
-    tokens_per_second = tokens_this_run / runtime if runtime and math.isfinite(runtime) else None
-    cfg = config
-    flops_per_token = model_flops_per_token(
-        n_parameters, cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, block_size
-    )
-    eval_loss = eval_metrics.get("eval_loss", float("nan"))
-    return {
-        "versions": versions(),
-        "command": [sys.argv[0], *argv],
-        "config_file": str(config_path) if config_path else None,
-        "config": {
-            "model": asdict(model_args),
-            "data": asdict(data_args),
-            "run": asdict(run_args),
-            "training": training_args.to_dict(),
-        },
-        "init": init_info(config, init_rows),
-        "seed": training_args.seed,
-        "corpus": corpus,
-        "blocks": {
-            "train": n_rows(train_data),
-            "validation": n_rows(eval_data),
-            "block_size": block_size,
-        },
-        "vocab_size": vocab_size,
-        "world_size": world_size,
-        "device": str(training_args.device),
-        "n_parameters": n_parameters,
-        "optimizer_steps": steps,
-        "tokens_seen": tokens_seen,
-        "train_runtime_s": runtime,
-        "tokens_per_second": tokens_per_second,
-        "model_flops_per_token": flops_per_token,
-        "mfu": mfu(
-            tokens_per_second,
-            flops_per_token,
-            str(training_args.device),
-            world_size,
-            bf16=bool(training_args.bf16 or training_args.fp16),
-        ),
-        "resumed_from": resumed,
-        "train_loss": train_result.training_loss,
-        "eval_loss": eval_loss,
-        "perplexity": math.exp(eval_loss) if eval_loss < 700 else float("inf"),
-        "next_token_accuracy": eval_metrics.get("eval_accuracy"),
-        "eval_tokens": eval_metrics.get("eval_accuracy_tokens"),
-        "variance_records": {
-            "file": variance_file,
-            "steps": [int(s) for s in table.steps],
-            "layers": len(table.layers),
-        },
-        "figures": [str(p.relative_to(out)) for p in figures],
-        "wall_time_s": time.time() - started,
-    }
-
-
-def model_flops_per_token(
-    n_parameters: int, n_layer: int, n_head: int, head_dim: int, seq_len: int
-) -> int:
-    """Training FLOPs per token (forward + backward) as in the PaLM paper's MFU: 6 N for the
-    weight matmuls plus 12 L H Q T for attention (L layers, H heads, Q head size, T context).
-    N counts every parameter (embeddings included), as ``run_info.json``'s ``n_parameters``."""
-    return 6 * n_parameters + 12 * n_layer * n_head * head_dim * seq_len
-
-
-# dense peak FLOP/s per device (bf16/fp16 tensor cores, no sparsity), from the vendors' data sheets
-PEAK_FLOPS_BF16 = {
-    "H200": 989e12,
-    "H100 SXM": 989e12,
-    "H100 PCIe": 756e12,
-    "H100 NVL": 835e12,
-    "H100": 989e12,
-    "A100": 312e12,
-    "L40S": 362e12,
-    "A10G": 70e12,
-    "L4": 121e12,
-    "RTX 4090": 165e12,
-    "V100": 125e12,
-}
-
-
-def peak_flops(device_name: str | None) -> float | None:
-    """Peak bf16 FLOP/s of a known accelerator, matched by name (the longest table key contained in
-    ``device_name``, e.g. torch.cuda.get_device_name()); None when unknown (a CPU, say)."""
-    if not device_name:
-        return None
-    hits = [k for k in PEAK_FLOPS_BF16 if k.lower() in device_name.lower()]
-    return PEAK_FLOPS_BF16[max(hits, key=len)] if hits else None
-
-
-def device_name(device: str) -> str | None:
-    """The accelerator's name (CUDA only), None on a CPU."""
-    if not str(device).startswith("cuda"):
-        return None
-    import torch
-
-    return torch.cuda.get_device_name(torch.device(device))
-
-
-def mfu(
-    tokens_per_second: float | None,
-    flops_per_token: int,
-    device: str,
-    world_size: int,
-    bf16: bool = True,
-) -> float | None:
-    """Model FLOPs utilisation: achieved model FLOP/s over the peak of all ``world_size`` devices;
-    None when the device's peak is unknown (CPU) or the run was not in half precision."""
-    peak = peak_flops(device_name(device))
-    if peak is None or not bf16 or not tokens_per_second:
-        return None
-    return tokens_per_second * flops_per_token / (peak * world_size)
-
-
-def model_card_fields(info: dict) -> dict:
-    """Keyword arguments for ``Trainer.create_model_card`` / ``push_to_hub``: tags that say
-    which init scheme the run started from and which corpus it saw."""
-    corpus = info.get("corpus") or {}
-    return {
-        "tags": ["hf-init", "gpt2", f"init-{info['init']['scheme']}"],
-        "tasks": "text-generation",
-        "dataset": corpus.get("name"),
-    }
-
-
-def print_summary(info: dict, table_text: str, out: Path) -> None:
-    mfu_text = "" if info.get("mfu") is None else f", MFU {info['mfu']:.1%}"
-    print()
-    print(table_text)
-    print(format_init_stds(info["init"]))
-    print(
-        f"{info['n_parameters']:,} parameters, "
-        f"world size {info['world_size']}, {info['optimizer_steps']} steps, {info['tokens_seen']:,} tokens "
-        f"in {info['train_runtime_s']:.1f} s ({info['tokens_per_second'] or 0:,.0f} tokens/s{mfu_text})"
-    )
-    if info.get("resumed_from"):
-        r = info["resumed_from"]
-        print(
-            f"resumed from {r['checkpoint']} (step {r['step']})"
-            + (
-                f"; {r['set_aside_records']} records the interrupted run wrote after it are in {r['set_aside_file']}"
-                if r.get("set_aside_file")
-                else ""
-            )
-        )
-    print(
-        f"eval loss {info['eval_loss']:.4f}, perplexity {info['perplexity']:.2f}, "
-        f"next-token accuracy {info['next_token_accuracy']:.4f} ({info['eval_tokens']} tokens)"
-    )
-    print(f"run folder {out}: {', '.join(outputs_present(out))}")
-
-
-def model_card_section(info: dict) -> str:
-    """The model card's hf-init section: init scheme, size, data, steps, final perplexity and the
-    Q/K/V variance figure embedded (a path inside the run folder, uploaded with it)."""
-    corpus = info.get("corpus") or {}
-    fig = next((f for f in info.get("figures", []) if f.endswith("qkv_variance_vs_step.png")), None)
-    lines = [
-        "",
-        "## hf-init run",
-        "",
-        f"- init scheme: `{info['init']['scheme']}`",
-        f"- model size: {info['n_parameters']:,} parameters",
-        f"- data: {corpus.get('name')}",
-        f"- optimizer steps: {info['optimizer_steps']}",
-        f"- final perplexity: {info['perplexity']:.2f}",
-        "",
-    ]
-    if fig:
-        lines += [f"![Q/K/V weight variance per layer vs step]({fig})", ""]
-    return "\n".join(lines)
+    def on_save(self, args, state, control, **kwargs):
+        self._snapshot(state)

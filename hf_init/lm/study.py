@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hf_init.core.cli import CONFIGS_DIR, UsageError, parse_yaml_and_cli
+from hf_init.lm.run_folder import TENSORBOARD_DIR, RunFolder
 
 DEFAULT_CONFIG = CONFIGS_DIR / "init_study.yaml"
 STUDY_FILE = "study.json"
@@ -242,7 +243,7 @@ def write_hparams(run_dir: Path, run: PlannedRun, info: dict) -> None:
     the dashboard links the run's hyperparameters to its curves."""
     from torch.utils.tensorboard import SummaryWriter
 
-    logging_dir = info["config"]["training"].get("logging_dir") or str(run_dir / "runs")
+    logging_dir = info["config"]["training"].get("logging_dir") or str(run_dir / TENSORBOARD_DIR)
     training = info["config"]["training"]
     hparams = {
         "scheme": run.scheme,
@@ -291,7 +292,7 @@ def run_study(argv: list[str]) -> Path:
 
     for i, run in enumerate(runs, 1):
         run_dir = out / run.name
-        if (run_dir / "run_info.json").exists():
+        if RunFolder(run_dir).is_finished():
             print(f"[{i}/{len(runs)}] {run.name}: finished earlier, skipped", flush=True)
             continue
         started = time.time()

@@ -236,7 +236,7 @@ def write_study(
     :func:`hf_init.core.records.read_records`), tb/, then summary.json (``summary`` plus
     ``total_seconds`` since ``t0``, ``tensorboard_runs`` and the package ``versions``, as in a
     pretraining run's run_info.json). Returns the TensorBoard run count."""
-    from hf_init.core.outputs import write_csv, write_json
+    from hf_init.core.outputs import package_versions, write_csv, write_json
     from hf_init.core.records import read_records, write_records
 
     out.mkdir(parents=True, exist_ok=True)
@@ -256,15 +256,13 @@ def write_study(
             [tb.hparams(k) for k in run.member_keys],
             [tb.metrics(r) for r in members],
         )
-    from hf_init.lm.run_folder import versions
-
     write_json(
         out / "summary.json",
         {
             **summary,
             "total_seconds": time.perf_counter() - t0,
             "tensorboard_runs": n_tb,
-            "versions": versions(),
+            "versions": package_versions(),
         },
     )
     return n_tb

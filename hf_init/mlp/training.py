@@ -4,7 +4,7 @@ the same order, under one optimizer over the stacked tensors, with per-layer sta
 One optimizer over the stacked tensors is exactly M independent ones: SGD (with or without
 momentum) and Adam update each entry from that entry's own gradient and state, and the loss is
 the sum over members of each member's mean cross-entropy, so member m's gradient is its own
-(``tests/test_mlp.py`` checks a member trained inside an ensemble against the same member
+(``tests/mlp/test_mlp.py`` checks a member trained inside an ensemble against the same member
 trained alone with ``torch.optim``).
 
 A member whose loss or gradient becomes non-finite (or whose gradient entries sum past

@@ -338,3 +338,24 @@ def test_causal_loss_type_survives_build_and_reload(tmp_path):
     assert (
         LOSS_MAPPING[SchemeGPT2LMHeadModel.from_pretrained(tmp_path).loss_type] is ForCausalLMLoss
     )
+
+
+def test_scheme_options_table_matches_the_std_rules():
+    """SCHEME_OPTIONS lists exactly the options that change some weight's std under each scheme."""
+    from hf_init.core.schemes import ROLES, SCHEME_OPTIONS, SCHEMES, SchemeOptions, WeightSpec
+
+    assert set(SCHEME_OPTIONS) == set(SCHEMES)
+    changed = {
+        "std": 0.3,
+        "initializer_range": 0.05,
+        "fan_mode": "fan_out",
+        "nonlinearity": "tanh",
+        "gain": 3.0,
+    }
+    specs = [WeightSpec(role, 64, 256, n_layer=4, d_model=64) for role in sorted(ROLES)]
+    for name, scheme in SCHEMES.items():
+        base = SchemeOptions(std=0.1)
+        for option, value in changed.items():
+            other = SchemeOptions(**{"std": 0.1, option: value})
+            differs = any(scheme.std(s, base) != scheme.std(s, other) for s in specs)
+            assert differs == (option in SCHEME_OPTIONS[name]), (name, option)

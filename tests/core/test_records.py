@@ -10,6 +10,7 @@ from hf_init.core.records import (
     append_records,
     make_record,
     read_records,
+    split_at_step,
     to_wide,
     write_records,
 )
@@ -87,3 +88,20 @@ def test_unknown_statistic_and_key_clash_refused():
     with pytest.raises(KeyError, match="collide"):
         make_record(0, 0, "q", {"var": 1.0}, mean=3)
     assert all(isinstance(v, str) and v for v in STATISTICS.values())
+
+
+def test_split_at_step_keeps_lines_as_written(tmp_path):
+    lines = [
+        '{"step": 3, "layer": 0, "role": "q", "var": 1.0}\n',
+        "\n",
+        '{"step": null, "layer": null, "role": null, "loss": 2.0}\n',
+        '{"step": 5, "layer": 0, "role": "q", "var": 3.0}\n',
+        '{"step": 4, "layer": 0, "role": "q", "var":   4.0}\n',  # spacing kept as written
+        '{"step": 6, "la',
+    ]
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(lines))
+    up_to, after = split_at_step(path, 4)
+    assert up_to == [lines[0], lines[2], lines[4]]  # blank line dropped, no-step record kept
+    assert after == [lines[3], lines[5] + "\n"]  # later and torn, each ending in a newline
+    assert split_at_step(tmp_path / "missing.jsonl", 4) == ([], [])

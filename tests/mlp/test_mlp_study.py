@@ -1,25 +1,15 @@
-"""What the study scripts write, checked against numbers computed here: scripts/inspect_init.py,
-the loss records (records.jsonl) and summary.json of both MLP scripts, the HParams of the sweep's
-TensorBoard runs, a successful --overwrite of each study script, the tokenizer check across ranks,
-and --text_column through scripts/pretrain.py.
-
-The scripts run as subprocesses (tests/conftest.py: run_script and the session fixtures
-sweep_out, compare_out), so these tests import as little of hf_init as possible."""
+"""What the MLP studies write (hf_init/mlp/study.py through both scripts), recomputed here: the
+loss records (records.jsonl) and summary.json, the HParams of the sweep's TensorBoard runs, a
+successful --overwrite of each script. The runs are the session fixtures sweep_out and
+compare_out (tests/conftest.py)."""
 
 import csv
 import json
 import math
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import run_main
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _rows(path):
@@ -39,78 +29,6 @@ def _curves(out):
     wide = to_wide(read_records(out / "records.jsonl"))
     return wide[wide["layer"].isna()].sort_values("step", kind="stable").to_dict("records")
 
-
-# --- scripts/inspect_init.py ---------------------------------------------------------------
-
-
-@pytest.mark.parametrize("scheme", ["xavier_normal", "kaiming_normal"])
-def test_inspect_init_table_matches_hand_computation(scheme):
-    """Measured std: population std of the stock GPT-2 parameters of the same seeded model, sliced
-    here by hand (Conv1D stores (in, out): Q, K, V are the first, second, third n_embd columns of
-    c_attn); scheme std: the textbook formula."""
-    import torch
-
-    from hf_init.lm.modeling import build_model
-
-    L, d, V = 2, 32, 100
-    rc, stdout, stderr = run_main(
-        "inspect_init",
-        "--init_scheme",
-        scheme,
-        "--n_layer",
-        L,
-        "--n_embd",
-        d,
-        "--n_head",
-        2,
-        "--vocab_size",
-        V,
-        "--seed",
-        3,
-    )
-    assert rc == 0, stderr
-    table = {}
-    for line in stdout.splitlines()[2:]:
-        role, fan_in, fan_out, measured, scheme_std, ratio = line.split()
-        table[role] = (int(fan_in), int(fan_out), float(measured), float(scheme_std), float(ratio))
-
-    torch.manual_seed(3)
-    model = build_model(init_scheme=scheme, n_layer=L, n_embd=d, n_head=2, vocab_size=V)
-    blocks = model.transformer.h
-    cat = lambda ws: torch.cat([w.detach().double().reshape(-1) for w in ws])  # noqa: E731
-    pieces = {
-        "q": cat(b.attn.c_attn.weight[:, :d] for b in blocks),
-        "k": cat(b.attn.c_attn.weight[:, d : 2 * d] for b in blocks),
-        "v": cat(b.attn.c_attn.weight[:, 2 * d :] for b in blocks),
-        "attn_proj": cat(b.attn.c_proj.weight for b in blocks),
-        "mlp_fc": cat(b.mlp.c_fc.weight for b in blocks),
-        "mlp_proj": cat(b.mlp.c_proj.weight for b in blocks),
-        "wte": cat([model.transformer.wte.weight]),
-        "wpe": cat([model.transformer.wpe.weight]),
-    }
-    fans = {
-        "q": (d, d),
-        "k": (d, d),
-        "v": (d, d),
-        "attn_proj": (d, d),
-        "mlp_fc": (d, 4 * d),
-        "mlp_proj": (4 * d, d),
-    }
-    assert set(table) == set(pieces)
-    for role, w in pieces.items():
-        fan_in, fan_out, measured, scheme_std, ratio = table[role]
-        assert measured == pytest.approx(w.std(unbiased=False).item(), abs=1.5e-6), role
-        if role in fans:
-            assert (fan_in, fan_out) == fans[role]
-            a, b = fans[role]
-            hand = math.sqrt(2 / (a + b)) if scheme == "xavier_normal" else math.sqrt(2 / a)
-        else:  # embeddings keep GPT-2's initializer_range
-            hand = 0.02
-        assert scheme_std == pytest.approx(hand, abs=1.5e-6), role
-        assert ratio == pytest.approx(w.std(unbiased=False).item() / hand, abs=1.5e-4), role
-
-
-# --- mlp_sweep: loss records, summary.json, TensorBoard HParams ------------------------------
 
 SWEEP_KEYS = ("depth", "std", "seed")
 
@@ -213,8 +131,6 @@ def test_sweep_tensorboard_hparams(sweep_out):
     assert len(seen) == 12
 
 
-# --- mlp_init_compare: loss records, summary.json --------------------------------------------
-
 COMPARE_KEYS = ("activation", "scheme", "seed")
 
 
@@ -276,9 +192,6 @@ def test_compare_summary_statistics_match_scipy(compare_out):
                 assert got["wilcoxon_p"] == pytest.approx(stats.wilcoxon(a, b).pvalue, rel=1e-12)
             else:
                 assert math.isnan(got["wilcoxon_p"])
-
-
-# --- --overwrite of each study script --------------------------------------------------------
 
 
 def test_sweep_overwrite_replaces_the_previous_study(tmp_path):
@@ -353,71 +266,3 @@ def test_compare_overwrite_replaces_the_previous_study(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["comparison"]) == ["relu"] and summary["seeds"] == [0, 1, 2]
     assert len([p for p in (out / "tb").iterdir() if p.is_dir()]) == 2 * 3
-
-
-# --- tokenizer check across ranks -------------------------------------------------------------
-
-_RANK = textwrap.dedent("""
-    import os
-    import torch.distributed as dist
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-    from hf_init.lm.pretrain import check_same_tokenizer
-
-    rank = int(os.environ["RANK"])
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    for mode in ("same", "differ"):
-        texts = ["the quick brown fox jumps"] * 20
-        if mode == "differ" and rank == 1:
-            texts = ["lorem ipsum dolor sit amet"] * 20
-        tok = Tokenizer(models.BPE(unk_token="[UNK]"))
-        tok.pre_tokenizer = pre_tokenizers.Whitespace()
-        tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=60, special_tokens=["[UNK]"]))
-        try:
-            check_same_tokenizer(PreTrainedTokenizerFast(tokenizer_object=tok), world_size=2)
-            print(mode, "same")
-        except RuntimeError as e:
-            print(mode, "refused:", e)
-    dist.destroy_process_group()
-""")
-
-
-def test_tokenizer_mismatch_across_ranks_is_refused_on_every_rank(tmp_path):
-    """Two gloo ranks: the same tokenizer passes on both; different tokenizers are refused on
-    both (one process pair runs both cases)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    script = tmp_path / "rank.py"
-    script.write_text(_RANK)
-    procs = []
-    for rank in range(2):
-        env = dict(
-            os.environ,
-            PYTHONPATH=str(ROOT),
-            RANK=str(rank),
-            WORLD_SIZE="2",
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-            OMP_NUM_THREADS="1",
-        )
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(script)],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    outs = [p.communicate(timeout=120) for p in procs]
-    for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-2000:]
-        same, differ = [x for x in out.splitlines() if x.startswith(("same ", "differ "))]
-        assert same == "same same"
-        assert (
-            differ.startswith("differ refused: ranks built different tokenizers")
-            and "--tokenizer_name" in differ
-        )

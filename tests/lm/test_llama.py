@@ -19,7 +19,7 @@ from hf_init.core.schemes import SCHEMES
 from hf_init.lm.families import FAMILIES, LLAMA, llama_mlp_width
 from hf_init.lm.modeling import build_model, make_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 L, D, H, KV, V, T = 4, 128, 4, 2, 512, 64  # layers, width, heads, key/value heads, vocab, context
 HD, MLP = D // H, 512  # head size; SwiGLU width: 8/3 x 128 = 341.3, up to a multiple of 256
 # nn.Linear stores (out, in): fan_in = in_features; k and v project to KV heads only

@@ -1,9 +1,12 @@
-"""scripts/pretrain.py end to end (a 10-step run on the built-in corpus) and its bad inputs."""
+"""scripts/pretrain.py end to end (a 10-step run on the built-in corpus), its summary, its bad
+inputs and output-folder problems in one line, and the tokenizer check across ranks."""
 
 import json
+import math
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ from conftest import (
 
 from hf_init.core.cli import UsageError, parse_yaml_and_cli
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "pretrain.py"
 
 
@@ -328,18 +331,6 @@ def test_two_process_ddp_on_cpu(tmp_path):
     assert len(list(out.rglob("*.safetensors"))) == 1  # one saved model
 
 
-@pytest.mark.parametrize(
-    "name", ["generation_config.json", "tokenizer_config.json", "training_args.bin"]
-)
-def test_folder_with_only_a_saved_side_file_counts_as_a_run(tmp_path, name):
-    from hf_init.lm.pretrain import check_output_dir
-
-    (tmp_path / name).write_bytes(b"x")
-    with pytest.raises(UsageError, match=name):
-        check_output_dir(tmp_path, overwrite=False)
-    assert check_output_dir(tmp_path, overwrite=True) == [name]
-
-
 def snapshot(folder: Path) -> dict:
     return {
         str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
@@ -644,3 +635,200 @@ def test_default_config_is_found_from_an_installed_copy(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     info = json.loads((elsewhere / "run" / "run_info.json").read_text())
     assert Path(info["config_file"]).is_relative_to(site) and info["optimizer_steps"] == 2
+
+
+@pytest.fixture(scope="module")
+def kaiming_run(tmp_path_factory):
+    """5 steps, kaiming_normal, no TensorBoard."""
+    out = tmp_path_factory.mktemp("user") / "run"
+    proc = run_script(
+        *TINY,
+        "--max_steps",
+        "5",
+        "--output_dir",
+        out,
+        "--init_scheme",
+        "kaiming_normal",
+        "--report_to",
+        "none",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_the_summary_prints_the_std_each_weight_kind_got(kaiming_run):
+    out, proc = kaiming_run
+    # kaiming_normal, fan_in, relu: sqrt(2 / fan_in); n_embd 32, MLP 4 * 32 = 128 wide;
+    # embeddings r = 0.02
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("init kaiming_normal"))
+    assert f"{math.sqrt(2 / 32):.4g} (" in line and f"{math.sqrt(2 / 128):.4g} (mlp_proj)" in line
+    assert "0.02 (" in line and "None" not in line
+    stds = json.loads((out / "run_info.json").read_text())["init"]["std_by_weight"]
+    assert stds["mlp_proj"]["scheme"] == pytest.approx(math.sqrt(2 / 128))
+    assert stds["mlp_fc"]["scheme"] == pytest.approx(math.sqrt(2 / 32))
+    # measured on the freshly built weights (32 x 128 x 2 draws for mlp_fc): within 5% of the scheme
+    assert stds["mlp_fc"]["measured"] == pytest.approx(math.sqrt(2 / 32), rel=0.05)
+
+
+def test_unused_option_fails_the_script_in_one_line_before_writing(tmp_path):
+    proc = run_script(
+        "--init_scheme", "kaiming_normal", "--init_std", "0.1", "--output_dir", tmp_path / "run"
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "does not use --init_std" in proc.stderr and not (tmp_path / "run").exists()
+
+
+def test_summary_lists_only_outputs_that_exist(kaiming_run):
+    out, proc = kaiming_run
+    assert not (out / "runs").exists()
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("run folder"))
+    assert "runs/" not in line and "TensorBoard" not in line and "checkpoint" not in line
+    for name in ("model", "tokenizer", "variance.jsonl", "figures/", "run_info.json", "README.md"):
+        assert name in line
+
+
+def test_a_file_in_the_way_of_the_output_folder_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    proc = run_script("--output_dir", tmp_path / "afile" / "run")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (
+        f"error: cannot create output folder {str(tmp_path / 'afile' / 'run')!r}: "
+        f"{str(tmp_path / 'afile')!r} is a file, not a folder; choose another --output_dir"
+    )
+
+
+def test_an_unwritable_output_folder_is_one_line_before_any_data(tmp_path):
+    from hf_init.core.outputs import check_output_dir
+
+    if os.geteuid() == 0:  # root writes anywhere chmod forbids: use a read-only file system
+        target = Path("/sys/hf_init_run")
+        if os.access("/sys", os.W_OK) and not Path("/sys").exists():
+            pytest.skip("no read-only folder to try")
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        target = ro / "run"
+    with pytest.raises(
+        UsageError, match=r"^cannot write output folder .*; choose another --output_dir$"
+    ):
+        check_output_dir(target, overwrite=False)
+    proc = run_script("--output_dir", target)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "cannot write output folder" in proc.stderr
+
+
+def test_saved_tokenizer_has_the_context_length_and_generation_past_it_works(kaiming_run):
+    from transformers import AutoTokenizer, pipeline
+
+    out, _ = kaiming_run
+    n_positions = json.loads((out / "config.json").read_text())["n_positions"]
+    assert n_positions == 32
+    assert AutoTokenizer.from_pretrained(out).model_max_length == n_positions
+    generate = pipeline("text-generation", model=str(out))
+    prompt = "def foo(x):\n    return x + 1\n" * 4  # longer than the context on its own
+    assert len(generate.tokenizer(prompt)["input_ids"]) > n_positions
+    # the README's snippet: the prompt is cut on the left so prompt + new tokens fit the context
+    text = generate(prompt, max_new_tokens=20, handle_long_generation="hole", do_sample=False)[0][
+        "generated_text"
+    ]
+    assert isinstance(text, str) and len(text) > 0
+    # asking for more new tokens than the context holds: refused with one line, not an IndexError
+    with pytest.raises(ValueError, match="exceeds the models max length") as err:
+        generate("def foo", max_new_tokens=100, handle_long_generation="hole")
+    assert len(str(err.value).splitlines()) == 1
+
+
+def test_an_uninstalled_report_to_integration_is_one_line(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    proc = run_script("--report_to", "wandb", "--output_dir", tmp_path / "run")
+    assert proc.returncode == 2 and not (tmp_path / "run").exists()
+    assert proc.stderr.strip().splitlines() == [
+        "error: --report_to wandb: its package is not installed (pip install wandb); "
+        "installed here: tensorboard (or --report_to none)"
+    ]
+
+
+def test_offline_push_to_hub_message_is_whole(tmp_path):
+    from huggingface_hub import whoami
+
+    try:
+        whoami()
+        pytest.skip("logged in to a reachable Hub")
+    except Exception as err:
+        expected = " ".join(str(err).split())
+    proc = run_script("--push_to_hub", "true", "--output_dir", tmp_path / "run")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert expected in proc.stderr and proc.stderr.strip().endswith(
+        "upload the run folder later with `hf upload`"
+    )
+
+
+_RANK = textwrap.dedent("""
+    import os
+    import torch.distributed as dist
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    from hf_init.lm.pretrain import check_same_tokenizer
+
+    rank = int(os.environ["RANK"])
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    for mode in ("same", "differ"):
+        texts = ["the quick brown fox jumps"] * 20
+        if mode == "differ" and rank == 1:
+            texts = ["lorem ipsum dolor sit amet"] * 20
+        tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=60, special_tokens=["[UNK]"]))
+        try:
+            check_same_tokenizer(PreTrainedTokenizerFast(tokenizer_object=tok), world_size=2)
+            print(mode, "same")
+        except RuntimeError as e:
+            print(mode, "refused:", e)
+    dist.destroy_process_group()
+""")
+
+
+def test_tokenizer_mismatch_across_ranks_is_refused_on_every_rank(tmp_path):
+    """Two gloo ranks: the same tokenizer passes on both; different tokenizers are refused on
+    both (one process pair runs both cases)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "rank.py"
+    script.write_text(_RANK)
+    procs = []
+    for rank in range(2):
+        env = dict(
+            os.environ,
+            PYTHONPATH=str(ROOT),
+            RANK=str(rank),
+            WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            OMP_NUM_THREADS="1",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+        same, differ = [x for x in out.splitlines() if x.startswith(("same ", "differ "))]
+        assert same == "same same"
+        assert (
+            differ.startswith("differ refused: ranks built different tokenizers")
+            and "--tokenizer_name" in differ
+        )

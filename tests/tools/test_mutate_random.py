@@ -6,7 +6,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("mutate_random", ROOT / "tools" / "mutate_random.py")
 mr = importlib.util.module_from_spec(_spec)
 sys.modules["mutate_random"] = mr

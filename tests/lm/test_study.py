@@ -1,83 +1,19 @@
-"""scripts/init_study.py (a tiny 2 schemes x 2 seeds study, in-process) and scripts/report.py:
-the runs share tokenizer and seeds, the schemes' initial variances are the hand formulas, a
-re-run skips finished runs, and the HTML report is self-contained."""
+"""The init-scheme study (hf_init/lm/study.py, the session fixture ``study`` of tests/conftest.py:
+a tiny 2 schemes x 2 seeds study): the runs share tokenizer and seeds, the schemes' initial
+variances are the hand formulas, a re-run skips finished runs, bad input is one line."""
 
-import base64
 import json
-import os
-import subprocess
-import sys
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import STUDY_RUNS as RUNS
+from conftest import STUDY_SCHEMES as SCHEMES
+from conftest import STUDY_TINY as TINY
+from conftest import study_script as script
 
 from hf_init.core.cli import UsageError
 from hf_init.core.records import read_records, to_wide
-
-ROOT = Path(__file__).resolve().parent.parent
-TINY = [
-    "--n_layer",
-    "3",
-    "--n_embd",
-    "32",
-    "--n_head",
-    "2",
-    "--block_size",
-    "32",
-    "--vocab_size",
-    "300",
-    "--max_train_documents",
-    "40",
-    "--max_eval_samples",
-    "16",
-    "--per_device_train_batch_size",
-    "4",
-    "--per_device_eval_batch_size",
-    "8",
-    "--logging_steps",
-    "3",
-    "--variance_steps",
-    "3",
-    "--warmup_steps",
-    "2",
-    "--max_steps",
-    "6",
-    "--attention_probe_blocks",
-    "4",
-]
-SCHEMES = ["--schemes", "gpt2", "normal:0.05"]
-
-
-@pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    from hf_init.lm.study import run_study
-
-    out = tmp_path_factory.mktemp("study") / "s"
-    run_study([*SCHEMES, "--seeds", "2", "--output_dir", str(out), *TINY])
-    return out
-
-
-def script(name, *args):
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(ROOT),
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-    )
-    return subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / name), *map(str, args)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-RUNS = ["gpt2_seed0", "gpt2_seed1", "normal_std0.05_seed0", "normal_std0.05_seed1"]
 
 
 def test_every_run_in_its_folder_sharing_tokenizer_and_seeds(study):
@@ -128,76 +64,6 @@ def test_rerun_skips_finished_runs_and_redoes_an_interrupted_one(study, capsys):
     assert printed.count("finished earlier, skipped") == 3
     after = {n: (study / n / "run_info.json").stat().st_mtime_ns for n in RUNS}
     assert [n for n in RUNS if after[n] != before[n]] == ["gpt2_seed1"]
-
-
-class Tags(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.tags = []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append((tag, dict(attrs)))
-
-
-def check_self_contained(page: str) -> list[str]:
-    parser = Tags()
-    parser.feed(page)
-    srcs = [a["src"] for t, a in parser.tags if t == "img"]
-    assert srcs, "no figures"
-    for src in srcs:
-        assert src.startswith("data:image/png;base64,")
-        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not [t for t, a in parser.tags if t in ("script", "link", "iframe")]
-    for t, a in parser.tags:
-        for key in ("src", "href"):
-            assert not str(a.get(key, "")).startswith(("http:", "https:", "//")), (t, a)
-    return srcs
-
-
-def test_study_report_is_self_contained_and_holds_the_sections(study):
-    page = (study / "report.html").read_text()
-    md = (study / "report.md").read_text()
-    srcs = check_self_contained(page)
-    # every figure of the markdown is embedded in the HTML
-    assert len(srcs) == md.count("![")
-    # 1 loss figure + per scheme (2) a Q/K/V variance and an attention figure
-    assert len(srcs) == 5
-    for section in (
-        "## Configurations",
-        "## Loss and perplexity",
-        "## Q/K/V variance and attention, per scheme",
-        "## Equilibration",
-        "## The paper's claims",
-        "narrower_band_at_end",
-        "shallow_grow_faster",
-    ):
-        assert section in md
-    # the per-scheme mean eval loss equals the mean of the runs' own eval losses (numpy)
-    losses = [json.loads((study / n / "run_info.json").read_text())["eval_loss"] for n in RUNS[:2]]
-    row = next(line for line in md.splitlines() if line.startswith("| gpt2 | 2 |"))
-    assert float(row.split("|")[3]) == pytest.approx(np.mean(losses), rel=1e-3)
-
-
-def test_report_script_on_one_run_and_an_mlp_folder(study, tmp_path):
-    # a stand-in MLP study folder: the files mlp_sweep writes that the report reads
-    mlp = tmp_path / "mlp_sweep"
-    mlp.mkdir()
-    (mlp / "summary.json").write_text(
-        json.dumps({"command": "python scripts/mlp_sweep.py", "setup": "digits"})
-    )
-    (mlp / "results.csv").write_text(
-        "depth,std,seed,final_test_acc\n4,0.1,0,0.5\n4,0.1,1,0.7\n4,1.0,0,0.9\n"
-    )
-    png = next((study / "gpt2_seed0" / "figures").glob("*.png"))
-    (mlp / "sweep_metrics.png").write_bytes(png.read_bytes())
-    out = tmp_path / "rep"
-    proc = script("report.py", study / "gpt2_seed0", mlp, "--output_dir", out)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    md = (out / "report.md").read_text()
-    assert "## MLP study: mlp_sweep" in md
-    assert "| 4 | 0.1 | 0.6 |" in md  # the mean over the two seeds
-    srcs = check_self_contained((out / "report.html").read_text())
-    assert len(srcs) == md.count("![") == 4  # loss, variance, attention of the run + the MLP figure
 
 
 def test_bad_input_one_line_nothing_written(tmp_path, capsys):

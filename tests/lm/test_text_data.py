@@ -14,6 +14,7 @@ import pytest
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
+from hf_init.core.cli import UsageError
 from hf_init.lm.data.args import DataArguments
 from hf_init.lm.data.blocks import tokenize_and_group
 from hf_init.lm.data.builtin_corpus import builtin_corpus
@@ -359,3 +360,50 @@ def test_text_column_other_than_text_trains_the_tokenizer_on_it(tmp_path):
     direct = train_bpe_tokenizer(list(raw["train"]["text"]), vocab_size=300)
     assert tokenizer.backend_tokenizer.to_str() == direct.backend_tokenizer.to_str()
     assert len(tokenize_and_group(raw, tokenizer, args)["train"]) > 0
+
+
+LINES = [f"line {i}: the variance of a sum of {i} independent terms adds up." for i in range(40)]
+
+
+def test_a_txt_file_is_one_document_per_line_by_default(tmp_path):
+    from hf_init.lm.data.args import DataArguments
+    from hf_init.lm.data.loaders import load_raw_text
+
+    path = tmp_path / "train.txt"
+    path.write_text("\n".join(LINES[:20]) + "\n\n" + "\n".join(LINES[20:]) + "\n", encoding="utf-8")
+    raw, info = load_raw_text(DataArguments(train_file=str(path), validation_split_percentage=10))
+    docs = sorted(t.rstrip("\n") for split in raw.values() for t in split["text"])
+    assert docs == sorted(LINES) and len(raw["validation"]) == 4 and info["n_documents"] == 40
+    para, _ = load_raw_text(
+        DataArguments(train_file=str(path), validation_split_percentage=50, sample_by="paragraph")
+    )
+    assert len(para["train"]) + len(para["validation"]) == 2
+    with pytest.raises(
+        ValueError,
+        match=r"1 training document\(s\) \(a \.txt file holds one document per "
+        r"document with --sample_by document; choose line, paragraph or document\)",
+    ):
+        load_raw_text(DataArguments(train_file=str(path), sample_by="document"))
+    with pytest.raises(
+        UsageError, match="--sample_by must be one of line, paragraph, document, got 'lines'"
+    ):
+        DataArguments(sample_by="lines")
+
+
+def test_tsv_and_parquet_files_are_read(tmp_path):
+    import pandas as pd
+
+    from hf_init.lm.data.args import DataArguments
+    from hf_init.lm.data.loaders import load_raw_text
+
+    frame = pd.DataFrame({"id": range(len(LINES)), "body": [f"{t}, with a comma" for t in LINES]})
+    frame.to_csv(tmp_path / "train.tsv", sep="\t", index=False)
+    frame.to_parquet(tmp_path / "train.parquet")
+    for name in ("train.tsv", "train.parquet"):
+        raw, info = load_raw_text(
+            DataArguments(train_file=str(tmp_path / name), text_column="body")
+        )
+        assert sorted(t for split in raw.values() for t in split["text"]) == sorted(
+            frame["body"]
+        ), name
+        assert info["n_documents"] == len(LINES)

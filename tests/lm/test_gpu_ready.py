@@ -6,11 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_model_flops_per_token_is_6n_plus_attention():
-    from hf_init.lm.run_folder import model_flops_per_token
+    from hf_init.lm.throughput import model_flops_per_token
 
     # GPT-2 small: N = 124,439,808 (tied embeddings, n_positions 1024), L=12, H=12, Q=64, T=1024
     assert (
@@ -20,7 +20,7 @@ def test_model_flops_per_token_is_6n_plus_attention():
 
 
 def test_peak_table_by_device_name_and_unknown_is_none():
-    from hf_init.lm.run_folder import mfu, peak_flops
+    from hf_init.lm.throughput import mfu, peak_flops
 
     assert peak_flops("NVIDIA H200") == 989e12
     assert peak_flops("NVIDIA H100 PCIe") == 756e12  # the longest matching name wins over "H100"

@@ -20,7 +20,7 @@ from hf_init.mlp.data import TabularData
 from hf_init.mlp.model import Ensemble, MLPShape, build_mlp, ensemble_weights, standard_normal_draws
 from hf_init.mlp.training import CHECK_EVERY, TrainConfig, train_ensemble
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEVICES = (
     ["cpu"]
     + (["cuda"] if torch.cuda.is_available() else [])

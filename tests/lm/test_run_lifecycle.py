@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "pretrain.py"
 TINY = [
     "--n_layer",
@@ -472,52 +472,3 @@ def test_non_finite_recorded_variance_stops_naming_step_layer_weight():
         sink.write(
             [make_record(3, 0, "q", {"var": 1.0}), make_record(3, 1, "k", {"var": float("inf")})]
         )
-
-
-def test_set_aside_moves_later_and_torn_lines_byte_for_byte(tmp_path):
-    from hf_init.core.records import set_aside_after
-
-    path, side = tmp_path / "v.jsonl", tmp_path / "side.jsonl"
-    lines = [
-        '{"step": 0, "layer": 0, "var": 1.0}\n',
-        '{"step": 4, "layer": 0, "var": 2.0}\n',
-        '{"step": 6, "layer": 0, "var": 3.0}\n',
-        '{"step": 8, "lay',
-    ]
-    path.write_text("".join(lines))
-    assert set_aside_after(path, 4, side) == 2
-    assert path.read_text() == "".join(lines[:2])
-    assert side.read_text() == lines[2] + lines[3] + "\n"
-    assert set_aside_after(tmp_path / "missing.jsonl", 4, side) == 0
-
-
-def test_interrupted_run_without_checkpoint_is_refused_with_the_restart_command(
-    tmp_path, monkeypatch
-):
-    """What SIGINT at step 10 leaves (variance.jsonl and runs/ only) blocks the same command, which
-    then names what the folder holds and the exact command that restarts it."""
-    from hf_init.core.cli import UsageError
-    from hf_init.lm.pretrain import check_output_dir
-
-    monkeypatch.setattr(sys, "argv", ["scripts/pretrain.py"])
-    (tmp_path / "variance.jsonl").write_text('{"step": 10}\n')
-    (tmp_path / "runs").mkdir()
-    argv = [
-        "configs/x.yaml",
-        "--max_steps",
-        "50",
-        "--overwrite_output_dir=false",
-        "--output_dir",
-        str(tmp_path),
-    ]
-    with pytest.raises(UsageError) as err:
-        check_output_dir(tmp_path, False, argv)
-    msg = str(err.value)
-    assert "did not finish and has no checkpoint (variance.jsonl, runs; no run_info.json)" in msg
-    assert msg.endswith(
-        f"restart it with: python scripts/pretrain.py configs/x.yaml --max_steps 50 "
-        f"--output_dir {tmp_path} --overwrite_output_dir true"
-    )
-    (tmp_path / "run_info.json").write_text("{}")  # a finished run: the plain refusal
-    with pytest.raises(UsageError, match="pass --overwrite_output_dir to replace it"):
-        check_output_dir(tmp_path, False, argv)

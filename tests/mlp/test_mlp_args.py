@@ -1,5 +1,5 @@
 """The MLP study scripts parse arguments the one way: YAML config, then flags on top; shared flags
-declared once; bad input is one clear line (the scripts' exit 2: tests/test_mlp_scripts.py)."""
+declared once; bad input is one clear line (the scripts' exit 2: tests/mlp/test_mlp_scripts.py)."""
 
 from dataclasses import fields
 from pathlib import Path
@@ -17,7 +17,7 @@ from hf_init.mlp.args import (
     parse,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(

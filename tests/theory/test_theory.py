@@ -25,7 +25,7 @@ from hf_init.theory import measurement as P
 from hf_init.theory import recursions as T
 
 K = 4.0
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 TORCH_ACT = {
     "tanh": torch.tanh,
@@ -530,3 +530,24 @@ def test_theory_check_arguments_refuse_bad_values():
     ):
         with pytest.raises(UsageError):
             TheoryCheckArguments(**{**good, key: value})
+
+
+def test_theory_check_tolerance_is_k_sigma_over_sqrt_seeds(theory_out):
+    """First MLP layer, forward: the input is fixed, so the per-input relative variance of
+    E[z_1^2] over weight draws is exactly 2 / n (a mean of n squared Gaussians); over S seeds the
+    tolerance is k_sigma * sqrt(2 / (n S)) = 4 * sqrt(2 / (64 * 2)) = 0.5 for every activation."""
+    from hf_init.theory.check import read_check_rows
+
+    rows = [
+        r
+        for r in read_check_rows(theory_out / "theory_check.jsonl")
+        if r["network"].startswith("mlp-")
+    ]
+    first = [r for r in rows if r["quantity"] == "forward" and r["layer"] == 1]
+    assert len(first) == 4  # relu, tanh x 2 std multiples
+    for r in first:
+        assert float(r["tolerance"]) == pytest.approx(4 * math.sqrt(2 / (64 * 2)), rel=1e-12), r
+    # deeper layers add the fluctuation of the layer below: strictly wider
+    for r in rows:
+        if r["quantity"] == "forward" and r["layer"] != 1:
+            assert float(r["tolerance"]) > 0.5

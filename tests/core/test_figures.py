@@ -1,7 +1,8 @@
 """One figure per study, read back: the PNG the script wrote (size, not blank), and the same
 figure drawn again from the script's own output files with Figure.savefig intercepted, so the
 panels and lines matplotlib holds can be counted and their data compared with numbers computed
-here from results.csv and the record files (parsed with json, not hf_init.core.records)."""
+here from results.csv and the record files (parsed with json, not hf_init.core.records); the
+heatmap's cells and the sweep's stable band on hand-made data."""
 
 import csv
 import json
@@ -194,3 +195,72 @@ def test_theory_mlp_forward_figure(theory_out, captured, tmp_path):
             ]
             assert list(line.get_xdata()) == [1, 2, 3]
             assert np.allclose(line.get_ydata(), [float(r["predicted"]) for r in sel], rtol=1e-12)
+
+
+def test_heatmap_cells_are_centred_on_their_recorded_steps(tmp_path, monkeypatch):
+    import numpy as np
+
+    from hf_init.core.records import make_record, read_records, write_records
+    from hf_init.lm import plots
+    from hf_init.lm.variance import variance_table
+
+    steps = [0, 10, 20, 25]  # the last step off the recording grid, as a run's final step can be
+    records = [
+        make_record(s, layer, role, {"var": 1.0 + s + layer})
+        for s in steps
+        for layer in range(3)
+        for role in "qkv"
+    ]
+    table = variance_table(read_records(write_records(tmp_path / "v.jsonl", records)))
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig) or path)
+    plots.variance_heatmap(table, tmp_path / "h.png")
+    mesh = figures[0].axes[0].collections[0]
+    xy = np.asarray(mesh.get_coordinates())  # (layers + 1, steps + 1, 2) cell corners
+    x_edges, y_edges = xy[0, :, 0], xy[:, 0, 1]
+    # each cell spans half the smaller gap to its neighbours on each side: 20 has neighbours 10
+    # and 25, so [17.5, 22.5], and the strip 15 .. 17.5 is left empty
+    assert x_edges.tolist() == [-5, 5, 15, 17.5, 22.5, 27.5]
+    z = np.ma.getdata(mesh.get_array()).reshape(3, 5)
+    mask = np.ma.getmaskarray(mesh.get_array()).reshape(3, 5)
+    drawn = [j for j in range(5) if not mask[0, j]]
+    assert [(x_edges[j] + x_edges[j + 1]) / 2 for j in drawn] == steps
+    assert ((y_edges[1:] + y_edges[:-1]) / 2).tolist() == [0, 1, 2]
+    assert z[2, drawn[2]] == pytest.approx(np.log10(1 + 20 + 2))  # cell (layer 2, step 20)
+
+
+def test_a_one_std_stable_band_is_a_visible_strip(tmp_path, monkeypatch):
+    import numpy as np
+    from matplotlib.patches import Polygon, Rectangle
+
+    from hf_init.mlp import plots
+
+    stds = [1e-2, 1e-1, 1.0, 10.0]
+    rows = [
+        {
+            "depth": 2,
+            "std": s,
+            "seed": 0,
+            "final_train_loss": 1.0,
+            "final_test_loss": 1.0,
+            "final_test_acc": 0.5,
+            "regime": "stable" if s == 1e-1 else "vanishing",
+        }
+        for s in stds
+    ]
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig) or path)
+    plots.sweep_metrics(rows, {"2": {"lo": 0.1, "hi": 0.1}}, tmp_path / "m.png")
+    spans = [p for p in figures[0].axes[0].patches if isinstance(p, (Polygon, Rectangle))]
+    assert len(spans) == 1
+    xs = (
+        spans[0].get_xy()[:, 0]
+        if isinstance(spans[0], Polygon)
+        else [spans[0].get_x(), spans[0].get_x() + spans[0].get_width()]
+    )
+    # out to the geometric midpoints with the neighbours: sqrt(0.01 * 0.1) .. sqrt(0.1 * 1)
+    assert min(xs) == pytest.approx(np.sqrt(1e-3)) and max(xs) == pytest.approx(np.sqrt(0.1))
+    # at the grid's end: half a grid step (a factor sqrt(10)) beyond the last std
+    assert plots.band_span(stds, 1.0, 10.0) == pytest.approx(
+        (np.sqrt(0.1 * 1.0), 10.0 * np.sqrt(10.0))
+    )

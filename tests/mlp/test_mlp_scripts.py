@@ -1,9 +1,11 @@
-"""The two MLP scripts end to end on a tiny budget, and their bad-input paths."""
+"""The two MLP scripts end to end on a tiny budget, their bad-input paths and the package versions
+in summary.json."""
 
 import csv
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 from hf_init.core.cli import fail_cleanly
 from hf_init.core.records import read_records
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _script(name):
@@ -226,3 +228,38 @@ def test_sweep_runs_from_the_shipped_config_with_overrides(tmp_path):
         and summary["stds"] == [0.1]
     )
     assert summary["width"] == 64  # from the YAML (the script's default)
+
+
+def test_study_summary_records_the_package_versions(tmp_path):
+    import importlib.util
+
+    import torch
+    import transformers
+
+    spec = importlib.util.spec_from_file_location(
+        "mlp_init_compare", ROOT / "scripts" / "mlp_init_compare.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "cmp"
+    assert mod.main(
+        [
+            "--dataset",
+            "wine",
+            "--seeds",
+            "2",
+            "--epochs",
+            "1",
+            "--activations",
+            "relu",
+            "--output_dir",
+            str(out),
+            "--no_progress",
+        ]
+    ) in (None, 0)
+    versions = json.loads((out / "summary.json").read_text())["versions"]
+    assert (
+        versions["torch"] == torch.__version__
+        and versions["transformers"] == transformers.__version__
+    )
+    assert versions["python"] == ".".join(map(str, sys.version_info[:3]))

@@ -1,4 +1,5 @@
-"""Regime rule on hand-made cases; paired statistics against scipy and the textbook formulas."""
+"""Regime rule and stable band on hand-made cases (ties included); paired statistics and the
+verdict against scipy and the textbook formulas."""
 
 import math
 
@@ -163,3 +164,52 @@ def test_compare_summary_verdicts():
         for r in rows
     ]  # k: 10, 36, 12, 38, 14, 40 (mean 25) vs x: 20..25 (22.5): steps worse, AUC better
     assert compare_summary(mixed, "k", "x")["relu"]["verdict"] == "not supported"
+
+
+def test_stable_band_tie_goes_to_the_lower_run():
+    from hf_init.mlp.analysis import stable_band
+
+    band = stable_band(
+        [1.0, 2.0, 3.0, 4.0, 5.0], [["stable"], ["vanishing"], ["stable"], ["diverged"], ["stable"]]
+    )
+    assert (band["lo"], band["hi"]) == (1.0, 1.0)
+    assert band["stable_stds"] == [1.0, 3.0, 5.0]
+
+
+def test_paired_counts_do_not_count_ties_as_wins():
+    from hf_init.mlp.analysis import paired_comparison
+
+    res = paired_comparison(
+        [1.0, 2.0, 3.0, 5.0], [1.0, 3.0, 4.0, 4.0]
+    )  # a - b: 0 (tie), -1, -1, +1
+    assert res["a_better_count"] == 2 and res["n_pairs"] == 4
+
+
+def test_verdict_needs_both_speed_metrics_significant():
+    """6 seeds (smallest two-sided Wilcoxon p 2/2^6 = 0.031): steps to target lower on every seed
+    (p = 0.031 < 0.05), loss AUC lower in the mean only (signs mixed, p > 0.05): not supported."""
+    from scipy import stats
+
+    from hf_init.mlp.analysis import compare_summary
+
+    a_steps, b_steps = [10, 20, 30, 40, 50, 60], [15, 27, 33, 49, 52, 71]
+    a_auc, b_auc = [0.5, 0.9, 0.4, 0.8, 0.3, 0.7], [0.6, 0.8, 0.5, 0.7, 0.6, 0.8]
+    assert stats.wilcoxon(a_steps, b_steps).pvalue < 0.05 < stats.wilcoxon(a_auc, b_auc).pvalue
+    rows = []
+    for scheme, steps, auc in (("a", a_steps, a_auc), ("b", b_steps, b_auc)):
+        for seed, (s, u) in enumerate(zip(steps, auc)):
+            rows.append(
+                {
+                    "activation": "relu",
+                    "scheme": scheme,
+                    "seed": seed,
+                    "steps_to_target": s,
+                    "reached_target": True,
+                    "loss_auc": u,
+                    "final_test_loss": u,
+                    "final_test_acc": 0.5,
+                    "diverged_step": -1,
+                }
+            )
+    verdict = compare_summary(rows, "a", "b")["relu"]["verdict"]
+    assert verdict == "not supported: a ahead in the mean, not significant"

@@ -1,0 +1,126 @@
+"""The pretraining command line (hf_init/lm/args.py): init options a scheme does not read are
+refused, a partial YAML keeps the default config's other values, --help answers without torch,
+mistyped or abbreviated flags are one line."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hf_init.core.cli import UsageError
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "pretrain.py"
+
+
+@pytest.mark.parametrize(
+    "scheme, flag, value, reads",
+    [
+        ("kaiming_normal", "init_std", 0.1, "normal"),
+        ("kaiming_normal", "init_gain", 2.0, "xavier_normal"),
+        ("deepnet", "init_std", 0.1, "normal"),
+        ("small_init", "initializer_range", 0.1, "gpt2"),
+        ("gpt2", "init_fan_mode", "fan_out", "kaiming_normal"),
+    ],
+)
+def test_an_option_the_scheme_does_not_read_is_refused(scheme, flag, value, reads):
+    from hf_init.lm.args import ModelArguments
+
+    with pytest.raises(
+        UsageError, match=rf"init scheme '{scheme}' does not use --{flag} .*{reads}"
+    ):
+        ModelArguments(init_scheme=scheme, **{flag: value})
+
+
+def test_options_a_scheme_reads_are_accepted():
+    from hf_init.lm.args import ModelArguments
+
+    ModelArguments(init_scheme="normal", init_std=0.1)
+    ModelArguments(init_scheme="xavier_uniform", init_gain=2.0, initializer_range=0.01)
+    ModelArguments(init_scheme="kaiming_uniform", init_fan_mode="fan_out", init_nonlinearity="tanh")
+
+
+def test_a_partial_yaml_keeps_the_default_configs_other_values(tmp_path):
+    """The layering rule: keys a user YAML leaves out keep pretrain_tiny.yaml's values."""
+    import yaml
+
+    from hf_init.lm.args import DEFAULT_CONFIG, parse_args
+
+    cfg = tmp_path / "mine.yaml"
+    cfg.write_text("n_layer: 2\nmax_steps: 7\noutput_dir: x\ninit_scheme: xavier_normal\n")
+    model, data, run, training, _ = parse_args([str(cfg)])
+    tiny = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    assert (model.n_layer, training.max_steps, model.init_scheme) == (2, 7, "xavier_normal")
+    assert data.block_size == tiny["block_size"] and training.learning_rate == float(
+        tiny["learning_rate"]
+    )
+    assert training.lr_scheduler_type.value == tiny["lr_scheduler_type"]
+    assert [str(r) for r in training.report_to] == [tiny["report_to"]]
+    assert training.save_strategy.value == "no"
+
+
+HEAVY = ("torch", "transformers", "datasets", "accelerate")
+
+
+def _modules_after(*argv):
+    """Run scripts/pretrain.py's main in a fresh interpreter; return (exit status, stderr, the heavy
+    modules it imported)."""
+    code = (
+        "import sys, runpy; sys.argv = ['pretrain.py', *sys.argv[1:]]\n"
+        f"try:\n    runpy.run_path({str(SCRIPT)!r}, run_name='__main__')\n"
+        "except SystemExit as e:\n    code = e.code\n"
+        f"print('HEAVY', sorted(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)\n"
+        "sys.exit(code)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    *lines, heavy = proc.stderr.strip().splitlines()
+    return proc.returncode, proc.stdout, lines, heavy
+
+
+def test_help_answers_without_importing_torch_or_transformers():
+    rc, out, err, heavy = _modules_after("--help")
+    assert rc == 0 and heavy == "HEAVY []", (err, heavy)
+    out = " ".join(out.split())  # argparse wraps the help to the terminal's width
+    assert "--learning_rate LEARNING_RATE" in out and "(default: 0.001)" in out  # built-in YAML
+    assert "--init_scheme" in out and "(default: 'gpt2')" in out and "--sample_by" in out
+
+
+def test_a_mistyped_flag_is_one_line_naming_the_closest_flag():
+    rc, out, err, heavy = _modules_after("--max_stepz", "3")
+    assert rc == 2 and err == [
+        "error: unknown argument --max_stepz (did you mean --max_steps? see --help for valid flags)"
+    ]
+
+
+@pytest.mark.parametrize("flag", ["--max_step", "--learn", "--init_sch"])
+def test_abbreviations_are_refused(flag):
+    from hf_init.lm.args import parse_args
+
+    with pytest.raises(UsageError, match=f"unknown argument {flag} "):
+        parse_args([flag, "3"])
+
+
+def test_help_lists_the_full_parsers_flags():
+    """The flags --help reads from source are exactly the option strings HfArgumentParser builds."""
+    import re
+
+    from hf_init.lm.args import build_parser, help_text
+
+    listed = set(re.findall(r"^  --(\w+)", help_text(), flags=re.M))
+    options = {
+        o[2:].replace("-", "_")
+        for a in build_parser()._actions
+        for o in a.option_strings
+        if o.startswith("--") and o != "--help"
+    }
+    assert {o for o in options if not (o.startswith("no_") and o[3:] in listed)} == listed

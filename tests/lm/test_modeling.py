@@ -1,0 +1,74 @@
+"""The init override (hf_init/lm/modeling.py) as scripts/inspect_init.py reports it, against the
+stock GPT-2 parameters sliced by hand and the textbook formulas."""
+
+import math
+
+import pytest
+from conftest import run_main
+
+
+@pytest.mark.parametrize("scheme", ["xavier_normal", "kaiming_normal"])
+def test_inspect_init_table_matches_hand_computation(scheme):
+    """Measured std: population std of the stock GPT-2 parameters of the same seeded model, sliced
+    here by hand (Conv1D stores (in, out): Q, K, V are the first, second, third n_embd columns of
+    c_attn); scheme std: the textbook formula."""
+    import torch
+
+    from hf_init.lm.modeling import build_model
+
+    L, d, V = 2, 32, 100
+    rc, stdout, stderr = run_main(
+        "inspect_init",
+        "--init_scheme",
+        scheme,
+        "--n_layer",
+        L,
+        "--n_embd",
+        d,
+        "--n_head",
+        2,
+        "--vocab_size",
+        V,
+        "--seed",
+        3,
+    )
+    assert rc == 0, stderr
+    table = {}
+    for line in stdout.splitlines()[2:]:
+        role, fan_in, fan_out, measured, scheme_std, ratio = line.split()
+        table[role] = (int(fan_in), int(fan_out), float(measured), float(scheme_std), float(ratio))
+
+    torch.manual_seed(3)
+    model = build_model(init_scheme=scheme, n_layer=L, n_embd=d, n_head=2, vocab_size=V)
+    blocks = model.transformer.h
+    cat = lambda ws: torch.cat([w.detach().double().reshape(-1) for w in ws])  # noqa: E731
+    pieces = {
+        "q": cat(b.attn.c_attn.weight[:, :d] for b in blocks),
+        "k": cat(b.attn.c_attn.weight[:, d : 2 * d] for b in blocks),
+        "v": cat(b.attn.c_attn.weight[:, 2 * d :] for b in blocks),
+        "attn_proj": cat(b.attn.c_proj.weight for b in blocks),
+        "mlp_fc": cat(b.mlp.c_fc.weight for b in blocks),
+        "mlp_proj": cat(b.mlp.c_proj.weight for b in blocks),
+        "wte": cat([model.transformer.wte.weight]),
+        "wpe": cat([model.transformer.wpe.weight]),
+    }
+    fans = {
+        "q": (d, d),
+        "k": (d, d),
+        "v": (d, d),
+        "attn_proj": (d, d),
+        "mlp_fc": (d, 4 * d),
+        "mlp_proj": (4 * d, d),
+    }
+    assert set(table) == set(pieces)
+    for role, w in pieces.items():
+        fan_in, fan_out, measured, scheme_std, ratio = table[role]
+        assert measured == pytest.approx(w.std(unbiased=False).item(), abs=1.5e-6), role
+        if role in fans:
+            assert (fan_in, fan_out) == fans[role]
+            a, b = fans[role]
+            hand = math.sqrt(2 / (a + b)) if scheme == "xavier_normal" else math.sqrt(2 / a)
+        else:  # embeddings keep GPT-2's initializer_range
+            hand = 0.02
+        assert scheme_std == pytest.approx(hand, abs=1.5e-6), role
+        assert ratio == pytest.approx(w.std(unbiased=False).item() / hand, abs=1.5e-4), role

@@ -1,0 +1,82 @@
+"""scripts/report.py (hf_init/report.py) on the shared init study and on one run plus an MLP
+folder: the HTML is self-contained (every image a data: PNG, no network reference) and holds
+the sections and the per-scheme numbers."""
+
+import base64
+import json
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from conftest import STUDY_RUNS as RUNS
+from conftest import study_script as script
+
+
+class Tags(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+def check_self_contained(page: str) -> list[str]:
+    parser = Tags()
+    parser.feed(page)
+    srcs = [a["src"] for t, a in parser.tags if t == "img"]
+    assert srcs, "no figures"
+    for src in srcs:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [t for t, a in parser.tags if t in ("script", "link", "iframe")]
+    for t, a in parser.tags:
+        for key in ("src", "href"):
+            assert not str(a.get(key, "")).startswith(("http:", "https:", "//")), (t, a)
+    return srcs
+
+
+def test_study_report_is_self_contained_and_holds_the_sections(study):
+    page = (study / "report.html").read_text()
+    md = (study / "report.md").read_text()
+    srcs = check_self_contained(page)
+    # every figure of the markdown is embedded in the HTML
+    assert len(srcs) == md.count("![")
+    # 1 loss figure + per scheme (2) a Q/K/V variance and an attention figure
+    assert len(srcs) == 5
+    for section in (
+        "## Configurations",
+        "## Loss and perplexity",
+        "## Q/K/V variance and attention, per scheme",
+        "## Equilibration",
+        "## The paper's claims",
+        "narrower_band_at_end",
+        "shallow_grow_faster",
+    ):
+        assert section in md
+    # the per-scheme mean eval loss equals the mean of the runs' own eval losses (numpy)
+    losses = [json.loads((study / n / "run_info.json").read_text())["eval_loss"] for n in RUNS[:2]]
+    row = next(line for line in md.splitlines() if line.startswith("| gpt2 | 2 |"))
+    assert float(row.split("|")[3]) == pytest.approx(np.mean(losses), rel=1e-3)
+
+
+def test_report_script_on_one_run_and_an_mlp_folder(study, tmp_path):
+    # a stand-in MLP study folder: the files mlp_sweep writes that the report reads
+    mlp = tmp_path / "mlp_sweep"
+    mlp.mkdir()
+    (mlp / "summary.json").write_text(
+        json.dumps({"command": "python scripts/mlp_sweep.py", "setup": "digits"})
+    )
+    (mlp / "results.csv").write_text(
+        "depth,std,seed,final_test_acc\n4,0.1,0,0.5\n4,0.1,1,0.7\n4,1.0,0,0.9\n"
+    )
+    png = next((study / "gpt2_seed0" / "figures").glob("*.png"))
+    (mlp / "sweep_metrics.png").write_bytes(png.read_bytes())
+    out = tmp_path / "rep"
+    proc = script("report.py", study / "gpt2_seed0", mlp, "--output_dir", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    md = (out / "report.md").read_text()
+    assert "## MLP study: mlp_sweep" in md
+    assert "| 4 | 0.1 | 0.6 |" in md  # the mean over the two seeds
+    srcs = check_self_contained((out / "report.html").read_text())
+    assert len(srcs) == md.count("![") == 4  # loss, variance, attention of the run + the MLP figure
