@@ -214,7 +214,7 @@ def keeps_grad_norm(trainer_class):
     or for its log when ``max_grad_norm`` is 0; still on the device) to its
     :class:`DivergenceStop` callbacks. The Trainer passes it to no callback event, so this
     overrides the method that returns it (``Trainer._get_grad_norm`` in transformers 5;
-    ``tests/test_divergence.py`` fails if that stops being called), and a stop without it
+    ``tests/lm/test_guards.py`` fails if that stops being called), and a stop without it
     computes its own."""
 
     class GradNormTrainer(trainer_class):
