@@ -20,14 +20,17 @@ Variants (``--variants``):
 * ``every_step_no_probe``: ``--variance_steps 1 --attention_probe_blocks 0``.
 
 Each round runs every variant once for ``--steps`` optimizer steps, in an order rotated from round
-to round, after one short warm-up round; a variant's time is the Trainer's ``train_runtime`` per
-step (training only: start-up, the final evaluation and saving are not in it; the job's step-0
-record is). Reported per variant: the median ms/step, and the median over rounds of its ratio to
-the plain Trainer's run in the same round (paired, so slow drifts of the machine cancel) with the
-smallest and largest ratio as its spread. The load average is printed before and after.
+to round, after one short warm-up round. A variant's time is that of its ``Trainer.train`` call
+per step, by the wall clock and by this process's CPU time (which does not count the time the
+process waits for a core, so it resolves small differences on a machine shared with other jobs;
+pin ``--threads 1`` there, as idle threads of a busy machine spin): training only (start-up, the
+final evaluation and saving are not in it; the job's step-0 record is). Reported per variant and
+clock: the median ms/step, and the median over rounds of its ratio to the plain Trainer's run in
+the same round (paired, so slow drifts of the machine cancel) with the smallest and largest ratio
+as its spread. The load average is printed before and after.
 
 ``--profile N``: one job run with ``--variance_steps N``, each recorder, sink and guard timed
-where it runs: its share of the training time, and its time per record step.
+where it runs: its share of ``Trainer.train``'s wall and CPU time, and its CPU time per call.
 """
 
 import argparse
@@ -46,6 +49,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, Trainer
 from hf_init.lm.args import parse_args
 from hf_init.lm.pretrain import run
 
+CLOCKS = ("wall time", "process CPU time")
 VARIANTS = {
     "plain": None,
     "default": [],
@@ -74,17 +78,36 @@ def shape_flags(a) -> list[str]:
     ]  # fmt: skip
 
 
-def job_seconds_per_step(flags: list[str], steps: int, out: Path) -> float:
-    """``run()`` for ``steps`` steps into ``out``: its train_runtime per step (output muted)."""
-    argv = [*flags, "--max_steps", str(steps), "--output_dir", str(out)]
+@contextlib.contextmanager
+def train_clock(calls: list):
+    """Every ``Trainer.train`` call inside (the job's Trainer is a subclass) appends (wall
+    seconds, this process's CPU seconds, optimizer steps) to ``calls``."""
+    real = Trainer.train
+
+    def train(trainer, *args, **kwargs):
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = real(trainer, *args, **kwargs)
+        calls.append(
+            (time.perf_counter() - wall, time.process_time() - cpu, trainer.state.max_steps)
+        )
+        return result
+
+    Trainer.train = train
+    try:
+        yield
+    finally:
+        Trainer.train = real
+
+
+def run_job(flags: list[str], steps: int, out: Path) -> None:
+    """``run()`` for ``steps`` steps into ``out`` (its printed output muted)."""
     with contextlib.redirect_stdout(io.StringIO()):
-        info = run(argv)
-    return info["train_runtime_s"] / info["optimizer_steps"]
+        run([*flags, "--max_steps", str(steps), "--output_dir", str(out)])
 
 
-def plain_seconds_per_step(flags: list[str], steps: int, out: Path) -> float:
+def run_plain(flags: list[str], steps: int, out: Path) -> None:
     """A plain Trainer on a stock GPT2LMHeadModel with the TrainingArguments ``run()`` would parse
-    from ``flags``: its train_runtime per step."""
+    from ``flags``, on random token blocks."""
     model_args, data_args, _, targs, _ = parse_args(
         [*flags, "--max_steps", str(steps), "--output_dir", str(out)]
     )
@@ -103,15 +126,19 @@ def plain_seconds_per_step(flags: list[str], steps: int, out: Path) -> float:
     ids = torch.randint(0, data_args.vocab_size, (rows, data_args.block_size))
     trainer = Trainer(model=GPT2LMHeadModel(config), args=targs, train_dataset=TokenBlocks(ids))
     with contextlib.redirect_stdout(io.StringIO()):
-        metrics = trainer.train().metrics
-    return metrics["train_runtime"] / trainer.state.global_step
+        trainer.train()
 
 
-def seconds_per_step(variant: str, flags: list[str], steps: int, out: Path) -> float:
-    extra = VARIANTS[variant]
-    if extra is None:
-        return plain_seconds_per_step(flags, steps, out)
-    return job_seconds_per_step([*flags, *extra], steps, out)
+def per_step(variant: str, flags: list[str], steps: int, out: Path) -> tuple[float, float]:
+    """(wall, CPU) seconds per optimizer step of one ``variant`` run's ``Trainer.train``."""
+    calls = []
+    with train_clock(calls):
+        if VARIANTS[variant] is None:
+            run_plain(flags, steps, out)
+        else:
+            run_job([*flags, *VARIANTS[variant]], steps, out)
+    ((wall, cpu, n),) = calls
+    return wall / n, cpu / n
 
 
 def load() -> str:
@@ -119,26 +146,26 @@ def load() -> str:
 
 
 def compare(a, flags: list[str]) -> None:
-    """Interleaved rounds of every variant; the medians and paired ratios to the plain Trainer."""
+    """Interleaved rounds of every variant; the medians and paired ratios to the plain Trainer,
+    for wall time and for this process's CPU time."""
     names = a.variants
-    times = {name: [] for name in names}
-    ratios = {name: [] for name in names}
+    times = {clock: {name: [] for name in names} for clock in CLOCKS}
+    ratios = {clock: {name: [] for name in names} for clock in CLOCKS}
     print(f"load average before: {load()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for rnd in range(a.rounds + 1):  # round 0: a short warm-up, dropped
             order = names[rnd % len(names) :] + names[: rnd % len(names)]
             steps = a.steps if rnd else 10
-            got = {
-                name: seconds_per_step(name, flags, steps, Path(tmp, f"{rnd}-{name}"))
-                for name in order
-            }
+            got = {name: per_step(name, flags, steps, Path(tmp, f"{rnd}-{name}")) for name in order}
             if not rnd:
                 continue
             for name in names:
-                times[name].append(got[name])
-                ratios[name].append(got[name] / got["plain"])
+                for i, clock in enumerate(CLOCKS):
+                    times[clock][name].append(got[name][i])
+                    ratios[clock][name].append(got[name][i] / got["plain"][i])
             print(
-                f"round {rnd} (ms/step): " + ", ".join(f"{n} {got[n] * 1e3:.1f}" for n in names),
+                f"round {rnd} (wall / CPU ms per step): "
+                + ", ".join(f"{n} {got[n][0] * 1e3:.1f} / {got[n][1] * 1e3:.1f}" for n in names),
                 flush=True,
             )
     print(
@@ -146,13 +173,15 @@ def compare(a, flags: list[str]) -> None:
         f"rounds of {a.steps} steps, torch threads {torch.get_num_threads()}, "
         f"load average after: {load()}"
     )
-    for name in names:
-        r = ratios[name]
-        print(
-            f"{name:>20}: median {statistics.median(times[name]) * 1e3:7.1f} ms/step   "
-            f"vs plain Trainer: median {statistics.median(r):.3f} "
-            f"(rounds {min(r):.3f} - {max(r):.3f})"
-        )
+    for clock in CLOCKS:
+        print(f"{clock}:")
+        for name in names:
+            r = ratios[clock][name]
+            print(
+                f"{name:>22}: median {statistics.median(times[clock][name]) * 1e3:7.1f} ms/step"
+                f"   vs plain Trainer: median {statistics.median(r):.3f} "
+                f"(rounds {min(r):.3f} - {max(r):.3f})"
+            )
 
 
 def parts():
@@ -176,19 +205,21 @@ def parts():
 
 @contextlib.contextmanager
 def timed_parts(spent: dict):
-    """Each method of :func:`parts` timed while inside: ``spent[label]`` = [seconds, calls]."""
+    """Each method of :func:`parts` timed while inside: ``spent[label]`` = [wall seconds, this
+    process's CPU seconds, calls]."""
     saved = []
     for label, cls, name in parts():
         real = cls.__dict__[name]
-        spent[label] = [0.0, 0]
+        spent[label] = [0.0, 0.0, 0]
 
         def wrapper(*args, _real=real, _label=label, **kwargs):
-            t0 = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             try:
                 return _real(*args, **kwargs)
             finally:
-                spent[_label][0] += time.perf_counter() - t0
-                spent[_label][1] += 1
+                spent[_label][0] += time.perf_counter() - wall
+                spent[_label][1] += time.process_time() - cpu
+                spent[_label][2] += 1
 
         saved.append((cls, name, real))
         setattr(cls, name, wrapper)
@@ -201,25 +232,26 @@ def timed_parts(spent: dict):
 
 def profile(a, flags: list[str]) -> None:
     """One job run recording every ``a.profile`` steps with each part timed: its share of the
-    training time (train_runtime) and its time per call."""
+    training (``Trainer.train``), wall and CPU time, and its CPU time per call."""
     spent: dict[str, list] = {}
+    calls: list = []
     with tempfile.TemporaryDirectory() as tmp:
-        job_seconds_per_step(flags, 10, Path(tmp, "warm"))
-        with timed_parts(spent):
-            per_step = job_seconds_per_step(
-                [*flags, "--variance_steps", str(a.profile)], a.steps, Path(tmp, "run")
-            )
-    train = per_step * a.steps
+        run_job(flags, 10, Path(tmp, "warm"))
+        with timed_parts(spent), train_clock(calls):
+            run_job([*flags, "--variance_steps", str(a.profile)], a.steps, Path(tmp, "run"))
+    ((wall, cpu, steps),) = calls
     print(
-        f"GPT-2 {a.n_layer} x {a.n_embd}, blocks of {a.block_size}, {a.steps} steps recording "
+        f"GPT-2 {a.n_layer} x {a.n_embd}, blocks of {a.block_size}, {steps} steps recording "
         f"every {a.profile}, torch threads {torch.get_num_threads()}, load average {load()}: "
-        f"train_runtime {per_step * 1e3:.1f} ms/step"
+        f"{wall / steps * 1e3:.1f} ms/step wall, {cpu / steps * 1e3:.1f} ms/step CPU"
     )
-    for label, (seconds, calls) in spent.items():
-        each = seconds / calls * 1e3 if calls else float("nan")
-        print(f"  {label:<38} {seconds / train:7.2%} of training   {each:7.2f} ms x {calls}")
-    total = sum(seconds for seconds, _ in spent.values())
-    print(f"  {'all of them':<38} {total / train:7.2%} of training")
+    print(f"  {'part':<38} {'wall':>7} {'CPU':>7}   CPU per call")
+    for label, (w, c, n) in spent.items():
+        each = c / n * 1e3 if n else float("nan")
+        print(f"  {label:<38} {w / wall:7.2%} {c / cpu:7.2%}   {each:7.2f} ms x {n}")
+    w = sum(v[0] for v in spent.values())
+    c = sum(v[1] for v in spent.values())
+    print(f"  {'all of them':<38} {w / wall:7.2%} {c / cpu:7.2%}")
 
 
 def main(argv=None):
@@ -233,6 +265,12 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's choice); 1 on a machine shared with others",
+    )
+    p.add_argument(
         "--profile",
         type=int,
         default=0,
@@ -242,6 +280,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     if "plain" not in a.variants:
         a.variants = ["plain", *a.variants]
+    if a.threads:
+        torch.set_num_threads(a.threads)
     flags = shape_flags(a)
     if a.profile:
         return profile(a, flags)

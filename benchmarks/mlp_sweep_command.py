@@ -8,10 +8,13 @@ members one at a time (``nn.Sequential`` + ``torch.optim.SGD``, torch's defaults
 
 Flags are the sweep's (hf_init.mlp.args: optional YAML config, then --flags; ``--output_dir``
 is a temporary folder) plus ``--repeats`` (default 3). Each repeat runs both commands as child
-processes, the one that goes first alternating; a command's time is its process's wall time.
-Reported: each repeat's times, the median of each, and the median and range of the per-repeat
-speedup (plain loop / sweep command). ``--phases``: one sweep command, with the time it spent
-before training (start-up), training and after (outputs), from the lines it prints.
+processes, the one that goes first alternating. Reported: the sweep command's wall time (its
+whole process: start-up, training, every output), the plain loop's training alone (timed inside
+its process, first step included) and its whole process, their medians over repeats, and the
+median and range of the per-repeat speedups: plain loop training / sweep command (the strict
+one: the command's start-up and outputs count, the plain loop's do not) and plain loop command /
+sweep command. ``--phases``: one sweep command, with the time it spent before training (start-up),
+training and after (outputs), from the lines it prints.
 """
 
 import os
@@ -24,6 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+TIMES = ("sweep command", "plain loop training", "plain loop command")
 
 
 def plain_loop(argv: list[str]) -> None:
@@ -43,6 +47,7 @@ def plain_loop(argv: list[str]) -> None:
     cfg = model.train_config(sweep.record_every, sweep.probe_size, run_args.dtype)
     batches = minibatch_order(len(data.y_train), cfg.batch_size, cfg.epochs, cfg.data_seed)
     seeds = list(range(sweep.seeds))
+    seconds = 0.0
     for depth in sweep.depths or [model.depth]:
         shape = MLPShape(data.n_features, model.width, depth, data.n_classes, sweep.activation)
         stds = [scheme_weight_stds("normal", shape.widths(), std=s) for s in sweep.stds]
@@ -51,7 +56,8 @@ def plain_loop(argv: list[str]) -> None:
             [k for _ in stds for k in range(len(seeds))],
             [per_layer for per_layer in stds for _ in seeds],
         )
-        one_at_a_time(shape, weights, data, batches, cfg.lr, cfg.momentum, device)
+        seconds += one_at_a_time(shape, weights, data, batches, cfg.lr, cfg.momentum, device)
+    print(f"plain loop training {seconds:.3f} s")
 
 
 def timed(command: list[str]) -> tuple[float, str]:
@@ -83,28 +89,32 @@ def main(argv: list[str]) -> None:
         if phases:
             return print_phases(sweep, load)
         print(f"load average before: {load}", flush=True)
-        times = {"sweep command": [], "plain loop": []}
+        times = {name: [] for name in TIMES}
         for r in range(repeats):
-            order = ["sweep command", "plain loop"][:: 1 if r % 2 == 0 else -1]
-            for name in order:
-                seconds, _ = timed(sweep if name == "sweep command" else plain)
-                times[name].append(seconds)
+            for side in ("sweep", "plain")[:: 1 if r % 2 == 0 else -1]:
+                if side == "sweep":
+                    times["sweep command"].append(timed(sweep)[0])
+                else:
+                    seconds, stdout = timed(plain)
+                    times["plain loop command"].append(seconds)
+                    train = re.search(r"plain loop training ([\d.]+) s", stdout).group(1)
+                    times["plain loop training"].append(float(train))
             print(
-                f"repeat {r + 1}: sweep command {times['sweep command'][-1]:.1f} s, "
-                f"plain loop {times['plain loop'][-1]:.1f} s",
+                f"repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()),
                 flush=True,
             )
-    speedups = [p / s for p, s in zip(times["plain loop"], times["sweep command"])]
     print(
         f"\npython scripts/mlp_sweep.py {' '.join(argv)}: {repeats} repeats, "
         f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
     for name, values in times.items():
-        print(f"  {name:<14} median {statistics.median(values):6.1f} s")
-    print(
-        f"  speedup (plain loop / sweep command): median {statistics.median(speedups):.2f}x "
-        f"[{min(speedups):.2f}, {max(speedups):.2f}]"
-    )
+        print(f"  {name:<20} median {statistics.median(values):6.1f} s")
+    for plain_side in ("plain loop training", "plain loop command"):
+        ratios = [p / s for p, s in zip(times[plain_side], times["sweep command"])]
+        print(
+            f"  {plain_side} / sweep command: median {statistics.median(ratios):.2f}x "
+            f"[{min(ratios):.2f}, {max(ratios):.2f}]"
+        )
 
 
 def print_phases(sweep: list[str], load: str) -> None:

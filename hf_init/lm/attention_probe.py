@@ -127,8 +127,8 @@ def attention_statistics(model: torch.nn.Module, input_ids: torch.Tensor) -> tor
     for i, block in enumerate(blocks):
         q, k = query_key_heads(block.attn, captured[i])
         std, entropy = logit_statistics(q, k, attention_scaling(block.attn))
-        out.append(torch.stack([std, entropy], dim=-1).cpu())
-    return torch.stack(out)
+        out.append(torch.stack([std, entropy], dim=-1))
+    return torch.stack(out).cpu()  # one read to the host
 
 
 def attention_records(step: int, stats: torch.Tensor) -> list[dict]:
