@@ -89,6 +89,12 @@ class RunArguments:
         default=1,  # attention_probe.PROBE_BLOCKS (that module imports torch)
         metadata={"help": "held-out blocks in the attention probe batch (0: no attention records)"},
     )
+    attention_probe_steps: int = field(
+        default=20,  # attention_probe.PROBE_STEPS
+        metadata={
+            "help": "run the attention probe every N optimizer steps (and at step 0 and the end)"
+        },
+    )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "replace a run already in output_dir (otherwise refuse)"}
     )
@@ -99,6 +105,10 @@ class RunArguments:
         if self.attention_probe_blocks < 0:
             raise UsageError(
                 f"attention_probe_blocks must be >= 0, got {self.attention_probe_blocks}"
+            )
+        if self.attention_probe_steps < 1:
+            raise UsageError(
+                f"attention_probe_steps must be >= 1, got {self.attention_probe_steps}"
             )
 
 

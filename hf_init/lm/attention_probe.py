@@ -27,9 +27,13 @@ from hf_init.core.records import make_record
 from hf_init.lm.recorders import StepRecorder, _is_sharded, gpt2_blocks, unwrap_model
 
 PROBE_BLOCKS = 1
-"""Held-out blocks in the default probe batch: its forward pass is the probe's cost, so one block
-keeps a record step's probe within 1% of the default run (docs/benchmarks.md, "Attention
-probe"); a study that wants more tokens per record asks for them (init_study_pretrain.yaml)."""
+PROBE_STEPS = 20
+"""The default probe: one held-out block every 20 optimizer steps. Its forward pass is the
+probe's cost (a tenth of a training step and more at the default shapes, with the statistics),
+so it has its own interval, sparser than the records': one block every 20 steps keeps it within
+1% of the run, also when the Q/K/V variances are recorded every step (docs/benchmarks.md,
+"Attention probe"). A study that wants more tokens or steps asks for them
+(init_study_pretrain.yaml)."""
 
 
 def probe_batch(dataset, n_blocks: int = PROBE_BLOCKS) -> torch.Tensor:

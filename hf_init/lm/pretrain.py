@@ -142,6 +142,7 @@ def make_trainer(setup: RunSetup, model, tokenizer, blocks):
         resumed_step=setup.resumed["step"] if setup.resumed else None,
         eval_dataset=blocks["validation"],
         probe_blocks=setup.run_args.attention_probe_blocks,
+        probe_every=setup.run_args.attention_probe_steps,
     )
     trainer.add_callback(RecordsInCheckpoints(setup.folder))
     return trainer, recorders

@@ -277,13 +277,15 @@ def build_recorders(
     resumed_step: int | None = None,
     eval_dataset=None,
     probe_blocks: int = 0,
+    probe_every: int | None = None,
 ) -> list[StepRecorder]:
     """Add to ``trainer`` every recorder a run uses, with their sinks, and return them: the Q/K/V
-    variances, the attention probe on the first ``probe_blocks`` blocks of ``eval_dataset`` (none
-    when 0) and the learning rate, at the same steps (``every``, default the logging interval),
-    into ``out/variance.jsonl`` and, when the run reports to TensorBoard, the Trainer's own writer
-    (:func:`tensorboard_before_recorders`). Sinks exist on the main process only (the one that
-    writes). ``resumed_step``: a run resumed from that step's checkpoint appends to the JSONL."""
+    variances and the learning rate every ``every`` steps (default the logging interval), the
+    attention probe on the first ``probe_blocks`` blocks of ``eval_dataset`` (none when 0) every
+    ``probe_every`` steps (default ``every``), into ``out/variance.jsonl`` and, when the run
+    reports to TensorBoard, the Trainer's own writer (:func:`tensorboard_before_recorders`). Sinks
+    exist on the main process only (the one that writes). ``resumed_step``: a run resumed from
+    that step's checkpoint appends to the JSONL."""
     from hf_init.lm.attention_probe import AttentionProbeCallback, probe_batch  # builds on this
 
     tensorboard = tensorboard_before_recorders(trainer, out, resumed_step)
@@ -305,7 +307,7 @@ def build_recorders(
     if probe_blocks > 0:
         probe = probe_batch(eval_dataset, probe_blocks)
         sinks = jsonl + tensorboard_sink(AttentionTensorBoardSink)
-        recorders.append(AttentionProbeCallback(probe, sinks, every))
+        recorders.append(AttentionProbeCallback(probe, sinks, probe_every or every))
     recorders.append(
         LearningRateCallback(jsonl + tensorboard_sink(WholeModelTensorBoardSink), every)
     )
