@@ -34,6 +34,7 @@ from transformers import (
     default_data_collator,
 )
 
+from hf_init.lm.families import GPT2
 from hf_init.lm.modeling import build_model
 from hf_init.lm.recorders import block_statistics, build_recorders
 
@@ -160,7 +161,7 @@ def direct_check(n: int):
             t1 = time.process_time()
             g = block_statistics(model, grads=True)
             w = block_statistics(model)
-            recs = variance_records(i, w, g)
+            recs = variance_records(i, w, g, roles=GPT2.block_roles)
             for sink in sinks:
                 sink.write(recs)
             t2 = time.process_time()

@@ -4,12 +4,17 @@
 
 Folders it understands (each given folder, or its subfolders one level down):
 
-- a pretraining run (``scripts/pretrain.py``: ``variance.jsonl`` + ``run_info.json``); a study
-  (``scripts/init_study.py``) is a folder of such runs. Runs are labelled by scheme (``normal``
-  with its std), seed and, when they differ between runs, learning rate and schedule.
+- a pretraining run (``scripts/pretrain.py``: ``variance.jsonl`` + ``run_info.json``, or
+  ``diverged.json`` for a run stopped on divergence); a study (``scripts/init_study.py``) is a
+  folder of such runs. Runs are labelled by scheme (``normal`` with its std), seed and, when they
+  differ between runs, model family (``model``: gpt2, llama; a GPT-2 study and a Llama study
+  given together compare the families), learning rate, schedule, warm-up and optimizer
+  (:data:`SETTINGS`).
   Sections: configs side by side, loss and perplexity, Q/K/V variance and attention figures per
   scheme (the run with the lowest seed of each), the equilibration table and the paper's claims
-  (:mod:`hf_init.lm.equilibration`).
+  with their power (:mod:`hf_init.lm.equilibration`), stability (learning-rate sensitivity,
+  divergence, attention-entropy collapse: :mod:`hf_init.lm.stability`) and, when schedules are
+  crossed, schedule and optimizer coupling.
 - an MLP study (``scripts/mlp_sweep.py`` / ``scripts/mlp_init_compare.py``: ``summary.json`` +
   ``results.csv``): its setup and command, the per-configuration means of ``results.csv`` and its
   figures.
@@ -29,7 +34,7 @@ import pandas as pd
 
 from hf_init.core.outputs import write_atomic
 from hf_init.core.records import read_records
-from hf_init.lm.run_folder import RUN_INFO, TENSORBOARD_DIR, VARIANCE_FILE, RunFolder
+from hf_init.lm.run_folder import DIVERGED, RUN_INFO, TENSORBOARD_DIR, VARIANCE_FILE, RunFolder
 from hf_init.lm.study import STUDY_FILE
 
 REPORT_MD = "report.md"
@@ -53,9 +58,9 @@ class Run:
 
 
 def is_run(path: Path) -> bool:
-    """A finished pretraining run with its records."""
+    """A pretraining run that ended (finished, or stopped on divergence) with its records."""
     folder = RunFolder(path)
-    return folder.is_finished() and folder.records.is_file()
+    return folder.has_ended() and folder.records.is_file()
 
 
 def is_mlp_study(path: Path) -> bool:
@@ -78,7 +83,8 @@ def discover(paths) -> tuple[list[Path], list[Path]]:
                 found = True
         if not found:
             raise ValueError(
-                f"{str(p)!r} holds no finished pretraining run ({VARIANCE_FILE} + {RUN_INFO}), "
+                f"{str(p)!r} holds no finished pretraining run ({VARIANCE_FILE} + {RUN_INFO} or "
+                f"{DIVERGED}), "
                 f"study of runs, or MLP study (summary.json + results.csv)"
             )
     return runs, mlp
@@ -93,18 +99,34 @@ def scheme_label(info: dict) -> str:
     )
 
 
+def model_type(info: dict) -> str:
+    """The model family of a run (``gpt2``, ``llama``); ``gpt2`` for runs that predate Llama."""
+    return info.get("model_type") or info["config"]["model"].get("model_type") or "gpt2"
+
+
+#: What tells the runs of a study apart besides scheme and seed, each read from the run's
+#: training config; a run's keys hold those that differ between the runs of the report.
+SETTINGS = {
+    "lr": lambda t: t["learning_rate"],
+    "schedule": lambda t: str(t["lr_scheduler_type"]),
+    "warmup": lambda t: t["warmup_steps"],
+    "optimizer": lambda t: str(t["optim"]) + (f":{t['optim_args']}" if t.get("optim_args") else ""),
+}
+GROUP_KEYS = ("model", "scheme", *SETTINGS)  # a run group: every key but the seed
+
+
 def load_runs(paths: list[Path]) -> list[Run]:
+    """The runs, labelled by scheme and seed and, when they differ between runs, model family
+    (first), learning rate and schedule."""
     infos = [RunFolder(p).read_info() for p in paths]
     tr = [i["config"]["training"] for i in infos]
-    lrs = {t["learning_rate"] for t in tr}
-    scheds = {str(t["lr_scheduler_type"]) for t in tr}
+    varied = [k for k, read in SETTINGS.items() if len({read(t) for t in tr}) > 1]
+    families = {model_type(i) for i in infos}
     runs = []
     for p, info, t in zip(paths, infos, tr):
-        keys = {"scheme": scheme_label(info), "seed": info["seed"]}
-        if len(lrs) > 1:
-            keys["lr"] = t["learning_rate"]
-        if len(scheds) > 1:
-            keys["schedule"] = str(t["lr_scheduler_type"])
+        keys = {"model": model_type(info)} if len(families) > 1 else {}
+        keys.update(scheme=scheme_label(info), seed=info["seed"])
+        keys.update({k: SETTINGS[k](t) for k in varied})
         runs.append(Run(p, info, keys))
     return sorted(runs, key=lambda r: tuple(str(v) for v in r.keys.values()))
 
@@ -124,9 +146,12 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 CONFIG_KEYS = (
+    "model.model_type",
     "model.n_layer",
     "model.n_embd",
     "model.n_head",
+    "model.n_kv_head",
+    "model.n_inner",
     "data.dataset_name",
     "data.block_size",
     "data.vocab_size",
@@ -146,47 +171,63 @@ CONFIG_KEYS = (
 
 
 def configs_tables(runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(settings shared by every run, settings that differ: one column per run)."""
+    """(settings shared by every run, settings that differ: one row per run, so a study of many
+    runs stays as wide as its few differing settings)."""
     flat = {r.path.name: _flat(r.info["config"]) for r in runs}
     for name, r in zip(flat, runs):
         flat[name].update(
             {
                 "init.scheme": scheme_label(r.info),
                 "seed": r.info["seed"],
-                "n_parameters": r.info["n_parameters"],
+                "n_parameters": r.info.get("n_parameters"),
             }
         )
-    keys = ["init.scheme", "seed", "n_parameters", *CONFIG_KEYS]
+    keys = ["init.scheme", "seed", "n_parameters", *CONFIG_KEYS, "training.optim"]
     table = pd.DataFrame({name: {k: str(f.get(k)) for k in keys} for name, f in flat.items()})
     same = table.nunique(axis=1) == 1
     shared = table[same].iloc[:, :1].rename(columns={table.columns[0]: "value"})
     shared.index.name = "setting"
-    differ = table[~same]
-    differ.index.name = "setting"
+    differ = table[~same].T
+    differ.index.name = "run"
     return shared.reset_index(), differ.reset_index()
 
 
 def results_table(runs: list[Run]) -> pd.DataFrame:
+    """Per run: steps trained, losses, perplexity, accuracy and runtime (empty for a run that
+    diverged, with the step it diverged at)."""
     rows = []
     for r in runs:
         i = r.info
         rows.append(
             {
                 **r.keys,
-                "steps": i["optimizer_steps"],
-                "train_loss": i["train_loss"],
-                "eval_loss": i["eval_loss"],
-                "perplexity": i["perplexity"],
+                "steps": i.get("optimizer_steps"),
+                "train_loss": i.get("train_loss"),
+                "eval_loss": i.get("eval_loss", math.nan),
+                "perplexity": i.get("perplexity", math.nan),
                 "next_token_accuracy": i.get("next_token_accuracy"),
-                "train_runtime_s": i["train_runtime_s"],
+                **spike_columns(i.get("spikes")),
+                "train_runtime_s": i.get("train_runtime_s"),
+                "diverged_at_step": i.get("diverged_at_step"),
             }
         )
     return pd.DataFrame(rows)
 
 
+def spike_columns(spikes: dict | None) -> dict:
+    """A run's spikes for the results table: how many, the score, the updates skipped (None in a
+    run from before the spike monitor; the score None when no step was monitored)."""
+    spikes = spikes or {}
+    return {
+        "spikes": spikes.get("count"),
+        "spike_score": spikes.get("score"),
+        "skipped_updates": spikes.get("skipped_updates"),
+    }
+
+
 def scheme_summary(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds of eval loss and perplexity per scheme (and lr/schedule)."""
-    group = [c for c in results.columns if c in ("scheme", "lr", "schedule")]
+    """Mean and std over seeds of eval loss and perplexity per run group (scheme and settings)."""
+    group = [c for c in results.columns if c in GROUP_KEYS]
     agg = results.groupby(group, sort=True).agg(
         seeds=("seed", "count"),
         eval_loss_mean=("eval_loss", "mean"),
@@ -217,6 +258,8 @@ def train_loss_curves(run: Run) -> pd.DataFrame | None:
 
 
 def loss_figure(runs: list[Run], path: Path):
+    """The logged training loss of every run, one colour per run group (scheme and settings); a
+    log y axis when the losses span more than 20x (a diverged run)."""
     from hf_init.core.figures import pyplot, save_figure
 
     curves = [(r, train_loss_curves(r)) for r in runs]
@@ -224,21 +267,31 @@ def loss_figure(runs: list[Run], path: Path):
     if not curves:
         return None
     plt = pyplot()
-    schemes = sorted({r.keys["scheme"] for r, _ in curves})
-    colors = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(schemes)}
-    fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
+
+    def group(r):
+        return ", ".join(f"{k} {v}" for k, v in r.keys.items() if k != "seed")
+
+    groups = sorted({group(r) for r, _ in curves})
+    colors = {g: plt.get_cmap("tab20")(i % 20) for i, g in enumerate(groups)}
+    fig, ax = plt.subplots(figsize=(9, 5), constrained_layout=True)
     seen = set()
     for r, c in curves:
-        s = r.keys["scheme"]
+        g = group(r)
+        marker = "o" if len(c) < 3 else None  # a run that stopped early: its few points
+        label = g * (g not in seen)
         ax.plot(
-            c["step"], c["loss"], color=colors[s], lw=1.2, alpha=0.8, label=None if s in seen else s
+            c["step"], c["loss"], color=colors[g], lw=1.2, alpha=0.8, marker=marker, label=label
         )
-        seen.add(s)
+        seen.add(g)
+    losses = pd.concat([c["loss"] for _, c in curves])
+    losses = losses[np.isfinite(losses) & (losses > 0)]
+    if len(losses) and losses.max() > 20 * losses.min():
+        ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (logged mean)")
-    ax.set_title("training loss, every run (one colour per scheme)")
+    ax.set_title("training loss, every run (one colour per scheme and setting)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7, ncol=1 + len(groups) // 12)
     return save_figure(fig, path)
 
 
@@ -261,11 +314,11 @@ def run_figures(run: Run, files: Path, table: pd.DataFrame) -> list[tuple[str, P
 
 
 def equilibration_summary(eq: pd.DataFrame) -> pd.DataFrame:
-    """Per scheme (and lr/schedule) and projection, over seeds and layers: median relative change,
-    the median early growth rate of the shallow and the deep third of the layers, the median
-    equilibration step of each third, the share of curves that never equilibrated, and the median
-    learning rate at equilibration as a fraction of the peak."""
-    group = [c for c in eq.columns if c in ("scheme", "lr", "schedule")] + ["projection"]
+    """Per run group (scheme and settings) and projection, over seeds and layers: median relative
+    change, the median early growth rate of the shallow and the deep third of the layers, the
+    median equilibration step of each third, the share of curves that never equilibrated, and the
+    median learning rate at equilibration as a fraction of the peak."""
+    group = [c for c in eq.columns if c in GROUP_KEYS] + ["projection"]
     n_layer = int(eq["layer"].max()) + 1
     third = max(1, n_layer // 3)
     eq = eq.assign(
@@ -435,6 +488,9 @@ def pretraining_sections(doc: Document, runs: list[Run], paths) -> None:
     table = records_table(runs)
     figures_section(doc, runs, table)
     equilibration_section(doc, table)
+    stability_section(doc, runs, table)
+    if "schedule" in runs[0].keys:
+        coupling_section(doc, table)
 
 
 def configs_section(doc: Document, runs: list[Run]) -> None:
@@ -443,7 +499,7 @@ def configs_section(doc: Document, runs: list[Run]) -> None:
     doc.text(f"{len(runs)} pretraining runs. Settings shared by every run:")
     doc.table(shared)
     if len(runs) > 1:
-        doc.text("Settings that differ (one column per run):")
+        doc.text("Settings that differ (one row per run):")
         doc.table(differ)
 
 
@@ -452,7 +508,11 @@ def results_section(doc: Document, runs: list[Run]) -> None:
     results = results_table(runs)
     doc.text(
         "Final evaluation on the held-out split (eval loss = mean next-token cross-entropy, "
-        "perplexity = exp(eval loss)); train_loss = mean logged training loss over the run."
+        "perplexity = exp(eval loss)); train_loss = mean logged training loss over the run; "
+        "spikes = steps whose training loss or gradient norm was more than the run's threshold "
+        "(default 6) standard deviations above the mean of its previous window (default 128) of "
+        "steps; spike_score = spikes / steps with a full window (empty: the run was shorter than "
+        "its window); skipped_updates: with --skip_spike_updates."
     )
     doc.table(results)
     if len(runs) > 1:
@@ -514,6 +574,111 @@ def equilibration_section(doc: Document, table: pd.DataFrame) -> None:
     per_seed.to_csv(doc.files / "claims_per_seed.csv", index=False)
     doc.text(claims_markdown(verdicts))
     doc.text(f"Per-seed statistics: `{FILES_DIR}/claims_per_seed.csv`.")
+
+
+def run_endings(runs: list[Run], chance: float) -> pd.DataFrame:
+    """Per run: its keys, final_loss (eval loss; NaN for a run stopped on divergence), diverged
+    and divergence_step (:mod:`hf_init.lm.stability`)."""
+    from hf_init.lm import stability as S
+
+    rows = []
+    for r in runs:
+        stopped = r.info.get("diverged_at_step")
+        loss = r.info.get("eval_loss", math.nan)
+        diverged = S.diverged(stopped, loss, chance)
+        curve = train_loss_curves(r) if diverged and stopped is None else None
+        step = S.divergence_step(stopped, curve, chance) if diverged else math.nan
+        rows.append({**r.keys, "final_loss": loss, "diverged": diverged, "divergence_step": step})
+    return pd.DataFrame(rows)
+
+
+def stability_section(doc: Document, runs: list[Run], table: pd.DataFrame) -> None:
+    """Learning-rate sensitivity (when the runs cross learning rates), and per run: divergence,
+    attention-entropy collapse and logit growth, and whether collapse came first."""
+    from hf_init.lm import stability as S
+
+    keys = list(runs[0].keys)
+    chance = S.chance_loss(runs[0].info["vocab_size"])
+    block = runs[0].info["blocks"]["block_size"]
+    endings = run_endings(runs, chance)
+    doc.heading("Stability: learning rate, attention logits and entropy")
+    doc.text(
+        f"Chance loss L0 = ln(vocab size) = {chance:.3f}: a run diverged when it stopped on "
+        "non-finite values or ended with eval loss >= L0 (its divergence step: where it stopped, "
+        "or the first logged step after its lowest training loss with loss >= L0). A head's "
+        f"attention collapsed when its probe entropy fell below {S.COLLAPSE_FRACTION:g} x "
+        f"{S.uniform_entropy(block):.3f} nats, the entropy of uniform causal attention over "
+        f"{block}-token blocks (mean over positions of ln(t + 1)); logit growth = last / first "
+        "record of a layer's attention-logit std (mean over heads)."
+    )
+    if "lr" in keys:
+        lr_sensitivity_part(doc, endings, keys, chance)
+    heads = S.head_collapse(table, keys, block)
+    heads.to_csv(doc.files / "attention_heads.csv", index=False)
+    stability = S.run_stability(endings, heads, S.logit_growth(table, keys), keys)
+    doc.table(stability)
+    doc.text(collapse_sentence(stability) + f" Every head: `{FILES_DIR}/attention_heads.csv`.")
+
+
+def lr_sensitivity_part(doc: Document, endings: pd.DataFrame, keys: list[str], chance: float):
+    """Final loss against learning rate (table and figure) and the LR sensitivity per group."""
+    from hf_init.lm import stability as S
+    from hf_init.lm.plots import loss_vs_learning_rate
+
+    group = [k for k in keys if k not in ("seed", "lr")]
+    results = endings.assign(chance_loss=chance)
+    capped = results.assign(capped=np.fmin(results["final_loss"].fillna(np.inf), chance))
+    doc.text(
+        "Final eval loss against the peak learning rate (mean over seeds, capped at L0; a "
+        "diverged run counts as L0). LR sensitivity (Wortsman et al. 2023): the mean over the "
+        "learning rates of (capped loss - the best one), in nats; 0 = every rate as good as the "
+        "best."
+    )
+    wide = capped.pivot_table(index=group, columns="lr", values="capped", aggfunc="mean")
+    wide.columns = [f"lr {c:g}" for c in wide.columns]
+    doc.table(wide.reset_index())
+    doc.table(S.lr_sensitivity(results, group))
+    labelled = capped.assign(group=capped[group].astype(str).agg(", ".join, axis=1))
+    figure = loss_vs_learning_rate(labelled, doc.files / "loss_vs_lr.png", chance)
+    doc.figure("final loss against learning rate", figure)
+
+
+def collapse_sentence(stability: pd.DataFrame) -> str:
+    """Whether entropy collapse preceded divergence, counted over the runs."""
+    div = stability[stability["diverged"]]
+    collapsed = stability["collapsed_heads"].fillna(0) > 0
+    first = div["collapse_before_divergence"].eq(True).sum()
+    return (
+        f"{len(div)} of {len(stability)} runs diverged; in {first} of them a head collapsed "
+        f"before the divergence step; {int(collapsed[~stability['diverged']].sum())} of the "
+        f"{int((~stability['diverged']).sum())} runs that did not diverge had a collapsed head."
+    )
+
+
+def coupling_section(doc: Document, table: pd.DataFrame) -> None:
+    """Equilibration per schedule, warm-up and optimizer, and whether it follows the schedule or
+    the weights (:func:`hf_init.lm.equilibration.coupling_verdicts`)."""
+    from hf_init.lm import equilibration as E
+
+    variances = table[
+        ((table["statistic"] == "var") & table["role"].isin(list(E.PROJECTIONS)))
+        | (table["statistic"] == "learning_rate")
+    ].drop(columns=[c for c in ("head",) if c in table])
+    coupling = E.coupling_table(variances)
+    doc.heading("Schedule and optimizer coupling")
+    doc.text(
+        "Per run group over seeds, layers and Q/K/V: the share of curves that settled (left the "
+        f"{E.TOLERANCE:g} band around their final level, then stayed in it for at least the last "
+        f"{E.STAY:g} of the run), that have no equilibration step at all, and "
+        "the median equilibration step and learning rate there / its peak of the settled ones. "
+        "Does equilibration follow the weights or the schedule? Each constant schedule against "
+        f"the decaying ones of the same settings: 'weights' when >= {E.SETTLED_SHARE:g} of the "
+        f"curves settle under the constant rate and the equilibration steps agree within "
+        f"{E.SAME_STEP:g} of the run; 'schedule' when fewer settle under the constant rate and "
+        f"under decay they settle below {E.DECAYED_LR:g} of the peak rate; else 'mixed'."
+    )
+    doc.table(coupling)
+    doc.table(E.coupling_verdicts(coupling))
 
 
 def mlp_study_section(doc: Document, folder: Path) -> None:

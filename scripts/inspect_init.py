@@ -3,6 +3,9 @@ kind next to the scheme's formula.
 
     python scripts/inspect_init.py [config.yaml] --init_scheme kaiming_normal --n_layer 12
     python scripts/inspect_init.py --model_type llama --n_head 4 --n_kv_head 2 --init_scheme deepnet
+
+A weight kind the scheme gives a different std in each block (``depth_scaled``) is printed per
+block as ``role.layer`` (0-based).
 """
 
 import sys
@@ -61,12 +64,12 @@ def main(argv=None):
         f"seed {args.seed}"
     )
     print(
-        f"{'weight':<10} {'fan_in':>7} {'fan_out':>7} {'measured std':>13} {'scheme std':>11} "
+        f"{'weight':<12} {'fan_in':>7} {'fan_out':>7} {'measured std':>13} {'scheme std':>11} "
         f"{'ratio':>7}"
     )
     for r in init_report(model):
         print(
-            f"{r['role']:<10} {r['fan_in']:>7} {r['fan_out']:>7} {r['measured_std']:>13.6f} "
+            f"{r['weight']:<12} {r['fan_in']:>7} {r['fan_out']:>7} {r['measured_std']:>13.6f} "
             f"{r['scheme_std']:>11.6f} {r['measured_std'] / r['scheme_std']:>7.4f}"
         )
 

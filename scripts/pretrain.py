@@ -1,6 +1,8 @@
-"""Pretrain a GPT-2 from scratch and record every layer's Q/K/V weight variance.
+"""Pretrain a GPT-2 (or, --model_type llama, a Llama) from scratch and record every layer's
+Q/K/V weight variance.
 
     accelerate launch scripts/pretrain.py              # configs/pretrain_tiny.yaml (CPU, minutes)
+    accelerate launch scripts/pretrain.py configs/llama_tiny.yaml       # its Llama twin
     accelerate launch scripts/pretrain.py configs/gpt2_small.yaml --init_scheme xavier_normal
     python scripts/pretrain.py configs/pretrain_tiny.yaml --max_steps 50 --output_dir outputs/try
 

@@ -1,11 +1,12 @@
 """Variance-propagation theory next to measurement at initialization.
 
-Builds plain MLPs (activations x std = multiples of the critical std) and GPT-2s (schemes,
-with and without the 1/sqrt(2 n_layer) residual scaling), measures them at init (averaged over
-seeds and a batch of real inputs: standardized sklearn digits; byte tokens of the Python docs),
-and writes to OUTPUT_DIR theory_check.jsonl (predicted vs measured per network, quantity and
-layer), mlp_forward.png, mlp_gradient.png, gpt2_residual.png, gpt2_branches.png and
-verdict.txt (the verdict printed at the end).
+Builds plain MLPs (activations x std = multiples of the critical std), GPT-2s (schemes, with
+and without the 1/sqrt(2 n_layer) residual scaling) and pre-RMSNorm Llamas (schemes), measures
+them at init (averaged over seeds and a batch of real inputs: standardized sklearn digits; byte
+tokens of the Python docs), and writes to OUTPUT_DIR theory_check.jsonl (predicted vs measured
+per network, quantity and layer), mlp_forward.png, mlp_gradient.png, gpt2_residual.png,
+gpt2_branches.png, llama_residual.png, llama_branches.png and verdict.txt (the verdict printed
+at the end).
 
     python scripts/theory_check.py [config.yaml] --output_dir runs/theory_check --activations relu
 """

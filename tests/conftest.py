@@ -75,6 +75,8 @@ THEORY_ARGS = [
     "2",
     "--gpt2_seeds",
     "1",
+    "--llama_schemes",
+    "gpt2",
 ]
 # tiny model and data so a pretraining run takes seconds on a CPU (tests/lm/test_pretrain.py)
 PRETRAIN_TINY = [

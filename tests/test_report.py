@@ -78,5 +78,12 @@ def test_report_script_on_one_run_and_an_mlp_folder(study, tmp_path):
     md = (out / "report.md").read_text()
     assert "## MLP study: mlp_sweep" in md
     assert "| 4 | 0.1 | 0.6 |" in md  # the mean over the two seeds
+    # the run's spikes in the results table, as its run_info.json has them
+    lines = md.splitlines()
+    at = next(i for i, line in enumerate(lines) if "| spikes | spike_score |" in line)
+    header = [c.strip() for c in lines[at].split("|")]
+    row = [c.strip() for c in lines[at + 2].split("|")]
+    spikes = json.loads((study / "gpt2_seed0" / "run_info.json").read_text())["spikes"]
+    assert float(row[header.index("spikes")]) == spikes["count"]
     srcs = check_self_contained((out / "report.html").read_text())
     assert len(srcs) == md.count("![") == 4  # loss, variance, attention of the run + the MLP figure

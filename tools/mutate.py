@@ -334,8 +334,8 @@ MUTANTS = [
     (
         "N01",
         "hf_init/lm/modeling.py",
-        "shapes[role] = fans(part.shape, layout)",
-        "shapes[role] = fans(part.shape[::-1], layout)",
+        "spec = WeightSpec(role, *fans(part.shape, layout), dims.n_layer",
+        "spec = WeightSpec(role, *fans(part.shape[::-1], layout), dims.n_layer",
         INSPECT,
     ),
     (

@@ -79,14 +79,14 @@ class GPT2Coord:
     def hook(model, rms: dict) -> list:
         """Forward hooks that put ``(role, layer) -> RMS`` of the embeddings and of each block's
         activations into ``rms``."""
-        from hf_init.lm.recorders import gpt2_blocks
+        from hf_init.lm.recorders import model_blocks
 
         def put(key, value):
             rms[key] = moments(value).rms
 
         body = getattr(model, "transformer", model)
         handles = [body.drop.register_forward_hook(lambda m, a, o: put(("embeddings", None), o))]
-        for i, block in enumerate(gpt2_blocks(model)):
+        for i, block in enumerate(model_blocks(model)[1]):
             handles += [
                 block.register_forward_hook(lambda m, a, o, i=i: put(("residual", i), o)),
                 block.mlp.register_forward_hook(lambda m, a, o, i=i: put(("mlp_out", i), o)),

@@ -39,6 +39,17 @@ STATISTICS: dict[str, str] = {
     "test_acc": "accuracy over the full test split",
     "loss": "training loss of the step (mean over the batch)",
     "learning_rate": "learning rate in effect at the step",
+    # stability of a pretraining run (hf_init.lm.spikes, role `stability`): z over the last
+    # `window` finite values before the step, population std; a spike is z > the threshold
+    "grad_norm": "global L2 norm of the step's gradient before clipping",
+    "loss_zscore": "(loss - mean) / std of the window of losses before the step",
+    "grad_norm_zscore": "(grad_norm - mean) / std of the window of gradient norms before the step",
+    "loss_spike": "1 when loss_zscore is above the spike threshold, else 0",
+    "grad_norm_spike": "1 when grad_norm_zscore is above the spike threshold, else 0",
+    "update_skipped": "1 when the step's update was not applied (a gradient-norm spike), else 0",
+    "spike_count": "steps up to this one with a loss or gradient-norm spike",
+    "spike_score": "spike_count / the steps up to this one that had a full window",
+    "skipped_updates": "updates not applied up to this step",
     # attention behaviour (GPT-2, probe batch): per layer (and head when a `head` key is present)
     "logit_std": (
         "std of the attention logits q.k/sqrt(d_head) over the probe batch's causal entries"

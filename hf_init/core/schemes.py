@@ -6,7 +6,8 @@ Every scheme draws i.i.d. zero-mean entries (normal or uniform), so the std it g
 ``torch.nn.init.kaiming_*`` reads storage and gets GPT-2's ``Conv1D`` backwards. Biases are 0 and
 LayerNorm/RMSNorm gains 1 under every scheme (``hf_init.lm.modeling``). Roles come from
 :mod:`hf_init.lm.families`: embeddings and the residual-stream writers (GPT-2's
-``attn_proj``/``mlp_proj``, Llama's ``o``/``down``) may get their own std.
+``attn_proj``/``mlp_proj``, Llama's ``o``/``down``) may get their own std, which a ``per_layer``
+scheme also sets from the block the weight sits in (``WeightSpec.layer``).
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ class WeightSpec:
     """What a weight tensor is: its role, logical fans and the network it sits in.
 
     ``d_model`` is the residual width (``n_embd``, Llama's ``hidden_size``); for plain MLP layers
-    it defaults to ``fan_in``. ``n_layer`` is the number of transformer blocks (depth-aware
-    schemes).
+    it defaults to ``fan_in``. ``n_layer`` is the number of transformer blocks and ``layer`` the
+    0-based block the weight sits in (None outside the blocks): depth-aware schemes read them.
     """
 
     role: str
@@ -44,6 +45,7 @@ class WeightSpec:
     fan_out: int
     n_layer: int = 1
     d_model: int | None = None
+    layer: int | None = None
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -52,6 +54,8 @@ class WeightSpec:
             )
         if self.fan_in < 1 or self.fan_out < 1 or self.n_layer < 1:
             raise ValueError(f"fans and n_layer must be >= 1, got {self}")
+        if self.layer is not None and not 0 <= self.layer < self.n_layer:
+            raise ValueError(f"layer must be in [0, n_layer), got {self}")
 
     @property
     def width(self) -> int:
@@ -126,6 +130,7 @@ class Scheme:
     formula: str  # the variance formula, one line
     reference: str = ""
     needs_std: bool = False  # True when `init_std` must be given
+    per_layer: bool = False  # True when blocks at different depths get different stds
     model_types: tuple[str, ...] = ()  # the model families it is defined for; () = every family
 
     def std(self, spec: WeightSpec, options: SchemeOptions | None = None) -> float:
@@ -158,6 +163,17 @@ def _gpt2(spec: WeightSpec, o: SchemeOptions) -> float:
     if spec.role in RESIDUAL_ROLES:
         return o.initializer_range / math.sqrt(2 * spec.n_layer)
     return o.initializer_range
+
+
+def _depth_scaled(spec: WeightSpec, o: SchemeOptions) -> float:
+    if spec.role not in RESIDUAL_ROLES:
+        return o.initializer_range
+    if spec.layer is None:
+        raise ValueError(
+            f"scheme 'depth_scaled' gives each block its own std: the {spec.role} weight needs "
+            "its layer index (WeightSpec.layer)"
+        )
+    return o.initializer_range / math.sqrt(2 * (spec.layer + 1))
 
 
 def _normal(spec: WeightSpec, o: SchemeOptions) -> float:
@@ -199,6 +215,17 @@ SCHEMES: dict[str, Scheme] = {
             "Var = r^2 (r = initializer_range); residual writers (GPT-2 attn/mlp c_proj, "
             "Llama o/down) r^2 / (2 n_layer)",
             "Radford et al. 2019, GPT-2; transformers GPT2PreTrainedModel._init_weights",
+        ),
+        Scheme(
+            "depth_scaled",
+            _depth_scaled,
+            "normal",
+            "Var = r^2; residual writers (GPT-2 attn/mlp c_proj, Llama o/down) of block l "
+            "(0-based) r^2 / (2 (l + 1))",
+            "Zhang, Titov & Sennrich 2019, depth-scaled init (DS-Init), arXiv:1908.11365; "
+            "OLMo's `mitchell` init (allenai/OLMo, olmo/initialization.py) scales the output "
+            "projections of block l by the same 1 / sqrt(2 (l + 1))",
+            per_layer=True,
         ),
         Scheme(
             "normal",
@@ -287,6 +314,7 @@ def scheme_std(name: str, spec: WeightSpec, options: SchemeOptions | None = None
 #: effect on that scheme, so it is refused (:func:`unused_options`), not recorded as if used.
 SCHEME_OPTIONS: dict[str, tuple[str, ...]] = {
     "gpt2": ("initializer_range",),
+    "depth_scaled": ("initializer_range",),
     "normal": ("std",),
     "xavier_normal": ("gain", "initializer_range"),
     "xavier_uniform": ("gain", "initializer_range"),

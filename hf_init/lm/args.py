@@ -27,8 +27,10 @@ DEFAULT_CONFIG = CONFIGS_DIR / "pretrain_tiny.yaml"
 
 @dataclass
 class ModelArguments:
-    """The GPT-2 architecture and its init scheme (recorded in the saved config.json)."""
+    """The model (a GPT-2 or a Llama, sized by the same flags) and its init scheme (recorded in
+    the saved config.json)."""
 
+    model_type: str = field(default="gpt2", metadata={"help": "model family: gpt2 or llama"})
     init_scheme: str = field(
         default="gpt2", metadata={"help": "init scheme (see hf_init.core.schemes.SCHEMES)"}
     )
@@ -46,17 +48,42 @@ class ModelArguments:
     n_layer: int = field(default=12, metadata={"help": "number of transformer blocks"})
     n_embd: int = field(default=128, metadata={"help": "residual width"})
     n_head: int = field(default=4, metadata={"help": "attention heads (must divide n_embd)"})
-    dropout: float = field(default=0.0, metadata={"help": "resid/embd/attn dropout"})
+    n_kv_head: int | None = field(
+        default=None,
+        metadata={"help": "llama: key/value heads (grouped-query attention; default n_head)"},
+    )
+    n_inner: int | None = field(
+        default=None,
+        metadata={"help": "MLP width (default: gpt2 4 n_embd, llama 8/3 n_embd up to 256s)"},
+    )
+    dropout: float = field(
+        default=0.0, metadata={"help": "gpt2: resid/embd/attn dropout; llama: attention dropout"}
+    )
 
     def __post_init__(self):
         # make_config's checks, on these fields directly (they carry the config's names)
+        from hf_init.lm.families import get_family
         from hf_init.lm.modeling import _check_shape, validate_init_config
 
+        family = get_family(self.model_type)
         if not 0 <= self.dropout < 1:
             raise UsageError(f"dropout must be in [0, 1), got {self.dropout}")
-        _check_shape({"n_layer": self.n_layer, "n_embd": self.n_embd, "n_head": self.n_head})
+        sizes = ("n_layer", "n_embd", "n_head", "n_kv_head", "n_inner")
+        _check_shape({name: getattr(self, name) for name in sizes})
+        if family.model_type == "gpt2" and self.n_kv_head not in (None, self.n_head):
+            raise UsageError(
+                f"--n_kv_head {self.n_kv_head}: GPT-2 has no grouped-query attention "
+                f"(drop it, or --model_type llama)"
+            )
         validate_init_config(self)
         self._refuse_unused_options()
+
+    def dropouts(self) -> dict:
+        """``make_config``'s dropout settings for ``--dropout``: GPT-2's residual, embedding and
+        attention dropout, a Llama's attention dropout (the only one it has)."""
+        if self.model_type == "llama":
+            return {"attn_pdrop": self.dropout}
+        return {name: self.dropout for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop")}
 
     def _refuse_unused_options(self) -> None:
         """An option the scheme does not read would be recorded (config.json, run_info.json) as if
@@ -98,6 +125,19 @@ class RunArguments:
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "replace a run already in output_dir (otherwise refuse)"}
     )
+    # the spike monitor's defaults: OLMo-core's (hf_init.lm.spikes says why)
+    spike_window: int = field(
+        default=128,
+        metadata={"help": "spike monitor: z-scores over the last N steps' loss and grad norm"},
+    )
+    spike_threshold: float = field(
+        default=6.0,
+        metadata={"help": "spike monitor: a step is a spike above this z-score"},
+    )
+    skip_spike_updates: bool = field(
+        default=False,
+        metadata={"help": "do not apply the update of a step whose gradient norm is a spike"},
+    )
 
     def __post_init__(self):
         if self.variance_steps is not None and self.variance_steps < 1:
@@ -110,6 +150,20 @@ class RunArguments:
             raise UsageError(
                 f"attention_probe_steps must be >= 1, got {self.attention_probe_steps}"
             )
+        if self.spike_window < 2:
+            raise UsageError(f"spike_window must be >= 2 steps, got {self.spike_window}")
+        if not (math.isfinite(self.spike_threshold) and self.spike_threshold > 0):
+            raise UsageError(
+                f"spike_threshold must be a finite number > 0, got {self.spike_threshold}"
+            )
+
+    def spikes(self) -> dict:
+        """The spike monitor's settings (:class:`hf_init.lm.spikes.SpikeMonitor`)."""
+        return {
+            "window": self.spike_window,
+            "threshold": self.spike_threshold,
+            "skip_updates": self.skip_spike_updates,
+        }
 
 
 def check_training_arguments(args) -> None:
@@ -225,12 +279,17 @@ def parse_args(argv: list[str]):
         parser, argv, default_config=DEFAULT_CONFIG
     )
     check_training_arguments(training_args)
+    if run_args.skip_spike_updates and training_args.fp16:
+        raise UsageError(
+            "--skip_spike_updates cannot skip an update under --fp16 (its loss scaler steps the "
+            "optimizer itself); use --bf16, or drop --skip_spike_updates"
+        )
     return model_args, data_args, run_args, training_args, config_path
 
 
 def model_config(model_args: ModelArguments, vocab_size: int, n_positions: int, tokenizer=None):
-    """The GPT2Config (init scheme validated by ``make_config``), special token ids from the
-    tokenizer."""
+    """The GPT2Config or LlamaConfig (init scheme validated by ``make_config``), special token ids
+    from the tokenizer."""
     from hf_init.lm.modeling import make_config
 
     kwargs = {}
@@ -238,6 +297,7 @@ def model_config(model_args: ModelArguments, vocab_size: int, n_positions: int, 
         if getattr(tokenizer, name, None) is not None:
             kwargs[name] = getattr(tokenizer, name)
     return make_config(
+        model_type=model_args.model_type,
         init_scheme=model_args.init_scheme,
         init_std=model_args.init_std,
         init_fan_mode=model_args.init_fan_mode,
@@ -247,10 +307,10 @@ def model_config(model_args: ModelArguments, vocab_size: int, n_positions: int, 
         n_layer=model_args.n_layer,
         n_embd=model_args.n_embd,
         n_head=model_args.n_head,
+        n_kv_head=model_args.n_kv_head,
+        n_inner=model_args.n_inner,
         vocab_size=vocab_size,
         n_positions=n_positions,
-        resid_pdrop=model_args.dropout,
-        embd_pdrop=model_args.dropout,
-        attn_pdrop=model_args.dropout,
+        **model_args.dropouts(),
         **kwargs,
     )

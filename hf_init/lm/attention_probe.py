@@ -1,4 +1,4 @@
-"""Attention behaviour of a GPT-2 during training: a probe on a fixed batch of held-out blocks.
+"""Attention behaviour during training: a probe on a fixed batch of held-out blocks.
 
 :func:`attention_statistics` runs one forward pass (no gradient, eval mode) of the model on the
 probe batch and reads each block's query and key projections at the output of its fused
@@ -12,6 +12,9 @@ layer and head it computes, with the model's own attention scale (``1/sqrt(d_hea
   (softmax of its causal logits), averaged over every block and query position (position 0
   attends to itself only: entropy 0; a uniform distribution over t+1 keys has ln(t+1)).
 
+A Llama's statistics come from :func:`~hf_init.lm.llama_attention.llama_attention_statistics`
+(after RoPE, key/value heads shared as the model shares them), with the same shape and meaning.
+
 Attention logits are the product the Q and K weight variances set: the logit std grows with
 them, and the entropy falls as attention sharpens (or collapses onto one token).
 :class:`AttentionProbeCallback` records them at the record steps of
@@ -24,7 +27,8 @@ from __future__ import annotations
 import torch
 
 from hf_init.core.records import make_record
-from hf_init.lm.recorders import StepRecorder, _is_sharded, gpt2_blocks, unwrap_model
+from hf_init.lm.families import LLAMA
+from hf_init.lm.recorders import StepRecorder, _is_sharded, model_blocks, unwrap_model
 
 PROBE_BLOCKS = 1
 PROBE_STEPS = 20
@@ -107,9 +111,14 @@ def logit_statistics(
 def attention_statistics(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     """Per layer and head: [logit_std, mean entropy] of the model's attention on ``input_ids``
     (one forward pass, no gradient, in eval mode; the training mode is restored). float64 tensor
-    of shape (n_layer, n_head, 2)."""
+    of shape (n_layer, n_head, 2). A Llama goes to its own statistics (RoPE, shared KV heads)."""
     bare = unwrap_model(model)
-    blocks = list(gpt2_blocks(bare))
+    family, blocks = model_blocks(bare)
+    if family is LLAMA:
+        from hf_init.lm.llama_attention import llama_attention_statistics  # it imports this module
+
+        return llama_attention_statistics(bare, input_ids)
+    blocks = list(blocks)
     captured: dict[int, torch.Tensor] = {}
     hooks = [
         block.attn.c_attn.register_forward_hook(

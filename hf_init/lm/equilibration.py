@@ -49,6 +49,12 @@ maximum over the run (a clear narrowing, not a few % of noise)."""
 MIN_LAYERS = 3
 """Fewest usable layers for a per-seed Spearman rho."""
 
+POWER = 0.8
+"""Power the report's "seeds needed" aims at: the conventional 80%."""
+
+MAX_SEEDS = 200
+"""Largest number of seeds "seeds needed" searches; beyond it the report says "> 200"."""
+
 CLAIMS = {
     "shallow_grow_faster": "shallow layers grow faster early (rho(layer, early growth) < 0)",
     "deep_equilibrate_later": "deep layers equilibrate later (rho(layer, equilibration step) > 0)",
@@ -276,6 +282,38 @@ def sign_flip_test(rhos) -> dict:
     }
 
 
+def sign_test_power(n: int, agree: float, alpha: float = ALPHA) -> float:
+    """Probability that the one-sided sign test at level ``alpha`` rejects with ``n`` seeds when
+    each seed independently points the tested way with probability ``agree``."""
+    k = np.arange(n + 2)  # P(X >= n + 1) = 0: some k always qualifies
+    critical = int(k[sps.binom.sf(k - 1, n, 0.5) <= alpha][0])  # X ~ Bin(n, 1/2) under the null
+    return float(sps.binom.sf(critical - 1, n, agree))
+
+
+def seeds_needed(
+    agree: float, alpha: float = ALPHA, power: float = POWER, max_seeds: int = MAX_SEEDS
+) -> float:
+    """Fewest seeds giving the one-sided sign test at level ``alpha`` the ``power`` to detect an
+    effect whose seeds each point its way with probability ``agree``; inf when none up to
+    ``max_seeds`` does (and for ``agree`` <= 1/2, no effect)."""
+    if not agree > 0.5:
+        return math.inf
+    for n in range(1, max_seeds + 1):
+        if sign_test_power(n, agree, alpha) >= power:
+            return float(n)
+    return math.inf
+
+
+def _power_columns(rhos, alpha: float) -> dict:
+    """``seeds_agreeing`` (finite rhos with the sign of their mean) and ``seeds_needed`` for an
+    effect that consistent (:func:`seeds_needed`, agree = seeds_agreeing / n)."""
+    r = np.asarray([v for v in rhos if math.isfinite(v)], dtype=float)
+    if len(r) == 0 or r.mean() == 0:
+        return {"seeds_agreeing": 0, "seeds_needed": math.inf}
+    agreeing = int(np.sum(np.sign(r) == np.sign(r.mean())))
+    return {"seeds_agreeing": agreeing, "seeds_needed": seeds_needed(agreeing / len(r), alpha)}
+
+
 def _rank_verdict(test: dict, direction: str, alpha: float) -> str:
     if test["n_seeds"] == 0:
         return "not supported"
@@ -405,6 +443,8 @@ def _verdicts(seeds: pd.DataFrame, seed_key: str, alpha: float) -> pd.DataFrame:
                     "n_seeds": len(r),
                     "p_value": math.nan,
                     "min_p": math.nan,
+                    "seeds_agreeing": math.nan,
+                    "seeds_needed": math.nan,
                     "verdict": verdict,
                 }
             )
@@ -420,6 +460,7 @@ def _verdicts(seeds: pd.DataFrame, seed_key: str, alpha: float) -> pd.DataFrame:
                     "n_seeds": test["n_seeds"],
                     "p_value": test["p_less"] if direction == "less" else test["p_greater"],
                     "min_p": test["min_p"],
+                    **_power_columns(sub["statistic"], alpha),
                     "verdict": _rank_verdict(test, direction, alpha),
                 }
             )
@@ -439,7 +480,8 @@ def check_claims(
 
     ``verdicts`` columns: group keys... (run keys but ``seed_key``), projection, claim,
     statistic_name, statistic (mean rho for (a)/(b), median end/max ratio for (c)), per_seed,
-    n_seeds, p_value (one-sided, claimed direction; NaN for (c)), min_p (1/2^n_seeds), verdict,
+    n_seeds, p_value (one-sided, claimed direction; NaN for (c)), min_p (1/2^n_seeds),
+    seeds_agreeing and seeds_needed (the power, :func:`power_phrase`; NaN for (c)), verdict,
     and with ``robustness``: verdict_half, verdict_double (the parameter of the claim -- early
     window for (a), tolerance for (b) -- halved / doubled), stable, sentence.
     """
@@ -460,6 +502,8 @@ def check_claims(
                 "n_seeds",
                 "p_value",
                 "min_p",
+                "seeds_agreeing",
+                "seeds_needed",
                 "verdict",
             )
         ]
@@ -503,11 +547,15 @@ def verdict_sentence(
             f"smallest attainable p = {row['min_p']:.3g}; {param}"
         )
         if not row["n_seeds"]:
-            detail += "; no seed had a defined rho (fewer than 3 usable layers or constant values)"
+            detail = f"no seed had a defined rho (< 3 usable layers, or constant values); {param}"
         elif (row["statistic"] > 0) == (claim == "shallow_grow_faster") and row["statistic"] != 0:
             detail += "; the mean rho points against the claim"
         if row["n_seeds"] and row["min_p"] > ALPHA:
             detail += f"; with {row['n_seeds']} seed(s) this test cannot reach p <= {ALPHA}"
+        if row["n_seeds"]:
+            detail += "; " + power_phrase(
+                row["seeds_agreeing"], row["n_seeds"], row["seeds_needed"]
+            )
     text = f"{who}: '{CLAIMS[claim]}' is {row['verdict'].upper()} -- {detail}."
     if "stable" in row and row["stable"] is not None and not pd.isna(row["stable"]):
         what = "early window" if claim == "shallow_grow_faster" else "tolerance"
@@ -521,6 +569,18 @@ def verdict_sentence(
     return text
 
 
+def power_phrase(agreeing: int, n: int, needed: float) -> str:
+    """How many seeds an effect as consistent as the observed one needs (the report's power)."""
+    share = f"{agreeing:.0f} of {n:.0f} seeds share the mean's sign"
+    if not math.isfinite(needed):
+        how = f"more than {MAX_SEEDS}" if agreeing * 2 > n else "no number of"
+        return f"{share}: at that consistency {how} seeds give a sign test {POWER:.0%} power"
+    return (
+        f"{share}: at that consistency {needed:.0f} seeds give a one-sided sign test at level "
+        f"{ALPHA:g} a power of {POWER:.0%}"
+    )
+
+
 _VERDICT_COLUMNS = {
     "projection",
     "max_spread",
@@ -531,6 +591,8 @@ _VERDICT_COLUMNS = {
     "n_seeds",
     "p_value",
     "min_p",
+    "seeds_agreeing",
+    "seeds_needed",
     "verdict",
     "verdict_half",
     "verdict_double",
@@ -541,7 +603,7 @@ _VERDICT_COLUMNS = {
 
 def to_markdown(df: pd.DataFrame, digits: int = 4) -> str:
     """A DataFrame as a GitHub Markdown table (floats to ``digits`` significant digits, NaN as
-    empty), without needing the ``tabulate`` package."""
+    empty; number columns right-aligned, the others left), without needing ``tabulate``."""
 
     def cell(v):
         if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
@@ -550,8 +612,16 @@ def to_markdown(df: pd.DataFrame, digits: int = 4) -> str:
             return f"{v:.{digits}g}"
         return str(v).replace("|", "\\|").replace("\n", " ")
 
+    def is_number(column) -> bool:
+        values = [v for v in df[column] if v is not None and not pd.isna(v)]
+        return bool(values) and all(
+            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+            for v in values
+        )
+
     cols = list(df.columns)
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
+    rule = "|" + "".join("---:|" if is_number(c) else ":---|" for c in cols)
+    lines = ["| " + " | ".join(map(str, cols)) + " |", rule]
     for rec in df.itertuples(index=False):
         lines.append("| " + " | ".join(cell(v) for v in rec) + " |")
     return "\n".join(lines) + "\n"
@@ -570,10 +640,118 @@ def claims_markdown(
         f"{MIN_EARLY_RECORDS} records); equilibration tolerance: {tolerance:g} (relative to the "
         f"final level, the median of the last {smoothing} records) on a centered moving median "
         f"over {smoothing} records; pooled test: exact one-sided sign-flip test of the mean "
-        f"Spearman rho over seeds at level {ALPHA:g}; band claim: end/max log-variance spread "
-        f"<= {NARROW_RATIO:g}. "
+        f"Spearman rho over seeds at level {ALPHA:g}, whose smallest attainable p with n seeds is "
+        f"1/2^n (`min_p`); power: `seeds_needed` is the fewest seeds with which a one-sided sign "
+        f"test at {ALPHA:g} has {POWER:.0%} power for an effect as consistent as the observed one "
+        "(each seed independently shares the mean's sign with probability seeds_agreeing / "
+        "n_seeds; signs only, an approximation of the sign-flip test of the mean); band claim: "
+        f"end/max log-variance spread <= {NARROW_RATIO:g} in every seed (a unanimity rule, no "
+        "p-value). "
         "Robustness: every verdict re-run with the window and tolerance halved and doubled.\n\n"
     )
-    table = to_markdown(verdicts.drop(columns=[c for c in ("sentence",) if c in verdicts]))
+    shown = verdicts.drop(columns=[c for c in ("sentence", "statistic_name") if c in verdicts])
+    table = to_markdown(shown)
     bullets = "".join(f"- {s}\n" for s in verdicts.get("sentence", []))
     return head + table + "\n" + bullets
+
+
+# ------------------------------------------------------------------ schedule coupling
+
+CONSTANT_SCHEDULES = ("constant", "constant_with_warmup")
+"""Schedules whose learning rate stays at its peak after warm-up: under them the schedule
+cannot be what settles the weights."""
+
+STAY = 0.2
+"""A curve has settled when it left the band and then stayed in it for at least the last 20% of
+the run: a curve that keeps drifting reaches the band around its own final value only near the
+end (a steady ramp of +50% spends its last 15% there), which is the run ending, not settling."""
+
+SETTLED_SHARE = 0.5
+"""Coupling verdict: the weights settle on their own when at least half the curves settle
+under a constant learning rate."""
+
+SAME_STEP = 0.1
+"""Coupling verdict: equilibration steps within 10% of the run length count as the same step."""
+
+DECAYED_LR = 0.5
+"""Coupling verdict: an equilibration at less than half the peak learning rate is one the decay
+may have made."""
+
+
+def coupling_table(
+    frame: pd.DataFrame,
+    tolerance: float = TOLERANCE,
+    smoothing: int = SMOOTHING,
+    seed_key: str = SEED_KEY,
+) -> pd.DataFrame:
+    """Per run group (every key but ``seed_key``), over seeds, layers and projections: curves,
+    ``settled`` (share that left the band and then stayed within ``tolerance`` of the final level
+    for at least the last :data:`STAY` of the run), ``never`` (share with no equilibration step),
+    ``eq_step`` and ``lr_fraction`` (medians over the settled curves of the equilibration step
+    and the learning rate there / its peak) and ``run_steps`` (the last recorded step)."""
+    keys = run_keys(frame)
+    eq = equilibration_table(frame, tolerance=tolerance, smoothing=smoothing)
+    recorded = frame.dropna(subset=["step"])
+    span = recorded.groupby(keys, dropna=False)["step"].agg(["min", "max"]).reset_index()
+    eq = eq.merge(span, on=keys, how="left")
+    latest = eq["min"] + (1 - STAY) * (eq["max"] - eq["min"])
+    eq["settled"] = eq["equilibration_step"].notna() & eq["left_band"]
+    eq["settled"] &= eq["equilibration_step"] <= latest
+    groups = [k for k in keys if k != seed_key]
+    rows = []
+    for kvals, sub in _groups(eq, groups):
+        ok = sub[sub["settled"]]
+        rows.append(
+            {
+                **dict(zip(groups, kvals)),
+                "curves": len(sub),
+                "settled": float(sub["settled"].mean()),
+                "never": float(sub["equilibration_step"].isna().mean()),
+                "eq_step": ok["equilibration_step"].median(),
+                "lr_fraction": ok["lr_fraction_of_peak"].median(),
+                "run_steps": float(sub["max"].max()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def coupling_verdicts(table: pd.DataFrame, schedule_key: str = "schedule") -> pd.DataFrame:
+    """Pair each constant-schedule group of :func:`coupling_table` with the groups that differ from
+    it only in a decaying schedule: does equilibration follow the weights or the schedule?
+
+    "weights": at least :data:`SETTLED_SHARE` of the curves settle under the constant schedule and
+    the decaying schedule's median equilibration step is within :data:`SAME_STEP` of the run
+    length of the constant one's. "schedule": fewer settle under the constant schedule and under
+    the decaying one they settle at a median learning rate below :data:`DECAYED_LR` of its peak.
+    Otherwise "mixed"."""
+    if schedule_key not in table:
+        return pd.DataFrame()
+    others = [c for c in table.columns if c not in _COUPLING_COLUMNS and c != schedule_key]
+    constant = table[table[schedule_key].isin(CONSTANT_SCHEDULES)]
+    decaying = table[~table[schedule_key].isin(CONSTANT_SCHEDULES)]
+    pairs = constant.merge(decaying, on=others, suffixes=("_constant", "_decaying"))
+    rows = []
+    for r in pairs.to_dict("records"):
+        gap = abs(r["eq_step_decaying"] - r["eq_step_constant"]) / r["run_steps_constant"]
+        if r["settled_constant"] >= SETTLED_SHARE and gap <= SAME_STEP:
+            verdict = "weights"
+        elif r["settled_constant"] < SETTLED_SHARE and r["lr_fraction_decaying"] < DECAYED_LR:
+            verdict = "schedule"
+        else:
+            verdict = "mixed"
+        rows.append(
+            {
+                **{k: r[k] for k in others},
+                "decaying": r[f"{schedule_key}_decaying"],
+                "settled_constant": r["settled_constant"],
+                "settled_decaying": r["settled_decaying"],
+                "eq_step_constant": r["eq_step_constant"],
+                "eq_step_decaying": r["eq_step_decaying"],
+                "lr_fraction_decaying": r["lr_fraction_decaying"],
+                "follows": verdict,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+_COUPLING_COLUMNS = ("curves", "settled", "never", "eq_step", "lr_fraction", "run_steps")

@@ -82,6 +82,7 @@ class Family:
     model_weights: tuple[Weight, ...]  # paths inside the causal LM
     embedding_roles: tuple[str, ...]  # the token embedding first
     residual_roles: tuple[str, ...]
+    final_norm: str  # attribute of the body holding the norm before the LM head
     other_block_weights: tuple[Weight, ...] = ()  # optional block weights (GPT-2 cross-attention)
 
     @property
@@ -152,6 +153,7 @@ GPT2 = Family(
     ),
     embedding_roles=("wte", "wpe"),
     residual_roles=("attn_proj", "mlp_proj"),  # GPT-2 scales them
+    final_norm="ln_f",
     # blocks of an encoder-decoder GPT-2 (add_cross_attention): same roles, same fans
     other_block_weights=(
         Weight("crossattention.q_attn", ("q",)),
@@ -180,6 +182,7 @@ LLAMA = Family(
     ),
     embedding_roles=("embed",),
     residual_roles=("o", "down"),
+    final_norm="norm",
 )
 
 FAMILIES = {f.model_type: f for f in (GPT2, LLAMA)}

@@ -1,8 +1,8 @@
 """The guards of a pretraining run: what stops it (not what measures it).
 
 * :class:`DivergenceStop`: stops a run whose gradient norm is not finite, before the bad update
-  is applied, naming the step, layer and weight; :func:`keeps_grad_norm` hands it the norm the
-  Trainer computed anyway, so a healthy step costs it one scalar read.
+  is applied, naming the step, layer and weight; it reads the norm the Trainer computed anyway
+  (through :class:`~hf_init.lm.spikes.StepValues`), so a healthy step costs it one scalar read.
 
 :func:`divergence_error` is the one message of a diverged run (also raised by the guard
 :class:`~hf_init.lm.sinks.NonFiniteRecords`); :func:`stop_on_every_rank` makes a stop decided on
@@ -18,9 +18,19 @@ import torch
 from transformers import TrainerCallback
 
 from hf_init.core.cli import RunStopped
+from hf_init.lm.families import FAMILIES
 
-LOSS = "the loss (the lm_head logits, lm_head tied to the token embedding, and their cross-entropy)"
-_BLOCK_PARAM = re.compile(r"(?:^|\.)h\.(\d+)\.(.+)$")
+LOSS = "the loss (the lm_head logits and their cross-entropy)"
+# a block parameter of any family: transformer.h.<i>. (GPT-2), model.layers.<i>. (Llama)
+_BLOCK_PARAM = re.compile(
+    rf"(?:^|\.)(?:{'|'.join(f.blocks_attr for f in FAMILIES.values())})\.(\d+)\.(.+)$"
+)
+# the weight parameters the family table lists inside a block (attn.c_attn.weight, mlp.down_proj...)
+_BLOCK_WEIGHTS = {
+    f"{w.path}.weight"
+    for f in FAMILIES.values()
+    for w in (*f.block_weights, *f.other_block_weights)
+}
 
 
 def describe_parameter(name: str) -> str:
@@ -30,14 +40,22 @@ def describe_parameter(name: str) -> str:
     return f"layer {m.group(1)} {m.group(2)}" if m else name
 
 
-def divergence_error(step: int, what: str) -> RunStopped:
+class Diverged(RunStopped):
+    """A run stopped because its training diverged at optimizer step ``step``."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message, code=1)
+        self.step = step
+
+
+def divergence_error(step: int, what: str) -> Diverged:
     """The error that stops a run diverged at ``step`` (``what`` says where), for the caller to
     raise: one line, exit code 1."""
-    return RunStopped(
+    return Diverged(
         f"error: training diverged at step {step}: {what}; stopped before that update, so the "
         f"weights, records and checkpoints up to step {step - 1} are kept (lower --learning_rate, "
         f"set --max_grad_norm, or change the init scheme)",
-        code=1,
+        step,
     )
 
 
@@ -50,36 +68,63 @@ def stop_on_every_rank(stop: RunStopped | None) -> RunStopped | None:
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
         return stop
-    box = [None if stop is None else (str(stop), stop.code)]
+    box = [None if stop is None else (str(stop), stop.code, getattr(stop, "step", None))]
     dist.broadcast_object_list(box, src=0)
     if box[0] is None or stop is not None:
         return stop
-    return RunStopped(*box[0])
+    message, code, step = box[0]
+    return RunStopped(message, code) if step is None else Diverged(message, step)
+
+
+def watched_sublayers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """``(label, module)`` in forward order of each block's attention and MLP and of the final
+    norm of a causal LM of any family (wrapped or not): where :class:`DivergenceStop` looks for
+    the first non-finite output. A label names the sub-layer's weights, e.g. ``layer 3 attn
+    (attn.c_attn / attn.c_proj weights)``. ValueError for a model with no blocks of its family."""
+    from hf_init.lm.recorders import model_blocks, unwrap_model
+
+    family, blocks = model_blocks(model)
+    sublayers: dict[str, list[str]] = {}  # attn / self_attn, mlp -> their weights' paths
+    for w in family.block_weights:
+        sublayers.setdefault(w.path.split(".")[0], []).append(w.path)
+    parts = [
+        (f"layer {i} {name} ({' / '.join(paths)} weights)", getattr(block, name))
+        for i, block in enumerate(blocks)
+        for name, paths in sublayers.items()
+    ]
+    bare = unwrap_model(model)
+    norm = getattr(getattr(bare, family.body, None), family.final_norm, None)
+    if norm is not None:
+        tied = getattr(getattr(bare, "config", None), "tie_word_embeddings", False)
+        also = " (tied to the token embedding)" if tied else ""
+        parts.append((f"final norm {family.final_norm} / lm_head{also}", norm))
+    return parts
 
 
 class DivergenceStop(TrainerCallback):
     """Before every optimizer step, on every rank: is the gradient norm finite? A non-finite
     gradient entry makes it non-finite, so one scalar answers; it is the norm the Trainer computed
-    for clipping (handed over by a :func:`keeps_grad_norm` Trainer; transformers 5 computes it
-    also with ``max_grad_norm`` 0, without clipping), else one pass of the callback's own. That
-    norm is global (data-parallel gradients are reduced, FSDP2 reduces the norm itself), so every
-    rank stops at the same step. Only then is it diagnosed (:meth:`diagnosis`): which sub-layer
-    of the forward pass first became non-finite, else which weight's gradient, in the line of
-    :func:`divergence_error`. The healthy path reads that one scalar and, per forward pass,
-    keeps a reference to its inputs and the random state (for the diagnosis to run it again)."""
+    for clipping (``values``: the Trainer's :class:`~hf_init.lm.spikes.StepValues`; transformers
+    5 computes it also with ``max_grad_norm`` 0, without clipping), else one pass of the stop's
+    own. That norm is global (data-parallel gradients are reduced, FSDP2 reduces the norm
+    itself), so every rank stops at the same step. Only then is it diagnosed
+    (:meth:`diagnosis`): which sub-layer of the forward pass (:func:`watched_sublayers`) first
+    became non-finite, else which weight's gradient, in the line of :func:`divergence_error`.
+    The healthy path reads that one scalar and, per forward pass, keeps a reference to its inputs
+    and the random state (for the diagnosis to run it again)."""
 
-    def __init__(self):
-        self.grad_norm: tuple[int, object] | None = None  # (step, norm) from keeps_grad_norm
+    def __init__(self, values=None):
+        self.values = values
         self._forward: tuple | None = None  # the last forward pass: (args, kwargs, rng states)
         self._hook = None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        from hf_init.lm.recorders import gpt2_blocks, unwrap_model
+        from hf_init.lm.recorders import unwrap_model
 
         if model is None or self._hook is not None:
             return
         try:
-            gpt2_blocks(model)
+            watched_sublayers(model)
         except ValueError:
             return
         self._hook = unwrap_model(model).register_forward_pre_hook(
@@ -98,9 +143,9 @@ class DivergenceStop(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         if model is None:
             return
-        kept, self.grad_norm = self.grad_norm, None
+        kept = getattr(self.values, "grad_norm", None)
         norm = kept[1] if kept is not None and kept[0] == state.global_step else None
-        if norm is None:
+        if norm is None:  # not this step's (or no values): its own
             norm = own_grad_norm(model)
             if norm is None:  # no gradient
                 return
@@ -130,7 +175,9 @@ class DivergenceStop(TrainerCallback):
                 f"the forward pass first became non-finite at the output of {forward}, so "
                 f"the loss and {len(bad)} of {len(named)} weights' gradients are non-finite",
             )
-        blocks = [n for n in bad if _BLOCK_PARAM.search(n) and n.endswith("weight")]
+        # the forward pass was finite: the backward pass overflowed, starting nearest the output
+        # (the last block weight of the family's table: a Llama registers its norms after its MLP)
+        blocks = [n for n in bad if (m := _BLOCK_PARAM.search(n)) and m[2] in _BLOCK_WEIGHTS]
         first = (blocks or bad)[-1]
         return divergence_error(
             step,
@@ -141,28 +188,15 @@ class DivergenceStop(TrainerCallback):
 
     def first_non_finite_output(self, model) -> str | None:
         """The forward pass of the step run again (same inputs, weights and random state, no
-        gradient) with hooks on each block's ``attn`` and ``mlp``, ``ln_f`` and the loss: the
-        first of them whose output is not finite, in forward order (None: all finite, or no
-        forward pass was kept)."""
-        from hf_init.lm.recorders import gpt2_blocks, unwrap_model
+        gradient) with hooks on the :func:`watched_sublayers` and the loss: the first of them
+        whose output is not finite, in forward order (None: all finite, or no forward pass was
+        kept)."""
+        from hf_init.lm.recorders import unwrap_model
 
         if self._forward is None:
             return None
         bare = unwrap_model(model)
-        parts = [
-            (f"layer {i} {name} ({weights})", getattr(block, name))
-            for i, block in enumerate(gpt2_blocks(bare))
-            for name, weights in (
-                ("attn", "attn.c_attn / attn.c_proj weights"),
-                ("mlp", "mlp.c_fc / mlp.c_proj weights"),
-            )
-        ]
-        body = getattr(bare, "transformer", None)
-        if body is not None and hasattr(body, "ln_f"):
-            parts.append(
-                ("final layer norm ln_f / lm_head (tied to the token embedding)", body.ln_f)
-            )
-        parts.append((LOSS, bare))
+        parts = [*watched_sublayers(model), (LOSS, bare)]
         finite: dict[str, bool] = {}
 
         def flag(label):
@@ -207,22 +241,3 @@ def own_grad_norm(model):
     Trainer's is not at hand; None without gradients."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     return torch.nn.utils.get_total_norm(grads) if grads else None
-
-
-def keeps_grad_norm(trainer_class):
-    """``trainer_class`` handing the gradient norm it computes before each update (for clipping,
-    or for its log when ``max_grad_norm`` is 0; still on the device) to its
-    :class:`DivergenceStop` callbacks. The Trainer passes it to no callback event, so this
-    overrides the method that returns it (``Trainer._get_grad_norm`` in transformers 5;
-    ``tests/lm/test_guards.py`` fails if that stops being called), and a stop without it
-    computes its own."""
-
-    class GradNormTrainer(trainer_class):
-        def _get_grad_norm(self, model, grad_norm=None):
-            grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
-            for callback in self.callback_handler.callbacks:
-                if isinstance(callback, DivergenceStop):
-                    callback.grad_norm = (self.state.global_step, grad_norm)
-            return grad_norm
-
-    return GradNormTrainer

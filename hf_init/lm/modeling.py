@@ -185,7 +185,8 @@ class SchemeInitMixin:
 
     config: GPT2Config | LlamaConfig
 
-    def _weight_of(self, module: nn.Module) -> Weight | None:
+    def _weight_of(self, module: nn.Module) -> tuple[Weight, int | None] | None:
+        """(the family table's entry of ``module``, its block index or None), None when unlisted."""
         family = family_of(self.config)
         # Looked up afresh each call (a few hundred modules: cheap), so a module replaced
         # since construction is never matched by a stale name.
@@ -194,12 +195,11 @@ class SchemeInitMixin:
             # Not attached yet: resize_token_embeddings initializes the new table/head
             # before swapping it in.
             if isinstance(module, nn.Embedding):
-                return family.by_role[family.embedding_roles[0]]
+                return family.by_role[family.embedding_roles[0]], None
             if isinstance(module, nn.Linear) and module.out_features == self.config.vocab_size:
-                return family.by_role["lm_head"]
+                return family.by_role["lm_head"], None
             return None
-        found = family.weight_of_name(name)
-        return found[0] if found else None
+        return family.weight_of_name(name)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -224,16 +224,18 @@ class SchemeInitMixin:
         scheme = get_scheme(getattr(config, "init_scheme", DEFAULT_SCHEME))
         options = scheme_options(config)
         dims = family_of(config).dims(config)
-        entry = self._weight_of(module) or Weight("", ("linear",), _leaf_layout(module))
+        entry, layer = self._weight_of(module) or (
+            Weight("", ("linear",), _leaf_layout(module)),
+            None,
+        )
         if entry.parts == ("lm_head",) and getattr(config, "tie_word_embeddings", True):
             return  # tied to the token embedding: initialized there
         # a fused weight (c_attn: d -> 3d as [q | k | v]) is initialized part by part, each
         # part as a separate d -> d projection, exactly as an unfused model would be
         for role, part in entry.split(weight).items():
             fan_in, fan_out = fans(part.shape, entry.layout)
-            scheme.init_(
-                part, WeightSpec(role, fan_in, fan_out, dims.n_layer, dims.n_embd), options
-            )
+            spec = WeightSpec(role, fan_in, fan_out, dims.n_layer, dims.n_embd, layer)
+            scheme.init_(part, spec, options)
         if isinstance(module, nn.Embedding) and module.padding_idx is not None:
             weight[module.padding_idx].zero_()
 
@@ -315,35 +317,48 @@ def iter_weights(model: nn.Module):
                 yield role, layer, part, entry.layout
 
 
+def _varies_with_layer(scheme, spec: WeightSpec, options: SchemeOptions) -> bool:
+    """Whether ``scheme`` gives a weight of this kind different stds in different blocks."""
+    if not scheme.per_layer or spec.layer is None:
+        return False
+    layers = range(spec.n_layer)
+    return len({scheme.std(dataclasses.replace(spec, layer=i), options) for i in layers}) > 1
+
+
 def init_report(model: nn.Module) -> list[dict]:
     """Measured vs. scheme std of every weight kind, aggregated over layers.
 
     One row per role (Q, K, V reported separately; GPT-2 cross-attention parts, if any, pooled
     with their self-attention twins, which have the same fans): the population std over all
-    entries of that role in all layers, and the std the config's scheme prescribes for it.
+    entries of that role in all layers, and the std the config's scheme prescribes for it. A role
+    the scheme gives a different std in each block (``per_layer`` schemes) has one row per layer.
+    Each row's ``weight`` names it: the role, or ``role.layer`` for a row of one layer.
     """
     config = model.config
     scheme = get_scheme(getattr(config, "init_scheme", DEFAULT_SCHEME))
     options = scheme_options(config)
     dims = family_of(config).dims(config)
-    pieces: dict[str, list[torch.Tensor]] = {}
-    shapes: dict[str, tuple[int, int]] = {}
-    for role, _, part, layout in iter_weights(model):
+    pieces: dict[tuple[str, int | None], list[torch.Tensor]] = {}
+    specs: dict[tuple[str, int | None], WeightSpec] = {}
+    for role, layer, part, layout in iter_weights(model):
         if role == "lm_head" and getattr(config, "tie_word_embeddings", True):
             continue
-        pieces.setdefault(role, []).append(part.reshape(-1))
-        shapes[role] = fans(part.shape, layout)
+        spec = WeightSpec(role, *fans(part.shape, layout), dims.n_layer, dims.n_embd, layer)
+        if not _varies_with_layer(scheme, spec, options):
+            layer = None  # pooled over layers: the scheme gives every block this std
+        pieces.setdefault((role, layer), []).append(part.reshape(-1))
+        specs[role, layer] = spec
     rows = []
-    for role, parts in pieces.items():
-        fan_in, fan_out = shapes[role]
-        spec = WeightSpec(role, fan_in, fan_out, dims.n_layer, dims.n_embd)
-        measured = moments(torch.cat(parts)).var ** 0.5
+    for (role, layer), parts in pieces.items():
+        spec = specs[role, layer]
         rows.append(
             {
+                "weight": role if layer is None else f"{role}.{layer}",
                 "role": role,
-                "fan_in": fan_in,
-                "fan_out": fan_out,
-                "measured_std": measured,
+                "layer": layer,
+                "fan_in": spec.fan_in,
+                "fan_out": spec.fan_out,
+                "measured_std": moments(torch.cat(parts)).var ** 0.5,
                 "scheme_std": scheme.std(spec, options),
             }
         )

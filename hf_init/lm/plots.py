@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from hf_init.core.figures import pyplot, save_figure
 from hf_init.core.records import read_records
@@ -33,7 +34,7 @@ def variance_vs_step(
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("population variance")
     sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(table.layers[0], table.layers[-1]))
-    fig.colorbar(sm, ax=axes, label="layer (shallow -> deep)")
+    fig.colorbar(sm, ax=axes, label="layer (shallow -> deep)", ticks=MaxNLocator(integer=True))
     return save_figure(fig, path)
 
 
@@ -145,8 +146,33 @@ def attention_vs_step(table, path, title: str = ""):
         ax.set_title(label)
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")
+    axes[1].ticklabel_format(axis="y", useOffset=False)  # an offset label collides with titles
     sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(layers[0], layers[-1]))
-    fig.colorbar(sm, ax=axes, label="layer (shallow -> deep), mean over heads")
+    label = "layer (shallow -> deep), mean over heads"
+    fig.colorbar(sm, ax=axes, label=label, ticks=MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def loss_vs_learning_rate(results, path, chance: float):
+    """Final loss against learning rate (log x), one line per run group (mean over seeds of the
+    loss capped at ``chance``, the uniform prediction's; a cross marks a run group that diverged
+    at that rate in some seed), the dotted line at ``chance``. ``results``: columns ``group``
+    (label), ``lr``, ``capped``, ``diverged``."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
+    for i, (label, sub) in enumerate(results.groupby("group", sort=True)):
+        by_lr = sub.groupby("lr", sort=True).agg(loss=("capped", "mean"), div=("diverged", "any"))
+        color = f"C{i % 10}"
+        ax.plot(by_lr.index, by_lr["loss"], "o-", color=color, label=label)
+        bad = by_lr[by_lr["div"]]
+        ax.plot(bad.index, bad["loss"], "x", color=color, ms=11, mew=2)
+    ax.axhline(chance, color="0.4", ls=":", lw=1, label=f"chance ln V = {chance:.2f}")
+    ax.set_xscale("log")
+    ax.set_xlabel("peak learning rate")
+    ax.set_ylabel("final eval loss (capped at chance)")
+    ax.set_title("final loss against learning rate (x: diverged)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return save_figure(fig, path)

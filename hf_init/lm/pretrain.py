@@ -1,10 +1,10 @@
-"""GPT-2 pretraining from scratch with per-layer Q/K/V variance tracking: the job behind
+"""GPT-2 (or Llama) pretraining from scratch with per-layer Q/K/V variance tracking: the job behind
 ``scripts/pretrain.py`` and each run of the init-scheme study (its arguments are in
 :mod:`hf_init.lm.args`, its folder and life in :mod:`hf_init.lm.run_folder`, what it reports in
 :mod:`hf_init.lm.run_info`).
 
 Flow: YAML + flags -> (ModelArguments, DataArguments, RunArguments, TrainingArguments) ->
-raw text -> tokenizer -> blocks -> GPT-2 with the init scheme -> Trainer with
+raw text -> tokenizer -> blocks -> GPT-2 or Llama with the init scheme -> Trainer with
 :class:`~hf_init.lm.recorders.QKVVarianceCallback` -> eval (loss, perplexity, next-token
 accuracy) -> model + tokenizer, figures, ``run_info.json``, printed summary.
 """
@@ -27,26 +27,31 @@ from hf_init.lm.args import model_config, parse_args
 from hf_init.lm.data.blocks import tokenize_and_group
 from hf_init.lm.data.loaders import load_raw_text
 from hf_init.lm.data.tokenizer import load_or_train_tokenizer
-from hf_init.lm.guards import DivergenceStop, keeps_grad_norm
+from hf_init.lm.families import family_of
+from hf_init.lm.guards import Diverged, DivergenceStop
 from hf_init.lm.metrics import metric_path
 from hf_init.lm.modeling import build_model, init_report
 from hf_init.lm.plots import plot_run
-from hf_init.lm.recorders import build_recorders
+from hf_init.lm.recorders import build_recorders, unwrap_model
 from hf_init.lm.run_folder import (
     MODEL_CARD,
     RecordsInCheckpoints,
     interrupted,
+    lost_peer,
+    lost_peer_error,
     resolve_resume,
     resume_from,
     sigterm_as_interrupt,
 )
 from hf_init.lm.run_info import (
     RunSetup,
+    diverged_info,
     model_card_fields,
     model_card_section,
     print_summary,
     run_info,
 )
+from hf_init.lm.spikes import StepValues
 from hf_init.lm.variance import format_summary, variance_table
 
 
@@ -109,7 +114,8 @@ def load_blocks(setup: RunSetup):
 
 
 def build_initialized_model(setup: RunSetup, tokenizer):
-    """GPT-2 with the init scheme, seeded; the std each weight kind got goes to ``setup``."""
+    """The model (GPT-2 or Llama, ``--model_type``) with the init scheme, seeded; the std each
+    weight kind got goes to ``setup``."""
     block_size = setup.data_args.block_size  # tokenize_and_group makes blocks of this length
     config = model_config(
         setup.model_args, vocab_size=len(tokenizer), n_positions=block_size, tokenizer=tokenizer
@@ -117,7 +123,8 @@ def build_initialized_model(setup: RunSetup, tokenizer):
     set_seed(setup.training_args.seed)
     model = build_model(config)
     setup.init_rows = init_report(model)  # before training moves the weights
-    tokenizer.model_max_length = config.n_positions  # saved with it: pipelines truncate to it
+    # saved with it: pipelines truncate to the context
+    tokenizer.model_max_length = family_of(config).dims(config).n_positions
     return model
 
 
@@ -134,7 +141,8 @@ def make_trainer(setup: RunSetup, model, tokenizer, blocks):
         compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=preprocess_logits,
     )
-    trainer.add_callback(DivergenceStop())
+    values = StepValues(trainer)  # the loss and gradient norm the Trainer computes
+    trainer.add_callback(DivergenceStop(values))
     recorders = build_recorders(
         trainer,
         setup.folder.path,
@@ -143,24 +151,38 @@ def make_trainer(setup: RunSetup, model, tokenizer, blocks):
         eval_dataset=blocks["validation"],
         probe_blocks=setup.run_args.attention_probe_blocks,
         probe_every=setup.run_args.attention_probe_steps,
+        spikes=setup.run_args.spikes(),
+        step_values=values,
     )
     trainer.add_callback(RecordsInCheckpoints(setup.folder))
     return trainer, recorders
 
 
 def train(trainer, recorders, setup: RunSetup):
-    """``trainer.train`` (from the checkpoint when resuming). Stopped or interrupted: the records
-    and TensorBoard events up to the last step are flushed to disk first; an interrupt becomes
-    one line naming the command that continues the run."""
+    """``trainer.train`` (from the checkpoint when resuming). Stopped, interrupted or left alone
+    by a rank that died: the records and TensorBoard events up to the last step are flushed to
+    disk first; a diverged run writes ``diverged.json``; an interrupt or a lost rank becomes one
+    line naming the command that continues the run."""
     checkpoint = setup.checkpoint
+    args = setup.training_args
     try:
         return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except (KeyboardInterrupt, RunStopped) as err:
         for recorder in recorders:
             recorder.flush()
+        if isinstance(err, Diverged) and setup.is_main:
+            info = diverged_info(setup, unwrap_model(trainer.model), trainer, err.step, str(err))
+            write_json(setup.folder.diverged, info)
         if isinstance(err, RunStopped):
             raise
         raise interrupted(setup.folder, trainer.state.global_step, setup.argv, err) from None
+    except RuntimeError as err:
+        if not lost_peer(err, args.world_size):
+            raise
+        for recorder in recorders:  # no collective: the other ranks are gone
+            recorder.flush()
+        step, rank = trainer.state.global_step, args.process_index
+        raise lost_peer_error(setup.folder, step, rank, setup.argv, err) from None
 
 
 def save_run(setup: RunSetup, model, trainer, train_result, eval_metrics: dict) -> dict:
@@ -168,7 +190,7 @@ def save_run(setup: RunSetup, model, trainer, train_result, eval_metrics: dict) 
     ``run_info.json`` and model card too, and print the summary. Returns the run_info dict
     (empty elsewhere)."""
     folder = setup.folder
-    trainer.save_model(str(folder.path))  # main process only; plain GPT-2 config
+    trainer.save_model(str(folder.path))  # main process only; the stock class's config
     # The Trainer's model card calls a model "fine-tuned from config._name_or_path" unless
     # that is a local folder; ours was built from scratch, so point it at the run folder.
     model.config._name_or_path = str(folder.path)
@@ -190,14 +212,20 @@ def push(trainer, model, setup: RunSetup, info: dict) -> None:
     scheme = model.config.init_scheme
     trainer.push_to_hub(
         commit_message=f"hf-init pretraining run, init scheme {scheme}",
-        **model_card_fields(info or {"init": {"scheme": scheme}, "corpus": setup.corpus}),
+        **model_card_fields(
+            info
+            or {
+                "model_type": family_of(model.config).model_type,
+                "init": {"scheme": scheme},
+                "corpus": setup.corpus,
+            }
+        ),
     )
 
 
-class CardTrainer(keeps_grad_norm(Trainer)):
-    """The Trainer, handing its gradient norm to the divergence stop, whose model card
-    (README.md, written again by ``push_to_hub`` before it uploads) ends with ``card_section``
-    once that is set."""
+class CardTrainer(Trainer):
+    """The Trainer, whose model card (README.md, written again by ``push_to_hub`` before it
+    uploads) ends with ``card_section`` once that is set."""
 
     card_section: str | None = None
 

@@ -4,9 +4,9 @@
 sinks own the writers): it decides when (step 0, every ``every`` optimizer steps, the last step,
 each once, and not again on resume) and gives what a recorder measures to its sinks
 (:mod:`hf_init.lm.sinks`). The recorders: :class:`QKVVarianceCallback` (block weights and
-gradients), :class:`LearningRateCallback` and
-:class:`~hf_init.lm.attention_probe.AttentionProbeCallback`; :func:`build_recorders` makes those
-a run uses.
+gradients), :class:`LearningRateCallback`,
+:class:`~hf_init.lm.attention_probe.AttentionProbeCallback` and
+:class:`~hf_init.lm.spikes.SpikeMonitor`; :func:`build_recorders` makes those a run uses.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 from hf_init.core.cli import RunStopped
 from hf_init.core.moments import sharded_block_moments
 from hf_init.core.records import make_record
-from hf_init.lm.families import BLOCK_ROLES, BLOCK_WEIGHTS
+from hf_init.lm.families import Family, family_of
 from hf_init.lm.guards import stop_on_every_rank
 from hf_init.lm.run_folder import VARIANCE_FILE, latest_events_dir
 from hf_init.lm.sinks import (
@@ -46,14 +46,12 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
             return model
 
 
-def gpt2_blocks(model: torch.nn.Module):
-    """The list of transformer blocks (``transformer.h``) of a GPT-2 LM, wrapped or not."""
-    model = unwrap_model(model)
-    body = getattr(model, "transformer", model)
-    blocks = getattr(body, "h", None)
-    if blocks is None:
-        raise ValueError(f"{type(model).__name__} has no GPT-2 blocks (transformer.h)")
-    return blocks
+def model_blocks(model: torch.nn.Module) -> tuple[Family, torch.nn.ModuleList]:
+    """The family (:mod:`hf_init.lm.families`) of a causal LM or body, wrapped or not, and its list
+    of transformer blocks; ValueError when the model has none of that family."""
+    bare = unwrap_model(model)
+    family = family_of(getattr(bare, "config", None))
+    return family, family.blocks(bare)
 
 
 def _is_sharded(model: torch.nn.Module) -> bool:
@@ -64,38 +62,43 @@ def _is_sharded(model: torch.nn.Module) -> bool:
 def block_statistics(model: torch.nn.Module, grads: bool = False) -> torch.Tensor:
     """Population moments of every block weight (or its ``.grad``) in every block.
 
-    Returns float64 of shape (n_layer, len(BLOCK_ROLES), 3): per layer, per role in
-    :data:`hf_init.lm.families.BLOCK_ROLES` (q, k, v, attn_proj, mlp_fc, mlp_proj), the mean,
-    population variance (divide by N, over all entries of that weight part) and RMS,
-    accumulated in float64 whatever the training dtype. A missing gradient gives NaN.
+    Returns float64 of shape (n_layer, len(block_roles), 3): per layer, per role of the model's
+    family's ``block_roles`` (GPT-2: q, k, v, attn_proj, mlp_fc, mlp_proj; Llama: q, k, v, o,
+    gate, up, down), the mean, population variance (divide by N, over all entries of that weight
+    part) and RMS, accumulated in float64 whatever the training dtype. A missing gradient gives
+    NaN.
 
     The result stays on the weights' device (no host synchronisation: read it once per record).
     One pass of :func:`hf_init.core.moments.stacked_block_sums` per weight kind over all
     layers. Sharded (FSDP2 DTensor) weights are never gathered: each rank reduces its own
     shards and one all-reduce makes the totals, so every rank must call this.
     """
-    blocks = list(gpt2_blocks(model))
+    family, blocks = model_blocks(model)
     kinds = []
-    for entry in BLOCK_WEIGHTS:  # the column blocks cut here are the parts Weight.split cuts
-        weight = attrgetter(
-            f"{entry.path}.weight"
-        )  # get_submodule's checks cost more than the sums
+    for entry in family.block_weights:  # column blocks here = the parts Weight.split cuts
+        # attrgetter: get_submodule's checks cost more than the sums
+        weight = attrgetter(f"{entry.path}.weight")
         params = [weight(block) for block in blocks]
         kinds.append(([p.grad if grads else p for p in params], len(entry.parts)))
     return sharded_block_moments(kinds)
 
 
-def variance_records(step: int, weights: torch.Tensor, grads: torch.Tensor | None) -> list[dict]:
+def variance_records(
+    step: int, weights: torch.Tensor, grads: torch.Tensor | None, *, roles: tuple[str, ...]
+) -> list[dict]:
     """The records of one step from :func:`block_statistics` of the weights and (or ``None``)
-    of the gradients: one per (layer, role) with ``var``, ``mean``, ``rms``, ``grad_var``,
-    ``grad_rms`` (null where not finite or not measured). Both are read to the host at once."""
+    of the gradients, whose columns are ``roles`` (the family's ``block_roles``): one per (layer,
+    role) with ``var``, ``mean``, ``rms``, ``grad_var``, ``grad_rms`` (null where not finite or
+    not measured). Both are read to the host at once."""
+    if weights.shape[1] != len(roles):
+        raise ValueError(f"{weights.shape[1]} weight kinds per layer, {len(roles)} roles given")
     if grads is not None:
         w, g = torch.stack([weights, grads.to(weights.device)]).tolist()
     else:
         w, g = weights.tolist(), None
     records = []
     for layer, rows in enumerate(w):
-        for i, role in enumerate(BLOCK_ROLES):
+        for i, role in enumerate(roles):
             mean, var, rms = rows[i]
             gvar, grms = (g[layer][i][1], g[layer][i][2]) if g is not None else (None, None)
             records.append(
@@ -207,12 +210,12 @@ class StepRecorder(TrainerCallback):
 
 
 class QKVVarianceCallback(StepRecorder):
-    """Per layer, the ``var``, ``mean`` and ``rms`` of every block weight (q, k, v parts of
-    ``c_attn``, ``attn_proj``, ``mlp_fc``, ``mlp_proj``) and ``grad_var``, ``grad_rms`` of the
-    gradient that step's update applied (:func:`variance_records`; null at step 0). That gradient
-    is read before the optimizer step: clipped, of the step's mean loss (docs/traps.md says how
-    the Trainer scales it). Under FSDP2 every rank reduces its own shards and joins one
-    all-reduce; otherwise only the main process computes."""
+    """Per layer, the ``var``, ``mean`` and ``rms`` of every block weight (GPT-2: q, k, v parts of
+    ``c_attn``, ``attn_proj``, ``mlp_fc``, ``mlp_proj``; Llama: q k v o gate up down) and
+    ``grad_var``, ``grad_rms`` of the gradient that step's update applied (:func:`variance_records`;
+    null at step 0). That gradient is read before the optimizer step: clipped, of the step's mean
+    loss (docs/traps.md says how the Trainer scales it). Under FSDP2 every rank reduces its own
+    shards and joins one all-reduce; otherwise only the main process computes."""
 
     what = "variance recording"
 
@@ -231,7 +234,9 @@ class QKVVarianceCallback(StepRecorder):
         if not self._computes(state, model):
             return []
         weights = block_statistics(model)
-        return variance_records(step, weights, grads) if state.is_world_process_zero else []
+        if not state.is_world_process_zero:
+            return []
+        return variance_records(step, weights, grads, roles=model_blocks(model)[0].block_roles)
 
     def _computes(self, state, model) -> bool:
         if model is None:
@@ -278,24 +283,31 @@ def build_recorders(
     eval_dataset=None,
     probe_blocks: int = 0,
     probe_every: int | None = None,
+    spikes: dict | None = None,
+    step_values=None,
 ) -> list[StepRecorder]:
     """Add to ``trainer`` every recorder a run uses, with their sinks, and return them: the Q/K/V
-    variances and the learning rate every ``every`` steps (default the logging interval), the
-    attention probe on the first ``probe_blocks`` blocks of ``eval_dataset`` (none when 0) every
-    ``probe_every`` steps (default ``every``), into ``out/variance.jsonl`` and, when the run
-    reports to TensorBoard, the Trainer's own writer (:func:`tensorboard_before_recorders`). Sinks
-    exist on the main process only (the one that writes). ``resumed_step``: a run resumed from
-    that step's checkpoint appends to the JSONL."""
+    variances, the learning rate and the spike monitor (``spikes``: its ``window``,
+    ``threshold``, ``skip_updates``; when None, the defaults of
+    :class:`~hf_init.lm.args.RunArguments`; ``step_values``: the trainer's
+    :class:`~hf_init.lm.spikes.StepValues`, made here when not given) every ``every`` steps
+    (default the logging interval), and the attention probe on the first ``probe_blocks`` blocks
+    of ``eval_dataset`` (none when 0) every ``probe_every`` steps (default ``every``), into
+    ``out/variance.jsonl`` and, when the run reports to TensorBoard, the Trainer's own writer
+    (:func:`tensorboard_before_recorders`). Sinks exist on the main process only (the one that
+    writes). ``resumed_step``: a run resumed from that step's checkpoint appends to the JSONL."""
+    from hf_init.lm.args import RunArguments
     from hf_init.lm.attention_probe import AttentionProbeCallback, probe_batch  # builds on this
+    from hf_init.lm.spikes import SpikeMonitor, StepValues
 
     tensorboard = tensorboard_before_recorders(trainer, out, resumed_step)
     main = trainer.args.process_index == 0
     jsonl = [JsonlSink(out / VARIANCE_FILE, append=resumed_step is not None)] if main else []
 
-    def tensorboard_sink(sink_class) -> list:
+    def tensorboard_sink(sink_class, **options) -> list:
         if not main or tensorboard is None:
             return []
-        return [sink_class(lambda: tensorboard.tb_writer, owns_writer=False)]
+        return [sink_class(lambda: tensorboard.tb_writer, owns_writer=False, **options)]
 
     # a non-finite variance stops every rank before its step is written (a non-finite gradient,
     # caught by guards.DivergenceStop, comes first in practice)
@@ -311,6 +323,10 @@ def build_recorders(
     recorders.append(
         LearningRateCallback(jsonl + tensorboard_sink(WholeModelTensorBoardSink), every)
     )
+    spike_sinks = jsonl + tensorboard_sink(WholeModelTensorBoardSink, prefix="stability")
+    spikes = spikes or RunArguments().spikes()  # the defaults of scripts/pretrain.py
+    values = step_values or StepValues(trainer)
+    recorders.append(SpikeMonitor(values, spike_sinks, every, **spikes))
     for recorder in recorders:
         trainer.add_callback(recorder)
     return recorders

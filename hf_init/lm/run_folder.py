@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from transformers import TrainerCallback
 
 from hf_init.core.cli import RunStopped, UsageError
@@ -29,6 +30,7 @@ from hf_init.lm.plots import plot_run
 
 VARIANCE_FILE = "variance.jsonl"
 RUN_INFO = "run_info.json"
+DIVERGED = "diverged.json"  # written instead of run_info.json by a run that diverged
 FIGURES_DIR = "figures"
 TENSORBOARD_DIR = "runs"
 MODEL_CARD = "README.md"
@@ -68,6 +70,7 @@ PARTS = (
     Part(f"{CHECKPOINT_PREFIX}*/", (f"{CHECKPOINT_PREFIX}*",)),
     Part("records set aside by a resume", (SET_ASIDE_FILES,)),
     Part(RUN_INFO, (RUN_INFO,)),
+    Part(DIVERGED, (DIVERGED,)),
     Part(f"{MODEL_CARD} (model card)", (MODEL_CARD,), marks_a_run=False),
 )
 #: Entries that mean "this folder already holds a run": everything a run writes but the card.
@@ -95,12 +98,24 @@ class RunFolder:
     def checkpoint(self, step: int) -> Path:
         return self.path / f"{CHECKPOINT_PREFIX}{step}"
 
+    @property
+    def diverged(self) -> Path:
+        return self.path / DIVERGED
+
     def is_finished(self) -> bool:
         """A run writes ``run_info.json`` last: without it the run did not finish."""
         return self.info.is_file()
 
+    def has_ended(self) -> bool:
+        """Finished, or stopped on divergence (``diverged.json``): running it again would end the
+        same way, so a study does not."""
+        return self.is_finished() or self.diverged.is_file()
+
     def read_info(self) -> dict:
-        return json.loads(self.info.read_text(encoding="utf-8"))
+        """``run_info.json``; for a run that diverged, ``diverged.json`` (the same description of
+        the run, no results, and the step it diverged at)."""
+        path = self.info if self.is_finished() else self.diverged
+        return json.loads(path.read_text(encoding="utf-8"))
 
     def parts(self) -> list[str]:
         """The labels of the :data:`PARTS` the folder holds (a run reporting to no TensorBoard has
@@ -287,17 +302,50 @@ def interrupted(
     """A run interrupted during training (``err``: Ctrl-C, or :class:`Interrupted` by SIGTERM):
     one line saying what is kept and how to continue; exit status 128 + the signal number."""
     signum = getattr(err, "signum", signal.SIGINT)
+    return RunStopped(
+        f"interrupted ({signal.Signals(signum).name}) at step {step}: records up to step {step} "
+        f"are in {str(folder.records)!r}; {how_to_continue(folder, argv)}",
+        code=128 + signum,
+    )
+
+
+def how_to_continue(folder: RunFolder, argv: list[str]) -> str:
+    """The command that resumes the run in ``folder`` from its last checkpoint (or restarts it)."""
     ckpt = folder.last_checkpoint()
     if ckpt is not None:
         resume = rerun_command(argv, ["--resume_from_checkpoint", "true"])
-        how = f"continue from {ckpt.name} with: {resume}"
-    else:
-        restart = rerun_command(argv, ["--overwrite_output_dir", "true"])
-        how = f"no checkpoint to resume from; restart with: {restart}"
+        return f"continue from {ckpt.name} with: {resume}"
+    restart = rerun_command(argv, ["--overwrite_output_dir", "true"])
+    return f"no checkpoint to resume from; restart with: {restart}"
+
+
+#: What a collective's error says when another rank is gone (its process or node died, or the
+#: network failed): gloo's and NCCL's wordings.
+PEER_LOST = (
+    "Connection reset by peer",
+    "Connection closed by peer",
+    "Broken pipe",
+    "NCCL communicator was aborted",
+    "Watchdog caught collective operation timeout",
+)
+
+
+def lost_peer(err: BaseException, world_size: int) -> bool:
+    """``err`` (raised by training) is a collective that failed because another rank is gone."""
+    if world_size <= 1 or not isinstance(err, RuntimeError):
+        return False
+    return isinstance(err, torch.distributed.DistError) or any(m in str(err) for m in PEER_LOST)
+
+
+def lost_peer_error(folder: RunFolder, step: int, rank: int, argv: list[str], err) -> RunStopped:
+    """A rank whose collective failed because another rank is gone: one line saying so, what the
+    failure said, what is kept and the command that continues the run on every node; exit 1."""
+    reason = next((m for m in PEER_LOST if m in str(err)), None) or type(err).__name__
     return RunStopped(
-        f"interrupted ({signal.Signals(signum).name}) at step {step}: records up to step {step} "
-        f"are in {str(folder.records)!r}; {how}",
-        code=128 + signum,
+        f"error: rank {rank} stopped at step {step}: another rank stopped answering ({reason}): "
+        f"a process or node died, or the network failed; records and checkpoints up to the last "
+        f"completed step are kept; {how_to_continue(folder, argv)} (the same launch on every node)",
+        code=1,
     )
 
 

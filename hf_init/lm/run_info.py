@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hf_init.core.outputs import package_versions
+from hf_init.lm.families import family_of
 from hf_init.lm.run_folder import VARIANCE_FILE, RunFolder
+from hf_init.lm.spikes import spike_summary
 from hf_init.lm.throughput import mfu, model_flops_per_token
 
 if TYPE_CHECKING:
@@ -61,31 +63,14 @@ def run_info(
     wrapper), the ``trainer`` (its data, steps and tokenizer), the results of ``train`` and
     ``evaluate``, the variance ``table`` of the run's records and the ``figures`` drawn."""
     args = setup.training_args
-    model_args, data_args, run_args = setup.model_args, setup.data_args, setup.run_args
     eval_loss = eval_metrics.get("eval_loss", float("nan"))
     return {
-        "versions": package_versions(),
-        "command": [sys.argv[0], *setup.argv],
-        "config_file": str(setup.config_path) if setup.config_path else None,
-        "config": {
-            "model": asdict(model_args),
-            "data": asdict(data_args),
-            "run": asdict(run_args),
-            "training": args.to_dict(),
-        },
-        "init": init_info(model.config, setup.init_rows),
-        "seed": args.seed,
-        "corpus": setup.corpus,
-        "blocks": {
-            "train": n_rows(trainer.train_dataset),
-            "validation": n_rows(trainer.eval_dataset),
-            "block_size": data_args.block_size,
-        },
-        "vocab_size": len(trainer.processing_class),
+        **run_description(setup, model, trainer),
         "world_size": args.world_size,
         "device": str(args.device),
         **size_and_speed(setup, model, trainer.state.global_step, train_result),
         "resumed_from": setup.resumed,
+        "spikes": spike_summary(trainer.callback_handler.callbacks),
         "train_loss": train_result.training_loss,
         "eval_loss": eval_loss,
         "perplexity": math.exp(eval_loss) if eval_loss < 700 else float("inf"),
@@ -97,6 +82,45 @@ def run_info(
             "layers": len(table.layers),
         },
         "figures": [str(Path(p).relative_to(setup.folder.path)) for p in figures],
+        "wall_time_s": time.time() - setup.started,
+    }
+
+
+def run_description(setup: RunSetup, model, trainer) -> dict:
+    """What a run was (command, config, init, seed, data), the part of ``run_info.json`` that a
+    run that diverged writes too (``diverged.json``)."""
+    data_args = setup.data_args
+    return {
+        "versions": package_versions(),
+        "command": [sys.argv[0], *setup.argv],
+        "config_file": str(setup.config_path) if setup.config_path else None,
+        "config": {
+            "model": asdict(setup.model_args),
+            "data": asdict(data_args),
+            "run": asdict(setup.run_args),
+            "training": setup.training_args.to_dict(),
+        },
+        "model_type": family_of(model.config).model_type,
+        "init": init_info(model.config, setup.init_rows),
+        "seed": setup.training_args.seed,
+        "corpus": setup.corpus,
+        "blocks": {
+            "train": n_rows(trainer.train_dataset),
+            "validation": n_rows(trainer.eval_dataset),
+            "block_size": data_args.block_size,
+        },
+        "vocab_size": len(trainer.processing_class),
+    }
+
+
+def diverged_info(setup: RunSetup, model, trainer, step: int, message: str) -> dict:
+    """The ``diverged.json`` dict of a run stopped at ``step`` because training diverged."""
+    return {
+        **run_description(setup, model, trainer),
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "optimizer_steps": step - 1,  # the updates applied: the one of ``step`` was not
+        "diverged_at_step": step,
+        "message": message,
         "wall_time_s": time.time() - setup.started,
     }
 
@@ -118,9 +142,9 @@ def size_and_speed(setup: RunSetup, model, steps: int, train_result) -> dict:
     first_step = setup.resumed["step"] if setup.resumed else 0
     tokens_this_run = tokens_seen * (steps - first_step) // steps if steps else 0
     tokens_per_second = tokens_this_run / runtime if runtime and math.isfinite(runtime) else None
-    cfg = model.config
+    dims = family_of(model.config).dims(model.config)  # GPT-2's or Llama's sizes
     flops_per_token = model_flops_per_token(
-        n_parameters, cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, block_size
+        n_parameters, dims.n_layer, dims.n_head, dims.head_dim, block_size
     )
     half = bool(args.bf16 or args.fp16)
     return {
@@ -135,9 +159,10 @@ def size_and_speed(setup: RunSetup, model, steps: int, train_result) -> dict:
 
 
 def init_info(config, init_rows: list[dict] | None = None) -> dict:
-    """The init scheme and its options, as recorded on the GPT2Config, and (``init_rows``, the rows
-    of :func:`hf_init.lm.modeling.init_report` taken at initialization) the std each weight kind
-    got: the scheme's value and the one measured on the freshly initialized weights."""
+    """The init scheme and its options, as recorded on the model's config (GPT2Config or
+    LlamaConfig), and (``init_rows``, the rows of :func:`hf_init.lm.modeling.init_report` taken at
+    initialization) the std each weight kind got: the scheme's value and the one measured on the
+    freshly initialized weights."""
     info = {
         "scheme": config.init_scheme,
         "std": config.init_std,
@@ -148,7 +173,8 @@ def init_info(config, init_rows: list[dict] | None = None) -> dict:
     }
     if init_rows is not None:
         info["std_by_weight"] = {
-            r["role"]: {"scheme": r["scheme_std"], "measured": r["measured_std"]} for r in init_rows
+            r["weight"]: {"scheme": r["scheme_std"], "measured": r["measured_std"]}
+            for r in init_rows
         }
     return info
 
@@ -196,6 +222,8 @@ def print_summary(info: dict, table_text: str, folder: RunFolder) -> None:
             else ""
         )
         print(f"resumed from {resumed['checkpoint']} (step {resumed['step']}){side}")
+    if info.get("spikes"):
+        print(describe_spikes(info["spikes"]))
     print(
         f"eval loss {info['eval_loss']:.4f}, perplexity {info['perplexity']:.2f}, "
         f"next-token accuracy {info['next_token_accuracy']:.4f} ({info['eval_tokens']} tokens)"
@@ -205,13 +233,38 @@ def print_summary(info: dict, table_text: str, folder: RunFolder) -> None:
 
 def model_card_fields(info: dict) -> dict:
     """Keyword arguments for ``Trainer.create_model_card`` / ``push_to_hub``: tags that say
-    which init scheme the run started from and which corpus it saw."""
+    which model family (``gpt2``, ``llama``) and init scheme the run started from and which
+    corpus it saw."""
     corpus = info.get("corpus") or {}
+    model_type = info.get("model_type", "gpt2")  # run folders written before Llama support
     return {
-        "tags": ["hf-init", "gpt2", f"init-{info['init']['scheme']}"],
+        "tags": ["hf-init", model_type, f"init-{info['init']['scheme']}"],
         "tasks": "text-generation",
         "dataset": corpus.get("name"),
     }
+
+
+def describe_spikes(spikes: dict, listed: int = 10) -> str:
+    """``run_info.json``'s ``spikes`` (:meth:`hf_init.lm.spikes.SpikeMonitor.summary`) in one
+    line: how many steps were spikes among those monitored, the score, which steps (the first
+    ``listed``) and the updates skipped."""
+    rule = f"z > {spikes['threshold']:g} against the previous {spikes['window']} steps"
+    if not spikes["steps_monitored"]:
+        return f"spikes: none monitored ({rule}: no step had that many before it)"
+    steps = spikes["spike_steps"]
+    text = (
+        f"spikes: {spikes['count']} in {spikes['steps_monitored']} monitored steps "
+        f"(score {spikes['score']:.4f}; {rule})"
+    )
+    if steps:
+        more = ", ..." if len(steps) > listed else ""
+        text += (
+            f": loss {spikes['loss_spikes']}, gradient norm {spikes['grad_norm_spikes']}, at "
+            f"steps {', '.join(map(str, steps[:listed]))}{more}"
+        )
+    if spikes["skip_spike_updates"]:
+        text += f"; skipped updates: {spikes['skipped_updates']} (--skip_spike_updates)"
+    return text
 
 
 def model_card_section(info: dict) -> str:
@@ -223,11 +276,13 @@ def model_card_section(info: dict) -> str:
         "",
         "## hf-init run",
         "",
+        f"- model: {info.get('model_type', 'gpt2')} (stock `AutoModelForCausalLM` loads it)",
         f"- init scheme: `{info['init']['scheme']}`",
         f"- model size: {info['n_parameters']:,} parameters",
         f"- data: {corpus.get('name')}",
         f"- optimizer steps: {info['optimizer_steps']}",
         f"- final perplexity: {info['perplexity']:.2f}",
+        *([f"- {describe_spikes(info['spikes'])}"] if info.get("spikes") else []),
         "",
     ]
     if fig:

@@ -7,7 +7,7 @@ which sinks it has. The sinks own their files and writers:
 * :class:`JsonlSink`: the records as lines of a JSONL file, flushed per step.
 * :class:`TensorBoardSink`: q, k, v weight and gradient variances per layer.
 * :class:`AttentionTensorBoardSink`: attention logit std and entropy per layer and head.
-* :class:`WholeModelTensorBoardSink`: whole-model statistics (the learning rate).
+* :class:`WholeModelTensorBoardSink`: whole-model statistics (the learning rate, spikes).
 * :class:`NonFiniteRecords`: a guard (:class:`~hf_init.lm.recorders.StepRecorder`'s
   ``guards``) stopping the run at the first weight variance that is not finite.
 
@@ -167,8 +167,12 @@ class AttentionTensorBoardSink(WriterSink):
 
 
 class WholeModelTensorBoardSink(WriterSink):
-    """The statistics of whole-model records (no layer) as scalars ``study/<statistic>``
-    (``study/learning_rate``)."""
+    """The statistics of whole-model records (no layer) as scalars ``<prefix>/<statistic>``
+    (``study/learning_rate``; the spike monitor's ``stability/loss_zscore``)."""
+
+    def __init__(self, writer, owns_writer: bool = True, prefix: str = "study"):
+        super().__init__(writer, owns_writer)
+        self.prefix = prefix
 
     def write(self, records: list[dict]) -> None:
         if self.writer is None:
@@ -177,7 +181,7 @@ class WholeModelTensorBoardSink(WriterSink):
             if r.get("layer") is not None:
                 continue
             scalars = [
-                (f"study/{stat}", value)
+                (f"{self.prefix}/{stat}", value)
                 for stat, value in r.items()
                 if stat in STATISTICS and value is not None and math.isfinite(value)
             ]

@@ -1,17 +1,20 @@
 """The init-scheme study behind ``scripts/init_study.py``: one pretraining config over init schemes
-x seeds (x optional learning rates and schedules), every run in its own folder of one study
-folder (one TensorBoard logdir), then the report (:mod:`hf_init.report`).
+x seeds (x optional learning rates, schedules, warm-up lengths and optimizers), every run in its
+own folder of one study folder (one TensorBoard logdir), then the report (:mod:`hf_init.report`).
 
 Shared across runs: the data (the same corpus, split and blocks), the tokenizer (trained once
 into ``<study>/tokenizer`` and passed to every run as ``--tokenizer_name``) and the seeds (seed
 ``i`` of every scheme uses the same ``--seed i``: the same data order). A run whose folder holds
-``run_info.json`` is finished and skipped, so re-running the study command continues it; a run
-folder without it (an interrupted run) is replaced. Runs go one after the other in this process
-(no repeated start-up).
+``run_info.json`` (finished) or ``diverged.json`` (stopped on non-finite values; the study goes
+on with the next run) has ended and is skipped, so re-running the study command continues it; a
+run folder without either (an interrupted run) is replaced. Runs go one after the other in this
+process (no repeated start-up). Every flag that is not the study's goes to
+every run: ``--model_type llama`` (with ``--n_kv_head``, ``--n_inner``) makes it a study of Llamas.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import shlex
 import sys
@@ -27,12 +30,15 @@ STUDY_FILE = "study.json"
 TOKENIZER_DIR = "tokenizer"
 DEFAULT_SCHEMES = [
     "gpt2",
-    "normal:0.02",
+    "depth_scaled",
     "xavier_normal",
     "kaiming_normal",
     "small_init",
     "deepnet",
 ]
+DEFAULT_SEEDS = 5  # the fewest with which the sign-flip test can reach p <= 0.05 (1/2^5)
+# keys of an --optimizers entry that set a run flag of their own; the others go to --optim_args
+OPTIMIZER_FLAGS = {"lr": "--learning_rate", "weight_decay": "--weight_decay"}
 # set per run by the study: passing them through would be silently overridden
 STUDY_OWNED_FLAGS = (
     "init_scheme",
@@ -55,7 +61,9 @@ class StudyArguments:
             "std for every weight (no residual scaling)"
         },
     )
-    seeds: int = field(default=2, metadata={"help": "seeds 0..N-1, the same for every scheme"})
+    seeds: int = field(
+        default=DEFAULT_SEEDS, metadata={"help": "seeds 0..N-1, the same for every scheme"}
+    )
     learning_rates: list[float] | None = field(
         default=None,
         metadata={
@@ -68,6 +76,25 @@ class StudyArguments:
         metadata={
             "help": "cross with these schedules, e.g. cosine constant_with_warmup "
             "(constant LR after warmup)"
+        },
+    )
+    warmups: list[int] | None = field(
+        default=None, metadata={"help": "cross with these --warmup_steps (e.g. 15 150)"}
+    )
+    optimizers: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "cross with these optimizers, each NAME[:key=value,...]: NAME a Trainer "
+            "--optim (adamw_torch, sgd, ...); keys lr and weight_decay set that run's "
+            "--learning_rate and --weight_decay, the others go to --optim_args, e.g. "
+            "sgd:momentum=0.9,lr=0.3"
+        },
+    )
+    run_flags: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "flags given to every run before those of the command line (for a study "
+            "YAML, e.g. [--max_steps, 1200]; on the command line pass the flags themselves)"
         },
     )
     pretrain_config: str = field(
@@ -111,6 +138,15 @@ class StudyArguments:
             bad = [s for s in self.lr_scheduler_types if s not in valid]
             if bad:
                 raise UsageError(f"unknown lr_scheduler_types {bad}; valid: {', '.join(valid)}")
+        if any(w < 0 for w in self.warmups or []):
+            raise UsageError(f"warmups must be >= 0, got {self.warmups}")
+        for spec in self.optimizers or []:
+            _, flags = parse_optimizer(spec)
+            if self.learning_rates and "--learning_rate" in flags:
+                raise UsageError(
+                    f"optimizer {spec!r} sets its lr and --learning_rates crosses learning rates: "
+                    "give one or the other"
+                )
 
 
 def parse_scheme(spec: str) -> tuple[str, float | None]:
@@ -129,6 +165,44 @@ def parse_scheme(spec: str) -> tuple[str, float | None]:
     if not (math.isfinite(value) and value > 0):
         raise UsageError(f"the std in scheme {spec!r} must be finite and > 0")
     return name, value
+
+
+def parse_optimizer(spec: str) -> tuple[str, list[str]]:
+    """``sgd:momentum=0.9,lr=0.3`` -> (label ``sgd_momentum0.9_lr0.3``, the run flags ``--optim
+    sgd --optim_args momentum=0.9 --learning_rate 0.3``); UsageError on a bad entry."""
+    from transformers.training_args import OptimizerNames
+
+    name, _, rest = spec.partition(":")
+    valid = [o.value for o in OptimizerNames]
+    if name not in valid:
+        raise UsageError(f"unknown optimizer {name!r} in {spec!r}; valid: {', '.join(valid)}")
+    pairs = [p.partition("=") for p in rest.split(",")] if rest else []
+    if any(not k or not sep or not v for k, sep, v in pairs):
+        raise UsageError(f"bad optimizer {spec!r}: write NAME:key=value,... e.g. {_SGD_EXAMPLE}")
+    flags, optim_args = ["--optim", name], []
+    for key, _, value in pairs:
+        if key in OPTIMIZER_FLAGS:
+            number = _positive_number(value, f"{key} in optimizer {spec!r}", key == "lr")
+            flags += [OPTIMIZER_FLAGS[key], repr(number)]
+        else:
+            optim_args.append(f"{key}={value}")
+    if optim_args:
+        flags += ["--optim_args", ",".join(optim_args)]
+    label = "_".join([name, *(k + v for k, _, v in pairs)])
+    return label, flags
+
+
+_SGD_EXAMPLE = "sgd:momentum=0.9,lr=0.3"
+
+
+def _positive_number(text: str, what: str, strict: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0 or (strict and value == 0):
+        raise UsageError(f"{what} must be a finite number {'>' if strict else '>='} 0, got {text}")
+    return value
 
 
 def split_argv(argv: list[str], study_flags: set[str]) -> tuple[list[str], list[str]]:
@@ -153,9 +227,10 @@ def parse_study_args(argv: list[str]) -> tuple[StudyArguments, list[str]]:
     parser = HfArgumentParser(StudyArguments)
     flags = {a.dest for a in parser._actions if a.dest != "help"}
     study_argv, pretrain_argv = split_argv(argv, flags | {"help"})
+    (study,), _ = parse_yaml_and_cli(parser, study_argv, default_config=DEFAULT_CONFIG)
     owned = [
         t
-        for t in pretrain_argv
+        for t in [*(study.run_flags or []), *pretrain_argv]
         if t.startswith("--") and t[2:].split("=", 1)[0] in STUDY_OWNED_FLAGS
     ]
     if owned:
@@ -163,7 +238,6 @@ def parse_study_args(argv: list[str]) -> tuple[StudyArguments, list[str]]:
             f"{', '.join(owned)} is set by the study for each run; use --schemes (NAME or "
             f"normal:STD), --seeds and --output_dir"
         )
-    (study,), _ = parse_yaml_and_cli(parser, study_argv, default_config=DEFAULT_CONFIG)
     return study, pretrain_argv
 
 
@@ -175,10 +249,13 @@ class PlannedRun:
     seed: int
     learning_rate: float | None
     lr_scheduler_type: str | None
+    warmup_steps: int | None = None
+    optimizer: str | None = None  # an --optimizers entry
 
     def argv(self, study: StudyArguments, passthrough: list[str], out: Path) -> list[str]:
         args = [
             study.pretrain_config,
+            *(study.run_flags or []),
             *passthrough,
             "--init_scheme",
             self.scheme,
@@ -195,27 +272,35 @@ class PlannedRun:
             args += ["--learning_rate", repr(self.learning_rate)]
         if self.lr_scheduler_type is not None:
             args += ["--lr_scheduler_type", self.lr_scheduler_type]
+        if self.warmup_steps is not None:
+            args += ["--warmup_steps", str(self.warmup_steps)]
+        if self.optimizer is not None:
+            args += parse_optimizer(self.optimizer)[1]
         return args
 
 
 def plan(study: StudyArguments) -> list[PlannedRun]:
-    """Every run of the study, scheme-major within each seed (seed 0 of every scheme first, so an
-    interrupted study has whole seeds)."""
+    """Every run of the study, scheme-major within each seed (seed 0 of every scheme and setting
+    first, so an interrupted study has whole seeds). A run's name is its scheme, the crossed
+    settings it has (lr, schedule, warm-up ``wu``, optimizer) and its seed."""
     runs = []
-    for seed in range(study.seeds):
-        for lr in study.learning_rates or [None]:
-            for sched in study.lr_scheduler_types or [None]:
-                for spec in study.schemes:
-                    name, std = parse_scheme(spec)
-                    label = name if std is None else f"{name}_std{std:g}"
-                    parts = (
-                        [label]
-                        + ([f"lr{lr:g}"] if lr is not None else [])
-                        + ([sched] if sched else [])
-                    )
-                    runs.append(
-                        PlannedRun("_".join(parts) + f"_seed{seed}", name, std, seed, lr, sched)
-                    )
+    crossed = itertools.product(
+        range(study.seeds),
+        study.learning_rates or [None],
+        study.lr_scheduler_types or [None],
+        study.warmups or [None],
+        study.optimizers or [None],
+        study.schemes,
+    )
+    for seed, lr, sched, warmup, optimizer, spec in crossed:
+        name, std = parse_scheme(spec)
+        parts = [name if std is None else f"{name}_std{std:g}"]
+        parts += [f"lr{lr:g}"] if lr is not None else []
+        parts += [sched] if sched else []
+        parts += [f"wu{warmup}"] if warmup is not None else []
+        parts += [parse_optimizer(optimizer)[0]] if optimizer else []
+        run_name = "_".join(parts) + f"_seed{seed}"
+        runs.append(PlannedRun(run_name, name, std, seed, lr, sched, warmup, optimizer))
     return runs
 
 
@@ -246,11 +331,14 @@ def write_hparams(run_dir: Path, run: PlannedRun, info: dict) -> None:
     logging_dir = info["config"]["training"].get("logging_dir") or str(run_dir / TENSORBOARD_DIR)
     training = info["config"]["training"]
     hparams = {
+        "model_type": info["config"]["model"].get("model_type", "gpt2"),
         "scheme": run.scheme,
         "init_std": run.init_std if run.init_std is not None else float("nan"),
         "seed": run.seed,
         "learning_rate": training["learning_rate"],
         "lr_scheduler_type": str(training["lr_scheduler_type"]),
+        "warmup_steps": training["warmup_steps"],
+        "optim": str(training["optim"]),
     }
     metrics = {
         "hparam/eval_loss": info["eval_loss"],
@@ -268,9 +356,10 @@ def run_study(argv: list[str]) -> Path:
 
     out = Path(study.output_dir)
     runs = plan(study)
-    # every run's arguments are checked before anything is trained or written
-    for run in runs[:1]:
-        parse_args(run.argv(study, passthrough, out))
+    # every setting's arguments are checked (seed 0 of each) before anything is trained or written
+    for run in runs:
+        if run.seed == 0:
+            parse_args(run.argv(study, passthrough, out))
     out.mkdir(parents=True, exist_ok=True)
     command = "python scripts/init_study.py " + " ".join(shlex.quote(a) for a in argv)
     write_json(
@@ -288,26 +377,8 @@ def run_study(argv: list[str]) -> Path:
 
         torch.set_num_threads(study.threads)
     prepare_tokenizer(study, passthrough, out)
-    from hf_init.lm.pretrain import run as pretrain_run
-
     for i, run in enumerate(runs, 1):
-        run_dir = out / run.name
-        if RunFolder(run_dir).is_finished():
-            print(f"[{i}/{len(runs)}] {run.name}: finished earlier, skipped", flush=True)
-            continue
-        started = time.time()
-        args = run.argv(study, passthrough, out)
-        if run_dir.exists():  # an interrupted run: start it again
-            args.append("--overwrite_output_dir")
-        quoted = " ".join(map(shlex.quote, args))
-        print(f"[{i}/{len(runs)}] {run.name}: python scripts/pretrain.py {quoted}", flush=True)
-        info = pretrain_run(args, started=started)
-        write_hparams(run_dir, run, info)
-        print(
-            f"[{i}/{len(runs)}] {run.name}: eval loss {info['eval_loss']:.4f} "
-            f"in {time.time() - started:.0f} s (study {time.time() - t0:.0f} s)",
-            flush=True,
-        )
+        run_one(f"[{i}/{len(runs)}] {run.name}", run, run.argv(study, passthrough, out), t0)
     if study.report:
         from hf_init.report import write_report
 
@@ -319,3 +390,32 @@ def run_study(argv: list[str]) -> Path:
         file=sys.stderr,
     )
     return out
+
+
+def run_one(tag: str, run: PlannedRun, args: list[str], t0: float) -> None:
+    """One run of the study, unless it has ended earlier (finished or diverged). An interrupted
+    run is started again; one that diverges is left with its ``diverged.json`` and the study goes
+    on."""
+    from hf_init.lm.guards import Diverged
+    from hf_init.lm.pretrain import run as pretrain_run
+
+    folder = RunFolder(args[args.index("--output_dir") + 1])
+    if folder.has_ended():
+        ended = "finished" if folder.is_finished() else "diverged"
+        print(f"{tag}: {ended} earlier, skipped", flush=True)
+        return
+    started = time.time()
+    if folder.path.exists():  # an interrupted run: start it again
+        args = [*args, "--overwrite_output_dir"]
+    print(f"{tag}: python scripts/pretrain.py {shlex.join(args)}", flush=True)
+    try:
+        info = pretrain_run(args, started=started)
+    except Diverged as err:
+        print(f"{tag}: {err}; the study goes on", flush=True)
+        return
+    write_hparams(folder.path, run, info)
+    print(
+        f"{tag}: eval loss {info['eval_loss']:.4f} "
+        f"in {time.time() - started:.0f} s (study {time.time() - t0:.0f} s)",
+        flush=True,
+    )

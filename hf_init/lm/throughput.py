@@ -8,8 +8,10 @@ def model_flops_per_token(
     n_parameters: int, n_layer: int, n_head: int, head_dim: int, seq_len: int
 ) -> int:
     """Training FLOPs per token (forward + backward) as in the PaLM paper's MFU: 6 N for the
-    weight matmuls plus 12 L H Q T for attention (L layers, H heads, Q head size, T context).
-    N counts every parameter (embeddings included), as ``run_info.json``'s ``n_parameters``."""
+    weight matmuls plus 12 L H Q T for attention (L layers, H query heads, Q head size, T context;
+    grouped-query attention shares keys and values, not the attention matmuls, and a gated MLP's
+    third matrix is in N). N counts every parameter (embeddings included), as ``run_info.json``'s
+    ``n_parameters``."""
     return 6 * n_parameters + 12 * n_layer * n_head * head_dim * seq_len
 
 

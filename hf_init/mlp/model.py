@@ -30,6 +30,7 @@ TORCH_ACTIVATIONS = {
     "tanh": torch.tanh,
     "gelu": F.gelu,  # exact, erf
     "gelu_tanh": partial(F.gelu, approximate="tanh"),  # GPT-2's gelu_new
+    "silu": F.silu,  # the gate of Llama's SwiGLU
 }
 assert tuple(TORCH_ACTIVATIONS) == ACTIVATIONS, (
     "every activation of the theory needs a torch function"

@@ -5,17 +5,19 @@ records of :mod:`hf_init.core.records`; verdicts on them; the check's arguments 
 
 Records (one per network, quantity and layer; ``step`` is null: everything is at init):
 
-* keys ``network`` (``mlp-<activation>-<multiple>xcritical`` or ``gpt2-<scheme>-scaled|unscaled``),
-  ``activation``, ``scheme`` (GPT-2), ``std_multiple`` (MLP), ``weight_std`` (MLP hidden layers;
-  GPT-2 ``attn_proj``), ``quantity`` (``forward``/``gradient`` for an MLP; ``residual``,
-  ``attn_add``, ``mlp_add`` for GPT-2); ``layer`` (MLP 1..L; GPT-2 block, 0 = embeddings);
-  ``role`` ``linear`` for an MLP layer, null for a GPT-2 residual-stream quantity;
+* keys ``network`` (``mlp-<activation>-<multiple>xcritical``,
+  ``gpt2-<scheme>-scaled|unscaled`` or ``llama-<scheme>``), ``activation``, ``scheme`` (GPT-2,
+  Llama), ``std_multiple`` (MLP), ``weight_std`` (MLP hidden layers; GPT-2 ``attn_proj``,
+  Llama ``o``), ``quantity`` (``forward``/``gradient`` for an MLP; ``residual``, ``attn_add``,
+  ``mlp_add`` for GPT-2 and Llama); ``layer`` (MLP 1..L; block, 0 = embeddings); ``role``
+  ``linear`` for an MLP layer, null for a residual-stream quantity;
 * statistics ``predicted``, ``measured``, ``measured_sem``, ``relative_error``; MLP
-  ``tolerance``; GPT-2 ``predicted_uncorrelated``, ``relative_error_uncorrelated``.
+  ``tolerance``; GPT-2 and Llama ``predicted_uncorrelated``, ``relative_error_uncorrelated``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -30,11 +32,11 @@ from hf_init.core.outputs import check_output_dir, existing_outputs, kept_until_
 from hf_init.core.records import make_record, read_records, to_wide, write_records
 from hf_init.theory import plots
 from hf_init.theory.measurement import (
-    GPT2Probe,
+    ResidualProbe,
     byte_token_batch,
     digits_inputs,
-    measure_gpt2,
     measure_mlp,
+    measure_residual,
 )
 from hf_init.theory.recursions import (
     ACTIVATIONS,
@@ -42,6 +44,9 @@ from hf_init.theory.recursions import (
     gpt2_residual_kernel,
     gpt2_residual_variance,
     gpt2_scheme_stds,
+    llama_residual_kernel,
+    llama_residual_variance,
+    llama_scheme_stds,
     propagate,
 )
 
@@ -116,7 +121,9 @@ def mlp_check_records(
     return rows
 
 
-def gpt2_check_records(scheme: str, residual_scaling: bool | None, probe: GPT2Probe) -> list[dict]:
+def gpt2_check_records(
+    scheme: str, residual_scaling: bool | None, probe: ResidualProbe
+) -> list[dict]:
     """Predicted vs measured residual-stream second moment per block and what each block's
     attention and MLP add, for ``scheme`` with GPT-2's residual scaling as the scheme defines it
     (``None``) or forced on/off. ``predicted``: ``theory.gpt2_residual_kernel`` on the same
@@ -136,8 +143,31 @@ def gpt2_check_records(scheme: str, residual_scaling: bool | None, probe: GPT2Pr
     scaled = carries if residual_scaling is None else residual_scaling
     pred = gpt2_residual_kernel(stds, n_layer, n_embd, probe.input_ids.numpy())
     unc = gpt2_residual_variance(stds, n_layer, n_embd, seq_len)
-    meas = measure_gpt2(scheme, probe, residual_gain=gain)
+    meas = measure_residual(scheme, probe, residual_gain=gain)
     name = f"gpt2-{scheme}-{'scaled' if scaled else 'unscaled'}"
+    keys = dict(network=name, activation="gelu_tanh", scheme=scheme, weight_std=stds["attn_proj"])
+    return _residual_records(pred, unc, meas, **keys)
+
+
+def llama_check_records(scheme: str, probe: ResidualProbe) -> list[dict]:
+    """:func:`gpt2_check_records` for a pre-RMSNorm Llama (``probe.model_type`` llama) built
+    with ``scheme`` as the scheme defines it: ``theory.llama_residual_kernel`` (covariance
+    across positions, RoPE in the logits) and ``theory.llama_residual_variance`` (uncorrelated
+    tokens) against the measurement."""
+    n_layer, n_embd, n_head = probe.n_layer, probe.n_embd, probe.n_head
+    stds = llama_scheme_stds(
+        scheme, n_layer, n_embd, n_head, probe.n_kv_head, vocab_size=probe.vocab_size
+    )
+    pred = llama_residual_kernel(stds, n_layer, n_embd, probe.input_ids.numpy(), n_head)
+    unc = llama_residual_variance(stds, n_layer, n_embd, probe.seq_len)
+    meas = measure_residual(scheme, probe)
+    keys = dict(network=f"llama-{scheme}", activation="silu", scheme=scheme, weight_std=stds["o"])
+    return _residual_records(pred, unc, meas, **keys)
+
+
+def _residual_records(pred, unc, meas, **keys) -> list[dict]:
+    """One record per quantity (residual, attn_add, mlp_add) and block of the two predictions
+    (position covariance, uncorrelated tokens) next to the measurement, with ``keys``."""
     rows = []
     for quantity, p, pu, m, first in (
         ("residual", pred.residual, unc.residual, meas.residual, 0),
@@ -156,16 +186,7 @@ def gpt2_check_records(scheme: str, residual_scaling: bool | None, probe: GPT2Pr
             }
             rows.append(
                 make_record(
-                    None,
-                    i + first,
-                    None,
-                    stats,
-                    network=name,
-                    activation="gelu_tanh",
-                    scheme=scheme,
-                    std_multiple=None,
-                    weight_std=stds["attn_proj"],
-                    quantity=quantity,
+                    None, i + first, None, stats, std_multiple=None, quantity=quantity, **keys
                 )
             )
     return rows
@@ -178,7 +199,7 @@ def _carries_scaling(scheme, n_layer, n_embd, vocab_size, seq_len) -> bool:
     return gain_off != 1.0
 
 
-GPT2_QUANTITIES = ("residual", "attn_add", "mlp_add")
+RESIDUAL_QUANTITIES = ("residual", "attn_add", "mlp_add")
 
 
 def _efold(slope: float) -> str:
@@ -189,14 +210,14 @@ def verdict(rows: list[dict]) -> list[str]:
     """Short lines saying where theory and measurement agree and where/why they part. ``rows``:
     one dict per record with every statistic (:func:`read_check_rows`)."""
     mlp = [r for r in rows if r["network"].startswith("mlp-")]
-    gpt = [r for r in rows if r["network"].startswith("gpt2-")]
+    decoders = [r for r in rows if r["network"].startswith(("gpt2-", "llama-"))]
     lines = [
         _mlp_verdict(net, quantity, [r for r in mlp if r["network"] == net])
         for net in dict.fromkeys(r["network"] for r in mlp)
         for quantity in ("forward", "gradient")
     ]
-    for net in dict.fromkeys(r["network"] for r in gpt):
-        lines.append(_gpt2_verdict(net, [r for r in gpt if r["network"] == net]))
+    for net in dict.fromkeys(r["network"] for r in decoders):
+        lines.append(_residual_verdict(net, [r for r in decoders if r["network"] == net]))
     return lines
 
 
@@ -222,9 +243,10 @@ def _worst(rows: list[dict], key: str = "relative_error") -> float:
     return max(abs(r[key]) for r in rows)
 
 
-def _gpt2_verdict(net: str, rows: list[dict]) -> str:
-    """One GPT-2: residual growth measured and predicted both ways, the branches' errors."""
-    res, att, mlp = ([r for r in rows if r["quantity"] == q] for q in GPT2_QUANTITIES)
+def _residual_verdict(net: str, rows: list[dict]) -> str:
+    """One GPT-2 or Llama: residual growth measured and predicted both ways, the branches'
+    errors."""
+    res, att, mlp = ([r for r in rows if r["quantity"] == q] for q in RESIDUAL_QUANTITIES)
 
     def growth(key):
         return res[-1][key] / res[0][key]
@@ -254,13 +276,19 @@ VERDICT_NOTES = [
     "propagates the T x T covariance across positions of the actual token ids and removes most "
     "of that gap. Both model softmax weights with i.i.d. Gaussian logits: with large logits "
     "(kaiming_normal, logit variance ~4) the concentration estimate is off in block 1.",
+    "Llama (pre-RMSNorm, RoPE, SwiGLU, grouped-query attention): the same two theories with the "
+    "embedding table alone at block 0 (no position table: a repeated token starts identical), "
+    "RMSNorm for LayerNorm, the SwiGLU branch n_inner std_down^2 E[silu(g)^2] E[u^2] (gate and up "
+    "independent), and RoPE in the logits only (the position-covariance theory's key spread "
+    "carries RoPE's correlation factor); sharing key/value heads changes no second moment.",
 ]
 
 
 def _scheme_names(needs_std: bool = False) -> list[str]:
     from hf_init.core.schemes import SCHEMES
 
-    return [n for n, s in SCHEMES.items() if s.needs_std == needs_std]
+    # the GPT-2 theory takes one std per weight kind: per-layer schemes are left out
+    return [n for n, s in SCHEMES.items() if s.needs_std == needs_std and not s.per_layer]
 
 
 @dataclass
@@ -305,15 +333,33 @@ class TheoryCheckArguments:
     gpt2_seq_len: int = 64
     gpt2_batch: int = field(default=8, metadata={"help": "byte-token sequences per forward pass"})
     gpt2_seeds: int = field(default=2, metadata={"help": "GPT-2s built per setting"})
+    llama_schemes: list[str] = field(
+        default_factory=lambda: [
+            "gpt2",
+            "kaiming_normal",
+            "xavier_normal",
+            "small_init",
+            "deepnet",
+        ],
+        metadata={
+            "help": "init schemes of the Llamas (pre-RMSNorm, RoPE, SwiGLU), built in the GPT-2s' "
+            "shape and measured on their tokens and seeds (none: `llama_schemes: []` in a YAML)"
+        },
+    )
+    llama_n_kv_head: int = field(
+        default=2, metadata={"help": "the Llamas' key/value heads (must divide --gpt2_n_head)"}
+    )
 
     def __post_init__(self):
         for a in self.activations:
             if a not in ACTIVATIONS:
                 raise UsageError(f"unknown activation {a!r}; valid: {', '.join(ACTIVATIONS)}")
         valid = _scheme_names()
-        for s in self.gpt2_schemes:
+        for s in (*self.gpt2_schemes, *self.llama_schemes):
             if s not in valid:
-                raise UsageError(f"unknown or std-needing scheme {s!r}; valid: {', '.join(valid)}")
+                raise UsageError(
+                    f"unknown, std-needing or per-layer scheme {s!r}; valid: {', '.join(valid)}"
+                )
         for name in (
             "width",
             "depth",
@@ -325,11 +371,14 @@ class TheoryCheckArguments:
             "gpt2_seq_len",
             "gpt2_batch",
             "gpt2_seeds",
+            "llama_n_kv_head",
         ):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.gpt2_n_embd % self.gpt2_n_head:
             raise UsageError("--gpt2_n_embd must be divisible by --gpt2_n_head")
+        if self.llama_schemes and self.gpt2_n_head % self.llama_n_kv_head:
+            raise UsageError("--gpt2_n_head must be divisible by --llama_n_kv_head")
         for name, values in (("std_multiples", self.std_multiples), ("k_sigma", [self.k_sigma])):
             bad = [v for v in values if not (math.isfinite(v) and v > 0)]
             if bad:
@@ -344,6 +393,8 @@ OUTPUTS = {
     "mlp_gradient.png": "gradient variance per layer",
     "gpt2_residual.png": "residual-stream growth per scheme",
     "gpt2_branches.png": "measured/predicted of the attention and MLP branches",
+    "llama_residual.png": "the Llamas' residual-stream growth per scheme",
+    "llama_branches.png": "the Llamas' measured/predicted of the attention and MLP branches",
     "verdict.txt": "the verdict printed at the end",
 }
 
@@ -372,7 +423,7 @@ def _check_records(args: TheoryCheckArguments, t0: float) -> list[dict]:
         for mult in args.std_multiples:
             records += mlp_check_records(act, mult, x, args.width, args.depth, seeds, args.k_sigma)
         print(f"mlp {act}: done ({time.time() - t0:.0f}s)", flush=True)
-    probe = GPT2Probe(
+    probe = ResidualProbe(
         byte_token_batch(args.gpt2_batch, args.gpt2_seq_len),
         list(range(args.gpt2_seeds)),
         args.gpt2_n_layer,
@@ -383,6 +434,10 @@ def _check_records(args: TheoryCheckArguments, t0: float) -> list[dict]:
         for scaling in (True, False):
             records += gpt2_check_records(scheme, scaling, probe)
         print(f"gpt2 {scheme}: done ({time.time() - t0:.0f}s)", flush=True)
+    llama = dataclasses.replace(probe, model_type="llama", n_kv_head=args.llama_n_kv_head)
+    for scheme in args.llama_schemes:
+        records += llama_check_records(scheme, llama)
+        print(f"llama {scheme}: done ({time.time() - t0:.0f}s)", flush=True)
     return records
 
 
@@ -393,9 +448,10 @@ def _write_check(out: Path, records: list[dict], args: TheoryCheckArguments) -> 
     if args.activations:
         plots.plot_mlp(rows, "forward", out / "mlp_forward.png")
         plots.plot_mlp(rows, "gradient", out / "mlp_gradient.png")
-    if args.gpt2_schemes:
-        plots.plot_gpt2(rows, out / "gpt2_residual.png")
-        plots.plot_gpt2_branches(rows, out / "gpt2_branches.png")
+    for family, schemes in (("gpt2", args.gpt2_schemes), ("llama", args.llama_schemes)):
+        if schemes:
+            plots.plot_residual(rows, out / f"{family}_residual.png", family)
+            plots.plot_branches(rows, out / f"{family}_branches.png", family)
     lines = verdict(rows) + VERDICT_NOTES
     (out / "verdict.txt").write_text("\n".join(lines) + "\n")
     return lines

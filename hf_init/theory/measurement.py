@@ -8,11 +8,11 @@
   over every entry (batch x units), in float64. The loss is Loss = sum_b <z_L(x_b), v_b> with
   v i.i.d. N(0, 1) drawn independently of the net, so dLoss/dz_L = v (theory's
   ``output_grad_var = 1``); gradients of the hidden layers come from autograd.
-* :func:`measure_gpt2`: a GPT-2 built by :func:`hf_init.lm.modeling.build_model`, in eval mode (no
-  dropout). Forward hooks record, per block, the residual stream after the block and what the
-  attention and MLP branches add, each the population second moment over batch x positions x
-  coordinates, in float64 (hooks, because the last of transformers' ``hidden_states`` has the
-  final LayerNorm applied).
+* :func:`measure_residual`: a GPT-2 or Llama built by :func:`hf_init.lm.modeling.build_model`,
+  in eval mode (no dropout). Forward hooks record, per block, the residual stream after the
+  block and what the attention and MLP branches add, each the population second moment over
+  batch x positions x coordinates, in float64 (hooks, because the last of transformers'
+  ``hidden_states`` has the final norm applied).
 * Real inputs, offline: :func:`digits_inputs` (scikit-learn's 8x8 digits, standardized) and
   :func:`byte_token_batch` (UTF-8 bytes of the Python documentation shipped with the standard
   library, as token ids 0..255).
@@ -25,18 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from hf_init.lm.families import BLOCK_WEIGHTS, RESIDUAL_ROLES
+from hf_init.lm.families import family_of, get_family
+from hf_init.mlp.model import TORCH_ACTIVATIONS
 from hf_init.theory.recursions import ACTIVATIONS, weight_stds
-
-_TORCH_ACT = {
-    "relu": F.relu,
-    "linear": lambda z: z,
-    "tanh": torch.tanh,
-    "gelu": F.gelu,  # exact (erf) form
-    "gelu_tanh": lambda z: F.gelu(z, approximate="tanh"),
-}
 
 
 @dataclass(frozen=True)
@@ -82,7 +74,7 @@ def measure_mlp(
         from hf_init.core.schemes import SchemeOptions, WeightSpec, get_scheme
 
         scheme, opts = get_scheme(weight_std), SchemeOptions(**(scheme_options or {}))
-    act = _TORCH_ACT[activation]
+    act = TORCH_ACTIVATIONS[activation]
     x = inputs.to(torch.float64)
     qs, gs = [], []
     for seed in seeds:
@@ -112,11 +104,11 @@ def measure_mlp(
     return MLPMeasurement(np.array(qs), np.array(gs))
 
 
-# --- GPT-2 ----------------------------------------------------------------------------------
+# --- GPT-2 and Llama -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class GPT2Measurement:
+class ResidualMeasurement:
     """Per-seed population second moments, (n_seeds, n_layer + 1) for ``residual`` (index 0 =
     embeddings) and (n_seeds, n_layer) for the branch outputs ``attn_add`` and ``mlp_add``."""
 
@@ -130,20 +122,28 @@ def _second_moment(t: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def measure_gpt2_once(
+def measure_residual_once(
     model, input_ids: torch.Tensor
 ) -> tuple[list[float], list[float], list[float]]:
-    """(residual, attn_add, mlp_add) second moments of one built model on ``input_ids`` (B, T)."""
-    body = model.transformer if hasattr(model, "transformer") else model
+    """(residual, attn_add, mlp_add) second moments of one built GPT-2 or Llama on ``input_ids``
+    (B, T): the input of the first block (the embeddings), what each block's attention and MLP
+    add, and each block's output (before the final norm)."""
+    family = family_of(model.config)
+    blocks = family.blocks(model)
+    attention = family.block_weights[0].path.split(".")[0]  # attn (GPT-2), self_attn (Llama)
     was_training = model.training
     model.eval()
     residual: list[float] = []
     attn: list[float] = []
     mlp: list[float] = []
-    hooks = [body.drop.register_forward_hook(lambda m, i, o: residual.append(_second_moment(o)))]
-    for block in body.h:
+    hooks = [
+        blocks[0].register_forward_pre_hook(lambda m, a: residual.append(_second_moment(a[0])))
+    ]
+    for block in blocks:
         hooks.append(
-            block.attn.register_forward_hook(lambda m, i, o: attn.append(_second_moment(o[0])))
+            getattr(block, attention).register_forward_hook(
+                lambda m, i, o: attn.append(_second_moment(o[0]))
+            )
         )
         hooks.append(block.mlp.register_forward_hook(lambda m, i, o: mlp.append(_second_moment(o))))
         hooks.append(
@@ -152,7 +152,7 @@ def measure_gpt2_once(
             )
         )
     try:
-        body(input_ids=input_ids, use_cache=False)
+        getattr(model, family.body, model)(input_ids=input_ids, use_cache=False)
     finally:
         for h in hooks:
             h.remove()
@@ -161,9 +161,10 @@ def measure_gpt2_once(
 
 
 @dataclass(frozen=True)
-class GPT2Probe:
-    """The GPT-2 shape to build and what to measure it on: token ids ``input_ids`` (B, T, the
-    context length is T) and one model per seed in ``seeds``."""
+class ResidualProbe:
+    """The model to build (``model_type`` gpt2 or llama, its shape) and what to measure it on:
+    token ids ``input_ids`` (B, T, the context length is T) and one model per seed in
+    ``seeds``."""
 
     input_ids: torch.Tensor
     seeds: Sequence[int]
@@ -171,43 +172,51 @@ class GPT2Probe:
     n_embd: int
     n_head: int
     vocab_size: int = 256
+    model_type: str = "gpt2"
+    n_kv_head: int | None = None  # Llama: key/value heads (default n_head)
 
     @property
     def seq_len(self) -> int:
         return int(self.input_ids.shape[1])
 
 
-def measure_gpt2(
-    scheme: str, probe: GPT2Probe, residual_gain: float = 1.0, **scheme_kwargs
-) -> GPT2Measurement:
-    """Build GPT-2 with ``scheme`` (``build_model``) in ``probe``'s shape once per seed (seeding
-    torch's global RNG with ``torch.manual_seed(seed)``, as ``build_model`` draws from it),
-    multiply the residual projections (``hf_init.lm.families.RESIDUAL_ROLES``) by
-    ``residual_gain`` (to toggle GPT-2's 1/sqrt(2 n_layer) scaling, see
+def measure_residual(
+    scheme: str, probe: ResidualProbe, residual_gain: float = 1.0, **scheme_kwargs
+) -> ResidualMeasurement:
+    """Build ``probe``'s model with ``scheme`` (``build_model``) once per seed (seeding torch's
+    global RNG with ``torch.manual_seed(seed)``, as ``build_model`` draws from it), multiply
+    its residual projections (the family's ``residual_roles``) by ``residual_gain`` (to toggle
+    GPT-2's 1/sqrt(2 n_layer) scaling, see
     :func:`~hf_init.theory.recursions.gpt2_scheme_stds`) and measure on ``probe.input_ids``."""
     from hf_init.lm.modeling import build_model
 
+    family = get_family(probe.model_type)
+    sizes = {"n_kv_head": probe.n_kv_head} if probe.n_kv_head is not None else {}
     rows = ([], [], [])
     for seed in probe.seeds:
         torch.manual_seed(int(seed))
         model = build_model(
+            model_type=probe.model_type,
             init_scheme=scheme,
             n_layer=probe.n_layer,
             n_embd=probe.n_embd,
             n_head=probe.n_head,
             vocab_size=probe.vocab_size,
             n_positions=probe.seq_len,
+            **sizes,
             **scheme_kwargs,
         )
         if residual_gain != 1.0:
-            residual = [w.path for w in BLOCK_WEIGHTS if set(w.parts) <= set(RESIDUAL_ROLES)]
+            residual = [
+                w.path for w in family.block_weights if set(w.parts) <= set(family.residual_roles)
+            ]
             with torch.no_grad():
-                for block in model.transformer.h:
+                for block in family.blocks(model):
                     for path in residual:
                         block.get_submodule(path).weight.mul_(residual_gain)
-        for acc, values in zip(rows, measure_gpt2_once(model, probe.input_ids)):
+        for acc, values in zip(rows, measure_residual_once(model, probe.input_ids)):
             acc.append(values)
-    return GPT2Measurement(*(np.array(r) for r in rows))
+    return ResidualMeasurement(*(np.array(r) for r in rows))
 
 
 # --- real inputs, offline ---------------------------------------------------------------

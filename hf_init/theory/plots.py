@@ -71,11 +71,15 @@ def plot_mlp(rows: list[dict], quantity: str, path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
-def plot_gpt2(rows: list[dict], path: str | Path) -> Path:
-    """One panel per scheme: residual-stream second moment per block, measured (points) vs
-    predicted with the covariance across positions (solid) and for uncorrelated tokens
-    (dotted), with and without the 1/sqrt(2 n_layer) residual scaling."""
-    rs = [r for r in rows if r["network"].startswith("gpt2-") and r["quantity"] == "residual"]
+FAMILY_TITLES = {"gpt2": "GPT-2", "llama": "Llama"}
+
+
+def plot_residual(rows: list[dict], path: str | Path, family: str = "gpt2") -> Path:
+    """One panel per scheme: residual-stream second moment per block of the ``family``'s
+    networks (``gpt2``, ``llama``), measured (points) vs predicted with the covariance across
+    positions (solid) and for uncorrelated tokens (dotted); GPT-2 with and without the
+    1/sqrt(2 n_layer) residual scaling."""
+    rs = [r for r in rows if r["network"].startswith(f"{family}-") and r["quantity"] == "residual"]
     schemes = list(dict.fromkeys(r["scheme"] for r in rs))
     fig, axes = _panel_grid(max(len(schemes), 1))
     for ax, scheme in zip(axes, schemes):
@@ -102,18 +106,19 @@ def plot_gpt2(rows: list[dict], path: str | Path) -> Path:
         ax.set_xlabel("block (0 = embeddings)")
         ax.set_ylabel("residual E[h^2]")
         ax.legend(fontsize=7)
-    fig.suptitle("GPT-2 at init: residual-stream variance growth")
+    fig.suptitle(f"{FAMILY_TITLES[family]} at init: residual-stream variance growth")
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     return save_figure(fig, path)
 
 
-def plot_gpt2_branches(rows: list[dict], path: str | Path) -> Path:
-    """measured / predicted for what each block's attention and MLP add, per network, for both
-    GPT-2 predictions (rows): where the uncorrelated-token approximation parts from the model."""
+def plot_branches(rows: list[dict], path: str | Path, family: str = "gpt2") -> Path:
+    """measured / predicted for what each block's attention and MLP add, per network of the
+    ``family``, for both predictions (rows): where the uncorrelated-token approximation parts
+    from the model."""
     rs = [
         r
         for r in rows
-        if r["network"].startswith("gpt2-") and r["quantity"] in ("attn_add", "mlp_add")
+        if r["network"].startswith(f"{family}-") and r["quantity"] in ("attn_add", "mlp_add")
     ]
     nets = list(dict.fromkeys(r["network"] for r in rs))
     plt = pyplot()
@@ -131,7 +136,7 @@ def plot_gpt2_branches(rows: list[dict], path: str | Path) -> Path:
                     color=f"C{i % 10}",
                     ls="-" if i < 10 else "--",
                     ms=3,
-                    label=net.removeprefix("gpt2-"),
+                    label=net.removeprefix(f"{family}-"),
                 )
             ax.axhline(1.0, color="k", lw=0.8)
             ax.set_yscale("log")

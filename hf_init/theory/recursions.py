@@ -36,8 +36,9 @@ measurement that averages over a batch sees (for relu/linear the map is linear i
 equals the recursion on the mean; for tanh/gelu it does not).
 
 GPT-2 at initialization: :func:`gpt2_residual_variance` (uncorrelated tokens) and
-:func:`gpt2_residual_kernel` (covariance across positions); their docstrings list the
-approximations.
+:func:`gpt2_residual_kernel` (covariance across positions); a pre-RMSNorm Llama (RoPE, SwiGLU,
+grouped-query attention): :func:`llama_residual_variance` and :func:`llama_residual_kernel`.
+Their docstrings list the approximations.
 
 Weight stds may come from a scheme name of :mod:`hf_init.core.schemes`, imported (with torch)
 only inside :func:`scheme_weight_stds` / :func:`gpt2_scheme_stds`: this module needs numpy
@@ -54,9 +55,17 @@ import numpy as np
 from numpy.polynomial.hermite_e import hermegauss
 from numpy.polynomial.legendre import leggauss
 
-from hf_init.lm.families import BLOCK_ROLES, EMBEDDING_ROLES, RESIDUAL_ROLES, role_fans
+from hf_init.lm.families import (
+    BLOCK_ROLES,
+    EMBEDDING_ROLES,
+    LLAMA,
+    RESIDUAL_ROLES,
+    Dims,
+    llama_mlp_width,
+    role_fans,
+)
 
-ACTIVATIONS = ("relu", "linear", "tanh", "gelu", "gelu_tanh")
+ACTIVATIONS = ("relu", "linear", "tanh", "gelu", "gelu_tanh", "silu")
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 _GELU_TANH_C = math.sqrt(2.0 / math.pi)
 
@@ -73,6 +82,10 @@ def _norm_pdf(z: np.ndarray) -> np.ndarray:
     return np.exp(-0.5 * z * z) / _SQRT_2PI
 
 
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))  # 1 / (1 + e^-z) without overflow
+
+
 def _check_activation(activation: str) -> None:
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
@@ -80,7 +93,8 @@ def _check_activation(activation: str) -> None:
 
 def phi(activation: str, z) -> np.ndarray:
     """The activation: relu max(z, 0); linear z; tanh; gelu z * Phi(z) (exact, erf);
-    gelu_tanh 0.5 z (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3))) (GPT-2's ``gelu_new``)."""
+    gelu_tanh 0.5 z (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3))) (GPT-2's ``gelu_new``); silu
+    z * sigmoid(z) (the gate of Llama's SwiGLU MLP)."""
     _check_activation(activation)
     z = np.asarray(z, dtype=float)
     if activation == "relu":
@@ -91,6 +105,8 @@ def phi(activation: str, z) -> np.ndarray:
         return np.tanh(z)
     if activation == "gelu":
         return z * _norm_cdf(z)
+    if activation == "silu":
+        return z * _sigmoid(z)
     return 0.5 * z * (1.0 + np.tanh(_GELU_TANH_C * (z + 0.044715 * z**3)))
 
 
@@ -106,6 +122,9 @@ def dphi(activation: str, z) -> np.ndarray:
         return 1.0 - np.tanh(z) ** 2
     if activation == "gelu":
         return _norm_cdf(z) + z * _norm_pdf(z)
+    if activation == "silu":
+        sig = _sigmoid(z)
+        return sig * (1.0 + z * (1.0 - sig))
     t = np.tanh(_GELU_TANH_C * (z + 0.044715 * z**3))
     return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * _GELU_TANH_C * (1.0 + 3 * 0.044715 * z * z)
 
@@ -206,15 +225,15 @@ def critical_std(activation: str, fan_in: int, *, sigma_b: float = 0.0, q: float
       still decays, but algebraically (q_l ~ 1/(2 l)), not exponentially. sigma_b > 0: the
       edge of chaos of Poole et al. / Schoenholz et al. 2016, solved numerically on the curve of
       fixed points.
-    * gelu, gelu_tanh (sigma_b = 0 only): the zero-bias length map q -> n std^2 E[gelu(z)^2]
-      has slope n std^2 r(q), with r(q) = E[gelu(z)^2] / q rising monotonically from 1/4
-      (q -> 0, gelu ~ z/2) to 1/2 (q -> inf, gelu ~ relu). So no std keeps every signal
-      scale: the nonzero fixed point is *unstable*. The fixed point q* = 0 has chi_1 = 1 at
-      std = 2 / sqrt(n), but any finite signal then grows toward the relu rate (factor 2 per
-      layer). The definition used here is therefore scale-dependent: the std that makes the
-      given signal scale ``q`` (default 1, i.e. unit-variance pre-activations) a fixed point,
-      std = sqrt(q / (n E[gelu(z)^2])), z ~ N(0, q). Signals above q grow, below q shrink,
-      slowly near q. Limits: 2/sqrt(n) for q -> 0, sqrt(2/n) for q -> inf.
+    * gelu, gelu_tanh, silu (sigma_b = 0 only): the zero-bias length map q -> n std^2 E[gelu(z)^2]
+      has slope n std^2 r(q), with r(q) = E[gelu(z)^2] / q rising monotonically from 1/4 (q -> 0,
+      gelu ~ z/2) to 1/2 (q -> inf, gelu ~ relu); silu alike. So no std keeps every signal scale:
+      the nonzero fixed point is *unstable*. The fixed point q* = 0 has chi_1 = 1 at std = 2 /
+      sqrt(n), but any finite signal then grows toward the relu rate (factor 2 per layer). The
+      definition used here is therefore scale-dependent: the std that makes the given signal scale
+      ``q`` (default 1, i.e. unit-variance pre-activations) a fixed point, std = sqrt(q / (n
+      E[gelu(z)^2])), z ~ N(0, q). Signals above q grow, below q shrink, slowly near q. Limits:
+      2/sqrt(n) for q -> 0, sqrt(2/n) for q -> inf.
     """
     _check_activation(activation)
     if fan_in < 1:
@@ -538,11 +557,12 @@ def gpt2_scheme_stds(
 
 
 @dataclass(frozen=True)
-class GPT2Prediction:
-    """Predicted second moments (per coordinate, averaged over positions) of GPT-2 at init.
+class ResidualPrediction:
+    """Predicted second moments (per coordinate, averaged over positions) of a GPT-2 or a Llama
+    at init.
 
     ``residual[0]`` is the embedding output, ``residual[i]`` the output of block i (before the
-    final LayerNorm); ``attn_add[i-1]`` / ``mlp_add[i-1]`` what block i's attention / MLP adds.
+    final norm); ``attn_add[i-1]`` / ``mlp_add[i-1]`` what block i's attention / MLP adds.
     ``attn_positions[i-1]``: mean over positions of the effective number of positions the
     attention averages (1 / E[sum_s a_ts^2]).
     """
@@ -562,7 +582,7 @@ def gpt2_residual_variance(
     n_inner: int | None = None,
     layer_norm_eps: float = 1e-5,
     activation: str = "gelu_tanh",
-) -> GPT2Prediction:
+) -> ResidualPrediction:
     """Predicted growth of the residual-stream variance of a pre-LN GPT-2 at initialization.
 
     Per position t = 0..T-1 (T = ``seq_len``), with v_t the per-coordinate second moment of the
@@ -600,7 +620,7 @@ def gpt2_residual_variance(
         attn, mlp, sum_a2, tau2 = _uncorrelated_block(v, s2, d, inner, layer_norm_eps, activation)
         v = v + attn + mlp
         out[:, layer] = [v.mean(), attn.mean(), mlp.mean(), (1.0 / sum_a2).mean(), tau2.mean()]
-    return GPT2Prediction(out[0], out[1, 1:], out[2, 1:], out[3, 1:], out[4, 1:])
+    return ResidualPrediction(out[0], out[1, 1:], out[2, 1:], out[3, 1:], out[4, 1:])
 
 
 def _gpt2_variances(stds: Mapping[str, float]) -> dict[str, float]:
@@ -612,18 +632,29 @@ def _gpt2_variances(stds: Mapping[str, float]) -> dict[str, float]:
 
 
 def _uncorrelated_block(v, s2, d: int, inner: int, eps: float, activation: str):
-    """What one block adds to the per-position second moments ``v`` with uncorrelated tokens:
-    (attention branch, MLP branch, E[sum_s a_ts^2], logit variance tau^2), each per position."""
+    """What one GPT-2 block adds to the per-position second moments ``v`` with uncorrelated
+    tokens: (attention branch, MLP branch, E[sum_s a_ts^2], logit variance tau^2), each per
+    position."""
+    attn, sum_a2, tau2 = _uncorrelated_attention(
+        v, (s2["q"], s2["k"], s2["v"], s2["attn_proj"]), d, eps
+    )
+    m2 = (v + attn) / (v + attn + eps)
+    e_phi2, _ = second_moments(activation, d * s2["mlp_fc"] * m2)
+    return attn, inner * s2["mlp_proj"] * e_phi2, sum_a2, tau2
+
+
+def _uncorrelated_attention(v, qkvo: tuple[float, ...], d: int, eps: float):
+    """What one attention branch (after a norm) adds to the per-position second moments ``v``
+    with uncorrelated tokens, from the squared stds of its query, key, value and output
+    weights: (the branch, E[sum_s a_ts^2], logit variance tau^2), each per position."""
+    q2, k2, v2, o2 = qkvo
     t = np.arange(len(v), dtype=float)
     m = v / (v + eps)
     # values at s <= t: mean of m over the prefix (uncorrelated tokens)
     m_prefix = np.cumsum(m) / (t + 1)
-    tau2 = (d * s2["q"] * m) * (d * s2["k"] * m_prefix)
+    tau2 = (d * q2 * m) * (d * k2 * m_prefix)
     sum_a2 = 1.0 / (1.0 + t * np.exp(-tau2))  # = e^tau2 / (e^tau2 + t), overflow-safe
-    attn = d * s2["attn_proj"] * d * s2["v"] * m_prefix * sum_a2
-    m2 = (v + attn) / (v + attn + eps)
-    e_phi2, _ = second_moments(activation, d * s2["mlp_fc"] * m2)
-    return attn, inner * s2["mlp_proj"] * e_phi2, sum_a2, tau2
+    return d * o2 * d * v2 * m_prefix * sum_a2, sum_a2, tau2
 
 
 def gpt2_residual_kernel(
@@ -635,7 +666,7 @@ def gpt2_residual_kernel(
     layer_norm_eps: float = 1e-5,
     activation: str = "gelu_tanh",
     quad_nodes: int = 16,
-) -> GPT2Prediction:
+) -> ResidualPrediction:
     """Like :func:`gpt2_residual_variance`, but without the uncorrelated-token approximation:
     for each sequence of ``token_ids`` (B, T) it propagates the T x T covariance across
     positions K_ts (per coordinate, over the weight distribution) of the residual stream,
@@ -674,7 +705,8 @@ def gpt2_residual_kernel(
         K = s2["wte"] * (seq[:, None] == seq[None, :]) + s2["wpe"] * np.eye(T_len)
         out[0, 0] += np.diag(K).mean()
         for layer in range(n_layer):
-            attn, sum_a2, tau2 = _attention_kernel(K, s2, d, layer_norm_eps)
+            qkvo = (s2["q"], s2["k"], s2["v"], s2["attn_proj"])
+            attn, sum_a2, tau2 = _attention_kernel(K, qkvo, d, layer_norm_eps)
             K = K + attn
             C = d * s2["mlp_fc"] * _layer_norm_kernel(K, layer_norm_eps)
             M = inner * s2["mlp_proj"] * _gaussian_kernel(activation, C, *quad)
@@ -685,28 +717,32 @@ def gpt2_residual_kernel(
             out[3, layer + 1] += (1.0 / sum_a2).mean()
             tau_sum[layer] += tau2.mean()
     out /= len(ids)
-    return GPT2Prediction(out[0], out[1, 1:], out[2, 1:], out[3, 1:], tau_sum / len(ids))
+    return ResidualPrediction(out[0], out[1, 1:], out[2, 1:], out[3, 1:], tau_sum / len(ids))
 
 
-def _attention_kernel(K: np.ndarray, s2: dict[str, float], d: int, eps: float):
-    """What one attention branch adds to the position covariance ``K`` (T x T), with the
-    exchangeable softmax weights of :func:`gpt2_residual_kernel`: (the branch's covariance,
-    E[sum_s a_ts^2] and the logit variance tau_t^2 per position)."""
+def _attention_kernel(K: np.ndarray, qkvo: tuple[float, ...], d: int, eps: float, rope=None):
+    """What one attention branch (after a norm) adds to the position covariance ``K`` (T x T),
+    from the squared stds of its query, key, value and output weights, with the exchangeable
+    softmax weights of :func:`gpt2_residual_kernel`: (the branch's covariance, E[sum_s a_ts^2]
+    and the logit variance tau_t^2 per position). ``rope``: the (T x T) correlation factor
+    c(t - s) RoPE puts between the logits of keys t and s (:func:`rope_logit_correlation`)."""
+    q2, k2, v2, o2 = qkvo
     t = np.arange(K.shape[0], dtype=float)
     abar = np.tril(np.ones(K.shape)) / (t + 1)[:, None]
     U = _layer_norm_kernel(K, eps)
-    V = d * s2["v"] * U
+    V = d * v2 * U
     diag_u = np.diag(U)
     mean_diag = np.cumsum(diag_u) / (t + 1)
-    mean_all = np.diag(np.cumsum(np.cumsum(U, 0), 1)) / (t + 1) ** 2
-    tau2 = (d * s2["q"] * diag_u) * (d * s2["k"]) * np.maximum(mean_diag - mean_all, 0.0)
+    UR = U if rope is None else U * rope
+    mean_all = np.diag(np.cumsum(np.cumsum(UR, 0), 1)) / (t + 1) ** 2
+    tau2 = (d * q2 * diag_u) * (d * k2) * np.maximum(mean_diag - mean_all, 0.0)
     sum_a2 = 1.0 / (1.0 + t * np.exp(-tau2))
     O = abar @ V @ abar.T
     v_diag_mean = np.cumsum(np.diag(V)) / (t + 1)
     v_sum = np.diag(np.cumsum(np.cumsum(V, 0), 1))
     off = np.where(t > 0, (v_sum - v_diag_mean * (t + 1)) / np.maximum(t * (t + 1), 1), 0.0)
     np.fill_diagonal(O, sum_a2 * v_diag_mean + (1 - sum_a2) * off)
-    return d * s2["attn_proj"] * O, sum_a2, tau2
+    return d * o2 * O, sum_a2, tau2
 
 
 def _layer_norm_kernel(K: np.ndarray, eps: float) -> np.ndarray:
@@ -733,3 +769,162 @@ def _gaussian_kernel(
         out[iu] = vals
         out[(iu[1], iu[0])] = vals
     return out
+
+
+# --- Llama at initialization --------------------------------------------------------------
+
+LLAMA_STD_ROLES = (*LLAMA.embedding_roles, *LLAMA.block_roles)  # embed, q k v o gate up down
+
+
+def llama_scheme_stds(
+    scheme: str,
+    n_layer: int,
+    n_embd: int,
+    n_head: int,
+    n_kv_head: int | None = None,
+    n_inner: int | None = None,
+    vocab_size: int = 32000,
+    **options,
+) -> dict[str, float]:
+    """The std of every role of :data:`LLAMA_STD_ROLES` in a Llama built with ``scheme``, from
+    the Llama entry's fans (``n_inner`` default: Llama's MLP width; imports the registry
+    lazily)."""
+    from hf_init.core.schemes import SchemeOptions, WeightSpec, get_scheme
+
+    s = get_scheme(scheme)
+    opts = SchemeOptions(**options)
+    dims = Dims(
+        n_layer=int(n_layer),
+        n_embd=int(n_embd),
+        n_head=int(n_head),
+        n_kv_head=int(n_kv_head or n_head),
+        head_dim=int(n_embd) // int(n_head),
+        n_inner=int(n_inner or llama_mlp_width(int(n_embd))),
+        vocab_size=int(vocab_size),
+        n_positions=0,  # RoPE: no position table
+        tie_word_embeddings=False,
+    )
+    fans = LLAMA.role_fans(dims)
+    return {
+        role: s.std(WeightSpec(role, *fans[role], dims.n_layer, dims.n_embd), opts)
+        for role in LLAMA_STD_ROLES
+    }
+
+
+def _llama_variances(stds: Mapping[str, float]) -> dict[str, float]:
+    """The squared std of every role of :data:`LLAMA_STD_ROLES`; ValueError naming any missing."""
+    missing = [r for r in LLAMA_STD_ROLES if r not in stds]
+    if missing:
+        raise ValueError(f"stds missing roles: {', '.join(missing)}")
+    return {k: float(stds[k]) ** 2 for k in LLAMA_STD_ROLES}
+
+
+def llama_residual_variance(
+    stds: Mapping[str, float],
+    n_layer: int,
+    n_embd: int,
+    seq_len: int,
+    n_inner: int | None = None,
+    rms_norm_eps: float = 1e-6,
+) -> ResidualPrediction:
+    """Predicted growth of the residual-stream variance of a pre-RMSNorm Llama at
+    initialization, with uncorrelated tokens: :func:`gpt2_residual_variance`'s model with
+
+    * embeddings: v_t = std_embed^2 (no position table);
+    * RMSNorm (gain 1): m = v / (v + eps), exact here (RMSNorm does not centre);
+    * attention: as GPT-2's, with o for the output projection. RoPE rotates every query and key
+      by an orthogonal map, which leaves the logit variance; grouped-query attention shares a
+      key/value head between query heads, which leaves each head's second moment, and o_proj's
+      independent weights add the heads' contributions whatever their correlation;
+    * SwiGLU MLP, down(silu(gate x) * up x): gate and up pre-activations are independent
+      Gaussians (independent weights) of variances d std_gate^2 m2 and d std_up^2 m2, so the
+      MLP adds n_inner std_down^2 E[silu(g)^2] d std_up^2 m2.
+
+    Its departures from a real model are GPT-2's (correlated positions, non-i.i.d. logits,
+    finite d); ``n_inner`` defaults to Llama's MLP width."""
+    s2 = _llama_variances(stds)
+    if n_layer < 1 or n_embd < 1 or seq_len < 1:
+        raise ValueError("n_layer, n_embd and seq_len must be >= 1")
+    d = int(n_embd)
+    inner = int(n_inner or llama_mlp_width(d))
+    qkvo = (s2["q"], s2["k"], s2["v"], s2["o"])
+    v = np.full(seq_len, s2["embed"])
+    out = np.zeros((5, n_layer + 1))  # residual, attn_add, mlp_add, positions, score_var
+    out[0, 0] = v.mean()
+    for layer in range(1, n_layer + 1):
+        attn, sum_a2, tau2 = _uncorrelated_attention(v, qkvo, d, rms_norm_eps)
+        m2 = (v + attn) / (v + attn + rms_norm_eps)
+        e_silu2, _ = second_moments("silu", d * s2["gate"] * m2)
+        mlp = inner * s2["down"] * e_silu2 * d * s2["up"] * m2
+        v = v + attn + mlp
+        out[:, layer] = [v.mean(), attn.mean(), mlp.mean(), (1.0 / sum_a2).mean(), tau2.mean()]
+    return ResidualPrediction(out[0], out[1, 1:], out[2, 1:], out[3, 1:], out[4, 1:])
+
+
+def rope_logit_correlation(seq_len: int, head_dim: int, theta: float = 10000.0) -> np.ndarray:
+    """(T x T) c(t - s) = mean_i cos((t - s) theta_i) over the head_dim / 2 rotary frequencies
+    theta_i = theta^(-2i / head_dim): for a query q with i.i.d. coordinates, E[q.R(t) R(s)^T q]
+    / E[q.q], the factor RoPE puts on the covariance of the logits of keys at t and s."""
+    freqs = float(theta) ** (-np.arange(0, head_dim, 2, dtype=float) / head_dim)
+    lag = np.arange(seq_len, dtype=float)
+    lag = lag[:, None] - lag[None, :]
+    return np.cos(lag[:, :, None] * freqs[None, None, :]).mean(axis=-1)
+
+
+def llama_residual_kernel(
+    stds: Mapping[str, float],
+    n_layer: int,
+    n_embd: int,
+    token_ids,
+    n_head: int,
+    n_inner: int | None = None,
+    rope_theta: float = 10000.0,
+    rms_norm_eps: float = 1e-6,
+    quad_nodes: int = 16,
+) -> ResidualPrediction:
+    """Like :func:`llama_residual_variance`, with the covariance across positions of
+    :func:`gpt2_residual_kernel`:
+
+    * embeddings: K_ts = std_embed^2 [token_t == token_s];
+    * RMSNorm: GPT-2's LayerNorm kernel U (which ignores centering: exact for RMSNorm);
+    * attention: values are not rotated, so the branch is GPT-2's; RoPE enters the logits. The
+      key at s, seen from the query at t, is rotated by (t - s) theta_i on frequency pair i, so
+      Cov(logit_s, logit_s') = (d std_q^2 U_tt)(d std_k^2 U_ss') c(s - s')
+      (:func:`rope_logit_correlation`, head_dim = n_embd / n_head) and the key spread is
+      mean_s U_ss - mean_{s,s'} U_ss' c(s - s'): repeated tokens at different positions no
+      longer give equal logits;
+    * SwiGLU MLP: gate and up are independent, so the MLP adds n_inner std_down^2
+      E[silu(g_t) silu(g_s)] (d std_up^2 U2_ts), the gate's covariance d std_gate^2 U2 (pairs
+      by the ``quad_nodes``^2 Gauss-Hermite rule).
+
+    Still approximate as GPT-2's kernel: logits of one query share q_t; finite d."""
+    s2 = _llama_variances(stds)
+    ids = np.atleast_2d(np.asarray(token_ids))
+    if ids.ndim != 2 or ids.shape[1] < 1:
+        raise ValueError("token_ids must be (batch, seq_len)")
+    d = int(n_embd)
+    inner = int(n_inner or llama_mlp_width(d))
+    T_len = ids.shape[1]
+    rope = rope_logit_correlation(T_len, d // int(n_head), rope_theta)
+    qkvo = (s2["q"], s2["k"], s2["v"], s2["o"])
+    gx, gw = hermegauss(quad_nodes)
+    quad = (np.triu_indices(T_len, 1), gx, gw / _SQRT_2PI)
+    out = np.zeros((4, n_layer + 1))
+    tau_sum = np.zeros(n_layer)
+    for seq in ids:
+        K = s2["embed"] * (seq[:, None] == seq[None, :]).astype(float)
+        out[0, 0] += np.diag(K).mean()
+        for layer in range(n_layer):
+            attn, sum_a2, tau2 = _attention_kernel(K, qkvo, d, rms_norm_eps, rope)
+            K = K + attn
+            U2 = _layer_norm_kernel(K, rms_norm_eps)
+            gate = _gaussian_kernel("silu", d * s2["gate"] * U2, *quad)
+            M = inner * s2["down"] * gate * (d * s2["up"] * U2)
+            K = K + M
+            out[0, layer + 1] += np.diag(K).mean()
+            out[1, layer + 1] += np.diag(attn).mean()
+            out[2, layer + 1] += np.diag(M).mean()
+            out[3, layer + 1] += (1.0 / sum_a2).mean()
+            tau_sum[layer] += tau2.mean()
+    out /= len(ids)
+    return ResidualPrediction(out[0], out[1, 1:], out[2, 1:], out[3, 1:], tau_sum / len(ids))

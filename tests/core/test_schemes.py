@@ -16,12 +16,17 @@ from hf_init.lm.modeling import build_model, make_config
 L, D, H, V, T = 12, 128, 4, 512, 64  # layers, width, heads, vocab, positions
 
 
-def expected_std(scheme: str, role: str, fan_in: int, fan_out: int, init_std=0.05) -> float:
-    """Each scheme's std written out by hand, for GPT-2 with L layers of width D."""
+def expected_std(
+    scheme: str, role: str, fan_in: int, fan_out: int, layer=None, init_std=0.05
+) -> float:
+    """Each scheme's std written out by hand, for GPT-2 with L layers of width D (``layer``: the
+    0-based block of a block weight)."""
     r = 0.02
     emb = role in ("wte", "wpe")
     if scheme == "gpt2":
         return r / math.sqrt(2 * L) if role in ("attn_proj", "mlp_proj") else r
+    if scheme == "depth_scaled":
+        return r / math.sqrt(2 * (layer + 1)) if role in ("attn_proj", "mlp_proj") else r
     if scheme == "normal":
         return init_std
     if scheme.startswith("xavier"):
@@ -73,7 +78,7 @@ def test_every_weight_kind_matches_formula(scheme):
     )
     uniform = scheme.endswith("uniform")
     for role, layer, w, fan_in, fan_out in weight_blocks(model):
-        want = expected_std(scheme, role, fan_in, fan_out)
+        want = expected_std(scheme, role, fan_in, fan_out, layer)
         # population std over all entries, computed by hand in float64
         x = w.detach().double().flatten()
         got = math.sqrt(((x - x.mean()) ** 2).mean().item())
@@ -352,10 +357,65 @@ def test_scheme_options_table_matches_the_std_rules():
         "nonlinearity": "tanh",
         "gain": 3.0,
     }
-    specs = [WeightSpec(role, 64, 256, n_layer=4, d_model=64) for role in sorted(ROLES)]
+    specs = [WeightSpec(role, 64, 256, n_layer=4, d_model=64, layer=1) for role in sorted(ROLES)]
     for name, scheme in SCHEMES.items():
         base = SchemeOptions(std=0.1)
         for option, value in changed.items():
             other = SchemeOptions(**{"std": 0.1, option: value})
             differs = any(scheme.std(s, base) != scheme.std(s, other) for s in specs)
             assert differs == (option in SCHEME_OPTIONS[name]), (name, option)
+
+
+def test_depth_scaled_step0_records_give_each_block_its_formula_std(tmp_path):
+    """A pretraining run's step-0 records (before any update): block l's attn/mlp c_proj has
+    std r / sqrt(2 (l + 1)), every other block weight r; sample std against the formula within
+    6 sampling standard deviations for its entry count (sqrt(1 / (2 n)) relative, normal)."""
+    from conftest import PRETRAIN_TINY
+
+    from hf_init.core.records import read_records, to_wide
+    from hf_init.lm.pretrain import run
+
+    n_layer, d = 4, 64
+    out = tmp_path / "run"
+    sizes = ["--n_layer", n_layer, "--n_embd", d, "--n_head", 2]
+    run(
+        [*map(str, PRETRAIN_TINY), *map(str, sizes), "--max_steps", "1"]
+        + ["--init_scheme", "depth_scaled", "--output_dir", str(out)]
+    )
+    wide = to_wide(read_records(out / "variance.jsonl"))
+    init = wide[wide["step"] == 0].set_index(["layer", "role"])["var"]
+    n_entries = {"q": d * d, "k": d * d, "v": d * d, "attn_proj": d * d}
+    n_entries |= {"mlp_fc": 4 * d * d, "mlp_proj": 4 * d * d}
+    for layer in range(n_layer):
+        for role, n in n_entries.items():
+            want = 0.02 / math.sqrt(2 * (layer + 1)) if role.endswith("proj") else 0.02
+            got = math.sqrt(init[layer, role])
+            assert abs(got / want - 1) < 6 * math.sqrt(1 / (2 * n)), (layer, role, got, want)
+    # run_info.json keeps the scheme's std of every block's residual writers
+    stds = json.loads((out / "run_info.json").read_text())["init"]["std_by_weight"]
+    assert stds["mlp_proj.3"]["scheme"] == pytest.approx(0.02 / math.sqrt(8))
+    assert stds["q"]["scheme"] == 0.02 and "q.0" not in stds
+
+
+def test_depth_scaled_needs_the_layer_and_inspect_init_prints_every_block():
+    from conftest import run_main
+
+    spec = WeightSpec("attn_proj", 64, 64, n_layer=4, d_model=64)
+    with pytest.raises(ValueError, match="layer index"):
+        get_scheme("depth_scaled").std(spec)
+    with pytest.raises(ValueError, match="layer must be in"):
+        WeightSpec("attn_proj", 64, 64, n_layer=4, layer=4)
+    rc, stdout, stderr = run_main(
+        "inspect_init", "--init_scheme", "depth_scaled", "--n_layer", 3, "--n_embd", 64
+    )
+    assert rc == 0, stderr
+    rows = {line.split()[0]: line.split()[1:] for line in stdout.splitlines()[2:]}
+    want = {
+        f"{role}.{i}": 0.02 / math.sqrt(2 * (i + 1))
+        for role in ("attn_proj", "mlp_proj")
+        for i in range(3)
+    }
+    want |= {role: 0.02 for role in ("wte", "wpe", "q", "k", "v", "mlp_fc")}
+    assert set(rows) == set(want)
+    for weight, std in want.items():
+        assert float(rows[weight][3]) == pytest.approx(std, abs=2e-6), weight

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as sps
+from scipy.optimize import brentq
 
 from hf_init.core.records import make_record, read_records, write_records
 from hf_init.lm import equilibration as E
@@ -335,8 +336,11 @@ def test_groups_by_scheme(tmp_path):
 
 
 def test_markdown_table():
-    df = pd.DataFrame({"a": [1.0, math.nan], "b": ["x|y", "z"]})
-    assert E.to_markdown(df, digits=3) == "| a | b |\n|---|---|\n| 1 | x\\|y |\n|  | z |\n"
+    # numbers right-aligned, text (and booleans) left-aligned
+    df = pd.DataFrame({"a": [1.0, math.nan], "b": ["x|y", "z"], "c": [True, False]})
+    assert E.to_markdown(df, digits=3) == (
+        "| a | b | c |\n|---:|:---|:---|\n| 1 | x\\|y | True |\n|  | z | False |\n"
+    )
 
 
 def test_centered_median_is_pandas_rolling_inside_and_symmetric_at_the_ends():
@@ -386,3 +390,105 @@ def test_claims_markdown_states_the_parameters(tmp_path):
     text = E.claims_markdown(v, early_window=0.2, tolerance=0.1)
     assert "first 0.2 of each run" in text and "tolerance: 0.1" in text
     assert text.count("\n- ") == len(v) == 9 and "| scheme | projection | claim |" in text
+
+
+# ------------------------------------------------------------------ power
+
+
+def power_by_hand(n, q, alpha=0.05):
+    """Sign test power with math.comb: reject when k >= c, c the smallest count whose
+    Bin(n, 1/2) upper tail is <= alpha (found with scipy's binomtest)."""
+    c = next(
+        k
+        for k in range(n + 2)
+        if k > n or sps.binomtest(k, n, 0.5, alternative="greater").pvalue <= alpha
+    )
+    return sum(math.comb(n, k) * q**k * (1 - q) ** (n - k) for k in range(c, n + 1))
+
+
+@pytest.mark.parametrize("n, q", [(5, 1.0), (5, 0.8), (10, 0.8), (20, 0.8), (13, 0.7), (4, 1.0)])
+def test_sign_test_power_is_the_binomial_sum(n, q):
+    assert E.sign_test_power(n, q) == pytest.approx(power_by_hand(n, q), abs=1e-12)
+
+
+def test_seeds_needed_is_the_first_n_with_80_percent_power():
+    # every seed agreeing: 5 seeds (1/2^5 = 0.031 <= 0.05; 4 seeds give at best 0.0625)
+    assert E.seeds_needed(1.0) == 5
+    for q in (0.8, 0.7, 0.9):
+        n = int(E.seeds_needed(q))
+        assert power_by_hand(n, q) >= 0.8
+        assert all(power_by_hand(m, q) < 0.8 for m in range(1, n))
+    assert E.seeds_needed(0.5) == math.inf and E.seeds_needed(0.51) == math.inf
+
+
+def test_verdicts_state_the_seeds_agreeing_and_needed(tmp_path):
+    v, _ = E.check_claims(study(tmp_path, growth_curves(-1), range(5)))
+    row = verdict(v, "shallow_grow_faster")
+    assert (row.seeds_agreeing, row.seeds_needed) == (5, 5)
+    assert "5 of 5 seeds share the mean's sign" in row.sentence
+    band = verdict(v, "narrower_band_at_end")
+    assert math.isnan(band.seeds_needed)
+
+
+# ------------------------------------------------------------------ schedule coupling
+
+
+def coupling_frame(tmp_path, curve_of, lr_of, schedule):
+    """One run of 4 layers x Q/K/V whose curves are curve_of(steps), learning rate lr_of(steps)."""
+    curves = {(p, l): curve_of(STEPS) * (1 + 0.01 * l) for p in E.PROJECTIONS for l in range(4)}
+    frame = run_frame(tmp_path, curves, scheme=f"s_{schedule}", lr=lr_of(STEPS))
+    return frame.assign(scheme="s", schedule=schedule)
+
+
+def cosine(t):
+    return 1e-3 * 0.5 * (1 + np.cos(np.pi * np.asarray(t, float) / T))
+
+
+def constant(t):
+    return np.full(len(t), 1e-3)
+
+
+def test_coupling_follows_the_weights_when_constant_lr_settles_at_the_same_step(tmp_path):
+    def curve(t):
+        return saturating(t, 4e-4, 1e-3, 80.0)
+
+    frame = pd.concat(
+        [
+            coupling_frame(tmp_path, curve, lr, s)
+            for lr, s in ((constant, "constant"), (cosine, "cosine"))
+        ]
+    )
+    table = E.coupling_table(frame, smoothing=1).set_index("schedule")
+    eq = expected_eq_step(4e-4, 1e-3, 80.0, E.TOLERANCE, saturating(T, 4e-4, 1e-3, 80.0))
+    assert table.loc["constant", "settled"] == 1.0 and table.loc["constant", "eq_step"] == eq
+    assert table.loc["cosine", "lr_fraction"] == pytest.approx(
+        0.5 * (1 + math.cos(math.pi * eq / T))
+    )
+    verdict = E.coupling_verdicts(table.reset_index()).iloc[0]
+    assert (verdict.decaying, verdict.follows) == ("cosine", "weights")
+
+
+def test_coupling_follows_the_schedule_when_variance_tracks_the_integrated_lr(tmp_path):
+    # variance = 1e-3 (1 + 2 G(t)), G the learning rate integrated up to t, normalized to G(T) = 1:
+    # under a constant rate a steady ramp (within 5% of its end only over the last 7.5% of the run)
+    def integrated(lr_of):
+        def curve(t):
+            g = np.concatenate([[0.0], np.cumsum(lr_of(t)[:-1] * np.diff(t))])
+            return 1e-3 * (1 + 2 * g / g[-1])
+
+        return curve
+
+    frame = pd.concat(
+        [
+            coupling_frame(tmp_path, integrated(lr), lr, s)
+            for lr, s in ((constant, "constant_with_warmup"), (cosine, "cosine"))
+        ]
+    )
+    table = E.coupling_table(frame, smoothing=1).set_index("schedule")
+    assert table.loc["constant_with_warmup", "settled"] == 0.0
+    # under cosine G(t) ~ x + sin(pi x) / pi (x = t / T): within 5% of the end from x* on
+    x_star = brentq(lambda x: 1 + 2 * (x + math.sin(math.pi * x) / math.pi) - 0.95 * 3, 0.3, 0.99)
+    assert table.loc["cosine", "settled"] == 1.0
+    assert abs(table.loc["cosine", "eq_step"] - x_star * T) <= 20  # records every 10 steps
+    verdict = E.coupling_verdicts(table.reset_index()).iloc[0]
+    assert verdict.follows == "schedule" and verdict.lr_fraction_decaying < 0.5

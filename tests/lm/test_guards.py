@@ -15,6 +15,7 @@ rank only:
   other rank raises the same line instead of going on to its next collective."""
 
 import socket
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -23,8 +24,9 @@ import torch.multiprocessing as mp
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from hf_init.core.cli import RunStopped
-from hf_init.lm.guards import DivergenceStop, keeps_grad_norm
+from hf_init.lm.guards import DivergenceStop
 from hf_init.lm.modeling import build_model
+from hf_init.lm.spikes import StepValues
 
 
 def _free_port() -> int:
@@ -147,7 +149,9 @@ class Blocks(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
-def trainer(tmp_path, model, callbacks, max_grad_norm=1.0, max_steps=4):
+def trainer_with_stop(tmp_path, model, before=(), max_grad_norm=1.0, max_steps=4):
+    """(a Trainer with the ``before`` callbacks, then a DivergenceStop reading the Trainer's
+    StepValues, as the job builds them; the stop)."""
     args = TrainingArguments(
         output_dir=str(tmp_path),
         max_steps=max_steps,
@@ -161,30 +165,33 @@ def trainer(tmp_path, model, callbacks, max_grad_norm=1.0, max_steps=4):
         dataloader_num_workers=0,
         seed=0,
     )
-    return keeps_grad_norm(Trainer)(
-        model=model, args=args, train_dataset=Blocks(), callbacks=callbacks
-    )
+    t = Trainer(model=model, args=args, train_dataset=Blocks(), callbacks=list(before))
+    stop = DivergenceStop(StepValues(t))
+    t.add_callback(stop)
+    return t, stop
 
 
 class NormSeen(TrainerCallback):
-    """Before the stop (callbacks run in order): the norm handed to it, and the norm of the
+    """Before the stop (callbacks run in order): the norm the stop will read, and the norm of the
     gradients the optimizer is about to apply, computed here."""
 
-    def __init__(self, stop):
-        self.stop, self.pairs = stop, []
+    stop = None
+
+    def __init__(self):
+        self.pairs = []
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
         grads = torch.cat([p.grad.flatten().double() for p in model.parameters()])
-        step, kept = self.stop.grad_norm
+        step, kept = self.stop.values.grad_norm
         assert step == state.global_step
         self.pairs.append((float(kept), torch.linalg.vector_norm(grads).item()))
 
 
 @pytest.mark.parametrize("max_grad_norm", [0.0, 1e9])  # no clipping; clipping that scales by 1
-def test_the_stop_gets_the_norm_the_trainer_computed(tmp_path, max_grad_norm):
-    stop = DivergenceStop()
-    seen = NormSeen(stop)
-    trainer(tmp_path, tiny_model(), [seen, stop], max_grad_norm=max_grad_norm).train()
+def test_the_stop_reads_the_norm_the_trainer_computed(tmp_path, max_grad_norm):
+    seen = NormSeen()
+    t, seen.stop = trainer_with_stop(tmp_path, tiny_model(), [seen], max_grad_norm=max_grad_norm)
+    t.train()
     assert len(seen.pairs) == 4
     for kept, here in seen.pairs:
         assert kept == pytest.approx(here, rel=1e-5)
@@ -196,10 +203,10 @@ def test_a_healthy_step_reads_the_norm_not_the_gradients():
     model(input_ids=ids, labels=ids).loss.backward()
     model.transformer.h[1].mlp.c_fc.weight.grad[0, 0] = float("nan")
 
-    stop = DivergenceStop()  # State: step 6
-    stop.grad_norm = (6, torch.tensor(2.5))  # what the Trainer computed: finite
+    values = SimpleNamespace(grad_norm=(6, torch.tensor(2.5)))  # the Trainer's norm: finite
+    stop = DivergenceStop(values)  # State: step 6
     stop.on_pre_optimizer_step(None, State(), None, model=model)  # the gradients are not read
-    stop.grad_norm = (5, torch.tensor(2.5))  # another step's norm is not used: its own norm
+    values.grad_norm = (5, torch.tensor(2.5))  # another step's norm is not used: its own norm
     with pytest.raises(RunStopped, match=r"diverged at step 7: non-finite gradient of layer 1"):
         stop.on_pre_optimizer_step(None, State(), None, model=model)
 
@@ -222,7 +229,7 @@ class PlantInf(TrainerCallback):
 def test_stops_before_the_update_naming_the_first_non_finite_sub_layer(tmp_path, max_grad_norm):
     model = tiny_model()
     plant = PlantInf(at=3)
-    t = trainer(tmp_path, model, [plant, DivergenceStop()], max_grad_norm=max_grad_norm)
+    t, _ = trainer_with_stop(tmp_path, model, [plant], max_grad_norm=max_grad_norm)
     with pytest.raises(RunStopped) as err:
         t.train()
     assert str(err.value).startswith(

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import run_main
@@ -40,8 +41,9 @@ def llama(scheme="gpt2", **kw):
     return build_model(model_type="llama", init_scheme=scheme, **{**size, **kw})
 
 
-def expected_std(scheme: str, role: str, init_std=0.05) -> float:
-    """Each scheme's std written out by hand for a Llama of L layers of width D."""
+def expected_std(scheme: str, role: str, layer=None, init_std=0.05) -> float:
+    """Each scheme's std written out by hand for a Llama of L layers of width D (``layer``: the
+    0-based block of a block weight)."""
     r = 0.02
     if role == "embed":
         return {"small_init": math.sqrt(2 / (5 * D)), "deepnet": D**-0.5, "normal": init_std}.get(
@@ -50,6 +52,8 @@ def expected_std(scheme: str, role: str, init_std=0.05) -> float:
     fan_in, fan_out = FANS[role]
     if scheme == "gpt2":
         return r / math.sqrt(2 * L) if role in ("o", "down") else r
+    if scheme == "depth_scaled":
+        return r / math.sqrt(2 * (layer + 1)) if role in ("o", "down") else r
     if scheme == "normal":
         return init_std
     if scheme.startswith("xavier"):
@@ -95,7 +99,7 @@ def test_every_llama_weight_kind_matches_formula(scheme):
     for role, layer, w in weights_by_hand(model):
         if role in FANS:
             assert tuple(w.shape) == FANS[role][::-1], role  # (out, in)
-        want = expected_std(scheme, role)
+        want = expected_std(scheme, role, layer)
         got, n = population_std(w), w.numel()
         assert abs(got / want - 1) < sampling_tolerance(n, uniform), (scheme, role, layer, got)
         assert abs(w.double().mean().item()) < 6 * want / math.sqrt(n)
@@ -295,42 +299,190 @@ def rope_by_hand(x: torch.Tensor, theta: float = 10000.0) -> torch.Tensor:
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
-def test_attention_statistics_after_rope_with_shared_kv_heads():
-    """Logits built here from the weights (RMSNorm, projections, RoPE, query head h reading key
-    head h // (H / KV)) reproduce stock eager attention weights; their std and entropy per head
-    are what llama_attention_statistics reports."""
-    from hf_init.lm.llama_attention import llama_attention_statistics
-
-    torch.manual_seed(0)
-    model = llama("normal", init_std=0.2, n_layer=2, n_embd=64, attn_implementation="eager")
+def attention_by_hand(model, ids) -> torch.Tensor:
+    """Per layer and head (std of the causal logits, mean entropy) of an eager-attention Llama on
+    ``ids``, from its hidden states and weights by hand (RMSNorm, projections, RoPE, query head h
+    reading key head h // (H / KV)); the probabilities are checked against the stock model's
+    eager attention weights on the way. float64, shape (n_layer, n_head, 2)."""
+    cfg = model.config
+    h, kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    hd = cfg.hidden_size // h
+    (b, t), causal = ids.shape, torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool).tril()
+    was_training = model.training
     model.eval()
-    b, t, h, kv, hd = 3, 10, 4, 2, 16
-    ids = torch.randint(0, V, (b, t), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         out = model(ids, output_attentions=True, output_hidden_states=True)
-    got = llama_attention_statistics(model, ids)
-    assert got.shape == (2, h, 2)
-    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    model.train(was_training)
+    rows = []
     for i, layer in enumerate(model.model.layers):
         x = out.hidden_states[i].double()
-        eps = model.config.rms_norm_eps
-        x = x / torch.sqrt((x**2).mean(-1, keepdim=True) + eps) * layer.input_layernorm.weight
+        x = x / torch.sqrt((x**2).mean(-1, keepdim=True) + cfg.rms_norm_eps)
+        x = x * layer.input_layernorm.weight.detach().double()
         attn = layer.self_attn
-        q = (x @ attn.q_proj.weight.double().T).view(b, t, h, hd).transpose(1, 2)
-        k = (x @ attn.k_proj.weight.double().T).view(b, t, kv, hd).transpose(1, 2)
+        q = (x @ attn.q_proj.weight.detach().double().T).view(b, t, h, hd).transpose(1, 2)
+        k = (x @ attn.k_proj.weight.detach().double().T).view(b, t, kv, hd).transpose(1, 2)
         q, k = rope_by_hand(q), rope_by_hand(k)
         logits = torch.stack(
             [q[:, j] @ k[:, j // (h // kv)].transpose(-1, -2) for j in range(h)], dim=1
         ) / math.sqrt(hd)
         probs = torch.softmax(logits.masked_fill(~causal, float("-inf")), dim=-1)
         assert torch.allclose(probs, out.attentions[i].double(), atol=2e-5), i
+        heads = []
         for j in range(h):
             entries = logits[:, j][:, causal]
             std = math.sqrt(((entries - entries.mean()) ** 2).mean().item())
             p = probs[:, j]
             entropy = -(p * torch.log(p.where(causal, torch.ones(()))))[:, causal].sum() / (b * t)
-            assert got[i, j, 0].item() == pytest.approx(std, rel=1e-4), (i, j)
-            assert got[i, j, 1].item() == pytest.approx(entropy.item(), rel=1e-4), (i, j)
+            heads.append((std, entropy.item()))
+        rows.append(heads)
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def test_attention_statistics_after_rope_with_shared_kv_heads():
+    """Logits built here from the weights reproduce stock eager attention weights; their std and
+    entropy per head are what llama_attention_statistics reports, and what the probe's
+    attention_statistics reports for a Llama."""
+    from hf_init.lm.attention_probe import attention_statistics
+    from hf_init.lm.llama_attention import llama_attention_statistics
+
+    torch.manual_seed(0)
+    model = llama("normal", init_std=0.2, n_layer=2, n_embd=64, attn_implementation="eager")
+    model.eval()
+    ids = torch.randint(0, V, (3, 10), generator=torch.Generator().manual_seed(2))
+    want = attention_by_hand(model, ids)
+    got = llama_attention_statistics(model, ids)
+    assert got.shape == (2, H, 2)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=0)
+    torch.testing.assert_close(attention_statistics(model, ids), want, rtol=1e-4, atol=0)
+
+
+class Blocks(torch.utils.data.Dataset):
+    def __init__(self, n=16, t=12, seed=1):
+        self.ids = torch.randint(0, V, (n, t), generator=torch.Generator().manual_seed(seed))
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+def test_block_statistics_of_a_llama_are_each_weights_float64_moments():
+    """Every q k v o gate up down weight and gradient of every layer, against numpy's population
+    moments of that nn.Linear weight read from the stock module names."""
+    from hf_init.lm.recorders import block_statistics, variance_records
+
+    torch.manual_seed(0)
+    model = llama("kaiming_normal", n_layer=2, n_embd=64)
+    ids = Blocks(n=2).ids
+    model(input_ids=ids, labels=ids).loss.backward()
+    records = variance_records(
+        3, block_statistics(model), block_statistics(model, grads=True), roles=LLAMA.block_roles
+    )
+    by_key = {(r["layer"], r["role"]): r for r in records}
+    assert len(records) == len(by_key) == 2 * 7
+    for role, layer, w in weights_by_hand(model):
+        if layer is None:
+            continue
+        rec, x, g = by_key[layer, role], w.detach().double().numpy(), w.grad.double().numpy()
+        assert rec["step"] == 3
+        assert rec["var"] == pytest.approx(np.var(x), rel=1e-12), (layer, role)
+        assert rec["mean"] == pytest.approx(np.mean(x), rel=1e-9, abs=1e-15), (layer, role)
+        assert rec["rms"] == pytest.approx(np.sqrt(np.mean(x**2)), rel=1e-12), (layer, role)
+        assert rec["grad_var"] == pytest.approx(np.var(g), rel=1e-12), (layer, role)
+        assert rec["grad_rms"] == pytest.approx(np.sqrt(np.mean(g**2)), rel=1e-12), (layer, role)
+
+
+def test_probe_in_a_trainer_records_a_llamas_attention_at_the_last_step(tmp_path):
+    """The attention probe inside the Trainer on a Llama: the last step's records are the
+    by-hand statistics of the trained model on the probe batch, one per layer and query head."""
+    from transformers import Trainer, TrainingArguments
+
+    from hf_init.lm.attention_probe import AttentionProbeCallback
+
+    class ListSink:
+        records: list = []
+
+        def write(self, records):
+            self.records = records
+
+        def close(self):
+            pass
+
+    torch.manual_seed(0)
+    model = llama("normal", init_std=0.2, n_layer=2, n_embd=64, attn_implementation="eager")
+    data = Blocks()
+    probe, sink = data.ids[:3], ListSink()
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    callback = AttentionProbeCallback(probe, [sink], every=2)
+    Trainer(model=model, args=args, train_dataset=data, callbacks=[callback]).train()
+    assert {r["step"] for r in sink.records} == {3}
+    assert [(r["layer"], r["head"]) for r in sink.records] == [
+        (layer, head) for layer in range(2) for head in range(H)
+    ]
+    want = attention_by_hand(model, probe).numpy()
+    got = np.array([[r["logit_std"], r["entropy"]] for r in sink.records]).reshape(want.shape)
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+def test_divergence_stop_watches_each_familys_sublayers_in_forward_order():
+    from hf_init.lm.guards import watched_sublayers
+
+    gpt2 = build_model(n_layer=2, n_embd=32, n_head=2, vocab_size=V)
+    h = gpt2.transformer.h
+    assert watched_sublayers(gpt2) == [
+        ("layer 0 attn (attn.c_attn / attn.c_proj weights)", h[0].attn),
+        ("layer 0 mlp (mlp.c_fc / mlp.c_proj weights)", h[0].mlp),
+        ("layer 1 attn (attn.c_attn / attn.c_proj weights)", h[1].attn),
+        ("layer 1 mlp (mlp.c_fc / mlp.c_proj weights)", h[1].mlp),
+        ("final norm ln_f / lm_head (tied to the token embedding)", gpt2.transformer.ln_f),
+    ]
+    model = llama(n_layer=2)
+    attn = "self_attn.q_proj / self_attn.k_proj / self_attn.v_proj / self_attn.o_proj"
+    mlp = "mlp.gate_proj / mlp.up_proj / mlp.down_proj"
+    layers = model.model.layers
+    assert watched_sublayers(model) == [
+        (f"layer 0 self_attn ({attn} weights)", layers[0].self_attn),
+        (f"layer 0 mlp ({mlp} weights)", layers[0].mlp),
+        (f"layer 1 self_attn ({attn} weights)", layers[1].self_attn),
+        (f"layer 1 mlp ({mlp} weights)", layers[1].mlp),
+        ("final norm norm / lm_head", model.model.norm),
+    ]
+
+
+def test_divergence_stop_names_the_llama_sublayer_that_first_overflowed():
+    """An infinite weight in layer 1's o_proj: the forward pass first becomes non-finite at the
+    output of layer 1's attention, and the stop names that sub-layer with its Llama weights."""
+    from types import SimpleNamespace
+
+    from hf_init.core.cli import RunStopped
+    from hf_init.lm.guards import DivergenceStop
+
+    torch.manual_seed(0)
+    model = llama("gpt2", n_layer=3, n_embd=64)
+    stop = DivergenceStop()
+    stop.on_train_begin(None, None, None, model=model)
+    with torch.no_grad():
+        model.model.layers[1].self_attn.o_proj.weight[0, 0] = float("inf")
+    ids = Blocks(n=2).ids
+    model(input_ids=ids, labels=ids).loss.backward()
+    with pytest.raises(RunStopped) as err:
+        stop.on_pre_optimizer_step(None, SimpleNamespace(global_step=6), None, model=model)
+    stop.on_train_end(None, None, None)
+    msg = str(err.value)
+    assert msg.startswith("error: training diverged at step 7: the forward pass first became ")
+    paths = " / ".join(f"self_attn.{r}_proj" for r in "qkvo")
+    assert f"at the output of layer 1 self_attn ({paths} weights)" in msg, msg
+    assert "\n" not in msg
 
 
 def test_flops_per_token_with_gqa_and_gated_mlp_match_torchs_flop_counter():
@@ -388,3 +540,213 @@ def test_families_table_keeps_gpt2_entry():
     assert families.RESIDUAL_ROLES == ("attn_proj", "mlp_proj")
     assert families.weight_of_name("transformer.h.3.attn.c_attn")[1] == 3
     assert families.weight_of_name("model.layers.3.self_attn.q_proj") is None
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--model_type", "bert"], "unknown model_type 'bert'; valid model types: gpt2, llama"),
+        (["--model_type", "llama", "--n_kv_head", "3"], "n_kv_head (3) must divide n_head (4)"),
+        (["--model_type", "llama", "--n_inner", "0"], "n_inner must be an integer >= 1, got 0"),
+        (["--n_kv_head", "2"], "--n_kv_head 2: GPT-2 has no grouped-query attention"),
+    ],
+)
+def test_bad_model_flags_are_one_line_before_anything_is_written(tmp_path, flags, needle):
+    out = tmp_path / "run"
+    rc, _, stderr = run_main("pretrain", *flags, "--output_dir", out)
+    assert rc == 2 and stderr.count("\n") == 1 and stderr.startswith("error: "), stderr
+    assert needle in stderr and not out.exists()
+
+
+def test_model_flags_make_the_config_of_their_family():
+    """--model_type, --n_kv_head, --n_inner and --dropout as each family's config reads them:
+    Llama's MLP width by its convention unless given, attention dropout only; GPT-2's dropout on
+    residual, embeddings and attention. The shipped llama_tiny.yaml sets the Llama flags."""
+    from transformers import GPT2Config
+
+    from hf_init.core.cli import CONFIGS_DIR
+    from hf_init.lm.args import ModelArguments, model_config, parse_args
+
+    sizes = dict(n_layer=2, n_embd=64, n_head=4, dropout=0.1)
+    llama_args = ModelArguments(model_type="llama", n_kv_head=2, **sizes)
+    cfg = model_config(llama_args, vocab_size=100, n_positions=32)
+    assert type(cfg) is LlamaConfig
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads) == (2, 64, 4)
+    assert (cfg.num_key_value_heads, cfg.max_position_embeddings, cfg.vocab_size) == (2, 32, 100)
+    assert cfg.intermediate_size == 256  # 8/3 x 64 = 170.7, up to a multiple of 256
+    assert cfg.attention_dropout == 0.1
+    wide = model_config(ModelArguments(model_type="llama", n_inner=96, **sizes), 100, 32)
+    assert (wide.intermediate_size, wide.num_key_value_heads) == (96, 4)
+    gpt2 = model_config(ModelArguments(**sizes), vocab_size=100, n_positions=32)
+    assert type(gpt2) is GPT2Config and gpt2.n_inner is None
+    assert (gpt2.resid_pdrop, gpt2.embd_pdrop, gpt2.attn_pdrop) == (0.1, 0.1, 0.1)
+    model_args = parse_args([str(CONFIGS_DIR / "llama_tiny.yaml")])[0]
+    assert (model_args.model_type, model_args.n_head, model_args.n_kv_head) == ("llama", 4, 2)
+
+
+def test_the_study_passes_model_type_to_every_run(tmp_path):
+    """--model_type llama and --n_kv_head are flags of the runs: every planned run's arguments
+    parse to a Llama with those key/value heads, whatever its scheme and seed."""
+    from hf_init.lm.args import parse_args
+    from hf_init.lm.study import parse_study_args, plan
+
+    study, passthrough = parse_study_args(
+        [
+            "--model_type",
+            "llama",
+            "--n_kv_head",
+            "2",
+            "--seeds",
+            "2",
+            "--schemes",
+            "gpt2",
+            "deepnet",
+        ]
+    )
+    assert passthrough == ["--model_type", "llama", "--n_kv_head", "2"]
+    runs = plan(study)
+    assert len(runs) == 4
+    for run in runs:
+        model_args = parse_args(run.argv(study, passthrough, tmp_path))[0]
+        assert (model_args.model_type, model_args.n_kv_head) == ("llama", 2)
+        assert model_args.init_scheme == run.scheme
+
+
+def _llama_fsdp_worker(rank: int, world: int, port: int):
+    """One rank of the FSDP2 check: each decoder layer and the model fully_shard-ed (gloo, CPU),
+    block_statistics of weights and gradients against numpy on an unsharded copy, with every
+    gather forbidden (one all_reduce per call)."""
+    import os
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    from hf_init.lm.recorders import block_statistics
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world)
+    )
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = llama("xavier_normal", n_layer=2, n_embd=32, n_kv_head=1, n_inner=48)
+        ref = llama("xavier_normal", n_layer=2, n_embd=32, n_kv_head=1, n_inner=48)
+        ref.load_state_dict(model.state_dict())
+        ids = torch.randint(0, V, (2, 8), generator=torch.Generator().manual_seed(1))
+        ref(input_ids=ids, labels=ids).loss.backward()
+        mesh = init_device_mesh("cpu", (world,))
+        for layer in model.model.layers:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        model(input_ids=ids, labels=ids).loss.backward()
+        k = model.model.layers[0].self_attn.k_proj.weight
+        assert isinstance(k, DTensor) and k.to_local().numel() < k.numel()
+        calls, real_all_reduce = [], dist.all_reduce
+
+        def forbidden(*a, **kw):
+            raise AssertionError("a gather was called")
+
+        saved = {
+            (DTensor, "full_tensor"): DTensor.full_tensor,
+            (dist, "all_gather"): dist.all_gather,
+        }
+        for owner, name in saved:
+            setattr(owner, name, forbidden)
+        dist.all_reduce = lambda *a, **kw: calls.append(1) or real_all_reduce(*a, **kw)
+        try:
+            w, g = block_statistics(model), block_statistics(model, grads=True)
+        finally:
+            for (owner, name), fn in saved.items():
+                setattr(owner, name, fn)
+            dist.all_reduce = real_all_reduce
+        assert len(calls) == 2 and w.shape == (2, 7, 3)
+        for role, layer, p in weights_by_hand(ref):
+            if layer is None:
+                continue
+            i = LLAMA.block_roles.index(role)
+            x, dx = p.detach().double().numpy(), p.grad.double().numpy()
+            assert w[layer, i, 1].item() == pytest.approx(np.var(x), rel=1e-12), (role, layer)
+            assert w[layer, i, 2].item() == pytest.approx(np.sqrt((x**2).mean()), rel=1e-12)
+            # float32 backward in another reduction order: float32 tolerance
+            assert g[layer, i, 1].item() == pytest.approx(np.var(dx), rel=1e-4), (role, layer)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_llama_records_under_real_fsdp2_shards_equal_numpy_without_gather():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_llama_fsdp_worker, args=(2, port), nprocs=2, join=True)
+
+
+def _fake_run(folder: Path, model_type: str, seed: int, eval_loss: float, rates) -> None:
+    """A finished run folder written by hand: run_info.json and Q/K/V variances growing as
+    exp(rate of the layer x step) up to step 40, then flat, every 10 of 100 steps."""
+    from hf_init.core.records import make_record, write_records
+
+    folder.mkdir(parents=True)
+    info = {
+        "model_type": model_type,
+        "config": {
+            "model": {"model_type": model_type, "n_layer": len(rates)},
+            "data": {},
+            "run": {},
+            "training": {"learning_rate": 1e-3, "lr_scheduler_type": "cosine"},
+        },
+        "init": {"scheme": "gpt2", "std": None},
+        "seed": seed,
+        "n_parameters": 1000,
+        "optimizer_steps": 100,
+        "train_loss": eval_loss,
+        "eval_loss": eval_loss,
+        "perplexity": math.exp(eval_loss),
+        "next_token_accuracy": 0.1,
+        "train_runtime_s": 1.0,
+    }
+    (folder / "run_info.json").write_text(json.dumps(info))
+    recs = []
+    for step in range(0, 101, 10):
+        recs.append(make_record(step, None, None, {"learning_rate": 1e-3}))
+        for layer, rate in enumerate(rates):
+            var = 1e-3 * math.exp(rate * min(step, 40) * (1 + 0.01 * seed))
+            recs += [make_record(step, layer, role, {"var": var}) for role in "qkv"]
+    write_records(folder / "variance.jsonl", recs)
+
+
+def test_report_on_a_gpt2_and_a_llama_study_compares_the_families(tmp_path):
+    """Two studies given together: runs are labelled by model family, the loss summary and the
+    claims are per family and scheme. By construction GPT-2's shallow layers grow faster (claim
+    (a)'s direction) and the Llama's deep ones, in each of 5 seeds: per family the sign-flip test
+    reaches p = 1/32 on opposite sides; pooled, the families would cancel."""
+    import pandas as pd
+
+    from hf_init.report import load_runs, results_table, scheme_summary, write_report
+
+    falling, rising = [0.05, 0.04, 0.03, 0.02], [0.02, 0.03, 0.04, 0.05]
+    for seed in range(5):
+        _fake_run(tmp_path / "gpt2" / f"s{seed}", "gpt2", seed, 5.0 + seed / 10, falling)
+        _fake_run(tmp_path / "llama" / f"s{seed}", "llama", seed, 4.0 + seed / 10, rising)
+    runs = load_runs(sorted((tmp_path / "gpt2").iterdir()) + sorted((tmp_path / "llama").iterdir()))
+    assert [list(r.keys) for r in runs[:1]] == [["model", "scheme", "seed"]]
+    summary = scheme_summary(results_table(runs)).set_index("model")
+    assert summary.loc["gpt2", "eval_loss_mean"] == pytest.approx(5.2)
+    assert summary.loc["llama", "eval_loss_mean"] == pytest.approx(4.2)
+    assert (summary["seeds"] == 5).all()
+    write_report([tmp_path / "gpt2", tmp_path / "llama"], tmp_path / "report")
+    per_seed = pd.read_csv(tmp_path / "report" / "report_files" / "claims_per_seed.csv")
+    growth = per_seed[(per_seed["claim"].str.contains("shallow")) & (per_seed["projection"] == "q")]
+    rho = growth.groupby("model")["statistic"].agg(["min", "max", "count"])
+    assert rho.loc["gpt2", "max"] == pytest.approx(-1.0) and rho.loc["gpt2", "count"] == 5
+    assert rho.loc["llama", "min"] == pytest.approx(1.0) and rho.loc["llama", "count"] == 5
+    lines = (tmp_path / "report" / "report.md").read_text().splitlines()
+    for family, verdict in (("gpt2", "supported"), ("llama", "contradicted")):
+        row = next(x for x in lines if x.startswith(f"| {family} | gpt2 | q | shallow_grow_faster"))
+        assert f"| {verdict} |" in row and "not supported" not in row, row

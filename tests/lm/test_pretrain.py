@@ -53,7 +53,7 @@ def test_ten_step_run_leaves_a_complete_run_folder(tiny_run):
         assert (out / name).is_file(), name
     assert list((out / "runs").rglob("events.out.tfevents.*"))
     records = [json.loads(line) for line in (out / "variance.jsonl").read_text().splitlines()]
-    weights = [r for r in records if r["role"] not in ("attn", None)]
+    weights = [r for r in records if r["role"] not in ("attn", "stability", None)]
     keys = [
         (r["step"], r["layer"], r["role"]) for r in weights
     ]  # one record per (step, layer, role)
@@ -80,6 +80,10 @@ def test_ten_step_run_leaves_a_complete_run_folder(tiny_run):
     # 16 eval blocks of 32 tokens: the last position of each block has no next token
     assert info["eval_tokens"] == 16 * (32 - 1)
     assert "population variance" in proc.stdout and "perplexity" in proc.stdout
+    # the spike monitor: 10 steps never fill its 128-step window, and the run says so
+    assert [r["step"] for r in records if r["role"] == "stability"] == [5, 10]
+    assert info["spikes"]["steps_monitored"] == 0 and info["spikes"]["score"] is None
+    assert "spikes: none monitored (z > 6 against the previous 128 steps" in proc.stdout
 
 
 def test_next_token_accuracy_on_hand_made_logits():
@@ -250,7 +254,7 @@ def test_shipped_configs_only_use_known_keys():
 
     known = {a.dest for a in build_parser()._actions}
     for cfg in (ROOT / "configs").glob("*.yaml"):
-        if cfg.name.startswith(("pretrain", "gpt2")):
+        if cfg.name.startswith(("pretrain", "gpt2", "llama")):
             assert set(read_yaml_config(cfg)) <= known, cfg.name
 
 
@@ -314,7 +318,8 @@ def test_two_process_ddp_on_cpu(tmp_path):
     records = [json.loads(line) for line in (out / "variance.jsonl").read_text().splitlines()]
     all_keys = [(r["step"], r["layer"], r["role"], r.get("head")) for r in records]
     assert len(all_keys) == len(set(all_keys))  # one writer: no duplicated line
-    keys = [(r["step"], r["layer"], r["role"]) for r in records if r["role"] not in ("attn", None)]
+    other = ("attn", "stability", None)
+    keys = [(r["step"], r["layer"], r["role"]) for r in records if r["role"] not in other]
     assert sorted(keys) == sorted(
         (s, layer, role)
         for s in (0, 5, 6)
@@ -470,6 +475,7 @@ def test_run_folder_has_a_from_scratch_model_card(tiny_run):
     card = (out / "README.md").read_text()
     assert "init-xavier_normal" in card and "hf-init" in card
     assert "trained from scratch" in card and "fine-tuned version" not in card
+    assert "- spikes: none monitored" in card
 
 
 def test_push_to_hub_offline_fails_before_anything_is_written(tmp_path):

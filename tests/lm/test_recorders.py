@@ -10,6 +10,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from hf_init.core.records import make_record
+from hf_init.lm.families import GPT2
 from hf_init.lm.modeling import build_model
 from hf_init.lm.recorders import (
     QKVVarianceCallback,
@@ -354,7 +355,7 @@ def test_no_host_sync_until_the_record_is_read_once(monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, spy)
     w, g = block_statistics(model), block_statistics(model, grads=True)
     assert reads == [], reads
-    records = variance_records(5, w, g)
+    records = variance_records(5, w, g, roles=GPT2.block_roles)
     assert reads == ["tolist"], reads
     monkeypatch.undo()
     assert len(records) == N_LAYER * 6
@@ -506,7 +507,7 @@ def test_learning_rate_is_recorded_with_or_without_the_probe(
     _, recorders, records = run_with_recorders(tmp_path, probe_blocks, probe_every=probe_every)
     names = [type(r).__name__ for r in recorders]
     probe = ["AttentionProbeCallback"] if probe_blocks else []
-    assert names == ["QKVVarianceCallback", *probe, "LearningRateCallback"]
+    assert names == ["QKVVarianceCallback", *probe, "LearningRateCallback", "SpikeMonitor"]
     lrs = {r["step"]: r["learning_rate"] for r in records if "learning_rate" in r}
     assert lrs == pytest.approx({s: linear_warmup_lr(s) for s in (0, 3, 6, 7)})
     assert sorted({r["step"] for r in records if r["role"] == "attn"}) == attn_steps

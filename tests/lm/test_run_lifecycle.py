@@ -164,6 +164,8 @@ def test_resumed_run_equals_the_uninterrupted_one(straight, crashed_and_resumed)
         "logit_std",
         "entropy",
         "learning_rate",
+        "loss",  # the spike monitor's, at its record steps
+        "grad_norm",
     ):
         x = np.array([np.nan if r.get(stat) is None else r[stat] for r in a])
         y = np.array([np.nan if r.get(stat) is None else r[stat] for r in b])
@@ -260,6 +262,11 @@ def check_diverged_run(proc, out):
     ckpts = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
     assert ckpts == list(range(2, step, 2))  # every checkpoint up to the last good step, none after
     assert not (out / "model.safetensors").exists()  # no NaN weights saved as the run's model
+    # diverged.json (not run_info.json) says what the run was and where it diverged
+    assert not (out / "run_info.json").exists()
+    ended = json.loads((out / "diverged.json").read_text())
+    assert ended["diverged_at_step"] == step and ended["message"] == err[0]
+    assert ended["config"]["training"]["learning_rate"] == 100 and ended["vocab_size"] > 0
     # the last checkpoint's weights are finite and are the ones the records of its step describe
     last = ckpts[-1]
     model = AutoModelForCausalLM.from_pretrained(out / f"checkpoint-{last}")

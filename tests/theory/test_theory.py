@@ -31,12 +31,17 @@ TORCH_ACT = {
     "tanh": torch.tanh,
     "gelu": F.gelu,
     "gelu_tanh": lambda z: F.gelu(z, approximate="tanh"),
+    "silu": F.silu,
 }
 SCIPY_ACT = {
     "tanh": (np.tanh, lambda z: 1 - np.tanh(z) ** 2),
     "gelu": (
         lambda z: z * special.ndtr(z),
         lambda z: special.ndtr(z) + z * np.exp(-z * z / 2) / math.sqrt(2 * math.pi),
+    ),
+    "silu": (
+        lambda z: z * special.expit(z),
+        lambda z: special.expit(z) * (1 + z * (1 - special.expit(z))),
     ),
 }
 
@@ -60,7 +65,7 @@ def test_relu_and_linear_closed_forms_match_quadrature(q):
     )
 
 
-@pytest.mark.parametrize("activation", ["tanh", "gelu", "gelu_tanh"])
+@pytest.mark.parametrize("activation", ["tanh", "gelu", "gelu_tanh", "silu"])
 def test_quadrature_matches_monte_carlo(activation):
     """E[phi^2], E[phi'^2] against 400k Monte Carlo samples through torch's activation and
     autograd derivative; tolerance 5 Monte Carlo standard errors."""
@@ -95,7 +100,7 @@ def _gaussian_mean(g, q: float) -> float:
     )[0]
 
 
-@pytest.mark.parametrize("activation", ["tanh", "gelu"])
+@pytest.mark.parametrize("activation", ["tanh", "gelu", "silu"])
 def test_quadrature_matches_adaptive_scipy(activation):
     f, df = SCIPY_ACT[activation]
     for q in (1e-3, 0.5, 2.0, 50.0, 1e4):
@@ -328,8 +333,8 @@ def test_gpt2_theory_holds_where_its_assumptions_do():
     ids = torch.stack([torch.randperm(256, generator=gen)[:T_len] for _ in range(8)])
     stds, gain = T.gpt2_scheme_stds("gpt2", L, d, vocab_size=256, n_positions=T_len)
     pred = T.gpt2_residual_variance(stds, L, d, T_len)
-    meas = P.measure_gpt2(
-        "gpt2", P.GPT2Probe(ids, seeds, L, d, n_head=4, vocab_size=256), residual_gain=gain
+    meas = P.measure_residual(
+        "gpt2", P.ResidualProbe(ids, seeds, L, d, n_head=4, vocab_size=256), residual_gain=gain
     )
     tol = K * math.sqrt((4 / d) / len(seeds))
     # embeddings: 8 x 64 tokens x 256 coordinates of independent rows: far tighter than tol
@@ -350,8 +355,10 @@ def test_gpt2_position_covariance_theory_tracks_measurement():
     stds, gain = T.gpt2_scheme_stds("xavier_normal", L, d, vocab_size=256, n_positions=T_len)
     kern = T.gpt2_residual_kernel(stds, L, d, ids.numpy())
     unc = T.gpt2_residual_variance(stds, L, d, T_len)
-    meas = P.measure_gpt2(
-        "xavier_normal", P.GPT2Probe(ids, seeds, L, d, n_head=4, vocab_size=256), residual_gain=gain
+    meas = P.measure_residual(
+        "xavier_normal",
+        P.ResidualProbe(ids, seeds, L, d, n_head=4, vocab_size=256),
+        residual_gain=gain,
     )
     tol = K * math.sqrt((4 / d) / len(seeds))
     rel = meas.residual.mean(axis=0) / kern.residual - 1
@@ -359,19 +366,105 @@ def test_gpt2_position_covariance_theory_tracks_measurement():
     assert meas.residual[:, -1].mean() / unc.residual[-1] - 1 > tol
 
 
-def test_output_hidden_states_last_entry_is_layernormed():
-    """The trap measure_gpt2 avoids: transformers 5.x's last hidden state has ln_f applied."""
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+def test_output_hidden_states_last_entry_is_normed(model_type):
+    """The trap measure_residual avoids: transformers 5.x's last hidden state has the final norm
+    (GPT-2's ln_f, Llama's norm) applied."""
     from hf_init.lm.modeling import build_model
 
     torch.manual_seed(0)
-    model = build_model(n_layer=2, n_embd=32, n_head=4, vocab_size=256, n_positions=16).eval()
+    model = build_model(
+        model_type=model_type, n_layer=2, n_embd=32, n_head=4, vocab_size=256, n_positions=16
+    ).eval()
     ids = torch.randint(0, 256, (2, 16))
-    res, _, _ = P.measure_gpt2_once(model, ids)
+    res, _, _ = P.measure_residual_once(model, ids)
     with torch.no_grad():
         hs = model(ids, output_hidden_states=True).hidden_states
     assert len(hs) == 3
     assert [float((h.double() ** 2).mean()) for h in hs[:2]] == pytest.approx(res[:2], rel=1e-12)
     assert float((hs[2].double() ** 2).mean()) != pytest.approx(res[2], rel=1e-3)
+
+
+# --- Llama ---------------------------------------------------------------------------------
+
+
+def test_llama_scheme_stds_are_the_built_models():
+    """Every role's std from the Llama entry's fans is the std the scheme gives the built model
+    (hf_init.lm.modeling.init_report, population std of the drawn weights within 6 sigma)."""
+    from hf_init.lm.modeling import build_model, init_report
+
+    L, d, H, KV = 2, 64, 4, 2
+    for scheme in ("gpt2", "xavier_normal", "deepnet"):
+        stds = T.llama_scheme_stds(scheme, L, d, H, KV, vocab_size=256)
+        assert set(stds) == {"embed", "q", "k", "v", "o", "gate", "up", "down"}
+        torch.manual_seed(0)
+        model = build_model(
+            model_type="llama",
+            init_scheme=scheme,
+            n_layer=L,
+            n_embd=d,
+            n_head=H,
+            n_kv_head=KV,
+            vocab_size=256,
+        )
+        for row in init_report(model):
+            if row["role"] in stds:
+                assert stds[row["role"]] == pytest.approx(row["scheme_std"], rel=1e-12), row
+
+
+def test_rope_logit_correlation_is_stock_ropes_gram_matrix():
+    """A query of equal coordinates rotated by the stock Llama rotary embedding to every
+    position: its Gram matrix over positions / head_dim is c(t - s)."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+
+    hd, t_len = 16, 40
+    config = LlamaConfig(hidden_size=64, num_attention_heads=4)
+    rotary = LlamaRotaryEmbedding(config)
+    x = torch.ones(1, 1, t_len, hd, dtype=torch.float64)
+    cos, sin = rotary(x, torch.arange(t_len)[None])
+    q, _ = apply_rotary_pos_emb(x, x, cos.double(), sin.double())
+    gram = (q[0, 0] @ q[0, 0].T / hd).numpy()
+    np.testing.assert_allclose(T.rope_logit_correlation(t_len, hd), gram, atol=1e-6)
+
+
+def _llama_probe(ids, seeds, L, d):
+    return P.ResidualProbe(ids, seeds, L, d, 4, 256, model_type="llama", n_kv_head=2)
+
+
+def test_llama_theory_holds_where_its_assumptions_do():
+    """gpt2 scheme, distinct tokens per sequence (uncorrelated values in block 1), tiny logits:
+    the embeddings, block 1's attention and every SwiGLU branch match the uncorrelated-token
+    recursion within K sd of a branch's per-seed fluctuation, sqrt(4/d / S) (the SwiGLU branch
+    carries three d x d chi-square factors: sqrt(6/d / S) for it)."""
+    L, d, T_len, seeds = 3, 256, 64, (0, 1, 2)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.stack([torch.randperm(256, generator=gen)[:T_len] for _ in range(8)])
+    stds = T.llama_scheme_stds("gpt2", L, d, 4, 2, vocab_size=256)
+    pred = T.llama_residual_variance(stds, L, d, T_len)
+    meas = P.measure_residual("gpt2", _llama_probe(ids, seeds, L, d))
+    tol = K * math.sqrt((4 / d) / len(seeds))
+    assert meas.residual[:, 0].mean() / pred.residual[0] - 1 == pytest.approx(0, abs=0.05)
+    assert abs(meas.attn_add[:, 0].mean() / pred.attn_add[0] - 1) <= tol
+    mlp_tol = K * math.sqrt((6 / d) / len(seeds))
+    np.testing.assert_allclose(meas.mlp_add.mean(axis=0), pred.mlp_add, rtol=mlp_tol)
+
+
+def test_llama_position_covariance_theory_tracks_measurement():
+    """xavier_normal, real byte tokens (repeats): the position-covariance theory (RoPE in the
+    logits, SwiGLU) matches the residual stream of a Llama with grouped-query attention at every
+    block within K sd of a branch's per-seed fluctuation; the uncorrelated-token theory misses
+    the last block by more than that."""
+    L, d, T_len, seeds = 6, 256, 32, (0, 1, 2)
+    ids = P.byte_token_batch(6, T_len, seed=1)
+    stds = T.llama_scheme_stds("xavier_normal", L, d, 4, 2, vocab_size=256)
+    kern = T.llama_residual_kernel(stds, L, d, ids.numpy(), n_head=4)
+    unc = T.llama_residual_variance(stds, L, d, T_len)
+    meas = P.measure_residual("xavier_normal", _llama_probe(ids, seeds, L, d))
+    tol = K * math.sqrt((4 / d) / len(seeds))
+    rel = meas.residual.mean(axis=0) / kern.residual - 1
+    assert np.all(np.abs(rel) <= tol), (rel, tol)
+    assert meas.residual[:, -1].mean() / unc.residual[-1] - 1 > tol
 
 
 # --- script --------------------------------------------------------------------------------
@@ -432,6 +525,8 @@ def test_theory_check_script_small_run_and_refuses_existing_folder(tmp_path):
         2,
         "--gpt2_seeds",
         1,
+        "--llama_schemes",
+        "gpt2",
     ]
     rc, _, err = run_main("theory_check", *args)
     assert rc == 0, err
@@ -439,6 +534,7 @@ def test_theory_check_script_small_run_and_refuses_existing_folder(tmp_path):
     mlp = [r for r in rows if r["network"].startswith("mlp-")]
     assert len(mlp) == 2 * 2 * 2 * depth
     assert len([r for r in rows if r["network"].startswith("gpt2-")]) == 2 * (3 + 2 + 2)
+    assert len([r for r in rows if r["network"] == "llama-gpt2"]) == 3 + 2 + 2
     ms = _digits_mean_square(batch)
     for r in mlp:
         m, l = float(r["std_multiple"]), int(r["layer"])
@@ -458,8 +554,10 @@ def test_theory_check_script_small_run_and_refuses_existing_folder(tmp_path):
         for q in ("forward", "gradient"):
             line = next(x for x in verdict_lines if x.startswith(net) and x.split()[1] == q)
             assert f"{depth}/{depth} layers within" in line, line
-    for name in ("mlp_forward.png", "mlp_gradient.png", "gpt2_residual.png", "gpt2_branches.png"):
-        assert (out / name).stat().st_size > 0
+    assert any(x.startswith("llama-gpt2 ") and "residual x" in x for x in verdict_lines)
+    for name in ("mlp", "gpt2", "llama"):
+        for kind in ("forward", "gradient") if name == "mlp" else ("residual", "branches"):
+            assert (out / f"{name}_{kind}.png").stat().st_size > 0
     before = (out / "theory_check.jsonl").read_bytes()
     rc, _, err = run_main("theory_check", *args)
     assert rc == 2 and err.count("\n") == 1 and "--overwrite" in err
