@@ -166,6 +166,7 @@ CONFIG_KEYS = (
     "training.max_grad_norm",
     "run.variance_steps",
     "run.attention_probe_blocks",
+    "run.attention_probe_steps",
 )
 
 

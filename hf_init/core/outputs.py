@@ -223,21 +223,14 @@ def write_csv(path: str | os.PathLike, rows: list[dict]) -> Path:
 
 def package_versions() -> dict:
     """Python, the libraries a study's numbers depend on and the platform, recorded with its outputs
-    (a pretraining run's ``run_info.json``, an MLP study's ``summary.json``)."""
-    import accelerate
-    import datasets
-    import evaluate
-    import tokenizers
-    import torch
-    import transformers
+    (a pretraining run's ``run_info.json``, an MLP study's ``summary.json``). Read from the
+    installed distributions' metadata, so a study that does not use a library (the MLP studies
+    and ``datasets``) does not pay for importing it."""
+    from importlib.metadata import version
 
+    names = ("torch", "transformers", "accelerate", "datasets", "evaluate", "tokenizers")
     return {
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "accelerate": accelerate.__version__,
-        "datasets": datasets.__version__,
-        "evaluate": evaluate.__version__,
-        "tokenizers": tokenizers.__version__,
+        **{name: version(name) for name in names},
         "platform": platform.platform(),
     }

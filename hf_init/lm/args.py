@@ -113,8 +113,14 @@ class RunArguments:
         metadata={"help": "record Q/K/V variance every N optimizer steps (default: logging_steps)"},
     )
     attention_probe_blocks: int = field(
-        default=4,
+        default=1,  # attention_probe.PROBE_BLOCKS (that module imports torch)
         metadata={"help": "held-out blocks in the attention probe batch (0: no attention records)"},
+    )
+    attention_probe_steps: int = field(
+        default=20,  # attention_probe.PROBE_STEPS
+        metadata={
+            "help": "run the attention probe every N optimizer steps (and at step 0 and the end)"
+        },
     )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "replace a run already in output_dir (otherwise refuse)"}
@@ -139,6 +145,10 @@ class RunArguments:
         if self.attention_probe_blocks < 0:
             raise UsageError(
                 f"attention_probe_blocks must be >= 0, got {self.attention_probe_blocks}"
+            )
+        if self.attention_probe_steps < 1:
+            raise UsageError(
+                f"attention_probe_steps must be >= 1, got {self.attention_probe_steps}"
             )
         if self.spike_window < 2:
             raise UsageError(f"spike_window must be >= 2 steps, got {self.spike_window}")

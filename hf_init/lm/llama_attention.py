@@ -56,5 +56,5 @@ def llama_attention_statistics(model: torch.nn.Module, input_ids: torch.Tensor) 
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         k = k.repeat_interleave(attn.num_key_value_groups, dim=1)
         std, entropy = logit_statistics(q, k, attn.scaling)
-        out.append(torch.stack([std, entropy], dim=-1).cpu())
-    return torch.stack(out)
+        out.append(torch.stack([std, entropy], dim=-1))
+    return torch.stack(out).cpu()  # one read to the host

@@ -51,6 +51,7 @@ from hf_init.lm.run_info import (
     print_summary,
     run_info,
 )
+from hf_init.lm.spikes import StepValues
 from hf_init.lm.variance import format_summary, variance_table
 
 
@@ -140,7 +141,8 @@ def make_trainer(setup: RunSetup, model, tokenizer, blocks):
         compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=preprocess_logits,
     )
-    trainer.add_callback(DivergenceStop())
+    values = StepValues(trainer)  # the loss and gradient norm the Trainer computes
+    trainer.add_callback(DivergenceStop(values))
     recorders = build_recorders(
         trainer,
         setup.folder.path,
@@ -148,7 +150,9 @@ def make_trainer(setup: RunSetup, model, tokenizer, blocks):
         resumed_step=setup.resumed["step"] if setup.resumed else None,
         eval_dataset=blocks["validation"],
         probe_blocks=setup.run_args.attention_probe_blocks,
+        probe_every=setup.run_args.attention_probe_steps,
         spikes=setup.run_args.spikes(),
+        step_values=values,
     )
     trainer.add_callback(RecordsInCheckpoints(setup.folder))
     return trainer, recorders

@@ -18,9 +18,11 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from hf_init.core.cli import RunStopped
 from hf_init.core.moments import sharded_block_moments
 from hf_init.core.records import make_record
 from hf_init.lm.families import Family, family_of
+from hf_init.lm.guards import stop_on_every_rank
 from hf_init.lm.run_folder import VARIANCE_FILE, latest_events_dir
 from hf_init.lm.sinks import (
     AttentionTensorBoardSink,
@@ -121,14 +123,18 @@ class StepRecorder(TrainerCallback):
     step once; a run resumed from the checkpoint of step s records from step s + 1 on (its records
     up to s are kept). A recorder says what in :meth:`measure` (called on every rank: a sharded
     measurement needs them all) and may read what an update applies in :meth:`before_update`; the
-    main process hands the records to every sink and closes them at the end of training."""
+    main process hands the records to every sink and closes them at the end of training.
+    ``guards`` (given on every rank; ``write`` raising :class:`~hf_init.core.cli.RunStopped`)
+    check the records on the main process before any sink writes them, and their stop is raised
+    on every rank (:func:`~hf_init.lm.guards.stop_on_every_rank`)."""
 
     what = "recording"  # named in the error on a bad interval
 
-    def __init__(self, sinks=(), every: int | None = None):
+    def __init__(self, sinks=(), every: int | None = None, guards=()):
         if every is not None and every < 1:
             raise ValueError(f"{self.what} interval must be >= 1 step, got {every}")
         self.sinks = list(sinks)
+        self.guards = list(guards)
         self.every = every
         self._every = every
         self._last_step = -1
@@ -187,6 +193,17 @@ class StepRecorder(TrainerCallback):
             return
         self._last_step = step
         records = self.measure(step, state, **kwargs)
+        if self.guards:
+            stop = None
+            if records and state.is_world_process_zero:
+                try:
+                    for guard in self.guards:
+                        guard.write(records)
+                except RunStopped as err:
+                    stop = err
+            stop = stop_on_every_rank(stop)
+            if stop is not None:
+                raise stop
         if records and state.is_world_process_zero:
             for sink in self.sinks:
                 sink.write(records)
@@ -202,8 +219,8 @@ class QKVVarianceCallback(StepRecorder):
 
     what = "variance recording"
 
-    def __init__(self, sinks=(), every: int | None = None):
-        super().__init__(sinks, every)
+    def __init__(self, sinks=(), every: int | None = None, guards=()):
+        super().__init__(sinks, every, guards)
         self._grads: tuple[int, torch.Tensor] | None = None
         self._sharded: bool | None = None  # FSDP2 DTensor weights: every rank joins the all-reduce
 
@@ -265,16 +282,20 @@ def build_recorders(
     resumed_step: int | None = None,
     eval_dataset=None,
     probe_blocks: int = 0,
+    probe_every: int | None = None,
     spikes: dict | None = None,
+    step_values=None,
 ) -> list[StepRecorder]:
     """Add to ``trainer`` every recorder a run uses, with their sinks, and return them: the Q/K/V
-    variances, the attention probe on the first ``probe_blocks`` blocks of ``eval_dataset`` (none
-    when 0), the learning rate and the spike monitor (``spikes``: its ``window``, ``threshold``,
-    ``skip_updates``; when None, the defaults of :class:`~hf_init.lm.args.RunArguments`), at the
-    same steps (``every``, default the logging interval), into ``out/variance.jsonl`` and, when
-    the run reports to TensorBoard, the Trainer's own writer (:func:`tensorboard_before_recorders`).
-    Sinks exist on the main process only (the one that writes). ``resumed_step``: a run resumed
-    from that step's checkpoint appends to the JSONL."""
+    variances, the learning rate and the spike monitor (``spikes``: its ``window``,
+    ``threshold``, ``skip_updates``; when None, the defaults of
+    :class:`~hf_init.lm.args.RunArguments`; ``step_values``: the trainer's
+    :class:`~hf_init.lm.spikes.StepValues`, made here when not given) every ``every`` steps
+    (default the logging interval), and the attention probe on the first ``probe_blocks`` blocks
+    of ``eval_dataset`` (none when 0) every ``probe_every`` steps (default ``every``), into
+    ``out/variance.jsonl`` and, when the run reports to TensorBoard, the Trainer's own writer
+    (:func:`tensorboard_before_recorders`). Sinks exist on the main process only (the one that
+    writes). ``resumed_step``: a run resumed from that step's checkpoint appends to the JSONL."""
     from hf_init.lm.args import RunArguments
     from hf_init.lm.attention_probe import AttentionProbeCallback, probe_batch  # builds on this
     from hf_init.lm.spikes import SpikeMonitor, StepValues
@@ -288,20 +309,24 @@ def build_recorders(
             return []
         return [sink_class(lambda: tensorboard.tb_writer, owns_writer=False, **options)]
 
-    # first: a non-finite variance stops the run before its step is written (a non-finite
-    # gradient, caught on every rank by guards.DivergenceStop, comes first in practice)
-    stop = [NonFiniteRecords()] if main else []
-    recorders = [QKVVarianceCallback(stop + jsonl + tensorboard_sink(TensorBoardSink), every)]
+    # a non-finite variance stops every rank before its step is written (a non-finite gradient,
+    # caught by guards.DivergenceStop, comes first in practice)
+    recorders = [
+        QKVVarianceCallback(
+            jsonl + tensorboard_sink(TensorBoardSink), every, guards=[NonFiniteRecords()]
+        )
+    ]
     if probe_blocks > 0:
         probe = probe_batch(eval_dataset, probe_blocks)
         sinks = jsonl + tensorboard_sink(AttentionTensorBoardSink)
-        recorders.append(AttentionProbeCallback(probe, sinks, every))
+        recorders.append(AttentionProbeCallback(probe, sinks, probe_every or every))
     recorders.append(
         LearningRateCallback(jsonl + tensorboard_sink(WholeModelTensorBoardSink), every)
     )
     spike_sinks = jsonl + tensorboard_sink(WholeModelTensorBoardSink, prefix="stability")
     spikes = spikes or RunArguments().spikes()  # the defaults of scripts/pretrain.py
-    recorders.append(SpikeMonitor(StepValues(trainer), spike_sinks, every, **spikes))
+    values = step_values or StepValues(trainer)
+    recorders.append(SpikeMonitor(values, spike_sinks, every, **spikes))
     for recorder in recorders:
         trainer.add_callback(recorder)
     return recorders

@@ -8,7 +8,10 @@ which sinks it has. The sinks own their files and writers:
 * :class:`TensorBoardSink`: q, k, v weight and gradient variances per layer.
 * :class:`AttentionTensorBoardSink`: attention logit std and entropy per layer and head.
 * :class:`WholeModelTensorBoardSink`: whole-model statistics (the learning rate, spikes).
-* :class:`NonFiniteRecords`: stops the run at the first weight variance that is not finite.
+* :class:`NonFiniteRecords`: a guard (:class:`~hf_init.lm.recorders.StepRecorder`'s
+  ``guards``) stopping the run at the first weight variance that is not finite.
+
+The TensorBoard sinks write a step's scalars as one event (:meth:`WriterSink.add_scalars`).
 """
 
 from __future__ import annotations
@@ -85,6 +88,24 @@ class WriterSink:
             self._writer = self._writer()
         return self._writer
 
+    def add_scalars(self, scalars: list[tuple[str, float]], step: int) -> None:
+        """``(tag, value)`` pairs of one step as one event: a ``Summary`` holding them all, the
+        one ``SummaryWriter.add_scalar`` builds for a single value, handed to the writer's
+        ``file_writer.add_summary``. One event per value would cost its writer thread a wake-up
+        and a checksum each, which shows in the profile of a recording step. A writer without a
+        ``file_writer`` (closed, or another library's) gets ``add_scalar`` per value."""
+        if not scalars:
+            return
+        file_writer = getattr(self.writer, "file_writer", None)
+        if file_writer is None:
+            for tag, value in scalars:
+                self.writer.add_scalar(tag, value, step)
+            return
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        values = [Summary.Value(tag=tag, simple_value=value) for tag, value in scalars]
+        file_writer.add_summary(Summary(value=values), step)
+
     def flush(self) -> None:
         if self._writer is not None and hasattr(self._writer, "add_scalar"):  # one that exists
             self._writer.flush()
@@ -110,14 +131,14 @@ class TensorBoardSink(WriterSink):
             self.writer.add_custom_scalars(custom_scalars_layout(self.roles))
             self._layout_written = True
         n_layer = 1 + max(r["layer"] for r in records)
-        for r in records:
-            if r["role"] not in self.roles:
-                continue
-            for stat, grad in (("var", False), ("grad_var", True)):
-                value = r.get(stat)
-                if value is not None and math.isfinite(value):
-                    tag = tensorboard_tag(r["role"], r["layer"], n_layer, grad)
-                    self.writer.add_scalar(tag, value, r["step"])
+        scalars = [
+            (tensorboard_tag(r["role"], r["layer"], n_layer, grad), r[stat])
+            for r in records
+            if r["role"] in self.roles
+            for stat, grad in (("var", False), ("grad_var", True))
+            if r.get(stat) is not None and math.isfinite(r[stat])
+        ]
+        self.add_scalars(scalars, records[0]["step"])
 
 
 class AttentionTensorBoardSink(WriterSink):
@@ -130,23 +151,19 @@ class AttentionTensorBoardSink(WriterSink):
         if not records or self.writer is None:
             return
         width = max(2, len(str(max(r["layer"] for r in records))))
+        scalars = []
         per_layer: dict[tuple[str, int], list[float]] = {}
         for r in records:
             for stat in ("logit_std", "entropy"):
                 value = r.get(stat)
                 if value is None or not math.isfinite(value):
                     continue
-                self.writer.add_scalar(
-                    f"attn_{stat}_heads/layer_{r['layer']:0{width}d}_head_{r['head']}",
-                    value,
-                    r["step"],
-                )
+                tag = f"attn_{stat}_heads/layer_{r['layer']:0{width}d}_head_{r['head']}"
+                scalars.append((tag, value))
                 per_layer.setdefault((stat, r["layer"]), []).append(value)
-        step = records[0]["step"]
         for (stat, layer), values in per_layer.items():
-            self.writer.add_scalar(
-                f"attn_{stat}/layer_{layer:0{width}d}", sum(values) / len(values), step
-            )
+            scalars.append((f"attn_{stat}/layer_{layer:0{width}d}", sum(values) / len(values)))
+        self.add_scalars(scalars, records[0]["step"])
 
 
 class WholeModelTensorBoardSink(WriterSink):
@@ -163,15 +180,19 @@ class WholeModelTensorBoardSink(WriterSink):
         for r in records:
             if r.get("layer") is not None:
                 continue
-            for stat, value in r.items():
-                if stat in STATISTICS and value is not None and math.isfinite(value):
-                    self.writer.add_scalar(f"{self.prefix}/{stat}", value, r["step"])
+            scalars = [
+                (f"{self.prefix}/{stat}", value)
+                for stat, value in r.items()
+                if stat in STATISTICS and value is not None and math.isfinite(value)
+            ]
+            self.add_scalars(scalars, r["step"])
 
 
 class NonFiniteRecords:
     """Raises :func:`~hf_init.lm.guards.divergence_error` at the first record whose weight
-    variance is not finite (recorded as null), naming step, layer and weight; put it before the
-    sinks that write, so the records end at the last good step."""
+    variance is not finite (recorded as null), naming step, layer and weight: a guard of a
+    recorder (checked before its sinks write, so the records end at the last good step, and
+    raised on every rank)."""
 
     def write(self, records: list[dict]) -> None:
         for r in records:

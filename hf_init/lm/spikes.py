@@ -203,7 +203,9 @@ class StepValues:
     a step's micro-batches (this rank's share of the step's mean loss, what the Trainer logs) and
     the global gradient norm before clipping that ``_get_grad_norm`` returns once per optimizer
     step (after the gradients are all-reduced, so every rank has the same). Installed on the
-    Trainer instance by wrapping those two methods."""
+    Trainer instance by wrapping those two methods. ``grad_norm``: (the Trainer's
+    ``global_step`` when it was taken, the norm as the Trainer returned it), what
+    :class:`~hf_init.lm.guards.DivergenceStop` reads."""
 
     def __init__(self, trainer):
         if not hasattr(trainer, "_get_grad_norm"):
@@ -213,6 +215,7 @@ class StepValues:
             )
         self._loss = None
         self.step_values: torch.Tensor | None = None  # (loss, grad_norm) of the last step
+        self.grad_norm: tuple[int, object] | None = None
         training_step, grad_norm = trainer.training_step, trainer._get_grad_norm
 
         @functools.wraps(training_step)
@@ -224,6 +227,7 @@ class StepValues:
         @functools.wraps(grad_norm)
         def tapped_grad_norm(*args, **kwargs):
             norm = grad_norm(*args, **kwargs)
+            self.grad_norm = (trainer.state.global_step, norm)
             self._close_step(norm)
             return norm
 

@@ -180,33 +180,78 @@ def member_records(run: StudyRun) -> list[dict]:
     return out
 
 
+class EventsFile:
+    """A TensorBoard events file written in the calling thread by tensorboard's own record writer
+    (``with EventsFile(run_folder) as events``). A study writes each member's run whole at the
+    end, so ``SummaryWriter``'s background writer thread would only add a hand-over per event,
+    which costs more than the event. Named and begun as ``SummaryWriter``'s files are (the
+    ``events.out.tfevents.*`` name TensorBoard reads, a first ``file_version`` event)."""
+
+    def __init__(self, logdir: str | Path):
+        import os
+        import socket
+
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        logdir = Path(logdir)
+        logdir.mkdir(parents=True, exist_ok=True)
+        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
+        self._file = open(logdir / f"{name}.{id(self)}", "wb")
+        self._records = RecordWriter(self._file)
+        self._write(file_version="brain.Event:2")
+
+    def _write(self, **fields) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+
+        self._records.write(Event(wall_time=time.time(), **fields).SerializeToString())
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        """``values`` (tag -> number) at ``step``, as one event."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        if values:
+            summary = Summary(
+                value=[Summary.Value(tag=t, simple_value=v) for t, v in values.items()]
+            )
+            self._write(step=step, summary=summary)
+
+    def hparams(self, hparams: dict, metrics: dict[str, float]) -> None:
+        """The HParams entry of this run (``SummaryWriter.add_hparams``' summaries and metric
+        scalars, here in the run's own file)."""
+        from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+        for summary in hparams_summaries(hparams, metrics):
+            self._write(summary=summary)
+        self.scalars(0, metrics)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._records.close()
+
+
 def write_tensorboard(
     logdir, record: EnsembleRecord, run_names: list[str], hparams: list[dict], metrics: list[dict]
 ) -> int:
     """One TensorBoard run per member under ``logdir``: minibatch loss every step, full-split
-    loss/accuracy and per-layer variances at record steps, and its HParams entry (written into
-    the same run folder, so the dashboard links hparams to the curves). Returns the run count."""
-    from torch.utils.tensorboard import SummaryWriter
-
+    loss/accuracy and per-layer variances at record steps, and its HParams entry (in the same run
+    folder, so the dashboard links hparams to the curves). Returns the run count."""
+    n_layers = record.act_var.shape[2]
     for m, name in enumerate(run_names):
-        with SummaryWriter(log_dir=f"{logdir}/{name}") as w:
-            for step, loss in enumerate(record.step_loss[:, m]):
+        with EventsFile(f"{logdir}/{name}") as events:
+            for step, loss in enumerate(record.step_loss[:, m].tolist()):
                 if math.isfinite(loss):
-                    w.add_scalar("loss/minibatch", float(loss), step)
+                    events.scalars(step, {"loss/minibatch": loss})
             for r, step in enumerate(record.record_steps):
-                step = int(step)
-                for key in SPLIT_STATISTICS:
-                    v = float(getattr(record, key)[r, m])
-                    if math.isfinite(v):
-                        w.add_scalar(f"eval/{key}", v, step)
-                for l in range(record.act_var.shape[2]):
+                values = {
+                    f"eval/{key}": float(getattr(record, key)[r, m]) for key in SPLIT_STATISTICS
+                }
+                for l in range(n_layers):
                     for key in ("act_var", "grad_preact_var"):
-                        v = float(getattr(record, key)[r, m, l])
-                        if math.isfinite(v):
-                            w.add_scalar(f"{key}/layer{l + 1}", v, step)
-            w.add_hparams(
-                hparams[m], {f"hparam/{k}": float(v) for k, v in metrics[m].items()}, run_name="."
-            )
+                        values[f"{key}/layer{l + 1}"] = float(getattr(record, key)[r, m, l])
+                events.scalars(int(step), {k: v for k, v in values.items() if math.isfinite(v)})
+            events.hparams(hparams[m], {f"hparam/{k}": float(v) for k, v in metrics[m].items()})
     return len(run_names)
 
 

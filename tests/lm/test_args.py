@@ -124,3 +124,18 @@ def test_help_lists_the_full_parsers_flags():
         if o.startswith("--") and o != "--help"
     }
     assert {o for o in options if not (o.startswith("no_") and o[3:] in listed)} == listed
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--attention_probe_steps", "0", "attention_probe_steps must be >= 1, got 0"),
+        ("--attention_probe_blocks", "-1", "attention_probe_blocks must be >= 0, got -1"),
+        ("--variance_steps", "0", "variance_steps must be >= 1, got 0"),
+    ],
+)
+def test_recording_intervals_below_one_are_refused(flag, value, message):
+    from hf_init.lm.args import parse_args
+
+    with pytest.raises(UsageError, match=message):
+        parse_args([flag, value])

@@ -447,9 +447,10 @@ def test_not_the_main_process_measures_but_writes_nothing():
     assert recorder.updates == [2, 4] and sink.steps == [] and not sink.closed
 
 
-def run_with_recorders(out, probe_blocks, resume=None, report_to="tensorboard"):
+def run_with_recorders(out, probe_blocks, resume=None, report_to="tensorboard", probe_every=None):
     """A linear-warmup run of 7 steps, checkpoint at step 4, recorders of build_recorders every 3
-    steps; ``resume``: from that checkpoint step. Returns the trainer and the records written."""
+    steps (the probe every ``probe_every``); ``resume``: from that checkpoint step. Returns the
+    trainer and the records written."""
     from hf_init.core.records import iter_records
 
     data = Blocks()
@@ -478,6 +479,7 @@ def run_with_recorders(out, probe_blocks, resume=None, report_to="tensorboard"):
         resumed_step=resume,
         eval_dataset=eval_blocks,
         probe_blocks=probe_blocks,
+        probe_every=probe_every,
     )
     trainer.train(resume_from_checkpoint=str(out / f"checkpoint-{resume}") if resume else None)
     return trainer, recorders, list(iter_records(out / "variance.jsonl"))
@@ -493,18 +495,22 @@ def linear_warmup_lr(update):
     return LR * (i / WARMUP if i < WARMUP else max(0.0, (7 - i) / (7 - WARMUP)))
 
 
-@pytest.mark.parametrize("probe_blocks", [0, 2])
-def test_learning_rate_is_recorded_with_or_without_the_probe(tmp_path, probe_blocks):
+@pytest.mark.parametrize(
+    "probe_blocks, probe_every, attn_steps",
+    [(0, None, []), (2, None, [0, 3, 6, 7]), (2, 2, [0, 2, 4, 6, 7])],  # the probe's own steps
+)
+def test_learning_rate_is_recorded_with_or_without_the_probe(
+    tmp_path, probe_blocks, probe_every, attn_steps
+):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    _, recorders, records = run_with_recorders(tmp_path, probe_blocks)
+    _, recorders, records = run_with_recorders(tmp_path, probe_blocks, probe_every=probe_every)
     names = [type(r).__name__ for r in recorders]
     probe = ["AttentionProbeCallback"] if probe_blocks else []
     assert names == ["QKVVarianceCallback", *probe, "LearningRateCallback", "SpikeMonitor"]
     lrs = {r["step"]: r["learning_rate"] for r in records if "learning_rate" in r}
     assert lrs == pytest.approx({s: linear_warmup_lr(s) for s in (0, 3, 6, 7)})
-    attn_steps = sorted({r["step"] for r in records if r["role"] == "attn"})
-    assert attn_steps == ([0, 3, 6, 7] if probe_blocks else [])
+    assert sorted({r["step"] for r in records if r["role"] == "attn"}) == attn_steps
     assert sorted({r["step"] for r in records if r["role"] == "q"}) == [0, 3, 6, 7]
     # the learning rate in the Trainer's own TensorBoard stream, at the same steps
     (events,) = {p.parent for p in tmp_path.rglob("events.out.tfevents.*")}
