@@ -499,7 +499,9 @@ def configs_section(doc: Document, runs: list[Run]) -> None:
     shared, differ = configs_tables(runs)
     doc.text(f"{len(runs)} pretraining runs. Settings shared by every run:")
     doc.table(shared)
-    if len(runs) > 1:
+    if len(runs) > 1 and set(differ.columns) <= {"run", "init.scheme", "seed"}:
+        doc.text("The runs differ in scheme and seed only, as their names say.")
+    elif len(runs) > 1:
         doc.text("Settings that differ (one row per run):")
         doc.table(differ)
 
