@@ -6,8 +6,8 @@ members one at a time (``nn.Sequential`` + ``torch.optim.SGD``, torch's defaults
     python benchmarks/mlp_sweep_command.py --width 256            # the sweep's defaults otherwise
     python benchmarks/mlp_sweep_command.py --width 256 --repeats 3 --seeds 2
 
-Flags are the sweep's (hf_init.mlp.args: optional YAML config, then --flags; ``--output_dir``
-is a temporary folder) plus ``--repeats`` (default 3). Each repeat runs both commands as child
+Flags are the sweep's (``python scripts/mlp_sweep.py --help``; ``--output_dir`` is a temporary
+folder) plus ``--repeats`` (default 3). Each repeat runs both commands as child
 processes, the one that goes first alternating. Reported: the sweep command's wall time (its
 whole process: start-up, training, every output), the plain loop's training alone (timed inside
 its process, first step included) and its whole process, their medians over repeats, and the
@@ -130,7 +130,9 @@ def print_phases(sweep: list[str], load: str) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--plain_loop"]:
+    if "-h" in sys.argv[1:] or "--help" in sys.argv[1:]:
+        print(__doc__.strip())
+    elif sys.argv[1:2] == ["--plain_loop"]:
         plain_loop(sys.argv[2:])
     else:
         main(sys.argv[1:])
