@@ -29,9 +29,9 @@ never written; an interrupted run leaves at most a temporary folder) and runs
        a string in the test) and the conftest fixtures and helpers they use, transitively,
     3. the rest; alphabetically within a tier.
 
---reaching runs tiers 1 and 2 only: a whole-suite run for every survivor is minutes on 2 cores,
-and a test that neither imports nor reaches the module can only catch it through a path the
-reach analysis misses, so the catch rate it gives is a lower bound.
+--tiers 1 (or 2) runs the first tier (or two) only: a whole-suite run for every survivor is many
+minutes on 2 cores. A mutant that survives them is counted survived, though a later tier might
+catch it, so the catch rate is then a lower bound; each survivor is triaged by hand anyway.
 
 A failing test is rerun alone on the unmutated copy, so a test that fails anyway (flaky, or red
 before the mutant) does not count as a catch. Results: caught (first failing test named),
@@ -485,12 +485,10 @@ def _choose(args, sites: list[Mutant]) -> list[Mutant]:
 
 
 def _test_files(args, order: TestOrder, m: Mutant) -> list[str]:
-    """The test files a mutant runs: all, in tier order; with --reaching the first two tiers only
-    (the files that import or reach the mutated module; all when none does); with --tests those
-    files only."""
+    """The test files a mutant runs: those of the first --tiers tiers, in tier order (all tiers
+    when those hold none); with --tests those files only."""
     tiers = order.tiers(m.file)
-    reaching = tiers[0] + tiers[1]
-    tests = reaching if args.reaching and reaching else [t for tier in tiers for t in tier]
+    tests = [t for tier in tiers[: args.tiers] for t in tier] or [t for tier in tiers for t in tier]
     return [t for t in tests if t in args.tests] if args.tests else tests
 
 
@@ -521,10 +519,13 @@ def _parser() -> argparse.ArgumentParser:
         help="only these test files (a quick try: a survivor then says nothing about the suite)",
     )
     p.add_argument(
-        "--reaching",
-        action="store_true",
-        help="only the test files that import or reach the mutated module (tiers 1 and 2): a "
-        "mutant that survives them is counted survived, so the catch rate is a lower bound",
+        "--tiers",
+        type=int,
+        choices=(1, 2, 3),
+        default=3,
+        help="run the test files of the first N tiers only: 1 = those that import the mutated "
+        "module, 2 = also those that reach it, 3 = all (default); below 3 a mutant that survives "
+        "is counted survived, so the catch rate is a lower bound",
     )
     p.add_argument(
         "--no_confirm", action="store_true", help="do not rerun a failing test without the mutant"
@@ -587,15 +588,15 @@ def main(argv=None) -> int:
     kinds = ("caught", "survived", "equivalent", "timeout", "unconfirmed", "error")
     counts = {k: sum(r["status"] == k for r in results) for k in kinds}
     tests = "only " + " ".join(args.tests) if args.tests else "all"
-    if args.reaching:
-        tests += " that import or reach the mutated module (catch rate a lower bound)"
+    if args.tiers < 3:
+        tests += f" of tiers 1-{args.tiers} (the catch rate is a lower bound)"
     table = markdown(results, counts, f"{drawn} of {len(sites)} sites; test files: {tests}")
     report = {
         "seed": None if args.only else args.seed,
         "sample": len(chosen),
         "sites": len(sites),
         "tests": args.tests or "all",
-        "reaching_only": args.reaching,
+        "tiers": args.tiers,
         "counts": counts,
         "mutants": results,
     }

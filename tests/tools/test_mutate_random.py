@@ -5,6 +5,7 @@ order on a small made-up tree."""
 import importlib.util
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("mutate_random", ROOT / "tools" / "mutate_random.py")
@@ -122,3 +123,18 @@ def test_test_order_importers_then_reachers(tmp_path):
         ["tests/test_b.py"],
         ["tests/test_a.py", "tests/test_c.py"],
     ]
+
+    # --tiers N runs the first N tiers; a mutant whose first N tiers are empty runs them all
+    def files(*flags, file="hf_init/a.py"):
+        args = mr._parser().parse_args(list(flags))
+        return mr._test_files(args, order, SimpleNamespace(file=file))
+
+    assert files("--tiers", "1") == ["tests/test_a.py"]
+    assert files("--tiers", "2") == ["tests/test_a.py", "tests/test_b.py"]
+    assert files() == ["tests/test_a.py", "tests/test_b.py", "tests/test_c.py"]
+    assert files("--tiers", "1", file="hf_init/b.py") == [
+        "tests/test_b.py",
+        "tests/test_a.py",
+        "tests/test_c.py",
+    ]
+    assert files("--tests", "tests/test_c.py") == ["tests/test_c.py"]
