@@ -390,6 +390,19 @@ def test_a_txt_file_is_one_document_per_line_by_default(tmp_path):
         DataArguments(sample_by="lines")
 
 
+def test_one_json_document_is_refused_without_the_txt_advice(tmp_path):
+    """The --sample_by advice is for .txt files only: a one-record JSON Lines file has one
+    document whatever --sample_by says, so its error must not suggest changing it."""
+    from hf_init.lm.data.args import DataArguments
+    from hf_init.lm.data.loaders import load_raw_text
+
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"text": "' + " ".join(LINES) + '"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"from 1 training document\(s\): ") as err:
+        load_raw_text(DataArguments(train_file=str(path)))
+    assert "--sample_by" not in str(err.value)
+
+
 def test_tsv_and_parquet_files_are_read(tmp_path):
     import pandas as pd
 
