@@ -26,6 +26,7 @@ import base64
 import html
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,12 @@ class Run:
     @property
     def label(self) -> str:
         return ", ".join(f"{k} {v}" for k, v in self.keys.items())
+
+    @property
+    def stem(self) -> str:
+        """A file-name stem unique among the report's runs (folder names repeat across studies,
+        e.g. gpt2_seed0 in a GPT-2 and a Llama study): its key values."""
+        return re.sub(r"[^A-Za-z0-9.+-]+", "-", "_".join(str(v) for v in self.keys.values()))
 
     @property
     def folder(self) -> RunFolder:
@@ -301,7 +308,7 @@ def run_figures(run: Run, files: Path, table: pd.DataFrame) -> list[tuple[str, P
     from hf_init.lm.plots import attention_vs_step, variance_vs_step
     from hf_init.lm.variance import variance_table
 
-    stem = run.path.name
+    stem = run.stem
     out = [
         (
             f"Q/K/V weight variance, {run.label}",

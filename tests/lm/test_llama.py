@@ -760,3 +760,8 @@ def test_report_on_a_gpt2_and_a_llama_study_compares_the_families(tmp_path):
     for family, verdict in (("gpt2", "supported"), ("llama", "contradicted")):
         row = next(x for x in lines if x.startswith(f"| {family} | gpt2 | q | shallow_grow_faster"))
         assert f"| {verdict} |" in row and "not supported" not in row, row
+    # the run folders of both studies are named s0..s4: each family's figures are its own files
+    figures = [x for x in lines if "qkv_variance.png" in x]
+    gpt2_fig = next(x for x in figures if "model gpt2," in x)
+    llama_fig = next(x for x in figures if "model llama," in x)
+    assert gpt2_fig.split("](")[1] != llama_fig.split("](")[1], (gpt2_fig, llama_fig)
