@@ -57,7 +57,7 @@ class Run:
     def stem(self) -> str:
         """A file-name stem unique among the report's runs (folder names repeat across studies,
         e.g. gpt2_seed0 in a GPT-2 and a Llama study): its key values."""
-        return re.sub(r"[^A-Za-z0-9.+-]+", "-", "_".join(str(v) for v in self.keys.values()))
+        return re.sub(r"[^A-Za-z0-9._+-]+", "-", "-".join(str(v) for v in self.keys.values()))
 
     @property
     def folder(self) -> RunFolder:
