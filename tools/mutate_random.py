@@ -485,10 +485,11 @@ def _choose(args, sites: list[Mutant]) -> list[Mutant]:
 
 
 def _test_files(args, order: TestOrder, m: Mutant) -> list[str]:
-    """The test files a mutant runs: those of the first --tiers tiers, in tier order (all tiers
-    when those hold none); with --tests those files only."""
+    """The test files a mutant runs: those of the first --tiers tiers, in tier order (up to the
+    first tier that holds any, when those hold none); with --tests those files only."""
     tiers = order.tiers(m.file)
-    tests = [t for tier in tiers[: args.tiers] for t in tier] or [t for tier in tiers for t in tier]
+    last = max(args.tiers, next((i + 1 for i, tier in enumerate(tiers) if tier), len(tiers)))
+    tests = [t for tier in tiers[:last] for t in tier]
     return [t for t in tests if t in args.tests] if args.tests else tests
 
 
