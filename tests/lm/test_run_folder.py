@@ -17,6 +17,8 @@ from hf_init.lm.run_folder import (
     RecordsInCheckpoints,
     RunFolder,
     interrupted,
+    lost_peer,
+    lost_peer_error,
     resume_from,
     sigterm_as_interrupt,
 )
@@ -196,3 +198,26 @@ def test_sigterm_becomes_the_one_line_interrupt_and_the_handler_is_put_back(tmp_
     ctrl_c = interrupted(RunFolder(tmp_path / "none"), 3, [], KeyboardInterrupt())
     assert ctrl_c.code == 128 + 2 and str(ctrl_c).startswith("interrupted (SIGINT) at step 3")
     assert "no checkpoint to resume from; restart with: " in str(ctrl_c)
+
+
+def test_a_lost_peer_is_named_by_what_the_collective_said(tmp_path):
+    """A collective that failed because another rank is gone: detected only with more than one
+    rank; the stop line quotes the wording that gave it away (gloo's, NCCL's) or, for a bare
+    DistError, its type; exit status 1; the command that continues the run."""
+    import torch.distributed as dist
+
+    reset = RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection reset by peer [10.0.0.2]")
+    assert lost_peer(reset, world_size=2) and not lost_peer(reset, world_size=1)
+    assert not lost_peer(RuntimeError("CUDA out of memory"), world_size=2)
+    argv = ["--output_dir", str(tmp_path)]
+    stop = lost_peer_error(RunFolder(tmp_path), 12, 1, argv, reset)
+    assert str(stop).startswith(
+        "error: rank 1 stopped at step 12: another rank stopped answering "
+        "(Connection reset by peer): "
+    )
+    assert stop.code == 1 and "restart with:" in str(stop)
+    dist_error = dist.DistError("recv failed")
+    assert lost_peer(dist_error, world_size=4)
+    assert "answering (DistError):" in str(
+        lost_peer_error(RunFolder(tmp_path), 3, 0, argv, dist_error)
+    )
