@@ -101,7 +101,7 @@ def sweep_job(
         **_run_facts(run_args, device, train_s),
     }
     setup, crit_hidden = facts["setup"], facts["critical_std_hidden"]
-    figures = _sweep_figures(rows, summary, depths[len(depths) // 2], crit_hidden, setup)
+    figures = _sweep_figures(rows, summary, figure_depth(depths), crit_hidden, setup)
     out = Path(sweep.output_dir)
     with kept_until_success(out, found):
         tb = _sweep_tensorboard(model, data_args)
@@ -145,6 +145,14 @@ def _sweep_facts(data_args, data, model, sweep, depths, seeds, steps, summary) -
         "band_rule": BAND_RULE,
         "bands": summary,
     }
+
+
+def figure_depth(depths: list[int]) -> int:
+    """The depth whose per-layer variance figure the sweep draws: the middle one of the swept
+    depths in increasing order (the deeper of the two middle ones for an even count), so the
+    figure shows a depth at which the regimes have had layers to develop."""
+    ordered = sorted(depths)
+    return ordered[len(ordered) // 2]
 
 
 def _sweep_figures(rows, summary, main_depth, crit_hidden, setup) -> dict:

@@ -263,3 +263,15 @@ def test_study_summary_records_the_package_versions(tmp_path):
         and versions["transformers"] == transformers.__version__
     )
     assert versions["python"] == ".".join(map(str, sys.version_info[:3]))
+
+
+def test_the_layer_figure_shows_the_middle_depth():
+    """The sweep's per-layer figure is drawn for the middle swept depth, whatever order the depths
+    were given in (the deeper middle one for an even count); a single depth is itself."""
+    from hf_init.mlp.job import figure_depth
+
+    assert figure_depth([5]) == 5
+    assert figure_depth([1, 3]) == 3
+    assert figure_depth([8, 2, 4]) == 4
+    assert figure_depth([16, 2, 8, 4]) == 8
+    assert figure_depth([1, 2, 3, 4, 5, 6]) == 4
