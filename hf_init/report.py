@@ -177,10 +177,19 @@ CONFIG_KEYS = (
 )
 
 
+def run_names(runs: list[Run]) -> list[str]:
+    """Each run's folder name, or ``study/run`` when folder names repeat across the folders given
+    (two studies' ``gpt2_seed0``)."""
+    names = [r.path.name for r in runs]
+    if len(set(names)) == len(names):
+        return names
+    return [f"{r.path.parent.name}/{r.path.name}" for r in runs]
+
+
 def configs_tables(runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(settings shared by every run, settings that differ: one row per run, so a study of many
     runs stays as wide as its few differing settings)."""
-    flat = {r.path.name: _flat(r.info["config"]) for r in runs}
+    flat = {name: _flat(r.info["config"]) for name, r in zip(run_names(runs), runs)}
     for name, r in zip(flat, runs):
         flat[name].update(
             {

@@ -738,7 +738,13 @@ def test_report_on_a_gpt2_and_a_llama_study_compares_the_families(tmp_path):
     reaches p = 1/32 on opposite sides; pooled, the families would cancel."""
     import pandas as pd
 
-    from hf_init.report import load_runs, results_table, scheme_summary, write_report
+    from hf_init.report import (
+        configs_tables,
+        load_runs,
+        results_table,
+        scheme_summary,
+        write_report,
+    )
 
     falling, rising = [0.05, 0.04, 0.03, 0.02], [0.02, 0.03, 0.04, 0.05]
     for seed in range(5):
@@ -750,6 +756,10 @@ def test_report_on_a_gpt2_and_a_llama_study_compares_the_families(tmp_path):
     assert summary.loc["gpt2", "eval_loss_mean"] == pytest.approx(5.2)
     assert summary.loc["llama", "eval_loss_mean"] == pytest.approx(4.2)
     assert (summary["seeds"] == 5).all()
+    # the run folders of both studies are named s0..s4: the settings table keeps all ten
+    shared, differ = configs_tables(runs)
+    assert sorted(differ["run"]) == [f"{f}/s{i}" for f in ("gpt2", "llama") for i in range(5)]
+    assert "model.model_type" in differ.columns and "model.model_type" not in set(shared["setting"])
     write_report([tmp_path / "gpt2", tmp_path / "llama"], tmp_path / "report")
     per_seed = pd.read_csv(tmp_path / "report" / "report_files" / "claims_per_seed.csv")
     growth = per_seed[(per_seed["claim"].str.contains("shallow")) & (per_seed["projection"] == "q")]
