@@ -413,6 +413,45 @@ MUTANTS = [
         '[r["measured"] for r in sel],\n                "-",\n                color=color,',
         [f"{FIG}::test_theory_mlp_forward_figure"],
     ),
+    # beyond the paper: depth-aware init, Llama's grouped-query fans, spikes, collapse, reports
+    (
+        "N12",
+        "hf_init/core/schemes.py",
+        "return o.initializer_range / math.sqrt(2 * (spec.layer + 1))",
+        "return o.initializer_range / math.sqrt(2 * spec.layer + 1)",
+        ["tests/core/test_schemes.py::test_every_weight_kind_matches_formula"],
+    ),
+    (
+        "N13",
+        "hf_init/lm/families.py",
+        '"k": (d, kv),',
+        '"k": (d, heads),',
+        [
+            "tests/lm/test_llama.py::test_layout_table_names_every_stock_weight_with_its_fans",
+            "tests/theory/test_theory.py::test_llama_scheme_stds_are_the_built_models",
+        ],
+    ),
+    (
+        "N14",
+        "hf_init/lm/spikes.py",
+        "std = math.sqrt(math.fsum((x - mean) ** 2 for x in last) / window)",
+        "std = math.sqrt(math.fsum((x - mean) ** 2 for x in last) / (window - 1))",
+        ["tests/lm/test_spikes.py::test_zscores_flags_and_counts_equal_a_hand_computation"],
+    ),
+    (
+        "N15",
+        "hf_init/lm/stability.py",
+        "return float(np.mean(np.log(np.arange(1, block_size + 1))))",
+        "return float(np.mean(np.log(np.arange(2, block_size + 2))))",
+        ["tests/lm/test_stability.py::test_uniform_entropy_is_the_mean_of_log_t_plus_one"],
+    ),
+    (
+        "N16",
+        "hf_init/report.py",
+        "    stem = run.stem\n",
+        "    stem = run.path.name\n",
+        ["tests/lm/test_llama.py::test_report_on_a_gpt2_and_a_llama_study_compares_the_families"],
+    ),
 ]
 
 
