@@ -197,6 +197,45 @@ def test_theory_mlp_forward_figure(theory_out, captured, tmp_path):
             assert np.allclose(line.get_ydata(), [float(r["predicted"]) for r in sel], rtol=1e-12)
 
 
+def test_theory_branches_figure_on_hand_made_rows(captured, tmp_path):
+    """plot_branches: the top row divides by the uncorrelated-token prediction, the bottom row by
+    the position-covariance one, attention left and MLP right, a line per network of the family
+    (other families left out), and the top-right panel carries the networks' legend."""
+    from hf_init.theory.plots import plot_branches
+
+    rows = [
+        {
+            "network": net,
+            "quantity": q,
+            "layer": layer,
+            "measured": 2.0 + layer + (q == "mlp_add"),
+            "predicted": 1.0 + layer,
+            "predicted_uncorrelated": 4.0 + layer,
+        }
+        for net in ("gpt2-a", "gpt2-b", "llama-a")
+        for q in ("attn_add", "mlp_add", "resid")
+        for layer in range(3)
+    ]
+    plot_branches(rows, tmp_path / "b.png")
+    axes = captured[0].axes
+    assert len(axes) == 4
+    for i, (key, quantity) in enumerate(
+        [(k, q) for k in ("predicted_uncorrelated", "predicted") for q in ("attn_add", "mlp_add")]
+    ):
+        lines = [line for line in axes[i].lines if line.get_label() in ("a", "b")]
+        assert [line.get_label() for line in lines] == ["a", "b"]
+        want = [
+            (2.0 + layer + (quantity == "mlp_add")) / (1.0 + layer + 3.0 * (key != "predicted"))
+            for layer in range(3)
+        ]
+        for line in lines:
+            assert list(line.get_xdata()) == [0, 1, 2]
+            assert np.allclose(line.get_ydata(), want, rtol=1e-12)
+    legend = axes[1].get_legend()
+    assert legend is not None and [t.get_text() for t in legend.get_texts()] == ["a", "b"]
+    assert all(ax.get_legend() is None for i, ax in enumerate(axes) if i != 1)
+
+
 def test_heatmap_cells_are_centred_on_their_recorded_steps(tmp_path, monkeypatch):
     import numpy as np
 
