@@ -304,3 +304,23 @@ def test_bad_input_is_one_error_line(tmp_path, argv, message):
     assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
     assert message in stderr
     assert not (tmp_path / "cc").exists()
+
+
+def test_log_axes_centre_the_values_and_span_at_least_the_widths():
+    """The y range is centred (in log) on the values' min and max and spans at least as many
+    e-folds as the widths, times 1.1: a flat line stays inside and looks flat, a steep one fits."""
+    import math
+
+    from hf_init.coord_check.plots import log_axes
+    from hf_init.core.figures import pyplot
+
+    plt = pyplot()
+    for values, span in (((0.5, 0.6), math.log(8)), ((1e-3, 1e2), math.log(1e5))):
+        fig, ax = plt.subplots()
+        log_axes(ax, [32, 64, 128, 256], values)
+        low, high = ax.get_ylim()
+        mid = (math.log(values[0]) + math.log(values[1])) / 2
+        assert math.log(low) == pytest.approx(mid - 0.55 * span, rel=1e-9)
+        assert math.log(high) == pytest.approx(mid + 0.55 * span, rel=1e-9)
+        assert low < values[0] and values[1] < high
+        plt.close(fig)

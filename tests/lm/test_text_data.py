@@ -55,6 +55,10 @@ def test_builtin_corpus_info_is_hash_and_size_of_the_text(builtin):
     assert info["n_documents"] == len(docs)
     assert info["n_chars"] == sum(len(d) for d in docs)
     assert info["source"] == "builtin" and info["n_chars"] > 1_500_000
+    # the corpus is this Python's documentation: its name says which version
+    import platform
+
+    assert info["name"].endswith(f"Python {platform.python_version()})"), info["name"]
     # Python's own help topics come first, in topic order, and stdlib docstrings are in there.
     import pydoc_data.topics
 
