@@ -214,7 +214,7 @@ def test_accumulated_gradient_is_the_mean_over_micro_batches_not_the_sum(
             assert r[name]["grad_var"] == pytest.approx(np.var(g[:, i * D : (i + 1) * D]), rel=1e-5)
 
 
-@pytest.mark.parametrize("logging_steps, max_steps", [(0.25, 8), (0.3, 7), (3, 7)])
+@pytest.mark.parametrize("logging_steps, max_steps", [(0.25, 8), (0.3, 7), (3, 7), (1, 3)])
 def test_default_interval_is_the_trainers_logging_interval(tmp_path, logging_steps, max_steps):
     # TrainingArguments: logging_steps < 1 is a share of the total steps, ceil(share * max_steps)
     import math
