@@ -649,3 +649,15 @@ def test_theory_check_tolerance_is_k_sigma_over_sqrt_seeds(theory_out):
     for r in rows:
         if r["quantity"] == "forward" and r["layer"] != 1:
             assert float(r["tolerance"]) > 0.5
+
+
+def test_measure_mlp_default_is_four_distinct_seeds():
+    """Without ``seeds`` the measurement draws four networks, seeds 0, 1, 2, 3: each row is the
+    measurement of that seed alone (no seed counted twice in the mean the check compares)."""
+    x = torch.randn(16, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    default = P.measure_mlp([8, 8, 8], "relu", 0.5, x)
+    assert default.q.shape == (4, 2)
+    for seed in range(4):
+        alone = P.measure_mlp([8, 8, 8], "relu", 0.5, x, seeds=(seed,))
+        assert np.array_equal(default.q[seed], alone.q[0])
+        assert np.array_equal(default.grad_var[seed], alone.grad_var[0])
