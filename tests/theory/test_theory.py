@@ -661,3 +661,31 @@ def test_measure_mlp_default_is_four_distinct_seeds():
         alone = P.measure_mlp([8, 8, 8], "relu", 0.5, x, seeds=(seed,))
         assert np.array_equal(default.q[seed], alone.q[0])
         assert np.array_equal(default.grad_var[seed], alone.grad_var[0])
+
+
+@pytest.mark.parametrize("q", [0.5, 2.0])
+def test_fourth_moments_of_tanh_and_silu_match_scipy_quadrature(q):
+    """E[phi(z)^4] and E[phi'(z)^4] for z ~ N(0, q), with phi and phi' written out here (tanh:
+    1 - tanh^2; silu: s (1 + z (1 - s)), s the sigmoid) and integrated by scipy's adaptive quad:
+    the fluctuation terms of the recursion use both."""
+    from scipy import integrate
+
+    def expect(f):
+        density = lambda z: math.exp(-z * z / (2 * q)) / math.sqrt(2 * math.pi * q)  # noqa: E731
+        bound = 14 * math.sqrt(q)  # beyond 14 sigma the density is below 1e-42
+        return integrate.quad(lambda z: f(z) * density(z), -bound, bound, epsabs=1e-13)[0]
+
+    def sig(z):
+        return 0.5 * (1 + math.tanh(z / 2))
+
+    hand = {
+        "tanh": (lambda z: math.tanh(z) ** 4, lambda z: (1 - math.tanh(z) ** 2) ** 4),
+        "silu": (
+            lambda z: (z * sig(z)) ** 4,
+            lambda z: (sig(z) * (1 + z * (1 - sig(z)))) ** 4,
+        ),
+    }
+    for activation, (f4, df4) in hand.items():
+        e4, d4 = T.fourth_moments(activation, np.array([q]))
+        assert e4[0] == pytest.approx(expect(f4), rel=1e-6), activation
+        assert d4[0] == pytest.approx(expect(df4), rel=1e-6), activation
