@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 
 import torch
+from callback_overhead import CLOCKS, TokenBlocks
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer
 
 from hf_init.core.cli import read_yaml_config
@@ -52,24 +53,12 @@ from hf_init.lm.args import DEFAULT_CONFIG, parse_args
 from hf_init.lm.pretrain import run
 
 ROOT = Path(__file__).resolve().parents[1]
-CLOCKS = ("wall time", "process CPU time")
 VARIANTS = {
     "plain": None,
     "default": [],
     "every_step": ["--variance_steps", "1"],
     "every_step_no_probe": ["--variance_steps", "1", "--attention_probe_blocks", "0"],
 }
-
-
-class TokenBlocks(torch.utils.data.Dataset):
-    def __init__(self, ids):
-        self.ids = ids
-
-    def __len__(self):
-        return len(self.ids)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
 def shape_flags(a) -> list[str]:
