@@ -17,6 +17,7 @@ from hf_init.lm.run_folder import (
     RecordsInCheckpoints,
     RunFolder,
     interrupted,
+    latest_events_dir,
     lost_peer,
     lost_peer_error,
     resume_from,
@@ -221,3 +222,19 @@ def test_a_lost_peer_is_named_by_what_the_collective_said(tmp_path):
     assert "answering (DistError):" in str(
         lost_peer_error(RunFolder(tmp_path), 3, 0, argv, dist_error)
     )
+
+
+def test_latest_events_dir_is_the_folder_of_the_newest_events_file(tmp_path):
+    """A resumed run writes on in the folder whose events file was written last (by mtime, not
+    by name), anywhere under runs/; a folder with no events file (or no runs/) gives None."""
+    assert latest_events_dir(tmp_path) is None
+    runs = tmp_path / "runs"
+    times = {"z_old": 1_000_000, "a_new/deeper": 3_000_000, "m_mid": 2_000_000}
+    for name, mtime in times.items():
+        (runs / name).mkdir(parents=True)
+        f = runs / name / f"events.out.tfevents.{mtime}.host"
+        f.write_bytes(b"")
+        os.utime(f, (mtime, mtime))
+    (runs / "no_events").mkdir()
+    (runs / "no_events" / "notes.txt").write_text("not an events file")
+    assert latest_events_dir(tmp_path) == runs / "a_new" / "deeper"

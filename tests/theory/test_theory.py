@@ -168,10 +168,12 @@ def test_critical_std():
     assert T.critical_std("gelu", n, q=1e8) == pytest.approx(math.sqrt(2 / n), rel=1e-3)
 
 
-def test_tanh_edge_of_chaos_with_bias():
+@pytest.mark.parametrize("sb", [0.05, 0.3, 3.0])
+def test_tanh_edge_of_chaos_with_bias(sb):
     """With sigma_b > 0: iterate the length map (scipy quadrature) to its fixed point at the
-    returned std and check chi_1 = n std^2 E[tanh'(z)^2] = 1 there."""
-    n, sb = 100, 0.3
+    returned std and check chi_1 = n std^2 E[tanh'(z)^2] = 1 there. sigma_b = 3 puts the fixed
+    point q* below 2 sigma_b^2 (a large bias: most of q* is the bias's own variance)."""
+    n = 100
     sw = T.critical_std("tanh", n, sigma_b=sb)
     f, df = SCIPY_ACT["tanh"]
 
@@ -185,7 +187,7 @@ def test_tanh_edge_of_chaos_with_bias():
         )[0]
 
     q = 1.0
-    for _ in range(300):
+    for _ in range(3000):
         q = n * sw**2 * expect(lambda z: f(z) ** 2, q) + sb**2
     chi = n * sw**2 * expect(lambda z: df(z) ** 2, q)
     assert chi == pytest.approx(1.0, abs=1e-6)
@@ -343,6 +345,47 @@ def test_gpt2_theory_holds_where_its_assumptions_do():
     np.testing.assert_allclose(meas.mlp_add.mean(axis=0), pred.mlp_add, rtol=tol)
     # and the direction of the known departure: correlated positions -> more attention output
     assert np.all(meas.attn_add.mean(axis=0)[1:] > pred.attn_add[1:])
+
+
+def test_attention_kernel_matches_its_sums_written_out_by_position():
+    """One attention branch's kernel on a hand-made 5-position covariance, recomputed with loops
+    over positions: U = layer-norm correlation, the logit variance
+    tau_t^2 = d q^2 U_tt d k^2 (mean_{s<=t} U_ss - mean_{s,s'<=t} U_ss'), E[sum_s a_ts^2] =
+    1 / (1 + t exp(-tau_t^2)), the output's diagonal = sum_a2 (mean of V_ss) + (1 - sum_a2)
+    (mean of V_ss' over s != s'), its off-diagonal the plain means of V over both prefixes."""
+    rng = np.random.default_rng(0)
+    T_len, d, eps = 5, 8, 1e-5
+    A = rng.normal(size=(T_len, 3 * T_len))
+    K_in = A @ A.T / (3 * T_len) + 0.3  # PSD, correlated positions, unequal diagonal
+    q2, k2, v2, o2 = 0.09, 0.04, 0.02, 0.05
+    out, sum_a2, tau2 = T._attention_kernel(K_in, (q2, k2, v2, o2), d, eps)
+
+    U = np.array(
+        [
+            [K_in[t, s] / math.sqrt((K_in[t, t] + eps) * (K_in[s, s] + eps)) for s in range(T_len)]
+            for t in range(T_len)
+        ]
+    )
+    V = d * v2 * U
+    want_out = np.zeros((T_len, T_len))
+    for t in range(T_len):
+        n = t + 1
+        mean_diag = sum(U[s, s] for s in range(n)) / n
+        mean_all = sum(U[s, r] for s in range(n) for r in range(n)) / n**2
+        want_tau2 = d * q2 * U[t, t] * d * k2 * max(mean_diag - mean_all, 0.0)
+        assert tau2[t] == pytest.approx(want_tau2, rel=1e-12, abs=1e-15)
+        want_a2 = 1 / (1 + t * math.exp(-want_tau2))
+        assert sum_a2[t] == pytest.approx(want_a2, rel=1e-12)
+        for u in range(T_len):
+            if u != t:
+                m = u + 1
+                want_out[t, u] = sum(V[s, r] for s in range(n) for r in range(m)) / (n * m)
+        v_diag = sum(V[s, s] for s in range(n)) / n
+        pairs = [(s, r) for s in range(n) for r in range(n) if s != r]
+        v_off = sum(V[s, r] for s, r in pairs) / len(pairs) if pairs else 0.0
+        want_out[t, t] = want_a2 * v_diag + (1 - want_a2) * v_off
+    np.testing.assert_allclose(out, d * o2 * want_out, rtol=1e-12)
+    assert tau2[1:].min() > 0  # the check above saw positive logit variances, not the clamp
 
 
 def test_gpt2_position_covariance_theory_tracks_measurement():
