@@ -53,6 +53,23 @@ def test_regime_rule_hand_made_cases():
     assert regime(final_loss=0.3, gain=1e-4) == "stable"
 
 
+@pytest.mark.parametrize("n_classes", [3, 10])
+def test_regime_thresholds_are_multiples_of_chance(n_classes):
+    """Each threshold on both sides, at its stated multiple of the chance loss ln C: initial loss
+    10 ln C (exploded at init), final loss 0.9 ln C (learned), first-layer gradient std 1e3."""
+    chance = math.log(n_classes)
+
+    def r(**kw):
+        return regime(**{"final_loss": 0.3, "gain": 0.5, "n_classes": n_classes, **kw})
+
+    assert r(initial_loss=10 * chance * 0.99) == "stable"
+    assert r(initial_loss=10 * chance * 1.01) == "exploding"
+    assert r(final_loss=0.9 * chance * 0.99) == "stable"
+    assert r(final_loss=0.9 * chance * 1.01) == "vanishing"
+    assert r(final_loss=chance, grad_std_init=1e3 * 0.99) == "vanishing"
+    assert r(final_loss=chance, grad_std_init=1e3 * 1.01) == "exploding"
+
+
 def test_gain_per_layer_is_the_geometric_mean_ratio():
     v = np.array([2.0, 1.0, 0.5, 0.25])  # halves each of the 3 steps
     assert gain_per_layer(v) == pytest.approx(0.5)
