@@ -108,6 +108,16 @@ PRETRAIN_TINY = [
 PRETRAIN_ARGS = [*PRETRAIN_TINY, "--max_steps", "10", "--init_scheme", "xavier_normal"]
 
 
+def free_port() -> int:
+    """A TCP port on localhost free right now, for a test's own process group or launcher (a
+    fixed port would collide with a test running beside it under pytest -n)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def run_script(name, *args, timeout=300):
     """scripts/<name>.py in a subprocess (this checkout's hf_init, offline); CompletedProcess."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")

@@ -4,11 +4,11 @@ computed independently (torch.var(unbiased=False) / explicit two-pass on the who
 from __future__ import annotations
 
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
+from conftest import free_port
 
 from hf_init.core.moments import (
     LocalPart,
@@ -160,12 +160,6 @@ def test_sum_of_squares_does_not_cancel_at_gpt2_scale(mean_over_std, dtype):
 # ---- real FSDP2 shards, 2 processes, gloo --------------------------------------------------
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _fsdp_worker(rank: int, world: int, port: int):
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world)
@@ -302,7 +296,7 @@ def _fsdp_worker(rank: int, world: int, port: int):
 def test_real_fsdp2_shards_on_two_cpu_processes_equal_unsharded_without_gather():
     import torch.multiprocessing as mp
 
-    mp.spawn(_fsdp_worker, args=(2, _free_port()), nprocs=2, join=True)
+    mp.spawn(_fsdp_worker, args=(2, free_port()), nprocs=2, join=True)
 
 
 # ---- the reused float64 workspace: bounded passes give the same sums ------------------------

@@ -14,25 +14,19 @@ rank only:
 * a non-finite recorded weight variance, measured and checked by the main process alone: the
   other rank raises the same line instead of going on to its next collective."""
 
-import socket
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import free_port
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from hf_init.core.cli import RunStopped
 from hf_init.lm.guards import DivergenceStop
 from hf_init.lm.modeling import build_model
 from hf_init.lm.spikes import StepValues
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class State:
@@ -108,7 +102,7 @@ def _records_guard(rank) -> str:
 def test_every_guard_stops_both_ranks_when_the_fault_is_on_one():
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_worker, args=(2, _free_port(), results), nprocs=2, join=True)
+        mp.spawn(_worker, args=(2, free_port(), results), nprocs=2, join=True)
         results = dict(results)
     assert results[1].startswith(
         "error: training diverged at step 7: non-finite gradient of layer 1 mlp.c_proj.weight"

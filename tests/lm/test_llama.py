@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_main
+from conftest import free_port, run_main
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hf_init.core.schemes import SCHEMES
@@ -677,14 +677,9 @@ def _llama_fsdp_worker(rank: int, world: int, port: int):
 
 
 def test_llama_records_under_real_fsdp2_shards_equal_numpy_without_gather():
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_llama_fsdp_worker, args=(2, port), nprocs=2, join=True)
+    mp.spawn(_llama_fsdp_worker, args=(2, free_port()), nprocs=2, join=True)
 
 
 def _fake_run(folder: Path, model_type: str, seed: int, eval_loss: float, rates) -> None:

@@ -10,9 +10,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import (
-    PRETRAIN_TINY as TINY,
-)  # tiny model and data; the shared 10-step run is tiny_run
+from conftest import PRETRAIN_TINY as TINY  # tiny model and data; the shared run is tiny_run
+from conftest import free_port
 
 from hf_init.core.cli import UsageError, parse_yaml_and_cli
 
@@ -303,6 +302,8 @@ def test_two_process_ddp_on_cpu(tmp_path):
         "accelerate.commands.launch",
         "--config_file",
         str(ROOT / "accelerate_configs" / "cpu_ddp.yaml"),
+        "--main_process_port",
+        str(free_port()),
         str(SCRIPT),
         *TINY,
         "--max_steps",
@@ -803,11 +804,7 @@ _RANK = textwrap.dedent("""
 def test_tokenizer_mismatch_across_ranks_is_refused_on_every_rank(tmp_path):
     """Two gloo ranks: the same tokenizer passes on both; different tokenizers are refused on
     both (one process pair runs both cases)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     script = tmp_path / "rank.py"
     script.write_text(_RANK)
     procs = []

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import free_port
 from test_recorders import Blocks, tiny_model
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
@@ -411,6 +412,8 @@ def test_two_ranks_skip_the_same_updates_when_one_ranks_loss_spikes(tmp_path):
         "accelerate.commands.launch",
         "--config_file",
         str(Path(ROOT) / "accelerate_configs" / "cpu_ddp.yaml"),
+        "--main_process_port",
+        str(free_port()),
         str(script),
         *TINY,
         "--max_steps",

@@ -10,13 +10,13 @@ model).
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port
 from test_run_lifecycle import ENV, TINY, messages, records, weights
 
 pytestmark = pytest.mark.slow
@@ -44,12 +44,6 @@ Trainer.__init__ = patched
 sys.argv[0] = {script!r}
 runpy.run_path({script!r}, run_name="__main__")
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def two_nodes(out: Path, *extra, kill_rank: int = -1):
