@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+# a regression guard of the restructure, beside the suite's independent checks: -m slow runs it
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "behaviour_kept"
 RTOL = 1e-4

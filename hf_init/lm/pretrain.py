@@ -16,7 +16,6 @@ import os
 import time
 from pathlib import Path
 
-import evaluate
 import torch
 from transformers import Trainer, default_data_collator, set_seed
 
@@ -237,7 +236,11 @@ class CardTrainer(Trainer):
 
 
 def next_token_metric():
-    """compute_metrics / preprocess_logits_for_metrics for the local next-token accuracy."""
+    """compute_metrics / preprocess_logits_for_metrics for the local next-token accuracy.
+    ``evaluate`` is imported here, not with the module: it pulls in transformers' pipelines
+    (about a second), which a run that stops at a bad flag never needs."""
+    import evaluate
+
     metric = evaluate.load(metric_path("next_token_accuracy"), keep_in_memory=True)
 
     def preprocess_logits_for_metrics(logits, labels):

@@ -142,6 +142,7 @@ def test_every_hub_push_carries_the_llama_records_so_far(pushed):
     assert FAKE_TOKEN not in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # the GPT-2 twin in test_run_lifecycle.py runs by default
 def test_resumed_llama_run_equals_the_uninterrupted_one(pushed, tmp_path):
     """Killed after step N + 2 (records written, no clean-up), resumed from checkpoint N: the same
     records and final weights as the uninterrupted run."""
@@ -170,6 +171,7 @@ def test_resumed_llama_run_equals_the_uninterrupted_one(pushed, tmp_path):
     assert info["resumed_from"]["step"] == N and info["optimizer_steps"] == 2 * N
 
 
+@pytest.mark.slow  # the GPT-2 twin in test_run_lifecycle.py runs by default
 def test_diverging_llama_run_stops_naming_step_layer_weight(tmp_path):
     """Learning rate 100, no clipping: the run really diverges; one line naming the step and a
     Llama block's sub-layer or weight; records and checkpoints up to the step before, whose

@@ -580,6 +580,7 @@ def test_text_column_other_than_text_end_to_end(tmp_path):
     assert any("quokka" in t for t in vocab) and not any("decoy" in t for t in vocab)
 
 
+@pytest.mark.slow  # a pip install into a fresh venv
 def test_default_config_is_found_from_an_installed_copy(tmp_path):
     """`pip install .` (not editable) into a folder, then the script from another folder: the
     built-in config comes from the installed package, not from a repository checkout."""
