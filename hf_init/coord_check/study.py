@@ -390,7 +390,9 @@ class CoordCheckArguments:
                 raise UsageError(f"--{name} must be >= {low}, got {getattr(self, name)}")
         if len(set(self.widths)) < 2:
             raise UsageError(f"--widths needs at least two different widths, got {self.widths}")
-        bad = [w for w in self.widths if w < 1 or w % self.head_dim]
+        if min(self.widths) < 1:
+            raise UsageError(f"--widths must be >= 1, got {min(self.widths)}")
+        bad = [w for w in self.widths if w % self.head_dim]
         if bad:
             raise UsageError(
                 f"--widths must be multiples of --head_dim {self.head_dim}, got {bad[0]}"

@@ -63,7 +63,11 @@ class ModelArguments:
     def __post_init__(self):
         # make_config's checks, on these fields directly (they carry the config's names)
         from hf_init.lm.families import get_family
-        from hf_init.lm.modeling import _check_shape, validate_init_config
+        from hf_init.lm.modeling import (
+            _check_shape,
+            check_llama_initializer_range,
+            validate_init_config,
+        )
 
         family = get_family(self.model_type)
         if not 0 <= self.dropout < 1:
@@ -76,6 +80,8 @@ class ModelArguments:
                 f"(drop it, or --model_type llama)"
             )
         validate_init_config(self)
+        if family.model_type == "llama":
+            check_llama_initializer_range(self.initializer_range)
         self._refuse_unused_options()
 
     def dropouts(self) -> dict:

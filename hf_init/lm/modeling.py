@@ -109,6 +109,13 @@ def _check_shape(size_kwargs: dict) -> None:
         raise ValueError(f"n_kv_head ({n_kv_head}) must divide n_head ({n_head})")
 
 
+def check_llama_initializer_range(value: float | None) -> None:
+    """LlamaConfig's upper limit on initializer_range (1; a std is > 0 anyway), as one ValueError
+    line instead of its multi-line strict-dataclass error; None = the default."""
+    if value is not None and not 0 < value <= 1:
+        raise ValueError(f"initializer_range must be in (0, 1] for a Llama, got {value}")
+
+
 def _llama_kwargs(size_kwargs: dict) -> dict:
     """``LlamaConfig`` keyword arguments from GPT-2's names: the sizes GPT2Config would default
     to, key/value heads = heads, the MLP width by Llama's convention (:func:`llama_mlp_width`)."""
@@ -122,8 +129,7 @@ def _llama_kwargs(size_kwargs: dict) -> dict:
     gpt2_only = sorted(_GPT2_ONLY & set(kwargs))
     if gpt2_only:
         raise ValueError(f"{gpt2_only[0]} is a GPT-2 setting; a Llama model has none")
-    if (kwargs.get("initializer_range") or 0) > 1:  # LlamaConfig's own limit
-        raise ValueError(f"initializer_range must be <= 1, got {kwargs['initializer_range']}")
+    check_llama_initializer_range(kwargs.get("initializer_range"))
     gpt2_defaults = GPT2Config()
     for name in ("n_layer", "n_embd", "n_head", "n_positions"):
         kwargs.setdefault(name, getattr(gpt2_defaults, name))

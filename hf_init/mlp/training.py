@@ -90,6 +90,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "record_every", "probe_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.momentum < 1:  # NaN fails too; 1 would never forget a gradient
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
 
 
 @dataclass

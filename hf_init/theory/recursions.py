@@ -403,6 +403,8 @@ def propagate(
     stds = _as_stds(weight_std, len(widths) - 1, widths, scheme_options)
     if not (math.isfinite(bias_std) and bias_std >= 0):
         raise ValueError(f"bias_std must be a finite number >= 0, got {bias_std!r}")
+    if not (math.isfinite(output_grad_var) and output_grad_var >= 0):
+        raise ValueError(f"output_grad_var must be a finite number >= 0, got {output_grad_var!r}")
     m0 = np.atleast_1d(np.asarray(input_second_moment, dtype=float))
     if m0.ndim != 1 or np.any(m0 < 0) or not np.all(np.isfinite(m0)):
         raise ValueError(
@@ -694,6 +696,8 @@ def gpt2_residual_kernel(
     ids = np.atleast_2d(np.asarray(token_ids))
     if ids.ndim != 2 or ids.shape[1] < 1:
         raise ValueError("token_ids must be (batch, seq_len)")
+    if n_layer < 1 or n_embd < 1:
+        raise ValueError("n_layer and n_embd must be >= 1")
     d = int(n_embd)
     inner = int(n_inner or 4 * d)
     T_len = ids.shape[1]
@@ -902,6 +906,8 @@ def llama_residual_kernel(
     ids = np.atleast_2d(np.asarray(token_ids))
     if ids.ndim != 2 or ids.shape[1] < 1:
         raise ValueError("token_ids must be (batch, seq_len)")
+    if n_layer < 1 or n_embd < 1:
+        raise ValueError("n_layer and n_embd must be >= 1")
     d = int(n_embd)
     inner = int(n_inner or llama_mlp_width(d))
     T_len = ids.shape[1]

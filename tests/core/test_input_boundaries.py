@@ -162,12 +162,29 @@ LM_ARGS = [
         for name in ("vocab_size", "n_positions")
     ),
     Bound(
-        "lm/modeling.py:125",
-        "llama initializer_range",
+        "lm/modeling.py:check_llama_initializer_range",
+        "llama initializer_range high",
         llama_initializer_range,
         1.0,
         ABOVE_ONE,
-        f"initializer_range must be <= 1, got {ABOVE_ONE}",
+        f"initializer_range must be in (0, 1] for a Llama, got {ABOVE_ONE}",
+    ),
+    Bound(
+        "lm/modeling.py:check_llama_initializer_range",
+        "llama initializer_range low",
+        llama_initializer_range,
+        TINY,
+        0.0,
+        "initializer_range must be in (0, 1] for a Llama, got 0.0",
+    ),
+    value_error(  # at parse time, before any data or tokenizer work
+        "lm/args.py:ModelArguments",
+        ModelArguments,
+        "initializer_range",
+        1.0,
+        ABOVE_ONE,
+        f"initializer_range must be in (0, 1] for a Llama, got {ABOVE_ONE}",
+        model_type="llama",
     ),
     usage(
         "lm/args.py:143", RunArguments, "variance_steps", 1, 0, "variance_steps must be >= 1, got 0"
@@ -322,7 +339,16 @@ LM_DATA_AND_RUNS = [
             "max_eval_samples",
             "tokenizer_train_documents",
             "group_batch_size",
+            "preprocessing_num_workers",
         )
+    ),
+    usage(  # the BPE's size, checked before any data is read
+        "lm/data/args.py:DataArguments",
+        DataArguments,
+        "vocab_size",
+        257,
+        256,
+        "--vocab_size must be >= 257 (256 byte symbols + the end-of-text token), got 256",
     ),
     Bound(
         "lm/data/tokenizer.py:40",
@@ -445,13 +471,22 @@ STUDY_ARGS = [
         "--widths needs at least two different widths, got [64, 64]",
     ),
     usage(
-        "coord_check/study.py:393",
+        "coord_check/study.py:widths >= 1",
         CoordCheckArguments,
         "widths",
         [1, 2],
         [0, 1],
-        "--widths must be multiples of --head_dim 1, got 0",
+        "--widths must be >= 1, got 0",
         head_dim=1,
+    ),
+    usage(
+        "coord_check/study.py:widths multiples",
+        CoordCheckArguments,
+        "widths",
+        [32, 64],
+        [32, 48],
+        "--widths must be multiples of --head_dim 32, got 48",
+        head_dim=32,
     ),
     *(
         usage(
@@ -645,6 +680,15 @@ THEORY = [
         expect=[1.0],
     ),
     Bound(
+        "theory/recursions.py:propagate output_grad_var",
+        "propagate output_grad_var",
+        lambda v: T.propagate((1, 1), "linear", 1.0, output_grad_var=v).grad_var.tolist(),
+        0.0,
+        -TINY,
+        f"output_grad_var must be a finite number >= 0, got {-TINY!r}",
+        expect=[0.0],
+    ),
+    Bound(
         "theory/recursions.py:407",
         "propagate input_second_moment",
         lambda m0: linear_q(input_second_moment=m0),
@@ -685,6 +729,26 @@ THEORY = [
         0,
         "token_ids must be (batch, seq_len)",
         expect=2 * 0.02**2,
+    ),
+    *(
+        Bound(
+            f"theory/recursions.py:{predict.__name__} sizes",
+            f"{predict.__name__} {name}",
+            lambda v, predict=predict, stds=stds, extra=extra, name=name: len(
+                predict(
+                    stds, **{"n_layer": 1, "n_embd": 8, name: v}, token_ids=[[0]], **extra
+                ).residual
+            ),
+            1,
+            0,
+            "n_layer and n_embd must be >= 1",
+            expect=2,  # the embedding output and one block's
+        )
+        for predict, stds, extra in (
+            (T.gpt2_residual_kernel, GPT2_STDS, {}),
+            (T.llama_residual_kernel, LLAMA_STDS, {"n_head": 1}),
+        )
+        for name in ("n_layer", "n_embd")
     ),
     Bound(
         "theory/recursions.py:903",
@@ -788,6 +852,22 @@ MLP_AND_SCHEMES = [
     *(
         value_error("mlp/training.py:91", TrainConfig, name, 1, 0, f"{name} must be >= 1, got 0")
         for name in ("epochs", "batch_size", "record_every", "probe_size")
+    ),
+    value_error(
+        "mlp/training.py:momentum low",
+        TrainConfig,
+        "momentum",
+        0.0,
+        -TINY,
+        f"momentum must be in [0, 1), got {-TINY}",
+    ),
+    value_error(
+        "mlp/training.py:momentum high",
+        TrainConfig,
+        "momentum",
+        BELOW_ONE,
+        1.0,
+        "momentum must be in [0, 1), got 1.0",
     ),
     Bound(
         "mlp/data.py:275",

@@ -258,7 +258,10 @@ def test_scheme_defined_for_another_family_is_refused_in_one_line(monkeypatch):
         ({"n_kv_head": 2}, "n_kv_head (2): GPT-2 has no grouped-query attention"),
         ({"model_type": "llama", "resid_pdrop": 0.1}, "resid_pdrop: a Llama model has no"),
         ({"model_type": "llama", "add_cross_attention": True}, "add_cross_attention is a GPT-2"),
-        ({"model_type": "llama", "initializer_range": 2.0}, "initializer_range must be <= 1"),
+        (
+            {"model_type": "llama", "initializer_range": 2.0},
+            "initializer_range must be in (0, 1] for a Llama",
+        ),
     ],
 )
 def test_bad_llama_input_is_one_clear_error(kwargs, needle):

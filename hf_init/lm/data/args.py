@@ -152,7 +152,16 @@ class DataArguments:
             "max_eval_samples",
             "tokenizer_train_documents",
             "group_batch_size",
+            "preprocessing_num_workers",
         ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"--{name} must be a positive integer, got {value}")
+        from hf_init.lm.data.tokenizer import MIN_VOCAB_SIZE
+
+        if self.tokenizer_name is None and self.vocab_size < MIN_VOCAB_SIZE:
+            # checked here, before any data is read, as well as where the BPE is trained
+            raise UsageError(
+                f"--vocab_size must be >= {MIN_VOCAB_SIZE} (256 byte symbols + the end-of-text "
+                f"token), got {self.vocab_size}"
+            )
