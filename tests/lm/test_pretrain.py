@@ -8,10 +8,11 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import PRETRAIN_TINY as TINY  # tiny model and data; the shared run is tiny_run
-from conftest import free_port
+from conftest import free_port, run_main
 
 from hf_init.core.cli import UsageError, parse_yaml_and_cli
 
@@ -165,6 +166,15 @@ def test_saved_model_and_tokenizer_load_with_stock_classes(tiny_run):
     assert last["var"] == pytest.approx(w[:, :32].var(unbiased=False).item(), rel=1e-6)
 
 
+def run_in_process(*args):
+    """scripts/pretrain.py's main in this process (conftest.run_main: no interpreter start and
+    torch import), as a CompletedProcess-like object, for inputs refused before training whose
+    check reads only the last line: stderr holds what the job wrote to sys.stderr, not what a
+    logging handler bound earlier wrote. Whole-stderr checks keep :func:`run_script`."""
+    rc, out, err = run_main("pretrain", *args)
+    return SimpleNamespace(returncode=rc, stdout=out, stderr=err)
+
+
 def assert_clean_failure(proc, *words):
     assert proc.returncode != 0
     err = proc.stderr.strip()
@@ -185,7 +195,7 @@ def assert_clean_failure(proc, *words):
 )
 def test_bad_flags_fail_cleanly_and_write_nothing(tmp_path, flags, words):
     out = tmp_path / "run"
-    proc = run_script(*TINY, "--max_steps", "2", "--output_dir", out, *flags)
+    proc = run_in_process(*TINY, "--max_steps", "2", "--output_dir", out, *flags)
     assert_clean_failure(proc, *words)
     assert not out.exists()
 
@@ -194,7 +204,7 @@ def test_corpus_shorter_than_one_block_fails_cleanly(tmp_path):
     (tmp_path / "short.txt").write_text("too short\n")
     (tmp_path / "val.txt").write_text("also short\n")
     out = tmp_path / "run"
-    proc = run_script(
+    proc = run_in_process(
         *TINY,
         "--block_size",
         "64",
@@ -223,7 +233,7 @@ def test_existing_run_is_refused_and_left_untouched(tmp_path):
     (out / "variance.jsonl").write_text('{"step": 0}\n')
     (out / "run_info.json").write_text("{}\n")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    proc = run_script(*TINY, "--max_steps", "2", "--output_dir", out)
+    proc = run_in_process(*TINY, "--max_steps", "2", "--output_dir", out)
     assert_clean_failure(proc, "--overwrite_output_dir")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
@@ -481,7 +491,7 @@ def test_run_folder_has_a_from_scratch_model_card(tiny_run):
 
 def test_push_to_hub_offline_fails_before_anything_is_written(tmp_path):
     out = tmp_path / "run"
-    proc = run_script(*TINY, "--max_steps", "2", "--output_dir", out, "--push_to_hub", "true")
+    proc = run_in_process(*TINY, "--max_steps", "2", "--output_dir", out, "--push_to_hub", "true")
     assert_clean_failure(proc, "--push_to_hub", "hf upload")
     assert not out.exists()
 
