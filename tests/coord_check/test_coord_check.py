@@ -17,6 +17,8 @@ from hf_init.coord_check.study import (
     GPT2Coord,
     default_schemes,
     slope_table,
+    slopes_markdown,
+    summary_lines,
     train_and_record,
 )
 from hf_init.core.records import make_record, read_records, write_records
@@ -234,6 +236,35 @@ def test_slope_table_is_the_least_squares_slope_per_seed(tmp_path):
         assert row["verdict"] == name.split("_")[0]
         assert (row["layer"], row["step"]) == (0, 2)
     assert rows["zero"]["verdict"] == "n/a" and rows["zero"]["layer"] is None
+
+
+def test_summary_line_counts_flat_quantities_at_the_first_and_last_step():
+    """Hand-made slope rows at three steps: the printed line counts the flat ones at the first
+    (0) and the last (20) step, never the middle one, and names the steepest at the last step;
+    the Markdown table has one column per step in order."""
+
+    def row(role, layer, step, slope, verdict):
+        return dict(scheme="s", role=role, layer=layer, step=step, slope=slope, verdict=verdict)
+
+    rows = [
+        row("residual", 0, 0, 0.01, "flat"),
+        row("attn_logits", 0, 0, 0.02, "flat"),
+        row("output_logits", None, 0, 0.9, "grows"),
+        row("residual", 0, 10, 0.5, "grows"),  # the middle step: in no count
+        row("attn_logits", 0, 10, 0.5, "grows"),
+        row("output_logits", None, 10, 0.5, "grows"),
+        row("residual", 0, 20, 0.03, "flat"),
+        row("attn_logits", 0, 20, -0.7, "shrinks"),
+        row("output_logits", None, 20, 0.4, "grows"),
+    ]
+    (line,) = summary_lines(rows)
+    assert line.split(None, 1) == [
+        "s",
+        "step 0: 2/3 flat; step 20: 1/3 flat (steepest at step 20: attn_logits 0 -0.70)",
+    ]
+    table = slopes_markdown(rows, threshold=0.1).splitlines()
+    assert "| quantity | step 0 | step 10 | step 20 |" in table
+    assert "| attn_logits 0 | +0.02 flat | +0.50 grows | -0.70 shrinks |" in table
 
 
 TINY = [
