@@ -139,3 +139,28 @@ def test_recording_intervals_below_one_are_refused(flag, value, message):
 
     with pytest.raises(UsageError, match=message):
         parse_args([flag, value])
+
+
+@pytest.mark.parametrize("present", [None, "cuda", "xpu", "mps"])
+def test_each_kind_of_accelerator_alone_counts_as_one(monkeypatch, present):
+    """The defaults use the GPU when there is one: CUDA, XPU or MPS, each alone, is an
+    accelerator; none of them is none."""
+    import torch
+
+    from hf_init.lm.args import accelerator_available
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: present == "cuda")
+    monkeypatch.setattr(torch.xpu, "is_available", lambda: present == "xpu")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: present == "mps")
+    assert accelerator_available() is (present is not None)
+
+
+def test_without_an_accelerator_the_job_trains_on_the_cpu():
+    """No accelerator here: parse_args defaults use_cpu to True, so that accelerate launch runs
+    real gloo DDP on a CPU machine instead of every rank alone."""
+    from hf_init.lm.args import accelerator_available, parse_args
+
+    if accelerator_available():
+        pytest.skip("this machine has an accelerator")
+    *_, training, _ = parse_args(["--output_dir", "unused"])
+    assert training.use_cpu is True
