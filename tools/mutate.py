@@ -482,10 +482,10 @@ def pytest_in_copy(copy: Path, tests: list[str], timeout: float) -> tuple[int | 
         )
     except subprocess.TimeoutExpired:
         return None, ""
-    failed = [
-        line.split(" ")[1]
+    failed = [  # "FAILED <node id> - <message>"; a parametrized node id may hold spaces
+        line.split(" ", 1)[1].split(" - ", 1)[0]
         for line in proc.stdout.splitlines()
-        if line.startswith(("FAILED", "ERROR"))
+        if line.startswith(("FAILED ", "ERROR "))
     ]
     return proc.returncode, failed[0] if failed else ""
 

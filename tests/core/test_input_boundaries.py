@@ -161,6 +161,17 @@ LM_ARGS = [
         )
         for name in ("vocab_size", "n_positions")
     ),
+    *(  # a size must be an int: YAML's `n_layer: yes` is the bool True, `n_layer: 2.0` a float
+        Bound(
+            "lm/modeling.py:_check_shape type",
+            f"make_config n_layer {type(bad).__name__}",
+            lambda v: make_config(n_layer=v, n_embd=8, n_head=1).n_layer,
+            2,
+            bad,
+            f"n_layer must be an integer >= 1, got {bad!r}",
+        )
+        for bad in (True, 2.0)
+    ),
     Bound(
         "lm/modeling.py:check_llama_initializer_range",
         "llama initializer_range high",
