@@ -528,3 +528,22 @@ def test_a_resumed_run_records_only_the_steps_after_its_checkpoint(tmp_path):
     assert sorted({r["step"] for r in records}) == [6, 7]
     lrs = {r["step"]: r["learning_rate"] for r in records if "learning_rate" in r}
     assert lrs == pytest.approx({6: linear_warmup_lr(6), 7: linear_warmup_lr(7)})
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_only_sharded_weights_make_every_rank_compute(sharded):
+    """Under FSDP2 (DTensor weights, which have ``full_tensor``) every rank must join the
+    statistics' all-reduce; otherwise only the main process computes. The answer is taken from
+    the model once and kept."""
+    from types import SimpleNamespace
+
+    model = tiny_model()
+    if sharded:
+        first = next(model.parameters())
+        first.full_tensor = lambda: first  # what marks a DTensor here
+    callback = QKVVarianceCallback()
+    main, other = (SimpleNamespace(is_world_process_zero=z) for z in (True, False))
+    assert callback._computes(main, model) is True
+    assert callback._computes(other, model) is sharded
+    assert callback._computes(other, None) is False  # no model, nothing to compute
+    assert callback._computes(other, tiny_model()) is sharded  # kept from the first model
