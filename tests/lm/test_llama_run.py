@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_main
 from test_run_lifecycle import (
     CRASH,
     ENV,
@@ -205,9 +206,11 @@ def test_diverging_llama_run_stops_naming_step_layer_weight(tmp_path):
 
 def test_offline_push_to_hub_is_refused_before_anything_is_written(tmp_path):
     out = tmp_path / "run"
-    proc = script(*LLAMA, "--max_steps", 2, "--output_dir", out, "--push_to_hub", "true")
-    assert proc.returncode == 2 and not out.exists()
-    last = proc.stderr.strip().splitlines()[-1]
+    rc, _, err = run_main(
+        "pretrain", *LLAMA, "--max_steps", 2, "--output_dir", out, "--push_to_hub", "true"
+    )
+    assert rc == 2 and not out.exists()
+    last = err.strip().splitlines()[-1]
     assert (
         last.startswith("error: --push_to_hub needs the Hugging Face Hub") and "hf upload" in last
     )
