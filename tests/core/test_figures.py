@@ -124,6 +124,51 @@ def test_sweep_metrics_figure(sweep_out, captured, tmp_path):
         assert [b.get_xdata()[0] for b in bars] == [50.0]
 
 
+def test_layer_variance_figure_shows_the_first_and_last_step_medians(captured, tmp_path):
+    """Hand-made records at steps 0, 5, 10 (3 seeds, 2 stds, 3 layers): the four panels are
+    (activation, gradient) x (step 0, step 10), never the middle step, and each line is the
+    median over seeds of that std's values per layer (numpy), non-positive ones left out."""
+    import pandas as pd
+
+    from hf_init.mlp.plots import layer_variance
+
+    rng = np.random.default_rng(0)
+    rows = [
+        dict(depth=2, role="linear", statistic=stat, std=std, step=step, layer=layer, seed=seed,
+             value=float(rng.uniform(0.1, 10.0)))
+        for stat in ("act_var", "grad_preact_var")
+        for std in (0.1, 1.0)
+        for step in (0, 5, 10)
+        for layer in range(3)
+        for seed in range(3)
+    ]  # fmt: skip
+    rows[0]["value"] = -1.0  # act_var, std 0.1, step 0, layer 0, seed 0: a negative "variance"
+    rows[1]["value"] = rows[2]["value"] = -1.0  # so the median of that layer is negative too
+    table = pd.DataFrame(rows)
+    assert layer_variance(table, 2, tmp_path / "lv.png") is not None
+    panels = _panels(captured[0])
+    assert [ax.get_title().rsplit(", ", 1)[1] for ax in panels] == [
+        "step 0", "step 10", "step 0", "step 10"
+    ]  # fmt: skip
+    cells = [(stat, step) for stat in ("act_var", "grad_preact_var") for step in (0, 10)]
+    for ax, (stat, step) in zip(panels, cells):
+        assert len(ax.lines) == 2
+        for line, std in zip(ax.lines, (0.1, 1.0)):
+            want = []
+            for layer in range(3):
+                key = (stat, std, step, layer)
+                vals = [
+                    r["value"]
+                    for r in rows
+                    if (r["statistic"], r["std"], r["step"], r["layer"]) == key
+                ]
+                m = float(np.median(vals))
+                want.append(m if m > 0 else np.nan)
+            assert list(line.get_xdata()) == [0, 1, 2]
+            np.testing.assert_allclose(line.get_ydata(), want, rtol=1e-12)
+    assert np.isnan(panels[0].lines[0].get_ydata()[0])  # the negative median: not drawn
+
+
 # --- MLP scheme comparison -----------------------------------------------------------------
 
 

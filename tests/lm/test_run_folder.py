@@ -20,6 +20,7 @@ from hf_init.lm.run_folder import (
     latest_events_dir,
     lost_peer,
     lost_peer_error,
+    resolve_resume,
     resume_from,
     sigterm_as_interrupt,
 )
@@ -238,3 +239,28 @@ def test_latest_events_dir_is_the_folder_of_the_newest_events_file(tmp_path):
     (runs / "no_events").mkdir()
     (runs / "no_events" / "notes.txt").write_text("not an events file")
     assert latest_events_dir(tmp_path) == runs / "a_new" / "deeper"
+
+
+def test_resume_from_checkpoint_picks_or_refuses_in_one_line(tmp_path):
+    """--resume_from_checkpoint: unset or false = a new run; true = the highest checkpoint with
+    a trainer_state.json; a folder = that folder if it is a Trainer checkpoint, else one line;
+    with --overwrite_output_dir it is refused."""
+
+    def args(value):
+        return SimpleNamespace(resume_from_checkpoint=value, output_dir=str(tmp_path))
+
+    for ckpt in ("checkpoint-4", "checkpoint-12"):
+        (tmp_path / ckpt).mkdir()
+        (tmp_path / ckpt / "trainer_state.json").write_text('{"global_step": 1}')
+    (tmp_path / "checkpoint-20").mkdir()  # no trainer state: not a checkpoint
+    assert resolve_resume(args(None), overwrite=False) is None
+    assert resolve_resume(args("false"), overwrite=False) is None
+    assert resolve_resume(args("true"), overwrite=False) == tmp_path / "checkpoint-12"
+    chosen = str(tmp_path / "checkpoint-4")
+    assert resolve_resume(args(chosen), overwrite=False) == tmp_path / "checkpoint-4"
+    not_one = str(tmp_path / "checkpoint-20")
+    with pytest.raises(UsageError, match="is not a Trainer checkpoint folder") as err:
+        resolve_resume(args(not_one), overwrite=False)
+    assert repr(not_one) in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UsageError, match="cannot be combined with --overwrite_output_dir"):
+        resolve_resume(args("true"), overwrite=True)

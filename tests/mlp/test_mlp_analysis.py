@@ -9,6 +9,7 @@ from scipy import stats
 
 from hf_init.mlp.analysis import (
     classify_regime,
+    compare_rows,
     compare_summary,
     curve_area,
     gain_per_layer,
@@ -139,6 +140,10 @@ def test_steps_to_target_and_area():
     assert steps_to_target(steps, losses, 0.1) == float("inf")
     # trapezoids: (2+1)/2*10 + (1+.5)/2*10 + (.5+.25)/2*10 = 26.25, over 30 steps
     assert curve_area(steps, losses) == pytest.approx(26.25 / 30)
+    # two records: one trapezoid, the mean of its ends; one record: no span, no area
+    assert curve_area(np.array([0, 10]), np.array([2.0, 1.0])) == pytest.approx(1.5)
+    assert math.isnan(curve_area(np.array([5]), np.array([1.0])))
+    assert math.isnan(curve_area(steps, np.array([2.0, 1.0, float("nan"), 0.25])))
 
 
 def test_compare_summary_verdicts():
@@ -230,3 +235,34 @@ def test_verdict_needs_both_speed_metrics_significant():
             )
     verdict = compare_summary(rows, "a", "b")["relu"]["verdict"]
     assert verdict == "not supported: a ahead in the mean, not significant"
+
+
+def test_compare_rows_read_each_members_first_and_last_records():
+    """Two members over three record steps, by hand: member 0 reaches the target loss at step
+    10, member 1 never does (censored at last step + 1); initial and final values are the first
+    and last record of that member's column; the area is the trapezoid mean."""
+    from types import SimpleNamespace
+
+    record = SimpleNamespace(
+        record_steps=np.array([0, 10, 20]),
+        train_loss=np.array([[2.3, 2.3], [0.4, 2.0], [0.2, 1.8]]),
+        test_loss=np.array([[2.3, 2.3], [0.5, 2.1], [0.3, 1.9]]),
+        test_acc=np.array([[0.1, 0.1], [0.8, 0.2], [0.9, 0.3]]),
+        diverged_step=np.array([-1, 15]),
+    )
+    run = SimpleNamespace(record=record, member_keys=[{"scheme": "a"}, {"scheme": "b"}])
+    a, b = compare_rows(run, target_loss=0.5)
+    assert a == {
+        "scheme": "a",
+        "steps_to_target": 10,
+        "reached_target": True,
+        "loss_auc": pytest.approx(((2.3 + 0.4) / 2 * 10 + (0.4 + 0.2) / 2 * 10) / 20),
+        "initial_train_loss": 2.3,
+        "final_train_loss": 0.2,
+        "final_test_loss": 0.3,
+        "final_test_acc": 0.9,
+        "diverged_step": -1,
+    }
+    assert (b["steps_to_target"], b["reached_target"]) == (21, False)
+    assert (b["final_train_loss"], b["final_test_loss"], b["final_test_acc"]) == (1.8, 1.9, 0.3)
+    assert b["diverged_step"] == 15

@@ -109,6 +109,10 @@ def test_mnist_from_local_parquet(tmp_path):
     sd[sd == 0] = 1
     np.testing.assert_allclose(d.x_train.numpy(), (flat - flat.mean(0)) / sd, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(d.y_test.numpy(), [4, 5])
+    # half of the layout: the train split alone is not a data set, one clear error
+    (tmp_path / "test-00000-of-00001.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match=r"nor train\*\.parquet \+ test\*\.parquet"):
+        load_tabular("mnist", mnist_dir=tmp_path)
 
 
 def test_mnist_hub_layout_through_datasets():
