@@ -403,6 +403,7 @@ class ListSink:
         (None, 2, 5, 0, [0, 2, 4, 5]),  # default: the logging interval
         (3, 100, 7, 4, [6, 7]),  # resumed from checkpoint-4: steps up to 4 are recorded already
         (3, 100, 7, 3, [6, 7]),  # resumed at a record step: not recorded twice
+        (1, 100, 3, 1, [2, 3]),  # resumed from checkpoint-1: its step is recorded already
         (3, 100, 7, 7, []),  # resumed at the end: nothing left to record
     ],
 )
@@ -547,3 +548,52 @@ def test_only_sharded_weights_make_every_rank_compute(sharded):
     assert callback._computes(other, model) is sharded
     assert callback._computes(other, None) is False  # no model, nothing to compute
     assert callback._computes(other, tiny_model()) is sharded  # kept from the first model
+
+
+@pytest.mark.parametrize("process_index, resumed_step", [(0, 5), (1, 5), (0, None)])
+def test_a_resumed_main_process_writes_on_in_the_latest_events_folder(
+    tmp_path, process_index, resumed_step
+):
+    """The Trainer's TensorBoardCallback is taken and put back; resumed, the main process's
+    writer goes to the newest events folder under runs/ with purge_step = resumed step + 1 (the
+    points after the checkpoint hidden); other ranks and fresh runs keep the Trainer's own."""
+    import os
+    from types import SimpleNamespace
+
+    from transformers.integrations import TensorBoardCallback
+
+    from hf_init.lm.recorders import tensorboard_before_recorders
+
+    for name, mtime in (("old", 1_000_000), ("new", 2_000_000)):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        events = tmp_path / "runs" / name / f"events.out.tfevents.{mtime}.host"
+        events.write_bytes(b"")
+        os.utime(events, (mtime, mtime))
+
+    class Trainer:
+        args = SimpleNamespace(process_index=process_index)
+        callbacks = [TensorBoardCallback()]
+
+        def pop_callback(self, kind):
+            found = next(c for c in self.callbacks if isinstance(c, kind))
+            self.callbacks.remove(found)
+            return found
+
+        def add_callback(self, callback):
+            self.callbacks.append(callback)
+
+    trainer = Trainer()
+    tensorboard = tensorboard_before_recorders(trainer, tmp_path, resumed_step)
+    assert trainer.callbacks == [tensorboard]
+    if process_index == 0 and resumed_step is not None:
+        from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+        assert tensorboard.logging_dir == str(tmp_path / "runs" / "new")
+        tensorboard.tb_writer.close()
+        (written,) = [f for f in (tmp_path / "runs" / "new").iterdir() if f.stat().st_size]
+        restarts = [  # the purge: a session start at purge_step, which hides later points
+            e.step for e in EventFileLoader(str(written)).Load() if e.HasField("session_log")
+        ]
+        assert restarts == [resumed_step + 1]
+    else:
+        assert tensorboard.tb_writer is None  # the Trainer makes its own at train begin
