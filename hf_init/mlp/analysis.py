@@ -151,13 +151,14 @@ def min_wilcoxon_p(n: int) -> float:
     return min(1.0, 2.0 / 2**n)
 
 
-def paired_comparison(a, b) -> dict:
+def paired_comparison(a, b, lower_is_better: bool = True) -> dict:
     """Paired comparison of per-seed values ``a`` and ``b`` (same seeds, same order).
 
     Returns mean/CI of a, b and of the difference a - b, and the two-sided Wilcoxon
     signed-rank p-value of the differences (pairs with a non-finite value are dropped;
     p is NaN with fewer than 2 pairs or when every difference is 0), plus the smallest p
-    the test can reach with this many pairs."""
+    the test can reach with this many pairs, and in how many pairs ``a`` is strictly better
+    (lower, or higher with ``lower_is_better`` False; a tie is no win)."""
     from scipy import stats
 
     a = np.asarray(a, dtype=np.float64)
@@ -175,7 +176,7 @@ def paired_comparison(a, b) -> dict:
         "b": asdict(mean_ci(b)),
         "diff": asdict(mean_ci(d)),
         "n_pairs": int(d.size),
-        "a_better_count": int(np.sum(d < 0)),  # for lower-is-better metrics
+        "a_better_count": int(np.sum(d < 0 if lower_is_better else d > 0)),
         "wilcoxon_p": p,
         "min_possible_p": min_wilcoxon_p(int(d.size)) if d.size else float("nan"),
     }
@@ -307,14 +308,10 @@ def compare_summary(rows: list[dict], a: str, b: str, alpha: float = 0.05) -> di
             raise ValueError("paired comparison needs the same seeds for both schemes")
         metrics = {}
         for metric, lower in COMPARE_METRICS.items():
-            res = paired_comparison([r[metric] for r in by[a]], [r[metric] for r in by[b]])
-            res["lower_is_better"] = lower
-            res["a_better_count"] = int(
-                sum(
-                    (x < y) if lower else (x > y)
-                    for x, y in zip([r[metric] for r in by[a]], [r[metric] for r in by[b]])
-                )
+            res = paired_comparison(
+                [r[metric] for r in by[a]], [r[metric] for r in by[b]], lower_is_better=lower
             )
+            res["lower_is_better"] = lower
             metrics[metric] = res
         metrics["steps_to_target"]["censored"] = {
             s: int(sum(not r["reached_target"] for r in by[s])) for s in (a, b)

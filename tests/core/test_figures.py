@@ -187,6 +187,7 @@ def test_compare_curves_figure(compare_out, captured, tmp_path):
     compare_curves(read_records(compare_out / "records.jsonl"), target, tmp_path / "c.png")
     panels = _panels(captured[0])
     assert [ax.get_title() for ax in panels] == ["relu", "tanh"]
+    assert len(captured[0].axes) == 2  # one row of panels, no empty axes beside them
     for ax in panels:
         act = ax.get_title()
         schemes = [

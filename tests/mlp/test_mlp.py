@@ -115,6 +115,28 @@ def test_minibatch_order_is_a_permutation_per_epoch():
         assert sorted(torch.cat(batches[3 * e : 3 * e + 3]).tolist()) == list(range(10))
 
 
+@pytest.mark.parametrize(
+    "epochs, record_every, want",
+    [
+        (3, 2, [0, 2, 4, 6, 8, 9]),  # 9 steps (40 rows in batches of 14: 3 per epoch)
+        (3, 5, [0, 5, 9]),  # T + 1 = 10 is a multiple of the interval: still ends at T = 9
+        (3, 9, [0, 9]),  # the interval is T: the last record once
+        (3, 20, [0, 9]),  # longer than the run: init and the end
+    ],
+)
+def test_records_at_every_interval_and_the_last_step_never_beyond(epochs, record_every, want):
+    """The record steps: 0, each multiple of record_every up to T, and T (the last update), with
+    one record per step for every per-record array."""
+    shape = MLPShape(5, 8, 2, 3)
+    cfg = TrainConfig(
+        lr=0.01, epochs=epochs, batch_size=14, record_every=record_every, probe_size=8
+    )
+    ens = Ensemble(shape, ensemble_weights(standard_normal_draws(shape, [0]), [0], [[0.3] * 3]))
+    rec = train_ensemble(ens, _toy_data(), cfg, progress=False)
+    assert rec.record_steps.tolist() == want
+    assert rec.train_loss.shape[0] == rec.test_acc.shape[0] == len(want)
+
+
 def test_diverged_member_is_frozen_and_others_unaffected():
     shape = MLPShape(5, 8, 3, 3)
     data = _toy_data()

@@ -18,6 +18,7 @@ from hf_init.mlp.analysis import (
     paired_comparison,
     stable_band,
     steps_to_target,
+    sweep_rows,
 )
 
 LN10 = math.log(10)
@@ -205,6 +206,11 @@ def test_paired_counts_do_not_count_ties_as_wins():
         [1.0, 2.0, 3.0, 5.0], [1.0, 3.0, 4.0, 4.0]
     )  # a - b: 0 (tie), -1, -1, +1
     assert res["a_better_count"] == 2 and res["n_pairs"] == 4
+    higher = paired_comparison([1.0, 2.0, 3.0, 5.0], [1.0, 3.0, 4.0, 4.0], lower_is_better=False)
+    assert higher["a_better_count"] == 1  # only +1 (accuracy-like: higher is better)
+    # a pair with a non-finite value is no pair: neither counted nor tested
+    nan = paired_comparison([1.0, float("nan"), 3.0], [2.0, 0.0, 4.0])
+    assert (nan["n_pairs"], nan["a_better_count"]) == (2, 2)
 
 
 def test_verdict_needs_both_speed_metrics_significant():
@@ -266,3 +272,40 @@ def test_compare_rows_read_each_members_first_and_last_records():
     assert (b["steps_to_target"], b["reached_target"]) == (21, False)
     assert (b["final_train_loss"], b["final_test_loss"], b["final_test_acc"]) == (1.8, 1.9, 0.3)
     assert b["diverged_step"] == 15
+
+
+def test_sweep_rows_read_each_members_records_by_hand():
+    """Two sweep members over three record steps: initial and final values are the first and
+    last records of the member's column, the gain is the geometric mean ratio of its step-0
+    pre-activation variances (first hidden layer to logits), the gradient std the square root of
+    its first layer's step-0 weight-gradient variance, and the regime follows from those."""
+    from types import SimpleNamespace
+
+    record = SimpleNamespace(
+        # (records, members, layers): member 0 quarters each layer, member 1 keeps it
+        preact_var=np.array([[[1.0, 0.25, 0.0625], [2.0, 2.0, 2.0]]] * 3),
+        grad_weight_var=np.array([[[4e-4, 1.0], [9e-4, 1.0]]] * 3),
+        train_loss=np.array([[2.3, 2.3], [2.2, 1.0], [2.25, 0.1]]),
+        test_loss=np.array([[2.3, 2.3], [2.2, 1.1], [2.28, 0.2]]),
+        train_acc=np.array([[0.1, 0.1], [0.12, 0.6], [0.11, 0.97]]),
+        test_acc=np.array([[0.1, 0.1], [0.1, 0.5], [0.09, 0.93]]),
+        diverged_step=np.array([-1, -1]),
+    )
+    run = SimpleNamespace(record=record, member_keys=[{"std": 0.1}, {"std": 1.0}])
+    vanishing, stable = sweep_rows(run, n_classes=10)
+    assert vanishing == {
+        "std": 0.1,
+        "initial_train_loss": 2.3,
+        "final_train_loss": 2.25,
+        "final_test_loss": 2.28,
+        "final_train_acc": 0.11,
+        "final_test_acc": 0.09,
+        "gain_per_layer_init": pytest.approx(0.25),
+        "grad_std_layer1_init": pytest.approx(0.02),
+        "regime": "vanishing",  # 2.25 > 0.9 ln 10 and the signal shrinks
+        "diverged_step": -1,
+    }
+    assert (stable["final_train_acc"], stable["final_test_acc"]) == (0.97, 0.93)
+    assert stable["gain_per_layer_init"] == pytest.approx(1.0)
+    assert stable["grad_std_layer1_init"] == pytest.approx(0.03)
+    assert stable["regime"] == "stable"
