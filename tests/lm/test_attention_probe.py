@@ -192,3 +192,15 @@ def test_probe_and_lr_recorders_in_a_trainer_record_at_the_record_steps(tmp_path
     } <= tags
     mean0 = [v for t, v, s in writer.scalars if t == "attn_logit_std/layer_00" and s == 7][0]
     assert mean0 == pytest.approx(ref[0, :, 0].mean(), rel=1e-5)
+
+
+def test_the_flags_defaults_are_the_probes_documented_defaults():
+    """hf_init/lm/args.py writes the probe's defaults as literals (importing the probe module
+    would import torch before --help): they must stay the module's one block every 20 steps,
+    the setting docs/benchmarks.md measured."""
+    from hf_init.lm.args import RunArguments
+    from hf_init.lm.attention_probe import PROBE_BLOCKS, PROBE_STEPS
+
+    run = RunArguments()
+    assert (run.attention_probe_blocks, run.attention_probe_steps) == (PROBE_BLOCKS, PROBE_STEPS)
+    assert (PROBE_BLOCKS, PROBE_STEPS) == (1, 20)

@@ -168,6 +168,16 @@ def test_critical_std():
     assert T.critical_std("gelu", n, q=1e8) == pytest.approx(math.sqrt(2 / n), rel=1e-3)
 
 
+def test_output_gradient_fluctuation_is_two_over_the_output_width():
+    """The cotangent at the output has n_L independent N(0, v) coordinates, so the measured
+    Var(g_L) (their mean square) has relative variance Var(v^2) / (n_L v^2) = 2 / n_L, whatever
+    the hidden widths before it (one input: the batch bound is that value itself)."""
+    for widths in ((3, 4, 5), (3, 9, 2)):
+        pred = T.propagate(widths, "linear", 1.0, output_grad_var=0.7)
+        assert pred.grad_relvar[-1] == pytest.approx(2 / widths[-1], rel=1e-12)
+        assert pred.grad_var[-1] == pytest.approx(0.7, rel=1e-12)
+
+
 @pytest.mark.parametrize("sb", [0.05, 0.3, 3.0])
 def test_tanh_edge_of_chaos_with_bias(sb):
     """With sigma_b > 0: iterate the length map (scipy quadrature) to its fixed point at the
