@@ -349,3 +349,95 @@ def test_a_one_std_stable_band_is_a_visible_strip(tmp_path, monkeypatch):
     assert plots.band_span(stds, 1.0, 10.0) == pytest.approx(
         (np.sqrt(0.1 * 1.0), 10.0 * np.sqrt(10.0))
     )
+
+
+def test_variance_figure_leaves_out_non_positive_points_and_colours_by_depth(captured, tmp_path):
+    """Hand-made Q/K/V variance records of 2 layers at 4 steps: each panel draws one line per
+    layer, without the steps whose value is 0 or NaN (a log axis), the first layer in viridis's
+    first colour and the last in its last."""
+    import matplotlib
+
+    from hf_init.core.records import make_record, read_records, write_records
+    from hf_init.lm.plots import variance_vs_step
+    from hf_init.lm.variance import variance_table
+
+    values = {
+        0: {0: 1.0, 10: 0.0, 20: float("nan"), 30: 2.0},
+        1: {0: 1.0, 10: 2.0, 20: 3.0, 30: 4.0},
+    }
+    records = [
+        make_record(step, layer, role, {"var": v})
+        for layer, row in values.items()
+        for step, v in row.items()
+        for role in "qkv"
+    ]
+    table = variance_table(read_records(write_records(tmp_path / "v.jsonl", records)))
+    variance_vs_step(table, tmp_path / "v.png")
+    viridis = matplotlib.colormaps["viridis"]
+    panels = _panels(captured[0])
+    assert len(panels) == 3
+    for ax in panels:
+        first, last = ax.lines
+        assert first.get_xdata().tolist() == [0, 30] and first.get_ydata().tolist() == [1.0, 2.0]
+        assert last.get_xdata().tolist() == [0, 10, 20, 30]
+        assert first.get_color() == viridis(0.0) and last.get_color() == viridis(1.0)
+
+
+@pytest.mark.parametrize(
+    "stds, edges",
+    [
+        ((1e-3, 1e-2, 1.0), [-3.5, -2.5, -1.0, 1.0]),  # log10 -3, -2, 0: unevenly spaced
+        ((1e-2, 1.0), [-3.0, -1.0, 1.0]),
+        ((0.1,), [-1.5, -0.5]),  # one std: a cell one decade wide
+    ],
+)
+def test_phase_diagram_cells_reach_halfway_to_their_neighbours_in_log_std(
+    captured, tmp_path, stds, edges
+):
+    """The cells' inner edges are the midpoints of neighbouring log10 stds, the outer cells
+    reach out by half their one neighbour's distance (half a decade with no neighbour), and each
+    cell's accuracy text sits at its cell's centre."""
+    from hf_init.mlp.plots import phase_diagram
+
+    rows = [
+        {"depth": d, "std": std, "seed": 0, "regime": "stable", "final_test_acc": 0.5}
+        for d in (2, 4)
+        for std in stds
+    ]
+    phase_diagram(rows, 0.1, tmp_path / "p.png")
+    (ax,) = captured[0].axes[:1]
+    (mesh,) = ax.collections
+    np.testing.assert_allclose(mesh.get_coordinates()[0, :, 0], edges)
+    centres = sorted({round(t.get_position()[0], 12) for t in ax.texts})
+    np.testing.assert_allclose(centres, (np.array(edges[:-1]) + edges[1:]) / 2)
+
+
+def test_sweep_metric_panels_show_every_point_they_draw(sweep_out, captured, tmp_path):
+    """Each panel's y range holds all the finite values it plots (the accuracy panel 0 to 1)."""
+    from hf_init.mlp.plots import sweep_metrics
+
+    rows = [
+        {k: (int(v) if k in ("depth", "seed", "diverged_step") else _num(v)) for k, v in r.items()}
+        for r in _rows(sweep_out / "results.csv")
+    ]
+    summary = json.loads((sweep_out / "summary.json").read_text())["bands"]
+    sweep_metrics(rows, summary, tmp_path / "s.png")
+    for ax in [ax for ax in captured[0].axes if ax.get_visible()]:
+        ys = np.concatenate([line.get_ydata() for line in ax.lines if len(line.get_xdata()) > 2])
+        ys = ys[np.isfinite(ys)]
+        low, high = ax.get_ylim()
+        assert low <= ys.min() and ys.max() <= high, (ax.get_ylabel(), low, high)
+
+
+def test_a_one_scheme_residual_figure_has_one_panel(captured, tmp_path):
+    """The theory check's residual figure with one scheme: one panel, no hidden one beside it
+    (an empty half of the figure)."""
+    from hf_init.theory.plots import plot_residual
+
+    rows = [
+        {"network": "gpt2-2x64", "scheme": "gpt2", "quantity": "residual", "layer": layer,
+         "measured": 1.0 + layer, "predicted": 1.0 + layer, "predicted_uncorrelated": 1.0}
+        for layer in range(3)
+    ]  # fmt: skip
+    plot_residual(rows, tmp_path / "r.png")
+    assert len(captured[0].axes) == 1

@@ -433,3 +433,27 @@ def test_two_ranks_skip_the_same_updates_when_one_ranks_loss_spikes(tmp_path):
     info = json.loads((out / "run_info.json").read_text())
     assert info["world_size"] == 2
     assert info["spikes"]["skipped_steps"] == ranks[0]["skipped"]
+
+
+def test_stability_record_carries_the_spike_score_and_flags_as_numbers():
+    """One step's record: its values, z-scores, the flags as 0/1 and the run's counts, with the
+    spike score = spikes / steps monitored (3 / 12), None before any step was monitored."""
+    from hf_init.lm.spikes import StepOutcome, stability_record
+
+    outcome = StepOutcome(7, 2.5, 0.8, 4.1, None, True, False, 3, 12, 1, update_skipped=True)
+    values = {k: v for k, v in stability_record(outcome).items() if k not in ("layer", "role")}
+    assert values == {
+        "step": 7,
+        "loss": 2.5,
+        "grad_norm": 0.8,
+        "loss_zscore": 4.1,
+        "grad_norm_zscore": None,
+        "loss_spike": 1,
+        "grad_norm_spike": 0,
+        "update_skipped": 1,
+        "spike_count": 3,
+        "spike_score": 0.25,
+        "skipped_updates": 1,
+    }
+    first = StepOutcome(0, 2.5, 0.8, None, None, False, False, 0, 0, 0)
+    assert stability_record(first)["spike_score"] is None

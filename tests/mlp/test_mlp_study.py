@@ -266,3 +266,26 @@ def test_compare_overwrite_replaces_the_previous_study(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["comparison"]) == ["relu"] and summary["seeds"] == [0, 1, 2]
     assert len([p for p in (out / "tb").iterdir() if p.is_dir()]) == 2 * 3
+
+
+@pytest.mark.parametrize("study", ["sweep_out", "compare_out"])
+def test_training_time_is_part_of_the_commands_time(study, request):
+    """The printed "trained in A s (B s with outputs)": 0 < A <= B, and summary.json's
+    train_seconds is A."""
+    import re
+
+    out = request.getfixturevalue(study)
+    stdout = (out.parent / "stdout.txt").read_text()
+    train, total = map(float, re.search(r"trained in ([\d.]+)s \(([\d.]+)s with", stdout).groups())
+    assert 0 < train <= total
+    facts = json.loads((out / "summary.json").read_text())
+    seconds = next(v for k, v in _walk(facts) if k == "train_seconds")
+    assert seconds == pytest.approx(train, abs=0.05)
+
+
+def _walk(d):
+    """(key, value) of every entry of nested dicts."""
+    for k, v in d.items():
+        yield k, v
+        if isinstance(v, dict):
+            yield from _walk(v)

@@ -168,6 +168,19 @@ def test_critical_std():
     assert T.critical_std("gelu", n, q=1e8) == pytest.approx(math.sqrt(2 / n), rel=1e-3)
 
 
+def test_relu_gradient_fluctuation_grows_by_one_plus_five_over_width_per_layer():
+    """Hanin & Nica (2019): for relu, E[phi'^4] = E[phi'^2] = 1/2, so each layer back multiplies
+    (1 + relvar) by 1 + (3 E[phi'^4] / E[phi'^2]^2 - 1) / n = 1 + 5 / n (and relu's
+    E[phi'^2] does not depend on the scale: no forward-fluctuation term), from 2 / n_L at the
+    output."""
+    widths = (4, 6, 8, 10)
+    pred = T.propagate(widths, "relu", math.sqrt(2 / 6))
+    want = [2 / widths[-1]]
+    for n in widths[2:0:-1]:  # the widths of the layers the gradient passes back through
+        want.insert(0, (1 + 5 / n) * (1 + want[0]) - 1)
+    np.testing.assert_allclose(pred.grad_relvar, want, rtol=1e-9)
+
+
 def test_output_gradient_fluctuation_is_two_over_the_output_width():
     """The cotangent at the output has n_L independent N(0, v) coordinates, so the measured
     Var(g_L) (their mean square) has relative variance Var(v^2) / (n_L v^2) = 2 / n_L, whatever
