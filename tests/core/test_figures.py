@@ -441,3 +441,36 @@ def test_a_one_scheme_residual_figure_has_one_panel(captured, tmp_path):
     ]  # fmt: skip
     plot_residual(rows, tmp_path / "r.png")
     assert len(captured[0].axes) == 1
+
+
+def test_attention_figure_means_heads_and_colours_by_depth(captured, tmp_path):
+    """Hand-made attention records of 3 layers x 2 heads at 3 steps: each panel draws one line
+    per layer of the mean over heads (logit std, entropy), coloured by depth along viridis: the
+    first layer its first colour, the middle one its middle, the deepest its last."""
+    import matplotlib
+
+    from hf_init.core.records import make_record, read_records, write_records
+    from hf_init.lm.plots import attention_vs_step
+
+    def value(step, layer, head, stat):
+        return (1 + step + 10 * layer + head) * (1.0 if stat == "logit_std" else 0.1)
+
+    records = [
+        make_record(step, layer, "attn", {stat: value(step, layer, head, stat)}, head=head)
+        for step in (0, 5, 10)
+        for layer in (0, 1, 2)
+        for head in (0, 1)
+        for stat in ("logit_std", "entropy")
+    ]
+    table = read_records(write_records(tmp_path / "a.jsonl", records))
+    attention_vs_step(table, tmp_path / "a.png")
+    viridis = matplotlib.colormaps["viridis"]
+    panels = _panels(captured[0])  # and a colour bar for the layers
+    assert len(panels) == 2
+    for ax, stat in zip(panels, ("logit_std", "entropy")):
+        assert len(ax.lines) == 3
+        for line, layer in zip(ax.lines, (0, 1, 2)):
+            assert line.get_xdata().tolist() == [0, 5, 10]
+            want = [(value(t, layer, 0, stat) + value(t, layer, 1, stat)) / 2 for t in (0, 5, 10)]
+            np.testing.assert_allclose(line.get_ydata(), want, rtol=1e-12)
+            assert line.get_color() == viridis(layer / 2)
