@@ -495,9 +495,12 @@ def _backward_pass(widths, w2, fw: _ForwardPass, output_grad_var: float):
 
 def _batch_relvar(values: np.ndarray, relvar: np.ndarray) -> np.ndarray:
     """Upper bound on the relative variance of a batch mean of per-input measurements whose
-    relative variances are ``relvar``: Var(mean X_b) <= (mean SD(X_b))^2 (Cauchy-Schwarz)."""
+    relative variances are ``relvar``: Var(mean X_b) <= (mean SD(X_b))^2 (Cauchy-Schwarz).
+    NaN, without numpy's warning, where the mean is 0 (a zero input or output gradient): a
+    relative variance of zero is undefined."""
     sd = np.sqrt(relvar) * values
-    return (sd.mean(axis=0) / values.mean(axis=0)) ** 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (sd.mean(axis=0) / values.mean(axis=0)) ** 2
 
 
 def scheme_weight_stds(scheme: str, widths: Sequence[int], **options) -> list[float]:

@@ -588,10 +588,9 @@ def kernel(predict, stds, **extra):
 
 def linear_q(**kwargs):
     """q of a width-1 linear net with std 1: bias_std^2 + input second moment."""
-    with np.errstate(invalid="ignore", divide="ignore"):  # relative variances of a zero q
-        return T.propagate(
-            activation="linear", **{"widths": (1, 1), "weight_std": 1.0, **kwargs}
-        ).q.tolist()
+    return T.propagate(
+        activation="linear", **{"widths": (1, 1), "weight_std": 1.0, **kwargs}
+    ).q.tolist()
 
 
 def byte_corpus_length() -> int:
