@@ -480,3 +480,46 @@ def test_non_finite_recorded_variance_stops_naming_step_layer_weight():
         sink.write(
             [make_record(3, 0, "q", {"var": 1.0}), make_record(3, 1, "k", {"var": float("inf")})]
         )
+
+
+def test_only_a_lost_peer_becomes_the_stop_line_other_errors_stay_crashes(tmp_path):
+    """train() on a rank whose collective failed: a lost peer (gloo's wording, world size 2)
+    flushes the records and becomes the one-line stop naming the rank and the step; any other
+    RuntimeError (here CUDA's out-of-memory) propagates unchanged, as the crash it is."""
+    from types import SimpleNamespace
+
+    from hf_init.core.cli import RunStopped
+    from hf_init.lm.pretrain import train
+    from hf_init.lm.run_folder import RunFolder
+
+    class Failing:
+        state = SimpleNamespace(global_step=7)
+
+        def __init__(self, err):
+            self.err = err
+
+        def train(self, resume_from_checkpoint=None):
+            raise self.err
+
+    class Recorder:
+        flushed = 0
+
+        def flush(self):
+            self.flushed += 1
+
+    setup = SimpleNamespace(
+        checkpoint=None,
+        training_args=SimpleNamespace(world_size=2, process_index=1),
+        folder=RunFolder(tmp_path),
+        argv=["--output_dir", str(tmp_path)],
+        is_main=False,
+    )
+    recorder = Recorder()
+    reset = RuntimeError("[gloo/transport/tcp/pair.cc:534] Connection reset by peer [10.0.0.2]")
+    with pytest.raises(RunStopped, match="rank 1 stopped at step 7: another rank stopped answ"):
+        train(Failing(reset), [recorder], setup)
+    assert recorder.flushed == 1
+    oom = RuntimeError("CUDA out of memory")
+    with pytest.raises(RuntimeError) as err:
+        train(Failing(oom), [recorder], setup)
+    assert err.value is oom and recorder.flushed == 1
