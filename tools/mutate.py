@@ -482,10 +482,14 @@ def pytest_in_copy(copy: Path, tests: list[str], timeout: float) -> tuple[int | 
         )
     except subprocess.TimeoutExpired:
         return None, ""
-    failed = [  # "FAILED <node id> - <message>"; a parametrized node id may hold spaces
-        line.split(" ", 1)[1].split(" - ", 1)[0]
+    # the short summary's "FAILED <node id> - <message>" (a parametrized node id may hold
+    # spaces); a captured log line such as "ERROR    datasets...: ..." is no test
+    failed = [
+        node
         for line in proc.stdout.splitlines()
         if line.startswith(("FAILED ", "ERROR "))
+        for node in [line.split(" ", 1)[1].split(" - ", 1)[0]]
+        if "::" in node or node.endswith(".py")
     ]
     return proc.returncode, failed[0] if failed else ""
 

@@ -319,6 +319,26 @@ def test_empty_train_file_is_a_one_line_error(tmp_path, name):
         )
 
 
+def test_train_and_validation_files_of_two_kinds_are_one_line(tmp_path):
+    """A .txt training file with a .jsonl validation file (two loaders, two schemas) is refused
+    before loading; .txt with .txt is fine."""
+    (tmp_path / "train.txt").write_text("one line of text\nanother line\n")
+    (tmp_path / "val.jsonl").write_text(json.dumps({"text": "held out"}) + "\n")
+    (tmp_path / "val.txt").write_text("held out\n")
+    cache = str(tmp_path / "cache")
+    train = str(tmp_path / "train.txt")
+    with pytest.raises(ValueError, match="must be the same kind of file, got \\['json', 'text'\\]"):
+        load_raw_text(
+            DataArguments(train_file=train, validation_file=str(tmp_path / "val.jsonl"),
+                          data_cache_dir=cache)
+        )  # fmt: skip
+    raw, _ = load_raw_text(
+        DataArguments(train_file=train, validation_file=str(tmp_path / "val.txt"),
+                      data_cache_dir=cache)
+    )  # fmt: skip
+    assert [t.strip() for t in raw["validation"]["text"]] == ["held out"]
+
+
 def test_non_text_column_is_a_one_line_error(tmp_path):
     cache = str(tmp_path / "cache")
     numbers = tmp_path / "numbers.jsonl"

@@ -139,14 +139,18 @@ def test_test_order_importers_then_reachers(tmp_path):
 
 def test_the_first_failing_test_is_named_whole_when_its_id_holds_spaces(tmp_path):
     """pytest's summary line is "FAILED <node id> - <message>": a parametrized id with spaces
-    (as in tests/core/test_input_boundaries.py) comes back whole, so that the caught mutant's
-    test can be rerun alone on the unmutated copy."""
+    (as in tests/core/test_input_boundaries.py) comes back whole, and a captured log line that
+    starts with ERROR is not taken for a test, so that the caught mutant's test can be rerun
+    alone on the unmutated copy."""
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / "test_x.py").write_text(
         "import pytest\n\n"
         "def test_passes():\n    pass\n\n"
         '@pytest.mark.parametrize("v", [1, 2], ids=["first one|1", "second one|2"])\n'
-        "def test_fails(v):\n    assert v == 0, 'a message - with a dash'\n"
+        "def test_fails(v):\n"
+        "    import logging\n"
+        "    logging.getLogger('lib').error('a logged error line')\n"
+        "    assert v == 0, 'a message - with a dash'\n"
     )
     rc, failed = mr.pytest_in_copy(tmp_path, ["tests/test_x.py"], timeout=120)
     assert rc == 1 and failed == "tests/test_x.py::test_fails[first one|1]"
