@@ -755,3 +755,21 @@ def test_fourth_moments_of_tanh_and_silu_match_scipy_quadrature(q):
         e4, d4 = T.fourth_moments(activation, np.array([q]))
         assert e4[0] == pytest.approx(expect(f4), rel=1e-6), activation
         assert d4[0] == pytest.approx(expect(df4), rel=1e-6), activation
+
+
+def test_mlp_verdict_counts_a_layer_at_its_tolerance_as_within():
+    """The theory check's verdict line on hand-made rows: |relative error| <= tolerance counts
+    (a layer exactly at it, -0.25 with tolerance 0.25, is within), the worst layer is named with
+    its error, and the log-slopes are the mean per-layer log ratios."""
+    from hf_init.theory.check import _mlp_verdict
+
+    rows = [
+        {"quantity": "forward", "layer": 1, "relative_error": 0.0, "tolerance": 0.25,
+         "predicted": 1.0, "measured": 1.0},
+        {"quantity": "forward", "layer": 2, "relative_error": -0.25, "tolerance": 0.25,
+         "predicted": 2.0, "measured": 1.5},
+        {"quantity": "forward", "layer": 3, "relative_error": 0.5, "tolerance": 0.25,
+         "predicted": 4.0, "measured": 6.0},
+    ]  # fmt: skip
+    line = _mlp_verdict("relu-3x64", "forward", rows)
+    assert "2/3 layers within finite-width tolerance; worst +50.0% at layer 3" in line
