@@ -567,16 +567,24 @@ def figures_section(doc: Document, runs: list[Run], table: pd.DataFrame) -> None
         doc.table(att)
 
 
+def variance_and_rate_records(table: pd.DataFrame) -> pd.DataFrame:
+    """The records the equilibration and coupling tables read: every run's Q/K/V weight
+    variances and learning rates (without the attention probe's head column)."""
+    from hf_init.lm.equilibration import PROJECTIONS
+
+    chosen = table[
+        ((table["statistic"] == "var") & table["role"].isin(list(PROJECTIONS)))
+        | (table["statistic"] == "learning_rate")
+    ]
+    return chosen.drop(columns=[c for c in ("head",) if c in chosen])
+
+
 def equilibration_section(doc: Document, table: pd.DataFrame) -> None:
     """The equilibration table and the paper's claims, from the Q/K/V variances and learning
     rates of every run (each also written as CSV next to the report)."""
     from hf_init.lm.equilibration import check_claims, claims_markdown, equilibration_table
 
-    variances = table[
-        ((table["statistic"] == "var") & table["role"].isin(["q", "k", "v"]))
-        | (table["statistic"] == "learning_rate")
-    ]
-    variances = variances.drop(columns=[c for c in ("head",) if c in variances])
+    variances = variance_and_rate_records(table)
     eq = equilibration_table(variances)
     eq.to_csv(doc.files / "equilibration.csv", index=False)
     doc.heading("Equilibration")
@@ -693,11 +701,7 @@ def coupling_section(doc: Document, table: pd.DataFrame) -> None:
     the weights (:func:`hf_init.lm.equilibration.coupling_verdicts`)."""
     from hf_init.lm import equilibration as E
 
-    variances = table[
-        ((table["statistic"] == "var") & table["role"].isin(list(E.PROJECTIONS)))
-        | (table["statistic"] == "learning_rate")
-    ].drop(columns=[c for c in ("head",) if c in table])
-    coupling = E.coupling_table(variances)
+    coupling = E.coupling_table(variance_and_rate_records(table))
     doc.heading("Schedule and optimizer coupling")
     doc.text(
         "Per run group over seeds, layers and Q/K/V: the share of curves that settled (left the "

@@ -87,3 +87,46 @@ def test_report_script_on_one_run_and_an_mlp_folder(study, tmp_path):
     assert float(row[header.index("spikes")]) == spikes["count"]
     srcs = check_self_contained((out / "report.html").read_text())
     assert len(srcs) == md.count("![") == 4  # loss, variance, attention of the run + the MLP figure
+
+
+def test_coupling_section_reads_the_learning_rate_beside_the_variances(tmp_path):
+    """The report's coupling section on hand-made runs (tests/lm/test_equilibration.py's: the
+    same saturating Q/K/V curves under a constant and a cosine rate), with other statistics in
+    the table too: the learning rate there / its peak at the cosine run's equilibration step is
+    0.5 (1 + cos(pi eq / T)), and the constant run's curves all settle."""
+    import importlib.util
+    import math
+    from pathlib import Path
+
+    import pandas as pd
+
+    from hf_init.lm.equilibration import TOLERANCE
+
+    path = Path(__file__).resolve().parent / "lm" / "test_equilibration.py"
+    spec = importlib.util.spec_from_file_location("equilibration_cases", path)
+    cases = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cases)
+    T, constant, cosine, saturating = cases.T, cases.constant, cases.cosine, cases.saturating
+    coupling_frame, expected_eq_step = cases.coupling_frame, cases.expected_eq_step
+    from hf_init.report import coupling_section
+
+    def curve(t):
+        return saturating(t, 4e-4, 1e-3, 80.0)
+
+    runs = pd.concat(
+        [
+            coupling_frame(tmp_path, curve, lr, s)
+            for lr, s in ((constant, "constant"), (cosine, "cosine"))
+        ]
+    )
+    noise = runs[runs["statistic"] == "var"].assign(statistic="rms", value=7.0)  # not read
+    tables = []
+    doc = type("Doc", (), {"heading": lambda *a: None, "text": lambda *a: None,
+                           "table": lambda self, df, *a: tables.append(df)})()  # fmt: skip
+    coupling_section(doc, pd.concat([runs, noise], ignore_index=True))
+    coupling = tables[0].set_index("schedule")
+    eq = expected_eq_step(4e-4, 1e-3, 80.0, TOLERANCE, saturating(T, 4e-4, 1e-3, 80.0))
+    assert coupling.loc["constant", "settled"] == 1.0
+    assert coupling.loc["cosine", "lr_fraction"] == pytest.approx(
+        0.5 * (1 + math.cos(math.pi * eq / T))
+    )
