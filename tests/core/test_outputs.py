@@ -71,3 +71,19 @@ def test_failed_run_puts_earlier_outputs_back_and_success_replaces_them(tmp_path
     assert (out / "results.csv").read_text() == "new\n" and not (out / "tb").exists()
     assert (out / "notes.txt").read_text() == "not ours\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
+
+
+@pytest.mark.parametrize("n_rows", [0, 1, 3])
+def test_csv_rows_read_back_with_the_first_rows_columns(tmp_path, n_rows):
+    """write_csv of 0, 1 and 3 dict rows, read back with the csv module: the header is the
+    first row's keys in order (none without rows), then each row's values."""
+    import csv
+
+    from hf_init.core.outputs import write_csv
+
+    rows = [{"scheme": f"s{i}", "seed": i, "loss": 0.5 + i} for i in range(n_rows)]
+    path = write_csv(tmp_path / "r.csv", rows)
+    with open(path, newline="") as f:
+        lines = list(csv.reader(f))
+    assert lines[0] == (["scheme", "seed", "loss"] if rows else [])
+    assert lines[1:] == [[r["scheme"], str(r["seed"]), str(r["loss"])] for r in rows]
