@@ -229,8 +229,8 @@ MUTANTS = [
     (
         "M25",
         "hf_init/mlp/analysis.py",
-        '"a_better_count": int(np.sum(d < 0)),',
-        '"a_better_count": int(np.sum(d <= 0)),',
+        '"a_better_count": int(np.sum(d < 0 if lower_is_better else d > 0)),',
+        '"a_better_count": int(np.sum(d <= 0 if lower_is_better else d > 0)),',
         ANALYSIS,
     ),
     # hf_init/theory/recursions.py: the recursion
@@ -381,8 +381,8 @@ MUTANTS = [
     (
         "N07",
         "hf_init/mlp/analysis.py",
-        "for x, y in zip([r[metric] for r in by[a]], [r[metric] for r in by[b]])",
-        "for x, y in zip([r[metric] for r in by[b]], [r[metric] for r in by[a]])",
+        '"a_better_count": int(np.sum(d < 0 if lower_is_better else d > 0)),',
+        '"a_better_count": int(np.sum(d > 0 if lower_is_better else d < 0)),',
         [f"{MLP_STUDY}::test_compare_summary_statistics_match_scipy"],
     ),
     (
