@@ -492,3 +492,20 @@ def test_coupling_follows_the_schedule_when_variance_tracks_the_integrated_lr(tm
     assert abs(table.loc["cosine", "eq_step"] - x_star * T) <= 20  # records every 10 steps
     verdict = E.coupling_verdicts(table.reset_index()).iloc[0]
     assert verdict.follows == "schedule" and verdict.lr_fraction_decaying < 0.5
+
+
+def test_early_window_is_the_first_tenth_of_the_run_or_at_least_three_records():
+    """early_growth's window on hand-made steps: records 0..100 step 1, the first 10% of the run
+    (steps 0..10: 11 records) when that holds at least 3; with records every 50 steps, the first
+    3. The slope is the least-squares slope of ln v over exactly those records (scipy)."""
+    from scipy import stats
+
+    steps = np.arange(0, 101)
+    values = np.exp(0.02 * steps + np.sin(steps))  # not one exponential: the window matters
+    slope, last, used = E.early_growth(steps, values)
+    assert (last, used) == (10.0, 11)
+    want = stats.linregress(steps[:11], np.log(values[:11])).slope
+    assert slope == pytest.approx(want, rel=1e-9)
+    sparse = np.arange(0, 501, 50)
+    _, last, used = E.early_growth(sparse, np.exp(0.01 * sparse))
+    assert (last, used) == (100.0, 3)
