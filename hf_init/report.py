@@ -368,7 +368,7 @@ def equilibration_summary(eq: pd.DataFrame) -> pd.DataFrame:
 
 def attention_summary(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Per run keys: attention logit std and entropy (mean over layers and heads) at the first and
-    the last record step, and the layers with the highest / lowest final entropy."""
+    the last record step, and the layer with the lowest final entropy."""
     att = table[(table["role"] == "attn")]
     if att.empty:
         return pd.DataFrame()

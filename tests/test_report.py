@@ -130,3 +130,24 @@ def test_coupling_section_reads_the_learning_rate_beside_the_variances(tmp_path)
     assert coupling.loc["cosine", "lr_fraction"] == pytest.approx(
         0.5 * (1 + math.cos(math.pi * eq / T))
     )
+
+
+def test_attention_summary_names_the_layers_by_final_entropy(tmp_path):
+    """Hand-made attention records of 3 layers x 2 heads at steps 0 and 10, with logit stds
+    ordered opposite to the entropies: the init/final means over layers and heads, and the
+    lowest-entropy layer is read from the entropies only."""
+    from hf_init.core.records import make_record, read_records, write_records
+    from hf_init.report import attention_summary
+
+    entropy = {(0, 0): 2.0, (0, 1): 2.2, (0, 2): 2.1, (10, 0): 1.5, (10, 1): 0.4, (10, 2): 1.9}
+    records = [
+        make_record(step, layer, "attn", {"entropy": e + 0.1 * head, "logit_std": 5.0 - e},
+                    head=head, scheme="s")
+        for (step, layer), e in entropy.items()
+        for head in (0, 1)
+    ]  # fmt: skip
+    table = read_records(write_records(tmp_path / "a.jsonl", records))
+    (row,) = attention_summary(table, ["scheme"]).to_dict("records")
+    assert row["lowest_entropy_layer"] == 1 and row["final_step"] == 10
+    assert row["entropy_final"] == pytest.approx((1.5 + 0.4 + 1.9) / 3 + 0.05)
+    assert row["logit_std_init"] == pytest.approx(5.0 - (2.0 + 2.2 + 2.1) / 3)
