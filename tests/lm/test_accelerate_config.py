@@ -1,9 +1,12 @@
 """hf_init/lm/accelerate_config.py: the README's one-command set-up for `accelerate launch`."""
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "pretrain.py"
@@ -44,3 +47,37 @@ def test_after_the_setup_a_plain_accelerate_launch_prints_one_line(tmp_path):
         "error: unknown argument --max_stepz (did you mean --max_steps? see --help for valid flags)"
     ]
     assert "were not passed" not in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "use_cpu, distributed_type, written_use_cpu",
+    [
+        (True, "NO", False),  # one CPU process: the scripts pick the CPU themselves
+        (True, "MULTI_CPU", True),  # a distributed CPU launch keeps accelerate's choice
+        (False, "NO", False),
+        (False, "MULTI_GPU", False),
+    ],
+)
+def test_only_a_single_process_cpu_config_has_use_cpu_turned_off(
+    tmp_path, monkeypatch, use_cpu, distributed_type, written_use_cpu
+):
+    """write_default_config on a faked ``accelerate config default``: use_cpu is turned off only
+    when accelerate chose the CPU for one process; every other key is written as accelerate
+    wrote it, and an existing config is left as it is."""
+    from accelerate.commands.config import config_args, default
+
+    from hf_init.lm.accelerate_config import write_default_config
+
+    stock = {"use_cpu": use_cpu, "distributed_type": distributed_type, "num_processes": 2}
+
+    def fake_write_basic_config(mixed_precision, save_location):
+        Path(save_location).write_text(json.dumps(stock))
+
+    target = tmp_path / "accelerate" / "default_config.yaml"
+    monkeypatch.setattr(config_args, "default_yaml_config_file", str(target))
+    monkeypatch.setattr(default, "write_basic_config", fake_write_basic_config)
+    assert write_default_config() == (target, True)
+    assert json.loads(target.read_text()) == dict(stock, use_cpu=written_use_cpu)
+    target.write_text("kept: 1\n")
+    assert write_default_config() == (target, False)
+    assert target.read_text() == "kept: 1\n"
