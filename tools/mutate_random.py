@@ -11,7 +11,8 @@ tokenize. Each site gives one mutant, one change of the source text at that spot
     and <-> or    & <-> |    not x -> x    -x -> x    n -> n + 1
 
 Left alone: docstrings and every other string, type annotations, the arguments of print,
-logging and warnings.warn calls, f-strings (message text; Python 3.11's ast has no exact
+logging and warnings.warn calls, matplotlib's look-only keywords (figsize, fontsize, ms, lw,
+alpha, ... : STYLE_KEYWORDS), f-strings (message text; Python 3.11's ast has no exact
 positions inside them), operators with a string operand (formatting, path joins) and
 `if __name__ == "__main__":` blocks.
 
@@ -95,6 +96,12 @@ ARITHMETIC = {
 }
 BOOLEAN = {ast.And: ("and", "or"), ast.Or: ("or", "and")}
 LOG_METHODS = {"debug", "info", "warning", "warn", "error", "exception", "critical", "log"}
+# matplotlib's look-only keywords: a figure's size, fonts, line and marker widths, transparency and
+# layout padding; no number drawn, written or printed depends on them
+STYLE_KEYWORDS = {
+    "alpha", "bbox_to_anchor", "capsize", "figsize", "fontsize", "linewidth", "lw", "markersize",
+    "mew", "ms", "ncol", "pad", "rect", "title_fontsize", "zorder",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -217,8 +224,13 @@ class _SiteFinder(ast.NodeVisitor):
         pass
 
     def visit_Call(self, node):
-        if not _is_output_call(node.func):
-            self.generic_visit(node)
+        if _is_output_call(node.func):
+            return
+        for child in (node.func, *node.args):
+            self.visit(child)
+        for keyword in node.keywords:
+            if keyword.arg not in STYLE_KEYWORDS:
+                self.visit(keyword.value)
 
     def visit_Constant(self, node):
         value = node.value

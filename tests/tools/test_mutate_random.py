@@ -59,6 +59,14 @@ def test_sites_are_the_hand_counted_ones():
     assert found == EXPECTED
 
 
+def test_look_only_keywords_of_a_plot_call_are_not_sites():
+    """A figure's size, font, marker size, line width: no number depends on them; the call's
+    data, its other keywords and its receiver's index stay sites."""
+    source = "axes[1].plot(a - 1, ms=2, lw=a * 2, figsize=(6 * n, 4), color=c[0], fontsize=9)\n"
+    found = [(m.col, m.original, m.replacement) for m in mr.sites_in("x.py", source)]
+    assert found == [(5, "1", "2"), (15, "-", "+"), (17, "1", "2"), (64, "0", "1")]
+
+
 def test_each_mutant_changes_only_its_site():
     by_site = {(m.line, m.col): m for m in mr.sites_in("x.py", SOURCE)}
     lines = SOURCE.splitlines()
