@@ -87,3 +87,17 @@ def test_csv_rows_read_back_with_the_first_rows_columns(tmp_path, n_rows):
         lines = list(csv.reader(f))
     assert lines[0] == (["scheme", "seed", "loss"] if rows else [])
     assert lines[1:] == [[r["scheme"], str(r["seed"]), str(r["loss"])] for r in rows]
+
+
+def test_keep_beside_takes_the_first_free_previous_number(tmp_path):
+    """With out.previous-1 and -2 taken, the backup becomes out.previous-3, contents intact."""
+    from hf_init.core.outputs import keep_beside
+
+    for n in (1, 2):
+        (tmp_path / f"out.previous-{n}").mkdir()
+    backup = tmp_path / ".out.backup"
+    backup.mkdir()
+    (backup / "records.jsonl").write_text("kept\n")
+    target = keep_beside(tmp_path / "out", backup)
+    assert target == tmp_path / "out.previous-3"
+    assert (target / "records.jsonl").read_text() == "kept\n" and not backup.exists()

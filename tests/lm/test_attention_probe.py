@@ -12,6 +12,7 @@ from hf_init.core.records import read_records
 from hf_init.lm.attention_probe import (
     AttentionProbeCallback,
     attention_records,
+    attention_scaling,
     attention_statistics,
     logit_statistics,
     probe_batch,
@@ -204,3 +205,25 @@ def test_the_flags_defaults_are_the_probes_documented_defaults():
     run = RunArguments()
     assert (run.attention_probe_blocks, run.attention_probe_steps) == (PROBE_BLOCKS, PROBE_STEPS)
     assert (PROBE_BLOCKS, PROBE_STEPS) == (1, 20)
+
+
+@pytest.mark.parametrize("scale_weights", [True, False])
+@pytest.mark.parametrize("by_layer", [True, False])
+def test_attention_scaling_without_the_attribute_is_stock_gpt2s(scale_weights, by_layer):
+    """An attention module without ``scaling`` (older transformers): the factor recomputed from
+    its config flags equals the one stock GPT2Attention precomputes (layer 2, d_head 16)."""
+    from types import SimpleNamespace
+
+    from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
+
+    cfg = GPT2Config(n_embd=64, n_head=4, scale_attn_weights=scale_weights,
+                     scale_attn_by_inverse_layer_idx=by_layer)  # fmt: skip
+    stock = GPT2Attention(cfg, layer_idx=2)
+    bare = SimpleNamespace(
+        head_dim=stock.head_dim,
+        scale_attn_weights=stock.scale_attn_weights,
+        scale_attn_by_inverse_layer_idx=stock.scale_attn_by_inverse_layer_idx,
+        layer_idx=stock.layer_idx,
+    )
+    assert attention_scaling(bare) == pytest.approx(stock.scaling, rel=1e-15)
+    assert attention_scaling(stock) == stock.scaling

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -90,3 +92,16 @@ def test_gpu_throughput_benchmark_runs_on_cpu_with_a_tiny_shape(tmp_path):
     assert without["records"] == 0
     assert with_cb["records"] == 4 * 2 * 6  # steps 0, 2, 4 and the last (5) x 2 layers x 6 roles
     assert "with    callback:" in proc.stdout and "without callback:" in proc.stdout
+
+
+def test_mfu_is_model_flops_over_the_peak_of_every_device(monkeypatch):
+    """On a device with a known peak (H200: 989 TFLOP/s bf16), MFU = tokens/s x FLOPs/token over
+    peak x world size; none outside half precision or without a throughput."""
+    from hf_init.lm import throughput
+
+    monkeypatch.setattr(throughput, "device_name", lambda device: "NVIDIA H200")
+    assert throughput.mfu(2.0e5, 6 * 10**8, "cuda", 4) == pytest.approx(
+        2.0e5 * 6e8 / (989e12 * 4), rel=1e-12
+    )
+    assert throughput.mfu(2.0e5, 6 * 10**8, "cuda", 1, bf16=False) is None
+    assert throughput.mfu(None, 6 * 10**8, "cuda", 1) is None

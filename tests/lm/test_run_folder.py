@@ -264,3 +264,23 @@ def test_resume_from_checkpoint_picks_or_refuses_in_one_line(tmp_path):
     assert repr(not_one) in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(UsageError, match="cannot be combined with --overwrite_output_dir"):
         resolve_resume(args("true"), overwrite=True)
+
+
+def test_rerun_command_drops_overwrite_and_resume_with_their_values(monkeypatch):
+    """--overwrite_output_dir (bare, before another flag) and --resume_from_checkpoint with its
+    value, or written --flag=value, leave the command; every other flag and value stays, the
+    extra flags are appended; two processes make it an accelerate launch."""
+    from hf_init.lm.run_folder import rerun_command
+
+    monkeypatch.setattr(sys, "argv", ["scripts/pretrain.py"])
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    argv = ["--max_steps", "5", "--overwrite_output_dir", "--resume_from_checkpoint", "ck-3",
+            "--seed", "1", "--resume_from_checkpoint=ck-4", "--overwrite_output_dir", "true",
+            "--output_dir", "out dir"]  # fmt: skip
+    assert rerun_command(argv, ["--report_to", "none"]) == (
+        "python scripts/pretrain.py --max_steps 5 --seed 1 --output_dir 'out dir' --report_to none"
+    )
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert rerun_command(["--overwrite_output_dir", "--seed", "2"], []).startswith(
+        "accelerate launch scripts/pretrain.py --seed 2"
+    )

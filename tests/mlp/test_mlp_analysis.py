@@ -309,3 +309,11 @@ def test_sweep_rows_read_each_members_records_by_hand():
     assert stable["gain_per_layer_init"] == pytest.approx(1.0)
     assert stable["grad_std_layer1_init"] == pytest.approx(0.03)
     assert stable["regime"] == "stable"
+
+
+def test_mean_ci_of_no_value_and_of_one_value():
+    """No finite value: all NaN and n 0; one: its mean and no interval (a t-interval needs two)."""
+    none = mean_ci([float("nan")])
+    assert none.n == 0 and all(math.isnan(v) for v in (none.mean, none.lo, none.hi))
+    one = mean_ci([2.5, float("inf")])
+    assert (one.mean, one.n) == (2.5, 1) and math.isnan(one.lo) and math.isnan(one.hi)

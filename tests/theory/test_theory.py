@@ -773,3 +773,34 @@ def test_mlp_verdict_counts_a_layer_at_its_tolerance_as_within():
     ]  # fmt: skip
     line = _mlp_verdict("relu-3x64", "forward", rows)
     assert "2/3 layers within finite-width tolerance; worst +50.0% at layer 3" in line
+
+
+def test_backward_gain_is_chi_1_at_each_layers_variance():
+    """tanh above its critical std: the signal's variance q_l changes from layer to layer, and
+    Var(g_l) / Var(g_{l+1}) = n sigma_w^2 E[tanh'(z)^2], z ~ N(0, q_l) (scipy quad), for each l;
+    the e-fold depth is 1 / |ln| of it."""
+    n, std = 256, 1.6 / math.sqrt(256)
+    p = T.propagate([n] * 5, "tanh", std, input_second_moment=0.2 / (n * std * std))
+
+    def chi(q):
+        dens = lambda z: math.exp(-z * z / (2 * q)) / math.sqrt(2 * math.pi * q)  # noqa: E731
+        e = integrate.quad(lambda z: (1 - math.tanh(z) ** 2) ** 2 * dens(z), -np.inf, np.inf)[0]
+        return n * std * std * e
+
+    want = [chi(q) for q in p.q[:-1]]
+    assert len(set(np.round(want, 3))) == len(want)  # the layers' gains differ
+    np.testing.assert_allclose(p.backward_gain, want, rtol=1e-6)
+    np.testing.assert_allclose(p.backward_efold_layers, 1 / np.abs(np.log(want)), rtol=1e-5)
+
+
+def test_measured_mlp_with_a_scheme_draws_each_layer_from_its_own_fans():
+    """A scheme name in measure_mlp: each layer drawn by the scheme with that layer's fan-in and
+    fan-out, so xavier on widths 8 -> 32 -> 4 measures exactly what the stds sqrt(2 / 40) and
+    sqrt(2 / 36) written out do (same seeds, same draws)."""
+    x = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))
+    by_name = P.measure_mlp((8, 32, 4), "relu", "xavier_normal", x, seeds=(0, 1))
+    by_hand = P.measure_mlp((8, 32, 4), "relu", [math.sqrt(2 / 40), math.sqrt(2 / 36)], x, (0, 1))
+    np.testing.assert_array_equal(by_name.q, by_hand.q)
+    np.testing.assert_array_equal(by_name.grad_var, by_hand.grad_var)
+    kaiming = P.measure_mlp((8, 32, 4), "relu", "kaiming_normal", x, seeds=(0, 1))
+    assert not np.allclose(kaiming.q, by_hand.q)  # the fans matter
