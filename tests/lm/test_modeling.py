@@ -72,3 +72,28 @@ def test_inspect_init_table_matches_hand_computation(scheme):
             hand = 0.02
         assert scheme_std == pytest.approx(hand, abs=1.5e-6), role
         assert ratio == pytest.approx(w.std(unbiased=False).item() / hand, abs=1.5e-4), role
+
+
+def test_a_fused_weight_splits_only_as_a_conv1d_of_whole_blocks():
+    """A fused (d, 3d) Conv1D weight splits into three (d, d) views of its column blocks; the same
+    entry as an nn.Linear, a 1-D tensor or columns that are not a multiple of 3 is one error."""
+    import torch
+
+    from hf_init.lm.families import Weight
+
+    fused = Weight("attn.c_attn", ("q", "k", "v"))
+    w = torch.arange(4 * 12, dtype=torch.float32).reshape(4, 12)
+    parts = fused.split(w)
+    assert list(parts) == ["q", "k", "v"]
+    for i, role in enumerate("qkv"):
+        assert torch.equal(parts[role], w[:, 4 * i : 4 * (i + 1)])
+        assert parts[role].data_ptr() == w[:, 4 * i].data_ptr()  # a view
+    for entry, tensor in (
+        (Weight("attn.c_attn", ("q", "k", "v"), layout="linear"), w),
+        (fused, torch.zeros(12)),
+        (fused, torch.zeros(4, 10)),
+    ):
+        with pytest.raises(ValueError, match="expected a"):
+            entry.split(tensor)
+    alone = Weight("mlp.c_fc", ("fc",))
+    assert alone.split(w)["fc"] is w

@@ -142,3 +142,20 @@ def test_mnist_hub_layout_through_datasets():
     np.testing.assert_array_equal(xtr, imgs[:3].reshape(3, -1))
     np.testing.assert_array_equal(xte, imgs[3:].reshape(2, -1))
     assert ytr.tolist() == [3, 1, 4] and yte.tolist() == [1, 5]
+
+
+@pytest.mark.parametrize("short", ["train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"])
+def test_mnist_images_and_labels_of_different_counts_are_refused(tmp_path, short):
+    """One label file shorter than its images (train or test): one error naming the folder."""
+    rng = np.random.default_rng(0)
+    files = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (6, 28, 28)),
+        "train-labels-idx1-ubyte": np.arange(6) % 10,
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (4, 28, 28)),
+        "t10k-labels-idx1-ubyte": np.arange(4) % 10,
+    }
+    files[short] = files[short][:-1]
+    for name, arr in files.items():
+        _write_idx(tmp_path / name, arr, False)
+    with pytest.raises(ValueError, match="images and labels have different counts"):
+        load_tabular("mnist", mnist_dir=tmp_path)

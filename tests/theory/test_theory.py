@@ -804,3 +804,67 @@ def test_measured_mlp_with_a_scheme_draws_each_layer_from_its_own_fans():
     np.testing.assert_array_equal(by_name.grad_var, by_hand.grad_var)
     kaiming = P.measure_mlp((8, 32, 4), "relu", "kaiming_normal", x, seeds=(0, 1))
     assert not np.allclose(kaiming.q, by_hand.q)  # the fans matter
+
+
+def test_residual_records_number_blocks_from_the_embeddings_and_branches_from_one():
+    """The residual stream is recorded from block 0 (the embeddings) to L, what attention and the
+    MLP add from block 1 to L; each record's measured mean, standard error (scipy) and relative
+    errors are those of its own block's seeds."""
+    from types import SimpleNamespace
+
+    from scipy import stats
+
+    from hf_init.theory.check import _residual_records
+
+    rng = np.random.default_rng(0)
+    L = 3
+
+    def quantities(scale):
+        return SimpleNamespace(residual=scale * (1.0 + np.arange(L + 1)),
+                               attn_add=scale * (2.0 + np.arange(L)),
+                               mlp_add=scale * (3.0 + np.arange(L)))  # fmt: skip
+
+    pred, unc = quantities(1.0), quantities(0.5)
+    meas = SimpleNamespace(**{k: rng.uniform(1, 4, size=(5, len(v))) for k, v in
+                              vars(pred).items()})  # fmt: skip
+    rows = _residual_records(pred, unc, meas, network="gpt2-x")
+    for quantity, first in (("residual", 0), ("attn_add", 1), ("mlp_add", 1)):
+        mine = [r for r in rows if r["quantity"] == quantity]
+        assert [r["layer"] for r in mine] == list(range(first, first + len(mine)))
+        m = getattr(meas, quantity)
+        for i, r in enumerate(mine):
+            assert r["network"] == "gpt2-x"
+            assert r["measured"] == pytest.approx(m[:, i].mean(), rel=1e-12)
+            assert r["measured_sem"] == pytest.approx(stats.sem(m[:, i]), rel=1e-12)
+            p, pu = getattr(pred, quantity)[i], getattr(unc, quantity)[i]
+            assert r["relative_error"] == pytest.approx(m[:, i].mean() / p - 1, rel=1e-12)
+            assert r["relative_error_uncorrelated"] == pytest.approx(
+                m[:, i].mean() / pu - 1, rel=1e-12
+            )
+
+
+@pytest.mark.parametrize("activation", ["tanh", "gelu", "silu"])
+@pytest.mark.parametrize("which", [0, 1])
+def test_log_elasticity_is_the_derivative_under_the_gaussian(activation, which):
+    """d log E[f(z)^2] / d log q for z ~ N(0, q) equals E[f^2 (z^2 - q)] / (2 q E[f^2]) (the
+    Gaussian density's q-derivative, scipy quad), for f = phi and phi'."""
+    q = np.array([0.3, 1.0, 2.5])
+    got = T._log_elasticity(activation, q, which)
+    f = {
+        ("tanh", 0): np.tanh,
+        ("tanh", 1): lambda z: 1 - np.tanh(z) ** 2,
+        ("gelu", 0): lambda z: z * special.ndtr(z),
+        ("gelu", 1): lambda z: special.ndtr(z) + z * np.exp(-z * z / 2) / np.sqrt(2 * np.pi),
+        ("silu", 0): lambda z: z * special.expit(z),
+        ("silu", 1): lambda z: special.expit(z) * (1 + z * (1 - special.expit(z))),
+    }[activation, which]
+
+    def gaussian_mean(g, qi):
+        return integrate.quad(
+            lambda z: g(z) * np.exp(-z * z / (2 * qi)) / np.sqrt(2 * np.pi * qi), -np.inf, np.inf
+        )[0]
+
+    for qi, g in zip(q, got):
+        e2 = gaussian_mean(lambda z: f(z) ** 2, qi)
+        de = gaussian_mean(lambda z, qi=qi: f(z) ** 2 * (z * z - qi), qi)
+        assert g == pytest.approx(de / (2 * qi * e2), rel=1e-5)
