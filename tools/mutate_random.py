@@ -35,7 +35,8 @@ minutes on 2 cores. A mutant that survives them is counted survived, though a la
 catch it, so the catch rate is then a lower bound; each survivor is triaged by hand anyway.
 
 A failing test is rerun alone on the unmutated copy, so a test that fails anyway (flaky, or red
-before the mutant) does not count as a catch. Results: caught (first failing test named),
+before the mutant) does not count as a catch; a pytest killed by a signal (a segfault) is a catch
+when the same test files pass on the unmutated copy. Results: caught (first failing test named),
 survived (the whole suite passed), equivalent (survived, and tools/mutants_equivalent.txt says
 why no result can differ), timeout / unconfirmed / error (not counted: rerun or look at it).
 Catch rate = caught / (caught + survived). Exit status 1 when a mutant survived.
@@ -405,6 +406,21 @@ class TestOrder:
 # --- running
 
 
+def verdict(rc: int | None, failed: str, timeout: float) -> tuple[str, str]:
+    """(status, detail) of ``pytest -x`` on a mutant: its exit code (None: timed out) and first
+    failing test. A pytest killed by a signal (a segfault in torch on a mis-shaped tensor) is
+    caught: the suite fails, as it would in CI."""
+    if rc is None:
+        return "timeout", f"over {timeout:.0f} s"
+    if rc == 0:
+        return "survived", ""
+    if rc < 0:
+        return "caught", f"(pytest killed by signal {-rc})"
+    if rc not in (1, 2) or not failed:
+        return "error", f"pytest exit code {rc}, no failing test named"
+    return "caught", failed
+
+
 def run_mutant(m: Mutant, tests: list[str], timeout: float, confirm: bool) -> dict:
     """The mutant in a copy of the tree, ``pytest -x`` on ``tests``; a failing test is rerun on the
     unmutated copy when ``confirm`` (it must pass there for the mutant to count as caught)."""
@@ -416,18 +432,11 @@ def run_mutant(m: Mutant, tests: list[str], timeout: float, confirm: bool) -> di
         source = target.read_text(encoding="utf-8")
         target.write_text(m.apply(source), encoding="utf-8")
         rc, failed = pytest_in_copy(copy, tests, timeout)
-        if rc is None:
-            status, detail = "timeout", f"over {timeout:.0f} s"
-        elif rc == 0:
-            status, detail = "survived", ""
-        elif rc not in (1, 2) or not failed:
-            status, detail = "error", f"pytest exit code {rc}, no failing test named"
-        else:
-            status, detail = "caught", failed
-            if confirm:
-                target.write_text(source, encoding="utf-8")
-                if pytest_in_copy(copy, [failed], timeout)[0] != 0:
-                    status, detail = "unconfirmed", f"{failed} fails without the mutant too"
+        status, detail = verdict(rc, failed, timeout)
+        if status == "caught" and confirm:  # the failing test, or after a crash all the tests
+            target.write_text(source, encoding="utf-8")
+            if pytest_in_copy(copy, [failed] if failed else tests, timeout)[0] != 0:
+                status, detail = "unconfirmed", f"{detail} fails without the mutant too"
     return {
         "id": m.id,
         "file": m.file,
