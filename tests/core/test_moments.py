@@ -138,6 +138,22 @@ def test_plain_tensors_without_process_group_match_reference(qkv):
     assert torch.isnan(got[1, 3]).all()
 
 
+def test_plain_tensors_in_a_process_group_are_each_ranks_own_without_a_collective(qkv, monkeypatch):
+    """DDP replicas (plain tensors) with a 2-rank group up, on rank 1: the moments are the whole
+    tensor's and no collective is called (a rank that reduced alone would hang its peers)."""
+    from hf_init.core import moments as m
+
+    calls = []
+    monkeypatch.setattr(m.dist, "is_available", lambda: True)
+    monkeypatch.setattr(m.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(m.dist, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(m.dist, "get_rank", lambda group=None: 1)
+    monkeypatch.setattr(m.dist, "all_reduce", lambda *a, **k: calls.append(a))
+    got = sharded_block_moments([([qkv], 3)])
+    torch.testing.assert_close(got[0], reference_blocks(qkv, 3), rtol=1e-12, atol=1e-15)
+    assert calls == []
+
+
 @pytest.mark.parametrize("mean_over_std", [0.0, 0.05, 1.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_sum_of_squares_does_not_cancel_at_gpt2_scale(mean_over_std, dtype):
