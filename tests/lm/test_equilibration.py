@@ -421,6 +421,32 @@ def test_seeds_needed_is_the_first_n_with_80_percent_power():
     assert E.seeds_needed(0.5) == math.inf and E.seeds_needed(0.51) == math.inf
 
 
+def test_seeds_needed_counts_up_to_and_including_the_cap():
+    """The cap is a number of seeds that may be the answer: at max_seeds = n (the answer) it is
+    n, one below it none qualifies (inf)."""
+    n = int(E.seeds_needed(0.8))
+    assert E.seeds_needed(0.8, max_seeds=n) == n
+    assert E.seeds_needed(0.8, max_seeds=n - 1) == math.inf
+
+
+@pytest.mark.parametrize(
+    "rhos, agreeing, agree",
+    [
+        ([], 0, None),
+        ([float("nan")], 0, None),
+        ([0.5, -0.5], 0, None),  # a mean of exactly 0: no direction
+        ([float("nan"), 0.5], 1, 1.0),  # one finite seed
+        ([1.0, 1.0], 2, 1.0),  # a mean of exactly 1
+        ([0.3, 0.2, -0.1, float("inf")], 2, 2 / 3),  # inf is not a seed's value
+    ],
+)
+def test_power_columns_count_the_finite_seeds_with_the_means_sign(rhos, agreeing, agree):
+    got = E._power_columns(rhos, 0.05)
+    assert got["seeds_agreeing"] == agreeing
+    want = math.inf if agree is None else E.seeds_needed(agree, 0.05)
+    assert got["seeds_needed"] == want
+
+
 def test_verdicts_state_the_seeds_agreeing_and_needed(tmp_path):
     v, _ = E.check_claims(study(tmp_path, growth_curves(-1), range(5)))
     row = verdict(v, "shallow_grow_faster")
