@@ -421,6 +421,58 @@ def test_seeds_needed_is_the_first_n_with_80_percent_power():
     assert E.seeds_needed(0.5) == math.inf and E.seeds_needed(0.51) == math.inf
 
 
+def test_robustness_reruns_halve_and_double_the_early_window(tmp_path):
+    """Deeper layers grow faster over the first 50 steps and shallower ones after: at half the
+    early window (the first 5% of the run) the shallow-faster claim is contradicted, at the
+    default (10%) and at double (20%) supported, so the verdict is marked unstable."""
+
+    def make(seed):
+        t = STEPS.astype(float)
+        curves = {}
+        for l in range(4):
+            a, b = (1 + 0.2 * l + 0.01 * seed) * 1e-3, (10 - 3 * l + 0.01 * seed) * 1e-3
+            curves.update({(p, l): np.exp(np.where(t <= 50, a * t, a * 50 + b * (t - 50)))
+                           for p in E.PROJECTIONS})  # fmt: skip
+        return curves
+
+    frame = study(tmp_path, make, range(5))
+    row = verdict(E.check_claims(frame)[0], "shallow_grow_faster")
+    assert (row.verdict, row.verdict_half, row.verdict_double) == (
+        "supported",
+        "contradicted",
+        "supported",
+    )
+    assert not row.stable
+    alone = verdict(E.check_claims(frame, early_window=0.05)[0], "shallow_grow_faster")
+    assert alone.verdict == "contradicted"
+
+
+def test_robustness_reruns_halve_and_double_both_the_window_and_the_tolerance(
+    tmp_path, monkeypatch
+):
+    """check_claims computes the table three times: at the given early window and tolerance,
+    at both halved, at both doubled (the tolerance also reaches the per-seed statistics)."""
+    calls = []
+    table, stats = E.equilibration_table, E.seed_statistics
+
+    def spy_table(frame, early_window, tolerance, smoothing):
+        calls.append(("table", early_window, tolerance))
+        return table(frame, early_window, tolerance, smoothing)
+
+    def spy_stats(eq, spread, seed_key, tolerance):
+        calls.append(("seeds", tolerance))
+        return stats(eq, spread, seed_key, tolerance)
+
+    monkeypatch.setattr(E, "equilibration_table", spy_table)
+    monkeypatch.setattr(E, "seed_statistics", spy_stats)
+    E.check_claims(study(tmp_path, growth_curves(-1), range(3)), early_window=0.1, tolerance=0.04)
+    assert calls == [
+        ("table", 0.1, 0.04), ("seeds", 0.04),
+        ("table", 0.05, 0.02), ("seeds", 0.02),
+        ("table", 0.2, 0.08), ("seeds", 0.08),
+    ]  # fmt: skip
+
+
 def test_seeds_needed_counts_up_to_and_including_the_cap():
     """The cap is a number of seeds that may be the answer: at max_seeds = n (the answer) it is
     n, one below it none qualifies (inf)."""
