@@ -97,3 +97,22 @@ def test_a_fused_weight_splits_only_as_a_conv1d_of_whole_blocks():
             entry.split(tensor)
     alone = Weight("mlp.c_fc", ("fc",))
     assert alone.split(w)["fc"] is w
+
+
+def test_layer_norms_are_reset_to_gain_one_and_bias_zero():
+    """_init_weights on a LayerNorm whose entries hold other values (an empty or meta-device
+    allocation): weight 1 and bias 0, whatever the init scheme."""
+    import torch
+
+    from hf_init.lm.modeling import build_model
+
+    model = build_model(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=16,
+                        init_scheme="xavier_normal")  # fmt: skip
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 3  # ln_1, ln_2, ln_f
+    for m in norms:
+        m.weight.data.fill_(7.0)
+        m.bias.data.fill_(5.0)
+        model._init_weights(m)
+        assert torch.equal(m.weight, torch.ones_like(m.weight))
+        assert torch.equal(m.bias, torch.zeros_like(m.bias))

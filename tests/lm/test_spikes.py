@@ -457,3 +457,29 @@ def test_stability_record_carries_the_spike_score_and_flags_as_numbers():
     }
     first = StepOutcome(0, 2.5, 0.8, None, None, False, False, 0, 0, 0)
     assert stability_record(first)["spike_score"] is None
+
+
+def test_step_values_sum_a_steps_micro_batch_losses_and_take_its_norm():
+    """Wrapped on a stand-in Trainer: the loss of an optimizer step is the sum of what its
+    micro-batches' training_step returned (this rank's share of the step's mean), the norm is
+    what _get_grad_norm returned, tagged with the global step; the next step starts afresh, and
+    a step with no micro-batch loss reads NaN."""
+    from types import SimpleNamespace
+
+    from hf_init.lm.spikes import StepValues
+
+    trainer = SimpleNamespace(state=SimpleNamespace(global_step=7))
+    losses = iter([torch.tensor(0.25), torch.tensor(0.5), torch.tensor(2.0)])
+    trainer.training_step = lambda *a, **k: next(losses)
+    trainer._get_grad_norm = lambda *a, **k: torch.tensor(1.5)
+    values = StepValues(trainer)
+    trainer.training_step(), trainer.training_step()
+    trainer._get_grad_norm()
+    assert values.step_values.tolist() == [0.75, 1.5]
+    assert values.grad_norm[0] == 7 and float(values.grad_norm[1]) == 1.5
+    trainer.state.global_step = 8
+    trainer.training_step()
+    trainer._get_grad_norm()
+    assert values.step_values.tolist() == [2.0, 1.5] and values.grad_norm[0] == 8
+    trainer._get_grad_norm()
+    assert math.isnan(values.step_values[0]) and values.step_values[1] == 1.5
