@@ -331,3 +331,30 @@ def test_cpu_and_cuda_parameters_get_the_fused_optimizer(name):
     assert opt.defaults["fused"] is True and not opt.defaults.get("foreach")
     meta = make_optimizer([torch.nn.Parameter(torch.zeros(3, device="meta"))], name, lr=0.1)
     assert meta.defaults["foreach"] is True and not meta.defaults.get("fused")
+
+
+def test_a_member_diverges_when_its_loss_or_its_gradient_is_not_finite():
+    """_freeze_diverged on 4 members: a NaN loss (member 1) or an inf gradient entry under a
+    finite loss (member 2) marks the member diverged at this step, NaN in its loss row, and
+    zeroes its gradients and per-entry optimizer state; a member dead since step 2 (3) stays dead
+    with its first step and zeroed state; the healthy member (0) keeps everything."""
+    from hf_init.mlp.training import _freeze_diverged
+
+    w = torch.nn.Parameter(torch.ones(4, 3, 2))
+    grads = [torch.full((4, 3, 2), 0.5)]
+    grads[0][2, 1, 0] = float("inf")
+    opt = torch.optim.Adam([w])
+    opt.state[w] = {"exp_avg": torch.full((4, 3, 2), 0.1), "step": torch.tensor(3.0)}
+    losses = torch.tensor([1.0, float("nan"), 2.0, 3.0])
+    alive = torch.tensor([True, True, True, False])
+    bad_step = torch.tensor([-1, -1, -1, 2])
+    loss_row = torch.empty(4)
+    _freeze_diverged([w], grads, opt, losses, alive, bad_step, loss_row, step=5)
+    assert alive.tolist() == [True, False, False, False]
+    assert bad_step.tolist() == [-1, 5, 5, 2]
+    assert loss_row[0] == 1.0 and loss_row[1:].isnan().all()
+    for m, kept in enumerate((True, False, False, False)):
+        want = 0.5 if kept else 0.0
+        assert (grads[0][m] == want).all(), m
+        assert (opt.state[w]["exp_avg"][m] == (0.1 if kept else 0.0)).all(), m
+    assert opt.state[w]["step"] == 3.0  # scalar state is left alone
