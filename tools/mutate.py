@@ -452,6 +452,54 @@ MUTANTS = [
         "    stem = run.path.name\n",
         ["tests/lm/test_llama.py::test_report_on_a_gpt2_and_a_llama_study_compares_the_families"],
     ),
+    # gaps the random mutants found (docs/testing.md): figures' colours and which records they
+    # draw, the robustness reruns' parameters, a diverged member's gradient, a micro-batch sum
+    (
+        "N17",
+        "hf_init/mlp/plots.py",
+        "grid[i, j] = names.index(max(names, key=regs.count))",
+        "grid[i, j] = names.index(min(names, key=regs.count))",
+        [
+            "tests/core/test_figures_hand_made.py::test_phase_diagram_colours_each_cell_by_its_majority_regime"
+        ],
+    ),
+    (
+        "N18",
+        "hf_init/lm/plots.py",
+        'sel = table[(table["role"] == "attn") & '
+        'table["statistic"].isin(["logit_std", "entropy"])]',
+        'sel = table[table["statistic"].isin(["logit_std", "entropy"])]',
+        [
+            "tests/core/test_figures_hand_made.py::test_attention_figure_reads_only_attention_records_and_its_axes"
+        ],
+    ),
+    (
+        "N19",
+        "hf_init/lm/equilibration.py",
+        "eq = equilibration_table(frame, early_window * f, tolerance * f, smoothing)",
+        "eq = equilibration_table(frame, early_window, tolerance * f, smoothing)",
+        [
+            "tests/lm/test_equilibration.py::test_robustness_reruns_halve_and_double_the_early_window"
+        ],
+    ),
+    (
+        "N20",
+        "hf_init/mlp/training.py",
+        "ok = torch.isfinite(losses) & torch.isfinite(gsum)",
+        "ok = torch.isfinite(losses)",
+        [
+            "tests/mlp/test_mlp.py::test_a_member_diverges_when_its_loss_or_its_gradient_is_not_finite"
+        ],
+    ),
+    (
+        "N21",
+        "hf_init/lm/spikes.py",
+        "self._loss = loss if self._loss is None else self._loss + loss",
+        "self._loss = loss",
+        [
+            "tests/lm/test_spikes.py::test_step_values_sum_a_steps_micro_batch_losses_and_take_its_norm"
+        ],
+    ),
 ]
 
 
