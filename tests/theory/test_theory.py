@@ -868,3 +868,46 @@ def test_log_elasticity_is_the_derivative_under_the_gaussian(activation, which):
         e2 = gaussian_mean(lambda z: f(z) ** 2, qi)
         de = gaussian_mean(lambda z, qi=qi: f(z) ** 2 * (z * z - qi), qi)
         assert g == pytest.approx(de / (2 * qi * e2), rel=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu_tanh"])
+def test_uncorrelated_token_recursion_written_out_by_position(activation):
+    """gpt2_residual_variance recomputed with loops over positions, with a LayerNorm eps large
+    enough that m = v / (v + eps) is far from 1 and differs by position from the second block on:
+    keys read the mean of m over the prefix, E[sum_s a_ts^2] = 1 / (1 + t e^{-tau^2}), the MLP
+    reads the second norm's (v + attn) / (v + attn + eps), E[phi^2] by scipy quad (relu: q/2)."""
+    L, d, T_len, eps, inner = 3, 16, 6, 0.05, 40
+    stds = {"wte": 0.1, "wpe": 0.05, "q": 0.4, "k": 0.3, "v": 0.2, "attn_proj": 0.15,
+            "mlp_fc": 0.25, "mlp_proj": 0.1}  # fmt: skip
+    s2 = {k: v * v for k, v in stds.items()}
+    got = T.gpt2_residual_variance(stds, L, d, T_len, n_inner=inner, layer_norm_eps=eps,
+                                   activation=activation)  # fmt: skip
+
+    def e_phi2(q):
+        if activation == "relu":
+            return q / 2
+        c = math.sqrt(2 / math.pi)
+        gelu = lambda z: 0.5 * z * (1 + math.tanh(c * (z + 0.044715 * z**3)))  # noqa: E731
+        dens = lambda z: math.exp(-z * z / (2 * q)) / math.sqrt(2 * math.pi * q)  # noqa: E731
+        return integrate.quad(lambda z: gelu(z) ** 2 * dens(z), -np.inf, np.inf)[0]
+
+    v = [s2["wte"] + s2["wpe"]] * T_len
+    residual, attn_add, mlp_add = [sum(v) / T_len], [], []
+    for _ in range(L):
+        m = [x / (x + eps) for x in v]
+        attn, mlp = [], []
+        for t in range(T_len):
+            prefix = sum(m[: t + 1]) / (t + 1)
+            tau2 = d * s2["q"] * m[t] * d * s2["k"] * prefix
+            a2 = 1 / (1 + t * math.exp(-tau2))
+            attn.append(d * s2["attn_proj"] * d * s2["v"] * prefix * a2)
+            m2 = (v[t] + attn[t]) / (v[t] + attn[t] + eps)
+            mlp.append(inner * s2["mlp_proj"] * e_phi2(d * s2["mlp_fc"] * m2))
+        v = [v[t] + attn[t] + mlp[t] for t in range(T_len)]
+        residual.append(sum(v) / T_len)
+        attn_add.append(sum(attn) / T_len)
+        mlp_add.append(sum(mlp) / T_len)
+    assert len({round(x, 6) for x in m}) > 1  # the positions' m differ: the prefix mean matters
+    np.testing.assert_allclose(got.residual, residual, rtol=1e-7)
+    np.testing.assert_allclose(got.attn_add, attn_add, rtol=1e-7)
+    np.testing.assert_allclose(got.mlp_add, mlp_add, rtol=1e-7)
