@@ -911,3 +911,47 @@ def test_uncorrelated_token_recursion_written_out_by_position(activation):
     np.testing.assert_allclose(got.residual, residual, rtol=1e-7)
     np.testing.assert_allclose(got.attn_add, attn_add, rtol=1e-7)
     np.testing.assert_allclose(got.mlp_add, mlp_add, rtol=1e-7)
+
+
+def test_gaussian_kernel_of_relu_is_the_arc_cosine_kernel():
+    """E[relu(u) relu(w)] for (u, w) ~ N(0, C) on each pair of 4 positions with unequal variances
+    and correlations of both signs: (a b / 2 pi)(sin th + (pi - th) cos th), th = arccos rho
+    (Cho & Saul 2009); the diagonal E[relu(u)^2] = C_tt / 2."""
+    from numpy.polynomial.hermite_e import hermegauss
+
+    rng = np.random.default_rng(1)
+    A = rng.normal(size=(4, 4)) * np.array([0.5, 1.0, 2.0, 3.0])[:, None]
+    C = A @ A.T + 0.1 * np.eye(4)
+    gx, gw = hermegauss(64)
+    got = T._gaussian_kernel("relu", C, np.triu_indices(4, 1), gx, gw / math.sqrt(2 * math.pi))
+    want = np.empty((4, 4))
+    for i in range(4):
+        for j in range(4):
+            a, b = math.sqrt(C[i, i]), math.sqrt(C[j, j])
+            th = math.acos(max(-1.0, min(1.0, C[i, j] / (a * b))))
+            want[i, j] = a * b / (2 * math.pi) * (math.sin(th) + (math.pi - th) * math.cos(th))
+    rho = C / np.sqrt(np.outer(np.diag(C), np.diag(C)))
+    assert rho.min() < -0.2 and rho[~np.eye(4, dtype=bool)].max() > 0.2
+    np.testing.assert_allclose(np.diag(got), np.diag(C) / 2, rtol=1e-12)
+    np.testing.assert_allclose(got, want, rtol=2e-2)  # Gauss-Hermite converges slowly at a kink
+
+
+def test_gaussian_kernel_of_tanh_matches_two_dimensional_quadrature():
+    """The smooth case to quadrature precision: E[tanh(u) tanh(w)], (u, w) ~ N(0, C), for each
+    pair of 3 positions, by scipy's dblquad over the two standard normals."""
+    from numpy.polynomial.hermite_e import hermegauss
+
+    C = np.array([[0.5, -0.3, 0.4], [-0.3, 2.0, 0.9], [0.4, 0.9, 1.5]])
+    gx, gw = hermegauss(64)
+    got = T._gaussian_kernel("tanh", C, np.triu_indices(3, 1), gx, gw / math.sqrt(2 * math.pi))
+    for i, j in [(0, 1), (0, 2), (1, 2), (2, 1)]:
+        a, b = math.sqrt(C[i, i]), math.sqrt(C[j, j])
+        rho = C[i, j] / (a * b)
+        c = math.sqrt(1 - rho * rho)
+
+        def f(y, x, a=a, b=b, rho=rho, c=c):
+            dens = math.exp(-(x * x + y * y) / 2) / (2 * math.pi)
+            return math.tanh(a * x) * math.tanh(b * (rho * x + c * y)) * dens
+
+        want = integrate.dblquad(f, -9, 9, -9, 9, epsabs=1e-11)[0]
+        assert got[i, j] == pytest.approx(want, rel=1e-6)
