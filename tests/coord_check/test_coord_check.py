@@ -235,6 +235,10 @@ def test_slope_table_is_the_least_squares_slope_per_seed(tmp_path):
         assert row["slope_sem"] == pytest.approx(np.std(per_seed, ddof=1) / math.sqrt(3), rel=1e-9)
         assert row["verdict"] == name.split("_")[0]
         assert (row["layer"], row["step"]) == (0, 2)
+        for key, j in (("rms_min_width", 0), ("rms_max_width", len(widths) - 1)):
+            mean_rms = np.mean([0.7 * widths[j] ** a * math.exp(noise[s, j] * (role_index + 1))
+                                for s in range(3)])  # fmt: skip
+            assert row[key] == pytest.approx(mean_rms, rel=1e-12), key
     assert rows["zero"]["verdict"] == "n/a" and rows["zero"]["layer"] is None
 
 
