@@ -479,6 +479,9 @@ def test_seeds_needed_counts_up_to_and_including_the_cap():
     n = int(E.seeds_needed(0.8))
     assert E.seeds_needed(0.8, max_seeds=n) == n
     assert E.seeds_needed(0.8, max_seeds=n - 1) == math.inf
+    # the count starts at one seed: at alpha 1/2 a single agreeing seed rejects (p = 1/2)
+    assert E.sign_test_power(1, 1.0, alpha=0.5) == 1.0
+    assert E.seeds_needed(1.0, alpha=0.5) == 1
 
 
 @pytest.mark.parametrize(
