@@ -597,3 +597,27 @@ def test_a_resumed_main_process_writes_on_in_the_latest_events_folder(
         assert restarts == [resumed_step + 1]
     else:
         assert tensorboard.tb_writer is None  # the Trainer makes its own at train begin
+
+
+def test_learning_rate_records_only_on_the_main_process_and_only_what_was_read():
+    """measure: step 0 reads the optimizer now, step s the rate read before update s; nothing on a
+    non-main rank, nothing for a step whose rate was never read (and each read is used once)."""
+    from types import SimpleNamespace
+
+    from hf_init.lm.recorders import LearningRateCallback
+
+    opt = SimpleNamespace(param_groups=[{"lr": 3e-4}, {"lr": 1.0}])
+    main, other = (SimpleNamespace(is_world_process_zero=z) for z in (True, False))
+    cb = LearningRateCallback()
+    assert cb.measure(0, main, optimizer=opt) == [
+        make_record(0, None, None, {"learning_rate": 3e-4})
+    ]
+    assert cb.measure(0, other, optimizer=opt) == []
+    cb.before_update(5, main, optimizer=SimpleNamespace(param_groups=[{"lr": 2e-4}]))
+    assert cb.measure(5, other, optimizer=opt) == []  # the read is spent on the other rank too
+    cb.before_update(6, main, optimizer=SimpleNamespace(param_groups=[{"lr": 1e-4}]))
+    assert cb.measure(6, main, optimizer=opt) == [
+        make_record(6, None, None, {"learning_rate": 1e-4})
+    ]
+    assert cb.measure(6, main, optimizer=opt) == []
+    assert cb.measure(7, main, optimizer=opt) == []  # never read

@@ -317,3 +317,22 @@ def test_mean_ci_of_no_value_and_of_one_value():
     assert none.n == 0 and all(math.isnan(v) for v in (none.mean, none.lo, none.hi))
     one = mean_ci([2.5, float("inf")])
     assert (one.mean, one.n) == (2.5, 1) and math.isnan(one.lo) and math.isnan(one.hi)
+
+
+def test_compare_summary_counts_divergences_from_step_0_and_censored_runs():
+    """Per scheme: members that diverged (a diverged_step of 0, exploded at init, counts; -1 is
+    no divergence) and runs that never reached the target (censored), counted by hand."""
+    from hf_init.mlp.analysis import compare_summary
+
+    diverged = {"a": [-1, 0, 7, -1], "b": [-1, -1, -1, 3]}
+    reached = {"a": [True, False, False, True], "b": [True, True, False, True]}
+    rows = [
+        {"activation": "relu", "scheme": s, "seed": seed, "steps_to_target": 10 + seed,
+         "reached_target": reached[s][seed], "loss_auc": 0.1 * (seed + 1),
+         "final_test_loss": 0.2, "final_test_acc": 0.8, "diverged_step": diverged[s][seed]}
+        for s in ("a", "b")
+        for seed in range(4)
+    ]  # fmt: skip
+    res = compare_summary(rows, "a", "b")["relu"]
+    assert res["diverged"] == {"a": 2, "b": 1}
+    assert res["steps_to_target"]["censored"] == {"a": 2, "b": 1}
