@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_main
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "pretrain.py"
@@ -84,6 +85,13 @@ def script(*args, timeout=300):
     )
 
 
+def in_process(*args):
+    """scripts/pretrain.py's main in this process (conftest.run_main: the same exit status and
+    stderr, without an interpreter start), for a run refused before it trains."""
+    rc, out, err = run_main("pretrain", *args)
+    return subprocess.CompletedProcess([str(SCRIPT), *map(str, args)], rc, out, err)
+
+
 def messages(stderr):
     """stderr without the progress bars the Trainer draws when it saves a checkpoint."""
     return [
@@ -139,7 +147,7 @@ def crashed_and_resumed(tmp_path_factory):
     assert (
         max(r["step"] for r in left) == N + 2
     )  # records past the checkpoint, as a crash leaves them
-    refused = script(
+    refused = in_process(
         *RUN, "--output_dir", out
     )  # the same command again: refused, naming the resume command
     resumed = script(*RUN, "--output_dir", out, "--resume_from_checkpoint", "true")
@@ -213,7 +221,7 @@ def test_unfinished_run_refusal_names_it_and_gives_the_resume_command(crashed_an
 
 
 def test_resume_without_a_checkpoint_is_one_line(tmp_path):
-    proc = script(*RUN, "--output_dir", tmp_path / "none", "--resume_from_checkpoint", "true")
+    proc = in_process(*RUN, "--output_dir", tmp_path / "none", "--resume_from_checkpoint", "true")
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "no checkpoint-<step> folder" in proc.stderr and not (tmp_path / "none").exists()
 
