@@ -364,21 +364,21 @@ def test_sigterm_stops_like_ctrl_c_and_the_run_can_be_resumed(tmp_path):
 # What each Hub push would upload, offline: the Hub client is replaced by one that records, at the
 # moment of each upload, the files it would send (after the Trainer's ignore patterns) and reads
 # what matters from them. The login check is skipped; everything else is the script's own path.
-FAKE_HUB = """
-import fnmatch, json, os, sys
-from concurrent.futures import Future
-from pathlib import Path
-import transformers.trainer as trainer_module
-import hf_init.lm.pretrain as pretrain
-from hf_init.core.cli import fail_cleanly
-pushes = []
-class Repo:
-    repo_id = "someone/run"
-class FakeApi:
+class FakeHub:
+    def __init__(self):
+        self.pushes = []
+
     def create_repo(self, *a, **k):
-        return Repo()
-    def upload_folder(self, *, folder_path, path_in_repo=None, ignore_patterns=None,
-                      run_as_future=False, **k):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(repo_id="someone/run")
+
+    def upload_folder(
+        self, *, folder_path, path_in_repo=None, ignore_patterns=None, run_as_future=False, **k
+    ):
+        import fnmatch
+        from concurrent.futures import Future
+
         root = Path(folder_path)
         ignored = ignore_patterns or []
         names = [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()]
@@ -387,23 +387,49 @@ class FakeApi:
         lines = var.read_text().splitlines() if var.is_file() else []
         steps = [json.loads(x)["step"] for x in lines]
         readme = (root / "README.md").read_text() if (root / "README.md").is_file() else None
-        pushes.append({"path_in_repo": path_in_repo, "folder": str(root), "files": files,
-                       "max_step": max(steps, default=None), "readme": readme,
-                       "token_in_env": os.environ.get("HF_TOKEN"), "token_arg": k.get("token")})
+        self.pushes.append(
+            {
+                "path_in_repo": path_in_repo,
+                "folder": str(root),
+                "files": files,
+                "max_step": max(steps, default=None),
+                "readme": readme,
+                "token_in_env": os.environ.get("HF_TOKEN"),
+                "token_arg": k.get("token"),
+            }
+        )
         if run_as_future:
-            f = Future(); f.set_result(None); return f
-trainer_module.hf_api = lambda: FakeApi()
-pretrain.check_hub_access = lambda token=None: None
-code = fail_cleanly(lambda: pretrain.run(sys.argv[1:]) and 0)
-Path(os.environ["PUSHES"]).write_text(json.dumps(pushes))
-sys.exit(code)
-"""
+            f = Future()
+            f.set_result(None)
+            return f
+
+
+def fake_hub_run(*args):
+    """scripts/pretrain.py in this process (conftest.run_main: the script's exit status, stdout and
+    stderr, no interpreter start) with :class:`FakeHub` as the Trainer's Hub client and one torch
+    thread, as ENV gives the subprocesses: (CompletedProcess, the pushes in order)."""
+    import torch
+    import transformers.trainer as trainer_module
+
+    import hf_init.lm.pretrain as pretrain
+
+    hub, threads = FakeHub(), torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer_module, "hf_api", lambda: hub)
+        mp.setattr(pretrain, "check_hub_access", lambda token=None: None)
+        torch.set_num_threads(1)
+        try:
+            proc = in_process(*args)
+        finally:
+            torch.set_num_threads(threads)
+    return proc, hub.pushes
+
+
 FAKE_TOKEN = "hf_FAKEtokenDoNotWrite1234567890"
 
 
 def test_every_hub_push_carries_records_so_far_and_the_token_is_never_written(tmp_path):
     out = tmp_path / "run"
-    pushes_file = tmp_path / "pushes.json"
     args = [
         *TINY,
         "--max_steps",
@@ -423,16 +449,8 @@ def test_every_hub_push_carries_records_so_far_and_the_token_is_never_written(tm
         "--output_dir",
         str(out),
     ]
-    proc = subprocess.run(
-        [sys.executable, "-c", FAKE_HUB, *args],
-        cwd=ROOT,
-        env=dict(ENV, PUSHES=str(pushes_file)),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc, pushes = fake_hub_run(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    pushes = json.loads(pushes_file.read_text())
     ckpt_pushes = [p for p in pushes if p["path_in_repo"] == "last-checkpoint"]
     assert [p["max_step"] for p in ckpt_pushes] == [
         2,
