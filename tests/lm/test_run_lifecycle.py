@@ -86,9 +86,18 @@ def script(*args, timeout=300):
 
 
 def in_process(*args):
-    """scripts/pretrain.py's main in this process (conftest.run_main: the same exit status and
-    stderr, without an interpreter start), for a run refused before it trains."""
-    rc, out, err = run_main("pretrain", *args)
+    """scripts/pretrain.py's main in this process (conftest.run_main: the same exit status, stdout
+    and stderr, without an interpreter start and torch import) on one torch thread, as ENV's
+    OMP_NUM_THREADS gives the subprocesses (a resumed run is compared with an uninterrupted one to
+    rtol 1e-6). The crash and SIGTERM runs stay subprocesses: their point is a process."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rc, out, err = run_main("pretrain", *args)
+    finally:
+        torch.set_num_threads(threads)
     return subprocess.CompletedProcess([str(SCRIPT), *map(str, args)], rc, out, err)
 
 
@@ -126,7 +135,7 @@ def scalar_steps(run_folder, tag):
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     out = tmp_path_factory.mktemp("straight") / "run"
-    proc = script(*RUN, "--output_dir", out)
+    proc = in_process(*RUN, "--output_dir", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
@@ -150,7 +159,7 @@ def crashed_and_resumed(tmp_path_factory):
     refused = in_process(
         *RUN, "--output_dir", out
     )  # the same command again: refused, naming the resume command
-    resumed = script(*RUN, "--output_dir", out, "--resume_from_checkpoint", "true")
+    resumed = in_process(*RUN, "--output_dir", out, "--resume_from_checkpoint", "true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return out, left, refused, resumed
 
@@ -288,7 +297,7 @@ def check_diverged_run(proc, out):
 
 def test_diverging_run_stops_naming_step_layer_weight(tmp_path):
     out = tmp_path / "run"
-    check_diverged_run(script(*DIVERGE, "--output_dir", out), out)
+    check_diverged_run(in_process(*DIVERGE, "--output_dir", out), out)
 
 
 def snapshot(folder):
@@ -307,7 +316,7 @@ def test_failed_overwrite_run_keeps_both_runs_and_says_which_is_which(straight, 
     before = {
         k: v for k, v in snapshot(out).items() if k != "README.md"
     }  # not a run marker: stays in place
-    proc = script(*DIVERGE, "--output_dir", out, "--overwrite_output_dir", "true")
+    proc = in_process(*DIVERGE, "--output_dir", out, "--overwrite_output_dir", "true")
     check_diverged_run(proc, out)  # the failed run's checkpoints and records stay where it ran
     earlier = tmp_path / "run.previous-1"
     assert snapshot(earlier) == before  # the earlier run, byte for byte
@@ -405,23 +414,17 @@ class FakeHub:
 
 
 def fake_hub_run(*args):
-    """scripts/pretrain.py in this process (conftest.run_main: the script's exit status, stdout and
-    stderr, no interpreter start) with :class:`FakeHub` as the Trainer's Hub client and one torch
-    thread, as ENV gives the subprocesses: (CompletedProcess, the pushes in order)."""
-    import torch
+    """scripts/pretrain.py in this process (:func:`in_process`) with :class:`FakeHub` as the
+    Trainer's Hub client: (CompletedProcess, the pushes in order)."""
     import transformers.trainer as trainer_module
 
     import hf_init.lm.pretrain as pretrain
 
-    hub, threads = FakeHub(), torch.get_num_threads()
+    hub = FakeHub()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(trainer_module, "hf_api", lambda: hub)
         mp.setattr(pretrain, "check_hub_access", lambda token=None: None)
-        torch.set_num_threads(1)
-        try:
-            proc = in_process(*args)
-        finally:
-            torch.set_num_threads(threads)
+        proc = in_process(*args)
     return proc, hub.pushes
 
 
