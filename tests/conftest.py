@@ -134,10 +134,22 @@ def run_script(name, *args, timeout=300):
 def run_main(name, *args):
     """scripts/<name>.py's main(argv) in this process (no interpreter start and torch import per
     call), through hf_init.core.cli.fail_cleanly as the script's __main__ does: (exit code,
-    stdout, stderr)."""
+    stdout, stderr).
+
+    What a subprocess's stderr would hold is captured here too, so that a test of "one line on
+    stderr" sees what the script's own process would print: sys.stdout/sys.stderr, every logging
+    StreamHandler bound earlier to a stream (transformers binds its handler once, at first use),
+    and warnings under a fresh interpreter's filters, shown on stderr as Python shows them (pytest
+    would otherwise record them out of sight). Like run_script, it runs in the repository root
+    with sys.argv as the script's (a printed rerun command names the script), and sys.argv and
+    os.environ are restored after it (pretrain sets HF_TOKEN). Not seen here: what only
+    happens at import time (modules imported once per session) and transformers' warning_once
+    messages already shown earlier in this session."""
     import contextlib
     import importlib.util
     import io
+    import logging
+    import warnings
 
     from hf_init.core.cli import fail_cleanly
 
@@ -145,8 +157,50 @@ def run_main(name, *args):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = fail_cleanly(lambda: mod.main([str(a) for a in args]))
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    handlers = {
+        h
+        for lg in loggers
+        for h in getattr(lg, "handlers", [])
+        # a FileHandler writes a file; a _StderrHandler already writes to sys.stderr as it is then
+        if isinstance(h, logging.StreamHandler)
+        and not isinstance(h, (logging.FileHandler, logging._StderrHandler))
+    }
+    environ, argv = dict(os.environ), sys.argv
+    args = [str(a) for a in args]
+    streams = {h: h.stream for h in handlers}
+    try:
+        for h in handlers:
+            h.setStream(out if h.stream in (sys.stdout, sys.__stdout__) else err)
+        with (
+            contextlib.chdir(ROOT),
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+            warnings.catch_warnings(),
+        ):
+            # a fresh interpreter's filters (python -W unset), then each warning printed on stderr
+            warnings.resetwarnings()
+            warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
+            for category in (
+                DeprecationWarning,
+                PendingDeprecationWarning,
+                ImportWarning,
+                ResourceWarning,
+            ):
+                warnings.simplefilter("ignore", category, append=True)
+            warnings.showwarning = show
+            sys.argv = [str(ROOT / "scripts" / f"{name}.py"), *args]
+            rc = fail_cleanly(lambda: mod.main(list(args)))
+    finally:
+        for h, stream in streams.items():
+            h.setStream(stream)
+        sys.argv = argv
+        os.environ.clear()
+        os.environ.update(environ)
     return rc, out.getvalue(), err.getvalue()
 
 

@@ -16,11 +16,11 @@ from conftest import run_main
 from test_run_lifecycle import (
     CRASH,
     ENV,
-    FAKE_HUB,
     FAKE_TOKEN,
     ROOT,
     SCRIPT,
     TINY,
+    fake_hub_run,
     messages,
     records,
     script,
@@ -55,14 +55,13 @@ def python(code: str, *args, env=None, timeout=300):
 
 @pytest.fixture(scope="module")
 def pushed(tmp_path_factory):
-    """The uninterrupted run, its Hub pushes recorded by the fake Hub client: (run folder,
-    pushes, CompletedProcess)."""
-    tmp = tmp_path_factory.mktemp("llama")
-    out, pushes = tmp / "run", tmp / "pushes.json"
+    """The uninterrupted run (in-process), its Hub pushes recorded by the fake Hub client: (run
+    folder, pushes, CompletedProcess)."""
+    out = tmp_path_factory.mktemp("llama") / "run"
     hub = ["--push_to_hub", "true", "--hub_strategy", "checkpoint", "--hub_token", FAKE_TOKEN]
-    proc = python(FAKE_HUB, *RUN, *hub, "--output_dir", out, env=dict(ENV, PUSHES=str(pushes)))
+    proc, pushes = fake_hub_run(*RUN, *hub, "--output_dir", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, json.loads(pushes.read_text()), proc
+    return out, pushes, proc
 
 
 def test_run_folder_is_a_stock_llama_whose_records_are_its_weights(pushed):

@@ -168,9 +168,10 @@ def test_saved_model_and_tokenizer_load_with_stock_classes(tiny_run):
 
 def run_in_process(*args):
     """scripts/pretrain.py's main in this process (conftest.run_main: no interpreter start and
-    torch import), as a CompletedProcess-like object, for inputs refused before training whose
-    check reads only the last line: stderr holds what the job wrote to sys.stderr, not what a
-    logging handler bound earlier wrote. Whole-stderr checks keep :func:`run_script`."""
+    torch import, seconds per call), as a CompletedProcess-like object: stderr holds what the
+    script's process would print (its writes, logging handlers and warnings; see run_main), so
+    whole-stderr checks hold here too. The shared tiny_run and the runs whose point is a process
+    (several ranks, an installed copy) keep :func:`run_script` or their own subprocess."""
     rc, out, err = run_main("pretrain", *args)
     return SimpleNamespace(returncode=rc, stdout=out, stderr=err)
 
@@ -222,7 +223,7 @@ def test_corpus_shorter_than_one_block_fails_cleanly(tmp_path):
 def test_unknown_yaml_key_fails_cleanly(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("n_layer: 2\nlearning_rat: 0.001\n")
-    proc = run_script(cfg, "--output_dir", tmp_path / "run")
+    proc = run_in_process(cfg, "--output_dir", tmp_path / "run")
     assert_clean_failure(proc, "learning_rat")
     assert not (tmp_path / "run").exists()
 
@@ -365,7 +366,7 @@ def test_bad_optimizer_or_batch_flag_with_overwrite_keeps_previous_run(tiny_run,
     shutil.copytree(tiny_run[0], out)
     (out / "notes.txt").write_text("mine\n")  # not a run file: must stay too
     before = snapshot(out)
-    proc = run_script(
+    proc = run_in_process(
         *TINY, "--max_steps", "2", "--output_dir", out, "--overwrite_output_dir", "true", *flags
     )
     assert_clean_failure(proc, flags[0].lstrip("-"))
@@ -376,28 +377,21 @@ def test_bad_optimizer_or_batch_flag_with_overwrite_keeps_previous_run(tiny_run,
 
 # Fail inside the run, after training wrote variance.jsonl and TensorBoard events: the Trainer's
 # final evaluate() raises (a ValueError = bad input, or Ctrl-C).
-FAIL_DURING_RUN = """
-import sys, transformers
-from hf_init.core.cli import fail_cleanly
-def boom(self, *a, **k):
-    raise {exc}
-transformers.Trainer.evaluate = boom
-from hf_init.lm.pretrain import run
-sys.exit(fail_cleanly(lambda: run(sys.argv[1:])))
-"""
-
-
 @pytest.mark.parametrize(
     "exc, rc, line",
     [
-        ("ValueError('bad eval setting')", 2, "error: bad eval setting"),
-        ("KeyboardInterrupt()", 130, "interrupted"),
+        (ValueError("bad eval setting"), 2, "error: bad eval setting"),
+        (KeyboardInterrupt(), 130, "interrupted"),
     ],
 )
-def test_failure_during_training_with_overwrite_keeps_both_runs(tiny_run, tmp_path, exc, rc, line):
+def test_failure_during_training_with_overwrite_keeps_both_runs(
+    tiny_run, tmp_path, monkeypatch, exc, rc, line
+):
     """A run that fails after it wrote records is never deleted (issue 11): it stays in the folder,
     the earlier run moves, byte for byte, to run.previous-1, and a note line says which is which."""
     import shutil
+
+    import transformers
 
     out = tmp_path / "run"
     shutil.copytree(tiny_run[0], out)
@@ -405,14 +399,11 @@ def test_failure_during_training_with_overwrite_keeps_both_runs(tiny_run, tmp_pa
     before = {
         k: v for k, v in snapshot(out).items() if k not in ("notes.txt", "README.md")
     }  # not run markers
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(ROOT),
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-    )
+
+    def boom(self, *a, **k):
+        raise exc
+
+    monkeypatch.setattr(transformers.Trainer, "evaluate", boom)
     args = [
         *TINY,
         "--max_steps",
@@ -424,14 +415,7 @@ def test_failure_during_training_with_overwrite_keeps_both_runs(tiny_run, tmp_pa
         "--overwrite_output_dir",
         "true",
     ]
-    proc = subprocess.run(
-        [sys.executable, "-c", FAIL_DURING_RUN.format(exc=exc), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_in_process(*args)
     assert proc.returncode == rc, proc.stderr[-3000:]
     err = proc.stderr.strip()
     assert "Traceback" not in err and err.splitlines()[-1] == line, err[-3000:]
@@ -453,7 +437,7 @@ def test_overwrite_replaces_previous_run_completely(tiny_run, tmp_path):
     shutil.copytree(tiny_run[0], out)
     (out / "checkpoint-3").mkdir()
     (out / "notes.txt").write_text("mine\n")
-    proc = run_script(
+    proc = run_in_process(
         *TINY, "--max_steps", "2", "--output_dir", out, "--overwrite_output_dir", "true"
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -572,7 +556,7 @@ def test_text_column_other_than_text_end_to_end(tmp_path):
         )
     )
     out = tmp_path / "run"
-    proc = run_script(
+    proc = run_in_process(
         *TINY,
         "--train_file",
         data,
@@ -660,7 +644,7 @@ def test_default_config_is_found_from_an_installed_copy(tmp_path):
 def kaiming_run(tmp_path_factory):
     """5 steps, kaiming_normal, no TensorBoard."""
     out = tmp_path_factory.mktemp("user") / "run"
-    proc = run_script(
+    proc = run_in_process(
         *TINY,
         "--max_steps",
         "5",
@@ -690,7 +674,7 @@ def test_the_summary_prints_the_std_each_weight_kind_got(kaiming_run):
 
 
 def test_unused_option_fails_the_script_in_one_line_before_writing(tmp_path):
-    proc = run_script(
+    proc = run_in_process(
         "--init_scheme", "kaiming_normal", "--init_std", "0.1", "--output_dir", tmp_path / "run"
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -709,7 +693,7 @@ def test_summary_lists_only_outputs_that_exist(kaiming_run):
 
 def test_a_file_in_the_way_of_the_output_folder_is_one_line(tmp_path):
     (tmp_path / "afile").write_text("x")
-    proc = run_script("--output_dir", tmp_path / "afile" / "run")
+    proc = run_in_process("--output_dir", tmp_path / "afile" / "run")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == (
         f"error: cannot create output folder {str(tmp_path / 'afile' / 'run')!r}: "
@@ -733,7 +717,7 @@ def test_an_unwritable_output_folder_is_one_line_before_any_data(tmp_path):
         UsageError, match=r"^cannot write output folder .*; choose another --output_dir$"
     ):
         check_output_dir(target, overwrite=False)
-    proc = run_script("--output_dir", target)
+    proc = run_in_process("--output_dir", target)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "cannot write output folder" in proc.stderr
 
@@ -764,7 +748,7 @@ def test_an_uninstalled_report_to_integration_is_one_line(tmp_path):
 
     if importlib.util.find_spec("wandb") is not None:
         pytest.skip("wandb is installed here")
-    proc = run_script("--report_to", "wandb", "--output_dir", tmp_path / "run")
+    proc = run_in_process("--report_to", "wandb", "--output_dir", tmp_path / "run")
     assert proc.returncode == 2 and not (tmp_path / "run").exists()
     assert proc.stderr.strip().splitlines() == [
         "error: --report_to wandb: its package is not installed (pip install wandb); "
@@ -780,7 +764,7 @@ def test_offline_push_to_hub_message_is_whole(tmp_path):
         pytest.skip("logged in to a reachable Hub")
     except Exception as err:
         expected = " ".join(str(err).split())
-    proc = run_script("--push_to_hub", "true", "--output_dir", tmp_path / "run")
+    proc = run_in_process("--push_to_hub", "true", "--output_dir", tmp_path / "run")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert expected in proc.stderr and proc.stderr.strip().endswith(
         "upload the run folder later with `hf upload`"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_main
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "pretrain.py"
@@ -84,6 +85,22 @@ def script(*args, timeout=300):
     )
 
 
+def in_process(*args):
+    """scripts/pretrain.py's main in this process (conftest.run_main: the same exit status, stdout
+    and stderr, without an interpreter start and torch import) on one torch thread, as ENV's
+    OMP_NUM_THREADS gives the subprocesses (a resumed run is compared with an uninterrupted one to
+    rtol 1e-6). The crash and SIGTERM runs stay subprocesses: their point is a process."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rc, out, err = run_main("pretrain", *args)
+    finally:
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess([str(SCRIPT), *map(str, args)], rc, out, err)
+
+
 def messages(stderr):
     """stderr without the progress bars the Trainer draws when it saves a checkpoint."""
     return [
@@ -118,7 +135,7 @@ def scalar_steps(run_folder, tag):
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     out = tmp_path_factory.mktemp("straight") / "run"
-    proc = script(*RUN, "--output_dir", out)
+    proc = in_process(*RUN, "--output_dir", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
@@ -139,10 +156,10 @@ def crashed_and_resumed(tmp_path_factory):
     assert (
         max(r["step"] for r in left) == N + 2
     )  # records past the checkpoint, as a crash leaves them
-    refused = script(
+    refused = in_process(
         *RUN, "--output_dir", out
     )  # the same command again: refused, naming the resume command
-    resumed = script(*RUN, "--output_dir", out, "--resume_from_checkpoint", "true")
+    resumed = in_process(*RUN, "--output_dir", out, "--resume_from_checkpoint", "true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return out, left, refused, resumed
 
@@ -213,7 +230,7 @@ def test_unfinished_run_refusal_names_it_and_gives_the_resume_command(crashed_an
 
 
 def test_resume_without_a_checkpoint_is_one_line(tmp_path):
-    proc = script(*RUN, "--output_dir", tmp_path / "none", "--resume_from_checkpoint", "true")
+    proc = in_process(*RUN, "--output_dir", tmp_path / "none", "--resume_from_checkpoint", "true")
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "no checkpoint-<step> folder" in proc.stderr and not (tmp_path / "none").exists()
 
@@ -280,7 +297,7 @@ def check_diverged_run(proc, out):
 
 def test_diverging_run_stops_naming_step_layer_weight(tmp_path):
     out = tmp_path / "run"
-    check_diverged_run(script(*DIVERGE, "--output_dir", out), out)
+    check_diverged_run(in_process(*DIVERGE, "--output_dir", out), out)
 
 
 def snapshot(folder):
@@ -299,7 +316,7 @@ def test_failed_overwrite_run_keeps_both_runs_and_says_which_is_which(straight, 
     before = {
         k: v for k, v in snapshot(out).items() if k != "README.md"
     }  # not a run marker: stays in place
-    proc = script(*DIVERGE, "--output_dir", out, "--overwrite_output_dir", "true")
+    proc = in_process(*DIVERGE, "--output_dir", out, "--overwrite_output_dir", "true")
     check_diverged_run(proc, out)  # the failed run's checkpoints and records stay where it ran
     earlier = tmp_path / "run.previous-1"
     assert snapshot(earlier) == before  # the earlier run, byte for byte
@@ -356,21 +373,21 @@ def test_sigterm_stops_like_ctrl_c_and_the_run_can_be_resumed(tmp_path):
 # What each Hub push would upload, offline: the Hub client is replaced by one that records, at the
 # moment of each upload, the files it would send (after the Trainer's ignore patterns) and reads
 # what matters from them. The login check is skipped; everything else is the script's own path.
-FAKE_HUB = """
-import fnmatch, json, os, sys
-from concurrent.futures import Future
-from pathlib import Path
-import transformers.trainer as trainer_module
-import hf_init.lm.pretrain as pretrain
-from hf_init.core.cli import fail_cleanly
-pushes = []
-class Repo:
-    repo_id = "someone/run"
-class FakeApi:
+class FakeHub:
+    def __init__(self):
+        self.pushes = []
+
     def create_repo(self, *a, **k):
-        return Repo()
-    def upload_folder(self, *, folder_path, path_in_repo=None, ignore_patterns=None,
-                      run_as_future=False, **k):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(repo_id="someone/run")
+
+    def upload_folder(
+        self, *, folder_path, path_in_repo=None, ignore_patterns=None, run_as_future=False, **k
+    ):
+        import fnmatch
+        from concurrent.futures import Future
+
         root = Path(folder_path)
         ignored = ignore_patterns or []
         names = [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()]
@@ -379,23 +396,43 @@ class FakeApi:
         lines = var.read_text().splitlines() if var.is_file() else []
         steps = [json.loads(x)["step"] for x in lines]
         readme = (root / "README.md").read_text() if (root / "README.md").is_file() else None
-        pushes.append({"path_in_repo": path_in_repo, "folder": str(root), "files": files,
-                       "max_step": max(steps, default=None), "readme": readme,
-                       "token_in_env": os.environ.get("HF_TOKEN"), "token_arg": k.get("token")})
+        self.pushes.append(
+            {
+                "path_in_repo": path_in_repo,
+                "folder": str(root),
+                "files": files,
+                "max_step": max(steps, default=None),
+                "readme": readme,
+                "token_in_env": os.environ.get("HF_TOKEN"),
+                "token_arg": k.get("token"),
+            }
+        )
         if run_as_future:
-            f = Future(); f.set_result(None); return f
-trainer_module.hf_api = lambda: FakeApi()
-pretrain.check_hub_access = lambda token=None: None
-code = fail_cleanly(lambda: pretrain.run(sys.argv[1:]) and 0)
-Path(os.environ["PUSHES"]).write_text(json.dumps(pushes))
-sys.exit(code)
-"""
+            f = Future()
+            f.set_result(None)
+            return f
+
+
+def fake_hub_run(*args):
+    """scripts/pretrain.py in this process (:func:`in_process`) with :class:`FakeHub` as the
+    Trainer's Hub client: (CompletedProcess, the pushes in order)."""
+    import transformers.trainer as trainer_module
+
+    import hf_init.lm.pretrain as pretrain
+
+    hub = FakeHub()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer_module, "hf_api", lambda: hub)
+        mp.setattr(pretrain, "check_hub_access", lambda token=None: None)
+        proc = in_process(*args)
+    return proc, hub.pushes
+
+
 FAKE_TOKEN = "hf_FAKEtokenDoNotWrite1234567890"
 
 
 def test_every_hub_push_carries_records_so_far_and_the_token_is_never_written(tmp_path):
     out = tmp_path / "run"
-    pushes_file = tmp_path / "pushes.json"
     args = [
         *TINY,
         "--max_steps",
@@ -415,16 +452,8 @@ def test_every_hub_push_carries_records_so_far_and_the_token_is_never_written(tm
         "--output_dir",
         str(out),
     ]
-    proc = subprocess.run(
-        [sys.executable, "-c", FAKE_HUB, *args],
-        cwd=ROOT,
-        env=dict(ENV, PUSHES=str(pushes_file)),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc, pushes = fake_hub_run(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    pushes = json.loads(pushes_file.read_text())
     ckpt_pushes = [p for p in pushes if p["path_in_repo"] == "last-checkpoint"]
     assert [p["max_step"] for p in ckpt_pushes] == [
         2,

@@ -10,7 +10,7 @@ import pytest
 from conftest import STUDY_RUNS as RUNS
 from conftest import STUDY_SCHEMES as SCHEMES
 from conftest import STUDY_TINY as TINY
-from conftest import study_script as script
+from conftest import run_main
 
 from hf_init.core.cli import UsageError
 from hf_init.core.records import read_records, to_wide
@@ -72,15 +72,11 @@ def test_bad_input_one_line_nothing_written(tmp_path, capsys):
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    proc = script("report.py", empty)
-    assert (
-        proc.returncode == 2 and proc.stderr.count("\n") == 1 and "holds no finished" in proc.stderr
-    )
+    rc, _, err = run_main("report", empty)  # the script's exit status and stderr, in-process
+    assert rc == 2 and err.count("\n") == 1 and "holds no finished" in err
     assert list(empty.iterdir()) == []
-    proc = script("init_study.py", *SCHEMES, "--seed", "3", "--output_dir", tmp_path / "s")
-    assert (
-        proc.returncode == 2 and proc.stderr.count("\n") == 1 and "set by the study" in proc.stderr
-    )
+    rc, _, err = run_main("init_study", *SCHEMES, "--seed", "3", "--output_dir", tmp_path / "s")
+    assert rc == 2 and err.count("\n") == 1 and "set by the study" in err
     out = str(tmp_path / "s")
     for args, message in (
         (["--schemes", "bogus"], "unknown init scheme"),
