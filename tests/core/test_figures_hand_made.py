@@ -305,7 +305,8 @@ def test_phase_diagram_colours_each_cell_by_its_majority_regime(captured, tmp_pa
 
 def test_layer_variance_reads_its_depth_and_linear_layers_only(captured, tmp_path):
     """Records of another depth, another role or another statistic do not move a line; the
-    legend sits on the top-right panel, the x label on the bottom row; no records: no figure."""
+    stds are coloured along plasma from 0 to 0.9; the legend sits on the top-right panel, the
+    x label on the bottom row; no records: no figure."""
     from hf_init.mlp.plots import layer_variance
 
     base = [
@@ -321,13 +322,18 @@ def test_layer_variance_reads_its_depth_and_linear_layers_only(captured, tmp_pat
         for r in base
         for change in ({"depth": 4}, {"role": "embedding"}, {"statistic": "weight_var"})
     ]
+    import matplotlib
+
     layer_variance(pd.DataFrame(base + noise), 2, tmp_path / "lv.png")
     axes = captured[0].axes[:4]
+    plasma = matplotlib.colormaps["plasma"]
     for ax, step in zip(axes, (0, 10, 0, 10)):
         assert [line.get_ydata().tolist() for line in ax.lines] == [
             [1.0 + layer + std + step for layer in range(3)] for std in (0.1, 1.0)
         ]
         assert ax.get_yscale() == "log"
+        for line, at in zip(ax.lines, (0.0, 0.9)):  # stds along plasma 0 .. 0.9
+            assert to_rgba(line.get_color()) == pytest.approx(plasma(at))
     assert [ax.get_legend() is not None for ax in axes] == [False, True, False, False]
     assert [bool(ax.get_xlabel()) for ax in axes] == [False, False, True, True]
     assert layer_variance(pd.DataFrame(noise), 2, tmp_path / "none.png") is None

@@ -358,3 +358,24 @@ def test_a_member_diverges_when_its_loss_or_its_gradient_is_not_finite():
         assert (grads[0][m] == want).all(), m
         assert (opt.state[w]["exp_avg"][m] == (0.1 if kept else 0.0)).all(), m
     assert opt.state[w]["step"] == 3.0  # scalar state is left alone
+
+
+def test_tf32_matmuls_are_off_while_a_float32_ensemble_trains_and_put_back_after(monkeypatch):
+    """A float32 run computes in full float32 even when the process had TF32 matmuls on (a
+    setting that is global to the process), and the user's setting is restored afterwards."""
+    from hf_init.mlp import training
+
+    seen = []
+    monkeypatch.setattr(
+        training, "_train", lambda *a: seen.append(torch.backends.cuda.matmul.allow_tf32)
+    )
+    before = torch.backends.cuda.matmul.allow_tf32  # a module-like object: set and put back here
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        shape = MLPShape(5, 8, 2, 3)
+        cfg = TrainConfig(epochs=1, batch_size=8, lr=0.1, dtype="float32")
+        training.train_ensemble(_random_ensemble(shape, 2), _toy_data(), cfg, progress=False)
+        assert seen == [False]
+        assert torch.backends.cuda.matmul.allow_tf32 is True
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
