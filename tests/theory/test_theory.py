@@ -955,3 +955,32 @@ def test_gaussian_kernel_of_tanh_matches_two_dimensional_quadrature():
 
         want = integrate.dblquad(f, -9, 9, -9, 9, epsabs=1e-11)[0]
         assert got[i, j] == pytest.approx(want, rel=1e-6)
+
+
+def test_residual_verdict_line_on_hand_made_rows():
+    """The theory check's GPT-2/Llama line: growth = last block / embeddings (measured, and both
+    predictions), the worst |relative error| of each prediction, the attention branch's error
+    at block 1 and at the last block, the MLP branch's worst; all read from hand-made rows."""
+    from hf_init.theory.check import _residual_verdict
+
+    measured, predicted, uncorrelated = [1.0, 2.0, 3.0, 8.0], [1.0, 2.5, 3.0, 6.4], [1.0, 2, 2, 4]
+    rows = [
+        {"quantity": "residual", "layer": i, "measured": m, "predicted": p,
+         "predicted_uncorrelated": u, "relative_error": m / p - 1,
+         "relative_error_uncorrelated": m / u - 1}
+        for i, (m, p, u) in enumerate(zip(measured, predicted, uncorrelated))
+    ] + [
+        {"quantity": "attn_add", "layer": i, "relative_error": e,
+         "relative_error_uncorrelated": 2 * e}
+        for i, e in ((1, 0.1), (2, -0.3), (3, 0.25))
+    ] + [
+        {"quantity": "mlp_add", "layer": i, "relative_error": e, "relative_error_uncorrelated": 0.0}
+        for i, e in ((1, -0.05), (2, 0.02), (3, 0.04))
+    ]  # fmt: skip
+    line = _residual_verdict("gpt2-3x64", rows)
+    assert line.startswith("gpt2-3x64 ")
+    assert "residual x8 over 3 blocks measured" in line
+    assert "predicted x6.4 (position covariance, worst |rel err| 25%)" in line  # 8 / 6.4 - 1
+    assert "x4 (uncorrelated tokens, worst 100%)" in line  # 8 / 4 - 1
+    assert "attention branch block 1 / last +10% / +25% (uncorrelated +20% / +50%)" in line
+    assert line.endswith("MLP branch worst 5%")
