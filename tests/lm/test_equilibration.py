@@ -482,6 +482,8 @@ def test_seeds_needed_counts_up_to_and_including_the_cap():
     # the count starts at one seed: at alpha 1/2 a single agreeing seed rejects (p = 1/2)
     assert E.sign_test_power(1, 1.0, alpha=0.5) == 1.0
     assert E.seeds_needed(1.0, alpha=0.5) == 1
+    # a power exactly reached counts: every seed agreeing, 5 seeds reject with probability 1
+    assert E.sign_test_power(5, 1.0) == 1.0 and E.seeds_needed(1.0, power=1.0) == 5
 
 
 @pytest.mark.parametrize(
