@@ -177,7 +177,7 @@ def run_in_process(*args):
 
 
 def assert_clean_failure(proc, *words):
-    assert proc.returncode != 0
+    assert proc.returncode == 2, proc.returncode  # a usage error: exit status 2
     err = proc.stderr.strip()
     assert "Traceback" not in err, err[-2000:]
     last = err.splitlines()[-1]
@@ -766,6 +766,7 @@ def test_offline_push_to_hub_message_is_whole(tmp_path):
         expected = " ".join(str(err).split())
     proc = run_in_process("--push_to_hub", "true", "--output_dir", tmp_path / "run")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # refused before anything is written
     assert expected in proc.stderr and proc.stderr.strip().endswith(
         "upload the run folder later with `hf upload`"
     )
