@@ -151,3 +151,35 @@ def test_attention_summary_names_the_layers_by_final_entropy(tmp_path):
     assert row["lowest_entropy_layer"] == 1 and row["final_step"] == 10
     assert row["entropy_final"] == pytest.approx((1.5 + 0.4 + 1.9) / 3 + 0.05)
     assert row["logit_std_init"] == pytest.approx(5.0 - (2.0 + 2.2 + 2.1) / 3)
+
+
+def test_configs_tables_split_settings_shared_by_every_run_from_those_that_differ(tmp_path):
+    """Three hand-made runs: a setting with one value in all three is shared (one row, its
+    value), one with two or three distinct values differs (a column, one row per run)."""
+    from pathlib import Path
+
+    from hf_init.report import Run, configs_tables
+
+    def run(name, scheme, seed, lr, n_layer):
+        info = {"init": {"scheme": scheme}, "seed": seed, "n_parameters": 1000,
+                "config": {"model": {"model_type": "gpt2", "n_layer": n_layer, "n_embd": 64},
+                           "training": {"learning_rate": lr, "optim": "adamw_torch"}}}  # fmt: skip
+        return Run(Path(tmp_path / name), info, {})
+
+    runs = [
+        run("a", "gpt2", 0, 1e-3, 2),
+        run("b", "gpt2", 1, 1e-3, 2),
+        run("c", "xavier", 2, 3e-3, 2),
+    ]
+    shared, differ = configs_tables(runs)
+    assert list(shared.columns) == ["setting", "value"]  # one value column, not one per run
+    shared = dict(zip(shared["setting"], shared["value"]))
+    assert shared["model.n_layer"] == "2" and shared["n_parameters"] == "1000"
+    assert shared["training.optim"] == "adamw_torch" and shared["model.n_embd"] == "64"
+    for key in ("init.scheme", "seed", "training.learning_rate"):
+        assert key not in shared
+    assert list(differ["run"]) == ["a", "b", "c"]
+    assert list(differ["init.scheme"]) == ["gpt2", "gpt2", "xavier"]  # two values: differs
+    assert list(differ["training.learning_rate"]) == ["0.001", "0.001", "0.003"]
+    assert list(differ["seed"]) == ["0", "1", "2"]
+    assert "model.n_layer" not in differ.columns

@@ -984,3 +984,17 @@ def test_residual_verdict_line_on_hand_made_rows():
     assert "x4 (uncorrelated tokens, worst 100%)" in line  # 8 / 4 - 1
     assert "attention branch block 1 / last +10% / +25% (uncorrelated +20% / +50%)" in line
     assert line.endswith("MLP branch worst 5%")
+
+
+def test_a_two_layer_measurement_has_the_hidden_layers_gradient():
+    """measure_mlp on n_0 -> n_1 -> n_2 (two linear layers): a gradient variance per layer, the
+    hidden one as the theory predicts for relu at Kaiming's std (within 15%; width 512, 4
+    seeds) and the output's the probe cotangent's E[v^2] ~ 1."""
+    x = torch.randn(64, 32, generator=torch.Generator().manual_seed(0))
+    widths = (32, 512, 512)
+    std = math.sqrt(2 / 512)
+    got = P.measure_mlp(widths, "relu", [math.sqrt(2 / 32), std], x)
+    assert got.grad_var.shape == (4, 2)
+    want = T.propagate(widths, "relu", [math.sqrt(2 / 32), std],
+                       input_second_moment=float((x**2).mean())).grad_var  # fmt: skip
+    np.testing.assert_allclose(got.grad_var.mean(0), want, rtol=0.15)
