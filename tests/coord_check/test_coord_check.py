@@ -359,3 +359,23 @@ def test_log_axes_centre_the_values_and_span_at_least_the_widths():
         assert math.log(high) == pytest.approx(mid + 0.55 * span, rel=1e-9)
         assert low < values[0] and values[1] < high
         plt.close(fig)
+
+
+def test_the_defaults_are_the_default_run_docs_coord_check_md_reports():
+    """docs/coord_check.md's figures and slope statistics come from the default run, which it
+    states as 9 schemes x widths 64..512 x 3 seeds, 2 blocks, heads of 32, 5 steps, batches of 8
+    windows of 64 tokens, a BPE of 8192, AdamW at 1e-3: the flags' defaults must be those."""
+    from pathlib import Path
+
+    from hf_init.coord_check.study import CoordCheckArguments
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "coord_check.md").read_text()
+    stated = ("9 schemes x widths 64, 128, 256, 512 x 3 seeds, 2 blocks, heads of 32, 5 steps",
+              "`--seq_len` 64 tokens", "`--vocab_size` 8192", "`--batch_size` 8 windows",
+              "(default 5)")  # fmt: skip
+    assert all(s in " ".join(doc.split()) for s in stated)
+    a = CoordCheckArguments()
+    assert (len(a.schemes), a.widths, a.seeds, a.n_layer, a.head_dim, a.steps) == (
+        9, [64, 128, 256, 512], 3, 2, 32, 5
+    )  # fmt: skip
+    assert (a.seq_len, a.vocab_size, a.batch_size, a.learning_rate) == (64, 8192, 8, 1e-3)
