@@ -165,3 +165,22 @@ def test_without_an_accelerator_the_job_trains_on_the_cpu():
         pytest.skip("this machine has an accelerator")
     *_, training, _ = parse_args(["--output_dir", "unused"])
     assert training.use_cpu is True
+
+
+def test_help_shows_each_of_our_flags_with_its_own_help_text():
+    """The help read from source carries, for every field of the three argument dataclasses, the
+    help text the dataclass declares (read here with dataclasses.fields on the imported class)."""
+    import dataclasses
+    import re
+
+    from hf_init.lm.args import DataArguments, ModelArguments, RunArguments, help_text
+
+    def compact(s):  # argparse wraps lines, at spaces and after hyphens
+        return re.sub(r"\s+", "", s)
+
+    text = compact(help_text())
+    for cls in (ModelArguments, DataArguments, RunArguments):
+        for f in dataclasses.fields(cls):
+            if f.name.startswith("_") or "help" not in f.metadata:
+                continue
+            assert compact(f"--{f.name} {f.name.upper()} {f.metadata['help']}") in text, f.name

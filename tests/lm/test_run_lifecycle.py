@@ -284,6 +284,7 @@ def check_diverged_run(proc, out):
     ended = json.loads((out / "diverged.json").read_text())
     # the printed line is the recorded message, plus (after a failed overwrite) where each run is
     assert ended["diverged_at_step"] == step and err[0].startswith(ended["message"])
+    assert ended["optimizer_steps"] == step - 1  # the diverging update was not applied
     assert ended["config"]["training"]["learning_rate"] == 100 and ended["vocab_size"] > 0
     # the last checkpoint's weights are finite and are the ones the records of its step describe
     last = ckpts[-1]

@@ -289,3 +289,35 @@ def _walk(d):
         yield k, v
         if isinstance(v, dict):
             yield from _walk(v)
+
+
+def test_the_printed_band_table_leaves_out_members_that_diverged_from_step_0(capsys):
+    """The sweep's printed table, per std: the regime counts, the mean test accuracy and median
+    train loss of the seeds that trained (none when every seed diverged, even at step 0: nan,
+    without numpy's empty-slice warning), and the median gain; recomputed from hand-made rows."""
+    from hf_init.mlp.analysis import sweep_summary
+    from hf_init.mlp.job import _print_bands
+
+    def row(std, seed, diverged_step, acc, loss, gain, regime):
+        return {"depth": 2, "std": std, "seed": seed, "diverged_step": diverged_step,
+                "final_test_acc": acc, "final_train_loss": loss, "gain_per_layer_init": gain,
+                "regime": regime}  # fmt: skip
+
+    rows = [
+        row(0.1, 0, -1, 0.8, 0.5, 1.0, "stable"),
+        row(0.1, 1, -1, 0.6, 0.7, 1.2, "stable"),
+        row(0.1, 2, -1, 0.7, 0.9, 1.1, "stable"),
+        row(10.0, 0, 0, float("nan"), float("nan"), 50.0, "diverged"),
+        row(10.0, 1, 0, float("nan"), float("nan"), 70.0, "diverged"),
+    ]
+    import warnings
+
+    with warnings.catch_warnings():  # no numpy "Mean of empty slice" warning on the user's screen
+        warnings.simplefilter("error", RuntimeWarning)
+        _print_bands(sweep_summary(rows), rows, [2], [0.1, 10.0])
+    lines = capsys.readouterr().out.splitlines()
+    stable = next(line for line in lines if line.strip().startswith("1.00e-01"))
+    assert stable.split()[-3:] == [f"{0.7:.3f}", f"{0.7:.3g}", f"{1.1:.3g}"]
+    assert "stable 3" in stable
+    exploded = next(line for line in lines if line.strip().startswith("1.00e+01"))
+    assert exploded.split()[-3:] == ["nan", "nan", f"{60.0:.3g}"] and "diverged 2" in exploded
