@@ -116,3 +116,18 @@ def test_layer_norms_are_reset_to_gain_one_and_bias_zero():
         model._init_weights(m)
         assert torch.equal(m.weight, torch.ones_like(m.weight))
         assert torch.equal(m.bias, torch.zeros_like(m.bias))
+
+
+@pytest.mark.parametrize("n_inner", [None, 48])
+def test_gpt2_dims_read_the_mlp_width_stock_gpt2_builds(n_inner):
+    """The family table's GPT-2 dims (which every scheme's MLP fans come from) against the model
+    stock transformers builds from the same config: n_inner None means 4 x n_embd there too."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from hf_init.lm.families import GPT2
+
+    config = GPT2Config(n_layer=1, n_embd=16, n_head=2, n_inner=n_inner, vocab_size=64)
+    stock = GPT2LMHeadModel(config)
+    dims = GPT2.dims(config)
+    assert dims.n_inner == stock.transformer.h[0].mlp.c_fc.weight.shape[1]
+    assert dims.head_dim == stock.transformer.h[0].attn.head_dim

@@ -998,3 +998,13 @@ def test_a_two_layer_measurement_has_the_hidden_layers_gradient():
     want = T.propagate(widths, "relu", [math.sqrt(2 / 32), std],
                        input_second_moment=float((x**2).mean())).grad_var  # fmt: skip
     np.testing.assert_allclose(got.grad_var.mean(0), want, rtol=0.15)
+
+
+def test_efold_depth_of_a_slope_and_flat_up_to_1e_12():
+    """e-fold depth 1/|slope| of a per-layer log slope, printed to 3 digits; |slope| <= 1e-12 is
+    flat (inf): float noise in a log-ratio is not a depth."""
+    from hf_init.theory.check import _efold
+
+    assert [_efold(s) for s in (0.5, -0.25, 3e-3)] == ["2", "4", "333"]
+    assert _efold(1e-12) == _efold(-1e-12) == _efold(0.0) == "inf"
+    assert _efold(2e-12) == "5e+11"
