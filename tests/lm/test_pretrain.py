@@ -277,8 +277,9 @@ def test_variance_table_summary_on_hand_made_records(tmp_path):
         variance_table,
     )
 
-    # layer 0: 1 -> 2 by step 10 (half the change by step 10); layer 1: 2 -> 5, half by step 20
-    values = {0: {0: 1.0, 10: 1.8, 20: 1.9, 30: 2.0}, 1: {0: 2.0, 10: 2.0, 20: 3.5, 30: 5.0}}
+    # layer 0: 1 -> 2, half the change by step 10; layer 1: 2 -> 5, a third of the change by
+    # step 10 (not yet half) and half by step 20
+    values = {0: {0: 1.0, 10: 1.8, 20: 1.9, 30: 2.0}, 1: {0: 2.0, 10: 2.9, 20: 3.5, 30: 5.0}}
     records = [
         make_record(s, l, role, {"var": v})
         for l, row in values.items()
@@ -292,7 +293,7 @@ def test_variance_table_summary_on_hand_made_records(tmp_path):
     assert half_change_steps(table, "q").tolist() == [10, 20]
     rows = start_end_summary(table)
     assert rows[1]["q"] == {"start": 2.0, "end": 5.0, "ratio": 2.5, "half_change_step": 20}
-    assert layer_spread(table, "v").tolist() == [2.0, 2.0 / 1.8, 3.5 / 1.9, 2.5]
+    assert layer_spread(table, "v").tolist() == [2.0, 2.9 / 1.8, 3.5 / 1.9, 2.5]
 
 
 def test_two_process_ddp_on_cpu(tmp_path):
