@@ -68,6 +68,8 @@ def _worker(rank, world, port, results):
         except RunStopped as err:
             results[rank] = str(err)
         results["records", rank] = _records_guard(rank)
+        del model, w, stop  # no FSDP state or gradient shard outlives the group
+        dist.barrier()  # both ranks done with every collective before either tears gloo down
     finally:
         dist.destroy_process_group()
 
