@@ -217,6 +217,22 @@ def _study(tmp_path_factory, name, args, flag="--output_dir", subprocess=False):
     return out
 
 
+@pytest.fixture
+def captured(monkeypatch):
+    """Figures passed to Figure.savefig while the test runs (they are still written)."""
+    from matplotlib.figure import Figure
+
+    figs = []
+    original = Figure.savefig
+
+    def savefig(self, *args, **kwargs):
+        figs.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return figs
+
+
 @pytest.fixture(scope="session")
 def sweep_out(tmp_path_factory):
     return _study(tmp_path_factory, "mlp_sweep", SWEEP_ARGS)

@@ -28,22 +28,6 @@ def _png(path, width_in, height_in, dpi=120):
     return img
 
 
-@pytest.fixture
-def captured(monkeypatch):
-    """Figures passed to Figure.savefig while the test runs (they are still written)."""
-    from matplotlib.figure import Figure
-
-    figs = []
-    original = Figure.savefig
-
-    def savefig(self, *args, **kwargs):
-        figs.append(self)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", savefig)
-    return figs
-
-
 def _panels(fig):
     return [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
 

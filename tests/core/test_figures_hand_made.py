@@ -11,22 +11,6 @@ import pytest
 from matplotlib.colors import to_rgba
 
 
-@pytest.fixture
-def captured(monkeypatch):
-    """Figures passed to Figure.savefig while the test runs (they are still written)."""
-    from matplotlib.figure import Figure
-
-    figs = []
-    original = Figure.savefig
-
-    def savefig(self, *args, **kwargs):
-        figs.append(self)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", savefig)
-    return figs
-
-
 def _colorbar_range(fig, panels: int) -> tuple[float, float]:
     """The value range of the figure's one colour bar (the axes after the ``panels`` panels)."""
     (cax,) = fig.axes[panels:]
