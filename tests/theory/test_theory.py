@@ -783,9 +783,7 @@ def test_backward_gain_is_chi_1_at_each_layers_variance():
     p = T.propagate([n] * 5, "tanh", std, input_second_moment=0.2 / (n * std * std))
 
     def chi(q):
-        dens = lambda z: math.exp(-z * z / (2 * q)) / math.sqrt(2 * math.pi * q)  # noqa: E731
-        e = integrate.quad(lambda z: (1 - math.tanh(z) ** 2) ** 2 * dens(z), -np.inf, np.inf)[0]
-        return n * std * std * e
+        return n * std * std * _gaussian_mean(lambda z: (1 - math.tanh(z) ** 2) ** 2, q)
 
     want = [chi(q) for q in p.q[:-1]]
     assert len(set(np.round(want, 3))) == len(want)  # the layers' gains differ
@@ -858,15 +856,9 @@ def test_log_elasticity_is_the_derivative_under_the_gaussian(activation, which):
         ("silu", 0): lambda z: z * special.expit(z),
         ("silu", 1): lambda z: special.expit(z) * (1 + z * (1 - special.expit(z))),
     }[activation, which]
-
-    def gaussian_mean(g, qi):
-        return integrate.quad(
-            lambda z: g(z) * np.exp(-z * z / (2 * qi)) / np.sqrt(2 * np.pi * qi), -np.inf, np.inf
-        )[0]
-
     for qi, g in zip(q, got):
-        e2 = gaussian_mean(lambda z: f(z) ** 2, qi)
-        de = gaussian_mean(lambda z, qi=qi: f(z) ** 2 * (z * z - qi), qi)
+        e2 = _gaussian_mean(lambda z: f(z) ** 2, qi)
+        de = _gaussian_mean(lambda z, qi=qi: f(z) ** 2 * (z * z - qi), qi)
         assert g == pytest.approx(de / (2 * qi * e2), rel=1e-5)
 
 
@@ -887,9 +879,9 @@ def test_uncorrelated_token_recursion_written_out_by_position(activation):
         if activation == "relu":
             return q / 2
         c = math.sqrt(2 / math.pi)
-        gelu = lambda z: 0.5 * z * (1 + math.tanh(c * (z + 0.044715 * z**3)))  # noqa: E731
-        dens = lambda z: math.exp(-z * z / (2 * q)) / math.sqrt(2 * math.pi * q)  # noqa: E731
-        return integrate.quad(lambda z: gelu(z) ** 2 * dens(z), -np.inf, np.inf)[0]
+        return _gaussian_mean(
+            lambda z: (0.5 * z * (1 + math.tanh(c * (z + 0.044715 * z**3)))) ** 2, q
+        )
 
     v = [s2["wte"] + s2["wpe"]] * T_len
     residual, attn_add, mlp_add = [sum(v) / T_len], [], []
