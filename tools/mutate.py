@@ -519,11 +519,15 @@ def copy_tree(dst: Path) -> None:
     shutil.copytree(ROOT, dst, ignore=ignore, dirs_exist_ok=True)
 
 
-def pytest_in_copy(copy: Path, tests: list[str], timeout: float) -> tuple[int | None, str]:
-    """``pytest -x`` on ``tests`` inside the copied tree, importing the copy's hf_init:
-    (exit code, or None on timeout; the first failing or erroring test, "" when none)."""
+def pytest_in_copy(
+    copy: Path, tests: list[str], timeout: float, options: tuple[str, ...] = ()
+) -> tuple[int | None, str]:
+    """``pytest -x`` on ``tests`` inside the copied tree, importing the copy's hf_init, with
+    pytest's ``options`` (a marker selection): (exit code, or None on timeout; the first failing
+    or erroring test, "" when none)."""
     env = dict(os.environ, PYTHONPATH=str(copy), **TEST_ENV)
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-rfE", "-p", "no:cacheprovider", *tests]
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-rfE", "-p", "no:cacheprovider", *options]
+    cmd += tests
     try:
         proc = subprocess.run(
             cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout

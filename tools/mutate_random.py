@@ -67,6 +67,7 @@ TOOLS = Path(__file__).resolve().parent
 ROOT = TOOLS.parent
 sys.path[:0] = [str(ROOT), str(TOOLS)]  # this checkout's hf_init, and tools/mutate.py
 
+from coverage_map import NOT_SLOW, CoverageMap, current  # noqa: E402
 from mutate import copy_tree, pytest_in_copy  # noqa: E402
 
 TRIAGE = TOOLS / "mutants_equivalent.txt"
@@ -412,7 +413,7 @@ def verdict(rc: int | None, failed: str, timeout: float) -> tuple[str, str]:
     caught: the suite fails, as it would in CI."""
     if rc is None:
         return "timeout", f"over {timeout:.0f} s"
-    if rc == 0:
+    if rc in (0, 5):  # 5: every test of the files is slow, deselected as the README's command does
         return "survived", ""
     if rc < 0:
         return "caught", f"(pytest killed by signal {-rc})"
@@ -431,11 +432,11 @@ def run_mutant(m: Mutant, tests: list[str], timeout: float, confirm: bool) -> di
         target = copy / m.file
         source = target.read_text(encoding="utf-8")
         target.write_text(m.apply(source), encoding="utf-8")
-        rc, failed = pytest_in_copy(copy, tests, timeout)
+        rc, failed = pytest_in_copy(copy, tests, timeout, NOT_SLOW)
         status, detail = verdict(rc, failed, timeout)
         if status == "caught" and confirm:  # the failing test, or after a crash all the tests
             target.write_text(source, encoding="utf-8")
-            if pytest_in_copy(copy, [failed] if failed else tests, timeout)[0] != 0:
+            if pytest_in_copy(copy, [failed] if failed else tests, timeout, NOT_SLOW)[0] != 0:
                 status, detail = "unconfirmed", f"{detail} fails without the mutant too"
     return {
         "id": m.id,
@@ -505,12 +506,19 @@ def _choose(args, sites: list[Mutant]) -> list[Mutant]:
     return sorted(drawn, key=lambda m: (m.file, m.line, m.col))
 
 
-def _test_files(args, order: TestOrder, m: Mutant) -> list[str]:
-    """The test files a mutant runs: those of the first --tiers tiers, in tier order (up to the
-    first tier that holds any, when those hold none); with --tests those files only."""
+def _test_files(args, order: TestOrder, m: Mutant, cmap: CoverageMap | None = None) -> list[str]:
+    """The test files a mutant runs, in tier order: with a current coverage map and all tiers,
+    those that run its line (the whole suite's verdict), or when none does the first tier that
+    holds any (in case coverage missed a process); without a map those of the first --tiers
+    tiers (up to the first that holds any); with --tests only those files."""
     tiers = order.tiers(m.file)
-    last = max(args.tiers, next((i + 1 for i, tier in enumerate(tiers) if tier), len(tiers)))
-    tests = [t for tier in tiers[:last] for t in tier]
+    first = next((i + 1 for i, tier in enumerate(tiers) if tier), len(tiers))
+    running = cmap.covers(m.file, m.line) if cmap is not None and args.tiers == 3 else None
+    if running:
+        tests = [t for tier in tiers for t in tier if t in running]
+    else:
+        last = first if running is not None else max(args.tiers, first)
+        tests = [t for tier in tiers[:last] for t in tier]
     return [t for t in tests if t in args.tests] if args.tests else tests
 
 
@@ -550,6 +558,12 @@ def _parser() -> argparse.ArgumentParser:
         "is counted survived, so the catch rate is a lower bound",
     )
     p.add_argument(
+        "--no_map",
+        action="store_true",
+        help="with all tiers, run the whole suite, not only the test files that the coverage "
+        "map says run the mutated line",
+    )
+    p.add_argument(
         "--no_confirm", action="store_true", help="do not rerun a failing test without the mutant"
     )
     p.add_argument(
@@ -572,8 +586,16 @@ def _run_all(args, chosen: list[Mutant], order: TestOrder, triage: list[Equivale
     """Every chosen mutant, --jobs at a time, a line printed as each ends; on an interrupt the
     mutants not started are dropped (each running one removes its own copy)."""
 
+    cmap = None if args.no_map else current()
+    if args.tiers == 3 and not args.no_map:
+        print(
+            "test files: those that run the mutated line (coverage map)"
+            if cmap is not None
+            else "no current coverage map (python tools/coverage_map.py): the whole suite"
+        )
+
     def one(m: Mutant) -> dict:
-        tests = _test_files(args, order, m)
+        tests = _test_files(args, order, m, cmap)
         return _triaged(run_mutant(m, tests, args.timeout, not args.no_confirm), m, triage)
 
     results = []
@@ -612,6 +634,8 @@ def main(argv=None) -> int:
     tests = "only " + " ".join(args.tests) if args.tests else "all"
     if args.tiers < 3:
         tests += f" of tiers 1-{args.tiers} (the catch rate is a lower bound)"
+    elif not args.no_map and current() is not None:
+        tests += " (those that run the mutated line, by the coverage map)"
     table = markdown(results, counts, f"{drawn} of {len(sites)} sites; test files: {tests}")
     report = {
         "seed": None if args.only else args.seed,
