@@ -168,6 +168,7 @@ def test_the_first_failing_test_is_named_whole_when_its_id_holds_spaces(tmp_path
 def test_a_crashed_run_is_a_catch_and_an_odd_exit_without_a_test_is_an_error():
     assert mr.verdict(None, "", 60) == ("timeout", "over 60 s")
     assert mr.verdict(0, "", 60) == ("survived", "")
+    assert mr.verdict(5, "", 60) == ("survived", "")  # every test slow: none ran
     assert mr.verdict(1, "tests/t.py::test_a", 60) == ("caught", "tests/t.py::test_a")
     assert mr.verdict(-11, "", 60) == ("caught", "(pytest killed by signal 11)")
     assert mr.verdict(1, "", 60)[0] == "error"  # failed, but no test named
