@@ -183,3 +183,73 @@ def test_configs_tables_split_settings_shared_by_every_run_from_those_that_diffe
     assert list(differ["training.learning_rate"]) == ["0.001", "0.001", "0.003"]
     assert list(differ["seed"]) == ["0", "1", "2"]
     assert "model.n_layer" not in differ.columns
+
+
+def test_stability_section_on_hand_made_runs(tmp_path):
+    """Two hand-made runs (seeds 0 and 1), 2 layers x 2 heads, attention records at steps 0 and
+    10: the chance loss and uniform entropy are ln(vocab) and the mean of ln(1..T); the growth
+    table is, per layer, the mean over heads of the last logit std over the first, to 3
+    significant digits; the one head whose entropy falls below 10% of uniform is listed with
+    its step, and every head is in attention_heads.csv."""
+    import math
+
+    import pandas as pd
+
+    from hf_init.core.records import make_record, read_records, write_records
+    from hf_init.report import FILES_DIR, Run, stability_section
+
+    block, vocab = 8, 50
+    info = {"vocab_size": vocab, "blocks": {"block_size": block}, "eval_loss": 1.0}
+    runs = [Run(tmp_path / f"r{s}", info, {"seed": s}) for s in (0, 1)]
+    first = {
+        (s, l, h): 1.0 + l + 0.5 * h + 0.25 * s for s in (0, 1) for l in (0, 1) for h in (0, 1)
+    }
+    last = {key: v * (1.5 + key[1] + 0.125 * key[2]) for key, v in first.items()}
+    records = [
+        make_record(
+            step, l, "attn", {"entropy": entropy, "logit_std": std[s, l, h]}, head=h, seed=s
+        )  # fmt: skip
+        for step, std in ((0, first), (10, last))
+        for s, l, h in std
+        for entropy in [0.01 if (step, s, l, h) == (10, 1, 1, 0) else 2.0]
+    ]
+    table = read_records(write_records(tmp_path / "a.jsonl", records))
+    calls = []
+
+    class Doc:
+        files = tmp_path
+
+        def heading(self, text):
+            calls.append(("heading", text, None))
+
+        def text(self, text):
+            calls.append(("text", text, None))
+
+        def table(self, df, digits=4):
+            calls.append(("table", df, digits))
+
+    doc = Doc()
+    stability_section(doc, runs, table)
+
+    intro = calls[1][1]
+    assert f"L0 = ln(vocab size) = {math.log(vocab):.3f}" in intro
+    assert f"{np.mean(np.log(np.arange(1, block + 1))):.3f} nats" in intro
+    texts = {c[1]: i for i, c in enumerate(calls) if c[0] == "text"}
+    i = texts["Attention-logit growth (last / first record) per layer:"]
+    _, growth, digits = calls[i + 1]
+    assert digits == 3
+    assert list(growth.columns) == ["seed", "layer 0", "layer 1"]
+    for s in (0, 1):
+        row = growth[growth["seed"] == s].iloc[0]
+        for l in (0, 1):
+            want = np.mean([last[s, l, h] for h in (0, 1)]) / np.mean(
+                [first[s, l, h] for h in (0, 1)]
+            )
+            assert row[f"layer {l}"] == pytest.approx(want, rel=1e-12)
+    i = texts["Collapsed heads, earliest first (1 of 1):"]
+    (collapsed,) = calls[i + 1][1].to_dict("records")
+    assert (collapsed["seed"], collapsed["layer"], collapsed["head"]) == (1, 1, 0)
+    assert collapsed["collapse_step"] == 10
+    heads = pd.read_csv(tmp_path / "attention_heads.csv")
+    assert len(heads) == 8 and heads["collapse_step"].notna().sum() == 1
+    assert any(f"Every head: `{FILES_DIR}/attention_heads.csv`" in t for t in texts)

@@ -23,16 +23,20 @@ lines move (--only ID runs it again, drawn or not).
 
 Each mutant is applied in a copy of the repository in a temporary folder (the working tree is
 never written; an interrupted run leaves at most a temporary folder) and runs
-`pytest -x -q` there on every test file, ordered so that the likeliest to catch it come first:
+`pytest -x -q -m "not slow"` there (the README's suite) on the test files that can see it: with
+a current coverage map (python tools/coverage_map.py), those that run the statement holding its
+line, which is the whole suite's verdict, since a file that never runs that statement runs the
+same with the mutant; without one, every test file. Either way they are ordered so that the
+likeliest to catch it come first:
 
     1. test files that import the mutated module (or name it, for a module loaded by path),
     2. test files that reach it through their imports, the scripts they run (a script's name as
        a string in the test) and the conftest fixtures and helpers they use, transitively,
     3. the rest; alphabetically within a tier.
 
---tiers 1 (or 2) runs the first tier (or two) only: a whole-suite run for every survivor is many
-minutes on 2 cores. A mutant that survives them is counted survived, though a later tier might
-catch it, so the catch rate is then a lower bound; each survivor is triaged by hand anyway.
+--tiers 1 (or 2) runs the first tier (or two) only, the map unused. A mutant that survives them
+is counted survived, though a later tier might catch it, so the catch rate is then a lower
+bound; each survivor is triaged by hand anyway.
 
 A failing test is rerun alone on the unmutated copy, so a test that fails anyway (flaky, or red
 before the mutant) does not count as a catch; a pytest killed by a signal (a segfault) is a catch

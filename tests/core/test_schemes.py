@@ -397,6 +397,16 @@ def test_depth_scaled_step0_records_give_each_block_its_formula_std(tmp_path):
     assert stds["q"]["scheme"] == 0.02 and "q.0" not in stds
 
 
+def test_a_spec_without_n_layer_is_one_block():
+    """A WeightSpec built without n_layer (a plain MLP layer, or a user's own weight) is one
+    block: GPT-2's residual scaling is 0.02 / sqrt(2 * 1), and no block index but 0 exists."""
+    spec = WeightSpec("attn_proj", 64, 64, d_model=64)
+    assert spec.n_layer == 1
+    assert get_scheme("gpt2").std(spec) == pytest.approx(0.02 / math.sqrt(2))
+    with pytest.raises(ValueError, match="layer must be in"):
+        WeightSpec("attn_proj", 64, 64, layer=1)
+
+
 def test_depth_scaled_needs_the_layer_and_inspect_init_prints_every_block():
     from conftest import run_main
 

@@ -292,6 +292,7 @@ def test_variance_table_summary_on_hand_made_records(tmp_path):
     assert table.steps.tolist() == [0, 10, 20, 30]
     assert half_change_steps(table, "q").tolist() == [10, 20]
     rows = start_end_summary(table)
+    assert rows[0]["q"] == {"start": 1.0, "end": 2.0, "ratio": 2.0, "half_change_step": 10}
     assert rows[1]["q"] == {"start": 2.0, "end": 5.0, "ratio": 2.5, "half_change_step": 20}
     assert layer_spread(table, "v").tolist() == [2.0, 2.9 / 1.8, 3.5 / 1.9, 2.5]
 

@@ -14,6 +14,7 @@ deviations (a false alarm has probability < 1e-4 per layer under a normal approx
 import math
 import subprocess
 import sys
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -599,7 +600,8 @@ def test_theory_check_script_small_run_and_refuses_existing_folder(tmp_path):
     rows = _theory_rows(out / "theory_check.jsonl")
     mlp = [r for r in rows if r["network"].startswith("mlp-")]
     assert len(mlp) == 2 * 2 * 2 * depth
-    assert len([r for r in rows if r["network"].startswith("gpt2-")]) == 2 * (3 + 2 + 2)
+    gpt2 = Counter(r["network"] for r in rows if r["network"].startswith("gpt2-"))
+    assert gpt2 == {"gpt2-gpt2-scaled": 3 + 2 + 2, "gpt2-gpt2-unscaled": 3 + 2 + 2}
     assert len([r for r in rows if r["network"] == "llama-gpt2"]) == 3 + 2 + 2
     ms = _digits_mean_square(batch)
     for r in mlp:
