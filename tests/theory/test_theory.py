@@ -372,18 +372,27 @@ def test_gpt2_theory_holds_where_its_assumptions_do():
     assert np.all(meas.attn_add.mean(axis=0)[1:] > pred.attn_add[1:])
 
 
-def test_attention_kernel_matches_its_sums_written_out_by_position():
+@pytest.mark.parametrize("with_rope", [False, True])
+def test_attention_kernel_matches_its_sums_written_out_by_position(with_rope):
     """One attention branch's kernel on a hand-made 5-position covariance, recomputed with loops
     over positions: U = layer-norm correlation, the logit variance
-    tau_t^2 = d q^2 U_tt d k^2 (mean_{s<=t} U_ss - mean_{s,s'<=t} U_ss'), E[sum_s a_ts^2] =
-    1 / (1 + t exp(-tau_t^2)), the output's diagonal = sum_a2 (mean of V_ss) + (1 - sum_a2)
-    (mean of V_ss' over s != s'), its off-diagonal the plain means of V over both prefixes."""
+    tau_t^2 = d q^2 U_tt d k^2 (mean_{s<=t} U_ss - mean_{s,s'<=t} U_ss' c(s - s')), with RoPE's
+    logit correlation c (1 without RoPE), E[sum_s a_ts^2] = 1 / (1 + t exp(-tau_t^2)), the
+    output's diagonal = sum_a2 (mean of V_ss) + (1 - sum_a2) (mean of V_ss' over s != s'), its
+    off-diagonal the plain means of V over both prefixes."""
     rng = np.random.default_rng(0)
     T_len, d, eps = 5, 8, 1e-5
     A = rng.normal(size=(T_len, 3 * T_len))
     K_in = A @ A.T / (3 * T_len) + 0.3  # PSD, correlated positions, unequal diagonal
     q2, k2, v2, o2 = 0.09, 0.04, 0.02, 0.05
-    out, sum_a2, tau2 = T._attention_kernel(K_in, (q2, k2, v2, o2), d, eps)
+
+    def c(lag):  # a made-up correlation by lag, 1 at lag 0
+        return 0.8**lag * math.cos(0.7 * lag) if with_rope else 1.0
+
+    rope = np.array([[c(abs(t - s)) for s in range(T_len)] for t in range(T_len)])
+    out, sum_a2, tau2 = T._attention_kernel(
+        K_in, (q2, k2, v2, o2), d, eps, rope=rope if with_rope else None
+    )
 
     U = np.array(
         [
@@ -396,7 +405,7 @@ def test_attention_kernel_matches_its_sums_written_out_by_position():
     for t in range(T_len):
         n = t + 1
         mean_diag = sum(U[s, s] for s in range(n)) / n
-        mean_all = sum(U[s, r] for s in range(n) for r in range(n)) / n**2
+        mean_all = sum(U[s, r] * c(abs(s - r)) for s in range(n) for r in range(n)) / n**2
         want_tau2 = d * q2 * U[t, t] * d * k2 * max(mean_diag - mean_all, 0.0)
         assert tau2[t] == pytest.approx(want_tau2, rel=1e-12, abs=1e-15)
         want_a2 = 1 / (1 + t * math.exp(-want_tau2))
