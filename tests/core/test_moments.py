@@ -319,20 +319,25 @@ def test_real_fsdp2_shards_on_two_cpu_processes_equal_unsharded_without_gather()
 
 
 def test_layers_in_several_workspace_passes_equal_numpy(monkeypatch):
-    # a workspace of one layer's part: 12 layers of (8, 3*6) in 12 passes, Q|K|V blocks cut by view
+    # workspaces of one layer's part (12 passes), smaller than a part, and of 4 parts (3 passes):
+    # 12 layers of (8, 3*6), Q|K|V blocks cut by view
     from hf_init.core import moments as D
 
-    monkeypatch.setattr(D, "WORKSPACE_ELEMENTS", 8 * 18)
     g = torch.Generator().manual_seed(3)
     ws = [torch.randn(8, 18, generator=g) * 0.1 + 0.3 * i for i in range(12)]
-    got = D.stacked_block_sums([D.LocalPart(w, (8, 18), (0, 0)) for w in ws], 3)
-    for i, w in enumerate(ws):
-        x = w.double().numpy().reshape(8, 3, 6)
-        for b in range(3):
-            blk = x[:, b, :]
-            assert got[i, b, 0].item() == blk.size
-            assert got[i, b, 1].item() == pytest.approx(blk.sum(), rel=1e-13)
-            assert got[i, b, 2].item() == pytest.approx((blk**2).sum(), rel=1e-13)
+    # the buffer held is the bound, or one part where a part alone is larger than the bound
+    for elements, held in ((8 * 18, 8 * 18), (10, 8 * 18), (8 * 18 * 4, 8 * 18 * 4)):
+        monkeypatch.setattr(D, "WORKSPACE_ELEMENTS", elements)
+        monkeypatch.setattr(D, "_WORKSPACES", {})
+        got = D.stacked_block_sums([D.LocalPart(w, (8, 18), (0, 0)) for w in ws], 3)
+        assert D._WORKSPACES[torch.device("cpu")].numel() == held
+        for i, w in enumerate(ws):
+            x = w.double().numpy().reshape(8, 3, 6)
+            for b in range(3):
+                blk = x[:, b, :]
+                assert got[i, b, 0].item() == blk.size
+                assert got[i, b, 1].item() == pytest.approx(blk.sum(), rel=1e-13)
+                assert got[i, b, 2].item() == pytest.approx((blk**2).sum(), rel=1e-13)
     first = D.workspace("cpu", 10)
     assert D.workspace("cpu", 5).data_ptr() == first.data_ptr()  # reused, not made anew
 

@@ -592,3 +592,22 @@ def test_early_window_is_the_first_tenth_of_the_run_or_at_least_three_records():
     sparse = np.arange(0, 501, 50)
     _, last, used = E.early_growth(sparse, np.exp(0.01 * sparse))
     assert (last, used) == (100.0, 3)
+
+
+@pytest.mark.parametrize("claim, expected_sign", [("shallow_grow_faster", -1),
+                                                  ("deep_equilibrate_later", +1)])  # fmt: skip
+def test_a_sentence_says_the_mean_points_against_its_claim_only_when_it_does(claim, expected_sign):
+    """A claim tested by a mean Spearman rho predicts a sign (shallow layers grow faster: rho < 0;
+    deep layers equilibrate later: rho > 0). The sentence says the mean points against the claim
+    for the opposite sign only: not for the predicted sign, and not for a mean of exactly 0."""
+
+    def sentence(statistic):
+        row = dict(projection="q", claim=claim, statistic=statistic, per_seed="x",
+                   n_seeds=5, p_value=0.5, min_p=1 / 32, seeds_agreeing=3, seeds_needed=40.0,
+                   verdict="not supported")  # fmt: skip
+        return E.verdict_sentence(row)
+
+    against = "the mean rho points against the claim"
+    assert against in sentence(-0.4 * expected_sign)
+    assert against not in sentence(0.4 * expected_sign)
+    assert against not in sentence(0.0)
