@@ -131,3 +131,17 @@ def test_gpt2_dims_read_the_mlp_width_stock_gpt2_builds(n_inner):
     dims = GPT2.dims(config)
     assert dims.n_inner == stock.transformer.h[0].mlp.c_fc.weight.shape[1]
     assert dims.head_dim == stock.transformer.h[0].attn.head_dim
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+def test_bos_and_eos_are_the_last_token_of_the_vocabulary(model_type):
+    """GPT-2's tokenizer puts <|endoftext|> (bos and eos) at the last id, 50256; a config of a
+    smaller vocabulary keeps it the last id, inside the vocabulary, unless it is given."""
+    from hf_init.lm.modeling import make_config
+
+    config = make_config("gpt2", model_type=model_type, vocab_size=96, n_layer=1, n_embd=16,
+                         n_head=2)  # fmt: skip
+    assert config.bos_token_id == config.eos_token_id == 95
+    assert make_config("gpt2", model_type=model_type).eos_token_id == 50256
+    given = make_config("gpt2", model_type=model_type, vocab_size=96, eos_token_id=3)
+    assert given.eos_token_id == 3 and given.bos_token_id == 95

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -117,6 +118,18 @@ def test_interrupted_run_without_checkpoint_is_refused_with_the_restart_command(
     (tmp_path / "run_info.json").write_text("{}")  # a finished run: the plain refusal
     with pytest.raises(UsageError, match="pass --overwrite_output_dir to replace it"):
         folder.check_new_run(False, argv)
+
+
+def test_an_unfinished_run_message_names_up_to_four_things_found():
+    """The refusal names what the folder holds: four things in full, a fifth as "..."."""
+    from hf_init.lm.run_folder import unfinished_run_message
+
+    found = ["a.jsonl", "b.jsonl", "c.jsonl", "d.jsonl", "e.jsonl"]
+    argv = ["--output_dir", "x"]
+    four = unfinished_run_message(RunFolder(Path("x")), found[:4], argv)
+    assert "(a.jsonl, b.jsonl, c.jsonl, d.jsonl; no run_info.json)" in four
+    five = unfinished_run_message(RunFolder(Path("x")), found, argv)
+    assert "(a.jsonl, b.jsonl, c.jsonl, d.jsonl, ...; no run_info.json)" in five
 
 
 def test_last_checkpoint_is_the_highest_step_with_a_trainer_state(tmp_path):
