@@ -1012,3 +1012,25 @@ def test_efold_depth_of_a_slope_and_flat_up_to_1e_12():
     assert [_efold(s) for s in (0.5, -0.25, 3e-3)] == ["2", "4", "333"]
     assert _efold(1e-12) == _efold(-1e-12) == _efold(0.0) == "inf"
     assert _efold(2e-12) == "5e+11"
+
+
+def test_the_mlp_width_defaults_to_each_familys_own():
+    """Left out, n_inner is GPT-2's 4 d and Llama's SwiGLU width, 2/3 of 4 d rounded up to a
+    multiple of 256 (256 at d = 32; 11008 at Llama-7B's d = 4096): each prediction, and Llama's
+    stds, equal those given that width and differ from those given another."""
+    L, d, T_len = 2, 32, 6
+    ids = np.arange(2 * T_len).reshape(2, T_len) % 5
+    g = T.gpt2_scheme_stds("gpt2", L, d)[0]
+    ll = T.llama_scheme_stds("xavier_normal", L, d, 4, n_inner=256)
+    assert T.llama_scheme_stds("xavier_normal", L, d, 4) == ll
+    assert T.llama_scheme_stds("xavier_normal", L, d, 4, n_inner=320) != ll
+    predictions = {
+        "gpt2_variance": (lambda **kw: T.gpt2_residual_variance(g, L, d, T_len, **kw), 4 * d),
+        "gpt2_kernel": (lambda **kw: T.gpt2_residual_kernel(g, L, d, ids, **kw), 4 * d),
+        "llama_variance": (lambda **kw: T.llama_residual_variance(ll, L, d, T_len, **kw), 256),
+        "llama_kernel": (lambda **kw: T.llama_residual_kernel(ll, L, d, ids, 4, **kw), 256),
+    }
+    for name, (predict, width) in predictions.items():
+        default, given, other = predict(), predict(n_inner=width), predict(n_inner=width + 64)
+        np.testing.assert_array_equal(default.mlp_add, given.mlp_add, err_msg=name)
+        assert not np.allclose(default.mlp_add, other.mlp_add), name
