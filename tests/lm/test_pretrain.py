@@ -74,6 +74,8 @@ def test_ten_step_run_leaves_a_complete_run_folder(tiny_run):
     info = json.loads((out / "run_info.json").read_text())
     assert info["world_size"] == 1 and info["optimizer_steps"] == 10
     assert info["tokens_seen"] == 10 * 4 * 32
+    # the run's wall time spans its training and lies inside the whole process's
+    assert info["train_runtime_s"] <= info["wall_time_s"] <= proc.wall_s
     assert info["init"]["scheme"] == "xavier_normal"
     assert info["corpus"]["sha256"] and info["corpus"]["n_chars"] > 0
     assert 0.0 <= info["next_token_accuracy"] <= 1.0
