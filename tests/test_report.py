@@ -253,3 +253,18 @@ def test_stability_section_on_hand_made_runs(tmp_path):
     heads = pd.read_csv(tmp_path / "attention_heads.csv")
     assert len(heads) == 8 and heads["collapse_step"].notna().sum() == 1
     assert any(f"Every head: `{FILES_DIR}/attention_heads.csv`" in t for t in texts)
+
+
+def test_a_runs_scheme_label_carries_the_std_of_the_normal_scheme_only():
+    """Runs are grouped and labelled by scheme: the plain normal scheme by its std too
+    (normal:0.05 and normal:0.1 are different schemes); a scheme that sets its own stds is its
+    name alone, whatever std the run's config also held."""
+    from hf_init.report import scheme_label
+
+    def info(scheme, std):
+        return {"init": {"scheme": scheme, "std": std}}
+
+    assert scheme_label(info("normal", 0.05)) == "normal:0.05"
+    assert scheme_label(info("normal", 0.1)) == "normal:0.1"
+    assert scheme_label(info("gpt2", 0.02)) == "gpt2"
+    assert scheme_label(info("xavier_normal", None)) == "xavier_normal"
