@@ -362,13 +362,18 @@ def _as_stds(
 
 
 def _log_elasticity(activation: str, q: np.ndarray, which: int) -> np.ndarray:
-    """d log E[f(z)^2] / d log q for f = phi (which=0) or phi' (which=1), by central difference."""
+    """d log E[f(z)^2] / d log q for f = phi (which=0) or phi' (which=1), by central difference.
+    At q = 0 (a zero input without bias) its limit: 1 for phi and 0 for phi' (every activation
+    here has phi(0) = 0 and phi'(0) != 0), where the difference would take log 0."""
+    q = np.asarray(q, dtype=float)
+    out = np.full_like(q, 1.0 if which == 0 else 0.0)
     if activation in ("relu", "linear"):
-        return np.full_like(q, 1.0 if which == 0 else 0.0)
-    h = 1e-4
-    up = second_moments(activation, q * math.exp(h))[which]
-    dn = second_moments(activation, q * math.exp(-h))[which]
-    return (np.log(up) - np.log(dn)) / (2 * h)
+        return out
+    h, pos = 1e-4, q > 0
+    up = second_moments(activation, q[pos] * math.exp(h))[which]
+    dn = second_moments(activation, q[pos] * math.exp(-h))[which]
+    out[pos] = (np.log(up) - np.log(dn)) / (2 * h)
+    return out
 
 
 def propagate(

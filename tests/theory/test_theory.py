@@ -1034,3 +1034,17 @@ def test_the_mlp_width_defaults_to_each_familys_own():
         default, given, other = predict(), predict(n_inner=width), predict(n_inner=width + 64)
         np.testing.assert_array_equal(default.mlp_add, given.mlp_add, err_msg=name)
         assert not np.allclose(default.mlp_add, other.mlp_add), name
+
+
+@pytest.mark.parametrize("act", ["relu", "linear", "tanh", "gelu", "silu", "gelu_tanh"])
+def test_an_all_zero_input_adds_nothing_to_the_batch_but_its_zero(act, recwarn):
+    """A batch holding an all-zero example (no bias): that example's z is exactly 0 at every
+    layer, with no fluctuation, so the batch's mean q is half of the other example's alone and
+    the bound on its relative variance, (mean SD)^2 / (mean q)^2, is the other's own. The
+    smooth activations' elasticity is taken at its limit at q = 0, not as log 0 (NaN)."""
+    both = T.propagate((8, 8, 8, 8), act, 0.4, input_second_moment=[0.0, 1.0])
+    one = T.propagate((8, 8, 8, 8), act, 0.4, input_second_moment=[1.0])
+    np.testing.assert_allclose(both.q, one.q / 2, rtol=1e-12)
+    np.testing.assert_allclose(both.q_relvar, one.q_relvar, rtol=1e-12)
+    assert np.all(np.isfinite(both.grad_relvar))
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
