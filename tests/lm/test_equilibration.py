@@ -341,6 +341,14 @@ def test_markdown_table():
     assert E.to_markdown(df, digits=3) == (
         "| a | b | c |\n|---:|:---|:---|\n| 1 | x\\|y | True |\n|  | z | False |\n"
     )
+    # floats to 4 significant digits unless told: the report's tables
+    small = pd.DataFrame({"x": [0.000123456, 98765.4321, 2.0]})
+    assert E.to_markdown(small) == "| x |\n|---:|\n| 0.0001235 |\n| 9.877e+04 |\n| 2 |\n"
+    assert E.to_markdown(small, digits=2).splitlines()[2:] == [
+        "| 0.00012 |",
+        "| 9.9e+04 |",
+        "| 2 |",
+    ]
 
 
 def test_centered_median_is_pandas_rolling_inside_and_symmetric_at_the_ends():
