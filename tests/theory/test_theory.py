@@ -1048,3 +1048,57 @@ def test_an_all_zero_input_adds_nothing_to_the_batch_but_its_zero(act, recwarn):
     np.testing.assert_allclose(both.q_relvar, one.q_relvar, rtol=1e-12)
     assert np.all(np.isfinite(both.grad_relvar))
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_kernel_predictions_compose_their_branches_block_by_block(family):
+    """Both covariance-kernel predictions, 2 blocks on 2 sequences with repeated tokens, against
+    the blocks composed by hand from the branch kernels (each tested above against sums written
+    out by position): per block, what attention and the MLP add (mean diagonal), the residual
+    after it, 1 / E[sum a^2] and the logit variance, each averaged over the sequences."""
+    from numpy.polynomial.hermite_e import hermegauss
+
+    L, d, n_head, T_len = 2, 32, 4, 6
+    ids = np.array([[3, 1, 3, 2, 1, 3], [0, 0, 4, 1, 4, 2]])
+    gx, gw = hermegauss(16)
+    quad = (np.triu_indices(T_len, 1), gx, gw / math.sqrt(2 * math.pi))
+    if family == "gpt2":
+        stds = T.gpt2_scheme_stds("xavier_normal", L, d, vocab_size=5, n_positions=T_len)[0]
+        got = T.gpt2_residual_kernel(stds, L, d, ids)
+        s2, inner, eps, rope = {k: v * v for k, v in stds.items()}, 4 * d, 1e-5, None
+        qkvo = (s2["q"], s2["k"], s2["v"], s2["attn_proj"])
+    else:
+        stds = T.llama_scheme_stds("xavier_normal", L, d, n_head, n_inner=64, vocab_size=5)
+        got = T.llama_residual_kernel(stds, L, d, ids, n_head, n_inner=64)
+        s2, inner, eps = {k: v * v for k, v in stds.items()}, 64, 1e-6
+        rope = T.rope_logit_correlation(T_len, d // n_head)
+        qkvo = (s2["q"], s2["k"], s2["v"], s2["o"])
+
+    def mlp(K):
+        U = T._layer_norm_kernel(K, eps)
+        if family == "gpt2":
+            return inner * s2["mlp_proj"] * T._gaussian_kernel("gelu_tanh", d * s2["mlp_fc"] * U,
+                                                                 *quad)  # fmt: skip
+        gate = T._gaussian_kernel("silu", d * s2["gate"] * U, *quad)
+        return inner * s2["down"] * gate * (d * s2["up"] * U)
+
+    want = {k: np.zeros(L) for k in ("attn_add", "mlp_add", "attn_positions", "score_var")}
+    want["residual"] = np.zeros(L + 1)
+    for seq in ids:
+        same = (seq[:, None] == seq[None, :]).astype(float)
+        if family == "gpt2":
+            K = s2["wte"] * same + s2["wpe"] * np.eye(T_len)
+        else:
+            K = s2["embed"] * same
+        want["residual"][0] += np.diag(K).mean() / len(ids)
+        for layer in range(L):
+            attn, sum_a2, tau2 = T._attention_kernel(K, qkvo, d, eps, rope)
+            M = mlp(K + attn)
+            K = K + attn + M
+            for key, value in (("attn_add", np.diag(attn)), ("mlp_add", np.diag(M)),
+                               ("attn_positions", 1 / sum_a2), ("score_var", tau2)):  # fmt: skip
+                want[key][layer] += value.mean() / len(ids)
+            want["residual"][layer + 1] += np.diag(K).mean() / len(ids)
+    for key, value in want.items():
+        np.testing.assert_allclose(getattr(got, key), value, rtol=1e-12, err_msg=key)
+    assert np.all(want["score_var"] > 0) and np.all(want["attn_positions"] > 1)
