@@ -879,7 +879,8 @@ def test_uncorrelated_token_recursion_written_out_by_position(activation):
     """gpt2_residual_variance recomputed with loops over positions, with a LayerNorm eps large
     enough that m = v / (v + eps) is far from 1 and differs by position from the second block on:
     keys read the mean of m over the prefix, E[sum_s a_ts^2] = 1 / (1 + t e^{-tau^2}), the MLP
-    reads the second norm's (v + attn) / (v + attn + eps), E[phi^2] by scipy quad (relu: q/2)."""
+    reads the second norm's (v + attn) / (v + attn + eps), E[phi^2] by scipy quad (relu: q/2);
+    the effective positions 1 / E[sum a^2] and the logit variance tau^2, averaged over t."""
     L, d, T_len, eps, inner = 3, 16, 6, 0.05, 40
     stds = {"wte": 0.1, "wpe": 0.05, "q": 0.4, "k": 0.3, "v": 0.2, "attn_proj": 0.15,
             "mlp_fc": 0.25, "mlp_proj": 0.1}  # fmt: skip
@@ -896,14 +897,16 @@ def test_uncorrelated_token_recursion_written_out_by_position(activation):
         )
 
     v = [s2["wte"] + s2["wpe"]] * T_len
-    residual, attn_add, mlp_add = [sum(v) / T_len], [], []
+    residual, attn_add, mlp_add, positions, score_var = [sum(v) / T_len], [], [], [], []
     for _ in range(L):
         m = [x / (x + eps) for x in v]
-        attn, mlp = [], []
+        attn, mlp, inv_a2, taus = [], [], [], []
         for t in range(T_len):
             prefix = sum(m[: t + 1]) / (t + 1)
             tau2 = d * s2["q"] * m[t] * d * s2["k"] * prefix
             a2 = 1 / (1 + t * math.exp(-tau2))
+            inv_a2.append(1 / a2)
+            taus.append(tau2)
             attn.append(d * s2["attn_proj"] * d * s2["v"] * prefix * a2)
             m2 = (v[t] + attn[t]) / (v[t] + attn[t] + eps)
             mlp.append(inner * s2["mlp_proj"] * e_phi2(d * s2["mlp_fc"] * m2))
@@ -911,10 +914,14 @@ def test_uncorrelated_token_recursion_written_out_by_position(activation):
         residual.append(sum(v) / T_len)
         attn_add.append(sum(attn) / T_len)
         mlp_add.append(sum(mlp) / T_len)
+        positions.append(sum(inv_a2) / T_len)
+        score_var.append(sum(taus) / T_len)
     assert len({round(x, 6) for x in m}) > 1  # the positions' m differ: the prefix mean matters
     np.testing.assert_allclose(got.residual, residual, rtol=1e-7)
     np.testing.assert_allclose(got.attn_add, attn_add, rtol=1e-7)
     np.testing.assert_allclose(got.mlp_add, mlp_add, rtol=1e-7)
+    np.testing.assert_allclose(got.attn_positions, positions, rtol=1e-12)
+    np.testing.assert_allclose(got.score_var, score_var, rtol=1e-12)
 
 
 def test_gaussian_kernel_of_relu_is_the_arc_cosine_kernel():
