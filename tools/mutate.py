@@ -500,6 +500,24 @@ MUTANTS = [
             "tests/lm/test_spikes.py::test_step_values_sum_a_steps_micro_batch_losses_and_take_its_norm"
         ],
     ),
+    (
+        "N22",
+        "hf_init/theory/recursions.py",
+        "h, pos = 1e-4, q > 0",
+        "h, pos = 1e-4, q >= 0",
+        [
+            "tests/theory/test_theory.py::test_an_all_zero_input_adds_nothing_to_the_batch_but_its_zero"
+        ],
+    ),
+    (
+        "N23",
+        "hf_init/theory/recursions.py",
+        "tau_sum[layer] += tau2.mean()\n    out /= len(ids)\n    return ResidualPrediction(out[0], out[1, 1:], out[2, 1:], out[3, 1:], tau_sum / len(ids))\n\n\ndef _attention_kernel",
+        "tau_sum[layer] += tau2.max()\n    out /= len(ids)\n    return ResidualPrediction(out[0], out[1, 1:], out[2, 1:], out[3, 1:], tau_sum / len(ids))\n\n\ndef _attention_kernel",
+        [
+            "tests/theory/test_theory.py::test_kernel_predictions_compose_their_branches_block_by_block"
+        ],
+    ),
 ]
 
 
