@@ -268,3 +268,21 @@ def test_a_runs_scheme_label_carries_the_std_of_the_normal_scheme_only():
     assert scheme_label(info("normal", 0.1)) == "normal:0.1"
     assert scheme_label(info("gpt2", 0.02)) == "gpt2"
     assert scheme_label(info("xavier_normal", None)) == "xavier_normal"
+
+
+def test_collapse_sentence_counts_runs_that_diverged_and_heads_that_collapsed():
+    """Four hand-made runs: two diverged (one after a head collapsed, one without), one healthy
+    run with a collapsed head, one without attention records (no count: not a collapse)."""
+    import pandas as pd
+
+    from hf_init.report import collapse_sentence
+
+    stability = pd.DataFrame({
+        "diverged": [True, True, False, False],
+        "collapse_before_divergence": [True, None, None, None],
+        "collapsed_heads": [2.0, 0.0, 1.0, float("nan")],
+    })  # fmt: skip
+    assert collapse_sentence(stability) == (
+        "2 of 4 runs diverged; in 1 of them a head collapsed before the divergence step; "
+        "1 of the 2 runs that did not diverge had a collapsed head."
+    )

@@ -101,3 +101,22 @@ def test_keep_beside_takes_the_first_free_previous_number(tmp_path):
     target = keep_beside(tmp_path / "out", backup)
     assert target == tmp_path / "out.previous-3"
     assert (target / "records.jsonl").read_text() == "kept\n" and not backup.exists()
+
+
+@pytest.mark.parametrize("n_written, listed", [(3, "a.txt, b.txt, c.txt"),
+                                               (4, "a.txt, b.txt, c.txt, ...")])  # fmt: skip
+def test_a_failed_training_run_names_up_to_three_of_its_outputs(tmp_path, n_written, listed):
+    """keep_failed: a run that fails after writing keeps its outputs where they are, and the
+    error names three of them in full, a fourth and more as "..."."""
+    from hf_init.core.cli import RunStopped
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "old.txt").write_text("earlier run")
+    with pytest.raises(RunStopped) as err:
+        with kept_until_success(out, ["old.txt"], keep_failed=True):
+            for name in "abcd"[:n_written]:
+                (out / f"{name}.txt").write_text("new")
+            raise RunStopped("error: training diverged")
+    assert f"the failed run's outputs ({listed}) stay in" in str(err.value)
+    assert not (out / "old.txt").exists() and (tmp_path / "run.previous-1" / "old.txt").is_file()

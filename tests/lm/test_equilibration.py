@@ -616,6 +616,13 @@ def test_a_sentence_says_the_mean_points_against_its_claim_only_when_it_does(cla
         return E.verdict_sentence(row)
 
     against = "the mean rho points against the claim"
+    # each claim states its own parameter: the early window for growth, the tolerance for
+    # equilibration
+    stated = {"shallow_grow_faster": "; early window 0.1 of the run",
+              "deep_equilibrate_later": "; tolerance 0.05"}  # fmt: skip
+    assert stated[claim] in sentence(0.4) and E.EARLY_WINDOW == 0.1 and E.TOLERANCE == 0.05
+    other = next(v for k, v in stated.items() if k != claim)
+    assert other not in sentence(0.4)
     assert against in sentence(-0.4 * expected_sign)
     assert against not in sentence(0.4 * expected_sign)
     assert against not in sentence(0.0)

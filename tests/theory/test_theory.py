@@ -192,7 +192,7 @@ def test_output_gradient_fluctuation_is_two_over_the_output_width():
         assert pred.grad_var[-1] == pytest.approx(0.7, rel=1e-12)
 
 
-@pytest.mark.parametrize("sb", [0.05, 0.3, 0.5, 3.0])
+@pytest.mark.parametrize("sb", [0.05, 0.3, 0.5, 1.0, 3.0])
 def test_tanh_edge_of_chaos_with_bias(sb):
     """With sigma_b > 0: iterate the length map (scipy quadrature) to its fixed point at the
     returned std and check chi_1 = n std^2 E[tanh'(z)^2] = 1 there. sigma_b = 3 puts the fixed
