@@ -626,3 +626,28 @@ def test_a_sentence_says_the_mean_points_against_its_claim_only_when_it_does(cla
     assert against in sentence(-0.4 * expected_sign)
     assert against not in sentence(0.4 * expected_sign)
     assert against not in sentence(0.0)
+
+
+def test_sign_flip_test_of_one_seed_and_of_none():
+    """One finite rho: the two sign assignments give means +-|r|, so the observed +0.3 has
+    P(mean >= 0.3) = 1/2, P(mean <= 0.3) = 1 and min_p = 1/2; no finite rho: nothing to test."""
+    assert E.sign_flip_test([float("nan"), 0.3]) == {
+        "n_seeds": 1, "mean": 0.3, "p_less": 1.0, "p_greater": 0.5, "min_p": 0.5,
+    }  # fmt: skip
+    none = E.sign_flip_test([float("nan")])
+    assert none["n_seeds"] == 0 and math.isnan(none["p_less"]) and math.isnan(none["mean"])
+
+
+def test_power_phrase_says_how_many_seeds_or_that_none_would_do():
+    """Needed seeds finite: the number; infinite with most seeds agreeing: more than the cap;
+    with half or fewer agreeing (no effect either way): no number of seeds."""
+    assert E.power_phrase(4, 5, 12.0) == (
+        "4 of 5 seeds share the mean's sign: at that consistency 12 seeds give a one-sided sign "
+        "test at level 0.05 a power of 80%"
+    )
+    more = f"3 of 5 seeds share the mean's sign: at that consistency more than {E.MAX_SEEDS} seeds"
+    assert E.power_phrase(3, 5, math.inf).startswith(more)
+    for agreeing, n in ((2, 4), (1, 5)):
+        assert "no number of seeds gives a sign test 80% power" in E.power_phrase(
+            agreeing, n, math.inf
+        )
