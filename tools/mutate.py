@@ -512,8 +512,10 @@ MUTANTS = [
     (
         "N23",
         "hf_init/theory/recursions.py",
-        "tau_sum[layer] += tau2.mean()\n    out /= len(ids)\n    return ResidualPrediction(out[0], out[1, 1:], out[2, 1:], out[3, 1:], tau_sum / len(ids))\n\n\ndef _attention_kernel",
-        "tau_sum[layer] += tau2.max()\n    out /= len(ids)\n    return ResidualPrediction(out[0], out[1, 1:], out[2, 1:], out[3, 1:], tau_sum / len(ids))\n\n\ndef _attention_kernel",
+        "tau_sum[layer] += tau2.mean()\n    out /= len(ids)\n    return ResidualPrediction("
+        "out[0], out[1, 1:], out[2, 1:], out[3, 1:], tau_sum / len(ids))\n\n\ndef _attention",
+        "tau_sum[layer] += tau2.max()\n    out /= len(ids)\n    return ResidualPrediction("
+        "out[0], out[1, 1:], out[2, 1:], out[3, 1:], tau_sum / len(ids))\n\n\ndef _attention",
         [
             "tests/theory/test_theory.py::test_kernel_predictions_compose_their_branches_block_by_block"
         ],
