@@ -71,7 +71,7 @@ TOOLS = Path(__file__).resolve().parent
 ROOT = TOOLS.parent
 sys.path[:0] = [str(ROOT), str(TOOLS)]  # this checkout's hf_init, and tools/mutate.py
 
-from coverage_map import NOT_SLOW, CoverageMap, current  # noqa: E402
+from coverage_map import NOT_SLOW, CoverageMap, current, test_files  # noqa: E402
 from mutate import copy_tree, pytest_in_copy  # noqa: E402
 
 TRIAGE = TOOLS / "mutants_equivalent.txt"
@@ -356,9 +356,9 @@ class TestOrder:
         for rel in [*self.modules.values(), *self.by_path.values(), *self.scripts.values()]:
             self.edges[rel] = self._refs(ast.parse((root / rel).read_text()))
         self.tests = {}
-        for path in sorted((root / "tests").rglob("test_*.py")):
-            tree = ast.parse(path.read_text())
-            self.tests[self._rel(path)] = (self._direct(tree), self._reach(self._refs(tree)))
+        for rel in test_files(root):
+            tree = ast.parse((root / rel).read_text())
+            self.tests[rel] = (self._direct(tree), self._reach(self._refs(tree)))
 
     def _rel(self, path: Path) -> str:
         return str(path.relative_to(self.root))
