@@ -307,6 +307,9 @@ def _fsdp_worker(rank: int, world: int, port: int):
             sharded_block_sums([([DTensor.from_local(w, mesh, [Partial()])], 3)])
     finally:
         dist.destroy_process_group()
+    from conftest import leave_spawned_rank
+
+    leave_spawned_rank()
 
 
 def test_real_fsdp2_shards_on_two_cpu_processes_equal_unsharded_without_gather():

@@ -72,6 +72,9 @@ def _worker(rank, world, port, results):
         dist.barrier()  # both ranks done with every collective before either tears gloo down
     finally:
         dist.destroy_process_group()
+    from conftest import leave_spawned_rank
+
+    leave_spawned_rank()
 
 
 def _records_guard(rank) -> str:

@@ -677,6 +677,9 @@ def _llama_fsdp_worker(rank: int, world: int, port: int):
             assert g[layer, i, 1].item() == pytest.approx(np.var(dx), rel=1e-4), (role, layer)
     finally:
         dist.destroy_process_group()
+    from conftest import leave_spawned_rank
+
+    leave_spawned_rank()
 
 
 def test_llama_records_under_real_fsdp2_shards_equal_numpy_without_gather():
