@@ -586,11 +586,11 @@ def _write_reports(out: Path, table: str, report: dict) -> None:
     print(f"\n{table}\nwritten: {out.with_suffix('.md')}, {out.with_suffix('.json')}")
 
 
-def _run_all(args, chosen: list[Mutant], order: TestOrder, triage: list[Equivalent]) -> list:
+def _run_all(args, chosen: list[Mutant], order: TestOrder, triage: list[Equivalent], cmap) -> list:
     """Every chosen mutant, --jobs at a time, a line printed as each ends; on an interrupt the
-    mutants not started are dropped (each running one removes its own copy)."""
+    mutants not started are dropped (each running one removes its own copy). ``cmap``: the
+    current coverage map, or None."""
 
-    cmap = None if args.no_map else current()
     if args.tiers == 3 and not args.no_map:
         print(
             "test files: those that run the mutated line (coverage map)"
@@ -632,13 +632,14 @@ def main(argv=None) -> int:
     if args.list:
         _print_list(chosen, order, triage)
         return 0
-    results = _run_all(args, chosen, order, triage)
+    cmap = None if args.no_map else current()
+    results = _run_all(args, chosen, order, triage, cmap)
     kinds = ("caught", "survived", "equivalent", "timeout", "unconfirmed", "error")
     counts = {k: sum(r["status"] == k for r in results) for k in kinds}
     tests = "only " + " ".join(args.tests) if args.tests else "all"
     if args.tiers < 3:
         tests += f" of tiers 1-{args.tiers} (the catch rate is a lower bound)"
-    elif not args.no_map and current() is not None:
+    elif cmap is not None:
         tests += " (those that run the mutated line, by the coverage map)"
     table = markdown(results, counts, f"{drawn} of {len(sites)} sites; test files: {tests}")
     report = {
