@@ -198,11 +198,12 @@ class SchemeInitMixin:
         # since construction is never matched by a stale name.
         name = next((n for n, m in self.named_modules() if m is module), None)
         if name is None:
-            # Not attached yet: resize_token_embeddings initializes the new table/head
-            # before swapping it in.
+            # Not attached yet: resize_token_embeddings initializes the new table or (untied)
+            # head before swapping it in, sized for the new vocabulary while the config still
+            # holds the old one -- so the head is known by its kind, not by its size.
             if isinstance(module, nn.Embedding):
                 return family.by_role[family.embedding_roles[0]], None
-            if isinstance(module, nn.Linear) and module.out_features == self.config.vocab_size:
+            if isinstance(module, nn.Linear):
                 return family.by_role["lm_head"], None
             return None
         return family.weight_of_name(name)

@@ -362,3 +362,30 @@ def test_row_variances_two_pass_equal_numpy_even_far_from_zero(monkeypatch):
         monkeypatch.setattr(D, "WORKSPACE_ELEMENTS", elements)
         got = row_variances(t).numpy()
         np.testing.assert_allclose(got, ref, rtol=1e-10)
+
+
+def test_a_rank_outside_the_mesh_holds_an_empty_uncounted_part(qkv, monkeypatch):
+    """A DTensor on a mesh this rank is not in (get_coordinate() is None): its part is the empty
+    (0, 0) corner of the global shape, not counted, and adds nothing beside a real part."""
+    from hf_init.core import moments
+
+    class OffMeshTensor:  # what local_part reads of a DTensor, on a rank outside its mesh
+        shape = qkv.shape
+        device_mesh = type("Mesh", (), {"get_coordinate": staticmethod(lambda: None)})()
+        placements = ()
+
+        def dim(self):
+            return 2
+
+        def to_local(self):
+            return qkv[:0, :0]
+
+    monkeypatch.setattr(moments, "DTensor", OffMeshTensor)
+    part = moments.local_part(OffMeshTensor())
+    assert part.local.shape == (0, 0) and part.offset == (0, 0) and part.counted is False
+    assert part.global_shape == tuple(qkv.shape)
+    whole = LocalPart(qkv, tuple(qkv.shape), (0, 0))
+    torch.testing.assert_close(
+        stacked_block_sums([part, whole], 3)[1], block_sums(whole, 3), rtol=0, atol=0
+    )
+    assert torch.equal(stacked_block_sums([part], 3), torch.zeros(1, 3, 3, dtype=torch.float64))

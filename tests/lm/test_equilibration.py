@@ -600,6 +600,12 @@ def test_early_window_is_the_first_tenth_of_the_run_or_at_least_three_records():
     sparse = np.arange(0, 501, 50)
     _, last, used = E.early_growth(sparse, np.exp(0.01 * sparse))
     assert (last, used) == (100.0, 3)
+    # no records: nothing; fewer than two positive finite ones: no slope, but the window's last
+    # step and how many were usable
+    slope, last, used = E.early_growth([], [])
+    assert np.isnan(slope) and np.isnan(last) and used == 0
+    slope, last, used = E.early_growth([0, 5, 10], [2.0, -1.0, np.nan])
+    assert np.isnan(slope) and (last, used) == (10.0, 1)
 
 
 @pytest.mark.parametrize("claim, expected_sign", [("shallow_grow_faster", -1),

@@ -145,3 +145,41 @@ def test_bos_and_eos_are_the_last_token_of_the_vocabulary(model_type):
     assert make_config("gpt2", model_type=model_type).eos_token_id == 50256
     given = make_config("gpt2", model_type=model_type, vocab_size=96, eos_token_id=3)
     assert given.eos_token_id == 3 and given.bos_token_id == 95
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+def test_a_resized_untied_head_is_initialized_as_the_lm_head(model_type):
+    """resize_token_embeddings(mean_resizing=False) initializes the new (untied) head before it is
+    attached and before config.vocab_size changes: the head has the new vocabulary's rows while
+    the config still says the old one. It must still be looked up as the family's lm_head (its
+    role, fans (d, new vocab)), and its rows drawn with xavier's sqrt(2 / (d + new vocab))."""
+    import torch
+
+    from hf_init.lm.modeling import build_model
+
+    torch.manual_seed(0)
+    d, old, new = 64, 100, 4000
+    model = build_model(
+        init_scheme="xavier_normal",
+        model_type=model_type,
+        n_layer=1,
+        n_embd=d,
+        n_head=4,
+        vocab_size=old,
+        n_positions=16,
+        tie_word_embeddings=False,
+    )
+    seen = []
+    lookup = model._weight_of
+
+    def spy(module):
+        found = lookup(module)
+        seen.append((type(module).__name__, found and found[0].parts))
+        return found
+
+    model._weight_of = spy
+    model.resize_token_embeddings(new, mean_resizing=False)
+    assert ("Linear", ("lm_head",)) in seen
+    head = model.get_output_embeddings().weight
+    assert head.shape == (new, d)
+    assert head[old:].std().item() == pytest.approx(math.sqrt(2 / (d + new)), rel=0.03)

@@ -226,6 +226,19 @@ def test_default_interval_is_the_trainers_logging_interval(tmp_path, logging_ste
     )
 
 
+@pytest.mark.parametrize("logging_steps, max_steps, expected", [(0.25, 8, 2), (0.3, 7, 3),
+                                                              (0.5, 0, 1), (4, 9, 4)])  # fmt: skip
+def test_interval_of_a_state_the_trainer_did_not_prepare(logging_steps, max_steps, expected):
+    """Without state.logging_steps the interval comes from args.logging_steps, a fraction < 1
+    turned into ceil(fraction * max_steps) as TrainerState.compute_steps does (1 when max_steps
+    is unknown)."""
+    from types import SimpleNamespace
+
+    recorder = StepsSeen(None, [])
+    state = SimpleNamespace(logging_steps=None, max_steps=max_steps)
+    assert recorder.interval(SimpleNamespace(logging_steps=logging_steps), state) == expected
+
+
 def test_gradient_accumulation_steps_count_optimizer_steps(tmp_path):
     records, _, trainer = train(tmp_path, every=2, max_steps=4, gradient_accumulation_steps=2)
     assert trainer.state.global_step == 4

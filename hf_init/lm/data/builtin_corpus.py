@@ -5,8 +5,8 @@ imported); about 2.2 million characters, the same wherever the same Python build
 
 It is extracted once and cached under the Hugging Face datasets cache (``$HF_DATASETS_CACHE``, by
 default ``~/.cache/huggingface/datasets``) or ``--data_cache_dir``, in
-``<cache>/hf_init/builtin_corpus/<key>/``. Also here: :func:`corpus_sha256`, the hash every corpus
-info reports.
+``<cache>/hf_init/builtin_corpus/<key>/``. Also here: :func:`corpus_stats`, the counts and hash
+every corpus info reports.
 """
 
 from __future__ import annotations
@@ -130,14 +130,10 @@ def builtin_corpus(cache_dir: str | None = None) -> list[str]:
     return list(builtin_dataset(cache_dir)[TEXT_COLUMN])
 
 
-def corpus_sha256(documents: Iterable[str]) -> str:
-    """SHA-256 of the documents in order, each UTF-8 encoded, separated by one NUL byte:
-    ``sha256(b"\\0".join(d.encode("utf-8") for d in documents))``."""
-    return corpus_stats(documents)[2]
-
-
 def corpus_stats(documents: Iterable[str]) -> tuple[int, int, str]:
-    """(number of documents, number of characters (code points), ``corpus_sha256``) in one pass."""
+    """(number of documents, number of characters (code points), SHA-256) in one pass. The hash is
+    of the documents in order, each UTF-8 encoded, separated by one NUL byte:
+    ``sha256(b"\\0".join(d.encode("utf-8") for d in documents))``."""
     h = hashlib.sha256()
     n_docs = n_chars = 0
     for doc in documents:

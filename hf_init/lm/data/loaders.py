@@ -126,7 +126,7 @@ def load_raw_text(args: DataArguments) -> tuple[datasets.DatasetDict, dict[str, 
     (an ``IterableDatasetDict`` when ``args.streaming``), and the corpus info.
 
     Info: ``name``, ``source`` (builtin | hub | files), ``n_documents``, ``n_chars`` (Unicode code
-    points) and ``sha256`` (``corpus_sha256``) of the corpus *as loaded*, before the validation
+    points) and ``sha256`` (``corpus_stats``) of the corpus *as loaded*, before the validation
     carve and before ``max_train_documents``: the built-in corpus in ``builtin_corpus()`` order;
     a Hub dataset or local files: the train split then the validation split (if one was given),
     in dataset order. ``train_documents``/``validation_documents`` count what each split holds after
