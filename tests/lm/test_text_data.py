@@ -398,6 +398,10 @@ def test_a_txt_file_is_one_document_per_line_by_default(tmp_path):
     raw, info = load_raw_text(DataArguments(train_file=str(path), validation_split_percentage=10))
     docs = sorted(t.rstrip("\n") for split in raw.values() for t in split["text"])
     assert docs == sorted(LINES) and len(raw["validation"]) == 4 and info["n_documents"] == 40
+    # each line keeps its line break (run_clm.py's keep_linebreaks), so the corpus hash is of
+    # the lines with theirs, in file order
+    assert all(t.endswith("\n") for split in raw.values() for t in split["text"])
+    assert info["sha256"] == _sha([line + "\n" for line in LINES])
     para, _ = load_raw_text(
         DataArguments(train_file=str(path), validation_split_percentage=50, sample_by="paragraph")
     )
