@@ -78,6 +78,7 @@ def test_report_script_on_one_run_and_an_mlp_folder(study, tmp_path):
     md = (out / "report.md").read_text()
     assert "## MLP study: mlp_sweep" in md
     assert "| 4 | 0.1 | 0.6 |" in md  # the mean over the two seeds
+    assert "Per scheme, over seeds" not in md  # one run: no summary over seeds
     # the run's spikes in the results table, as its run_info.json has them
     lines = md.splitlines()
     at = next(i for i, line in enumerate(lines) if "| spikes | spike_score |" in line)

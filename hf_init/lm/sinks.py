@@ -34,13 +34,12 @@ class JsonlSink:
         self.path = Path(path)
         self.append = append
         self._file = None
-        self.records_written = 0
 
     def write(self, records: list[dict]) -> None:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a" if self.append else "w", encoding="utf-8")
-        self.records_written += append_records(self._file, records)
+        append_records(self._file, records)
 
     def flush(self) -> None:
         if self._file is not None:

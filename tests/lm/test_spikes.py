@@ -108,6 +108,12 @@ def test_the_summary_line_says_what_run_info_holds():
         "spikes: 2 in 32 monitored steps (score 0.0625; z > 6 against the previous 8 steps): "
         "loss 1, gradient norm 1, at steps 26, 31; skipped updates: 1 (--skip_spike_updates)"
     )
+    # the first ten spike steps are listed; an eleventh is only hinted at
+    many = {**detector.summary(), "skip_spike_updates": False, "loss_spikes": 11,
+            "grad_norm_spikes": 0, "count": 11, "spike_steps": list(range(20, 31))}  # fmt: skip
+    assert describe_spikes(many).endswith(f"at steps {', '.join(map(str, range(20, 30)))}, ...")
+    ten = {**many, "count": 10, "loss_spikes": 10, "spike_steps": list(range(20, 30))}
+    assert describe_spikes(ten).endswith(f"at steps {', '.join(map(str, range(20, 30)))}")
     empty = describe_spikes({**SpikeDetector(128, 6.0).summary(), "skip_spike_updates": False})
     assert empty == (
         "spikes: none monitored (z > 6 against the previous 128 steps: no step had that many "

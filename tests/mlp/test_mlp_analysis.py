@@ -77,6 +77,12 @@ def test_gain_per_layer_is_the_geometric_mean_ratio():
     assert gain_per_layer(v) == pytest.approx(0.5)
     assert gain_per_layer(np.array([1.0, 8.0])) == pytest.approx(8.0)
     assert math.isnan(gain_per_layer(np.array([1.0, float("nan")])))
+    # no gain from one layer, from a zero variance at either end or from a NaN in any layer
+    # (the ends alone would give sqrt(4) = 2 here); an infinite variance anywhere is inf
+    for v in ([4.0], [0.0, 1.0], [1.0, 0.0], [1.0, 2.0, 0.0], [1.0, float("nan"), 4.0]):
+        assert math.isnan(gain_per_layer(np.array(v))), v
+    for v in ([1.0, float("inf")], [float("inf"), 1.0], [1.0, float("inf"), 4.0]):
+        assert gain_per_layer(np.array(v)) == float("inf"), v
 
 
 def test_stable_band_longest_majority_run():
@@ -96,6 +102,9 @@ def test_stable_band_longest_majority_run():
     assert none["lo"] is None and none["stable_stds"] == []
     half = stable_band([1.0], [["stable", "vanishing"]])  # exactly half is not a majority
     assert half["lo"] is None
+    for unsorted in ([2.0, 1.0], [1.0, 1.0], [1.0, 3.0, 2.0]):
+        with pytest.raises(ValueError, match="strictly increasing"):
+            stable_band(unsorted, [["stable"]] * len(unsorted))
 
 
 def test_mean_ci_matches_manual_t_interval():

@@ -38,6 +38,12 @@ def test_shipped_config_states_the_defaults(study, config):
     assert set(written) <= declared
 
 
+def test_the_default_sweep_is_three_stds_per_decade_from_1e_4_to_10():
+    """The sweep's default grid, written out: 10 ** (k / 3) for k = -12 .. 3, both ends in."""
+    stds = parse(SweepArguments, [])[3].stds
+    assert stds == pytest.approx([10 ** (k / 3) for k in range(-12, 4)], rel=1e-12)
+
+
 def test_flags_override_the_yaml(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
