@@ -657,3 +657,64 @@ def test_power_phrase_says_how_many_seeds_or_that_none_would_do():
         assert "no number of seeds gives a sign test 80% power" in E.power_phrase(
             agreeing, n, math.inf
         )
+
+
+def test_equilibration_step_at_the_ends_of_a_short_curve():
+    """Two records already at their level: settled from the first. A curve that reaches its level
+    at the second-to-last record settles there; one that reaches it only at the last record (or
+    has fewer than two records) never settled: NaN."""
+    assert E.equilibration_step([0, 10], [3.0, 3.0], smoothing=1) == 0.0
+    assert E.equilibration_step([0, 10, 20, 30], [1.0, 2.0, 3.0, 3.0], smoothing=1) == 20.0
+    assert math.isnan(E.equilibration_step([0, 10, 20, 30], [1.0, 2.0, 2.5, 3.0], smoothing=1))
+    assert math.isnan(E.equilibration_step([0], [3.0], smoothing=1))
+
+
+def test_claim_c_at_a_spread_exactly_the_tolerance_is_not_supported(tmp_path):
+    """Claim c needs a largest spread wider than the tolerance: variances 1 and 4 across two
+    layers spread by std(ln 1, ln 4) = ln 2 exactly, so at tolerance ln 2 the seed is 'not
+    supported', and just below it the spread, narrowed to half at the end, supports it."""
+    steps = np.array([0, 10, 20])
+    curves = {(p, 0): np.ones(3) for p in E.PROJECTIONS}
+    curves |= {(p, 1): np.array([1.0, 4.0, 2.0]) for p in E.PROJECTIONS}
+    frame = run_frame(tmp_path, curves, steps=steps)
+    assert E.spread_table(frame).log_std.max() == math.log(2)
+    for tolerance, verdict in ((math.log(2), "not supported"), (0.99 * math.log(2), "supported")):
+        _, seeds = E.check_claims(frame, tolerance=tolerance)
+        c = seeds[(seeds.claim == "narrower_band_at_end") & (seeds.projection == "q")]
+        assert list(c.seed_verdict) == [verdict], tolerance
+
+
+def test_a_sentence_says_the_seeds_cannot_reach_the_level_only_when_they_cannot():
+    """A one-sided sign-flip test over n seeds cannot go below p = 1/2^n: with 4 seeds (1/16 >
+    0.05) the sentence says so, with 5 (1/32) it does not, and with no usable seed there is no
+    test to speak of."""
+
+    def sentence(n_seeds, min_p):
+        row = dict(projection="q", claim="deep_equilibrate_later", statistic=0.4, per_seed="x",
+                   n_seeds=n_seeds, p_value=0.5, min_p=min_p, seeds_agreeing=n_seeds,
+                   seeds_needed=6.0, verdict="not supported")  # fmt: skip
+        return E.verdict_sentence(row)
+
+    assert "with 4 seed(s) this test cannot reach p <= 0.05" in sentence(4, 1 / 16)
+    assert "cannot reach" not in sentence(5, 1 / 32)
+    assert "cannot reach" not in sentence(0, 1.0)
+
+
+def test_coupling_follows_the_weights_up_to_a_gap_of_exactly_the_same_step_share():
+    """The weights lead when the constant schedule settles (share >= 1/2) and the decaying one
+    settles within SAME_STEP (0.1) of the run of the constant one's step: a gap of 100 steps in a
+    run of 1000 is exactly 0.1, still the same step; 101 is not (and with the learning rate not
+    decayed below half, the verdict is mixed)."""
+    assert E.SAME_STEP == 0.1 and E.SETTLED_SHARE == 0.5 and E.DECAYED_LR == 0.5
+
+    def follows(eq_step_decaying):
+        rows = [
+            dict(scheme="s", schedule="constant", curves=8, settled=0.5, never=0.0, eq_step=400.0,
+                 lr_fraction=1.0, run_steps=1000.0),
+            dict(scheme="s", schedule="cosine", curves=8, settled=1.0, never=0.0,
+                 eq_step=eq_step_decaying, lr_fraction=0.6, run_steps=1000.0),
+        ]  # fmt: skip
+        return E.coupling_verdicts(pd.DataFrame(rows)).iloc[0].follows
+
+    assert (follows(500.0), follows(300.0)) == ("weights", "weights")
+    assert (follows(501.0), follows(299.0)) == ("mixed", "mixed")
