@@ -924,6 +924,107 @@ def test_uncorrelated_token_recursion_written_out_by_position(activation):
     np.testing.assert_allclose(got.score_var, score_var, rtol=1e-12)
 
 
+@pytest.mark.parametrize("activation, std", [("tanh", 1.3), ("gelu", 0.3)])
+def test_forward_and_backward_fluctuations_written_out_for_a_smooth_activation(activation, std):
+    """propagate's fluctuations for one input, layer by layer, with every moment by scipy
+    quad: q_0 = n_0 std^2 m0 + sb^2 (fixed input: s_0 = 0); the measured mean of z_l^2 over n_l
+    units has relative variance (1 + 2/n_l)(1 + s_l) - 1; the next conditional variance's is
+    s_{l+1} = (signal / q_{l+1})^2 [(1 + (E phi^4 / E[phi^2]^2 - 1) / n_l)(1 + e^2 s_l) - 1],
+    signal = n_l std^2 E[phi^2], with e = d log E[phi^2] / d log q = E[phi^2 (z^2 - q)] / (2 q
+    E[phi^2]). Backward from Var(g_L) = 1 with relative variance 2/n_L: g_l = std^2 n_{l+1}
+    E[phi'^2] g_{l+1}, relative variance (1 + (3 E phi'^4 / E[phi'^2]^2 - 1) / n_l)
+    (1 + rv_{l+1})(1 + e'^2 s_l) - 1, e' the same elasticity of E[phi'^2]. With depth 4 the
+    elasticities' squares enter twice each (a relu's e is 1 and e' is 0)."""
+    widths, sb, m0 = (8, 16, 12, 20, 6), 0.3, 1.5
+    phi, dphi = {
+        "tanh": (math.tanh, lambda z: 1 - math.tanh(z) ** 2),
+        "gelu": (
+            lambda z: 0.5 * z * (1 + math.erf(z / math.sqrt(2))),
+            lambda z: (
+                0.5 * (1 + math.erf(z / math.sqrt(2)))
+                + z * math.exp(-z * z / 2) / math.sqrt(2 * math.pi)
+            ),
+        ),
+    }[activation]
+    got = T.propagate(widths, activation, std, bias_std=sb, input_second_moment=m0)
+    w2, sb2 = std * std, sb * sb
+    q, s, relvar, elasticities = [w2 * widths[0] * m0 + sb2], [0.0], [], []
+    for layer in range(len(widths) - 1):
+        n = widths[layer + 1]
+        relvar.append((1 + 2 / n) * (1 + s[layer]) - 1)
+        if layer + 2 == len(widths):
+            break
+        ql = q[layer]
+        e2 = _gaussian_mean(lambda z: phi(z) ** 2, ql)
+        e4 = _gaussian_mean(lambda z: phi(z) ** 4, ql)
+        elast = _gaussian_mean(lambda z, ql=ql: phi(z) ** 2 * (z * z - ql), ql) / (2 * ql * e2)
+        elasticities.append(elast)
+        h = (1 + (e4 / e2**2 - 1) / n) * (1 + elast**2 * s[layer]) - 1
+        signal = w2 * n * e2
+        q.append(signal + sb2)
+        s.append((signal / q[-1]) ** 2 * h)
+    assert max(abs(e - 1) for e in elasticities) > 0.05  # far enough from a relu's to matter
+    np.testing.assert_allclose(got.q, q, rtol=1e-6)
+    np.testing.assert_allclose(got.q_relvar, relvar, rtol=1e-6)
+    g, g_relvar, d_elasticities = [1.0], [2 / widths[-1]], []
+    for layer in range(len(widths) - 3, -1, -1):
+        ql, n = q[layer], widths[layer + 1]
+        d2 = _gaussian_mean(lambda z: dphi(z) ** 2, ql)
+        d4 = _gaussian_mean(lambda z: dphi(z) ** 4, ql)
+        d_elast = _gaussian_mean(lambda z, ql=ql: dphi(z) ** 2 * (z * z - ql), ql) / (2 * ql * d2)
+        d_elasticities.append(d_elast)
+        g.insert(0, w2 * widths[layer + 2] * d2 * g[0])
+        rv = (1 + (3 * d4 / d2**2 - 1) / n) * (1 + g_relvar[0]) * (1 + d_elast**2 * s[layer]) - 1
+        g_relvar.insert(0, rv)
+    assert max(abs(e) for e in d_elasticities) > 0.05
+    np.testing.assert_allclose(got.grad_var, g, rtol=1e-6)
+    np.testing.assert_allclose(got.grad_relvar, g_relvar, rtol=1e-6)
+
+
+def test_llama_uncorrelated_recursion_written_out_by_position():
+    """llama_residual_variance recomputed with loops over positions, with an RMSNorm eps large
+    enough that m = v / (v + eps) is far from 1 and differs by position from the second block on:
+    embeddings std_embed^2 at every position, keys read the mean of m over the prefix,
+    E[sum_s a_ts^2] = 1 / (1 + t e^{-tau^2}), the SwiGLU MLP reads the second norm's
+    (v + attn) / (v + attn + eps) and adds n_inner std_down^2 E[silu(g)^2] d std_up^2 m2 with
+    g ~ N(0, d std_gate^2 m2), E[silu^2] by scipy quad."""
+    L, d, T_len, eps, inner = 3, 16, 6, 0.05, 40
+    stds = {"embed": 0.2, "q": 0.4, "k": 0.3, "v": 0.2, "o": 0.15, "gate": 0.25, "up": 0.2,
+            "down": 0.1}  # fmt: skip
+    s2 = {k: v * v for k, v in stds.items()}
+    got = T.llama_residual_variance(stds, L, d, T_len, n_inner=inner, rms_norm_eps=eps)
+
+    def e_silu2(q):
+        return _gaussian_mean(lambda z: (z / (1 + math.exp(-z))) ** 2, q)
+
+    v = [s2["embed"]] * T_len
+    residual, attn_add, mlp_add, positions, score_var = [s2["embed"]], [], [], [], []
+    for _ in range(L):
+        m = [x / (x + eps) for x in v]
+        attn, mlp, inv_a2, taus = [], [], [], []
+        for t in range(T_len):
+            prefix = sum(m[: t + 1]) / (t + 1)
+            tau2 = d * s2["q"] * m[t] * d * s2["k"] * prefix
+            a2 = 1 / (1 + t * math.exp(-tau2))
+            inv_a2.append(1 / a2)
+            taus.append(tau2)
+            attn.append(d * s2["o"] * d * s2["v"] * prefix * a2)
+            m2 = (v[t] + attn[t]) / (v[t] + attn[t] + eps)
+            mlp.append(inner * s2["down"] * e_silu2(d * s2["gate"] * m2) * d * s2["up"] * m2)
+        v = [v[t] + attn[t] + mlp[t] for t in range(T_len)]
+        residual.append(sum(v) / T_len)
+        attn_add.append(sum(attn) / T_len)
+        mlp_add.append(sum(mlp) / T_len)
+        positions.append(sum(inv_a2) / T_len)
+        score_var.append(sum(taus) / T_len)
+    assert len({round(x, 6) for x in m}) > 1  # the positions' m differ: the prefix mean matters
+    np.testing.assert_allclose(got.residual, residual, rtol=1e-7)
+    np.testing.assert_allclose(got.attn_add, attn_add, rtol=1e-7)
+    np.testing.assert_allclose(got.mlp_add, mlp_add, rtol=1e-7)
+    np.testing.assert_allclose(got.attn_positions, positions, rtol=1e-12)
+    np.testing.assert_allclose(got.score_var, score_var, rtol=1e-12)
+
+
 def test_gaussian_kernel_of_relu_is_the_arc_cosine_kernel():
     """E[relu(u) relu(w)] for (u, w) ~ N(0, C) on each pair of 4 positions with unequal variances
     and correlations of both signs: (a b / 2 pi)(sin th + (pi - th) cos th), th = arccos rho
