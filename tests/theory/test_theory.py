@@ -874,6 +874,47 @@ def test_log_elasticity_is_the_derivative_under_the_gaussian(activation, which):
         assert g == pytest.approx(de / (2 * qi * e2), rel=1e-5)
 
 
+def _residual_by_position(v, n_layer, d, eps, qkvo, mlp_of):
+    """The uncorrelated-token recursion with loops over positions from the embeddings' second
+    moments ``v`` (one per position): per block, m = v / (v + eps) at each position, keys read
+    the mean of m over the prefix, tau^2 = (d q2 m_t)(d k2 prefix), E[sum_s a_ts^2] =
+    1 / (1 + t e^{-tau^2}), the branch d o2 d v2 prefix E[sum a^2], and the MLP ``mlp_of(m2)``
+    from the second norm's m2 = (v + attn) / (v + attn + eps). Returns (residual, attn_add,
+    mlp_add, effective positions 1 / E[sum a^2], tau^2), each averaged over positions, and the
+    last block's m."""
+    q2, k2, v2, o2 = qkvo
+    n = len(v)
+    residual, attn_add, mlp_add, positions, score_var = [sum(v) / n], [], [], [], []
+    for _ in range(n_layer):
+        m = [x / (x + eps) for x in v]
+        attn, mlp, inv_a2, taus = [], [], [], []
+        for t in range(n):
+            prefix = sum(m[: t + 1]) / (t + 1)
+            tau2 = d * q2 * m[t] * d * k2 * prefix
+            a2 = 1 / (1 + t * math.exp(-tau2))
+            inv_a2.append(1 / a2)
+            taus.append(tau2)
+            attn.append(d * o2 * d * v2 * prefix * a2)
+            mlp.append(mlp_of((v[t] + attn[t]) / (v[t] + attn[t] + eps)))
+        v = [v[t] + attn[t] + mlp[t] for t in range(n)]
+        residual.append(sum(v) / n)
+        attn_add.append(sum(attn) / n)
+        mlp_add.append(sum(mlp) / n)
+        positions.append(sum(inv_a2) / n)
+        score_var.append(sum(taus) / n)
+    return (residual, attn_add, mlp_add, positions, score_var), m
+
+
+def _assert_residual_prediction(got, want):
+    (residual, attn_add, mlp_add, positions, score_var), m = want
+    assert len({round(x, 6) for x in m}) > 1  # the positions' m differ: the prefix mean matters
+    np.testing.assert_allclose(got.residual, residual, rtol=1e-7)
+    np.testing.assert_allclose(got.attn_add, attn_add, rtol=1e-7)
+    np.testing.assert_allclose(got.mlp_add, mlp_add, rtol=1e-7)
+    np.testing.assert_allclose(got.attn_positions, positions, rtol=1e-12)
+    np.testing.assert_allclose(got.score_var, score_var, rtol=1e-12)
+
+
 @pytest.mark.parametrize("activation", ["relu", "gelu_tanh"])
 def test_uncorrelated_token_recursion_written_out_by_position(activation):
     """gpt2_residual_variance recomputed with loops over positions, with a LayerNorm eps large
@@ -896,32 +937,13 @@ def test_uncorrelated_token_recursion_written_out_by_position(activation):
             lambda z: (0.5 * z * (1 + math.tanh(c * (z + 0.044715 * z**3)))) ** 2, q
         )
 
-    v = [s2["wte"] + s2["wpe"]] * T_len
-    residual, attn_add, mlp_add, positions, score_var = [sum(v) / T_len], [], [], [], []
-    for _ in range(L):
-        m = [x / (x + eps) for x in v]
-        attn, mlp, inv_a2, taus = [], [], [], []
-        for t in range(T_len):
-            prefix = sum(m[: t + 1]) / (t + 1)
-            tau2 = d * s2["q"] * m[t] * d * s2["k"] * prefix
-            a2 = 1 / (1 + t * math.exp(-tau2))
-            inv_a2.append(1 / a2)
-            taus.append(tau2)
-            attn.append(d * s2["attn_proj"] * d * s2["v"] * prefix * a2)
-            m2 = (v[t] + attn[t]) / (v[t] + attn[t] + eps)
-            mlp.append(inner * s2["mlp_proj"] * e_phi2(d * s2["mlp_fc"] * m2))
-        v = [v[t] + attn[t] + mlp[t] for t in range(T_len)]
-        residual.append(sum(v) / T_len)
-        attn_add.append(sum(attn) / T_len)
-        mlp_add.append(sum(mlp) / T_len)
-        positions.append(sum(inv_a2) / T_len)
-        score_var.append(sum(taus) / T_len)
-    assert len({round(x, 6) for x in m}) > 1  # the positions' m differ: the prefix mean matters
-    np.testing.assert_allclose(got.residual, residual, rtol=1e-7)
-    np.testing.assert_allclose(got.attn_add, attn_add, rtol=1e-7)
-    np.testing.assert_allclose(got.mlp_add, mlp_add, rtol=1e-7)
-    np.testing.assert_allclose(got.attn_positions, positions, rtol=1e-12)
-    np.testing.assert_allclose(got.score_var, score_var, rtol=1e-12)
+    qkvo = (s2["q"], s2["k"], s2["v"], s2["attn_proj"])
+
+    def mlp(m2):
+        return inner * s2["mlp_proj"] * e_phi2(d * s2["mlp_fc"] * m2)
+
+    embedded = [s2["wte"] + s2["wpe"]] * T_len
+    _assert_residual_prediction(got, _residual_by_position(embedded, L, d, eps, qkvo, mlp))
 
 
 @pytest.mark.parametrize("activation, std", [("tanh", 1.3), ("gelu", 0.3)])
@@ -997,32 +1019,14 @@ def test_llama_uncorrelated_recursion_written_out_by_position():
     def e_silu2(q):
         return _gaussian_mean(lambda z: (z / (1 + math.exp(-z))) ** 2, q)
 
-    v = [s2["embed"]] * T_len
-    residual, attn_add, mlp_add, positions, score_var = [s2["embed"]], [], [], [], []
-    for _ in range(L):
-        m = [x / (x + eps) for x in v]
-        attn, mlp, inv_a2, taus = [], [], [], []
-        for t in range(T_len):
-            prefix = sum(m[: t + 1]) / (t + 1)
-            tau2 = d * s2["q"] * m[t] * d * s2["k"] * prefix
-            a2 = 1 / (1 + t * math.exp(-tau2))
-            inv_a2.append(1 / a2)
-            taus.append(tau2)
-            attn.append(d * s2["o"] * d * s2["v"] * prefix * a2)
-            m2 = (v[t] + attn[t]) / (v[t] + attn[t] + eps)
-            mlp.append(inner * s2["down"] * e_silu2(d * s2["gate"] * m2) * d * s2["up"] * m2)
-        v = [v[t] + attn[t] + mlp[t] for t in range(T_len)]
-        residual.append(sum(v) / T_len)
-        attn_add.append(sum(attn) / T_len)
-        mlp_add.append(sum(mlp) / T_len)
-        positions.append(sum(inv_a2) / T_len)
-        score_var.append(sum(taus) / T_len)
-    assert len({round(x, 6) for x in m}) > 1  # the positions' m differ: the prefix mean matters
-    np.testing.assert_allclose(got.residual, residual, rtol=1e-7)
-    np.testing.assert_allclose(got.attn_add, attn_add, rtol=1e-7)
-    np.testing.assert_allclose(got.mlp_add, mlp_add, rtol=1e-7)
-    np.testing.assert_allclose(got.attn_positions, positions, rtol=1e-12)
-    np.testing.assert_allclose(got.score_var, score_var, rtol=1e-12)
+    qkvo = (s2["q"], s2["k"], s2["v"], s2["o"])
+
+    def mlp(m2):
+        return inner * s2["down"] * e_silu2(d * s2["gate"] * m2) * d * s2["up"] * m2
+
+    _assert_residual_prediction(
+        got, _residual_by_position([s2["embed"]] * T_len, L, d, eps, qkvo, mlp)
+    )
 
 
 def test_gaussian_kernel_of_relu_is_the_arc_cosine_kernel():
