@@ -4,9 +4,11 @@ the sections and the per-scheme numbers."""
 
 import base64
 import json
+import math
 from html.parser import HTMLParser
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import STUDY_RUNS as RUNS
 from conftest import study_script as script
@@ -79,6 +81,7 @@ def test_report_script_on_one_run_and_an_mlp_folder(study, tmp_path):
     assert "## MLP study: mlp_sweep" in md
     assert "| 4 | 0.1 | 0.6 |" in md  # the mean over the two seeds
     assert "Per scheme, over seeds" not in md  # one run: no summary over seeds
+    assert "command: `python scripts/mlp_sweep.py`" in md and "setup: digits\n" in md
     # the run's spikes in the results table, as its run_info.json has them
     lines = md.splitlines()
     at = next(i for i, line in enumerate(lines) if "| spikes | spike_score |" in line)
@@ -287,3 +290,30 @@ def test_collapse_sentence_counts_runs_that_diverged_and_heads_that_collapsed():
         "2 of 4 runs diverged; in 1 of them a head collapsed before the divergence step; "
         "1 of the 2 runs that did not diverge had a collapsed head."
     )
+
+
+@pytest.mark.parametrize("n_layer, shallow, deep", [(2, [0], [1]), (4, [0], [3]),
+                                                    (6, [0, 1], [4, 5])])  # fmt: skip
+def test_equilibration_summary_reads_the_shallow_and_deep_third(n_layer, shallow, deep):
+    """Per scheme and projection, the medians of the shallow third of the layers (at least one
+    layer) and of the deep third: with layer l's growth rate l and equilibration step 100 l, they
+    are the medians of those layers' numbers; the relative change's median is over every layer,
+    and the share never equilibrated counts NaN steps."""
+    from hf_init.report import equilibration_summary
+
+    layers = np.arange(n_layer)
+    eq = pd.DataFrame({"scheme": "s", "projection": "q", "layer": layers,
+                       "relative_change": 2.0 * layers, "early_growth_rate": layers.astype(float),
+                       "equilibration_step": np.where(layers == 1, np.nan, 100.0 * layers),
+                       "lr_fraction_of_peak": 0.5})  # fmt: skip
+    (row,) = equilibration_summary(eq).to_dict("records")
+    steps = {layer: math.nan if layer == 1 else 100.0 * layer for layer in layers}
+    assert row["growth_shallow"] == np.median(shallow)
+    assert row["growth_deep"] == np.median(deep)
+    for third, which in (("shallow", shallow), ("deep", deep)):  # NaN steps skipped; none: NaN
+        np.testing.assert_equal(
+            row[f"eq_step_{third}"], pd.Series([steps[i] for i in which]).median()
+        )
+    assert row["rel_change_median"] == np.median(2.0 * layers)
+    assert row["never_equilibrated"] == 1 / n_layer
+    assert row["lr_fraction_at_eq"] == 0.5

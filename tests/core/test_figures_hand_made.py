@@ -487,3 +487,48 @@ def test_coord_check_panels_colour_steps_and_hide_the_empty_ones(captured, tmp_p
             assert to_rgba(line.get_color()) == pytest.approx(viridis(step / 4))
     assert fig.axes[0].get_ylabel() == "RMS" and fig.axes[1].get_ylabel() == ""
     assert fig.axes[0].get_legend() is not None and fig.axes[1].get_legend() is None
+
+
+# --- the report's training-loss figure ---------------------------------------------------------
+
+
+def test_report_loss_figure_one_colour_per_group_and_log_only_for_a_wide_span(
+    captured, tmp_path, monkeypatch
+):
+    """Each run's logged loss is one line with its points; runs of one scheme (seeds apart) share
+    a colour and one legend entry; a run of fewer than 3 points gets markers. The y axis is log
+    only when the positive finite losses span more than 20x: a zero loss (no log) and a NaN are
+    left out of that decision."""
+    from hf_init import report
+
+    curves = {
+        ("xavier", 0): ([0, 10, 20], [3.0, 2.0, 1.5]),
+        ("xavier", 1): ([0, 10], [3.1, 2.1]),
+        ("normal", 0): ([0, 10, 20, 30], [3.0, 0.0, float("nan"), 1.0]),
+    }
+
+    def run(scheme, seed):
+        return report.Run(tmp_path / f"{scheme}{seed}", {}, {"scheme": scheme, "seed": seed})
+
+    def frame(r):
+        steps, loss = curves[r.keys["scheme"], r.keys["seed"]]
+        return pd.DataFrame({"step": steps, "loss": loss})
+
+    monkeypatch.setattr(report, "train_loss_curves", frame)
+    runs = [run(*k) for k in curves]
+    report.loss_figure(runs, tmp_path / "loss.png")
+    (ax,) = captured[-1].axes
+    lines = ax.get_lines()
+    for line, (steps, loss) in zip(lines, curves.values()):
+        np.testing.assert_array_equal(line.get_xdata(), steps)
+        np.testing.assert_array_equal(line.get_ydata(), loss)
+    assert [line.get_marker() for line in lines] == ["None", "o", "None"]
+    assert lines[0].get_color() == lines[1].get_color() != lines[2].get_color()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["scheme xavier", "scheme normal"]
+    assert ax.get_yscale() == "linear"  # 3.1 / 1.0: the 0 and the NaN do not count
+    curves["normal", 0] = ([0, 10], [3.0, 62.5])  # 62.5 / 1.5 > 20: a diverged run
+    report.loss_figure(runs, tmp_path / "loss2.png")
+    assert captured[-1].axes[0].get_yscale() == "log"
+    curves["normal", 0] = ([0, 10], [3.0, 29.0])  # 29 / 1.5 < 20
+    report.loss_figure(runs, tmp_path / "loss3.png")
+    assert captured[-1].axes[0].get_yscale() == "linear"

@@ -785,6 +785,13 @@ def test_mlp_verdict_counts_a_layer_at_its_tolerance_as_within():
     ]  # fmt: skip
     line = _mlp_verdict("relu-3x64", "forward", rows)
     assert "2/3 layers within finite-width tolerance; worst +50.0% at layer 3" in line
+    slope_p, slope_m = (
+        math.log(4) / 2,
+        math.log(6) / 2,
+    )  # mean of ln(2/1), ln(4/2); of ln(1.5), ln(4)
+    assert f"mean log-slope/layer predicted {slope_p:+.3f}, measured {slope_m:+.3f}" in line
+    one = _mlp_verdict("relu-1x64", "forward", rows[2:])  # one layer: no slope, 0 by convention
+    assert "0/1 layers within" in one and "predicted +0.000, measured +0.000" in one
 
 
 def test_backward_gain_is_chi_1_at_each_layers_variance():
