@@ -56,6 +56,10 @@ def test_study_report_is_self_contained_and_holds_the_sections(study):
         "shallow_grow_faster",
     ):
         assert section in md
+    headings = [line for line in md.splitlines() if line.startswith("#")]
+    assert headings[0] == "# hf-init report" and "<h1>hf-init report</h1>" in page
+    for name in ("Configurations", "Loss and perplexity", "Equilibration"):
+        assert f"## {name}" in headings and f"<h2>{name}</h2>" in page  # level 2, no deeper
     # the per-scheme mean eval loss equals the mean of the runs' own eval losses (numpy)
     losses = [json.loads((study / n / "run_info.json").read_text())["eval_loss"] for n in RUNS[:2]]
     row = next(line for line in md.splitlines() if line.startswith("| gpt2 | 2 |"))
@@ -188,6 +192,23 @@ def test_configs_tables_split_settings_shared_by_every_run_from_those_that_diffe
     assert list(differ["seed"]) == ["0", "1", "2"]
     assert "model.n_layer" not in differ.columns
 
+    # the section around them: the table of what differs only when more than scheme and seed do
+    from hf_init.report import Document, configs_section
+
+    def section(runs):
+        doc = Document(tmp_path, tmp_path)
+        configs_section(doc, runs)
+        return "".join(doc.md)
+
+    only = "The runs differ in scheme and seed only, as their names say."
+    table = "Settings that differ (one row per run):"
+    assert table in section(runs) and only not in section(runs)
+    assert only in section(runs[:2] + [run("c", "xavier", 2, 1e-3, 2)])
+    assert table not in section(runs[:2] + [run("c", "xavier", 2, 1e-3, 2)])
+    one = section(runs[:1])
+    assert one.startswith("## Configurations\n1 pretraining runs.")
+    assert only not in one and table not in one
+
 
 def test_stability_section_on_hand_made_runs(tmp_path):
     """Two hand-made runs (seeds 0 and 1), 2 layers x 2 heads, attention records at steps 0 and
@@ -317,3 +338,13 @@ def test_equilibration_summary_reads_the_shallow_and_deep_third(n_layer, shallow
     assert row["rel_change_median"] == np.median(2.0 * layers)
     assert row["never_equilibrated"] == 1 / n_layer
     assert row["lr_fraction_at_eq"] == 0.5
+
+
+def test_a_runs_model_family_from_run_info_else_its_config_else_gpt2():
+    """run_info's model_type when it has one; a run from before it: the config's model_type;
+    neither: gpt2 (runs that predate Llama)."""
+    from hf_init.report import model_type
+
+    assert model_type({"model_type": "llama", "config": {"model": {}}}) == "llama"
+    assert model_type({"config": {"model": {"model_type": "llama"}}}) == "llama"
+    assert model_type({"config": {"model": {}}}) == "gpt2"
