@@ -60,6 +60,7 @@ def test_study_report_is_self_contained_and_holds_the_sections(study):
     assert headings[0] == "# hf-init report" and "<h1>hf-init report</h1>" in page
     for name in ("Configurations", "Loss and perplexity", "Equilibration"):
         assert f"## {name}" in headings and f"<h2>{name}</h2>" in page  # level 2, no deeper
+    assert "## Schedule and optimizer coupling" not in headings  # no run differs in schedule
     # the per-scheme mean eval loss equals the mean of the runs' own eval losses (numpy)
     losses = [json.loads((study / n / "run_info.json").read_text())["eval_loss"] for n in RUNS[:2]]
     row = next(line for line in md.splitlines() if line.startswith("| gpt2 | 2 |"))
@@ -348,3 +349,28 @@ def test_a_runs_model_family_from_run_info_else_its_config_else_gpt2():
     assert model_type({"model_type": "llama", "config": {"model": {}}}) == "llama"
     assert model_type({"config": {"model": {"model_type": "llama"}}}) == "llama"
     assert model_type({"config": {"model": {}}}) == "gpt2"
+
+
+def test_run_endings_date_a_divergence_by_the_stop_or_else_by_the_loss_curve(tmp_path, monkeypatch):
+    """A run stopped on non-finite values diverged at its recorded stop; one that ended with eval
+    loss >= L0 = ln(vocab) diverged at the first logged step after its lowest training loss whose
+    loss is back at L0 or above (here 40: lowest 3.0 at 20, then 5.0 >= ln 100 = 4.61); a run that
+    ended below L0 did not diverge (NaN step)."""
+    from hf_init import report
+
+    curve = pd.DataFrame({"step": [0, 10, 20, 30, 40, 50], "loss": [4.7, 4.0, 3.0, 4.5, 5.0, 6.0]})
+    monkeypatch.setattr(report, "train_loss_curves", lambda run: curve)
+
+    def run(name, **info):
+        return report.Run(tmp_path / name, info, {"name": name})
+
+    chance = math.log(100)
+    runs = [run("stopped", diverged_at_step=7), run("climbed", eval_loss=4.9),
+            run("learned", eval_loss=3.5)]  # fmt: skip
+    endings = report.run_endings(runs, chance).set_index("name")
+    assert list(endings["diverged"]) == [True, True, False]
+    assert endings.loc["stopped", "divergence_step"] == 7
+    assert endings.loc["climbed", "divergence_step"] == 40
+    assert math.isnan(endings.loc["learned", "divergence_step"])
+    assert math.isnan(endings.loc["stopped", "final_loss"])
+    assert endings.loc["climbed", "final_loss"] == 4.9

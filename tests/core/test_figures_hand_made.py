@@ -532,3 +532,10 @@ def test_report_loss_figure_one_colour_per_group_and_log_only_for_a_wide_span(
     curves["normal", 0] = ([0, 10], [3.0, 29.0])  # 29 / 1.5 < 20
     report.loss_figure(runs, tmp_path / "loss3.png")
     assert captured[-1].axes[0].get_yscale() == "linear"
+    # up to 10 groups tab10's colours; 11 and more: tab20's, so no two groups share one
+    for n_groups in (10, 11):
+        curves.clear()
+        curves.update({(f"scheme{i}", 0): ([0, 10, 20], [3.0, 2.0, 1.5]) for i in range(n_groups)})
+        report.loss_figure([run(*k) for k in curves], tmp_path / f"loss{n_groups}.png")
+        colors = [line.get_color() for line in captured[-1].axes[0].get_lines()]
+        assert len(set(colors)) == n_groups
