@@ -520,6 +520,34 @@ MUTANTS = [
             "tests/theory/test_theory.py::test_kernel_predictions_compose_their_branches_block_by_block"
         ],
     ),
+    (
+        "N24",
+        "hf_init/lm/modeling.py",
+        "            if isinstance(module, nn.Linear):\n",
+        "            if isinstance(module, nn.Linear)"
+        " and module.out_features == self.config.vocab_size:\n",
+        ["tests/lm/test_modeling.py::test_a_resized_untied_head_is_initialized_as_the_lm_head"],
+    ),
+    (
+        "N25",
+        "hf_init/theory/recursions.py",
+        "h_relvar = (1 + _excess(e4, e2) / n) * (1 + elast**2 * s_relvar[:, l]) - 1",
+        "h_relvar = (1 + _excess(e4, e2) / n) * (1 + s_relvar[:, l]) - 1",
+        [
+            "tests/theory/test_theory.py::"
+            "test_forward_and_backward_fluctuations_written_out_for_a_smooth_activation"
+        ],
+    ),
+    (
+        "N26",
+        "hf_init/report.py",
+        "losses = losses[np.isfinite(losses) & (losses > 0)]",
+        "losses = losses[np.isfinite(losses)]",
+        [
+            "tests/core/test_figures_hand_made.py::"
+            "test_report_loss_figure_one_colour_per_group_and_log_only_for_a_wide_span"
+        ],
+    ),
 ]
 
 
