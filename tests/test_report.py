@@ -374,3 +374,16 @@ def test_run_endings_date_a_divergence_by_the_stop_or_else_by_the_loss_curve(tmp
     assert math.isnan(endings.loc["learned", "divergence_step"])
     assert math.isnan(endings.loc["stopped", "final_loss"])
     assert endings.loc["climbed", "final_loss"] == 4.9
+
+
+def test_report_tables_round_to_four_significant_digits(tmp_path):
+    """The report's tables show 4 significant digits (pi as 3.142, 12345.678 as 1.235e+04) in the
+    markdown and the HTML alike; an empty table adds nothing."""
+    from hf_init.report import Document
+
+    doc = Document(tmp_path, tmp_path)
+    doc.table(pd.DataFrame({"x": [math.pi, 12345.678]}))
+    doc.table(pd.DataFrame())
+    md, page = "".join(doc.md), "".join(doc.html)
+    assert "| 3.142 |" in md and "| 1.235e+04 |" in md and "3.1416" not in md
+    assert ">3.142</td>" in page and ">1.235e+04</td>" in page and len(doc.md) == 1

@@ -389,3 +389,26 @@ def test_a_rank_outside_the_mesh_holds_an_empty_uncounted_part(qkv, monkeypatch)
         stacked_block_sums([part, whole], 3)[1], block_sums(whole, 3), rtol=0, atol=0
     )
     assert torch.equal(stacked_block_sums([part], 3), torch.zeros(1, 3, 3, dtype=torch.float64))
+
+
+def test_a_strided_shard_is_refused(qkv, monkeypatch):
+    """A _StridedShard placement (FSDP2 beside tensor parallelism) holds rows that are not one
+    range: local_part refuses it by name instead of placing them wrongly."""
+    from hf_init.core import moments
+
+    strided = moments._StridedShard(0, split_factor=2)
+
+    class StridedTensor:  # what local_part reads of a DTensor, on a one-rank mesh
+        shape = qkv.shape
+        device_mesh = type("Mesh", (), {"get_coordinate": staticmethod(lambda: [0])})()
+        placements = (strided,)
+
+        def dim(self):
+            return 2
+
+        def to_local(self):
+            return qkv
+
+    monkeypatch.setattr(moments, "DTensor", StridedTensor)
+    with pytest.raises(ValueError, match="strided shard placement .* is not supported"):
+        moments.local_part(StridedTensor())

@@ -255,3 +255,17 @@ def test_the_forward_pass_runs_again_with_the_steps_dropout_masks():
         assert stop.first_non_finite_output(model) is None
     assert losses[2] == losses[1]
     stop.on_train_end(None, None, None)
+
+
+def test_the_forward_hook_is_registered_once_and_only_on_a_model():
+    """A second on_train_begin (a second trainer.train()) keeps the one hook; no model: none;
+    on_train_end removes it."""
+    model = tiny_model()
+    stop = DivergenceStop()
+    stop.on_train_begin(None, None, None, model=None)
+    assert len(model._forward_pre_hooks) == 0
+    stop.on_train_begin(None, None, None, model=model)
+    stop.on_train_begin(None, None, None, model=model)
+    assert len(model._forward_pre_hooks) == 1
+    stop.on_train_end(None, None, None)
+    assert len(model._forward_pre_hooks) == 0

@@ -53,6 +53,9 @@ def test_regime_rule_hand_made_cases():
     assert regime(final_loss=0.95 * LN10, gain=0.01) == "vanishing"
     # learned from a vanished signal (e.g. Adam): stable, the rule is about the outcome
     assert regime(final_loss=0.3, gain=1e-4) == "stable"
+    # the gain's boundary: a signal kept exactly (gain 1) did not grow, just above 1 it did
+    assert regime(final_loss=LN10, gain=1.0) == "vanishing"
+    assert regime(final_loss=LN10, gain=1.0 + 1e-12) == "exploding"
 
 
 @pytest.mark.parametrize("n_classes", [3, 10])
@@ -70,6 +73,7 @@ def test_regime_thresholds_are_multiples_of_chance(n_classes):
     assert r(final_loss=0.9 * chance * 1.01) == "vanishing"
     assert r(final_loss=chance, grad_std_init=1e3 * 0.99) == "vanishing"
     assert r(final_loss=chance, grad_std_init=1e3 * 1.01) == "exploding"
+    assert r(final_loss=chance, grad_std_init=1e3) == "vanishing"  # at it is not above it
 
 
 def test_gain_per_layer_is_the_geometric_mean_ratio():
