@@ -379,3 +379,17 @@ def test_the_defaults_are_the_default_run_docs_coord_check_md_reports():
         9, [64, 128, 256, 512], 3, 2, 32, 5
     )  # fmt: skip
     assert (a.seq_len, a.vocab_size, a.batch_size, a.learning_rate) == (64, 8192, 8, 1e-3)
+
+
+def test_records_are_ordered_embeddings_then_block_by_block_then_the_output():
+    """The order the records, the summary and the figure's panels follow: the embeddings first,
+    then each block's quantities in ROLES order, block 0 before block 1, the output logits last."""
+    import random
+
+    from hf_init.coord_check.study import record_order
+
+    blocks = [(role, layer) for layer in (0, 1) for role in ("residual", "attn_logits", "mlp_out")]
+    want = [("embeddings", None), *blocks, ("output_logits", None)]
+    shuffled = want[:]
+    random.Random(0).shuffle(shuffled)
+    assert sorted(shuffled, key=record_order) == want
