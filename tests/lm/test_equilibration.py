@@ -707,14 +707,18 @@ def test_coupling_follows_the_weights_up_to_a_gap_of_exactly_the_same_step_share
     decayed below half, the verdict is mixed)."""
     assert E.SAME_STEP == 0.1 and E.SETTLED_SHARE == 0.5 and E.DECAYED_LR == 0.5
 
-    def follows(eq_step_decaying):
+    def follows(eq_step_decaying, lr_fraction=0.6, settled=0.5):
         rows = [
-            dict(scheme="s", schedule="constant", curves=8, settled=0.5, never=0.0, eq_step=400.0,
-                 lr_fraction=1.0, run_steps=1000.0),
+            dict(scheme="s", schedule="constant", curves=8, settled=settled, never=0.0,
+                 eq_step=400.0, lr_fraction=1.0, run_steps=1000.0),
             dict(scheme="s", schedule="cosine", curves=8, settled=1.0, never=0.0,
-                 eq_step=eq_step_decaying, lr_fraction=0.6, run_steps=1000.0),
+                 eq_step=eq_step_decaying, lr_fraction=lr_fraction, run_steps=1000.0),
         ]  # fmt: skip
         return E.coupling_verdicts(pd.DataFrame(rows)).iloc[0].follows
 
     assert (follows(500.0), follows(300.0)) == ("weights", "weights")
     assert (follows(501.0), follows(299.0)) == ("mixed", "mixed")
+    # exactly half settled under the constant rate counts as settled: with the steps apart it is
+    # mixed, not the schedule, even where the decaying rate fell below half its peak
+    assert follows(600.0, lr_fraction=0.3) == "mixed"
+    assert follows(600.0, lr_fraction=0.3, settled=0.49) == "schedule"
