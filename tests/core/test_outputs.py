@@ -101,9 +101,11 @@ def test_keep_beside_takes_the_first_free_previous_number(tmp_path):
     target = keep_beside(tmp_path / "out", backup)
     assert target == tmp_path / "out.previous-3"
     assert (target / "records.jsonl").read_text() == "kept\n" and not backup.exists()
-    # none taken: the first is previous-1
-    (tmp_path / ".new.backup").mkdir()
-    assert keep_beside(tmp_path / "new", tmp_path / ".new.backup") == tmp_path / "new.previous-1"
+    # none taken: the first is previous-1; then previous-2
+    for n in (1, 2):
+        (tmp_path / ".new.backup").mkdir()
+        kept = keep_beside(tmp_path / "new", tmp_path / ".new.backup")
+        assert kept == tmp_path / f"new.previous-{n}"
 
 
 @pytest.mark.parametrize("n_written, listed", [(3, "a.txt, b.txt, c.txt"),

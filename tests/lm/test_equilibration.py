@@ -722,3 +722,4 @@ def test_coupling_follows_the_weights_up_to_a_gap_of_exactly_the_same_step_share
     # mixed, not the schedule, even where the decaying rate fell below half its peak
     assert follows(600.0, lr_fraction=0.3) == "mixed"
     assert follows(600.0, lr_fraction=0.3, settled=0.49) == "schedule"
+    assert follows(600.0, lr_fraction=0.5, settled=0.49) == "mixed"  # at half: not below it
