@@ -204,9 +204,9 @@ def test_configs_tables_split_settings_shared_by_every_run_from_those_that_diffe
     only = "The runs differ in scheme and seed only, as their names say."
     table = "Settings that differ (one row per run):"
     assert table in section(runs) and only not in section(runs)
-    assert only in section(runs[:2] + [run("c", "xavier", 2, 1e-3, 2)])
-    assert only in section([runs[0], run("c", "xavier", 2, 1e-3, 2)])  # two runs are enough
-    assert table not in section(runs[:2] + [run("c", "xavier", 2, 1e-3, 2)])
+    same_lr = run("c", "xavier", 2, 1e-3, 2)  # c with a's and b's learning rate
+    assert only in section([*runs[:2], same_lr]) and table not in section([*runs[:2], same_lr])
+    assert only in section([runs[0], same_lr])  # two runs are enough
     one = section(runs[:1])
     assert one.startswith("## Configurations\n1 pretraining runs.")
     assert only not in one and table not in one

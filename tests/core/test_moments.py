@@ -364,24 +364,33 @@ def test_row_variances_two_pass_equal_numpy_even_far_from_zero(monkeypatch):
         np.testing.assert_allclose(got, ref, rtol=1e-10)
 
 
-def test_a_rank_outside_the_mesh_holds_an_empty_uncounted_part(qkv, monkeypatch):
-    """A DTensor on a mesh this rank is not in (get_coordinate() is None): its part is the empty
-    (0, 0) corner of the global shape, not counted, and adds nothing beside a real part."""
-    from hf_init.core import moments
+def _fake_dtensor(local, shape, coordinate, placements=()):
+    """What local_part reads of a DTensor (shape, mesh coordinate, placements, local shard), for
+    the cases a one-process test cannot build: a rank outside the mesh, a strided shard."""
 
-    class OffMeshTensor:  # what local_part reads of a DTensor, on a rank outside its mesh
-        shape = qkv.shape
-        device_mesh = type("Mesh", (), {"get_coordinate": staticmethod(lambda: None)})()
-        placements = ()
+    class FakeDTensor:
+        device_mesh = type("Mesh", (), {"get_coordinate": staticmethod(lambda: coordinate)})()
+
+        def __init__(self):
+            self.shape, self.placements = shape, placements
 
         def dim(self):
             return 2
 
         def to_local(self):
-            return qkv[:0, :0]
+            return local
 
-    monkeypatch.setattr(moments, "DTensor", OffMeshTensor)
-    part = moments.local_part(OffMeshTensor())
+    return FakeDTensor
+
+
+def test_a_rank_outside_the_mesh_holds_an_empty_uncounted_part(qkv, monkeypatch):
+    """A DTensor on a mesh this rank is not in (get_coordinate() is None): its part is the empty
+    (0, 0) corner of the global shape, not counted, and adds nothing beside a real part."""
+    from hf_init.core import moments
+
+    off_mesh = _fake_dtensor(qkv[:0, :0], qkv.shape, None)
+    monkeypatch.setattr(moments, "DTensor", off_mesh)
+    part = moments.local_part(off_mesh())
     assert part.local.shape == (0, 0) and part.offset == (0, 0) and part.counted is False
     assert part.global_shape == tuple(qkv.shape)
     whole = LocalPart(qkv, tuple(qkv.shape), (0, 0))
@@ -396,19 +405,7 @@ def test_a_strided_shard_is_refused(qkv, monkeypatch):
     range: local_part refuses it by name instead of placing them wrongly."""
     from hf_init.core import moments
 
-    strided = moments._StridedShard(0, split_factor=2)
-
-    class StridedTensor:  # what local_part reads of a DTensor, on a one-rank mesh
-        shape = qkv.shape
-        device_mesh = type("Mesh", (), {"get_coordinate": staticmethod(lambda: [0])})()
-        placements = (strided,)
-
-        def dim(self):
-            return 2
-
-        def to_local(self):
-            return qkv
-
-    monkeypatch.setattr(moments, "DTensor", StridedTensor)
+    strided = _fake_dtensor(qkv, qkv.shape, [0], (moments._StridedShard(0, split_factor=2),))
+    monkeypatch.setattr(moments, "DTensor", strided)
     with pytest.raises(ValueError, match="strided shard placement .* is not supported"):
-        moments.local_part(StridedTensor())
+        moments.local_part(strided())
