@@ -965,16 +965,7 @@ def test_forward_and_backward_fluctuations_written_out_for_a_smooth_activation(a
     (1 + rv_{l+1})(1 + e'^2 s_l) - 1, e' the same elasticity of E[phi'^2]. With depth 4 the
     elasticities' squares enter twice each (a relu's e is 1 and e' is 0)."""
     widths, sb, m0 = (8, 16, 12, 20, 6), 0.3, 1.5
-    phi, dphi = {
-        "tanh": (math.tanh, lambda z: 1 - math.tanh(z) ** 2),
-        "gelu": (
-            lambda z: 0.5 * z * (1 + math.erf(z / math.sqrt(2))),
-            lambda z: (
-                0.5 * (1 + math.erf(z / math.sqrt(2)))
-                + z * math.exp(-z * z / 2) / math.sqrt(2 * math.pi)
-            ),
-        ),
-    }[activation]
+    phi, dphi = SCIPY_ACT[activation]
     got = T.propagate(widths, activation, std, bias_std=sb, input_second_moment=m0)
     w2, sb2 = std * std, sb * sb
     q, s, relvar, elasticities = [w2 * widths[0] * m0 + sb2], [0.0], [], []
@@ -1024,7 +1015,7 @@ def test_llama_uncorrelated_recursion_written_out_by_position():
     got = T.llama_residual_variance(stds, L, d, T_len, n_inner=inner, rms_norm_eps=eps)
 
     def e_silu2(q):
-        return _gaussian_mean(lambda z: (z / (1 + math.exp(-z))) ** 2, q)
+        return _gaussian_mean(lambda z: SCIPY_ACT["silu"][0](z) ** 2, q)
 
     qkvo = (s2["q"], s2["k"], s2["v"], s2["o"])
 
