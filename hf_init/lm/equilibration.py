@@ -167,8 +167,8 @@ def _learning_rates(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _lr_at(lr_run: pd.DataFrame, step: float) -> float:
-    if lr_run is None or lr_run.empty or not math.isfinite(step):
-        return math.nan
+    """The learning rate in force at ``step`` (the last one recorded at or before it); NaN with
+    none recorded then, which includes a NaN step (a curve that never equilibrated)."""
     before = lr_run[lr_run["step"] <= step]
     if before.empty:
         return math.nan
@@ -315,8 +315,8 @@ def _power_columns(rhos, alpha: float) -> dict:
 
 
 def _rank_verdict(test: dict, direction: str, alpha: float) -> str:
-    if test["n_seeds"] == 0:
-        return "not supported"
+    """Supported when the claimed direction's p is at most ``alpha``, contradicted when the other
+    one's is; with no seeds both p are NaN and neither comparison holds: not supported."""
     p_claim, p_other = (
         (test["p_less"], test["p_greater"])
         if direction == "less"
@@ -517,15 +517,19 @@ def check_claims(
         )
         verdicts["stable"] = stable
     verdicts["sentence"] = [
-        verdict_sentence(r, early_window, tolerance) for r in verdicts.to_dict("records")
+        verdict_sentence(r, early_window, tolerance, alpha) for r in verdicts.to_dict("records")
     ]
     return verdicts, seeds
 
 
 def verdict_sentence(
-    row: dict, early_window: float = EARLY_WINDOW, tolerance: float = TOLERANCE
+    row: dict,
+    early_window: float = EARLY_WINDOW,
+    tolerance: float = TOLERANCE,
+    alpha: float = ALPHA,
 ) -> str:
-    """One plain-language line for a row of the verdicts table."""
+    """One plain-language line for a row of the verdicts table (``alpha``: the level the verdicts
+    were tested at)."""
     keys = [f"{k}={row[k]}" for k in row if k not in _VERDICT_COLUMNS]
     who = (", ".join(keys) + ", " if keys else "") + f"{str(row['projection']).upper()}"
     claim = row["claim"]
@@ -550,11 +554,11 @@ def verdict_sentence(
             detail = f"no seed had a defined rho (< 3 usable layers, or constant values); {param}"
         elif (row["statistic"] > 0) == (claim == "shallow_grow_faster") and row["statistic"] != 0:
             detail += "; the mean rho points against the claim"
-        if row["n_seeds"] and row["min_p"] > ALPHA:
-            detail += f"; with {row['n_seeds']} seed(s) this test cannot reach p <= {ALPHA}"
+        if row["n_seeds"] and row["min_p"] > alpha:
+            detail += f"; with {row['n_seeds']} seed(s) this test cannot reach p <= {alpha:g}"
         if row["n_seeds"]:
             detail += "; " + power_phrase(
-                row["seeds_agreeing"], row["n_seeds"], row["seeds_needed"]
+                row["seeds_agreeing"], row["n_seeds"], row["seeds_needed"], alpha
             )
     text = f"{who}: '{CLAIMS[claim]}' is {row['verdict'].upper()} -- {detail}."
     if "stable" in row and row["stable"] is not None and not pd.isna(row["stable"]):
@@ -569,8 +573,9 @@ def verdict_sentence(
     return text
 
 
-def power_phrase(agreeing: int, n: int, needed: float) -> str:
-    """How many seeds an effect as consistent as the observed one needs (the report's power)."""
+def power_phrase(agreeing: int, n: int, needed: float, alpha: float = ALPHA) -> str:
+    """How many seeds an effect as consistent as the observed one needs (the report's power) for
+    a sign test at level ``alpha``."""
     share = f"{agreeing:.0f} of {n:.0f} seeds share the mean's sign"
     if not math.isfinite(needed):
         how = (
@@ -579,7 +584,7 @@ def power_phrase(agreeing: int, n: int, needed: float) -> str:
         return f"{share}: at that consistency {how} a sign test {POWER:.0%} power"
     return (
         f"{share}: at that consistency {needed:.0f} seeds give a one-sided sign test at level "
-        f"{ALPHA:g} a power of {POWER:.0%}"
+        f"{alpha:g} a power of {POWER:.0%}"
     )
 
 

@@ -151,7 +151,8 @@ def test_spread_by_hand(tmp_path):
     steps = np.array([0, 10, 20])
     # log variances per layer at steps 0, 10, 20: [0,0,0], [0,1,2], [0,0.2,0.4]
     logs = {0: [0, 0, 0], 1: [0, 1, 0.2], 2: [0, 2, 0.4]}
-    curves = {("q", l): np.exp(np.array(x)) for l, x in logs.items()}
+    curves = {("q", l): 3e-3 * np.exp(np.array(x)) for l, x in logs.items()}
+    curves["q", 3] = np.array([0.0, np.nan, np.inf])  # no spread to speak of: left out
     sp = E.spread_table(run_frame(tmp_path, curves, steps=steps)).sort_values("step")
     assert list(sp.n_layers) == [3, 3, 3]
     assert sp.max_min_ratio.to_numpy() == pytest.approx([1.0, math.e**2, math.e**0.4])
@@ -723,3 +724,143 @@ def test_coupling_follows_the_weights_up_to_a_gap_of_exactly_the_same_step_share
     assert follows(600.0, lr_fraction=0.3) == "mixed"
     assert follows(600.0, lr_fraction=0.3, settled=0.49) == "schedule"
     assert follows(600.0, lr_fraction=0.5, settled=0.49) == "mixed"  # at half: not below it
+
+
+# ------------------------------------------------------------------ exhaustive mutants' gaps
+
+
+@pytest.mark.parametrize("window", [1, 3, 5, 7])
+def test_centered_median_of_every_length_is_the_shrinking_window_by_hand(window):
+    """Every length 1..12 (short ones whose middle is only a few records wide included): record
+    i is the median of x[i - w : i + w + 1], w = min(window // 2, i, n - 1 - i)."""
+    h = window // 2
+    for n in range(1, 13):
+        x = np.random.default_rng(n).normal(size=n)
+        want = [float(np.median(x[i - min(h, i, n - 1 - i) : i + min(h, i, n - 1 - i) + 1]))
+                for i in range(n)]  # fmt: skip
+        assert E.centered_median(x, window).tolist() == pytest.approx(want), n
+
+
+def test_equilibration_step_of_a_curve_with_a_non_finite_record_is_nan():
+    """A NaN or inf anywhere (here the first record, the tail flat and finite) means no step."""
+    for bad in (np.nan, np.inf):
+        assert math.isnan(E.equilibration_step([0, 10, 20, 30], [bad, 1.0, 1.0, 1.0], smoothing=1))
+
+
+def test_equilibration_band_includes_its_edge():
+    """|v / level - 1| <= tolerance: 1.5 against a level of 1 is inside a band of 0.5 (exact in
+    binary), so the curve settled at its first record; 1.5 + 2^-20 is not."""
+    assert E.equilibration_step([0, 10, 20, 30], [1.5, 1.0, 1.0, 1.0], 0.5, 1) == 0.0
+    assert E.equilibration_step([0, 10, 20, 30], [1.5 + 2**-20, 1.0, 1.0, 1.0], 0.5, 1) == 10.0
+
+
+def test_early_window_of_a_run_that_starts_late_is_measured_from_its_first_step():
+    """Steps 100..200 (a run resumed or recorded from step 100): the first tenth is steps 100..110,
+    11 records, and the slope is scipy's over them."""
+    from scipy import stats
+
+    steps = np.arange(100, 201)
+    values = np.exp(0.01 * steps + np.cos(steps))
+    slope, last, used = E.early_growth(steps, values)
+    assert (last, used) == (110.0, 11)
+    assert slope == pytest.approx(stats.linregress(steps[:11], np.log(values[:11])).slope)
+
+
+def test_early_growth_skips_zero_records_and_fits_exactly_two():
+    """A zero variance has no logarithm: it is left out, not fitted as -inf. Two positive records
+    are enough for a slope: ln(v1 / v0) / (s1 - s0)."""
+    slope, last, used = E.early_growth([0, 5, 10], [0.0, 2.0, 2.0 * math.e])
+    assert (slope, last, used) == (pytest.approx(0.2), 10.0, 2)
+
+
+def test_spearman_needs_three_layers_and_no_more():
+    """MIN_LAYERS = 3: three layers give scipy's rho and p; two give NaN."""
+    rho, p, n = E.spearman([0, 1, 2], [0.3, 0.1, 0.2])
+    res = sps.spearmanr([0, 1, 2], [0.3, 0.1, 0.2])
+    assert (rho, p, n) == (pytest.approx(res.statistic), pytest.approx(res.pvalue), 3)
+    rho, p, n = E.spearman([0, 1], [0.3, 0.1])
+    assert math.isnan(rho) and math.isnan(p) and n == 2
+
+
+def test_lr_fraction_of_a_schedule_that_stays_at_zero_is_nan(tmp_path):
+    """A learning rate of 0 throughout has no peak to be a fraction of: NaN, not a division by
+    zero; the rate at equilibration is still read (0)."""
+    curves = {("q", 0): saturating(STEPS, 4e-4, 1e-3, 80.0)}
+    row = E.equilibration_table(run_frame(tmp_path, curves, lr=0 * STEPS), smoothing=1).iloc[0]
+    assert row.learning_rate_at_equilibration == 0.0 and math.isnan(row.lr_fraction_of_peak)
+
+
+def test_spearman_drops_the_layers_whose_value_is_nan_and_is_nan_quietly_when_constant():
+    """Pairs with a NaN value are left out (scipy's rho over the rest); a constant value or layer
+    column has no rank correlation: NaN, without scipy's ConstantInputWarning."""
+    import warnings
+
+    rho, p, n = E.spearman([0, 1, 2, 3, 4], [0.3, np.nan, 0.1, 0.2, 0.5])
+    res = sps.spearmanr([0, 2, 3, 4], [0.3, 0.1, 0.2, 0.5])
+    assert (rho, p, n) == (pytest.approx(res.statistic), pytest.approx(res.pvalue), 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for layers, values in (([0, 1, 2, 3], [0.2] * 4), ([1, 1, 1, 1], [0.1, 0.4, 0.2, 0.3])):
+            rho, p, n = E.spearman(layers, values)
+            assert math.isnan(rho) and math.isnan(p) and n == 4
+
+
+def test_a_p_value_exactly_at_the_level_decides_the_verdict(tmp_path):
+    """p <= alpha: with 4 seeds all pointing one way the sign-flip p is 1/16, and at a level of
+    exactly 1/16 the claim is supported (growth falling with depth) or contradicted (rising);
+    just below that level it is neither."""
+    frames = {sign: study(tmp_path, growth_curves(sign), range(4)) for sign in (-1, +1)}
+    for alpha, want in ((1 / 16, ("supported", "contradicted")), (0.06, ("not supported",) * 2)):
+        got = tuple(
+            verdict(E.check_claims(frames[s], alpha=alpha, robustness=False)[0],
+                    "shallow_grow_faster").verdict
+            for s in (-1, +1)
+        )  # fmt: skip
+        assert got == want, alpha
+
+
+def test_sentences_name_the_run_and_the_parameter_that_was_varied_at_the_level_asked(tmp_path):
+    """A verdict's sentence starts with its run keys (here the scheme) and the projection; its
+    stability part names the early window for claim (a) and the tolerance for (b); with
+    robustness off there are no halved/doubled verdicts at all. Tested at a level of 1/16, four
+    seeds can reach it (no "cannot reach"), and the power phrase states that level."""
+    frame = study(tmp_path, growth_curves(-1), range(4), scheme="kaiming")
+    v, _ = E.check_claims(frame, alpha=1 / 16)
+    a, b = (verdict(v, c, "k") for c in ("shallow_grow_faster", "deep_equilibrate_later"))
+    assert a.sentence.startswith("scheme=kaiming, K: ") and b.sentence.startswith("scheme=kaiming")
+    assert "Stable when the early window is halved and doubled." in a.sentence
+    assert b.sentence.endswith(". Stable when the tolerance is halved and doubled.")
+    assert "cannot reach" not in a.sentence and "test at level 0.0625 a power" in a.sentence
+    assert "cannot reach p <= 0.05" in E.check_claims(frame)[0].sentence.iloc[0]
+    quick, _ = E.check_claims(frame, robustness=False)
+    assert not {"verdict_half", "verdict_double", "stable"} & set(quick.columns)
+    assert "stable" not in quick.sentence.iloc[0].lower()
+
+
+def test_a_curve_settled_when_it_stayed_in_band_for_the_last_fifth_of_the_run_and_no_less(tmp_path):
+    """STAY = 0.2: over steps 0..1000 a curve stepping from 1 to its final 2 at step 800 stayed
+    for the last fifth and settled; one stepping at 810 did not; one that never reached its
+    level before the last record (NaN step) did not either."""
+    assert E.STAY == 0.2
+    for jump, settled in ((800, 1.0), (810, 0.0), (1000, 0.0)):
+        curve = np.where(STEPS < jump, 1.0, 2.0)
+        table = E.coupling_table(run_frame(tmp_path, {("q", 0): curve}), smoothing=1)
+        assert (table.settled.iloc[0], table.curves.iloc[0]) == (settled, 1), jump
+
+
+def test_markdown_aligns_a_nullable_integer_column_right_and_an_all_missing_one_left():
+    """Missing cells (pd.NA, NaN) are empty and do not decide the alignment: a nullable integer
+    column with a missing value is still numbers; a column with nothing in it is not."""
+    df = pd.DataFrame({"n": pd.array([3, None], dtype="Int64"), "e": [math.nan, math.nan]})
+    assert E.to_markdown(df) == "| n | e |\n|---:|:---|\n| 3 |  |\n|  |  |\n"
+
+
+def test_claims_markdown_table_leaves_the_sentences_to_the_bullets(tmp_path):
+    """The table has the verdict columns but not the sentence (nor the statistic's name); each
+    sentence is a bullet below it."""
+    v, _ = E.check_claims(study(tmp_path, growth_curves(-1), range(3)), robustness=False)
+    text = E.claims_markdown(v)
+    header = next(line for line in text.splitlines() if line.startswith("| "))
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    assert "verdict" in cells and "sentence" not in cells and "statistic_name" not in cells
+    assert [line[2:] for line in text.splitlines() if line.startswith("- ")] == list(v.sentence)
