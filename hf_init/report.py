@@ -255,7 +255,9 @@ def scheme_summary(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def train_loss_curves(run: Run) -> pd.DataFrame | None:
-    """(step, loss) of the training loss the Trainer logged to TensorBoard (``train/loss``)."""
+    """(step, loss) of the training loss the Trainer logged to TensorBoard (``train/loss``), every
+    logged point; a step logged twice (a resumed run repeats the steps after its checkpoint) keeps
+    the later event file's value, as the variance records keep the latest."""
     try:
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     except ImportError:
@@ -267,7 +269,9 @@ def train_loss_curves(run: Run) -> pd.DataFrame | None:
         if "train/loss" in acc.Tags().get("scalars", []):
             rows += [(e.step, e.value) for e in acc.Scalars("train/loss")]
     return (
-        pd.DataFrame(rows, columns=["step", "loss"]).drop_duplicates("step").sort_values("step")
+        pd.DataFrame(rows, columns=["step", "loss"])
+        .drop_duplicates("step", keep="last")
+        .sort_values("step")
         if rows
         else None
     )

@@ -388,3 +388,50 @@ def test_report_tables_round_to_four_significant_digits(tmp_path):
     md, page = "".join(doc.md), "".join(doc.html)
     assert "| 3.142 |" in md and "| 1.235e+04 |" in md and "3.1416" not in md
     assert ">3.142</td>" in page and ">1.235e+04</td>" in page and len(doc.md) == 1
+
+
+def test_discover_takes_ended_runs_with_records_and_whole_mlp_studies_only(tmp_path):
+    """A run folder counts once it ended (run_info.json, or diverged.json) and holds its records
+    (variance.jsonl); an MLP study once it has both summary.json and results.csv. A run still
+    going (records, no ending), an ended run whose records are gone and half an MLP study are
+    skipped, and a folder holding nothing else is one clear error."""
+    from hf_init.report import discover
+
+    layout = {
+        "finished": ("variance.jsonl", "run_info.json"),
+        "diverged": ("variance.jsonl", "diverged.json"),
+        "running": ("variance.jsonl",),
+        "records_gone": ("run_info.json",),
+        "mlp": ("summary.json", "results.csv"),
+        "mlp_half": ("summary.json",),
+        "mlp_other_half": ("results.csv",),
+    }
+    for folder, files in layout.items():
+        (tmp_path / folder).mkdir()
+        for name in files:
+            (tmp_path / folder / name).write_text("{}")
+    runs, mlp = discover([tmp_path])
+    assert [p.name for p in runs] == ["diverged", "finished"]
+    assert [p.name for p in mlp] == ["mlp"]
+    with pytest.raises(ValueError, match="holds no finished pretraining run"):
+        discover([tmp_path / "running"])
+
+
+def test_train_loss_curves_reads_every_logged_point_and_a_resumed_steps_latest_value(tmp_path):
+    """The loss curve from a run's TensorBoard events, written here with torch's SummaryWriter:
+    all 50 points of the first writer (not a sample of them); a second, later event file (the
+    resumed run) repeating steps 41..50 replaces their values and adds 51..60."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from hf_init.report import Run, train_loss_curves
+
+    for sub, steps, loss in (("1_first", range(1, 51), 2.0), ("2_resumed", range(41, 61), 1.0)):
+        with SummaryWriter(tmp_path / "runs" / sub) as w:
+            for step in steps:
+                w.add_scalar("train/loss", loss + step / 100, step)
+            w.add_scalar("train/learning_rate", 1e-3, 1)
+    curve = train_loss_curves(Run(tmp_path, {}, {}))
+    assert curve["step"].tolist() == list(range(1, 61))
+    want = [2.0 + s / 100 for s in range(1, 41)] + [1.0 + s / 100 for s in range(41, 61)]
+    assert curve["loss"].to_numpy() == pytest.approx(want, rel=1e-6)
+    assert train_loss_curves(Run(tmp_path / "nothing", {}, {})) is None

@@ -838,13 +838,15 @@ def test_sentences_name_the_run_and_the_parameter_that_was_varied_at_the_level_a
 
 
 def test_a_curve_settled_when_it_stayed_in_band_for_the_last_fifth_of_the_run_and_no_less(tmp_path):
-    """STAY = 0.2: over steps 0..1000 a curve stepping from 1 to its final 2 at step 800 stayed
-    for the last fifth and settled; one stepping at 810 did not; one that never reached its
-    level before the last record (NaN step) did not either."""
+    """STAY = 0.2: over steps 500..1500 (a run recorded from step 500) a curve stepping from 1 to
+    its final 2 at step 1300 stayed for the last fifth and settled; one stepping at 1310 did not;
+    one that never reached its level before the last record (NaN step) did not either."""
     assert E.STAY == 0.2
-    for jump, settled in ((800, 1.0), (810, 0.0), (1000, 0.0)):
-        curve = np.where(STEPS < jump, 1.0, 2.0)
-        table = E.coupling_table(run_frame(tmp_path, {("q", 0): curve}), smoothing=1)
+    steps = STEPS + 500
+    for jump, settled in ((1300, 1.0), (1310, 0.0), (1500, 0.0)):
+        curve = np.where(steps < jump, 1.0, 2.0)
+        frame = run_frame(tmp_path, {("q", 0): curve}, steps=steps)
+        table = E.coupling_table(frame, smoothing=1)
         assert (table.settled.iloc[0], table.curves.iloc[0]) == (settled, 1), jump
 
 
