@@ -283,7 +283,7 @@ def loss_figure(runs: list[Run], path: Path):
     from hf_init.core.figures import pyplot, save_figure
 
     curves = [(r, train_loss_curves(r)) for r in runs]
-    curves = [(r, c) for r, c in curves if c is not None and len(c)]
+    curves = [(r, c) for r, c in curves if c is not None]  # None: no loss logged
     if not curves:
         return None
     plt = pyplot()

@@ -5,6 +5,7 @@ expected values are computed here (numpy, scipy) from the same hand-made numbers
 
 import math
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
@@ -511,12 +512,14 @@ def test_report_loss_figure_one_colour_per_group_and_log_only_for_a_wide_span(
         return report.Run(tmp_path / f"{scheme}{seed}", {}, {"scheme": scheme, "seed": seed})
 
     def frame(r):
+        if r.keys["scheme"] == "untracked":
+            return None  # a run that logged no loss: left out
         steps, loss = curves[r.keys["scheme"], r.keys["seed"]]
         return pd.DataFrame({"step": steps, "loss": loss})
 
     monkeypatch.setattr(report, "train_loss_curves", frame)
     runs = [run(*k) for k in curves]
-    report.loss_figure(runs, tmp_path / "loss.png")
+    report.loss_figure([*runs, run("untracked", 0)], tmp_path / "loss.png")
     (ax,) = captured[-1].axes
     lines = ax.get_lines()
     for line, (steps, loss) in zip(lines, curves.values()):
@@ -529,13 +532,23 @@ def test_report_loss_figure_one_colour_per_group_and_log_only_for_a_wide_span(
     curves["normal", 0] = ([0, 10], [3.0, 62.5])  # 62.5 / 1.5 > 20: a diverged run
     report.loss_figure(runs, tmp_path / "loss2.png")
     assert captured[-1].axes[0].get_yscale() == "log"
-    curves["normal", 0] = ([0, 10], [3.0, 29.0])  # 29 / 1.5 < 20
-    report.loss_figure(runs, tmp_path / "loss3.png")
-    assert captured[-1].axes[0].get_yscale() == "linear"
-    # up to 10 groups tab10's colours; 11 and more: tab20's, so no two groups share one
-    for n_groups in (10, 11):
+    for loss, scale in (
+        ([3.0, 29.0], "linear"),  # 29 / 1.5 < 20
+        ([3.0, 30.0], "linear"),  # exactly 20x: not more than 20
+        ([3.0, 0.07], "log"),
+    ):  # 3.1 / 0.07 > 20: a loss below 1 counts
+        curves["normal", 0] = ([0, 10], loss)
+        report.loss_figure(runs, tmp_path / "loss3.png")
+        assert captured[-1].axes[0].get_yscale() == scale, loss  # fmt: skip
+    # up to 10 groups tab10's colours in order; 11 and more: tab20's, so no two groups share one
+    for n_groups, cmap in ((10, "tab10"), (11, "tab20")):
         curves.clear()
         curves.update({(f"scheme{i}", 0): ([0, 10, 20], [3.0, 2.0, 1.5]) for i in range(n_groups)})
         report.loss_figure([run(*k) for k in curves], tmp_path / f"loss{n_groups}.png")
         colors = [line.get_color() for line in captured[-1].axes[0].get_lines()]
         assert len(set(colors)) == n_groups
+        groups = sorted(f"scheme scheme{i}" for i in range(n_groups))
+        want = [to_rgba(c) for c in matplotlib.colormaps[cmap].colors]
+        assert [to_rgba(c) for c in colors] == [
+            want[groups.index(f"scheme scheme{i}")] for i in range(n_groups)
+        ]
