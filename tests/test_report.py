@@ -207,6 +207,7 @@ def test_configs_tables_split_settings_shared_by_every_run_from_those_that_diffe
     same_lr = run("c", "xavier", 2, 1e-3, 2)  # c with a's and b's learning rate
     assert only in section([*runs[:2], same_lr]) and table not in section([*runs[:2], same_lr])
     assert only in section([runs[0], same_lr])  # two runs are enough
+    assert table in section([runs[0], runs[2]])  # and two that differ in more get the table
     one = section(runs[:1])
     assert one.startswith("## Configurations\n1 pretraining runs.")
     assert only not in one and table not in one
@@ -435,3 +436,68 @@ def test_train_loss_curves_reads_every_logged_point_and_a_resumed_steps_latest_v
     want = [2.0 + s / 100 for s in range(1, 41)] + [1.0 + s / 100 for s in range(41, 61)]
     assert curve["loss"].to_numpy() == pytest.approx(want, rel=1e-6)
     assert train_loss_curves(Run(tmp_path / "nothing", {}, {})) is None
+
+
+def test_results_section_summarises_over_seeds_from_two_runs_on(tmp_path):
+    """The per-scheme summary over seeds appears from two runs on (not for one): mean and std
+    (ddof=1, numpy's) of each scheme's eval loss and perplexity."""
+    from hf_init.report import Document, Run, results_section
+
+    losses = {("a", 0): 3.0, ("a", 1): 3.5, ("b", 0): 4.0}
+
+    def run(scheme, seed):
+        info = {"eval_loss": losses[scheme, seed], "perplexity": math.exp(losses[scheme, seed])}
+        return Run(tmp_path / f"{scheme}{seed}", info, {"scheme": scheme, "seed": seed})
+
+    def summary(runs):
+        doc = Document(tmp_path, tmp_path)
+        results_section(doc, runs)
+        return doc.md
+
+    one = summary([run("a", 0)])
+    assert not any("Per scheme, over seeds" in part for part in one)
+    md = summary([run("a", 0), run("a", 1)])
+    at = md.index("Per scheme, over seeds (std with ddof=1; NaN with one seed):\n")
+    lines = md[at + 1].splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    row = dict(zip(header, (c.strip() for c in lines[2].strip("|").split("|"))))
+    assert (row["scheme"], row["seeds"]) == ("a", "2")
+    assert float(row["eval_loss_mean"]) == pytest.approx(3.25)
+    assert float(row["eval_loss_std"]) == pytest.approx(np.std([3.0, 3.5], ddof=1), rel=1e-3)
+    ppl = np.exp([3.0, 3.5])
+    assert float(row["perplexity_std"]) == pytest.approx(np.std(ppl, ddof=1), rel=1e-3)
+
+
+def test_figures_section_draws_one_run_per_scheme_and_the_attention_table_when_there_is_one(
+    tmp_path,
+):
+    """Runs a/0, a/1 and b/0: the figures of a/0 and b/0 only (each scheme's first run); the
+    attention summary's table when the records hold attention, no such text when they do not."""
+    from hf_init.core.records import make_record, read_records, write_records
+    from hf_init.report import Document, Run, figures_section
+
+    keys = [("a", 0), ("a", 1), ("b", 0)]
+    runs = [Run(tmp_path / f"{s}{seed}", {}, {"scheme": s, "seed": seed}) for s, seed in keys]
+
+    def table(attention: bool):
+        frames = []
+        for (s, seed), r in zip(keys, runs):
+            recs = [make_record(step, l, p, {"var": 1e-3 * (1 + step + l), "rms": 0.0})
+                    for step in (0, 10) for l in (0, 1) for p in ("q", "k", "v")]  # fmt: skip
+            if attention:
+                recs += [make_record(step, l, "attn", {"entropy": 2.0 - l, "logit_std": 1.0},
+                                     head=0) for step in (0, 10) for l in (0, 1)]  # fmt: skip
+            path = write_records(tmp_path / f"{s}{seed}_{attention}.jsonl", recs)
+            frames.append(read_records(path, scheme=s, seed=seed))
+        return pd.concat(frames, ignore_index=True)
+
+    for attention in (True, False):
+        doc = Document(tmp_path, tmp_path)
+        figures_section(doc, runs, table(attention))
+        md = "".join(doc.md)
+        shown = [line for line in md.splitlines() if line.startswith("![Q/K/V weight variance")]
+        assert len(shown) == 2
+        assert f"{runs[0].label}]" in shown[0] and f"{runs[2].label}]" in shown[1]
+        said = "Attention, mean over layers and heads, at the first and the last record step:"
+        assert (said in md) == attention
+        assert ("lowest_entropy_layer" in md) == attention
