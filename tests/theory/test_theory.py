@@ -1227,3 +1227,31 @@ def test_byte_token_batch_is_windows_of_the_python_docs_fixed_by_seed_0_by_defau
         assert bytes(row) in text
     assert torch.equal(ids, P.byte_token_batch(4, 32, seed=0))
     assert not torch.equal(ids, P.byte_token_batch(4, 32, seed=1))
+
+
+def test_gpt2_kernel_of_a_one_token_sequence_written_out():
+    """A sequence of one token (the shortest a user can give) attends to itself alone: per block,
+    attention adds d std_o^2 d std_v^2 K / (K + eps), the MLP n_inner std_proj^2 E[tanh(u)^2]
+    with u ~ N(0, d std_fc^2 K / (K + eps)) (scipy quad), 1 / E[sum a^2] = 1 and the logit
+    variance is 0 (no spread of keys)."""
+    d, inner, eps, L = 8, 20, 0.05, 2
+    stds = dict(zip(T.GPT2_STD_ROLES, (0.5, 0.3, 0.4, 0.35, 0.3, 0.2, 0.25, 0.15)))
+    got = T.gpt2_residual_kernel(stds, L, d, [[7]], n_inner=inner, layer_norm_eps=eps,
+                                 activation="tanh")  # fmt: skip
+    s2 = {k: v * v for k, v in stds.items()}
+    K = s2["wte"] + s2["wpe"]
+    residual, attn_adds, mlp_adds = [K], [], []
+    for _ in range(L):
+        attn = d * s2["attn_proj"] * d * s2["v"] * K / (K + eps)
+        K += attn
+        mlp = (
+            inner
+            * s2["mlp_proj"]
+            * _gaussian_mean(lambda z: np.tanh(z) ** 2, d * s2["mlp_fc"] * K / (K + eps))
+        )
+        K += mlp
+        residual.append(K), attn_adds.append(attn), mlp_adds.append(mlp)
+    assert got.residual == pytest.approx(residual, rel=1e-9)
+    assert got.attn_add == pytest.approx(attn_adds, rel=1e-9)
+    assert got.mlp_add == pytest.approx(mlp_adds, rel=1e-9)
+    assert got.attn_positions.tolist() == [1.0] * L and got.score_var.tolist() == [0.0] * L
