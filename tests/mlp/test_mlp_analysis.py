@@ -74,6 +74,10 @@ def test_regime_thresholds_are_multiples_of_chance(n_classes):
     assert r(final_loss=chance, grad_std_init=1e3 * 0.99) == "vanishing"
     assert r(final_loss=chance, grad_std_init=1e3 * 1.01) == "exploding"
     assert r(final_loss=chance, grad_std_init=1e3) == "vanishing"  # at it is not above it
+    # exactly at the other two: an initial loss of 10 ln C is not above it (not exploded), a final
+    # loss of 0.9 ln C is not below it (not learned)
+    assert r(initial_loss=10.0 * chance) == "stable"
+    assert r(final_loss=0.9 * chance) == "vanishing"
 
 
 def test_gain_per_layer_is_the_geometric_mean_ratio():
