@@ -162,6 +162,7 @@ def test_steps_to_target_and_area():
     assert curve_area(np.array([0, 10]), np.array([2.0, 1.0])) == pytest.approx(1.5)
     assert math.isnan(curve_area(np.array([5]), np.array([1.0])))
     assert math.isnan(curve_area(steps, np.array([2.0, 1.0, float("nan"), 0.25])))
+    assert math.isnan(curve_area(steps, np.array([2.0, float("inf"), 0.5, 0.25])))  # not inf
 
 
 def test_compare_summary_verdicts():
@@ -353,3 +354,22 @@ def test_compare_summary_counts_divergences_from_step_0_and_censored_runs():
     res = compare_summary(rows, "a", "b")["relu"]
     assert res["diverged"] == {"a": 2, "b": 1}
     assert res["steps_to_target"]["censored"] == {"a": 2, "b": 1}
+
+
+def test_paired_comparison_p_from_two_pairs_on_and_none_when_every_difference_is_zero():
+    """Two pairs are enough for scipy's Wilcoxon p (0.5 when both favour one side); one pair, or
+    differences all exactly 0, give NaN without a warning (scipy would divide 0 by 0). A constant
+    difference of +1 is a difference: p = 0.25 with three pairs."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert paired_comparison([2.0, 3.0], [1.0, 2.0])["wilcoxon_p"] == pytest.approx(
+            stats.wilcoxon([2.0, 3.0], [1.0, 2.0]).pvalue
+        )
+        assert paired_comparison([2.0, 3.0, 4.0], [1.0, 2.0, 3.0])["wilcoxon_p"] == pytest.approx(
+            0.25
+        )
+        for a, b in (([1.0], [2.0]), ([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])):
+            res = paired_comparison(a, b)
+            assert math.isnan(res["wilcoxon_p"]) and res["n_pairs"] == len(a)
