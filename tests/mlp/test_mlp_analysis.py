@@ -163,6 +163,7 @@ def test_steps_to_target_and_area():
     assert math.isnan(curve_area(np.array([5]), np.array([1.0])))
     assert math.isnan(curve_area(steps, np.array([2.0, 1.0, float("nan"), 0.25])))
     assert math.isnan(curve_area(steps, np.array([2.0, float("inf"), 0.5, 0.25])))  # not inf
+    assert curve_area(steps + 100, losses) == pytest.approx(26.25 / 30)  # the span, not the end
 
 
 def test_compare_summary_verdicts():
@@ -301,8 +302,11 @@ def test_sweep_rows_read_each_members_records_by_hand():
 
     record = SimpleNamespace(
         # (records, members, layers): member 0 quarters each layer, member 1 keeps it
-        preact_var=np.array([[[1.0, 0.25, 0.0625], [2.0, 2.0, 2.0]]] * 3),
-        grad_weight_var=np.array([[[4e-4, 1.0], [9e-4, 1.0]]] * 3),
+        # later records differ (training moved them): only step 0's are read
+        preact_var=np.array([[[1.0, 0.25, 0.0625], [2.0, 2.0, 2.0]]])
+        * [[[1.0]], [[3.0]], [[5.0]]]
+        * [[[1.0, 1.0, 1.0]], [[1.0, 2.0, 1.0]], [[1.0, 1.0, 7.0]]],
+        grad_weight_var=np.array([[[4e-4, 1.0], [9e-4, 1.0]]]) * [[[1.0]], [[4.0]], [[9.0]]],
         train_loss=np.array([[2.3, 2.3], [2.2, 1.0], [2.25, 0.1]]),
         test_loss=np.array([[2.3, 2.3], [2.2, 1.1], [2.28, 0.2]]),
         train_acc=np.array([[0.1, 0.1], [0.12, 0.6], [0.11, 0.97]]),

@@ -1255,3 +1255,15 @@ def test_gpt2_kernel_of_a_one_token_sequence_written_out():
     assert got.attn_add == pytest.approx(attn_adds, rel=1e-9)
     assert got.mlp_add == pytest.approx(mlp_adds, rel=1e-9)
     assert got.attn_positions.tolist() == [1.0] * L and got.score_var.tolist() == [0.0] * L
+
+
+def test_propagate_takes_layers_one_unit_wide_and_refuses_zero():
+    """Width 1 is a width: linear layers of std 0.5 on n_0 = 3 inputs of second moment 2 give
+    q_1 = 0.25 * 3 * 2, q_2 = 0.25 * 1 * q_1, the gradient 0.25 * n_2 * 1 back at layer 1, and
+    the relative variances (1 + 2/1) - 1 = 2 and (1 + 2/1)(1 + 2) - 1 = 8. Width 0 is refused."""
+    pred = T.propagate((3, 1, 1), "linear", 0.5, input_second_moment=2.0)
+    assert pred.q.tolist() == pytest.approx([1.5, 0.375], rel=1e-12)
+    assert pred.grad_var.tolist() == pytest.approx([0.25, 1.0], rel=1e-12)
+    assert pred.q_relvar.tolist() == pytest.approx([2.0, 8.0], rel=1e-12)
+    with pytest.raises(ValueError, match="all >= 1"):
+        T.propagate((3, 0, 1), "linear", 0.5)
