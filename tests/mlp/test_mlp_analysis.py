@@ -377,3 +377,31 @@ def test_paired_comparison_p_from_two_pairs_on_and_none_when_every_difference_is
         for a, b in (([1.0], [2.0]), ([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])):
             res = paired_comparison(a, b)
             assert math.isnan(res["wilcoxon_p"]) and res["n_pairs"] == len(a)
+
+
+def test_compare_verdict_at_a_mean_difference_of_exactly_zero_or_a_fraction_of_a_step():
+    """Ahead means a mean difference below 0, behind above 0, in both speed metrics. Twelve seeds
+    where steps-to-target differ by -66, 1, ..., 11 (mean exactly 0, yet scipy's Wilcoxon p is
+    0.034) and a's loss AUC is worse in every seed: a is not behind, so not contradicted; with
+    a's AUC better instead it is not ahead either. Behind by half a step and a little AUC in
+    every seed (both significant): contradicted."""
+    from hf_init.mlp.analysis import compare_summary
+
+    steps_diff = [-66.0, *range(1, 12)]
+    assert stats.wilcoxon(steps_diff).pvalue < 0.05 and np.mean(steps_diff) == 0
+
+    def verdict(steps_a, auc_a):
+        rows = [
+            {"activation": "relu", "scheme": s, "seed": seed,
+             "steps_to_target": 100.0 + (steps_a[seed] if s == "a" else 0.0),
+             "reached_target": True, "loss_auc": 1.0 + (auc_a[seed] if s == "a" else 0.0),
+             "final_test_loss": 0.2, "final_test_acc": 0.8, "diverged_step": -1}
+            for s in ("a", "b") for seed in range(12)
+        ]  # fmt: skip
+        return compare_summary(rows, "a", "b")["relu"]["verdict"]
+
+    worse_auc = [0.01 * (i + 1) for i in range(12)]
+    assert verdict(steps_diff, worse_auc) == "not supported"
+    assert verdict(steps_diff, [-x for x in worse_auc]) == "not supported"
+    half_step = [0.5 + 0.01 * i for i in range(12)]
+    assert verdict(half_step, worse_auc) == "contradicted: b converges faster"
