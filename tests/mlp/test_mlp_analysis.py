@@ -390,18 +390,27 @@ def test_compare_verdict_at_a_mean_difference_of_exactly_zero_or_a_fraction_of_a
     steps_diff = [-66.0, *range(1, 12)]
     assert stats.wilcoxon(steps_diff).pvalue < 0.05 and np.mean(steps_diff) == 0
 
-    def verdict(steps_a, auc_a):
+    def verdict(steps_a, auc_a, alpha=0.05):
         rows = [
             {"activation": "relu", "scheme": s, "seed": seed,
              "steps_to_target": 100.0 + (steps_a[seed] if s == "a" else 0.0),
              "reached_target": True, "loss_auc": 1.0 + (auc_a[seed] if s == "a" else 0.0),
              "final_test_loss": 0.2, "final_test_acc": 0.8, "diverged_step": -1}
-            for s in ("a", "b") for seed in range(12)
+            for s in ("a", "b") for seed in range(len(steps_a))
         ]  # fmt: skip
-        return compare_summary(rows, "a", "b")["relu"]["verdict"]
+        return compare_summary(rows, "a", "b", alpha)["relu"]["verdict"]
 
     worse_auc = [0.01 * (i + 1) for i in range(12)]
     assert verdict(steps_diff, worse_auc) == "not supported"
     assert verdict(steps_diff, [-x for x in worse_auc]) == "not supported"
     half_step = [0.5 + 0.01 * i for i in range(12)]
     assert verdict(half_step, worse_auc) == "contradicted: b converges faster"
+    # behind in both but not significant (two seeds: p = 0.5): not contradicted
+    assert verdict([1.0, 2.0], [0.1, 0.2]) == "not supported"
+    # significance is p < alpha: five seeds all ahead give p = 2 / 2^5 = 0.0625, which is not
+    # below a level of exactly 0.0625 (and is below 0.07)
+    ahead = [-1.0, -2.0, -3.0, -4.0, -5.0]
+    assert (
+        verdict(ahead, ahead, alpha=0.0625) == "not supported: a ahead in the mean, not significant"
+    )
+    assert verdict(ahead, ahead, alpha=0.07) == "supported"
