@@ -409,3 +409,34 @@ def test_a_strided_shard_is_refused(qkv, monkeypatch):
     monkeypatch.setattr(moments, "DTensor", strided)
     with pytest.raises(ValueError, match="strided shard placement .* is not supported"):
         moments.local_part(strided())
+
+
+def test_a_replicated_weight_is_counted_on_mesh_coordinate_0_alone(qkv, monkeypatch):
+    """Replicate on a mesh dim: the replica at coordinate 0 of that dim counts, every other one
+    (1, 2, ... on a mesh of three replicas) does not, whatever its other dims say. A plain tensor
+    is the whole weight at offset (0, 0), counted."""
+    from torch.distributed.tensor import Replicate, Shard
+
+    from hf_init.core import moments
+
+    plain = moments.local_part(qkv)
+    assert (plain.offset, plain.global_shape, plain.counted) == ((0, 0), tuple(qkv.shape), True)
+    monkeypatch.setattr(
+        moments, "compute_local_shape_and_global_offset", lambda shape, mesh, p: (shape, (0, 0))
+    )
+    cases = [([0], (Replicate(),), True), ([1], (Replicate(),), False),
+             ([2], (Replicate(),), False), ([1, 0], (Shard(0), Replicate()), True),
+             ([0, 2], (Shard(0), Replicate()), False)]  # fmt: skip
+    for coordinate, placements, counted in cases:
+        fake = _fake_dtensor(qkv, qkv.shape, coordinate, placements)
+        monkeypatch.setattr(moments, "DTensor", fake)
+        assert moments.local_part(fake()).counted is counted, (coordinate, placements)
+
+
+def test_block_sums_take_one_block_unless_told():
+    """n_blocks defaults to 1: the whole weight's (count, sum, sum of squares) by hand."""
+    w = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    part = LocalPart(w, (3, 4), (0, 0))
+    want = torch.tensor([[12.0, 66.0, 506.0]], dtype=torch.float64)
+    assert torch.equal(block_sums(part), want)
+    assert torch.equal(stacked_block_sums([part, part]), torch.stack([want, want]))
