@@ -440,3 +440,29 @@ def test_block_sums_take_one_block_unless_told():
     want = torch.tensor([[12.0, 66.0, 506.0]], dtype=torch.float64)
     assert torch.equal(block_sums(part), want)
     assert torch.equal(stacked_block_sums([part, part]), torch.stack([want, want]))
+
+
+def test_plain_tensors_beside_dtensors_count_on_rank_0_alone_of_three(qkv, monkeypatch):
+    """On a process group of three ranks (faked here: world size 3, this rank 0, 1 or 2, the
+    all_reduce recorded), a plain weight next to a DTensor is counted by rank 0 only, so the
+    summed totals hold it once; the DTensor's replica counts on its mesh coordinate 0."""
+    import torch.distributed as dist
+
+    from hf_init.core import moments
+
+    reduced = []
+    fake = _fake_dtensor(qkv, qkv.shape, [0], (moments.Replicate(),))
+    monkeypatch.setattr(moments, "DTensor", fake)
+    monkeypatch.setattr(
+        moments, "compute_local_shape_and_global_offset", lambda shape, mesh, p: (shape, (0, 0))
+    )
+    monkeypatch.setattr(moments, "_collective_device", lambda group: torch.device("cpu"))
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 3)
+    monkeypatch.setattr(dist, "all_reduce", lambda buf, op=None, group=None: reduced.append(op))
+    n = float(qkv.numel())
+    for rank, plain_count in ((0, n), (1, 0.0), (2, 0.0)):
+        monkeypatch.setattr(dist, "get_rank", lambda group=None, r=rank: r)
+        sums = moments.sharded_block_sums([([qkv], 1), ([fake()], 1)])
+        assert sums[0, :, 0].tolist() == [plain_count, n], rank
+    assert reduced == [dist.ReduceOp.SUM] * 3
