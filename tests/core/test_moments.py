@@ -466,3 +466,34 @@ def test_plain_tensors_beside_dtensors_count_on_rank_0_alone_of_three(qkv, monke
         sums = moments.sharded_block_sums([([qkv], 1), ([fake()], 1)])
         assert sums[0, :, 0].tolist() == [plain_count, n], rank
     assert reduced == [dist.ReduceOp.SUM] * 3
+
+
+def test_moments_of_a_tensor_are_numpys_population_moments():
+    """mean, variance (ddof=0), RMS and count of every entry, against numpy in float64; with a
+    mean 1e6 times the spread the two-pass variance still holds."""
+    from hf_init.core.moments import moments
+
+    x = np.random.default_rng(5).normal(size=(7, 9))
+    for values in (x, 1e6 + x * 1.0):
+        got = moments(torch.tensor(values, dtype=torch.float64))
+        want = (values.mean(), values.var(), np.sqrt(np.mean(values**2)), values.size)
+        assert (got.mean, got.var, got.rms, got.numel) == (
+            pytest.approx(want[0], rel=1e-12), pytest.approx(want[1], rel=1e-6),
+            pytest.approx(want[2], rel=1e-12), want[3],
+        )  # fmt: skip
+
+
+def test_the_reduction_buffer_goes_to_the_gpu_for_nccl_only(monkeypatch):
+    """NCCL reduces on the current CUDA device; gloo on the CPU, even where a GPU is present;
+    NCCL without CUDA (not a real setup) falls back to the CPU (faked backends and devices)."""
+    import torch.distributed as dist
+
+    from hf_init.core import moments
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    for backend, cuda, want in (("nccl", True, torch.device("cuda", 1)),
+                                ("gloo", True, torch.device("cpu")),
+                                ("nccl", False, torch.device("cpu"))):  # fmt: skip
+        monkeypatch.setattr(dist, "get_backend", lambda group=None, b=backend: b)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda c=cuda: c)
+        assert moments._collective_device(None) == want, (backend, cuda)
