@@ -354,11 +354,9 @@ def test_row_variances_two_pass_equal_numpy_even_far_from_zero(monkeypatch):
         [0.0, 1.0, 1e3, -5.0, 0.0, 2.0, 1e4]
     ).view(7, 1, 1)
     ref = t.double().numpy().reshape(7, -1).var(axis=1)  # numpy: two-pass, divide by N
-    for elements in (
-        10**6,
-        45,
-        1,
-    ):  # all rows at once, one row per pass, and a workspace smaller than a row
+    # all rows at once, one row per pass, two (2, 2, 2 and a last pass of 1), a workspace
+    # smaller than a row
+    for elements in (10**6, 45, 90, 1):
         monkeypatch.setattr(D, "WORKSPACE_ELEMENTS", elements)
         got = row_variances(t).numpy()
         np.testing.assert_allclose(got, ref, rtol=1e-10)
