@@ -1267,3 +1267,20 @@ def test_propagate_takes_layers_one_unit_wide_and_refuses_zero():
     assert pred.q_relvar.tolist() == pytest.approx([2.0, 8.0], rel=1e-12)
     with pytest.raises(ValueError, match="all >= 1"):
         T.propagate((3, 0, 1), "linear", 0.5)
+
+
+@pytest.mark.parametrize("n_layer, n_embd", [(0, 8), (2, 0), (0, 0)])
+def test_every_transformer_prediction_refuses_zero_layers_or_width(n_layer, n_embd):
+    """No layers or no width is one clear ValueError from each of the four predictions (either
+    alone is enough), not a table of zeros."""
+    g = dict.fromkeys(T.GPT2_STD_ROLES, 0.02)
+    ll = dict.fromkeys(T.LLAMA_STD_ROLES, 0.02)
+    calls = (
+        lambda: T.gpt2_residual_variance(g, n_layer, n_embd, seq_len=4),
+        lambda: T.gpt2_residual_kernel(g, n_layer, n_embd, [[1, 2, 3]]),
+        lambda: T.llama_residual_variance(ll, n_layer, n_embd, seq_len=4),
+        lambda: T.llama_residual_kernel(ll, n_layer, n_embd, [[1, 2, 3]], n_head=1),
+    )
+    for call in calls:
+        with pytest.raises(ValueError, match="must be >= 1"):
+            call()
