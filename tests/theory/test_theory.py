@@ -858,6 +858,26 @@ def test_residual_records_number_blocks_from_the_embeddings_and_branches_from_on
             assert r["relative_error_uncorrelated"] == pytest.approx(
                 m[:, i].mean() / pu - 1, rel=1e-12
             )
+    # two seeds are enough for a standard error; one seed has none
+    for seeds in (2, 1):
+        few = SimpleNamespace(**{k: v[:seeds] for k, v in vars(meas).items()})
+        for r in _residual_records(pred, unc, few, network="gpt2-x"):
+            m = getattr(few, r["quantity"])[:, r["layer"] - (r["quantity"] != "residual")]
+            if seeds == 2:
+                assert r["measured_sem"] == pytest.approx(stats.sem(m), rel=1e-12)
+            else:
+                assert r["measured_sem"] is None  # not recorded (NaN is written as no value)
+
+
+def test_only_the_gpt2_scheme_carries_gpt2s_residual_scaling():
+    """The residual check names a run scaled when its scheme as defined carries GPT-2's factor
+    1/sqrt(2 L) on the residual projections: gpt2 does, xavier_normal and kaiming_normal do not."""
+    from hf_init.theory.check import _carries_scaling
+
+    got = {
+        s: _carries_scaling(s, 3, 16, 50, 8) for s in ("gpt2", "xavier_normal", "kaiming_normal")
+    }
+    assert got == {"gpt2": True, "xavier_normal": False, "kaiming_normal": False}
 
 
 @pytest.mark.parametrize("activation", ["tanh", "gelu", "silu"])
@@ -1075,7 +1095,7 @@ def test_residual_verdict_line_on_hand_made_rows():
     """The theory check's GPT-2/Llama line: growth = last block / embeddings (measured, and both
     predictions), the worst |relative error| of each prediction, the attention branch's error
     at block 1 and at the last block, the MLP branch's worst; all read from hand-made rows."""
-    from hf_init.theory.check import _residual_verdict
+    from hf_init.theory.check import _residual_verdict, verdict
 
     measured, predicted, uncorrelated = [1.0, 2.0, 3.0, 8.0], [1.0, 2.5, 3.0, 6.4], [1.0, 2, 2, 4]
     rows = [
@@ -1098,6 +1118,14 @@ def test_residual_verdict_line_on_hand_made_rows():
     assert "x4 (uncorrelated tokens, worst 100%)" in line  # 8 / 4 - 1
     assert "attention branch block 1 / last +10% / +25% (uncorrelated +20% / +50%)" in line
     assert line.endswith("MLP branch worst 5%")
+    # verdict() over the rows of two networks: one line each, read from that network's rows
+    # alone (the second network's measured growth is x16)
+    other = [dict(r, measured=2 * r["measured"]) if r["layer"] == 3 and r["quantity"] ==
+             "residual" else r for r in rows]  # fmt: skip
+    lines = verdict([dict(r, network="gpt2-3x64") for r in rows]
+                    + [dict(r, network="llama-3x64") for r in other])  # fmt: skip
+    assert [line.split()[0] for line in lines] == ["gpt2-3x64", "llama-3x64"]
+    assert "residual x8 over 3 blocks" in lines[0] and "residual x16 over 3 blocks" in lines[1]
 
 
 def test_a_two_layer_measurement_has_the_hidden_layers_gradient():
