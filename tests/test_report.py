@@ -481,7 +481,7 @@ def test_figures_section_draws_one_run_per_scheme_and_the_attention_table_when_t
 
     def table(attention: bool):
         frames = []
-        for (s, seed), r in zip(keys, runs):
+        for s, seed in keys:
             recs = [make_record(step, l, p, {"var": 1e-3 * (1 + step + l), "rms": 0.0})
                     for step in (0, 10) for l in (0, 1) for p in ("q", "k", "v")]  # fmt: skip
             if attention:

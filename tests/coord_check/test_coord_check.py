@@ -19,6 +19,7 @@ from hf_init.coord_check.study import (
     slope_table,
     slopes_markdown,
     summary_lines,
+    token_batches,
     train_and_record,
 )
 from hf_init.core.records import make_record, read_records, write_records
@@ -393,3 +394,16 @@ def test_records_are_ordered_embeddings_then_block_by_block_then_the_output():
     shuffled = want[:]
     random.Random(0).shuffle(shuffled)
     assert sorted(shuffled, key=record_order) == want
+
+
+def test_token_batches_fit_windows_up_to_a_corpus_one_token_longer_and_refuse_as_long():
+    """A corpus one token longer than seq_len has exactly one window, at its start, and every
+    batch row is it; a corpus no longer than seq_len is one clear usage error."""
+    from hf_init.core.cli import UsageError
+
+    ids = np.arange(100, 109)  # 9 tokens
+    got = token_batches(ids, 2, 3, 8, seed=0)
+    assert got.shape == (2, 3, 8) and (got == torch.arange(100, 108)).all()
+    for seq_len in (9, 10):
+        with pytest.raises(UsageError, match="seq_len must be below the corpus' 9 tokens"):
+            token_batches(ids, 1, 1, seq_len, seed=0)

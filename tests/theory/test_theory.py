@@ -792,6 +792,8 @@ def test_mlp_verdict_counts_a_layer_at_its_tolerance_as_within():
     assert f"mean log-slope/layer predicted {slope_p:+.3f}, measured {slope_m:+.3f}" in line
     one = _mlp_verdict("relu-1x64", "forward", rows[2:])  # one layer: no slope, 0 by convention
     assert "0/1 layers within" in one and "predicted +0.000, measured +0.000" in one
+    two = _mlp_verdict("relu-2x64", "forward", rows[1:])  # two layers: the one ratio's log
+    assert f"predicted {math.log(2):+.3f}, measured {math.log(4):+.3f}" in two
 
 
 def test_backward_gain_is_chi_1_at_each_layers_variance():
