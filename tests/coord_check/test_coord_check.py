@@ -241,6 +241,27 @@ def test_slope_table_is_the_least_squares_slope_per_seed(tmp_path):
                                 for s in range(3)])  # fmt: skip
             assert row[key] == pytest.approx(mean_rms, rel=1e-12), key
     assert rows["zero"]["verdict"] == "n/a" and rows["zero"]["layer"] is None
+    # two seeds are enough for a standard error, one seed has none
+    for seeds in (2, 1):
+        few = frame[frame["seed"] < seeds]
+        row = {r["role"]: r for r in slope_table(few, threshold=0.1)}["grows_one"]
+        per_seed = [
+            _fit(widths, [0.7 * w**0.5 * math.exp(noise[s, j] * 2) for j, w in enumerate(widths)])
+            for s in range(seeds)
+        ]
+        if seeds == 2:
+            assert row["slope_sem"] == pytest.approx(np.std(per_seed, ddof=1) / math.sqrt(2))
+        else:
+            assert math.isnan(row["slope_sem"]) and row["slope"] == pytest.approx(per_seed[0])
+
+
+def test_a_slope_of_exactly_the_threshold_is_not_flat():
+    """|slope| < threshold is flat: at exactly 0.1 (or -0.1) the quantity grows (shrinks)."""
+    from hf_init.coord_check.study import verdict
+
+    assert [verdict(s, 0.1) for s in (0.1, -0.1, 0.0999, -0.0999, math.nan)] == [
+        "grows", "shrinks", "flat", "flat", "n/a",
+    ]  # fmt: skip
 
 
 def test_summary_line_counts_flat_quantities_at_the_first_and_last_step():
