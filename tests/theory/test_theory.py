@@ -699,6 +699,8 @@ def test_theory_check_arguments_refuse_bad_values():
     for key, value in (
         ("k_sigma", math.inf),
         ("k_sigma", -1.0),
+        ("k_sigma", 0.0),
+        ("std_multiples", [0.0]),
         ("std_multiples", [1.0, math.nan]),
         ("gpt2_n_head", 3),
         ("activations", ["swish"]),
@@ -1122,8 +1124,9 @@ def test_residual_verdict_line_on_hand_made_rows():
     assert line.endswith("MLP branch worst 5%")
     # verdict() over the rows of two networks: one line each, read from that network's rows
     # alone (the second network's measured growth is x16)
-    other = [dict(r, measured=2 * r["measured"]) if r["layer"] == 3 and r["quantity"] ==
-             "residual" else r for r in rows]  # fmt: skip
+    scale = {0: 2.0, 3: 4.0}  # growth 4 * 8 / (2 * 1) = x16
+    other = [dict(r, measured=scale[r["layer"]] * r["measured"]) if r["layer"] in scale and
+             r["quantity"] == "residual" else r for r in rows]  # fmt: skip
     lines = verdict([dict(r, network="gpt2-3x64") for r in rows]
                     + [dict(r, network="llama-3x64") for r in other])  # fmt: skip
     assert [line.split()[0] for line in lines] == ["gpt2-3x64", "llama-3x64"]
@@ -1314,3 +1317,32 @@ def test_every_transformer_prediction_refuses_zero_layers_or_width(n_layer, n_em
     for call in calls:
         with pytest.raises(ValueError, match="must be >= 1"):
             call()
+
+
+def test_theory_check_defaults_are_the_setup_docs_theory_md_describes():
+    """The published figures of docs/theory.md come from the check's defaults: its description of
+    the setup and the defaults must say the same (MLPs 1024 wide, 10 layers, 256 digits, 4 seeds;
+    12 x 128 GPT-2s, 5 schemes, 8 windows of 64 byte tokens, 2 seeds)."""
+    from pathlib import Path
+
+    from hf_init.theory.check import TheoryCheckArguments
+
+    a = TheoryCheckArguments()
+    assert (a.width, a.depth, a.batch, a.seeds, a.std_multiples) == (
+        1024,
+        10,
+        256,
+        4,
+        [0.7, 1.0, 1.4],
+    )
+    assert (a.gpt2_n_layer, a.gpt2_n_embd, len(a.gpt2_schemes)) == (12, 128, 5)
+    assert (a.gpt2_batch, a.gpt2_seq_len, a.gpt2_seeds) == (8, 64, 2)
+    text = " ".join((Path(__file__).resolve().parents[2] / "docs/theory.md").read_text().split())
+    assert (
+        "1024-wide, 10-layer MLPs on 256 standardized sklearn digits (4 seeds; hidden std "
+        "0.7x, 1x, 1.4x `critical_std`" in text
+    )
+    assert (
+        "12 x 128 GPT-2s (5 schemes, residual scaling on and off; 8 windows of 64 byte "
+        "tokens of the Python docs, 2 seeds)" in text
+    )
