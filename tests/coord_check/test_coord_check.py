@@ -401,6 +401,10 @@ def test_the_defaults_are_the_default_run_docs_coord_check_md_reports():
         9, [64, 128, 256, 512], 3, 2, 32, 5
     )  # fmt: skip
     assert (a.seq_len, a.vocab_size, a.batch_size, a.learning_rate) == (64, 8192, 8, 1e-3)
+    assert a.threads == 1  # the timing in docs/coord_check.md: one torch thread
+    # no training steps (the init only) and torch's own thread count (0) are valid values
+    b = CoordCheckArguments(steps=0, threads=0)
+    assert (b.steps, b.threads) == (0, 0)
 
 
 def test_records_are_ordered_embeddings_then_block_by_block_then_the_output():
