@@ -305,7 +305,7 @@ def test_sweep_rows_read_each_members_records_by_hand():
         # later records differ (training moved them): only step 0's are read
         preact_var=np.array([[[1.0, 0.25, 0.0625], [2.0, 2.0, 2.0]]])
         * [[[1.0]], [[3.0]], [[5.0]]]
-        * [[[1.0, 1.0, 1.0]], [[1.0, 2.0, 1.0]], [[1.0, 1.0, 7.0]]],
+        * [[[1.0, 1.0, 1.0]], [[1.0, 1.0, 2.0]], [[1.0, 1.0, 7.0]]],
         grad_weight_var=np.array([[[4e-4, 1.0], [9e-4, 1.0]]]) * [[[1.0]], [[4.0]], [[9.0]]],
         train_loss=np.array([[2.3, 2.3], [2.2, 1.0], [2.25, 0.1]]),
         test_loss=np.array([[2.3, 2.3], [2.2, 1.1], [2.28, 0.2]]),
