@@ -548,6 +548,26 @@ MUTANTS = [
             "test_report_loss_figure_one_colour_per_group_and_log_only_for_a_wide_span"
         ],
     ),
+    (
+        "N27",
+        "hf_init/lm/equilibration.py",
+        'if row["n_seeds"] and row["min_p"] > alpha:',
+        'if row["n_seeds"] and row["min_p"] > ALPHA:',
+        [
+            "tests/lm/test_equilibration.py::"
+            "test_sentences_name_the_run_and_the_parameter_that_was_varied_at_the_level_asked"
+        ],
+    ),
+    (
+        "N28",
+        "hf_init/report.py",
+        '.drop_duplicates("step", keep="last")',
+        '.drop_duplicates("step")',
+        [
+            "tests/test_report.py::"
+            "test_train_loss_curves_reads_every_logged_point_and_a_resumed_steps_latest_value"
+        ],
+    ),
 ]
 
 

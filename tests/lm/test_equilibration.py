@@ -832,6 +832,7 @@ def test_sentences_name_the_run_and_the_parameter_that_was_varied_at_the_level_a
     assert b.sentence.endswith(". Stable when the tolerance is halved and doubled.")
     assert "cannot reach" not in a.sentence and "test at level 0.0625 a power" in a.sentence
     assert "cannot reach p <= 0.05" in E.check_claims(frame)[0].sentence.iloc[0]
+    assert "cannot reach p <= 0.01" in E.check_claims(frame, alpha=0.01)[0].sentence.iloc[0]
     quick, _ = E.check_claims(frame, robustness=False)
     assert not {"verdict_half", "verdict_double", "stable"} & set(quick.columns)
     assert "stable" not in quick.sentence.iloc[0].lower()
