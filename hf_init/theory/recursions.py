@@ -752,7 +752,9 @@ def _attention_kernel(K: np.ndarray, qkvo: tuple[float, ...], d: int, eps: float
     O = abar @ V @ abar.T
     v_diag_mean = np.cumsum(np.diag(V)) / (t + 1)
     v_sum = np.diag(np.cumsum(np.cumsum(V, 0), 1))
-    off = np.where(t > 0, (v_sum - v_diag_mean * (t + 1)) / np.maximum(t * (t + 1), 1), 0.0)
+    # mean of V over the t (t + 1) ordered pairs s != s' of the prefix; none at t = 0: 0
+    pairs = t * (t + 1)
+    off = np.divide(v_sum - v_diag_mean * (t + 1), pairs, out=np.zeros_like(t), where=pairs > 0)
     np.fill_diagonal(O, sum_a2 * v_diag_mean + (1 - sum_a2) * off)
     return d * o2 * O, sum_a2, tau2
 
@@ -916,6 +918,8 @@ def llama_residual_kernel(
         raise ValueError("token_ids must be (batch, seq_len)")
     if n_layer < 1 or n_embd < 1:
         raise ValueError("n_layer and n_embd must be >= 1")
+    if n_head < 1 or n_embd % n_head:
+        raise ValueError(f"n_embd ({n_embd}) must be a multiple of n_head ({n_head})")
     d = int(n_embd)
     inner = int(n_inner or llama_mlp_width(d))
     T_len = ids.shape[1]

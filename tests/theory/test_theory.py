@@ -1319,6 +1319,15 @@ def test_every_transformer_prediction_refuses_zero_layers_or_width(n_layer, n_em
             call()
 
 
+def test_llama_kernel_refuses_heads_that_do_not_divide_the_width():
+    """RoPE's frequencies need the head width n_embd / n_head: a width the heads do not divide
+    (as no Llama config allows) is refused, not rounded down."""
+    ll = dict.fromkeys(T.LLAMA_STD_ROLES, 0.02)
+    for n_head in (3, 0):
+        with pytest.raises(ValueError, match="must be a multiple of n_head"):
+            T.llama_residual_kernel(ll, 2, 16, [[1, 2, 3]], n_head=n_head)
+
+
 def test_theory_check_defaults_are_the_setup_docs_theory_md_describes():
     """The published figures of docs/theory.md come from the check's defaults: its description of
     the setup and the defaults must say the same (MLPs 1024 wide, 10 layers, 256 digits, 4 seeds;
