@@ -85,7 +85,7 @@ def causal_logits(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(all logits (B, H, T, T), causal mask (T, T)) of ``q.k * scaling`` in float64, from
     queries and keys of shape (batch, heads, T, d_head)."""
-    logits = torch.matmul(q.double(), k.double().transpose(-1, -2)) * scaling
+    logits = torch.matmul(q.double(), k.double().mT) * scaling  # mT: the last two dims swapped
     t = logits.shape[-1]
     return logits, torch.ones(t, t, dtype=torch.bool, device=logits.device).tril()
 
