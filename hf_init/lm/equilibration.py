@@ -639,17 +639,18 @@ def claims_markdown(
     early_window: float = EARLY_WINDOW,
     tolerance: float = TOLERANCE,
     smoothing: int = SMOOTHING,
+    alpha: float = ALPHA,
 ) -> str:
-    """A report section: the stated parameters and rules, the verdicts table (without the
-    sentences) and one bullet per verdict sentence."""
+    """A report section: the stated parameters and rules (``alpha``: the level the verdicts were
+    tested at), the verdicts table (without the sentences) and one bullet per verdict sentence."""
     head = (
         f"Early window: the first {early_window:g} of each run's recorded steps (at least "
         f"{MIN_EARLY_RECORDS} records); equilibration tolerance: {tolerance:g} (relative to the "
         f"final level, the median of the last {smoothing} records) on a centered moving median "
         f"over {smoothing} records; pooled test: exact one-sided sign-flip test of the mean "
-        f"Spearman rho over seeds at level {ALPHA:g}, whose smallest attainable p with n seeds is "
+        f"Spearman rho over seeds at level {alpha:g}, whose smallest attainable p with n seeds is "
         f"1/2^n (`min_p`); power: `seeds_needed` is the fewest seeds with which a one-sided sign "
-        f"test at {ALPHA:g} has {POWER:.0%} power for an effect as consistent as the observed one "
+        f"test at {alpha:g} has {POWER:.0%} power for an effect as consistent as the observed one "
         "(each seed independently shares the mean's sign with probability seeds_agreeing / "
         "n_seeds; signs only, an approximation of the sign-flip test of the mean); band claim: "
         f"end/max log-variance spread <= {NARROW_RATIO:g} in every seed (a unanimity rule, no "

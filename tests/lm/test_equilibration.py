@@ -398,6 +398,9 @@ def test_claims_markdown_states_the_parameters(tmp_path):
     )
     text = E.claims_markdown(v, early_window=0.2, tolerance=0.1)
     assert "first 0.2 of each run" in text and "tolerance: 0.1" in text
+    assert "over seeds at level 0.05," in text and "sign test at 0.05 has" in text
+    other = E.claims_markdown(v, alpha=0.01)  # the level the verdicts were tested at
+    assert "over seeds at level 0.01," in other and "sign test at 0.01 has" in other
     assert text.count("\n- ") == len(v) == 9 and "| scheme | projection | claim |" in text
 
 
