@@ -362,9 +362,12 @@ def test_row_variances_two_pass_equal_numpy_even_far_from_zero(monkeypatch):
         np.testing.assert_allclose(got, ref, rtol=1e-10)
 
 
-def _fake_dtensor(local, shape, coordinate, placements=()):
+def _fake_dtensor(monkeypatch, local, shape, coordinate, placements=()):
     """What local_part reads of a DTensor (shape, mesh coordinate, placements, local shard), for
-    the cases a one-process test cannot build: a rank outside the mesh, a strided shard."""
+    the cases a one-process test cannot build (a rank outside the mesh, a strided shard, a mesh
+    of three replicas), installed as hf_init.core.moments' DTensor; torch's placement arithmetic,
+    which needs a real mesh, gives the whole tensor at (0, 0). Returns the class."""
+    from hf_init.core import moments
 
     class FakeDTensor:
         device_mesh = type("Mesh", (), {"get_coordinate": staticmethod(lambda: coordinate)})()
@@ -378,6 +381,10 @@ def _fake_dtensor(local, shape, coordinate, placements=()):
         def to_local(self):
             return local
 
+    monkeypatch.setattr(moments, "DTensor", FakeDTensor)
+    monkeypatch.setattr(
+        moments, "compute_local_shape_and_global_offset", lambda shape, mesh, p: (shape, (0, 0))
+    )
     return FakeDTensor
 
 
@@ -386,8 +393,7 @@ def test_a_rank_outside_the_mesh_holds_an_empty_uncounted_part(qkv, monkeypatch)
     (0, 0) corner of the global shape, not counted, and adds nothing beside a real part."""
     from hf_init.core import moments
 
-    off_mesh = _fake_dtensor(qkv[:0, :0], qkv.shape, None)
-    monkeypatch.setattr(moments, "DTensor", off_mesh)
+    off_mesh = _fake_dtensor(monkeypatch, qkv[:0, :0], qkv.shape, None)
     part = moments.local_part(off_mesh())
     assert part.local.shape == (0, 0) and part.offset == (0, 0) and part.counted is False
     assert part.global_shape == tuple(qkv.shape)
@@ -403,8 +409,8 @@ def test_a_strided_shard_is_refused(qkv, monkeypatch):
     range: local_part refuses it by name instead of placing them wrongly."""
     from hf_init.core import moments
 
-    strided = _fake_dtensor(qkv, qkv.shape, [0], (moments._StridedShard(0, split_factor=2),))
-    monkeypatch.setattr(moments, "DTensor", strided)
+    strided_shard = (moments._StridedShard(0, split_factor=2),)
+    strided = _fake_dtensor(monkeypatch, qkv, qkv.shape, [0], strided_shard)
     with pytest.raises(ValueError, match="strided shard placement .* is not supported"):
         moments.local_part(strided())
 
@@ -419,15 +425,11 @@ def test_a_replicated_weight_is_counted_on_mesh_coordinate_0_alone(qkv, monkeypa
 
     plain = moments.local_part(qkv)
     assert (plain.offset, plain.global_shape, plain.counted) == ((0, 0), tuple(qkv.shape), True)
-    monkeypatch.setattr(
-        moments, "compute_local_shape_and_global_offset", lambda shape, mesh, p: (shape, (0, 0))
-    )
     cases = [([0], (Replicate(),), True), ([1], (Replicate(),), False),
              ([2], (Replicate(),), False), ([1, 0], (Shard(0), Replicate()), True),
              ([0, 2], (Shard(0), Replicate()), False)]  # fmt: skip
     for coordinate, placements, counted in cases:
-        fake = _fake_dtensor(qkv, qkv.shape, coordinate, placements)
-        monkeypatch.setattr(moments, "DTensor", fake)
+        fake = _fake_dtensor(monkeypatch, qkv, qkv.shape, coordinate, placements)
         assert moments.local_part(fake()).counted is counted, (coordinate, placements)
 
 
@@ -449,11 +451,7 @@ def test_plain_tensors_beside_dtensors_count_on_rank_0_alone_of_three(qkv, monke
     from hf_init.core import moments
 
     reduced = []
-    fake = _fake_dtensor(qkv, qkv.shape, [0], (moments.Replicate(),))
-    monkeypatch.setattr(moments, "DTensor", fake)
-    monkeypatch.setattr(
-        moments, "compute_local_shape_and_global_offset", lambda shape, mesh, p: (shape, (0, 0))
-    )
+    fake = _fake_dtensor(monkeypatch, qkv, qkv.shape, [0], (moments.Replicate(),))
     monkeypatch.setattr(moments, "_collective_device", lambda group: torch.device("cpu"))
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "get_world_size", lambda group=None: 3)
