@@ -23,6 +23,16 @@ class Tags(HTMLParser):
         self.tags.append((tag, dict(attrs)))
 
 
+def section_markdown(section, tmp_path, *args) -> list[str]:
+    """The markdown pieces one report section (``section(doc, *args)``) adds to an empty Document
+    whose figures go to ``tmp_path``."""
+    from hf_init.report import Document
+
+    doc = Document(tmp_path, tmp_path)
+    section(doc, *args)
+    return doc.md
+
+
 def check_self_contained(page: str) -> list[str]:
     parser = Tags()
     parser.feed(page)
@@ -194,12 +204,10 @@ def test_configs_tables_split_settings_shared_by_every_run_from_those_that_diffe
     assert "model.n_layer" not in differ.columns
 
     # the section around them: the table of what differs only when more than scheme and seed do
-    from hf_init.report import Document, configs_section
+    from hf_init.report import configs_section
 
     def section(runs):
-        doc = Document(tmp_path, tmp_path)
-        configs_section(doc, runs)
-        return "".join(doc.md)
+        return "".join(section_markdown(configs_section, tmp_path, runs))
 
     only = "The runs differ in scheme and seed only, as their names say."
     table = "Settings that differ (one row per run):"
@@ -441,7 +449,7 @@ def test_train_loss_curves_reads_every_logged_point_and_a_resumed_steps_latest_v
 def test_results_section_summarises_over_seeds_from_two_runs_on(tmp_path):
     """The per-scheme summary over seeds appears from two runs on (not for one): mean and std
     (ddof=1, numpy's) of each scheme's eval loss and perplexity."""
-    from hf_init.report import Document, Run, results_section
+    from hf_init.report import Run, results_section
 
     losses = {("a", 0): 3.0, ("a", 1): 3.5, ("b", 0): 4.0}
 
@@ -450,9 +458,7 @@ def test_results_section_summarises_over_seeds_from_two_runs_on(tmp_path):
         return Run(tmp_path / f"{scheme}{seed}", info, {"scheme": scheme, "seed": seed})
 
     def summary(runs):
-        doc = Document(tmp_path, tmp_path)
-        results_section(doc, runs)
-        return doc.md
+        return section_markdown(results_section, tmp_path, runs)
 
     one = summary([run("a", 0)])
     assert not any("Per scheme, over seeds" in part for part in one)
@@ -474,7 +480,7 @@ def test_figures_section_draws_one_run_per_scheme_and_the_attention_table_when_t
     """Runs a/0, a/1 and b/0: the figures of a/0 and b/0 only (each scheme's first run); the
     attention summary's table when the records hold attention, no such text when they do not."""
     from hf_init.core.records import make_record, read_records, write_records
-    from hf_init.report import Document, Run, figures_section
+    from hf_init.report import Run, figures_section
 
     keys = [("a", 0), ("a", 1), ("b", 0)]
     runs = [Run(tmp_path / f"{s}{seed}", {}, {"scheme": s, "seed": seed}) for s, seed in keys]
@@ -492,9 +498,7 @@ def test_figures_section_draws_one_run_per_scheme_and_the_attention_table_when_t
         return pd.concat(frames, ignore_index=True)
 
     for attention in (True, False):
-        doc = Document(tmp_path, tmp_path)
-        figures_section(doc, runs, table(attention))
-        md = "".join(doc.md)
+        md = "".join(section_markdown(figures_section, tmp_path, runs, table(attention)))
         shown = [line for line in md.splitlines() if line.startswith("![Q/K/V weight variance")]
         assert len(shown) == 2
         assert f"{runs[0].label}]" in shown[0] and f"{runs[2].label}]" in shown[1]
